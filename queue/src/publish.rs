@@ -1,0 +1,114 @@
+//! Publishing jobs: the [`JobQueue`] seam and its JetStream implementation. Every job carries
+//! its dedupe id as `Nats-Msg-Id`, so the server drops a repeat inside the duplicate window and
+//! says so.
+
+use std::future::Future;
+
+use async_nats::jetstream::context::{Context, PublishErrorKind};
+use async_nats::jetstream::message::PublishMessage;
+
+use helmq_schemas::event::{JobEvent, MAX_EVENT_BYTES};
+use helmq_schemas::subject::job_subject;
+
+use crate::topology::JOBS_STREAM;
+
+/// Errors publishing a job.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// No stream listens on the jobs subjects.
+    #[error("no {JOBS_STREAM} stream on the server: run setup first")]
+    NoStream,
+    /// The encoded job is over the size limit.
+    #[error("job is {size} bytes, over the {limit} byte limit")]
+    TooLarge {
+        /// Encoded size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The server did not acknowledge the publish.
+    #[error("publishing job {id} failed: {reason}")]
+    Failed {
+        /// The job id.
+        id: String,
+        /// What the client reported.
+        reason: String,
+    },
+}
+
+/// What the server did with a published job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishOutcome {
+    /// Stored at this stream sequence.
+    Stored {
+        /// Stream sequence.
+        sequence: u64,
+    },
+    /// Dropped as a duplicate of the message already stored at this sequence.
+    Duplicate {
+        /// Sequence of the earlier message.
+        sequence: u64,
+    },
+}
+
+/// Where jobs go: the seam the producer and `helmqctl` publish through.
+pub trait JobQueue: Send + Sync {
+    /// Publishes one job with its dedupe id and reports whether it was stored.
+    fn publish_job(
+        &self,
+        job: &JobEvent,
+    ) -> impl Future<Output = Result<PublishOutcome, PublishError>> + Send;
+}
+
+/// [`JobQueue`] on JetStream.
+#[derive(Debug, Clone)]
+pub struct JetStreamQueue {
+    js: Context,
+}
+
+impl JetStreamQueue {
+    /// A queue publishing through `js`.
+    pub fn new(js: Context) -> Self {
+        JetStreamQueue { js }
+    }
+}
+
+impl JobQueue for JetStreamQueue {
+    async fn publish_job(&self, job: &JobEvent) -> Result<PublishOutcome, PublishError> {
+        let payload = job.encode();
+        if payload.len() > MAX_EVENT_BYTES {
+            return Err(PublishError::TooLarge {
+                size: payload.len(),
+                limit: MAX_EVENT_BYTES,
+            });
+        }
+        let failed = |reason: String| PublishError::Failed {
+            id: job.id.clone(),
+            reason,
+        };
+        let message = PublishMessage::build()
+            .payload(payload.into())
+            .message_id(job.dedupe_id())
+            .expected_stream(JOBS_STREAM);
+        let subject = job_subject(&job.component.namespace, &job.component.name);
+        let ack = self
+            .js
+            .send_publish(subject, message)
+            .await
+            .map_err(|e| failed(e.to_string()))?
+            .await
+            .map_err(|e| match e.kind() {
+                PublishErrorKind::StreamNotFound => PublishError::NoStream,
+                _ => failed(e.to_string()),
+            })?;
+        Ok(if ack.duplicate {
+            PublishOutcome::Duplicate {
+                sequence: ack.sequence,
+            }
+        } else {
+            PublishOutcome::Stored {
+                sequence: ack.sequence,
+            }
+        })
+    }
+}

@@ -1,0 +1,472 @@
+//! The two messages on the wire: [`JobEvent`] (`helmq.job/v1`, producer or orchestrator →
+//! workers) and [`StatusEvent`] (`helmq.status/v1`, workers and producer → writer and
+//! orchestrators), their dedupe ids and the order key that lets a consumer drop stale events.
+
+use jiff::Timestamp;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ConfigError, HelmConfig};
+
+/// The `schema` value of every [`JobEvent`] this build reads and writes.
+pub const JOB_SCHEMA: &str = "helmq.job/v1";
+/// The `schema` value of every [`StatusEvent`] this build reads and writes.
+pub const STATUS_SCHEMA: &str = "helmq.status/v1";
+/// Largest encoded job or status event accepted (NATS' default `max_payload` is 1 MiB).
+pub const MAX_EVENT_BYTES: usize = 512 * 1024;
+/// Timeout of a job that names none: the original's 5 minute default.
+pub const DEFAULT_TIMEOUT_SECONDS: u64 = 300;
+
+/// Why a payload is not an acceptable event. Every variant says what is wrong.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EventError {
+    /// Over [`MAX_EVENT_BYTES`].
+    #[error("payload is {size} bytes, over the {limit} byte limit")]
+    TooLarge {
+        /// Size of the payload.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Not JSON, or JSON that does not match the schema.
+    #[error("malformed {schema} payload: {reason}")]
+    Malformed {
+        /// The schema the payload was read as.
+        schema: &'static str,
+        /// What the decoder found.
+        reason: String,
+    },
+    /// No `schema` field.
+    #[error("payload has no schema field (expected {expected})")]
+    MissingSchema {
+        /// The schema this build reads.
+        expected: &'static str,
+    },
+    /// A `schema` other than the one this build reads.
+    #[error("unknown schema {found:?} (this build reads {expected})")]
+    UnknownSchema {
+        /// The schema in the payload.
+        found: String,
+        /// The schema this build reads.
+        expected: &'static str,
+    },
+    /// A job whose Helm config fails validation.
+    #[error("invalid helm config: {0}")]
+    InvalidConfig(#[from] ConfigError),
+}
+
+/// The Component (or orchestrator-defined target) an event is about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ComponentRef {
+    /// Namespace of the Component.
+    #[schemars(length(min = 1))]
+    pub namespace: String,
+    /// Name of the Component.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// `metadata.uid`; orchestrators publishing without a Component may omit it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// `metadata.generation` the event is for.
+    #[schemars(range(min = 0))]
+    pub generation: i64,
+}
+
+impl ComponentRef {
+    /// A stable key for the target: its uid, or `namespace/name` when it has none.
+    pub fn identity(&self) -> String {
+        match &self.uid {
+            Some(uid) if !uid.is_empty() => uid.clone(),
+            _ => format!("{}/{}", self.namespace, self.name),
+        }
+    }
+
+    fn check(&self, schema: &'static str) -> Result<(), EventError> {
+        let missing = |field: &str| EventError::Malformed {
+            schema,
+            reason: format!("component.{field} is required"),
+        };
+        if self.namespace.trim().is_empty() {
+            return Err(missing("namespace"));
+        }
+        if self.name.trim().is_empty() {
+            return Err(missing("name"));
+        }
+        if self.generation < 0 {
+            return Err(EventError::Malformed {
+                schema,
+                reason: format!("component.generation must be >= 0, got {}", self.generation),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What a job asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JobAction {
+    /// `helm upgrade --install`.
+    Apply,
+    /// `helm uninstall`.
+    Delete,
+}
+
+impl JobAction {
+    /// The wire name (`apply` or `delete`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobAction::Apply => "apply",
+            JobAction::Delete => "delete",
+        }
+    }
+}
+
+/// A deployment job: apply or delete the Helm release of one Component generation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(title = "helmq.job/v1")]
+pub struct JobEvent {
+    /// Always `helmq.job/v1`.
+    #[schemars(extend("const" = JOB_SCHEMA))]
+    pub schema: String,
+    /// Job id; by convention the dedupe id of (uid, generation, action).
+    #[schemars(length(min = 1))]
+    pub id: String,
+    /// Apply or delete.
+    pub action: JobAction,
+    /// The target Component and generation.
+    pub component: ComponentRef,
+    /// The normalized Helm config (the source form of `spec.config`).
+    pub config: HelmConfig,
+    /// Deployment or termination timeout, in seconds.
+    #[serde(default = "default_timeout_seconds")]
+    #[schemars(range(min = 1))]
+    pub timeout_seconds: u64,
+    /// When the job was requested (RFC 3339).
+    #[schemars(with = "String", extend("format" = "date-time"))]
+    pub requested_at: Timestamp,
+}
+
+fn default_timeout_seconds() -> u64 {
+    DEFAULT_TIMEOUT_SECONDS
+}
+
+impl JobEvent {
+    /// A job whose `id` is its dedupe id.
+    pub fn new(
+        action: JobAction,
+        component: ComponentRef,
+        config: HelmConfig,
+        timeout_seconds: u64,
+        requested_at: Timestamp,
+    ) -> Self {
+        let id = dedupe_id(&component, action);
+        JobEvent {
+            schema: JOB_SCHEMA.to_owned(),
+            id,
+            action,
+            component,
+            config,
+            timeout_seconds,
+            requested_at,
+        }
+    }
+
+    /// The `Nats-Msg-Id`: stable per (uid, generation, action), whoever publishes, so a
+    /// republish of the same intent inside the duplicate window is dropped by the server.
+    pub fn dedupe_id(&self) -> String {
+        dedupe_id(&self.component, self.action)
+    }
+
+    /// Decodes and validates a payload: size, JSON, schema version, fields, Helm config.
+    ///
+    /// The config goes through [`HelmConfig::parse`], so an orchestrator gets the same
+    /// field-naming messages as a Component author (and may send either config shape).
+    pub fn decode(payload: &[u8]) -> Result<JobEvent, EventError> {
+        let mut value = checked_value(payload, JOB_SCHEMA)?;
+        let component = value
+            .get("component")
+            .cloned()
+            .map(serde_json::from_value::<ComponentRef>)
+            .transpose()
+            .map_err(|e| EventError::Malformed {
+                schema: JOB_SCHEMA,
+                reason: format!("component: {e}"),
+            })?;
+        if let (Some(component), Some(config)) = (component, value.get_mut("config")) {
+            component.check(JOB_SCHEMA)?;
+            let normalized =
+                HelmConfig::parse(Some(config), &component.namespace, &component.name)?;
+            *config = serde_json::to_value(normalized).map_err(|e| EventError::Malformed {
+                schema: JOB_SCHEMA,
+                reason: e.to_string(),
+            })?;
+        }
+        let job: JobEvent = from_value(value, JOB_SCHEMA)?;
+        job.component.check(JOB_SCHEMA)?;
+        if job.id.trim().is_empty() {
+            return Err(EventError::Malformed {
+                schema: JOB_SCHEMA,
+                reason: "id is required".into(),
+            });
+        }
+        job.config.validate()?;
+        Ok(job)
+    }
+
+    /// Encodes the job as JSON.
+    pub fn encode(&self) -> Vec<u8> {
+        encode(self)
+    }
+
+    /// Best effort: the Component a payload names even when the payload as a whole is
+    /// rejected, so a `Failed` status can still reach it.
+    pub fn component_hint(payload: &[u8]) -> Option<ComponentRef> {
+        let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
+        let component =
+            serde_json::from_value::<ComponentRef>(value.get("component")?.clone()).ok()?;
+        component.check(JOB_SCHEMA).ok()?;
+        Some(component)
+    }
+}
+
+fn dedupe_id(component: &ComponentRef, action: JobAction) -> String {
+    format!(
+        "{}:{}:{}",
+        component.identity(),
+        component.generation,
+        action.as_str()
+    )
+}
+
+/// The phase a [`StatusEvent`] reports: the Component phases plus `Terminated`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum StatusPhase {
+    /// Claimed by the producer.
+    Claimed,
+    /// A worker started `helm upgrade --install`.
+    Deploying,
+    /// The release is deployed and ready.
+    Ready,
+    /// The apply failed for good (permanent error or budget spent).
+    Failed,
+    /// A worker started `helm uninstall`.
+    Terminating,
+    /// The release is gone; the writer removes the finalizer.
+    Terminated,
+    /// The uninstall failed for good; the finalizer stays.
+    TerminationFailed,
+}
+
+impl StatusPhase {
+    /// Rank inside one generation: apply phases before delete phases, starts before ends.
+    fn rank(self) -> u64 {
+        match self {
+            StatusPhase::Claimed => 0,
+            StatusPhase::Deploying => 1,
+            StatusPhase::Ready | StatusPhase::Failed => 2,
+            StatusPhase::Terminating => 3,
+            StatusPhase::Terminated | StatusPhase::TerminationFailed => 4,
+        }
+    }
+
+    /// True for the phases that belong to deletion.
+    pub fn is_deletion(self) -> bool {
+        self.rank() >= 3
+    }
+}
+
+/// The Helm release a status event reports on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReleaseInfo {
+    /// Release name.
+    pub name: String,
+    /// Release namespace.
+    pub namespace: String,
+    /// Release revision, once there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+    /// Chart version of the release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chart_version: Option<String>,
+    /// Helm's own status (`deployed`, `failed`, `pending-upgrade`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub helm_status: Option<String>,
+}
+
+/// Progress of one job, as the writer and orchestrators see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(title = "helmq.status/v1")]
+pub struct StatusEvent {
+    /// Always `helmq.status/v1`.
+    #[schemars(extend("const" = STATUS_SCHEMA))]
+    pub schema: String,
+    /// The job this event reports on (empty for the producer's `Claimed`).
+    pub job_id: String,
+    /// The Component and generation.
+    pub component: ComponentRef,
+    /// The phase reached.
+    pub phase: StatusPhase,
+    /// Human-readable detail; never contains values.
+    #[serde(default)]
+    pub message: String,
+    /// The release, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<ReleaseInfo>,
+    /// Attempt number of the job, from 1 (0 for the producer's `Claimed`).
+    pub attempt: u32,
+    /// Who published the event (worker id or `producer`).
+    pub worker: String,
+    /// When the event happened (RFC 3339).
+    #[schemars(with = "String", extend("format" = "date-time"))]
+    pub at: Timestamp,
+    /// Order inside one generation: compare `(component.generation, order)`; a consumer drops
+    /// an event whose pair is lower than the one it already applied.
+    pub order: u64,
+}
+
+impl StatusEvent {
+    /// An event with its order key computed from the phase and attempt.
+    pub fn new(
+        job_id: impl Into<String>,
+        component: ComponentRef,
+        phase: StatusPhase,
+        message: impl Into<String>,
+        attempt: u32,
+        worker: impl Into<String>,
+        at: Timestamp,
+    ) -> Self {
+        StatusEvent {
+            schema: STATUS_SCHEMA.to_owned(),
+            job_id: job_id.into(),
+            component,
+            phase,
+            message: message.into(),
+            release: None,
+            attempt,
+            worker: worker.into(),
+            at,
+            order: order_key(phase, attempt),
+        }
+    }
+
+    /// The same event with the release attached.
+    pub fn with_release(mut self, release: ReleaseInfo) -> Self {
+        self.release = Some(release);
+        self
+    }
+
+    /// `(generation, order)`, the key a consumer compares to drop stale events.
+    pub fn position(&self) -> (i64, u64) {
+        (self.component.generation, self.order)
+    }
+
+    /// The `Nats-Msg-Id`: one per (job, attempt, phase), so republishing after a reconnect is
+    /// harmless.
+    pub fn dedupe_id(&self) -> String {
+        format!(
+            "{}:{}:{}:{:?}",
+            self.component.identity(),
+            self.component.generation,
+            self.order,
+            self.phase
+        )
+    }
+
+    /// Decodes and checks a payload: size, JSON, schema version, fields.
+    pub fn decode(payload: &[u8]) -> Result<StatusEvent, EventError> {
+        let event: StatusEvent = decode(payload, STATUS_SCHEMA)?;
+        event.component.check(STATUS_SCHEMA)?;
+        if event.order != order_key(event.phase, event.attempt) {
+            return Err(EventError::Malformed {
+                schema: STATUS_SCHEMA,
+                reason: format!(
+                    "order {} does not match phase {:?} at attempt {}",
+                    event.order, event.phase, event.attempt
+                ),
+            });
+        }
+        Ok(event)
+    }
+
+    /// Encodes the event as JSON.
+    pub fn encode(&self) -> Vec<u8> {
+        encode(self)
+    }
+}
+
+/// Deletion phases sort above apply phases; later attempts above earlier ones; ends above starts.
+fn order_key(phase: StatusPhase, attempt: u32) -> u64 {
+    let group = u64::from(phase.is_deletion());
+    (group << 40) | (u64::from(attempt) << 8) | phase.rank()
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    payload: &[u8],
+    schema: &'static str,
+) -> Result<T, EventError> {
+    from_value(checked_value(payload, schema)?, schema)
+}
+
+fn from_value<T: serde::de::DeserializeOwned>(
+    value: serde_json::Value,
+    schema: &'static str,
+) -> Result<T, EventError> {
+    serde_json::from_value(value).map_err(|e| EventError::Malformed {
+        schema,
+        reason: e.to_string(),
+    })
+}
+
+/// Size, JSON object and schema version checks shared by both events.
+fn checked_value(payload: &[u8], schema: &'static str) -> Result<serde_json::Value, EventError> {
+    if payload.len() > MAX_EVENT_BYTES {
+        return Err(EventError::TooLarge {
+            size: payload.len(),
+            limit: MAX_EVENT_BYTES,
+        });
+    }
+    let malformed = |reason: String| EventError::Malformed { schema, reason };
+    let value: serde_json::Value =
+        serde_json::from_slice(payload).map_err(|e| malformed(format!("not JSON: {e}")))?;
+    let object = value
+        .as_object()
+        .ok_or_else(|| malformed(format!("expected a JSON object, got {}", json_type(&value))))?;
+    match object.get("schema") {
+        None => return Err(EventError::MissingSchema { expected: schema }),
+        Some(serde_json::Value::String(s)) if s == schema => {}
+        Some(serde_json::Value::String(s)) => {
+            return Err(EventError::UnknownSchema {
+                found: s.clone(),
+                expected: schema,
+            });
+        }
+        Some(other) => {
+            return Err(malformed(format!(
+                "schema must be a string, got {}",
+                json_type(other)
+            )));
+        }
+    }
+    Ok(value)
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serializing these types cannot fail: every map key is a string and no Serialize impl errs.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn json_type(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "boolean",
+        serde_json::Value::Number(_) => "number",
+        serde_json::Value::String(_) => "string",
+        serde_json::Value::Array(_) => "array",
+        serde_json::Value::Object(_) => "object",
+    }
+}

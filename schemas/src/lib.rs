@@ -1,0 +1,13 @@
+//! Wire and API types shared by every helmq process, with no IO: the `Component` custom
+//! resource, the Helm config carried in `spec.config`, the `JobEvent` and `StatusEvent`
+//! messages and the subject names they travel on.
+
+pub mod component;
+pub mod config;
+pub mod event;
+pub mod generate;
+pub mod subject;
+
+pub use component::{Component, ComponentSpec, ComponentStatus, Phase};
+pub use config::{ChartSource, ConfigError, HelmConfig};
+pub use event::{EventError, JobAction, JobEvent, StatusEvent, StatusPhase};

@@ -1,0 +1,340 @@
+//! `JobEvent` and `StatusEvent` on the wire: round trips, dedupe ids, order keys, and every
+//! kind of bad payload rejected with an error that says what is wrong.
+
+use helmq_schemas::HelmConfig;
+use helmq_schemas::event::{
+    ComponentRef, EventError, JobAction, JobEvent, MAX_EVENT_BYTES, ReleaseInfo, StatusEvent,
+    StatusPhase,
+};
+use serde_json::{Value, json};
+
+fn config() -> HelmConfig {
+    HelmConfig::parse(
+        Some(&json!({
+            "repository": {"url": "https://repo.broadcom.com/bitnami-files", "name": "bitnami"},
+            "chart": {"name": "nginx", "version": "18.2.4"},
+            "values": {"service": {"type": "ClusterIP"}, "replicaCount": 1}
+        })),
+        "default",
+        "test-nginx",
+    )
+    .unwrap()
+}
+
+fn component(uid: Option<&str>, generation: i64) -> ComponentRef {
+    ComponentRef {
+        namespace: "default".into(),
+        name: "test-nginx".into(),
+        uid: uid.map(str::to_owned),
+        generation,
+    }
+}
+
+fn at() -> jiff::Timestamp {
+    "2026-11-24T10:00:00Z".parse().unwrap()
+}
+
+fn job_json() -> Value {
+    serde_json::to_value(JobEvent::new(
+        JobAction::Apply,
+        component(Some("u-1"), 4),
+        config(),
+        600,
+        at(),
+    ))
+    .unwrap()
+}
+
+#[test]
+fn a_job_round_trips_and_its_id_is_its_dedupe_id() {
+    let job = JobEvent::new(
+        JobAction::Apply,
+        component(Some("u-1"), 4),
+        config(),
+        600,
+        at(),
+    );
+    assert_eq!(job.id, "u-1:4:apply");
+    assert_eq!(job.dedupe_id(), "u-1:4:apply");
+    let decoded = JobEvent::decode(&job.encode()).unwrap();
+    assert_eq!(decoded, job);
+    let wire: Value = serde_json::from_slice(&job.encode()).unwrap();
+    assert_eq!(wire["schema"], "helmq.job/v1");
+    assert_eq!(wire["action"], "apply");
+    assert_eq!(wire["requestedAt"], "2026-11-24T10:00:00Z");
+    assert_eq!(wire["config"]["releaseName"], "default-test-nginx");
+}
+
+#[test]
+fn orchestrator_jobs_without_uid_dedupe_on_namespace_and_name() {
+    let job = JobEvent::new(JobAction::Delete, component(None, 2), config(), 300, at());
+    assert_eq!(job.dedupe_id(), "default/test-nginx:2:delete");
+    // A job published by hand may omit the timeout and the uid.
+    let mut wire = serde_json::to_value(&job).unwrap();
+    wire.as_object_mut().unwrap().remove("timeoutSeconds");
+    let decoded = JobEvent::decode(&serde_json::to_vec(&wire).unwrap()).unwrap();
+    assert_eq!(decoded.timeout_seconds, 300);
+    assert_eq!(decoded.component.uid, None);
+}
+
+#[test]
+fn bad_job_payloads_are_rejected_with_the_reason() {
+    let with = |mutate: &dyn Fn(&mut Value)| {
+        let mut v = job_json();
+        mutate(&mut v);
+        serde_json::to_vec(&v).unwrap()
+    };
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "not json",
+            b"{not json".to_vec(),
+            "malformed helmq.job/v1 payload: not JSON: key must be a string at line 1 column 2",
+        ),
+        (
+            "empty",
+            Vec::new(),
+            "malformed helmq.job/v1 payload: not JSON: EOF while parsing a value at line 1 column 0",
+        ),
+        (
+            "array",
+            b"[1,2]".to_vec(),
+            "malformed helmq.job/v1 payload: expected a JSON object, got array",
+        ),
+        (
+            "no schema",
+            with(&|v| {
+                v.as_object_mut().unwrap().remove("schema");
+            }),
+            "payload has no schema field (expected helmq.job/v1)",
+        ),
+        (
+            "future schema",
+            with(&|v| v["schema"] = json!("helmq.job/v2")),
+            r#"unknown schema "helmq.job/v2" (this build reads helmq.job/v1)"#,
+        ),
+        (
+            "status schema",
+            with(&|v| v["schema"] = json!("helmq.status/v1")),
+            r#"unknown schema "helmq.status/v1" (this build reads helmq.job/v1)"#,
+        ),
+        (
+            "numeric schema",
+            with(&|v| v["schema"] = json!(1)),
+            "malformed helmq.job/v1 payload: schema must be a string, got number",
+        ),
+        (
+            "no id",
+            with(&|v| {
+                v.as_object_mut().unwrap().remove("id");
+            }),
+            "malformed helmq.job/v1 payload: missing field `id`",
+        ),
+        (
+            "blank id",
+            with(&|v| v["id"] = json!(" ")),
+            "malformed helmq.job/v1 payload: id is required",
+        ),
+        (
+            "bad action",
+            with(&|v| v["action"] = json!("rollback")),
+            "malformed helmq.job/v1 payload: unknown variant `rollback`, expected `apply` or `delete`",
+        ),
+        (
+            "typo field",
+            with(&|v| v["timeout"] = json!(5)),
+            "malformed helmq.job/v1 payload: unknown field `timeout`, expected one of `schema`, `id`, `action`, `component`, `config`, `timeoutSeconds`, `requestedAt`",
+        ),
+        (
+            "no name",
+            with(&|v| v["component"]["name"] = json!("")),
+            "malformed helmq.job/v1 payload: component.name is required",
+        ),
+        (
+            "no namespace",
+            with(&|v| v["component"]["namespace"] = json!("")),
+            "malformed helmq.job/v1 payload: component.namespace is required",
+        ),
+        (
+            "negative generation",
+            with(&|v| v["component"]["generation"] = json!(-1)),
+            "malformed helmq.job/v1 payload: component.generation must be >= 0, got -1",
+        ),
+        (
+            "bad time",
+            with(&|v| v["requestedAt"] = json!("yesterday")),
+            "malformed helmq.job/v1 payload: failed to parse four digit integer as year: invalid digit, expected 0-9 but got y",
+        ),
+        (
+            "config as string",
+            with(&|v| v["config"] = json!("releaseName: x")),
+            "invalid helm config: config must be an object, got string",
+        ),
+        (
+            "no config",
+            with(&|v| {
+                v.as_object_mut().unwrap().remove("config");
+            }),
+            "malformed helmq.job/v1 payload: missing field `config`",
+        ),
+        (
+            "bad component",
+            with(&|v| v["component"] = json!("default/web")),
+            "malformed helmq.job/v1 payload: component: invalid type: string \"default/web\", expected struct ComponentRef",
+        ),
+        (
+            "invalid config",
+            with(&|v| v["config"]["releaseName"] = json!("")),
+            "invalid helm config: releaseName is required",
+        ),
+        (
+            "unknown source type",
+            with(&|v| v["config"]["source"]["type"] = json!("git")),
+            "invalid helm config: unknown source type: git (available types: http, oci)",
+        ),
+    ];
+    for (name, payload, want) in cases {
+        let err = JobEvent::decode(&payload).unwrap_err();
+        assert_eq!(err.to_string(), want, "case {name}");
+    }
+}
+
+#[test]
+fn oversized_payloads_are_rejected_before_parsing() {
+    let payload = vec![b' '; MAX_EVENT_BYTES + 1];
+    assert_eq!(
+        JobEvent::decode(&payload).unwrap_err(),
+        EventError::TooLarge {
+            size: MAX_EVENT_BYTES + 1,
+            limit: MAX_EVENT_BYTES
+        }
+    );
+}
+
+#[test]
+fn the_component_of_a_rejected_job_can_still_be_named() {
+    let mut v = job_json();
+    v["schema"] = json!("helmq.job/v9");
+    let payload = serde_json::to_vec(&v).unwrap();
+    assert!(JobEvent::decode(&payload).is_err());
+    assert_eq!(
+        JobEvent::component_hint(&payload),
+        Some(component(Some("u-1"), 4))
+    );
+    assert_eq!(JobEvent::component_hint(b"garbage"), None);
+}
+
+fn status(phase: StatusPhase, attempt: u32, generation: i64) -> StatusEvent {
+    StatusEvent::new(
+        "u-1:4:apply",
+        component(Some("u-1"), generation),
+        phase,
+        "",
+        attempt,
+        "w-1",
+        at(),
+    )
+}
+
+#[test]
+fn status_events_round_trip_with_their_release() {
+    let event = status(StatusPhase::Ready, 1, 4).with_release(ReleaseInfo {
+        name: "default-test-nginx".into(),
+        namespace: "default".into(),
+        revision: Some(2),
+        chart_version: Some("18.2.4".into()),
+        helm_status: Some("deployed".into()),
+    });
+    assert_eq!(StatusEvent::decode(&event.encode()).unwrap(), event);
+    let wire: Value = serde_json::from_slice(&event.encode()).unwrap();
+    assert_eq!(wire["schema"], "helmq.status/v1");
+    assert_eq!(wire["phase"], "Ready");
+    assert_eq!(wire["release"]["chartVersion"], "18.2.4");
+}
+
+#[test]
+fn order_keys_never_let_an_older_event_win() {
+    use StatusPhase::*;
+    // Each event in this list is newer than every event before it.
+    let sequence = [
+        status(Claimed, 0, 1),
+        status(Deploying, 1, 1),
+        status(Failed, 1, 1),
+        status(Deploying, 2, 1),
+        status(Ready, 2, 1),
+        status(Deploying, 1, 2),
+        status(Ready, 1, 2),
+        status(Terminating, 1, 2),
+        status(TerminationFailed, 1, 2),
+        status(Terminating, 2, 2),
+        status(Terminated, 2, 2),
+    ];
+    for pair in sequence.windows(2) {
+        assert!(
+            pair[0].position() < pair[1].position(),
+            "{:?}@{} should sort before {:?}@{}",
+            pair[0].phase,
+            pair[0].attempt,
+            pair[1].phase,
+            pair[1].attempt
+        );
+    }
+    let ids: std::collections::HashSet<String> = sequence.iter().map(|e| e.dedupe_id()).collect();
+    assert_eq!(
+        ids.len(),
+        sequence.len(),
+        "dedupe ids must differ per event"
+    );
+}
+
+#[test]
+fn bad_status_payloads_are_rejected_with_the_reason() {
+    let good = serde_json::to_value(status(StatusPhase::Ready, 1, 4)).unwrap();
+    let with = |mutate: &dyn Fn(&mut Value)| {
+        let mut v = good.clone();
+        mutate(&mut v);
+        serde_json::to_vec(&v).unwrap()
+    };
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "not json",
+            b"Ready".to_vec(),
+            "malformed helmq.status/v1 payload: not JSON: expected value at line 1 column 1",
+        ),
+        (
+            "job schema",
+            with(&|v| v["schema"] = json!("helmq.job/v1")),
+            r#"unknown schema "helmq.job/v1" (this build reads helmq.status/v1)"#,
+        ),
+        (
+            "no schema",
+            with(&|v| {
+                v.as_object_mut().unwrap().remove("schema");
+            }),
+            "payload has no schema field (expected helmq.status/v1)",
+        ),
+        (
+            "bad phase",
+            with(&|v| v["phase"] = json!("Exploded")),
+            "malformed helmq.status/v1 payload: unknown variant `Exploded`, expected one of `Claimed`, `Deploying`, `Ready`, `Failed`, `Terminating`, `Terminated`, `TerminationFailed`",
+        ),
+        (
+            "forged order",
+            with(&|v| v["order"] = json!(u64::MAX)),
+            "malformed helmq.status/v1 payload: order 18446744073709551615 does not match phase Ready at attempt 1",
+        ),
+        (
+            "no component",
+            with(&|v| {
+                v.as_object_mut().unwrap().remove("component");
+            }),
+            "malformed helmq.status/v1 payload: missing field `component`",
+        ),
+    ];
+    for (name, payload, want) in cases {
+        assert_eq!(
+            StatusEvent::decode(&payload).unwrap_err().to_string(),
+            want,
+            "case {name}"
+        );
+    }
+}
