@@ -3,9 +3,12 @@
 //! and publishing jobs with their dedupe id.
 
 pub mod connect;
+pub mod dlq;
 pub mod publish;
+pub mod status;
 pub mod topology;
 
 pub use connect::{ConnectError, NatsArgs, ServerVersion, connect};
 pub use publish::{JetStreamQueue, JobQueue, PublishError, PublishOutcome};
+pub use status::{JetStreamStatus, StatusSink};
 pub use topology::{Topology, TopologyError, TopologyReport};

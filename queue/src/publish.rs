@@ -15,9 +15,9 @@ use crate::topology::JOBS_STREAM;
 /// Errors publishing a job.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    /// No stream listens on the jobs subjects.
-    #[error("no {JOBS_STREAM} stream on the server: run setup first")]
-    NoStream,
+    /// No stream listens on the subject.
+    #[error("no {0} stream on the server: run `helmqctl setup` first")]
+    NoStream(&'static str),
     /// The encoded job is over the size limit.
     #[error("job is {size} bytes, over the {limit} byte limit")]
     TooLarge {
@@ -27,9 +27,9 @@ pub enum PublishError {
         limit: usize,
     },
     /// The server did not acknowledge the publish.
-    #[error("publishing job {id} failed: {reason}")]
+    #[error("publishing {id} failed: {reason}")]
     Failed {
-        /// The job id.
+        /// The id of what was published.
         id: String,
         /// What the client reported.
         reason: String,
@@ -82,25 +82,12 @@ impl JobQueue for JetStreamQueue {
                 limit: MAX_EVENT_BYTES,
             });
         }
-        let failed = |reason: String| PublishError::Failed {
-            id: job.id.clone(),
-            reason,
-        };
         let message = PublishMessage::build()
             .payload(payload.into())
             .message_id(job.dedupe_id())
             .expected_stream(JOBS_STREAM);
         let subject = job_subject(&job.component.namespace, &job.component.name);
-        let ack = self
-            .js
-            .send_publish(subject, message)
-            .await
-            .map_err(|e| failed(e.to_string()))?
-            .await
-            .map_err(|e| match e.kind() {
-                PublishErrorKind::StreamNotFound => PublishError::NoStream,
-                _ => failed(e.to_string()),
-            })?;
+        let ack = send(&self.js, subject, message, &job.id, JOBS_STREAM).await?;
         Ok(if ack.duplicate {
             PublishOutcome::Duplicate {
                 sequence: ack.sequence,
@@ -111,4 +98,26 @@ impl JobQueue for JetStreamQueue {
             }
         })
     }
+}
+
+/// Publishes `message` and waits for the stream's ack.
+pub(crate) async fn send(
+    js: &Context,
+    subject: String,
+    message: PublishMessage,
+    id: &str,
+    stream: &'static str,
+) -> Result<async_nats::jetstream::publish::PublishAck, PublishError> {
+    let failed = |reason: String| PublishError::Failed {
+        id: id.to_owned(),
+        reason,
+    };
+    js.send_publish(subject, message)
+        .await
+        .map_err(|e| failed(e.to_string()))?
+        .await
+        .map_err(|e| match e.kind() {
+            PublishErrorKind::StreamNotFound => PublishError::NoStream(stream),
+            _ => failed(e.to_string()),
+        })
 }

@@ -158,7 +158,7 @@ async fn publishing_without_topology_says_to_run_setup() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, PublishError::NoStream | PublishError::Failed { .. }),
+        matches!(err, PublishError::NoStream(_) | PublishError::Failed { .. }),
         "{err:?}"
     );
     assert!(

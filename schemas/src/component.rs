@@ -209,6 +209,13 @@ pub struct HandlerStatus {
     /// Attempts spent on the current generation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempts: Option<u32>,
+    /// Generation of the last status event applied (with `eventOrder`, the writer's position:
+    /// an event at or below it is stale and dropped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_generation: Option<i64>,
+    /// Order key of the last status event applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_order: Option<u64>,
 }
 
 impl Component {

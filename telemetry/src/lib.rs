@@ -1,0 +1,216 @@
+//! Operations plumbing shared by the helmq binaries: tracing setup (text or JSON), the small
+//! HTTP server for `/metrics`, `/healthz` and `/readyz`, and the shutdown token that SIGTERM
+//! and Ctrl-C cancel.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+/// Logging flags, shared by every binary.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct LogArgs {
+    /// Log as JSON lines instead of text.
+    #[arg(long = "log-json", env = "HELMQ_LOG_JSON")]
+    pub json: bool,
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info,helmq_worker=debug`.
+    #[arg(long = "log", env = "RUST_LOG", default_value = "info")]
+    pub filter: String,
+}
+
+/// Installs the global tracing subscriber described by `args`.
+pub fn init_tracing(args: &LogArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second init (tests) keeps the first subscriber.
+    let _ = if args.json {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Flags of the operations HTTP endpoint.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HttpArgs {
+    /// Address of the `/metrics`, `/healthz` and `/readyz` endpoint.
+    #[arg(long = "listen", env = "HELMQ_LISTEN", default_value = "0.0.0.0:9090")]
+    pub listen: SocketAddr,
+}
+
+/// Whether the process can do its work; `/readyz` answers from it.
+#[derive(Debug, Clone)]
+pub struct Readiness {
+    state: Arc<Mutex<Result<(), String>>>,
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Readiness {
+            state: Arc::new(Mutex::new(Err("starting".into()))),
+        }
+    }
+}
+
+impl Readiness {
+    /// Marks the process ready.
+    pub fn ready(&self) {
+        self.set(Ok(()));
+    }
+
+    /// Marks the process not ready, saying why.
+    pub fn not_ready(&self, reason: impl Into<String>) {
+        self.set(Err(reason.into()));
+    }
+
+    /// The current state.
+    pub fn get(&self) -> Result<(), String> {
+        match self.state.lock() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn set(&self, value: Result<(), String>) {
+        match self.state.lock() {
+            Ok(mut guard) => *guard = value,
+            Err(poisoned) => *poisoned.into_inner() = value,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    registry: Arc<Registry>,
+    readiness: Readiness,
+}
+
+/// The `/metrics`, `/healthz` and `/readyz` routes.
+pub fn router(registry: Arc<Registry>, readiness: Readiness) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(AppState {
+            registry,
+            readiness,
+        })
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        ),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("cannot encode metrics: {e}\n"),
+        ),
+    }
+}
+
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    match state.readiness.get() {
+        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        ),
+    }
+}
+
+/// Serves the operations routes on `listener` until `shutdown` is cancelled.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    registry: Arc<Registry>,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(registry, readiness))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+/// Cancels `token` on SIGTERM or Ctrl-C (SIGINT).
+pub fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::select! {
+            () = terminate => tracing::info!("SIGTERM received, shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received, shutting down"),
+        }
+        token.cancel();
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::metrics::counter::Counter;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        stream.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn endpoints_report_health_readiness_and_metrics() {
+        let mut registry = Registry::default();
+        let counter = Counter::<u64>::default();
+        registry.register("helmq_test_things", "things counted", counter.clone());
+        counter.inc_by(3);
+        let readiness = Readiness::default();
+        let shutdown = CancellationToken::new();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(serve(
+            listener,
+            Arc::new(registry),
+            readiness.clone(),
+            shutdown.clone(),
+        ));
+
+        assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
+        let not_ready = get(addr, "/readyz").await;
+        assert!(not_ready.starts_with("HTTP/1.1 503"), "{not_ready}");
+        assert!(not_ready.ends_with("not ready: starting\n"), "{not_ready}");
+        readiness.ready();
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
+        let metrics = get(addr, "/metrics").await;
+        assert!(metrics.contains("helmq_test_things_total 3"), "{metrics}");
+
+        shutdown.cancel();
+        server.await.unwrap().unwrap();
+    }
+}
