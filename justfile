@@ -38,3 +38,20 @@ ci: lint test
 # Format the code.
 fmt:
     cargo fmt --all
+
+# Run helmq locally against the current kube context: NATS, the producer and $WORKERS workers (default 2).
+up:
+    scripts/up.sh
+
+# Stop exactly what `just up` started.
+down:
+    scripts/down.sh
+
+# End-to-end suite against a real cluster and helm (needs HELMQ_E2E=1; KUBECONFIG, HELM_BIN; HELMQ_E2E_SCALE=N adds a scale run).
+e2e: setup
+    cargo build --bins
+    cargo nextest run -p helmq-tests --test e2e --no-capture
+
+# Lint the Dockerfile (hadolint) and validate the Kubernetes manifests against the Kubernetes 1.33 OpenAPI schemas.
+validate-deploy:
+    scripts/validate-deploy.sh

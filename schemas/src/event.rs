@@ -186,23 +186,21 @@ impl JobEvent {
     /// field-naming messages as a Component author (and may send either config shape).
     pub fn decode(payload: &[u8]) -> Result<JobEvent, EventError> {
         let mut value = checked_value(payload, JOB_SCHEMA)?;
+        let malformed = |reason: String| EventError::Malformed {
+            schema: JOB_SCHEMA,
+            reason,
+        };
         let component = value
             .get("component")
             .cloned()
-            .map(serde_json::from_value::<ComponentRef>)
-            .transpose()
-            .map_err(|e| EventError::Malformed {
-                schema: JOB_SCHEMA,
-                reason: format!("component: {e}"),
-            })?;
-        if let (Some(component), Some(config)) = (component, value.get_mut("config")) {
+            .ok_or_else(|| malformed("missing field `component`".into()))?;
+        let component = serde_json::from_value::<ComponentRef>(component)
+            .map_err(|e| malformed(format!("component: {e}")))?;
+        if let Some(config) = value.get_mut("config") {
             component.check(JOB_SCHEMA)?;
             let normalized =
                 HelmConfig::parse(Some(config), &component.namespace, &component.name)?;
-            *config = serde_json::to_value(normalized).map_err(|e| EventError::Malformed {
-                schema: JOB_SCHEMA,
-                reason: e.to_string(),
-            })?;
+            *config = serde_json::to_value(normalized).map_err(|e| malformed(e.to_string()))?;
         }
         let job: JobEvent = from_value(value, JOB_SCHEMA)?;
         job.component.check(JOB_SCHEMA)?;

@@ -58,3 +58,21 @@ async fn a_restarted_server_keeps_its_jetstream_store() {
     let mut stream = js.get_stream("KEEP").await.unwrap();
     assert_eq!(stream.info().await.unwrap().state.messages, 1);
 }
+
+#[test]
+fn the_end_to_end_suite_says_how_to_run_it_when_skipped() {
+    // SAFETY of the environment: this test only reads the variable through the gate; nextest runs
+    // each test in its own process, so setting it here touches no other test.
+    let was = std::env::var_os("HELMQ_E2E");
+    if was.as_deref() == Some(std::ffi::OsStr::new("1")) {
+        assert!(helmq_tests::e2e_gate().is_ok());
+        return;
+    }
+    let message = helmq_tests::e2e_gate().unwrap_err();
+    assert!(message.starts_with("SKIPPED: "), "{message}");
+    assert!(message.contains("HELMQ_E2E=1"), "{message}");
+    assert!(
+        message.contains("KUBECONFIG") && message.contains("HELM_BIN"),
+        "{message}"
+    );
+}

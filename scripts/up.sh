@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# `just up`: runs helmq on this machine against the current kube context — a local NATS with
+# JetStream, the topology, the producer (watcher + status writer) and $WORKERS workers running
+# `helm` from PATH. Stop it with `just down`, which stops exactly what this started.
+#
+# Environment: WORKERS (default 2), KUBECONFIG (default ~/.kube/config), HELM_BIN (default helm),
+# NATS_URL (use a running server instead of starting one), NATS_PORT (default 4222),
+# HELMQ_HTTP_BASE (first metrics port, default 9090), HELMQ_RUN_DIR (default .helmq),
+# HELMQ_BIN_DIR (use these binaries instead of building them).
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+run=${HELMQ_RUN_DIR:-$root/.helmq}
+workers=${WORKERS:-2}
+helm_bin=${HELM_BIN:-helm}
+nats_port=${NATS_PORT:-4222}
+http_base=${HELMQ_HTTP_BASE:-9090}
+
+fail() { printf 'just up: %s\n' "$*" >&2; exit 1; }
+
+if [ -f "$run/pids" ]; then
+  while read -r name pid; do
+    if kill -0 "$pid" 2>/dev/null; then
+      fail "helmq is already running ($name, pid $pid): run \`just down\` first"
+    fi
+  done < "$run/pids"
+  rm -f "$run/pids"
+fi
+[[ "$workers" =~ ^[1-9][0-9]*$ ]] || fail "WORKERS must be a positive number, got '$workers'"
+
+# 1. helm: present and new enough (3.14+ or 4).
+helm_path=$(command -v "$helm_bin" || true)
+[ -n "$helm_path" ] || fail "helm not found (HELM_BIN=$helm_bin): install Helm 3.14+ or 4 and put it on PATH, or set HELM_BIN"
+helm_version=$("$helm_path" version --short 2>/dev/null || true)
+if [[ "$helm_version" =~ ^v([0-9]+)\.([0-9]+) ]]; then
+  major=${BASH_REMATCH[1]} minor=${BASH_REMATCH[2]}
+  if [ "$major" -lt 3 ] || { [ "$major" -eq 3 ] && [ "$minor" -lt 14 ]; }; then
+    fail "helm $helm_version at $helm_path is too old: helmq needs Helm 3.14+ or 4"
+  fi
+else
+  fail "cannot read the version of $helm_path ('helm version --short' printed '$helm_version')"
+fi
+
+# 2. The binaries.
+if [ -n "${HELMQ_BIN_DIR:-}" ]; then
+  bin=$HELMQ_BIN_DIR
+else
+  echo "building helmq (cargo build --release)..."
+  (cd "$root" && cargo build --release -q --bin helmq-producer --bin helmq-worker --bin helmqctl)
+  bin=$root/target/release
+fi
+for b in helmq-producer helmq-worker helmqctl; do
+  [ -x "$bin/$b" ] || fail "$bin/$b is missing: build it or unset HELMQ_BIN_DIR"
+done
+
+# 3. The cluster: reachable, with the Component CRD.
+"$bin/helmqctl" preflight --install-crd >&2 || fail "no usable Kubernetes cluster (see above); set KUBECONFIG or fix the current context"
+
+mkdir -p "$run/logs"
+: > "$run/pids"
+started() { echo "$1 $2" >> "$run/pids"; }
+
+# 4. NATS with JetStream, unless NATS_URL names one.
+if [ -z "${NATS_URL:-}" ]; then
+  "$root/scripts/setup-nats.sh" newest
+  nats_bin=$root/.tools/nats-newest/nats-server
+  mkdir -p "$run/nats"
+  "$nats_bin" -a 127.0.0.1 -p "$nats_port" -js -sd "$run/nats" -l "$run/logs/nats.log" &
+  started nats-server $!
+  export NATS_URL="nats://127.0.0.1:$nats_port"
+  for _ in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null && break
+    sleep 0.1
+  done
+fi
+"$bin/helmqctl" --nats-url "$NATS_URL" setup
+
+# 5. The producer (watcher + writer) and the workers.
+"$bin/helmq-producer" --nats-url "$NATS_URL" --listen "127.0.0.1:$http_base" \
+  > "$run/logs/producer.log" 2>&1 &
+started helmq-producer $!
+for i in $(seq 1 "$workers"); do
+  "$bin/helmq-worker" --nats-url "$NATS_URL" --listen "127.0.0.1:$((http_base + i))" \
+    --helm-bin "$helm_path" --worker-id "local-$i" \
+    > "$run/logs/worker-$i.log" 2>&1 &
+  started "helmq-worker-$i" $!
+done
+
+cat <<MSG
+helmq is up (NATS at $NATS_URL, helm $helm_version, KUBECONFIG=${KUBECONFIG:-~/.kube/config})
+  producer + writer  log $run/logs/producer.log   metrics http://127.0.0.1:$http_base/metrics
+  workers ($workers)        logs $run/logs/worker-N.log   metrics http://127.0.0.1:$((http_base + 1))/metrics ...
+  NATS               log $run/logs/nats.log
+Try:  kubectl apply -f deploy/examples/nginx.yaml && kubectl get components -w
+Queue: $bin/helmqctl --nats-url $NATS_URL status
+Stop: just down
+MSG
