@@ -449,16 +449,16 @@ async fn workers_seen(js: &Context, since: Duration) -> Result<Vec<WorkerSeen>, 
         let Ok(Some(Ok(message))) = next else { break };
         scanned += 1;
         let pending = message.info().map(|i| i.pending).unwrap_or(0);
-        if let Ok(event) = StatusEvent::decode(&message.payload) {
-            if event.worker != "producer" {
-                let entry = seen.entry(event.worker.clone()).or_insert(WorkerSeen {
-                    worker: event.worker.clone(),
-                    events: 0,
-                    last_seen: String::new(),
-                });
-                entry.events += 1;
-                entry.last_seen = event.at.to_string();
-            }
+        if let Ok(event) = StatusEvent::decode(&message.payload)
+            && event.worker != "producer"
+        {
+            let entry = seen.entry(event.worker.clone()).or_insert(WorkerSeen {
+                worker: event.worker.clone(),
+                events: 0,
+                last_seen: String::new(),
+            });
+            entry.events += 1;
+            entry.last_seen = event.at.to_string();
         }
         if pending == 0 || scanned >= MAX_SCANNED {
             break;
