@@ -1,18 +1,25 @@
 //! `helmq-producer`: watches Components and publishes jobs; runs the status writer.
 
 use clap::Parser;
+use helmq_producer::store::KubeComponentStore;
+use helmq_producer::{Args, Nats};
+use tokio_util::sync::CancellationToken;
 
-/// Watches `Component` resources, claims them and publishes Helm jobs to JetStream; applies
-/// status events back to the Components.
-#[derive(Debug, Parser)]
-#[command(name = "helmq-producer", version, about)]
-struct Args {
-    /// NATS connection.
-    #[command(flatten)]
-    nats: helmq_queue::NatsArgs,
-}
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    helmq_telemetry::init_tracing(&args.log);
+    let shutdown = CancellationToken::new();
+    helmq_telemetry::cancel_on_signals(shutdown.clone());
 
-fn main() -> anyhow::Result<()> {
-    let _args = Args::parse();
-    anyhow::bail!("helmq-producer is not built yet: the watcher and writer arrive with issue 4")
+    let kube = kube::Client::try_default()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot configure the kubernetes client: {e}"))?;
+    let store = KubeComponentStore::new(kube, args.namespaces.clone());
+    let nats = Nats::connect(&args.nats, "helmq-producer").await?;
+    let js = async_nats::jetstream::new(nats.client.clone());
+
+    let result = helmq_producer::run(&args, store, js, shutdown).await;
+    nats.drain(args.drain_deadline).await;
+    Ok(result?)
 }

@@ -1,18 +1,17 @@
 //! `helmq-worker`: pulls jobs from JetStream and runs Helm.
 
 use clap::Parser;
+use tokio_util::sync::CancellationToken;
 
-/// Pulls Helm jobs from JetStream, runs `helm upgrade --install` / `helm uninstall` and
-/// publishes status events.
-#[derive(Debug, Parser)]
-#[command(name = "helmq-worker", version, about)]
-struct Args {
-    /// NATS connection.
-    #[command(flatten)]
-    nats: helmq_queue::NatsArgs,
-}
+use helmq_worker::{Args, HelmCli};
 
-fn main() -> anyhow::Result<()> {
-    let _args = Args::parse();
-    anyhow::bail!("helmq-worker is not built yet: the worker pool arrives with issue 3")
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    helmq_telemetry::init_tracing(&args.log);
+    let driver = HelmCli::new(args.helm())?;
+    let shutdown = CancellationToken::new();
+    helmq_telemetry::cancel_on_signals(shutdown.clone());
+    helmq_worker::run(args, driver, shutdown).await?;
+    Ok(())
 }

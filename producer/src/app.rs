@@ -1,0 +1,198 @@
+//! Wiring: runs the watcher and/or the writer with the operations endpoint, under one
+//! shutdown token, and drains NATS at the end.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use helmq_queue::{JetStreamQueue, JetStreamStatus, NatsArgs, Topology};
+use helmq_telemetry::Readiness;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::args::Args;
+use crate::metrics::Metrics;
+use crate::producer::{Producer, ProducerError};
+use crate::store::ComponentStore;
+use crate::writer::{Writer, WriterError};
+
+/// How often readiness re-checks the topology.
+const READINESS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Errors that end the process.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// Connecting to NATS failed.
+    #[error(transparent)]
+    Connect(#[from] helmq_queue::ConnectError),
+    /// The operations endpoint could not listen.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The watcher stopped.
+    #[error("watcher: {0}")]
+    Producer(#[from] ProducerError),
+    /// The writer stopped.
+    #[error("writer: {0}")]
+    Writer(#[from] WriterError),
+    /// A task panicked or was aborted.
+    #[error("task failed: {0}")]
+    Task(String),
+}
+
+/// A NATS connection and a receiver that turns `true` once the connection is closed.
+#[derive(Debug)]
+pub struct Nats {
+    /// The client.
+    pub client: async_nats::Client,
+    closed: watch::Receiver<bool>,
+}
+
+impl Nats {
+    /// Connects with `args` (auth, TLS, version check), watching for the Closed event.
+    pub async fn connect(args: &NatsArgs, name: &str) -> Result<Nats, helmq_queue::ConnectError> {
+        let (tx, closed) = watch::channel(false);
+        let options = args.options(name).await?.event_callback(move |event| {
+            let tx = tx.clone();
+            async move {
+                match event {
+                    async_nats::Event::Closed => {
+                        let _ = tx.send(true);
+                    }
+                    other => tracing::info!(event = %other, "nats"),
+                }
+            }
+        });
+        let client = options.connect(args.url.as_str()).await.map_err(|source| {
+            helmq_queue::ConnectError::Connect {
+                url: args.url.clone(),
+                source,
+            }
+        })?;
+        let info = client.server_info();
+        helmq_queue::connect::check_server(&args.url, &info.version, info.jetstream)?;
+        Ok(Nats { client, closed })
+    }
+
+    /// Drains the connection (flushing what was published) and waits for it to close, at
+    /// most `deadline`.
+    pub async fn drain(mut self, deadline: Duration) {
+        if let Err(error) = self.client.drain().await {
+            tracing::warn!(%error, "nats drain failed");
+            return;
+        }
+        let closed = tokio::time::timeout(deadline, self.closed.wait_for(|c| *c)).await;
+        if closed.is_err() {
+            tracing::warn!(?deadline, "nats connection did not close in time");
+        }
+    }
+}
+
+/// Runs what `args.mode` asks for until `shutdown` is cancelled or a loop fails; then stops
+/// every loop (each finishes the item in hand) and returns.
+pub async fn run<S: ComponentStore + Clone>(
+    args: &Args,
+    store: S,
+    js: jetstream::Context,
+    shutdown: CancellationToken,
+) -> Result<(), AppError> {
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let readiness = Readiness::default();
+    let listener = tokio::net::TcpListener::bind(args.http.listen)
+        .await
+        .map_err(|source| AppError::Listen {
+            addr: args.http.listen,
+            source,
+        })?;
+    tracing::info!(addr = %args.http.listen, mode = ?args.mode, "helmq-producer starting");
+
+    let mut tasks: JoinSet<Result<(), AppError>> = JoinSet::new();
+    {
+        let (registry, readiness, token) =
+            (Arc::new(registry), readiness.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            helmq_telemetry::serve(listener, registry, readiness, token)
+                .await
+                .map_err(|e| AppError::Task(format!("http: {e}")))
+        });
+    }
+    {
+        let (js, readiness, token) = (js.clone(), readiness.clone(), shutdown.clone());
+        tasks.spawn(
+            async move {
+                check_readiness(js, readiness, token).await;
+                Ok(())
+            }
+            .instrument(tracing::info_span!("readiness")),
+        );
+    }
+    if args.mode.watcher() {
+        let producer = Producer::new(
+            store.clone(),
+            JetStreamQueue::new(js.clone()),
+            JetStreamStatus::new(js.clone()),
+            args.producer_config(),
+            metrics.clone(),
+        );
+        let token = shutdown.clone();
+        tasks.spawn(
+            async move { Ok(producer.run(token).await?) }
+                .instrument(tracing::info_span!("watcher")),
+        );
+    }
+    if args.mode.writer() {
+        let writer = Writer::new(store, js, args.writer_config(), metrics);
+        let token = shutdown.clone();
+        tasks.spawn(
+            async move { Ok(writer.run(token).await?) }.instrument(tracing::info_span!("writer")),
+        );
+    }
+
+    let mut first_error = None;
+    while let Some(joined) = tasks.join_next().await {
+        let result = joined
+            .map_err(|e| AppError::Task(e.to_string()))
+            .and_then(|r| r);
+        if let Err(error) = result {
+            tracing::error!(%error, "stopping");
+            readiness.not_ready(error.to_string());
+            first_error.get_or_insert(error);
+        }
+        // Any loop ending ends the process: the others stop too.
+        shutdown.cancel();
+    }
+    match first_error {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+/// Ready while the JetStream topology is in place.
+async fn check_readiness(
+    js: jetstream::Context,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) {
+    let topology = Topology::default();
+    loop {
+        match topology.check(&js).await {
+            Ok(()) => readiness.ready(),
+            Err(error) => readiness.not_ready(error.to_string()),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => {
+                readiness.not_ready("shutting down");
+                return;
+            }
+            () = tokio::time::sleep(READINESS_INTERVAL) => {}
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! Prometheus metrics of the producer and the writer, registered once and shared by both.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+/// Label of [`Metrics::events_published`]: whether the server stored it or dropped a
+/// duplicate.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PublishLabels {
+    /// What was published.
+    pub kind: String,
+    /// `stored` or `duplicate`.
+    pub outcome: String,
+}
+
+/// Every counter of the process.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    /// Jobs and status events published by the producer.
+    pub events_published: Family<PublishLabels, Counter>,
+    /// Status patches written by the writer.
+    pub statuses_applied: Counter,
+    /// Optimistic-concurrency conflicts met (claim, finalizer, status), each re-read.
+    pub conflicts: Counter,
+    /// Status events dropped because the status already shows a newer position.
+    pub stale_events_dropped: Counter,
+    /// Status events dropped because their Component is gone or has another uid.
+    pub orphan_events_dropped: Counter,
+    /// Status events dead-lettered (not JSON, unknown schema, ...).
+    pub dead_letters: Counter,
+    /// Watch (re)starts, including the first listing.
+    pub watch_restarts: Counter,
+    /// Watch errors (the watcher backs off and resumes).
+    pub watch_errors: Counter,
+    /// Resync passes.
+    pub resyncs: Counter,
+}
+
+impl Metrics {
+    /// Fresh counters, registered in `registry` under `helmq_`.
+    pub fn register(registry: &mut Registry) -> Metrics {
+        let m = Metrics::default();
+        registry.register(
+            "helmq_producer_events_published",
+            "jobs and status events published by the producer",
+            m.events_published.clone(),
+        );
+        registry.register(
+            "helmq_writer_statuses_applied",
+            "status patches written",
+            m.statuses_applied.clone(),
+        );
+        registry.register(
+            "helmq_conflicts",
+            "resourceVersion conflicts met and re-read",
+            m.conflicts.clone(),
+        );
+        registry.register(
+            "helmq_writer_stale_events_dropped",
+            "status events older than the status they would change",
+            m.stale_events_dropped.clone(),
+        );
+        registry.register(
+            "helmq_writer_orphan_events_dropped",
+            "status events for Components that are gone or were re-created",
+            m.orphan_events_dropped.clone(),
+        );
+        registry.register(
+            "helmq_writer_dead_letters",
+            "status events dead-lettered",
+            m.dead_letters.clone(),
+        );
+        registry.register(
+            "helmq_producer_watch_restarts",
+            "watch (re)starts with a full listing",
+            m.watch_restarts.clone(),
+        );
+        registry.register(
+            "helmq_producer_watch_errors",
+            "watch errors (backed off and resumed)",
+            m.watch_errors.clone(),
+        );
+        registry.register("helmq_producer_resyncs", "resync passes", m.resyncs.clone());
+        m
+    }
+
+    /// Counts one publish.
+    pub fn published(&self, kind: &str, duplicate: bool) {
+        self.events_published
+            .get_or_create(&PublishLabels {
+                kind: kind.to_owned(),
+                outcome: if duplicate { "duplicate" } else { "stored" }.to_owned(),
+            })
+            .inc();
+    }
+}

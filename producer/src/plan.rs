@@ -1,0 +1,269 @@
+//! The producer's decisions as a pure function: [`plan`] looks at one Component (and at what
+//! this producer already published for it) and says what to do, following the original
+//! handler's claiming, creation and deletion protocols (DESIGN.md §3). The watch loop only
+//! carries the [`Action`] out.
+
+use std::time::Duration;
+
+use helmq_schemas::component::{
+    COORDINATION_FINALIZER, Component, ComponentStatus, HELM_FINALIZER, LIFECYCLE_FINALIZER_SUFFIX,
+    Phase,
+};
+use helmq_schemas::config::HelmConfig;
+use helmq_schemas::event::{ComponentRef, JobAction, JobEvent};
+use jiff::Timestamp;
+
+/// Prefix of the Composition controller's finalizers, which never mean "claimed".
+const COMPOSITION_PREFIX: &str = "composition.";
+/// Extra time over a job's own timeout before resync re-publishes it.
+pub const RESYNC_SLACK: Duration = Duration::from_secs(60);
+
+/// What this producer already published for one (uid, generation), from its in-memory record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Published {
+    /// When the apply job was last published.
+    pub apply: Option<Timestamp>,
+    /// When the delete job was last published.
+    pub delete: Option<Timestamp>,
+    /// A `Failed` event for an invalid config was published.
+    pub failed: bool,
+    /// A `Terminated` event (nothing to uninstall) was published.
+    pub terminated: bool,
+    /// A `TerminationFailed` event (cannot build a delete job) was published.
+    pub termination_failed: bool,
+}
+
+/// Everything besides the Component that a decision depends on.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    /// The handler name we answer to (`spec.handler`).
+    pub handler: &'a str,
+    /// The current time.
+    pub now: Timestamp,
+    /// What was already published for this Component's uid and generation.
+    pub published: Published,
+    /// How long a published job may go unanswered before it is re-published; `None`: the
+    /// Component's own timeout plus [`RESYNC_SLACK`].
+    pub resync_grace: Option<Duration>,
+}
+
+/// What to do with one Component.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// `spec.handler` names another handler.
+    Ignore,
+    /// Another handler's lifecycle finalizer is on it: it is theirs.
+    SkipOtherHandler {
+        /// The other handler's finalizer.
+        finalizer: String,
+    },
+    /// Add our finalizer (optimistic concurrency), then publish a `Claimed` event.
+    Claim,
+    /// Publish this apply job.
+    PublishApply(Box<JobEvent>),
+    /// `spec.config` is invalid: publish a `Failed` event with the parser's message.
+    ConfigFailed {
+        /// The parser's message.
+        message: String,
+    },
+    /// Being deleted, but the Composition controller's finalizer is still on it.
+    WaitCoordination,
+    /// Publish this delete job.
+    PublishDelete(Box<JobEvent>),
+    /// Being deleted, the config is invalid and no release was ever recorded: nothing was
+    /// installed, so publish `Terminated` directly and let the writer remove our finalizer.
+    FinishDeleteWithoutRelease {
+        /// Why nothing needs uninstalling.
+        message: String,
+    },
+    /// Being deleted with a release recorded, but the config is invalid so no delete job can
+    /// be built: publish `TerminationFailed` (the finalizer stays until the spec is fixed).
+    DeleteBlocked {
+        /// Why.
+        message: String,
+    },
+    /// Nothing to do now.
+    Nothing(&'static str),
+}
+
+/// Decides what to do with `component`.
+pub fn plan(component: &Component, ctx: &Context<'_>) -> Action {
+    if !component.is_for(ctx.handler) {
+        return Action::Ignore;
+    }
+    let finalizers = component.metadata.finalizers.as_deref().unwrap_or_default();
+    let ours = finalizers.iter().any(|f| f == HELM_FINALIZER);
+    let deleting = component.metadata.deletion_timestamp.is_some();
+    if !ours {
+        if let Some(other) = other_handler_finalizer(finalizers) {
+            return Action::SkipOtherHandler {
+                finalizer: other.to_owned(),
+            };
+        }
+        if deleting {
+            return Action::Nothing("being deleted and never claimed by us");
+        }
+        return Action::Claim;
+    }
+    if deleting {
+        plan_delete(component, ctx)
+    } else {
+        plan_apply(component, ctx)
+    }
+}
+
+/// Another handler's claim: `*.deployment-orchestrator.io/lifecycle`, not ours and not the
+/// Composition controller's.
+fn other_handler_finalizer(finalizers: &[String]) -> Option<&str> {
+    finalizers.iter().map(String::as_str).find(|f| {
+        *f != HELM_FINALIZER
+            && f.ends_with(LIFECYCLE_FINALIZER_SUFFIX)
+            && !f.starts_with(COMPOSITION_PREFIX)
+    })
+}
+
+fn component_ref(component: &Component) -> ComponentRef {
+    ComponentRef {
+        namespace: component.metadata.namespace.clone().unwrap_or_default(),
+        name: component.metadata.name.clone().unwrap_or_default(),
+        uid: component.metadata.uid.clone(),
+        generation: component.metadata.generation.unwrap_or(0),
+    }
+}
+
+/// The parsed config and the timeout for `action`, or the message saying what is wrong.
+fn config_and_timeout(
+    component: &Component,
+    action: JobAction,
+) -> Result<(HelmConfig, Duration), String> {
+    let namespace = component.metadata.namespace.as_deref().unwrap_or_default();
+    let name = component.metadata.name.as_deref().unwrap_or_default();
+    let config = HelmConfig::parse(component.spec.config.as_ref(), namespace, name)
+        .map_err(|e| e.to_string())?;
+    let timeout = match action {
+        JobAction::Apply => component.spec.deployment_timeout(),
+        JobAction::Delete => component.spec.termination_timeout(),
+    }
+    .map_err(|e| e.to_string())?;
+    Ok((config, timeout))
+}
+
+/// True when `published` is recent enough that the job is presumably still on its way.
+fn still_pending(published: Option<Timestamp>, timeout: Duration, ctx: &Context<'_>) -> bool {
+    let Some(at) = published else {
+        return false;
+    };
+    let grace = ctx.resync_grace.unwrap_or(timeout + RESYNC_SLACK);
+    let grace = jiff::SignedDuration::try_from(grace).unwrap_or(jiff::SignedDuration::MAX);
+    ctx.now.duration_since(at) < grace
+}
+
+fn plan_apply(component: &Component, ctx: &Context<'_>) -> Action {
+    let generation = component.metadata.generation.unwrap_or(0);
+    let status = component.status.clone().unwrap_or_default();
+    let up_to_date = status.observed_generation == Some(generation);
+    match config_and_timeout(component, JobAction::Apply) {
+        Err(message) => {
+            if up_to_date && status.phase == Some(Phase::Failed) {
+                Action::Nothing("failed at this generation; waiting for a spec change")
+            } else if ctx.published.failed {
+                Action::Nothing("config failure published; waiting for the writer")
+            } else {
+                Action::ConfigFailed { message }
+            }
+        }
+        Ok(_) if up_to_date => Action::Nothing("status reflects this generation"),
+        Ok((config, timeout)) => {
+            if still_pending(
+                last_activity(&status, generation, ctx.published.apply),
+                timeout,
+                ctx,
+            ) {
+                return Action::Nothing("apply job published; waiting for the worker");
+            }
+            Action::PublishApply(Box::new(JobEvent::new(
+                JobAction::Apply,
+                component_ref(component),
+                config,
+                timeout.as_secs().max(1),
+                ctx.now,
+            )))
+        }
+    }
+}
+
+/// The later of our own publish time and the last progress the status shows for this
+/// generation (the `Progressing` condition turning true), so a producer that restarted does not
+/// re-publish a job a worker is visibly running.
+fn last_activity(
+    status: &ComponentStatus,
+    generation: i64,
+    published: Option<Timestamp>,
+) -> Option<Timestamp> {
+    let progressing = status
+        .conditions
+        .iter()
+        .find(|c| {
+            c.type_ == "Progressing"
+                && c.status == "True"
+                && c.observed_generation == Some(generation)
+        })
+        .map(|c| c.last_transition_time.0);
+    published.max(progressing)
+}
+
+fn plan_delete(component: &Component, ctx: &Context<'_>) -> Action {
+    let finalizers = component.metadata.finalizers.as_deref().unwrap_or_default();
+    if finalizers.iter().any(|f| f == COORDINATION_FINALIZER) {
+        return Action::WaitCoordination;
+    }
+    let generation = component.metadata.generation.unwrap_or(0);
+    let status = component.status.clone().unwrap_or_default();
+    if status.phase == Some(Phase::TerminationFailed)
+        && status.observed_generation == Some(generation)
+    {
+        return Action::Nothing("termination failed at this generation; finalizer kept");
+    }
+    if ctx.published.terminated {
+        return Action::Nothing("terminated; waiting for the writer to remove the finalizer");
+    }
+    let record = status
+        .handler_status
+        .as_ref()
+        .and_then(|h| Some((h.release_name.clone()?, h.release_namespace.clone()?)));
+    match config_and_timeout(component, JobAction::Delete) {
+        Ok((mut config, timeout)) => {
+            if still_pending(ctx.published.delete, timeout, ctx) {
+                return Action::Nothing("delete job published; waiting for the worker");
+            }
+            // Every operation after the first deploy uses the recorded release.
+            if let Some((name, namespace)) = record {
+                config.release_name = name;
+                config.release_namespace = namespace;
+            }
+            Action::PublishDelete(Box::new(JobEvent::new(
+                JobAction::Delete,
+                component_ref(component),
+                config,
+                timeout.as_secs().max(1),
+                ctx.now,
+            )))
+        }
+        Err(message) => match record {
+            None => Action::FinishDeleteWithoutRelease {
+                message: format!("nothing to uninstall (no release was installed: {message})"),
+            },
+            Some(_) if ctx.published.termination_failed => {
+                Action::Nothing("termination failure published; waiting for a spec change")
+            }
+            Some((name, namespace)) => Action::DeleteBlocked {
+                message: format!(
+                    "cannot uninstall release {namespace}/{name}: {message}; fix spec.config to retry"
+                ),
+            },
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests;

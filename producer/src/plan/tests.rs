@@ -1,0 +1,577 @@
+//! The protocol table: every phase, finalizer combination and deletion state.
+
+use super::*;
+use helmq_schemas::component::{ComponentSpec, HandlerStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+const OTHER: &str = "rds.deployment-orchestrator.io/lifecycle";
+const COMPOSITION_LIFECYCLE: &str = "composition.deployment-orchestrator.io/lifecycle";
+const UNRELATED: &str = "kubernetes.io/pvc-protection";
+
+fn valid_config() -> serde_json::Value {
+    serde_json::json!({
+        "releaseName": "web",
+        "releaseNamespace": "apps",
+        "source": {"type": "http",
+            "repository": {"url": "https://repo.broadcom.com/bitnami-files", "name": "bitnami"},
+            "chart": {"name": "nginx", "version": "18.2.4"}},
+        "values": {"service": {"type": "ClusterIP"}, "replicaCount": 1}
+    })
+}
+
+fn now() -> Timestamp {
+    Timestamp::from_second(1_800_000_000).unwrap()
+}
+
+fn ago(secs: i64) -> Timestamp {
+    now() - jiff::SignedDuration::from_secs(secs)
+}
+
+#[derive(Clone)]
+struct Fixture {
+    handler: &'static str,
+    finalizers: Vec<&'static str>,
+    deleting: bool,
+    generation: i64,
+    phase: Option<Phase>,
+    observed: Option<i64>,
+    config: Option<serde_json::Value>,
+    record: bool,
+}
+
+fn fixture() -> Fixture {
+    Fixture {
+        handler: "helm",
+        finalizers: vec![],
+        deleting: false,
+        generation: 1,
+        phase: None,
+        observed: None,
+        config: Some(valid_config()),
+        record: false,
+    }
+}
+
+impl Fixture {
+    fn fin(mut self, f: &[&'static str]) -> Self {
+        self.finalizers = f.to_vec();
+        self
+    }
+    fn deleting(mut self) -> Self {
+        self.deleting = true;
+        self
+    }
+    fn at(mut self, phase: Phase, observed: Option<i64>) -> Self {
+        self.phase = Some(phase);
+        self.observed = observed;
+        self
+    }
+    fn generation(mut self, g: i64) -> Self {
+        self.generation = g;
+        self
+    }
+    fn config(mut self, c: Option<serde_json::Value>) -> Self {
+        self.config = c;
+        self
+    }
+    fn with_record(mut self) -> Self {
+        self.record = true;
+        self
+    }
+    fn handler(mut self, h: &'static str) -> Self {
+        self.handler = h;
+        self
+    }
+    fn build(&self) -> Component {
+        let mut c = Component::new(
+            "web",
+            ComponentSpec {
+                name: "web".into(),
+                handler: self.handler.into(),
+                config: self.config.clone(),
+                deployment_timeout: None,
+                termination_timeout: None,
+            },
+        );
+        c.metadata.namespace = Some("default".into());
+        c.metadata.uid = Some("uid-1".into());
+        c.metadata.generation = Some(self.generation);
+        c.metadata.resource_version = Some("7".into());
+        if !self.finalizers.is_empty() {
+            c.metadata.finalizers = Some(self.finalizers.iter().map(|f| f.to_string()).collect());
+        }
+        if self.deleting {
+            c.metadata.deletion_timestamp = Some(Time(ago(5)));
+        }
+        if self.phase.is_some() || self.record {
+            c.status = Some(ComponentStatus {
+                phase: self.phase,
+                observed_generation: self.observed,
+                handler_status: self.record.then(|| HandlerStatus {
+                    release_name: Some("web-recorded".into()),
+                    release_namespace: Some("apps-recorded".into()),
+                    revision: Some(3),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
+        c
+    }
+}
+
+fn ctx(published: Published) -> Context<'static> {
+    Context {
+        handler: "helm",
+        now: now(),
+        published,
+        resync_grace: None,
+    }
+}
+
+fn kind(action: &Action) -> &'static str {
+    match action {
+        Action::Ignore => "Ignore",
+        Action::SkipOtherHandler { .. } => "SkipOtherHandler",
+        Action::Claim => "Claim",
+        Action::PublishApply(_) => "PublishApply",
+        Action::ConfigFailed { .. } => "ConfigFailed",
+        Action::WaitCoordination => "WaitCoordination",
+        Action::PublishDelete(_) => "PublishDelete",
+        Action::FinishDeleteWithoutRelease { .. } => "FinishDeleteWithoutRelease",
+        Action::DeleteBlocked { .. } => "DeleteBlocked",
+        Action::Nothing(_) => "Nothing",
+    }
+}
+
+const ALL_PHASES: [Option<Phase>; 8] = [
+    None,
+    Some(Phase::Pending),
+    Some(Phase::Claimed),
+    Some(Phase::Deploying),
+    Some(Phase::Ready),
+    Some(Phase::Failed),
+    Some(Phase::Terminating),
+    Some(Phase::TerminationFailed),
+];
+
+fn with_phase(f: Fixture, phase: Option<Phase>, observed: Option<i64>) -> Fixture {
+    Fixture {
+        phase,
+        observed,
+        ..f
+    }
+}
+
+/// Claiming: for every phase, finalizer combination and deletion state without our
+/// finalizer, the outcome depends only on the finalizers and deletion.
+#[test]
+fn claiming_table_over_every_phase() {
+    let rows: &[(&str, &[&'static str], bool, &str)] = &[
+        ("no finalizers", &[], false, "Claim"),
+        (
+            "coordination only",
+            &[COORDINATION_FINALIZER],
+            false,
+            "Claim",
+        ),
+        (
+            "composition lifecycle is not a handler",
+            &[COMPOSITION_LIFECYCLE],
+            false,
+            "Claim",
+        ),
+        ("unrelated finalizer", &[UNRELATED], false, "Claim"),
+        ("another handler", &[OTHER], false, "SkipOtherHandler"),
+        (
+            "another handler + coordination",
+            &[OTHER, COORDINATION_FINALIZER],
+            false,
+            "SkipOtherHandler",
+        ),
+        ("deleting, no finalizers", &[], true, "Nothing"),
+        (
+            "deleting, coordination only",
+            &[COORDINATION_FINALIZER],
+            true,
+            "Nothing",
+        ),
+        (
+            "deleting, another handler",
+            &[OTHER],
+            true,
+            "SkipOtherHandler",
+        ),
+    ];
+    for (name, finalizers, deleting, want) in rows {
+        for phase in ALL_PHASES {
+            for observed in [None, Some(1)] {
+                let mut f = with_phase(fixture().fin(finalizers), phase, observed);
+                if *deleting {
+                    f = f.deleting();
+                }
+                for config in [Some(valid_config()), None] {
+                    let f = f.clone().config(config.clone());
+                    let got = plan(&f.build(), &ctx(Published::default()));
+                    assert_eq!(
+                        kind(&got),
+                        *want,
+                        "{name} / {phase:?} / observed {observed:?} / config {}",
+                        config.is_some()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn another_handlers_finalizer_is_named() {
+    let got = plan(&fixture().fin(&[OTHER]).build(), &ctx(Published::default()));
+    assert_eq!(
+        got,
+        Action::SkipOtherHandler {
+            finalizer: OTHER.into()
+        }
+    );
+}
+
+#[test]
+fn components_of_other_handlers_are_ignored_whatever_their_state() {
+    for finalizers in [&[][..], &[HELM_FINALIZER], &[OTHER]] {
+        for deleting in [false, true] {
+            let mut f = fixture().handler("rds").fin(finalizers);
+            if deleting {
+                f = f.deleting();
+            }
+            assert_eq!(plan(&f.build(), &ctx(Published::default())), Action::Ignore);
+        }
+    }
+}
+
+/// Creation and upgrade with our finalizer (with or without the coordination finalizer, which
+/// matters only for deletion).
+#[test]
+fn apply_table() {
+    use Phase::*;
+    type Row = (&'static str, Option<Phase>, i64, Option<i64>, &'static str);
+    let rows: &[Row] = &[
+        ("never deployed, no status", None, 1, None, "PublishApply"),
+        ("pending", Some(Pending), 1, None, "PublishApply"),
+        ("claimed", Some(Claimed), 1, None, "PublishApply"),
+        (
+            "deploying the first generation",
+            Some(Deploying),
+            1,
+            None,
+            "PublishApply",
+        ),
+        (
+            "deploying an upgrade",
+            Some(Deploying),
+            2,
+            Some(1),
+            "PublishApply",
+        ),
+        ("ready and up to date", Some(Ready), 2, Some(2), "Nothing"),
+        (
+            "ready, spec changed",
+            Some(Ready),
+            3,
+            Some(2),
+            "PublishApply",
+        ),
+        (
+            "failed and up to date: never retried",
+            Some(Failed),
+            2,
+            Some(2),
+            "Nothing",
+        ),
+        (
+            "failed, spec changed",
+            Some(Failed),
+            3,
+            Some(2),
+            "PublishApply",
+        ),
+    ];
+    for finalizers in [
+        &[HELM_FINALIZER][..],
+        &[HELM_FINALIZER, COORDINATION_FINALIZER],
+        &[COORDINATION_FINALIZER, HELM_FINALIZER, OTHER],
+    ] {
+        for (name, phase, generation, observed, want) in rows {
+            let f =
+                with_phase(fixture().fin(finalizers), *phase, *observed).generation(*generation);
+            let got = plan(&f.build(), &ctx(Published::default()));
+            assert_eq!(kind(&got), *want, "{name} with {finalizers:?}");
+        }
+    }
+}
+
+#[test]
+fn the_apply_job_names_the_component_generation_config_and_timeout() {
+    let mut c = fixture().fin(&[HELM_FINALIZER]).generation(4).build();
+    c.spec.deployment_timeout = Some("8m".into());
+    let Action::PublishApply(job) = plan(&c, &ctx(Published::default())) else {
+        panic!("expected an apply job");
+    };
+    assert_eq!(job.action, JobAction::Apply);
+    assert_eq!(job.component.generation, 4);
+    assert_eq!(job.component.uid.as_deref(), Some("uid-1"));
+    assert_eq!(
+        (
+            job.component.namespace.as_str(),
+            job.component.name.as_str()
+        ),
+        ("default", "web")
+    );
+    assert_eq!(job.config.release_name, "web");
+    assert_eq!(job.timeout_seconds, 480);
+    assert_eq!(job.id, "uid-1:4:apply");
+    assert_eq!(job.requested_at, now());
+}
+
+#[test]
+fn a_published_job_is_not_republished_until_the_grace_period_passes() {
+    let f = fixture().fin(&[HELM_FINALIZER]).at(Phase::Claimed, None);
+    let published = |secs| Published {
+        apply: Some(ago(secs)),
+        ..Default::default()
+    };
+    // Default grace: deployment timeout (5m) + 1m.
+    assert_eq!(kind(&plan(&f.build(), &ctx(published(30)))), "Nothing");
+    assert_eq!(kind(&plan(&f.build(), &ctx(published(359)))), "Nothing");
+    assert_eq!(
+        kind(&plan(&f.build(), &ctx(published(360)))),
+        "PublishApply"
+    );
+    // Configured grace.
+    let mut short = ctx(published(3));
+    short.resync_grace = Some(Duration::from_secs(2));
+    assert_eq!(kind(&plan(&f.build(), &short)), "PublishApply");
+}
+
+#[test]
+fn a_worker_visibly_progressing_on_this_generation_counts_as_activity() {
+    let progressing = |generation, secs| {
+        let mut c = fixture()
+            .fin(&[HELM_FINALIZER])
+            .at(Phase::Deploying, None)
+            .generation(2)
+            .build();
+        c.status.as_mut().unwrap().conditions.push(Condition {
+            type_: "Progressing".into(),
+            status: "True".into(),
+            reason: "Deploying".into(),
+            message: String::new(),
+            observed_generation: Some(generation),
+            last_transition_time: Time(ago(secs)),
+        });
+        plan(&c, &ctx(Published::default()))
+    };
+    assert_eq!(kind(&progressing(2, 30)), "Nothing");
+    assert_eq!(kind(&progressing(2, 3600)), "PublishApply");
+    assert_eq!(kind(&progressing(1, 30)), "PublishApply");
+}
+
+#[test]
+fn invalid_config_is_claimed_then_failed_once_per_generation() {
+    // Unclaimed: claimed first, whatever the config.
+    assert_eq!(
+        plan(&fixture().config(None).build(), &ctx(Published::default())),
+        Action::Claim
+    );
+    let claimed = fixture()
+        .fin(&[HELM_FINALIZER])
+        .config(None)
+        .at(Phase::Claimed, None);
+    assert_eq!(
+        plan(&claimed.build(), &ctx(Published::default())),
+        Action::ConfigFailed {
+            message: "config is required for helm components".into()
+        }
+    );
+    let failed_once = Published {
+        failed: true,
+        ..Default::default()
+    };
+    assert_eq!(kind(&plan(&claimed.build(), &ctx(failed_once))), "Nothing");
+    // The writer recorded Failed for this generation: nothing until the spec changes.
+    let failed = claimed.clone().at(Phase::Failed, Some(1));
+    assert_eq!(
+        kind(&plan(&failed.build(), &ctx(Published::default()))),
+        "Nothing"
+    );
+    // A spec change to another invalid config fails the new generation.
+    let edited = failed
+        .generation(2)
+        .config(Some(serde_json::json!({"repository": {"name": "bitnami"}})));
+    assert_eq!(
+        plan(&edited.build(), &ctx(Published::default())),
+        Action::ConfigFailed {
+            message: "repository.url is required".into()
+        }
+    );
+    // A spec change to a valid config deploys.
+    let fixed = claimed
+        .at(Phase::Failed, Some(1))
+        .generation(2)
+        .config(Some(valid_config()));
+    assert_eq!(
+        kind(&plan(&fixed.build(), &ctx(Published::default()))),
+        "PublishApply"
+    );
+}
+
+#[test]
+fn a_string_config_fails_with_the_parsers_message() {
+    let f = fixture()
+        .fin(&[HELM_FINALIZER])
+        .config(Some(serde_json::json!("repository: x")));
+    let Action::ConfigFailed { message } = plan(&f.build(), &ctx(Published::default())) else {
+        panic!("expected a config failure");
+    };
+    let parser = HelmConfig::parse(Some(&serde_json::json!("repository: x")), "default", "web")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(message, parser);
+}
+
+/// Deletion with our finalizer, over every phase.
+#[test]
+fn deletion_table_over_every_phase() {
+    for phase in ALL_PHASES {
+        let waiting = with_phase(
+            fixture().fin(&[HELM_FINALIZER, COORDINATION_FINALIZER]),
+            phase,
+            Some(1),
+        )
+        .deleting();
+        assert_eq!(
+            plan(&waiting.build(), &ctx(Published::default())),
+            Action::WaitCoordination,
+            "{phase:?}"
+        );
+        let waiting_bad_config = waiting.clone().config(None);
+        assert_eq!(
+            plan(&waiting_bad_config.build(), &ctx(Published::default())),
+            Action::WaitCoordination,
+            "{phase:?}"
+        );
+
+        let ready_to_go = with_phase(fixture().fin(&[HELM_FINALIZER]), phase, None).deleting();
+        let want = "PublishDelete";
+        assert_eq!(
+            kind(&plan(&ready_to_go.build(), &ctx(Published::default()))),
+            want,
+            "{phase:?}"
+        );
+        // Composition's lifecycle finalizer does not hold deletion; only coordination does.
+        let composition = with_phase(
+            fixture().fin(&[HELM_FINALIZER, COMPOSITION_LIFECYCLE]),
+            phase,
+            None,
+        )
+        .deleting();
+        assert_eq!(
+            kind(&plan(&composition.build(), &ctx(Published::default()))),
+            want,
+            "{phase:?}"
+        );
+    }
+}
+
+#[test]
+fn termination_failed_keeps_waiting_until_the_spec_changes() {
+    let failed = fixture()
+        .fin(&[HELM_FINALIZER])
+        .at(Phase::TerminationFailed, Some(1))
+        .deleting();
+    assert_eq!(
+        kind(&plan(&failed.build(), &ctx(Published::default()))),
+        "Nothing"
+    );
+    let edited = failed.generation(2);
+    assert_eq!(
+        kind(&plan(&edited.build(), &ctx(Published::default()))),
+        "PublishDelete"
+    );
+}
+
+#[test]
+fn one_delete_job_until_the_grace_period_passes() {
+    let f = fixture()
+        .fin(&[HELM_FINALIZER])
+        .at(Phase::Terminating, Some(1))
+        .deleting();
+    let published = |secs| Published {
+        delete: Some(ago(secs)),
+        ..Default::default()
+    };
+    assert_eq!(kind(&plan(&f.build(), &ctx(published(10)))), "Nothing");
+    assert_eq!(
+        kind(&plan(&f.build(), &ctx(published(361)))),
+        "PublishDelete"
+    );
+}
+
+#[test]
+fn the_delete_job_targets_the_recorded_release() {
+    let f = fixture()
+        .fin(&[HELM_FINALIZER])
+        .at(Phase::Ready, Some(1))
+        .with_record()
+        .deleting();
+    let Action::PublishDelete(job) = plan(&f.build(), &ctx(Published::default())) else {
+        panic!("expected a delete job");
+    };
+    assert_eq!(job.action, JobAction::Delete);
+    assert_eq!(job.config.release_name, "web-recorded");
+    assert_eq!(job.config.release_namespace, "apps-recorded");
+    assert_eq!(job.id, "uid-1:1:delete");
+    assert_eq!(job.timeout_seconds, 300);
+    // Without a record, the config's release.
+    let f = fixture().fin(&[HELM_FINALIZER]).deleting();
+    let Action::PublishDelete(job) = plan(&f.build(), &ctx(Published::default())) else {
+        panic!("expected a delete job");
+    };
+    assert_eq!(job.config.release_name, "web");
+}
+
+#[test]
+fn deleting_with_an_invalid_config() {
+    // Nothing was ever installed: finish at once.
+    let never = fixture()
+        .fin(&[HELM_FINALIZER])
+        .config(None)
+        .at(Phase::Failed, Some(1))
+        .deleting();
+    assert_eq!(
+        plan(&never.build(), &ctx(Published::default())),
+        Action::FinishDeleteWithoutRelease {
+            message: "nothing to uninstall (no release was installed: config is required for helm components)".into()
+        }
+    );
+    let terminated = Published {
+        terminated: true,
+        ..Default::default()
+    };
+    assert_eq!(kind(&plan(&never.build(), &ctx(terminated))), "Nothing");
+    // A release is recorded: it cannot be uninstalled without a config; say so, keep it.
+    let installed = never.with_record();
+    let Action::DeleteBlocked { message } = plan(&installed.build(), &ctx(Published::default()))
+    else {
+        panic!("expected a blocked deletion");
+    };
+    assert_eq!(
+        message,
+        "cannot uninstall release apps-recorded/web-recorded: config is required for helm components; fix spec.config to retry"
+    );
+    let reported = Published {
+        termination_failed: true,
+        ..Default::default()
+    };
+    assert_eq!(kind(&plan(&installed.build(), &ctx(reported))), "Nothing");
+}

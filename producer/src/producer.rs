@@ -1,0 +1,385 @@
+//! The watch loop: follows Components through the [`ComponentStore`], asks [`plan`] what to do
+//! with each and does it — claim (our finalizer only), publish apply/delete jobs, publish the
+//! producer's own status events (`Claimed`, `Failed` for an invalid config, `Terminated` when
+//! nothing was installed). It never writes status itself: the writer does, from the events.
+//!
+//! What was published is remembered per (uid, generation) so that the many watch events of one
+//! Component do not re-publish; a periodic resync re-lists and re-publishes what the status
+//! still does not reflect after the grace period (a job lost in a purged stream or an outage).
+//! Components whose handling failed (API or NATS errors) are retried every few seconds.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use futures::StreamExt;
+use helmq_queue::{JobQueue, PublishError, PublishOutcome, StatusSink};
+use helmq_schemas::component::Component;
+use helmq_schemas::event::{ComponentRef, JobEvent, StatusEvent, StatusPhase};
+use jiff::Timestamp;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::metrics::Metrics;
+use crate::plan::{Action, Context, Published, plan};
+use crate::store::{Change, ComponentStore, StoreError, key_of};
+
+/// `worker` field of the status events the producer publishes.
+pub const PRODUCER_WORKER: &str = "producer";
+/// Message of the `Claimed` event, as the original handler wrote it.
+pub fn claimed_message(handler: &str) -> String {
+    format!("Claimed by {handler} handler")
+}
+/// Plan/act rounds per Component per event (a claim, a conflict re-read, then the job).
+const MAX_STEPS: usize = 6;
+
+/// Errors handling one Component (logged; the Component is retried).
+#[derive(Debug, thiserror::Error)]
+pub enum ProducerError {
+    /// The Kubernetes API failed.
+    #[error("kubernetes api: {0}")]
+    Store(#[from] StoreError),
+    /// Publishing to JetStream failed.
+    #[error("publish: {0}")]
+    Publish(#[from] PublishError),
+    /// Conflicts kept coming.
+    #[error("gave up on {0} after {MAX_STEPS} rounds of conflicts")]
+    TooManyRounds(String),
+    /// The watch stream ended, which a watch never does by itself.
+    #[error("the component watch ended")]
+    WatchEnded,
+}
+
+/// Settings of the watch loop.
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    /// `spec.handler` value we answer to.
+    pub handler: String,
+    /// How often to re-list every Component.
+    pub resync_interval: Duration,
+    /// How long a published job may go unanswered before resync re-publishes it; `None`: the
+    /// Component's own timeout plus a minute.
+    pub resync_grace: Option<Duration>,
+    /// How often Components whose handling failed are retried.
+    pub retry_interval: Duration,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            handler: helmq_schemas::component::DEFAULT_HANDLER.to_owned(),
+            resync_interval: Duration::from_secs(300),
+            resync_grace: None,
+            retry_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Kinds of things published, for the in-memory record and the metrics.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Claimed,
+    Apply,
+    Delete,
+    Failed,
+    Terminated,
+    TerminationFailed,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Claimed => "claimed",
+            Kind::Apply => "apply",
+            Kind::Delete => "delete",
+            Kind::Failed => "failed",
+            Kind::Terminated => "terminated",
+            Kind::TerminationFailed => "termination_failed",
+        }
+    }
+}
+
+/// The watch loop over a store, a job queue and a status sink.
+#[derive(Debug)]
+pub struct Producer<S, Q, T> {
+    store: S,
+    jobs: Q,
+    status: T,
+    config: ProducerConfig,
+    metrics: Metrics,
+    /// uid → (generation, what was published for it).
+    published: HashMap<String, (i64, Published)>,
+    /// Components to retry after a failure.
+    retry: BTreeSet<(String, String)>,
+}
+
+fn component_ref(c: &Component) -> ComponentRef {
+    let (namespace, name) = key_of(c);
+    ComponentRef {
+        namespace,
+        name,
+        uid: c.metadata.uid.clone(),
+        generation: c.metadata.generation.unwrap_or(0),
+    }
+}
+
+impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Producer<S, Q, T> {
+    /// A loop with nothing published yet.
+    pub fn new(store: S, jobs: Q, status: T, config: ProducerConfig, metrics: Metrics) -> Self {
+        Producer {
+            store,
+            jobs,
+            status,
+            config,
+            metrics,
+            published: HashMap::new(),
+            retry: BTreeSet::new(),
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled (`Ok`) or the watch ends (an error).
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), ProducerError> {
+        let mut changes = self.store.changes();
+        let mut resync = tokio::time::interval(self.config.resync_interval);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is immediate; the watch starts with a full listing anyway.
+        resync.tick().await;
+        let mut retry = tokio::time::interval(self.config.retry_interval);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        retry.tick().await;
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Ok(()),
+                change = changes.next() => match change {
+                    None => return Err(ProducerError::WatchEnded),
+                    Some(change) => self.on_change(change).await,
+                },
+                _ = resync.tick() => self.resync().await,
+                _ = retry.tick(), if !self.retry.is_empty() => self.retry_failed().await,
+            }
+        }
+    }
+
+    async fn on_change(&mut self, change: Change) {
+        match change {
+            Change::Applied(component) => self.handle_logged(*component).await,
+            Change::Deleted(component) => {
+                if let Some(uid) = &component.metadata.uid {
+                    self.published.remove(uid);
+                }
+                self.retry.remove(&key_of(&component));
+            }
+            Change::Restarted => {
+                self.metrics.watch_restarts.inc();
+                tracing::info!("watch (re)started: listing components");
+            }
+            Change::Error(error) => {
+                self.metrics.watch_errors.inc();
+                tracing::warn!(%error, "component watch failed; backing off");
+            }
+        }
+    }
+
+    /// Re-lists every Component and handles each (re-publishing what is overdue).
+    pub async fn resync(&mut self) {
+        self.metrics.resyncs.inc();
+        match self.store.list().await {
+            Ok(components) => {
+                let live: BTreeSet<String> = components
+                    .iter()
+                    .filter_map(|c| c.metadata.uid.clone())
+                    .collect();
+                self.published.retain(|uid, _| live.contains(uid));
+                for component in components {
+                    self.handle_logged(component).await;
+                }
+            }
+            Err(error) => tracing::warn!(%error, "resync: cannot list components"),
+        }
+    }
+
+    async fn retry_failed(&mut self) {
+        for (namespace, name) in std::mem::take(&mut self.retry) {
+            match self.store.get(&namespace, &name).await {
+                Ok(Some(component)) => self.handle_logged(component).await,
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::debug!(%error, %namespace, %name, "retry: cannot read component");
+                    self.retry.insert((namespace, name));
+                }
+            }
+        }
+    }
+
+    async fn handle_logged(&mut self, component: Component) {
+        if !component.is_for(&self.config.handler) {
+            return;
+        }
+        let (namespace, name) = key_of(&component);
+        let span = tracing::info_span!("component", %namespace, %name);
+        match self.handle(component).instrument(span).await {
+            Ok(()) => {
+                self.retry.remove(&(namespace, name));
+            }
+            Err(error) => {
+                tracing::warn!(%namespace, %name, %error, "handling failed; will retry");
+                self.retry.insert((namespace, name));
+            }
+        }
+    }
+
+    fn published_for(&self, component: &Component) -> Published {
+        let uid = component.metadata.uid.as_deref().unwrap_or_default();
+        let generation = component.metadata.generation.unwrap_or(0);
+        match self.published.get(uid) {
+            Some((g, p)) if *g == generation => *p,
+            _ => Published::default(),
+        }
+    }
+
+    fn record(&mut self, component: &Component, kind: Kind, now: Timestamp) {
+        let uid = component.metadata.uid.clone().unwrap_or_default();
+        let generation = component.metadata.generation.unwrap_or(0);
+        let entry = self
+            .published
+            .entry(uid)
+            .or_insert((generation, Published::default()));
+        if entry.0 != generation {
+            *entry = (generation, Published::default());
+        }
+        let p = &mut entry.1;
+        match kind {
+            Kind::Claimed => {}
+            Kind::Apply => p.apply = Some(now),
+            Kind::Delete => p.delete = Some(now),
+            Kind::Failed => p.failed = true,
+            Kind::Terminated => p.terminated = true,
+            Kind::TerminationFailed => p.termination_failed = true,
+        }
+    }
+
+    /// Plans and acts on one Component until there is nothing more to do for it now.
+    pub async fn handle(&mut self, mut component: Component) -> Result<(), ProducerError> {
+        let (namespace, name) = key_of(&component);
+        for _ in 0..MAX_STEPS {
+            let now = Timestamp::now();
+            let ctx = Context {
+                handler: &self.config.handler,
+                now,
+                published: self.published_for(&component),
+                resync_grace: self.config.resync_grace,
+            };
+            let action = plan(&component, &ctx);
+            tracing::debug!(?action, "planned");
+            match action {
+                Action::Ignore | Action::Nothing(_) => return Ok(()),
+                Action::SkipOtherHandler { finalizer } => {
+                    tracing::debug!(%finalizer, "claimed by another handler; skipping");
+                    return Ok(());
+                }
+                Action::WaitCoordination => {
+                    tracing::debug!("deletion waits for the coordination finalizer");
+                    return Ok(());
+                }
+                Action::Claim => match self.store.add_finalizer(&component).await {
+                    Ok(claimed) => {
+                        tracing::info!("claimed");
+                        let event = self.event(
+                            &claimed,
+                            StatusPhase::Claimed,
+                            claimed_message(&self.config.handler),
+                            now,
+                        );
+                        self.publish_status(&claimed, Kind::Claimed, &event, now)
+                            .await?;
+                        component = claimed;
+                    }
+                    Err(StoreError::Conflict { .. }) => {
+                        // Someone else wrote first: re-read and decide again, never overwrite.
+                        self.metrics.conflicts.inc();
+                        tracing::debug!("claim conflict; re-reading");
+                        match self.store.get(&namespace, &name).await? {
+                            Some(fresh) => component = fresh,
+                            None => return Ok(()),
+                        }
+                    }
+                    Err(e) => return Err(e.into()),
+                },
+                Action::PublishApply(job) => {
+                    return self.publish_job(&component, Kind::Apply, &job, now).await;
+                }
+                Action::PublishDelete(job) => {
+                    return self.publish_job(&component, Kind::Delete, &job, now).await;
+                }
+                Action::ConfigFailed { message } => {
+                    tracing::info!(%message, "invalid config; failing this generation");
+                    let event = self.event(&component, StatusPhase::Failed, message, now);
+                    return self
+                        .publish_status(&component, Kind::Failed, &event, now)
+                        .await;
+                }
+                Action::FinishDeleteWithoutRelease { message } => {
+                    let event = self.event(&component, StatusPhase::Terminated, message, now);
+                    return self
+                        .publish_status(&component, Kind::Terminated, &event, now)
+                        .await;
+                }
+                Action::DeleteBlocked { message } => {
+                    tracing::warn!(%message, "cannot build a delete job");
+                    let event =
+                        self.event(&component, StatusPhase::TerminationFailed, message, now);
+                    return self
+                        .publish_status(&component, Kind::TerminationFailed, &event, now)
+                        .await;
+                }
+            }
+        }
+        Err(ProducerError::TooManyRounds(format!("{namespace}/{name}")))
+    }
+
+    fn event(
+        &self,
+        component: &Component,
+        phase: StatusPhase,
+        message: String,
+        now: Timestamp,
+    ) -> StatusEvent {
+        StatusEvent::new(
+            "",
+            component_ref(component),
+            phase,
+            message,
+            0,
+            PRODUCER_WORKER,
+            now,
+        )
+    }
+
+    async fn publish_status(
+        &mut self,
+        component: &Component,
+        kind: Kind,
+        event: &StatusEvent,
+        now: Timestamp,
+    ) -> Result<(), ProducerError> {
+        self.status.publish_status(event).await?;
+        self.metrics.published(kind.as_str(), false);
+        self.record(component, kind, now);
+        Ok(())
+    }
+
+    async fn publish_job(
+        &mut self,
+        component: &Component,
+        kind: Kind,
+        job: &JobEvent,
+        now: Timestamp,
+    ) -> Result<(), ProducerError> {
+        let outcome = self.jobs.publish_job(job).await?;
+        let duplicate = matches!(outcome, PublishOutcome::Duplicate { .. });
+        tracing::info!(job = %job.id, duplicate, "published {} job", kind.as_str());
+        self.metrics.published(kind.as_str(), duplicate);
+        self.record(component, kind, now);
+        Ok(())
+    }
+}

@@ -1,0 +1,502 @@
+//! [`FakeComponentStore`]: an in-memory [`ComponentStore`] that behaves like the API server in
+//! the ways the protocols depend on, for tests of the loops:
+//!
+//! - every write bumps `metadata.resourceVersion`; a write carrying a stale one is a
+//!   [`StoreError::Conflict`] (409);
+//! - `metadata.generation` starts at 1 and bumps only on spec changes, never on status or
+//!   metadata writes;
+//! - status is a separate subresource: [`ComponentStore::patch_status`] changes only status;
+//! - deleting an object with finalizers only sets `deletionTimestamp`; the object goes away
+//!   once its last finalizer is removed; no finalizer may be added while it is being deleted;
+//! - watchers get a listing and then every change.
+//!
+//! The extra methods (`create`, `edit_spec`, `delete`, foreign finalizers) play the user and
+//! the Composition controller. [`FakeComponentStore::set_unavailable`] simulates an API server
+//! outage.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures::stream::{BoxStream, StreamExt};
+use helmq_schemas::component::{Component, ComponentSpec, ComponentStatus, HELM_FINALIZER};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use tokio::sync::broadcast;
+
+use super::{Change, ComponentStore, StoreError, key_of};
+
+/// Changes buffered per watcher before it is considered lagging (it then re-lists, as a real
+/// watch does after a "resource version too old").
+const WATCH_BUFFER: usize = 4096;
+
+/// An in-memory Kubernetes API for `Component` resources. Clones share one store.
+#[derive(Debug, Clone)]
+pub struct FakeComponentStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: Mutex<State>,
+    events: broadcast::Sender<Change>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    objects: BTreeMap<(String, String), Component>,
+    last_rv: u64,
+    last_uid: u64,
+    unavailable: bool,
+}
+
+impl Default for FakeComponentStore {
+    fn default() -> Self {
+        FakeComponentStore::new()
+    }
+}
+
+fn not_found(namespace: &str, name: &str) -> StoreError {
+    StoreError::NotFound {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+    }
+}
+
+impl FakeComponentStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        let (events, _) = broadcast::channel(WATCH_BUFFER);
+        FakeComponentStore {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State::default()),
+                events,
+            }),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        match self.inner.state.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn notify(&self, change: Change) {
+        // No receiver is fine: nobody watches yet.
+        let _ = self.inner.events.send(change);
+    }
+
+    /// Makes every [`ComponentStore`] call fail with [`StoreError::Unavailable`] (or work
+    /// again), like an API server that is down.
+    pub fn set_unavailable(&self, unavailable: bool) {
+        self.state().unavailable = unavailable;
+    }
+
+    /// Creates `component` as a user would: assigns uid, resourceVersion, generation 1 and
+    /// the creation timestamp. Refuses an existing name.
+    pub fn create(&self, mut component: Component) -> Result<Component, StoreError> {
+        let (namespace, name) = key_of(&component);
+        let created = {
+            let mut state = self.state();
+            if state
+                .objects
+                .contains_key(&(namespace.clone(), name.clone()))
+            {
+                return Err(StoreError::Rejected {
+                    code: 409,
+                    message: format!("components {name:?} already exists"),
+                });
+            }
+            state.last_uid += 1;
+            state.last_rv += 1;
+            let meta = &mut component.metadata;
+            meta.uid = Some(format!("uid-{}", state.last_uid));
+            meta.resource_version = Some(state.last_rv.to_string());
+            meta.generation = Some(1);
+            meta.creation_timestamp = Some(Time(jiff::Timestamp::now()));
+            meta.deletion_timestamp = None;
+            state.objects.insert((namespace, name), component.clone());
+            component
+        };
+        self.notify(Change::Applied(Box::new(created.clone())));
+        Ok(created)
+    }
+
+    /// Changes the spec as a user would (`kubectl edit`): bumps generation and
+    /// resourceVersion.
+    pub fn edit_spec(
+        &self,
+        namespace: &str,
+        name: &str,
+        edit: impl FnOnce(&mut ComponentSpec),
+    ) -> Result<Component, StoreError> {
+        self.mutate(namespace, name, |c| {
+            let before = c.spec.clone();
+            edit(&mut c.spec);
+            if c.spec != before {
+                c.metadata.generation = Some(c.metadata.generation.unwrap_or(0) + 1);
+            }
+            Ok(())
+        })?
+        .ok_or_else(|| not_found(namespace, name))
+    }
+
+    /// Deletes as `kubectl delete` does: sets `deletionTimestamp` while finalizers remain,
+    /// removes the object when there are none.
+    pub fn delete(&self, namespace: &str, name: &str) -> Result<(), StoreError> {
+        self.mutate(namespace, name, |c| {
+            if c.metadata.deletion_timestamp.is_none() {
+                c.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::now()));
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Adds a finalizer owned by someone else (another handler, the Composition controller).
+    pub fn add_foreign_finalizer(
+        &self,
+        namespace: &str,
+        name: &str,
+        finalizer: &str,
+    ) -> Result<Component, StoreError> {
+        self.mutate(namespace, name, |c| {
+            add_finalizer_checked(c, finalizer)?;
+            Ok(())
+        })?
+        .ok_or_else(|| not_found(namespace, name))
+    }
+
+    /// Removes a finalizer owned by someone else; the object goes away if it was the last one
+    /// of a deleting object.
+    pub fn remove_foreign_finalizer(
+        &self,
+        namespace: &str,
+        name: &str,
+        finalizer: &str,
+    ) -> Result<(), StoreError> {
+        self.mutate(namespace, name, |c| {
+            if let Some(list) = c.metadata.finalizers.as_mut() {
+                list.retain(|f| f != finalizer);
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// The stored object, read directly (no outage simulation), for test assertions.
+    pub fn snapshot(&self, namespace: &str, name: &str) -> Option<Component> {
+        self.state()
+            .objects
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    /// Applies `change` to the stored object, bumps its resourceVersion, removes it when it
+    /// is deleting without finalizers, and notifies watchers. `Ok(None)`: it was removed.
+    fn mutate(
+        &self,
+        namespace: &str,
+        name: &str,
+        change: impl FnOnce(&mut Component) -> Result<(), StoreError>,
+    ) -> Result<Option<Component>, StoreError> {
+        let key = (namespace.to_owned(), name.to_owned());
+        let outcome = {
+            let mut state = self.state();
+            let mut object = state
+                .objects
+                .get(&key)
+                .cloned()
+                .ok_or_else(|| not_found(namespace, name))?;
+            change(&mut object)?;
+            state.last_rv += 1;
+            object.metadata.resource_version = Some(state.last_rv.to_string());
+            let finalizers_empty = object
+                .metadata
+                .finalizers
+                .as_ref()
+                .is_none_or(Vec::is_empty);
+            if object.metadata.deletion_timestamp.is_some() && finalizers_empty {
+                state.objects.remove(&key);
+                Err(object)
+            } else {
+                state.objects.insert(key, object.clone());
+                Ok(object)
+            }
+        };
+        match outcome {
+            Ok(object) => {
+                self.notify(Change::Applied(Box::new(object.clone())));
+                Ok(Some(object))
+            }
+            Err(removed) => {
+                self.notify(Change::Deleted(Box::new(removed)));
+                Ok(None)
+            }
+        }
+    }
+
+    /// Like [`Self::mutate`], with the API server's checks for a client write: outage and the
+    /// resourceVersion precondition.
+    fn checked_write(
+        &self,
+        component: &Component,
+        change: impl FnOnce(&mut Component) -> Result<(), StoreError>,
+    ) -> Result<Option<Component>, StoreError> {
+        let (namespace, name) = key_of(component);
+        {
+            let state = self.state();
+            if state.unavailable {
+                return Err(StoreError::Unavailable("connection refused".into()));
+            }
+            let stored = state
+                .objects
+                .get(&(namespace.clone(), name.clone()))
+                .ok_or_else(|| not_found(&namespace, &name))?;
+            if let Some(rv) = &component.metadata.resource_version
+                && stored.metadata.resource_version.as_ref() != Some(rv)
+            {
+                return Err(StoreError::Conflict { namespace, name });
+            }
+        }
+        self.mutate(&namespace, &name, change)
+    }
+
+    fn check_available(&self) -> Result<(), StoreError> {
+        if self.state().unavailable {
+            return Err(StoreError::Unavailable("connection refused".into()));
+        }
+        Ok(())
+    }
+
+    fn listing(&self) -> Vec<Change> {
+        let state = self.state();
+        std::iter::once(Change::Restarted)
+            .chain(
+                state
+                    .objects
+                    .values()
+                    .map(|c| Change::Applied(Box::new(c.clone()))),
+            )
+            .collect()
+    }
+}
+
+fn add_finalizer_checked(c: &mut Component, finalizer: &str) -> Result<(), StoreError> {
+    if c.metadata.deletion_timestamp.is_some() {
+        return Err(StoreError::Rejected {
+            code: 422,
+            message: "metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted".into(),
+        });
+    }
+    let list = c.metadata.finalizers.get_or_insert_with(Vec::new);
+    if !list.iter().any(|f| f == finalizer) {
+        list.push(finalizer.to_owned());
+    }
+    Ok(())
+}
+
+struct WatchState {
+    store: FakeComponentStore,
+    rx: broadcast::Receiver<Change>,
+    pending: VecDeque<Change>,
+}
+
+impl ComponentStore for FakeComponentStore {
+    async fn get(&self, namespace: &str, name: &str) -> Result<Option<Component>, StoreError> {
+        self.check_available()?;
+        Ok(self.snapshot(namespace, name))
+    }
+
+    async fn list(&self) -> Result<Vec<Component>, StoreError> {
+        self.check_available()?;
+        Ok(self.state().objects.values().cloned().collect())
+    }
+
+    fn changes(&self) -> BoxStream<'static, Change> {
+        // Subscribe before listing so no change falls between the two.
+        let rx = self.inner.events.subscribe();
+        let state = WatchState {
+            store: self.clone(),
+            rx,
+            pending: self.listing().into(),
+        };
+        futures::stream::unfold(state, |mut s| async move {
+            loop {
+                if let Some(change) = s.pending.pop_front() {
+                    return Some((change, s));
+                }
+                match s.rx.recv().await {
+                    Ok(change) => return Some((change, s)),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        s.pending = s.store.listing().into();
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
+        .boxed()
+    }
+
+    async fn add_finalizer(&self, component: &Component) -> Result<Component, StoreError> {
+        let (namespace, name) = key_of(component);
+        self.checked_write(component, |c| add_finalizer_checked(c, HELM_FINALIZER))?
+            .ok_or_else(|| not_found(&namespace, &name))
+    }
+
+    async fn remove_finalizer(
+        &self,
+        component: &Component,
+    ) -> Result<Option<Component>, StoreError> {
+        self.checked_write(component, |c| {
+            if let Some(list) = c.metadata.finalizers.as_mut() {
+                list.retain(|f| f != HELM_FINALIZER);
+            }
+            Ok(())
+        })
+    }
+
+    async fn patch_status(
+        &self,
+        component: &Component,
+        status: &ComponentStatus,
+    ) -> Result<Component, StoreError> {
+        let (namespace, name) = key_of(component);
+        let status = status.clone();
+        self.checked_write(component, move |c| {
+            c.status = Some(status);
+            Ok(())
+        })?
+        .ok_or_else(|| not_found(&namespace, &name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use helmq_schemas::component::{COORDINATION_FINALIZER, Phase};
+
+    fn component(name: &str) -> Component {
+        Component::new(
+            name,
+            ComponentSpec {
+                name: name.into(),
+                handler: "helm".into(),
+                config: None,
+                deployment_timeout: None,
+                termination_timeout: None,
+            },
+        )
+        .within("default")
+    }
+
+    trait Within {
+        fn within(self, ns: &str) -> Self;
+    }
+    impl Within for Component {
+        fn within(mut self, ns: &str) -> Self {
+            self.metadata.namespace = Some(ns.into());
+            self
+        }
+    }
+
+    #[tokio::test]
+    async fn stale_writes_conflict_and_generation_bumps_only_on_spec_changes() {
+        let store = FakeComponentStore::new();
+        let created = store.create(component("web")).unwrap();
+        assert_eq!(created.metadata.generation, Some(1));
+
+        let claimed = store.add_finalizer(&created).await.unwrap();
+        assert_eq!(claimed.metadata.generation, Some(1));
+        assert_ne!(
+            claimed.metadata.resource_version,
+            created.metadata.resource_version
+        );
+        // The first read is now stale.
+        assert!(matches!(
+            store.add_finalizer(&created).await,
+            Err(StoreError::Conflict { .. })
+        ));
+
+        let status = ComponentStatus {
+            phase: Some(Phase::Claimed),
+            ..Default::default()
+        };
+        let with_status = store.patch_status(&claimed, &status).await.unwrap();
+        assert_eq!(with_status.metadata.generation, Some(1));
+        assert_eq!(with_status.spec, claimed.spec);
+
+        let edited = store
+            .edit_spec("default", "web", |s| s.config = Some(serde_json::json!({})))
+            .unwrap();
+        assert_eq!(edited.metadata.generation, Some(2));
+        assert_eq!(edited.status, Some(status));
+        let same = store.edit_spec("default", "web", |_| {}).unwrap();
+        assert_eq!(same.metadata.generation, Some(2));
+    }
+
+    #[tokio::test]
+    async fn deletion_waits_for_every_finalizer() {
+        let store = FakeComponentStore::new();
+        let created = store.create(component("web")).unwrap();
+        let claimed = store.add_finalizer(&created).await.unwrap();
+        store
+            .add_foreign_finalizer("default", "web", COORDINATION_FINALIZER)
+            .unwrap();
+        store.delete("default", "web").unwrap();
+        let deleting = store.snapshot("default", "web").unwrap();
+        assert!(deleting.metadata.deletion_timestamp.is_some());
+        assert!(matches!(
+            store.remove_finalizer(&claimed).await,
+            Err(StoreError::Conflict { .. })
+        ));
+        assert!(matches!(
+            store.add_finalizer(&deleting).await,
+            Err(StoreError::Rejected { code: 422, .. })
+        ));
+        let still = store.remove_finalizer(&deleting).await.unwrap();
+        assert!(still.is_some());
+        store
+            .remove_foreign_finalizer("default", "web", COORDINATION_FINALIZER)
+            .unwrap();
+        assert!(store.snapshot("default", "web").is_none());
+    }
+
+    #[tokio::test]
+    async fn an_outage_fails_every_call_until_it_ends() {
+        let store = FakeComponentStore::new();
+        let created = store.create(component("web")).unwrap();
+        store.set_unavailable(true);
+        assert!(matches!(
+            store.get("default", "web").await,
+            Err(StoreError::Unavailable(_))
+        ));
+        assert!(
+            store
+                .add_finalizer(&created)
+                .await
+                .unwrap_err()
+                .is_transient()
+        );
+        store.set_unavailable(false);
+        assert!(store.add_finalizer(&created).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn watchers_get_a_listing_then_changes() {
+        let store = FakeComponentStore::new();
+        store.create(component("a")).unwrap();
+        let mut changes = store.changes();
+        assert!(matches!(changes.next().await, Some(Change::Restarted)));
+        assert!(
+            matches!(changes.next().await, Some(Change::Applied(c)) if c.metadata.name.as_deref() == Some("a"))
+        );
+        store.create(component("b")).unwrap();
+        assert!(
+            matches!(changes.next().await, Some(Change::Applied(c)) if c.metadata.name.as_deref() == Some("b"))
+        );
+        store.delete("default", "b").unwrap();
+        assert!(
+            matches!(changes.next().await, Some(Change::Deleted(c)) if c.metadata.name.as_deref() == Some("b"))
+        );
+    }
+}

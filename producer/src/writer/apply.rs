@@ -1,0 +1,375 @@
+//! The writer's decision as a pure function: [`apply`] turns the current status and one
+//! [`StatusEvent`] into the status to write, or `None` when the event is stale.
+//!
+//! Never regress: the status remembers the position `(generation, order)` of the last event
+//! applied (`handlerStatus.eventGeneration/eventOrder`); an event at or below it, or for a
+//! generation older than `observedGeneration`, is dropped.
+
+use helmq_schemas::component::{ComponentStatus, Phase};
+use helmq_schemas::event::{StatusEvent, StatusPhase};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+/// What to write for one event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusPatch {
+    /// The whole new status.
+    pub status: ComponentStatus,
+    /// `Terminated`: remove our finalizer (when the Component is being deleted).
+    pub remove_finalizer: bool,
+}
+
+/// The position of the last event applied, if any.
+pub fn stored_position(status: &ComponentStatus) -> Option<(i64, u64)> {
+    let h = status.handler_status.as_ref()?;
+    Some((h.event_generation?, h.event_order?))
+}
+
+/// The status after `event`, or `None` when `event` is stale. `handler` goes into
+/// `claimedBy`.
+pub fn apply(current: &ComponentStatus, event: &StatusEvent, handler: &str) -> Option<StatusPatch> {
+    let position = event.position();
+    if stored_position(current).is_some_and(|stored| position <= stored) {
+        return None;
+    }
+    if current
+        .observed_generation
+        .is_some_and(|observed| position.0 < observed)
+    {
+        return None;
+    }
+    let generation = event.component.generation;
+    let at = Time(event.at);
+    let mut status = current.clone();
+    status.phase = Some(match event.phase {
+        StatusPhase::Claimed => Phase::Claimed,
+        StatusPhase::Deploying => Phase::Deploying,
+        StatusPhase::Ready => Phase::Ready,
+        StatusPhase::Failed => Phase::Failed,
+        StatusPhase::Terminating | StatusPhase::Terminated => Phase::Terminating,
+        StatusPhase::TerminationFailed => Phase::TerminationFailed,
+    });
+    status.message = Some(event.message.clone());
+    if event.phase == StatusPhase::Claimed || status.claimed_by.is_none() {
+        // A claim whose `Claimed` event was lost still shows who claimed it.
+        status.claimed_by = Some(handler.to_owned());
+        status.claimed_at = Some(at.clone());
+    }
+    if matches!(
+        event.phase,
+        StatusPhase::Ready | StatusPhase::Failed | StatusPhase::TerminationFailed
+    ) {
+        status.observed_generation = Some(generation);
+    }
+    let (ready, progressing, degraded, reason) = conditions_for(event.phase);
+    for (type_, value) in [
+        ("Ready", ready),
+        ("Progressing", progressing),
+        ("Degraded", degraded),
+    ] {
+        set_condition(
+            &mut status.conditions,
+            type_,
+            value,
+            reason,
+            &event.message,
+            generation,
+            &at,
+        );
+    }
+    let mut record = status.handler_status.take().unwrap_or_default();
+    if let Some(release) = &event.release {
+        record.release_name = Some(release.name.clone());
+        record.release_namespace = Some(release.namespace.clone());
+        if release.revision.is_some() {
+            record.revision = release.revision;
+        }
+        if release.chart_version.is_some() {
+            record.chart_version = release.chart_version.clone();
+        }
+    }
+    if event.phase == StatusPhase::Ready {
+        record.last_deploy_time = Some(at.clone());
+    }
+    if event.attempt > 0 {
+        record.attempts = Some(event.attempt);
+    }
+    record.event_generation = Some(position.0);
+    record.event_order = Some(position.1);
+    status.handler_status = Some(record);
+    Some(StatusPatch {
+        status,
+        remove_finalizer: event.phase == StatusPhase::Terminated,
+    })
+}
+
+/// `(Ready, Progressing, Degraded, reason)` for a phase.
+fn conditions_for(phase: StatusPhase) -> (bool, bool, bool, &'static str) {
+    match phase {
+        StatusPhase::Claimed => (false, false, false, "Claimed"),
+        StatusPhase::Deploying => (false, true, false, "Deploying"),
+        StatusPhase::Ready => (true, false, false, "Deployed"),
+        StatusPhase::Failed => (false, false, true, "DeploymentFailed"),
+        StatusPhase::Terminating => (false, true, false, "Terminating"),
+        StatusPhase::Terminated => (false, false, false, "Terminated"),
+        StatusPhase::TerminationFailed => (false, false, true, "TerminationFailed"),
+    }
+}
+
+/// Sets one condition; `lastTransitionTime` changes only when its status flips.
+fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    value: bool,
+    reason: &str,
+    message: &str,
+    generation: i64,
+    at: &Time,
+) {
+    let status = if value { "True" } else { "False" }.to_owned();
+    let fresh = Condition {
+        type_: type_.to_owned(),
+        status: status.clone(),
+        reason: reason.to_owned(),
+        message: message.to_owned(),
+        observed_generation: Some(generation),
+        last_transition_time: at.clone(),
+    };
+    match conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(existing) => {
+            let last_transition_time = if existing.status == status {
+                existing.last_transition_time.clone()
+            } else {
+                at.clone()
+            };
+            *existing = Condition {
+                last_transition_time,
+                ..fresh
+            };
+        }
+        None => conditions.push(fresh),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use helmq_schemas::event::{ComponentRef, ReleaseInfo};
+    use jiff::Timestamp;
+
+    fn event(generation: i64, phase: StatusPhase, attempt: u32, secs: i64) -> StatusEvent {
+        StatusEvent::new(
+            "job",
+            ComponentRef {
+                namespace: "default".into(),
+                name: "web".into(),
+                uid: Some("uid-1".into()),
+                generation,
+            },
+            phase,
+            format!("{phase:?}"),
+            attempt,
+            "worker-1",
+            Timestamp::from_second(1_700_000_000 + secs).unwrap(),
+        )
+    }
+
+    fn release(revision: i64) -> ReleaseInfo {
+        ReleaseInfo {
+            name: "web".into(),
+            namespace: "apps".into(),
+            revision: Some(revision),
+            chart_version: Some("18.2.4".into()),
+            helm_status: Some("deployed".into()),
+        }
+    }
+
+    fn run(events: &[StatusEvent]) -> (ComponentStatus, Vec<bool>) {
+        let mut status = ComponentStatus::default();
+        let mut applied = Vec::new();
+        for e in events {
+            match apply(&status, e, "helm") {
+                Some(patch) => {
+                    status = patch.status;
+                    applied.push(true);
+                }
+                None => applied.push(false),
+            }
+        }
+        (status, applied)
+    }
+
+    fn condition<'a>(status: &'a ComponentStatus, type_: &str) -> &'a Condition {
+        status.conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    #[test]
+    fn claimed_sets_claimed_by_and_claimed_at() {
+        let (status, _) = run(&[event(1, StatusPhase::Claimed, 0, 0)]);
+        assert_eq!(status.phase, Some(Phase::Claimed));
+        assert_eq!(status.claimed_by.as_deref(), Some("helm"));
+        assert!(status.claimed_at.is_some());
+        assert_eq!(status.observed_generation, None);
+        assert_eq!(condition(&status, "Ready").status, "False");
+        assert_eq!(condition(&status, "Ready").reason, "Claimed");
+    }
+
+    #[test]
+    fn ready_sets_observed_generation_conditions_and_release_record() {
+        let (status, applied) = run(&[
+            event(1, StatusPhase::Claimed, 0, 0),
+            event(1, StatusPhase::Deploying, 1, 1),
+            event(1, StatusPhase::Ready, 1, 2).with_release(release(1)),
+        ]);
+        assert_eq!(applied, [true, true, true]);
+        assert_eq!(status.phase, Some(Phase::Ready));
+        assert_eq!(status.observed_generation, Some(1));
+        let ready = condition(&status, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("True", "Deployed")
+        );
+        assert_eq!(ready.observed_generation, Some(1));
+        assert_eq!(condition(&status, "Progressing").status, "False");
+        let h = status.handler_status.unwrap();
+        assert_eq!(h.release_name.as_deref(), Some("web"));
+        assert_eq!(h.release_namespace.as_deref(), Some("apps"));
+        assert_eq!(h.revision, Some(1));
+        assert_eq!(h.chart_version.as_deref(), Some("18.2.4"));
+        assert!(h.last_deploy_time.is_some());
+        assert_eq!(h.attempts, Some(1));
+        assert_eq!(h.event_generation, Some(1));
+    }
+
+    #[test]
+    fn last_transition_time_changes_only_when_the_status_flips() {
+        let (first, _) = run(&[event(1, StatusPhase::Deploying, 1, 10)]);
+        let before = condition(&first, "Ready").last_transition_time.clone();
+        // Ready stays False through a retry: its transition time stays.
+        let second = apply(&first, &event(1, StatusPhase::Deploying, 2, 20), "helm").unwrap();
+        assert_eq!(
+            condition(&second.status, "Ready").last_transition_time,
+            before
+        );
+        let third = apply(&second.status, &event(1, StatusPhase::Ready, 2, 30), "helm").unwrap();
+        assert_ne!(
+            condition(&third.status, "Ready").last_transition_time,
+            before
+        );
+    }
+
+    #[test]
+    fn stale_events_are_dropped() {
+        let cases: &[(&str, Vec<StatusEvent>, Vec<bool>)] = &[
+            (
+                "older generation after newer",
+                vec![
+                    event(2, StatusPhase::Ready, 1, 5),
+                    event(1, StatusPhase::Ready, 1, 1),
+                ],
+                vec![true, false],
+            ),
+            (
+                "Deploying after Ready of the same generation",
+                vec![
+                    event(1, StatusPhase::Ready, 1, 5),
+                    event(1, StatusPhase::Deploying, 1, 1),
+                ],
+                vec![true, false],
+            ),
+            (
+                "the same event twice",
+                vec![
+                    event(1, StatusPhase::Deploying, 1, 1),
+                    event(1, StatusPhase::Deploying, 1, 1),
+                ],
+                vec![true, false],
+            ),
+            (
+                "earlier attempt after a later one",
+                vec![
+                    event(1, StatusPhase::Deploying, 3, 5),
+                    event(1, StatusPhase::Failed, 2, 1),
+                ],
+                vec![true, false],
+            ),
+            (
+                "apply phase after deletion started",
+                vec![
+                    event(1, StatusPhase::Terminating, 1, 5),
+                    event(1, StatusPhase::Ready, 9, 1),
+                ],
+                vec![true, false],
+            ),
+            (
+                "Claimed after Deploying",
+                vec![
+                    event(1, StatusPhase::Deploying, 1, 5),
+                    event(1, StatusPhase::Claimed, 0, 1),
+                ],
+                vec![true, false],
+            ),
+            (
+                "newer generation after older is applied",
+                vec![
+                    event(1, StatusPhase::Ready, 1, 1),
+                    event(2, StatusPhase::Deploying, 1, 5),
+                ],
+                vec![true, true],
+            ),
+        ];
+        for (name, events, want) in cases {
+            let (_, applied) = run(events);
+            assert_eq!(&applied, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn an_event_older_than_observed_generation_is_stale_without_a_stored_position() {
+        let status = ComponentStatus {
+            observed_generation: Some(3),
+            ..Default::default()
+        };
+        assert!(apply(&status, &event(2, StatusPhase::Ready, 1, 1), "helm").is_none());
+        assert!(apply(&status, &event(3, StatusPhase::Deploying, 1, 1), "helm").is_some());
+    }
+
+    #[test]
+    fn deletion_phases() {
+        let (status, _) = run(&[
+            event(1, StatusPhase::Ready, 1, 1).with_release(release(1)),
+            event(1, StatusPhase::Terminating, 1, 2),
+        ]);
+        assert_eq!(status.phase, Some(Phase::Terminating));
+        let terminated = apply(&status, &event(1, StatusPhase::Terminated, 1, 3), "helm").unwrap();
+        assert!(terminated.remove_finalizer);
+        assert_eq!(terminated.status.phase, Some(Phase::Terminating));
+        let failed = apply(
+            &status,
+            &event(1, StatusPhase::TerminationFailed, 1, 3),
+            "helm",
+        )
+        .unwrap();
+        assert!(!failed.remove_finalizer);
+        assert_eq!(failed.status.phase, Some(Phase::TerminationFailed));
+        assert_eq!(condition(&failed.status, "Degraded").status, "True");
+        // The release record survives the deletion phases.
+        assert_eq!(
+            failed
+                .status
+                .handler_status
+                .unwrap()
+                .release_name
+                .as_deref(),
+            Some("web")
+        );
+    }
+
+    #[test]
+    fn failed_sets_degraded_and_observed_generation() {
+        let (status, _) = run(&[event(4, StatusPhase::Failed, 0, 1)]);
+        assert_eq!(status.phase, Some(Phase::Failed));
+        assert_eq!(status.observed_generation, Some(4));
+        assert_eq!(condition(&status, "Degraded").reason, "DeploymentFailed");
+        assert_eq!(status.claimed_by.as_deref(), Some("helm"));
+    }
+}

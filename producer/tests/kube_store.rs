@@ -1,0 +1,257 @@
+//! `KubeComponentStore` through the real kube `Client` over a mock HTTP service: the paths,
+//! methods, content types and bodies it sends, and how API answers map to `StoreError`.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use helmq_producer::store::{ComponentStore, KubeComponentStore, StoreError};
+use helmq_schemas::component::{
+    COORDINATION_FINALIZER, Component, ComponentSpec, ComponentStatus, HELM_FINALIZER, Phase,
+};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    path: String,
+    content_type: String,
+    body: serde_json::Value,
+}
+
+type Reply = Box<dyn Fn(&Seen) -> (StatusCode, serde_json::Value) + Send + Sync>;
+
+/// A kube client whose requests are recorded and answered by `reply`.
+fn mock_client(reply: Reply) -> (kube::Client, Arc<Mutex<Vec<Seen>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let reply = Arc::new(reply);
+    let log = seen.clone();
+    let service = tower::service_fn(move |request: Request<kube::client::Body>| {
+        let (log, reply) = (log.clone(), reply.clone());
+        async move {
+            let (parts, body) = request.into_parts();
+            let bytes = body.collect().await.unwrap().to_bytes();
+            let seen = Seen {
+                method: parts.method.to_string(),
+                path: parts.uri.to_string(),
+                content_type: parts
+                    .headers
+                    .get(http::header::CONTENT_TYPE)
+                    .map(|v| v.to_str().unwrap().to_owned())
+                    .unwrap_or_default(),
+                body: if bytes.is_empty() {
+                    serde_json::Value::Null
+                } else {
+                    serde_json::from_slice(&bytes).unwrap()
+                },
+            };
+            let (status, answer) = reply(&seen);
+            log.lock().unwrap().push(seen);
+            Ok::<_, std::convert::Infallible>(
+                Response::builder()
+                    .status(status)
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(serde_json::to_vec(&answer).unwrap())))
+                    .unwrap(),
+            )
+        }
+    });
+    (kube::Client::new(service, "default"), seen)
+}
+
+fn web(finalizers: &[&str], resource_version: &str) -> Component {
+    let mut c = Component::new(
+        "web",
+        ComponentSpec {
+            name: "web".into(),
+            handler: "helm".into(),
+            config: None,
+            deployment_timeout: None,
+            termination_timeout: None,
+        },
+    );
+    c.metadata.namespace = Some("default".into());
+    c.metadata.uid = Some("uid-1".into());
+    c.metadata.generation = Some(1);
+    c.metadata.resource_version = Some(resource_version.into());
+    if !finalizers.is_empty() {
+        c.metadata.finalizers = Some(finalizers.iter().map(|f| f.to_string()).collect());
+    }
+    c
+}
+
+fn api_status(code: u16, reason: &str) -> serde_json::Value {
+    serde_json::json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": format!("the object has been modified ({reason})"), "reason": reason, "code": code
+    })
+}
+
+const PATH: &str = "/apis/deployment-orchestrator.io/v1alpha1/namespaces/default/components/web";
+
+#[tokio::test]
+async fn claim_is_a_merge_patch_carrying_the_resource_version() {
+    let (client, seen) = mock_client(Box::new(|_| {
+        let answer = web(&[COORDINATION_FINALIZER, HELM_FINALIZER], "43");
+        (StatusCode::OK, serde_json::to_value(answer).unwrap())
+    }));
+    let store = KubeComponentStore::new(client, vec![]);
+    let claimed = store
+        .add_finalizer(&web(&[COORDINATION_FINALIZER], "42"))
+        .await
+        .unwrap();
+    assert_eq!(claimed.metadata.resource_version.as_deref(), Some("43"));
+
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].method, "PATCH");
+    assert_eq!(seen[0].path.split('?').next().unwrap(), PATH);
+    assert_eq!(seen[0].content_type, "application/merge-patch+json");
+    assert_eq!(
+        seen[0].body,
+        serde_json::json!({"metadata": {
+            "resourceVersion": "42",
+            "finalizers": [COORDINATION_FINALIZER, HELM_FINALIZER],
+        }})
+    );
+}
+
+#[tokio::test]
+async fn a_409_is_a_conflict_and_a_404_is_not_found() {
+    let (client, _) = mock_client(Box::new(|seen| {
+        if seen.method == "PATCH" {
+            (StatusCode::CONFLICT, api_status(409, "Conflict"))
+        } else {
+            (StatusCode::NOT_FOUND, api_status(404, "NotFound"))
+        }
+    }));
+    let store = KubeComponentStore::new(client, vec![]);
+    assert_eq!(
+        store.add_finalizer(&web(&[], "42")).await.unwrap_err(),
+        StoreError::Conflict {
+            namespace: "default".into(),
+            name: "web".into()
+        }
+    );
+    assert_eq!(store.get("default", "web").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn server_errors_are_transient_and_validation_errors_are_not() {
+    for (code, transient) in [
+        (500u16, true),
+        (503, true),
+        (429, true),
+        (422, false),
+        (403, false),
+    ] {
+        let (client, _) = mock_client(Box::new(move |_| {
+            (
+                StatusCode::from_u16(code).unwrap(),
+                api_status(code, "Whatever"),
+            )
+        }));
+        let store = KubeComponentStore::new(client, vec![]);
+        let err = store.add_finalizer(&web(&[], "1")).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::Rejected { code: c, .. } if c == code),
+            "{err}"
+        );
+        assert_eq!(err.is_transient(), transient, "{code}");
+    }
+}
+
+#[tokio::test]
+async fn status_goes_to_the_status_subresource_with_the_resource_version() {
+    let (client, seen) = mock_client(Box::new(|seen| {
+        let mut answer = web(&[HELM_FINALIZER], "8");
+        answer.status = serde_json::from_value(seen.body["status"].clone()).unwrap();
+        (StatusCode::OK, serde_json::to_value(answer).unwrap())
+    }));
+    let store = KubeComponentStore::new(client, vec![]);
+    let status = ComponentStatus {
+        phase: Some(Phase::Ready),
+        message: Some("deployed".into()),
+        observed_generation: Some(1),
+        ..Default::default()
+    };
+    let updated = store
+        .patch_status(&web(&[HELM_FINALIZER], "7"), &status)
+        .await
+        .unwrap();
+    assert_eq!(updated.status, Some(status));
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen[0].method, "PATCH");
+    assert_eq!(
+        seen[0].path.split('?').next().unwrap(),
+        format!("{PATH}/status")
+    );
+    assert_eq!(seen[0].content_type, "application/merge-patch+json");
+    assert_eq!(
+        seen[0].body,
+        serde_json::json!({
+            "metadata": {"resourceVersion": "7"},
+            "status": {"phase": "Ready", "message": "deployed", "observedGeneration": 1},
+        })
+    );
+}
+
+#[tokio::test]
+async fn removing_the_last_finalizer_of_a_deleting_object_reports_it_gone() {
+    let (client, seen) = mock_client(Box::new(|_| {
+        let mut answer = web(&[], "10");
+        answer.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
+        );
+        (StatusCode::OK, serde_json::to_value(answer).unwrap())
+    }));
+    let store = KubeComponentStore::new(client, vec![]);
+    let mut deleting = web(&[HELM_FINALIZER], "9");
+    deleting.metadata.deletion_timestamp = Some(
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
+    );
+    assert_eq!(store.remove_finalizer(&deleting).await.unwrap(), None);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen[0].path.split('?').next().unwrap(), PATH);
+    assert_eq!(
+        seen[0].body,
+        serde_json::json!({"metadata": {"resourceVersion": "9", "finalizers": []}})
+    );
+}
+
+#[tokio::test]
+async fn list_covers_all_namespaces_or_each_configured_one() {
+    let empty_list = || {
+        serde_json::json!({"apiVersion": "deployment-orchestrator.io/v1alpha1", "kind": "ComponentList",
+            "metadata": {"resourceVersion": "1"}, "items": [serde_json::to_value(web(&[], "1")).unwrap()]})
+    };
+    let (client, seen) = mock_client(Box::new(move |_| (StatusCode::OK, empty_list())));
+    let all = KubeComponentStore::new(client, vec![])
+        .list()
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(
+        seen.lock().unwrap()[0].path.split('?').next().unwrap(),
+        "/apis/deployment-orchestrator.io/v1alpha1/components"
+    );
+    let (client, seen) = mock_client(Box::new(move |_| (StatusCode::OK, empty_list())));
+    let some = KubeComponentStore::new(client, vec!["a".into(), "b".into()])
+        .list()
+        .await
+        .unwrap();
+    assert_eq!(some.len(), 2);
+    let paths: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.path.split('?').next().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/apis/deployment-orchestrator.io/v1alpha1/namespaces/a/components",
+            "/apis/deployment-orchestrator.io/v1alpha1/namespaces/b/components"
+        ]
+    );
+}

@@ -1,0 +1,748 @@
+//! The watcher and the writer against the in-memory API server ([`FakeComponentStore`]) and a
+//! real nats-server; the worker is simulated by the test (it pulls jobs from the workers'
+//! consumer and publishes the status events a worker would).
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::PullConsumer};
+use futures::StreamExt;
+use helmq_producer::metrics::Metrics;
+use helmq_producer::producer::{Producer, ProducerConfig};
+use helmq_producer::store::fake::FakeComponentStore;
+use helmq_producer::writer::{Writer, WriterConfig};
+use helmq_queue::topology::{DLQ_STREAM, JOBS_STREAM, STATUS_STREAM, WORKERS_CONSUMER};
+use helmq_queue::{JetStreamQueue, JetStreamStatus, StatusSink, Topology};
+use helmq_schemas::component::{
+    COORDINATION_FINALIZER, Component, ComponentSpec, HELM_FINALIZER, Phase,
+};
+use helmq_schemas::event::{
+    ComponentRef, JobAction, JobEvent, ReleaseInfo, StatusEvent, StatusPhase,
+};
+use helmq_tests::NatsServer;
+use tokio_util::sync::CancellationToken;
+
+const DEADLINE: Duration = Duration::from_secs(15);
+
+fn nginx(values: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "releaseName": "web",
+        "releaseNamespace": "apps",
+        "source": {"type": "http",
+            "repository": {"url": "https://repo.broadcom.com/bitnami-files", "name": "bitnami"},
+            "chart": {"name": "nginx", "version": "18.2.4"}},
+        "values": values,
+    })
+}
+
+fn component(name: &str, config: Option<serde_json::Value>) -> Component {
+    let mut c = Component::new(
+        name,
+        ComponentSpec {
+            name: name.into(),
+            handler: "helm".into(),
+            config,
+            deployment_timeout: None,
+            termination_timeout: None,
+        },
+    );
+    c.metadata.namespace = Some("default".into());
+    c
+}
+
+struct Rig {
+    _server: NatsServer,
+    js: jetstream::Context,
+    store: FakeComponentStore,
+    token: CancellationToken,
+    metrics: Metrics,
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+/// Fast loops for tests: frequent resync so "nothing happens" is observed over many rounds.
+fn fast_producer() -> ProducerConfig {
+    ProducerConfig {
+        resync_interval: Duration::from_millis(200),
+        retry_interval: Duration::from_millis(200),
+        ..ProducerConfig::default()
+    }
+}
+
+impl Rig {
+    async fn new(topology: Topology) -> Rig {
+        let server = NatsServer::start();
+        let client = async_nats::connect(server.url()).await.unwrap();
+        let js = jetstream::new(client);
+        topology.ensure(&js).await.unwrap();
+        Rig {
+            _server: server,
+            js,
+            store: FakeComponentStore::new(),
+            token: CancellationToken::new(),
+            metrics: Metrics::default(),
+        }
+    }
+
+    fn producer(
+        &self,
+        config: ProducerConfig,
+        metrics: Metrics,
+    ) -> Producer<FakeComponentStore, JetStreamQueue, JetStreamStatus> {
+        Producer::new(
+            self.store.clone(),
+            JetStreamQueue::new(self.js.clone()),
+            JetStreamStatus::new(self.js.clone()),
+            config,
+            metrics,
+        )
+    }
+
+    fn spawn_producer(&self, config: ProducerConfig) {
+        let producer = self.producer(config, self.metrics.clone());
+        tokio::spawn(producer.run(self.token.clone()));
+    }
+
+    fn spawn_writer(&self) {
+        let writer = Writer::new(
+            self.store.clone(),
+            self.js.clone(),
+            WriterConfig {
+                fetch_wait: Duration::from_millis(200),
+                max_retry_delay: Duration::from_millis(200),
+                ..WriterConfig::default()
+            },
+            self.metrics.clone(),
+        );
+        tokio::spawn(writer.run(self.token.clone()));
+    }
+
+    /// The next job, taken (and acked) from the workers' consumer as a worker would.
+    async fn next_job(&self) -> JobEvent {
+        let consumer: PullConsumer = self
+            .js
+            .get_consumer_from_stream(WORKERS_CONSUMER, JOBS_STREAM)
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while tokio::time::Instant::now() < deadline {
+            let mut batch = consumer
+                .fetch()
+                .max_messages(1)
+                .expires(Duration::from_millis(300))
+                .messages()
+                .await
+                .unwrap();
+            if let Some(message) = batch.next().await {
+                let message = message.unwrap();
+                message.ack().await.unwrap();
+                return JobEvent::decode(&message.payload).unwrap();
+            }
+        }
+        panic!("no job within {DEADLINE:?}");
+    }
+
+    async fn messages_in(&self, stream: &str) -> u64 {
+        let mut stream = self.js.get_stream(stream).await.unwrap();
+        stream.info().await.unwrap().state.messages
+    }
+
+    async fn stored(
+        &self,
+        stream_name: &str,
+    ) -> Vec<async_nats::jetstream::message::StreamMessage> {
+        let mut stream = self.js.get_stream(stream_name).await.unwrap();
+        let state = stream.info().await.unwrap().state.clone();
+        let mut out = Vec::new();
+        for seq in state.first_sequence..=state.last_sequence {
+            if let Ok(m) = stream.get_raw_message(seq).await {
+                out.push(m);
+            }
+        }
+        out
+    }
+
+    async fn status_events(&self) -> Vec<StatusEvent> {
+        self.stored(STATUS_STREAM)
+            .await
+            .iter()
+            .filter_map(|m| StatusEvent::decode(&m.payload).ok())
+            .collect()
+    }
+
+    /// Publishes a status event as a worker would.
+    async fn report(
+        &self,
+        job: &JobEvent,
+        phase: StatusPhase,
+        attempt: u32,
+        release: Option<ReleaseInfo>,
+    ) {
+        let mut event = StatusEvent::new(
+            job.id.clone(),
+            job.component.clone(),
+            phase,
+            format!("{phase:?} by the test worker"),
+            attempt,
+            "worker-test",
+            jiff::Timestamp::now(),
+        );
+        if let Some(release) = release {
+            event = event.with_release(release);
+        }
+        JetStreamStatus::new(self.js.clone())
+            .publish_status(&event)
+            .await
+            .unwrap();
+    }
+
+    /// Polls the store until `check` holds for `default/name`.
+    async fn wait_for(
+        &self,
+        name: &str,
+        what: &str,
+        check: impl Fn(Option<&Component>) -> bool,
+    ) -> Option<Component> {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let current = self.store.snapshot("default", name);
+            if check(current.as_ref()) {
+                return current;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}; last seen: {current:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Polls until `check` holds.
+    async fn eventually(&self, what: &str, check: impl AsyncFn() -> bool) {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while !check().await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+fn release(revision: i64) -> ReleaseInfo {
+    ReleaseInfo {
+        name: "web".into(),
+        namespace: "apps".into(),
+        revision: Some(revision),
+        chart_version: Some("18.2.4".into()),
+        helm_status: Some("deployed".into()),
+    }
+}
+
+fn finalizers(c: Option<&Component>) -> Vec<String> {
+    c.and_then(|c| c.metadata.finalizers.clone())
+        .unwrap_or_default()
+}
+
+fn phase(c: Option<&Component>) -> Option<Phase> {
+    c.and_then(|c| c.status.as_ref()).and_then(|s| s.phase)
+}
+
+fn observed(c: Option<&Component>) -> Option<i64> {
+    c.and_then(|c| c.status.as_ref())
+        .and_then(|s| s.observed_generation)
+}
+
+#[tokio::test]
+async fn two_producers_racing_to_claim_one_component_claim_it_once() {
+    let rig = Rig::new(Topology::default()).await;
+    let created = rig
+        .store
+        .create(component("web", Some(nginx(serde_json::json!({})))))
+        .unwrap();
+
+    // Both producers decide on the same read: the second write carries a stale
+    // resourceVersion, is refused (409), re-read, and finds the Component already claimed.
+    let (first_metrics, second_metrics) = (Metrics::default(), Metrics::default());
+    let mut first = rig.producer(fast_producer(), first_metrics.clone());
+    let mut second = rig.producer(fast_producer(), second_metrics.clone());
+    first.handle(created.clone()).await.unwrap();
+    second.handle(created).await.unwrap();
+    assert_eq!(first_metrics.conflicts.get(), 0);
+    assert_eq!(second_metrics.conflicts.get(), 1);
+
+    // And two running producers racing on a fresh Component.
+    rig.spawn_producer(fast_producer());
+    rig.spawn_producer(fast_producer());
+    rig.store
+        .create(component("api", Some(nginx(serde_json::json!({})))))
+        .unwrap();
+    rig.wait_for("api", "the claim", |c| {
+        finalizers(c).contains(&HELM_FINALIZER.to_owned())
+    })
+    .await;
+    rig.eventually("apply jobs of both components", async || {
+        rig.messages_in(JOBS_STREAM).await >= 2
+    })
+    .await;
+
+    for name in ["web", "api"] {
+        let c = rig.store.snapshot("default", name).unwrap();
+        assert_eq!(finalizers(Some(&c)), [HELM_FINALIZER], "{name}");
+        let claims: Vec<StatusEvent> = rig
+            .status_events()
+            .await
+            .into_iter()
+            .filter(|e| e.component.name == name && e.phase == StatusPhase::Claimed)
+            .collect();
+        assert_eq!(claims.len(), 1, "{name}: {claims:#?}");
+        let claim = &claims[0];
+        assert_eq!(claim.message, "Claimed by helm handler");
+        assert_eq!(
+            (claim.job_id.as_str(), claim.attempt, claim.worker.as_str()),
+            ("", 0, "producer")
+        );
+        assert_eq!(claim.component.uid, c.metadata.uid);
+    }
+    // One apply job per (uid, generation) on the stream, whoever published it.
+    assert_eq!(rig.messages_in(JOBS_STREAM).await, 2);
+}
+
+#[tokio::test]
+async fn create_deploy_ready_then_upgrade_to_the_new_generation() {
+    let rig = Rig::new(Topology::default()).await;
+    rig.spawn_producer(fast_producer());
+    rig.spawn_writer();
+    let created = rig
+        .store
+        .create(component(
+            "web",
+            Some(nginx(serde_json::json!({"replicaCount": 1}))),
+        ))
+        .unwrap();
+
+    let job = rig.next_job().await;
+    assert_eq!(job.action, JobAction::Apply);
+    assert_eq!(job.component.generation, 1);
+    assert_eq!(job.component.uid, created.metadata.uid);
+    assert_eq!(job.config.values["replicaCount"], 1);
+    rig.wait_for("web", "Claimed", |c| phase(c) == Some(Phase::Claimed))
+        .await;
+
+    rig.report(&job, StatusPhase::Deploying, 1, None).await;
+    rig.wait_for("web", "Deploying", |c| phase(c) == Some(Phase::Deploying))
+        .await;
+    rig.report(&job, StatusPhase::Ready, 1, Some(release(1)))
+        .await;
+    let ready = rig
+        .wait_for("web", "Ready at generation 1", |c| {
+            phase(c) == Some(Phase::Ready) && observed(c) == Some(1)
+        })
+        .await
+        .unwrap();
+    let status = ready.status.unwrap();
+    assert_eq!(status.claimed_by.as_deref(), Some("helm"));
+    let record = status.handler_status.unwrap();
+    assert_eq!(record.release_name.as_deref(), Some("web"));
+    assert_eq!(record.release_namespace.as_deref(), Some("apps"));
+    assert_eq!(record.revision, Some(1));
+    assert_eq!(record.chart_version.as_deref(), Some("18.2.4"));
+    assert!(record.last_deploy_time.is_some());
+    let ready_condition = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(
+        (
+            ready_condition.status.as_str(),
+            ready_condition.observed_generation
+        ),
+        ("True", Some(1))
+    );
+
+    // Spec edit: a new generation, a new job, Ready at the new generation.
+    rig.store
+        .edit_spec("default", "web", |s| {
+            s.config = Some(nginx(serde_json::json!({"replicaCount": 2})))
+        })
+        .unwrap();
+    let upgrade = rig.next_job().await;
+    assert_eq!(
+        (upgrade.action, upgrade.component.generation),
+        (JobAction::Apply, 2)
+    );
+    assert_eq!(upgrade.config.values["replicaCount"], 2);
+    rig.report(&upgrade, StatusPhase::Deploying, 1, None).await;
+    rig.report(&upgrade, StatusPhase::Ready, 1, Some(release(2)))
+        .await;
+    let upgraded = rig
+        .wait_for("web", "Ready at generation 2", |c| {
+            phase(c) == Some(Phase::Ready) && observed(c) == Some(2)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        upgraded.status.unwrap().handler_status.unwrap().revision,
+        Some(2)
+    );
+    // Up to date: no further job (the stream holds nothing after several resyncs).
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(rig.messages_in(JOBS_STREAM).await, 0);
+}
+
+#[tokio::test]
+async fn deletion_waits_for_coordination_then_terminates_or_keeps_the_finalizer_on_failure() {
+    let rig = Rig::new(Topology::default()).await;
+    rig.spawn_producer(fast_producer());
+    rig.spawn_writer();
+    for name in ["web", "api"] {
+        rig.store
+            .create(component(name, Some(nginx(serde_json::json!({})))))
+            .unwrap();
+        rig.store
+            .add_foreign_finalizer("default", name, COORDINATION_FINALIZER)
+            .unwrap();
+    }
+    for _ in 0..2 {
+        let job = rig.next_job().await;
+        rig.report(&job, StatusPhase::Ready, 1, Some(release(1)))
+            .await;
+    }
+    for name in ["web", "api"] {
+        rig.wait_for(name, "Ready", |c| phase(c) == Some(Phase::Ready))
+            .await;
+        rig.store.delete("default", name).unwrap();
+    }
+
+    // While the coordination finalizer is there, nothing happens (over several resyncs).
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(rig.messages_in(JOBS_STREAM).await, 0);
+    for name in ["web", "api"] {
+        let c = rig.store.snapshot("default", name).unwrap();
+        assert!(c.metadata.deletion_timestamp.is_some());
+        assert_eq!(
+            finalizers(Some(&c)),
+            [COORDINATION_FINALIZER, HELM_FINALIZER]
+        );
+        assert_eq!(phase(Some(&c)), Some(Phase::Ready));
+    }
+
+    // Coordination gone: one delete job each.
+    rig.store
+        .remove_foreign_finalizer("default", "web", COORDINATION_FINALIZER)
+        .unwrap();
+    let delete = rig.next_job().await;
+    assert_eq!(
+        (delete.action, delete.component.name.as_str()),
+        (JobAction::Delete, "web")
+    );
+    assert_eq!(delete.config.release_name, "web");
+    rig.report(&delete, StatusPhase::Terminating, 1, None).await;
+    rig.wait_for("web", "Terminating", |c| {
+        phase(c) == Some(Phase::Terminating)
+    })
+    .await;
+    rig.report(&delete, StatusPhase::Terminated, 1, None).await;
+    rig.wait_for("web", "the object to be gone", |c| c.is_none())
+        .await;
+
+    rig.store
+        .remove_foreign_finalizer("default", "api", COORDINATION_FINALIZER)
+        .unwrap();
+    let delete = rig.next_job().await;
+    assert_eq!(
+        (delete.action, delete.component.name.as_str()),
+        (JobAction::Delete, "api")
+    );
+    rig.report(&delete, StatusPhase::Terminating, 1, None).await;
+    rig.report(&delete, StatusPhase::TerminationFailed, 1, None)
+        .await;
+    let failed = rig
+        .wait_for("api", "TerminationFailed", |c| {
+            phase(c) == Some(Phase::TerminationFailed)
+        })
+        .await
+        .unwrap();
+    assert_eq!(finalizers(Some(&failed)), [HELM_FINALIZER]);
+    assert!(failed.metadata.deletion_timestamp.is_some());
+    // Not re-published: the failure stands until someone acts.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(rig.messages_in(JOBS_STREAM).await, 0);
+    assert!(rig.store.snapshot("default", "api").is_some());
+}
+
+#[tokio::test]
+async fn status_events_out_of_order_never_regress_the_status() {
+    let rig = Rig::new(Topology::default()).await;
+    rig.spawn_writer();
+    let created = rig
+        .store
+        .create(component("web", Some(nginx(serde_json::json!({})))))
+        .unwrap();
+    rig.store
+        .edit_spec("default", "web", |s| {
+            s.config = Some(nginx(serde_json::json!({"a": 1})))
+        })
+        .unwrap();
+    let job = |generation| {
+        JobEvent::new(
+            JobAction::Apply,
+            ComponentRef {
+                namespace: "default".into(),
+                name: "web".into(),
+                uid: created.metadata.uid.clone(),
+                generation,
+            },
+            helmq_schemas::HelmConfig::parse(Some(&nginx(serde_json::json!({}))), "default", "web")
+                .unwrap(),
+            300,
+            jiff::Timestamp::now(),
+        )
+    };
+    rig.report(&job(2), StatusPhase::Ready, 1, Some(release(2)))
+        .await;
+    rig.wait_for("web", "Ready at 2", |c| observed(c) == Some(2))
+        .await;
+    // Older generation, then an earlier phase of the same generation, then another uid.
+    rig.report(&job(1), StatusPhase::Ready, 1, Some(release(1)))
+        .await;
+    rig.report(&job(1), StatusPhase::Failed, 3, None).await;
+    rig.report(&job(2), StatusPhase::Deploying, 1, None).await;
+    let mut foreign = job(3);
+    foreign.component.uid = Some("uid-of-a-deleted-namesake".into());
+    rig.report(&foreign, StatusPhase::Failed, 1, None).await;
+
+    rig.eventually("3 stale events dropped", async || {
+        rig.metrics.stale_events_dropped.get() == 3
+    })
+    .await;
+    rig.eventually("1 orphan event dropped", async || {
+        rig.metrics.orphan_events_dropped.get() == 1
+    })
+    .await;
+    let c = rig.store.snapshot("default", "web").unwrap();
+    let status = c.status.unwrap();
+    assert_eq!(status.phase, Some(Phase::Ready));
+    assert_eq!(status.observed_generation, Some(2));
+    assert_eq!(status.handler_status.unwrap().revision, Some(2));
+    assert_eq!(rig.metrics.statuses_applied.get(), 1);
+}
+
+#[tokio::test]
+async fn a_purged_jobs_stream_is_recovered_by_resync() {
+    // A duplicate window shorter than the grace, as in production (2m window, 6m grace).
+    let rig = Rig::new(Topology {
+        duplicate_window: Duration::from_secs(1),
+        ..Topology::default()
+    })
+    .await;
+    rig.spawn_producer(ProducerConfig {
+        resync_grace: Some(Duration::from_secs(2)),
+        ..fast_producer()
+    });
+    rig.store
+        .create(component("web", Some(nginx(serde_json::json!({})))))
+        .unwrap();
+    rig.eventually("the first job", async || {
+        rig.messages_in(JOBS_STREAM).await == 1
+    })
+    .await;
+
+    rig.js
+        .get_stream(JOBS_STREAM)
+        .await
+        .unwrap()
+        .purge()
+        .await
+        .unwrap();
+    assert_eq!(rig.messages_in(JOBS_STREAM).await, 0);
+
+    let job = rig.next_job().await;
+    assert_eq!(
+        (job.action, job.component.generation),
+        (JobAction::Apply, 1)
+    );
+    assert!(rig.metrics.resyncs.get() > 0);
+}
+
+#[tokio::test]
+async fn invalid_config_is_claimed_then_failed_without_a_job_until_the_spec_changes() {
+    let rig = Rig::new(Topology::default()).await;
+    rig.spawn_producer(fast_producer());
+    rig.spawn_writer();
+    rig.store.create(component("web", None)).unwrap();
+    let failed = rig
+        .wait_for("web", "Failed", |c| phase(c) == Some(Phase::Failed))
+        .await
+        .unwrap();
+    let status = failed.status.clone().unwrap();
+    assert_eq!(
+        status.message.as_deref(),
+        Some("config is required for helm components")
+    );
+    assert_eq!(status.observed_generation, Some(1));
+    assert_eq!(status.claimed_by.as_deref(), Some("helm"));
+    assert_eq!(finalizers(Some(&failed)), [HELM_FINALIZER]);
+
+    // Not re-published over several resyncs; no job ever.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(rig.messages_in(JOBS_STREAM).await, 0);
+    let phases: Vec<StatusPhase> = rig.status_events().await.iter().map(|e| e.phase).collect();
+    assert_eq!(phases, [StatusPhase::Claimed, StatusPhase::Failed]);
+
+    // Another invalid config: Failed again, for the new generation, with the new message.
+    rig.store
+        .edit_spec("default", "web", |s| {
+            s.config = Some(serde_json::json!({"repository": {"name": "bitnami"}}))
+        })
+        .unwrap();
+    let failed_again = rig
+        .wait_for("web", "Failed at generation 2", |c| {
+            phase(c) == Some(Phase::Failed) && observed(c) == Some(2)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        failed_again.status.unwrap().message.as_deref(),
+        Some("repository.url is required")
+    );
+    assert_eq!(rig.messages_in(JOBS_STREAM).await, 0);
+
+    // Fixed: deployed.
+    rig.store
+        .edit_spec("default", "web", |s| {
+            s.config = Some(nginx(serde_json::json!({})))
+        })
+        .unwrap();
+    let job = rig.next_job().await;
+    assert_eq!(
+        (job.action, job.component.generation),
+        (JobAction::Apply, 3)
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_component_that_never_installed_anything_needs_no_job() {
+    let rig = Rig::new(Topology::default()).await;
+    rig.spawn_producer(fast_producer());
+    rig.spawn_writer();
+    rig.store
+        .create(component("web", Some(serde_json::json!("not an object"))))
+        .unwrap();
+    rig.wait_for("web", "Failed", |c| phase(c) == Some(Phase::Failed))
+        .await;
+    rig.store.delete("default", "web").unwrap();
+    rig.wait_for("web", "the object to be gone", |c| c.is_none())
+        .await;
+    assert_eq!(rig.messages_in(JOBS_STREAM).await, 0);
+    let last = rig.status_events().await.pop().unwrap();
+    assert_eq!(last.phase, StatusPhase::Terminated);
+    assert!(
+        last.message.starts_with("nothing to uninstall"),
+        "{}",
+        last.message
+    );
+}
+
+#[tokio::test]
+async fn bad_status_payloads_are_dead_lettered_with_the_reason() {
+    let rig = Rig::new(Topology::default()).await;
+    rig.spawn_writer();
+    rig.store
+        .create(component("web", Some(nginx(serde_json::json!({})))))
+        .unwrap();
+    let subject = helmq_schemas::subject::status_subject("default", "web");
+    for payload in [
+        &b"not json at all"[..],
+        br#"{"schema":"helmq.status/v9","jobId":"x"}"#,
+    ] {
+        rig.js
+            .publish(subject.clone(), payload.to_vec().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    rig.eventually("two dead letters", async || {
+        rig.messages_in(DLQ_STREAM).await == 2
+    })
+    .await;
+    let letters: Vec<_> = rig
+        .stored(DLQ_STREAM)
+        .await
+        .into_iter()
+        .map(|m| helmq_queue::dlq::read_stored(m.sequence, Some(&m.headers), m.payload))
+        .collect();
+    assert_eq!(letters[0].payload.as_ref(), b"not json at all");
+    assert!(
+        letters[0]
+            .reason
+            .starts_with("malformed helmq.status/v1 payload: not JSON"),
+        "{}",
+        letters[0].reason
+    );
+    assert_eq!(letters[0].subject, subject);
+    assert_eq!(letters[0].stream, STATUS_STREAM);
+    assert_eq!(
+        letters[1].reason,
+        r#"unknown schema "helmq.status/v9" (this build reads helmq.status/v1)"#
+    );
+    assert_eq!(rig.metrics.dead_letters.get(), 2);
+    // Acked: nothing left pending for the writer, and the store is untouched.
+    assert!(
+        rig.store
+            .snapshot("default", "web")
+            .unwrap()
+            .status
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn the_writer_retries_through_an_api_outage_in_order() {
+    let rig = Rig::new(Topology::default()).await;
+    let created = rig
+        .store
+        .create(component("web", Some(nginx(serde_json::json!({})))))
+        .unwrap();
+    rig.store.set_unavailable(true);
+    rig.spawn_writer();
+    let job = JobEvent::new(
+        JobAction::Apply,
+        ComponentRef {
+            namespace: "default".into(),
+            name: "web".into(),
+            uid: created.metadata.uid.clone(),
+            generation: 1,
+        },
+        helmq_schemas::HelmConfig::parse(Some(&nginx(serde_json::json!({}))), "default", "web")
+            .unwrap(),
+        300,
+        jiff::Timestamp::now(),
+    );
+    rig.report(&job, StatusPhase::Deploying, 1, None).await;
+    rig.report(&job, StatusPhase::Ready, 1, Some(release(1)))
+        .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        rig.store
+            .snapshot("default", "web")
+            .unwrap()
+            .status
+            .is_none()
+    );
+    rig.store.set_unavailable(false);
+    rig.wait_for("web", "Ready", |c| phase(c) == Some(Phase::Ready))
+        .await;
+    // Both applied, in order: nothing was dropped as stale.
+    rig.eventually("both events applied", async || {
+        rig.metrics.statuses_applied.get() == 2
+    })
+    .await;
+    assert_eq!(rig.metrics.stale_events_dropped.get(), 0);
+}

@@ -1,0 +1,196 @@
+//! The worker's command line: one clap `Args` with `HELMQ_*` environment fallbacks, flattening
+//! the shared NATS, logging and HTTP flag groups.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::driver::HelmCliSettings;
+use crate::policy::{Allowlist, RetryPolicy};
+use crate::pool::Settings;
+
+/// Pulls Helm jobs from JetStream, runs `helm upgrade --install` / `helm uninstall` and
+/// publishes status events.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "helmq-worker", version, about)]
+pub struct Args {
+    /// NATS connection.
+    #[command(flatten)]
+    pub nats: helmq_queue::NatsArgs,
+    /// Logging.
+    #[command(flatten)]
+    pub log: helmq_telemetry::LogArgs,
+    /// Operations endpoint.
+    #[command(flatten)]
+    pub http: helmq_telemetry::HttpArgs,
+    /// Create the streams, consumer and KV buckets when missing (off: an operator runs
+    /// `helmqctl setup`).
+    #[arg(long, env = "HELMQ_SETUP")]
+    pub setup: bool,
+    /// Jobs this process runs at once (one pulled message per free slot).
+    #[arg(long, env = "HELMQ_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+    /// Attempts per job before a transient failure becomes final.
+    #[arg(long, env = "HELMQ_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: u32,
+    /// Delay before the second attempt (then doubling, with jitter), e.g. `1s`, `500ms`.
+    #[arg(long, env = "HELMQ_RETRY_MIN_DELAY", default_value = "1s", value_parser = parse_duration)]
+    pub retry_min_delay: Duration,
+    /// Longest delay between attempts.
+    #[arg(long, env = "HELMQ_RETRY_MAX_DELAY", default_value = "60s", value_parser = parse_duration)]
+    pub retry_max_delay: Duration,
+    /// Time running jobs get to finish after SIGTERM; the rest are returned to the queue.
+    #[arg(long, env = "HELMQ_DRAIN_DEADLINE", default_value = "60s", value_parser = parse_duration)]
+    pub drain_deadline: Duration,
+    /// Longest wait for a busy release before the job is returned to the queue.
+    #[arg(long, env = "HELMQ_LEASE_WAIT", default_value = "60s", value_parser = parse_duration)]
+    pub lease_wait: Duration,
+    /// The `helm` executable (Helm 3.14+ or 4).
+    #[arg(long, env = "HELMQ_HELM_BIN", default_value = "helm")]
+    pub helm_bin: PathBuf,
+    /// `kubectl`, used only to delete managed namespaces; empty disables namespace deletion.
+    #[arg(long, env = "HELMQ_KUBECTL_BIN", default_value = "kubectl")]
+    pub kubectl_bin: String,
+    /// Kubeconfig handed to helm and kubectl (in-cluster config when absent).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Chart cache and Helm home directory, shared by all jobs of this process.
+    #[arg(long, env = "HELMQ_CACHE_DIR", default_value = "/tmp/helmq-cache")]
+    pub cache_dir: PathBuf,
+    /// Allowed chart sources: prefixes of repository URLs or OCI references, comma-separated
+    /// (empty: any).
+    #[arg(long, env = "HELMQ_ALLOWED_SOURCES", value_delimiter = ',')]
+    pub allowed_sources: Vec<String>,
+    /// Allowed release namespaces, comma-separated (empty: any).
+    #[arg(long, env = "HELMQ_ALLOWED_NAMESPACES", value_delimiter = ',')]
+    pub allowed_namespaces: Vec<String>,
+    /// Worker id in status events and leases (default: hostname-pid).
+    #[arg(long, env = "HELMQ_WORKER_ID")]
+    pub worker_id: Option<String>,
+}
+
+impl Args {
+    /// The worker id: `--worker-id`, else `<hostname>-<pid>`.
+    pub fn worker_id(&self) -> String {
+        self.worker_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "worker".into());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+
+    /// The pool settings these flags describe.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            concurrency: usize::from(self.concurrency),
+            max_attempts: self.max_attempts,
+            retry: RetryPolicy {
+                min: self.retry_min_delay,
+                max: self.retry_max_delay.max(self.retry_min_delay),
+                jitter: true,
+            },
+            allowlist: Allowlist {
+                sources: non_empty(&self.allowed_sources),
+                namespaces: non_empty(&self.allowed_namespaces),
+            },
+            drain_deadline: self.drain_deadline,
+            lease_wait: self.lease_wait,
+            ..Settings::new(self.worker_id())
+        }
+    }
+
+    /// The [`crate::driver::HelmCli`] settings these flags describe.
+    pub fn helm(&self) -> HelmCliSettings {
+        HelmCliSettings {
+            kubeconfig: self.kubeconfig.clone(),
+            kubectl_bin: (!self.kubectl_bin.trim().is_empty())
+                .then(|| PathBuf::from(self.kubectl_bin.trim())),
+            ..HelmCliSettings::new(&self.helm_bin, &self.cache_dir)
+        }
+    }
+}
+
+fn non_empty(items: &[String]) -> Vec<String> {
+    items
+        .iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Parses `250ms`, `30s`, `5m`, `1h` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (e.g. 500ms, 30s, 5m, 1h)"))?;
+    let seconds = match unit {
+        "ms" => number / 1000.0,
+        "" | "s" => number,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?} in {text:?} (use ms, s, m or h)"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(
+            parse_duration("5d")
+                .unwrap_err()
+                .contains("unknown duration unit")
+        );
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn flags_become_settings() {
+        let args = Args::try_parse_from([
+            "helmq-worker",
+            "--concurrency",
+            "8",
+            "--allowed-sources",
+            "https://charts.example.com/,oci://registry.example.com/",
+            "--allowed-namespaces",
+            "apps",
+            "--kubectl-bin",
+            "",
+            "--worker-id",
+            "w1",
+            "--retry-min-delay",
+            "2s",
+        ])
+        .unwrap();
+        let settings = args.settings();
+        assert_eq!(settings.concurrency, 8);
+        assert_eq!(settings.worker_id, "w1");
+        assert_eq!(settings.allowlist.sources.len(), 2);
+        assert_eq!(settings.allowlist.namespaces, ["apps"]);
+        assert_eq!(settings.retry.min, Duration::from_secs(2));
+        assert_eq!(args.helm().kubectl_bin, None);
+        assert!(Args::try_parse_from(["helmq-worker", "--concurrency", "0"]).is_err());
+    }
+}

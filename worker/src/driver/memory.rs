@@ -1,0 +1,354 @@
+//! [`MemoryDriver`]: a [`HelmDriver`] that keeps releases in memory, for tests of the pipeline.
+//! It records every call, notices two mutating calls on one release at the same time (an
+//! exclusivity violation), and can be scripted to fail or to take a while.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+
+use super::{Apply, DriverError, HelmDriver, NamespaceDeletion, Release, Revision, Uninstalled};
+
+/// One call the driver received.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Call {
+    /// `apply`, `uninstall`, `status`, `history`, `rollback` or `delete-namespace`.
+    pub op: &'static str,
+    /// Release name (the namespace for `delete-namespace`).
+    pub release: String,
+    /// Release namespace.
+    pub namespace: String,
+    /// The values of an apply (a test double may look at them; [`super::HelmCli`] never logs them).
+    pub values: Map<String, Value>,
+    /// Whether the call was cancelled before it finished.
+    pub cancelled: bool,
+    /// When the call started.
+    pub at: std::time::Instant,
+}
+
+/// A scripted reaction to the next mutating call on a release.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Fail like helm with this stderr.
+    Fail(String),
+    /// Take this long (cancellable), then do the work.
+    Delay(Duration),
+}
+
+#[derive(Debug, Default)]
+struct State {
+    releases: HashMap<(String, String), Vec<Revision>>,
+    running: HashMap<(String, String), usize>,
+    overlaps: Vec<String>,
+    calls: Vec<Call>,
+    script: HashMap<String, VecDeque<Step>>,
+    delay: Duration,
+}
+
+/// In-memory [`HelmDriver`]; clones share their state.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryDriver {
+    state: Arc<Mutex<State>>,
+}
+
+impl MemoryDriver {
+    /// An empty driver.
+    pub fn new() -> Self {
+        MemoryDriver::default()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        match self.state.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Every mutating call takes at least this long (cancellable).
+    pub fn set_delay(&self, delay: Duration) {
+        self.state().delay = delay;
+    }
+
+    /// Queues reactions for the next mutating calls on `release`.
+    pub fn script(&self, release: &str, steps: impl IntoIterator<Item = Step>) {
+        self.state()
+            .script
+            .entry(release.to_owned())
+            .or_default()
+            .extend(steps);
+    }
+
+    /// Puts a release in a given state, e.g. `pending-upgrade` after a crash.
+    pub fn set_history(&self, namespace: &str, release: &str, history: Vec<Revision>) {
+        self.state()
+            .releases
+            .insert((namespace.to_owned(), release.to_owned()), history);
+    }
+
+    /// The history of a release (oldest first).
+    pub fn history_of(&self, namespace: &str, release: &str) -> Vec<Revision> {
+        self.state()
+            .releases
+            .get(&(namespace.to_owned(), release.to_owned()))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Every call so far.
+    pub fn calls(&self) -> Vec<Call> {
+        self.state().calls.clone()
+    }
+
+    /// Descriptions of mutating calls that overlapped on one release.
+    pub fn overlaps(&self) -> Vec<String> {
+        self.state().overlaps.clone()
+    }
+
+    fn begin(
+        &self,
+        op: &'static str,
+        namespace: &str,
+        release: &str,
+        values: Map<String, Value>,
+    ) -> (usize, Option<Step>, Duration) {
+        let mut state = self.state();
+        let key = (namespace.to_owned(), release.to_owned());
+        let running = state.running.entry(key).or_default();
+        *running += 1;
+        if *running > 1 {
+            let note = format!("{op} on {namespace}/{release} while another call ran");
+            state.overlaps.push(note);
+        }
+        let step = state.script.get_mut(release).and_then(VecDeque::pop_front);
+        state.calls.push(Call {
+            op,
+            release: release.to_owned(),
+            namespace: namespace.to_owned(),
+            values,
+            cancelled: false,
+            at: std::time::Instant::now(),
+        });
+        let index = state.calls.len() - 1;
+        (index, step, state.delay)
+    }
+
+    fn end(&self, index: usize, namespace: &str, release: &str, cancelled: bool) {
+        let mut state = self.state();
+        if let Some(running) = state
+            .running
+            .get_mut(&(namespace.to_owned(), release.to_owned()))
+        {
+            *running = running.saturating_sub(1);
+        }
+        if let Some(call) = state.calls.get_mut(index) {
+            call.cancelled = cancelled;
+        }
+    }
+
+    /// Runs a mutating call: overlap bookkeeping, the script, the delay, then `work`.
+    async fn mutate<T>(
+        &self,
+        op: &'static str,
+        namespace: &str,
+        release: &str,
+        values: Map<String, Value>,
+        cancel: &CancellationToken,
+        work: impl FnOnce(&mut State) -> Result<T, DriverError>,
+    ) -> Result<T, DriverError> {
+        let (index, step, delay) = self.begin(op, namespace, release, values);
+        let delay = match &step {
+            Some(Step::Delay(d)) => delay.max(*d),
+            _ => delay,
+        };
+        let waited = tokio::select! {
+            () = cancel.cancelled() => false,
+            () = tokio::time::sleep(delay) => true,
+        };
+        if !waited {
+            self.end(index, namespace, release, true);
+            return Err(DriverError::Cancelled { command: op.into() });
+        }
+        let result = match step {
+            Some(Step::Fail(stderr)) => Err(DriverError::Helm {
+                command: op.into(),
+                exit_code: Some(1),
+                stderr,
+            }),
+            _ => work(&mut self.state()),
+        };
+        self.end(index, namespace, release, false);
+        result
+    }
+
+    fn record(&self, op: &'static str, namespace: &str, release: &str) {
+        self.state().calls.push(Call {
+            op,
+            release: release.to_owned(),
+            namespace: namespace.to_owned(),
+            values: Map::new(),
+            cancelled: false,
+            at: std::time::Instant::now(),
+        });
+    }
+}
+
+fn push_revision(
+    history: &mut Vec<Revision>,
+    status: &str,
+    chart: String,
+    description: &str,
+) -> i64 {
+    for old in history.iter_mut() {
+        if old.status == "deployed" {
+            old.status = "superseded".into();
+        }
+    }
+    let revision = history.last().map_or(1, |r| r.revision + 1);
+    history.push(Revision {
+        revision,
+        status: status.into(),
+        chart,
+        description: description.into(),
+    });
+    revision
+}
+
+impl HelmDriver for MemoryDriver {
+    async fn apply(
+        &self,
+        request: Apply<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<Release, DriverError> {
+        let config = request.config;
+        let key = (
+            config.release_namespace.clone(),
+            config.release_name.clone(),
+        );
+        let chart = format!("{}-{}", config.chart_name(), config.chart_version());
+        let version = config.chart_version().to_owned();
+        self.mutate(
+            "apply",
+            &config.release_namespace,
+            &config.release_name,
+            config.values.clone(),
+            cancel,
+            move |state| {
+                let history = state.releases.entry(key).or_default();
+                if history.last().is_some_and(|r| super::is_pending(&r.status)) {
+                    return Err(DriverError::Helm {
+                        command: "apply".into(),
+                        exit_code: Some(1),
+                        stderr: "Error: UPGRADE FAILED: another operation (install/upgrade/rollback) is in progress".into(),
+                    });
+                }
+                let revision = push_revision(history, "deployed", chart, "Upgrade complete");
+                Ok(Release {
+                    revision,
+                    status: "deployed".into(),
+                    chart_version: Some(version),
+                })
+            },
+        )
+        .await
+    }
+
+    async fn uninstall(
+        &self,
+        release: &str,
+        namespace: &str,
+        _timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<Uninstalled, DriverError> {
+        let key = (namespace.to_owned(), release.to_owned());
+        self.mutate(
+            "uninstall",
+            namespace,
+            release,
+            Map::new(),
+            cancel,
+            move |state| {
+                Ok(match state.releases.remove(&key) {
+                    Some(_) => Uninstalled::Removed,
+                    None => Uninstalled::NotFound,
+                })
+            },
+        )
+        .await
+    }
+
+    async fn status(
+        &self,
+        release: &str,
+        namespace: &str,
+        _cancel: &CancellationToken,
+    ) -> Result<Option<Release>, DriverError> {
+        self.record("status", namespace, release);
+        Ok(self.history_of(namespace, release).last().map(|r| Release {
+            revision: r.revision,
+            status: r.status.clone(),
+            chart_version: r.chart.rsplit_once('-').map(|(_, v)| v.to_owned()),
+        }))
+    }
+
+    async fn history(
+        &self,
+        release: &str,
+        namespace: &str,
+        _cancel: &CancellationToken,
+    ) -> Result<Vec<Revision>, DriverError> {
+        self.record("history", namespace, release);
+        Ok(self.history_of(namespace, release))
+    }
+
+    async fn rollback(
+        &self,
+        release: &str,
+        namespace: &str,
+        revision: i64,
+        _timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<(), DriverError> {
+        let key = (namespace.to_owned(), release.to_owned());
+        self.mutate(
+            "rollback",
+            namespace,
+            release,
+            Map::new(),
+            cancel,
+            move |state| {
+                let history = state.releases.entry(key).or_default();
+                let Some(target) = history.iter().find(|r| r.revision == revision).cloned() else {
+                    return Err(DriverError::Helm {
+                        command: "rollback".into(),
+                        exit_code: Some(1),
+                        stderr: format!("Error: release has no {revision} version"),
+                    });
+                };
+                for r in history.iter_mut() {
+                    if super::is_pending(&r.status) {
+                        r.status = "failed".into();
+                    }
+                }
+                push_revision(
+                    history,
+                    "deployed",
+                    target.chart,
+                    &format!("Rollback to {revision}"),
+                );
+                Ok(())
+            },
+        )
+        .await
+    }
+
+    async fn delete_namespace(
+        &self,
+        namespace: &str,
+        _cancel: &CancellationToken,
+    ) -> Result<NamespaceDeletion, DriverError> {
+        self.record("delete-namespace", namespace, namespace);
+        Ok(NamespaceDeletion::Deleted)
+    }
+}

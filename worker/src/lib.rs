@@ -1,0 +1,178 @@
+//! `helmq-worker`: the part operators scale out. Each process runs `--concurrency` slots that
+//! pull jobs one at a time from the shared durable consumer on `HELMQ_JOBS`, run Helm through
+//! a [`driver::HelmDriver`] with a lease per release, and publish status events.
+//!
+//! Modules: [`args`] (flags), [`policy`] (pure decisions), [`driver`] (the Helm seam,
+//! [`driver::HelmCli`] and [`driver::MemoryDriver`]), [`exclusivity`] (leases and latest intent
+//! on KV), [`pool`] (consumption and the job path), [`metrics`].
+
+pub mod args;
+pub mod driver;
+pub mod exclusivity;
+pub mod metrics;
+pub mod policy;
+pub mod pool;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::Event;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use helmq_queue::{ConnectError, JetStreamStatus, Topology, TopologyError};
+use helmq_telemetry::Readiness;
+
+pub use args::Args;
+pub use driver::{HelmCli, HelmDriver, MemoryDriver};
+pub use metrics::Metrics;
+pub use pool::{Settings, run_pool};
+
+/// How often `/readyz` re-checks the connection and the topology.
+const READINESS_INTERVAL: Duration = Duration::from_secs(5);
+/// How long to wait for the connection to close after `drain()`.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Errors that stop the worker.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Cannot connect to NATS.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// `--setup` failed.
+    #[error("setup failed: {0}")]
+    Setup(#[from] TopologyError),
+    /// The operations endpoint cannot listen.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The pool could not start.
+    #[error(transparent)]
+    Pool(#[from] pool::PoolError),
+}
+
+/// Runs the worker with `driver` until SIGTERM/SIGINT (or `shutdown`), then drains: stops
+/// pulling, lets running jobs finish within the deadline, Naks the rest, drains the NATS
+/// connection and waits for it to close.
+pub async fn run<D: HelmDriver>(
+    args: Args,
+    driver: D,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let worker_id = args.worker_id();
+    let (closed_tx, mut closed_rx) = tokio::sync::watch::channel(false);
+    let options = args
+        .nats
+        .options(&format!("helmq-worker {worker_id}"))
+        .await?
+        .event_callback(move |event| {
+            let closed_tx = closed_tx.clone();
+            async move {
+                match event {
+                    Event::Closed => {
+                        closed_tx.send_replace(true);
+                    }
+                    Event::Connected => info!("connected to NATS"),
+                    Event::Draining => info!("draining the NATS connection"),
+                    other => warn!(event = %other, "NATS connection event"),
+                }
+            }
+        });
+    let client = options
+        .connect(args.nats.url.as_str())
+        .await
+        .map_err(|source| ConnectError::Connect {
+            url: args.nats.url.clone(),
+            source,
+        })?;
+    let info = client.server_info();
+    helmq_queue::connect::check_server(&args.nats.url, &info.version, info.jetstream)?;
+    let js = async_nats::jetstream::new(client.clone());
+    let topology = Topology::default();
+    if args.setup {
+        let report = topology.ensure(&js).await?;
+        info!(created = ?report.created, differences = ?report.differences, "topology ready");
+    }
+
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let readiness = Readiness::default();
+    let http_stop = CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind(args.http.listen)
+        .await
+        .map_err(|source| RunError::Listen {
+            addr: args.http.listen,
+            source,
+        })?;
+    let http = tokio::spawn(helmq_telemetry::serve(
+        listener,
+        Arc::new(registry),
+        readiness.clone(),
+        http_stop.clone(),
+    ));
+    let ready_task = tokio::spawn(watch_readiness(
+        client.clone(),
+        js.clone(),
+        topology,
+        readiness.clone(),
+        shutdown.clone(),
+    ));
+
+    let result = run_pool(
+        js.clone(),
+        client.clone(),
+        Arc::new(driver),
+        JetStreamStatus::new(js),
+        args.settings(),
+        metrics,
+        shutdown.clone(),
+    )
+    .await;
+    shutdown.cancel();
+    readiness.not_ready("shutting down");
+    let _ = ready_task.await;
+
+    // drain() only asks; the connection is gone when the Closed event arrives (DESIGN §9).
+    match client.drain().await {
+        Ok(()) => {
+            let closed = tokio::time::timeout(CLOSE_TIMEOUT, closed_rx.wait_for(|c| *c)).await;
+            match closed {
+                Ok(Ok(_)) => info!("NATS connection drained and closed"),
+                _ => warn!("NATS connection did not close in time"),
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot drain the NATS connection"),
+    }
+    http_stop.cancel();
+    let _ = http.await;
+    result.map_err(RunError::from)
+}
+
+/// Keeps `/readyz` current: ready while connected and the topology is in place.
+async fn watch_readiness(
+    client: async_nats::Client,
+    js: async_nats::jetstream::Context,
+    topology: Topology,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) {
+    loop {
+        if client.connection_state() != async_nats::connection::State::Connected {
+            readiness.not_ready("not connected to NATS");
+        } else {
+            match topology.check(&js).await {
+                Ok(()) => readiness.ready(),
+                Err(e) => readiness.not_ready(e.to_string()),
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(READINESS_INTERVAL) => {}
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! The worker's Prometheus metrics: jobs by outcome, job and Helm durations, jobs in flight,
+//! retries, dead letters and lease waits.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// How a job (one delivery) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobOutcome {
+    /// Applied or deleted.
+    Succeeded,
+    /// Failed transiently; redelivered later.
+    Retried,
+    /// Failed for good (permanent or budget spent): dead-lettered.
+    Failed,
+    /// Rejected as bad input: dead-lettered.
+    Rejected,
+    /// A newer generation exists: acked without running Helm.
+    Superseded,
+    /// Already done: its status published again.
+    Duplicate,
+    /// Given back to the stream (shutdown, lease wait too long, lease lost).
+    Requeued,
+}
+
+impl JobOutcome {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobOutcome::Succeeded => "succeeded",
+            JobOutcome::Retried => "retried",
+            JobOutcome::Failed => "failed",
+            JobOutcome::Rejected => "rejected",
+            JobOutcome::Superseded => "superseded",
+            JobOutcome::Duplicate => "duplicate",
+            JobOutcome::Requeued => "requeued",
+        }
+    }
+}
+
+type Labels = Vec<(&'static str, &'static str)>;
+
+/// The metrics, registered once and shared by every job.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    jobs: Family<Labels, Counter>,
+    /// Seconds from receiving a job to acking it.
+    pub job_duration: Histogram,
+    /// Seconds spent in Helm per job.
+    pub helm_duration: Histogram,
+    /// Jobs being processed.
+    pub in_flight: Gauge,
+    /// Transient failures sent back for a retry.
+    pub retries: Counter,
+    /// Jobs copied to the dead-letter stream.
+    pub dead_letters: Counter,
+    /// Jobs that had to wait for a release lease.
+    pub lease_waits: Counter,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them under `helmq_worker_*`.
+    pub fn register(registry: &mut Registry) -> Metrics {
+        let metrics = Metrics {
+            jobs: Family::default(),
+            job_duration: Histogram::new(exponential_buckets(0.005, 2.5, 14)),
+            helm_duration: Histogram::new(exponential_buckets(0.05, 2.0, 14)),
+            in_flight: Gauge::default(),
+            retries: Counter::default(),
+            dead_letters: Counter::default(),
+            lease_waits: Counter::default(),
+        };
+        let sub = registry.sub_registry_with_prefix("helmq_worker");
+        sub.register("jobs", "Jobs (deliveries) by outcome", metrics.jobs.clone());
+        sub.register(
+            "job_duration_seconds",
+            "Time from receiving a job to settling it",
+            metrics.job_duration.clone(),
+        );
+        sub.register(
+            "helm_duration_seconds",
+            "Time spent running Helm for a job",
+            metrics.helm_duration.clone(),
+        );
+        sub.register(
+            "jobs_in_flight",
+            "Jobs being processed",
+            metrics.in_flight.clone(),
+        );
+        sub.register(
+            "retries",
+            "Transient failures retried",
+            metrics.retries.clone(),
+        );
+        sub.register(
+            "dead_letters",
+            "Jobs moved to the dead-letter stream",
+            metrics.dead_letters.clone(),
+        );
+        sub.register(
+            "lease_waits",
+            "Jobs that waited for another job on the same release",
+            metrics.lease_waits.clone(),
+        );
+        metrics
+    }
+
+    /// Counts a finished job.
+    pub fn job(&self, outcome: JobOutcome) {
+        self.jobs
+            .get_or_create(&vec![("outcome", outcome.as_str())])
+            .inc();
+    }
+
+    /// Jobs counted with `outcome` so far.
+    pub fn jobs_with(&self, outcome: JobOutcome) -> u64 {
+        self.jobs
+            .get_or_create(&vec![("outcome", outcome.as_str())])
+            .get()
+    }
+}

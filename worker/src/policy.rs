@@ -1,0 +1,625 @@
+//! The worker's decisions as pure functions: how a Helm failure is classified, how long to wait
+//! before a retry, whether a job still matches the latest intent of its Component, what to do
+//! after an attempt, and whether a job's chart source and namespace are allowed.
+
+use std::time::Duration;
+
+use backon::BackoffBuilder as _;
+use helmq_schemas::event::{JobAction, JobEvent, StatusEvent};
+use helmq_schemas::{ChartSource, HelmConfig};
+use serde::{Deserialize, Serialize};
+
+/// Whether a failed Helm run can succeed when tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Retrying cannot help (bad config or values, missing chart, rendering error).
+    Permanent,
+    /// The cluster, the network or another operation got in the way: retry later.
+    Transient,
+}
+
+/// Rendering and validation errors: the chart and values cannot work, whatever else the text
+/// says (a template parse error can mention `unexpected EOF`).
+const RENDERING: &[&str] = &[
+    "parse error",
+    "template:",
+    "yaml parse error",
+    "yaml: line",
+    "unable to build kubernetes objects from release manifest",
+    "values don't meet the specifications of the schema",
+    "is not a valid chart",
+    "exists and cannot be imported into the current release",
+    "chart requires kubeversion",
+    "invalid chart reference",
+    "unknown flag",
+];
+
+/// Texts that mean "try again later": the cluster, the network or another operation.
+const TRANSIENT: &[&str] = &[
+    "connection refused",
+    "connection reset",
+    "i/o timeout",
+    "context deadline exceeded",
+    "timed out waiting for the condition",
+    "another operation (install/upgrade/rollback) is in progress",
+    "kubernetes cluster unreachable",
+    "tls handshake timeout",
+    "no such host",
+    "eof",
+    "500 internal server error",
+    "502 bad gateway",
+    "503 service unavailable",
+    "504 gateway timeout",
+    "too many requests",
+    "etcdserver",
+    "the server is currently unable to handle the request",
+    "http2: client connection lost",
+];
+
+/// Chart or version missing; checked after [`TRANSIENT`], since a 503 while fetching an index
+/// also says `failed to fetch`.
+const MISSING_CHART: &[&str] = &[
+    "not found in",
+    "failed to fetch",
+    "404 not found",
+    "no chart name found",
+    "no chart version found",
+];
+
+/// Classifies a failed Helm command by its exit code and stderr. Anything not known to be
+/// permanent is transient: the attempt budget bounds it.
+pub fn classify(exit_code: Option<i32>, stderr: &str) -> Failure {
+    if exit_code.is_none() {
+        // Killed by a signal (OOM, timeout): nothing about the job itself.
+        return Failure::Transient;
+    }
+    // "X is not a valid chart repository or cannot be reached" is about the repository.
+    let text = stderr
+        .to_lowercase()
+        .replace("is not a valid chart repository", "chart repository");
+    if RENDERING.iter().any(|t| text.contains(t)) {
+        return Failure::Permanent;
+    }
+    if TRANSIENT.iter().any(|t| text.contains(t)) || has_5xx(&text) {
+        return Failure::Transient;
+    }
+    if MISSING_CHART.iter().any(|t| text.contains(t)) {
+        return Failure::Permanent;
+    }
+    Failure::Transient
+}
+
+/// `status code 5xx` / `: 5xx ` in an HTTP error from a repository or registry.
+fn has_5xx(text: &str) -> bool {
+    text.match_indices("status code").any(|(i, m)| {
+        text[i + m.len()..]
+            .trim_start_matches([':', ' '])
+            .starts_with('5')
+    })
+}
+
+/// Delays between attempts: capped exponential backoff with jitter (backon).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// Delay after the first failed attempt.
+    pub min: Duration,
+    /// Largest delay.
+    pub max: Duration,
+    /// Add a random share of the delay (up to 100%), so retries of many jobs spread out.
+    pub jitter: bool,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            min: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+            jitter: true,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay before the attempt after `attempt` (1-based): `min × 2^(attempt-1)`, plus up to
+    /// the same again as jitter, never more than `max`.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let mut builder = backon::ExponentialBuilder::default()
+            .with_min_delay(self.min)
+            .with_max_delay(self.max)
+            .with_factor(2.0)
+            .with_max_times(attempt.max(1) as usize);
+        if self.jitter {
+            builder = builder.with_jitter();
+        }
+        builder.build().last().unwrap_or(self.min).min(self.max)
+    }
+}
+
+/// What a job does, ordered inside one Component: a later generation wins, and at the same
+/// generation a delete (deletion does not bump the generation) wins over an apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Position {
+    /// `metadata.generation`.
+    pub generation: i64,
+    /// 0 = apply, 1 = delete.
+    pub phase: u8,
+}
+
+impl Position {
+    /// The position of a job.
+    pub fn of(job: &JobEvent) -> Position {
+        Position {
+            generation: job.component.generation,
+            phase: u8::from(job.action == JobAction::Delete),
+        }
+    }
+}
+
+/// How the job an intent names ended, or that it is still running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// A worker has it.
+    Running,
+    /// Applied and ready.
+    Ready,
+    /// Failed for good.
+    Failed,
+    /// Uninstalled.
+    Terminated,
+}
+
+/// The latest intent of a Component (value of the `helmq_intents` KV bucket).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Intent {
+    /// Generation of the newest job seen.
+    pub generation: i64,
+    /// Its action.
+    pub action: JobAction,
+    /// Its id.
+    pub job_id: String,
+    /// How it went.
+    pub outcome: Outcome,
+    /// The terminal status it published, to publish again for a duplicate job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_status: Option<StatusEvent>,
+}
+
+impl Intent {
+    /// The intent of a job that just started.
+    pub fn running(job: &JobEvent) -> Intent {
+        Intent {
+            generation: job.component.generation,
+            action: job.action,
+            job_id: job.id.clone(),
+            outcome: Outcome::Running,
+            last_status: None,
+        }
+    }
+
+    /// Its position.
+    pub fn position(&self) -> Position {
+        Position {
+            generation: self.generation,
+            phase: u8::from(self.action == JobAction::Delete),
+        }
+    }
+}
+
+/// What to do with a job given the latest intent of its Component.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Run it (and record it as the latest intent when it is newer).
+    Run,
+    /// A newer generation (or a delete) was requested: ack without running Helm.
+    Superseded {
+        /// The newer position.
+        by: Position,
+    },
+    /// The same intent already succeeded: publish its terminal status again and ack.
+    AlreadyDone(Box<StatusEvent>),
+}
+
+/// Compares a job with the latest intent. A failed intent is run again: a replayed dead letter
+/// must be able to retry the same generation.
+pub fn decide(job: Position, intent: Option<&Intent>) -> Decision {
+    let Some(intent) = intent else {
+        return Decision::Run;
+    };
+    let latest = intent.position();
+    if job < latest {
+        return Decision::Superseded { by: latest };
+    }
+    if job == latest
+        && matches!(intent.outcome, Outcome::Ready | Outcome::Terminated)
+        && let Some(status) = &intent.last_status
+    {
+        return Decision::AlreadyDone(Box::new(status.clone()));
+    }
+    Decision::Run
+}
+
+/// What to do with the message after an attempt failed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AfterFailure {
+    /// Nak with this delay: JetStream redelivers it as the next attempt.
+    Retry(Duration),
+    /// Publish the failure, dead-letter the job, then `Term` it.
+    GiveUp,
+}
+
+/// Transient failures are retried while attempts remain; everything else gives up.
+pub fn after_failure(
+    failure: Failure,
+    attempt: u32,
+    max_attempts: u32,
+    retry: &RetryPolicy,
+) -> AfterFailure {
+    match failure {
+        Failure::Transient if attempt < max_attempts => AfterFailure::Retry(retry.delay(attempt)),
+        _ => AfterFailure::GiveUp,
+    }
+}
+
+/// Chart sources and target namespaces a worker accepts; empty lists allow everything.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Allowlist {
+    /// Prefixes of repository URLs or OCI references, e.g. `https://charts.example.com/`.
+    pub sources: Vec<String>,
+    /// Release namespaces.
+    pub namespaces: Vec<String>,
+}
+
+/// Why a job is outside the allowlist.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AllowlistError {
+    /// The chart source matches no allowed prefix.
+    #[error("chart source {chart_source} is not allowed (allowed sources: {allowed})")]
+    Source {
+        /// The repository URL or OCI reference.
+        chart_source: String,
+        /// The allowed prefixes.
+        allowed: String,
+    },
+    /// The release namespace is not allowed.
+    #[error("release namespace {namespace} is not allowed (allowed namespaces: {allowed})")]
+    Namespace {
+        /// The release namespace.
+        namespace: String,
+        /// The allowed namespaces.
+        allowed: String,
+    },
+}
+
+impl Allowlist {
+    /// Checks a job's chart source and release namespace.
+    pub fn check(&self, config: &HelmConfig) -> Result<(), AllowlistError> {
+        let source = match &config.source {
+            ChartSource::Http { repository, .. } => repository.url.as_str(),
+            ChartSource::Oci { chart, .. } => chart.as_str(),
+        };
+        if !self.sources.is_empty() && !self.sources.iter().any(|p| source_matches(p, source)) {
+            return Err(AllowlistError::Source {
+                chart_source: source.to_owned(),
+                allowed: self.sources.join(", "),
+            });
+        }
+        if !self.namespaces.is_empty() && !self.namespaces.contains(&config.release_namespace) {
+            return Err(AllowlistError::Namespace {
+                namespace: config.release_namespace.clone(),
+                allowed: self.namespaces.join(", "),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A prefix matches the source itself or anything below it: `https://charts.example.com`
+/// allows `https://charts.example.com/stable` but not `https://charts.example.com.evil.io`.
+fn source_matches(prefix: &str, source: &str) -> bool {
+    let Some(rest) = source.strip_prefix(prefix) else {
+        return false;
+    };
+    prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/') || rest.starts_with(':')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use helmq_schemas::event::{ComponentRef, StatusPhase};
+
+    #[test]
+    fn helm_failures_are_classified_by_their_stderr() {
+        let cases: &[(Option<i32>, &str, Failure)] = &[
+            (
+                Some(1),
+                r#"Error: chart "nginx" version "9.9.9" not found in https://charts.example.com repository"#,
+                Failure::Permanent,
+            ),
+            (
+                Some(1),
+                "Error: failed to fetch https://charts.example.com/nginx-1.0.0.tgz : 404 Not Found",
+                Failure::Permanent,
+            ),
+            (
+                Some(1),
+                "Error: parse error at (nginx/templates/deployment.yaml:12): unexpected EOF",
+                Failure::Permanent,
+            ),
+            (
+                Some(1),
+                "Error: looks like \"https://x.io\" is not a valid chart repository or cannot be reached: failed to fetch https://x.io/index.yaml : 404 Not Found",
+                Failure::Permanent,
+            ),
+            (
+                Some(1),
+                "Error: template: nginx/templates/svc.yaml:3:4: executing \"x\" at <.Values.x>: nil pointer",
+                Failure::Permanent,
+            ),
+            (
+                Some(1),
+                "Error: YAML parse error on nginx/templates/cm.yaml: error converting YAML to JSON",
+                Failure::Permanent,
+            ),
+            (
+                Some(1),
+                "Error: UPGRADE FAILED: unable to build kubernetes objects from release manifest: resource mapping not found",
+                Failure::Permanent,
+            ),
+            (
+                Some(1),
+                "Error: values don't meet the specifications of the schema(s) in the following chart(s):\nnginx:\n- replicas: Invalid type",
+                Failure::Permanent,
+            ),
+            (
+                Some(1),
+                "Error: file '/tmp/x.tgz' is not a valid chart",
+                Failure::Permanent,
+            ),
+            (
+                Some(1),
+                "Error: rendered manifests contain a resource that already exists. Unable to continue with install: ConfigMap \"x\" in namespace \"y\" exists and cannot be imported into the current release",
+                Failure::Permanent,
+            ),
+            (
+                Some(1),
+                "Error: Kubernetes cluster unreachable: Get \"https://10.0.0.1:6443/version\": dial tcp 10.0.0.1:6443: connect: connection refused",
+                Failure::Transient,
+            ),
+            (
+                Some(1),
+                "Error: UPGRADE FAILED: another operation (install/upgrade/rollback) is in progress",
+                Failure::Transient,
+            ),
+            (
+                Some(1),
+                "Error: INSTALLATION FAILED: context deadline exceeded",
+                Failure::Transient,
+            ),
+            (
+                Some(1),
+                "Error: UPGRADE FAILED: timed out waiting for the condition",
+                Failure::Transient,
+            ),
+            (
+                Some(1),
+                "Error: looks like \"https://charts.example.com\" is not a valid chart repository or cannot be reached: Get \"https://charts.example.com/index.yaml\": dial tcp: lookup charts.example.com: no such host",
+                Failure::Transient,
+            ),
+            (
+                Some(1),
+                "Error: Get \"https://charts.example.com/index.yaml\": net/http: TLS handshake timeout",
+                Failure::Transient,
+            ),
+            (
+                Some(1),
+                "Error: failed to fetch https://charts.example.com/index.yaml : 503 Service Unavailable",
+                Failure::Transient,
+            ),
+            (
+                Some(1),
+                "Error: unexpected status code 502 from registry",
+                Failure::Transient,
+            ),
+            (
+                Some(1),
+                "Error: read tcp 10.0.0.2:5000->10.0.0.1:443: i/o timeout",
+                Failure::Transient,
+            ),
+            (Some(1), "Error: unexpected EOF", Failure::Transient),
+            (
+                Some(1),
+                "something nobody has seen before",
+                Failure::Transient,
+            ),
+            (None, "", Failure::Transient),
+        ];
+        for (code, stderr, want) in cases {
+            assert_eq!(classify(*code, stderr), *want, "{stderr}");
+        }
+    }
+
+    #[test]
+    fn retry_delays_grow_and_are_capped() {
+        let policy = RetryPolicy {
+            min: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+            jitter: false,
+        };
+        let delays: Vec<u64> = (1..=9).map(|a| policy.delay(a).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        let jittered = RetryPolicy {
+            jitter: true,
+            ..policy
+        };
+        for attempt in 1..=12 {
+            let base = policy.delay(attempt);
+            let d = jittered.delay(attempt);
+            assert!(
+                d >= base && d <= (base * 2).min(policy.max),
+                "{attempt}: {d:?}"
+            );
+        }
+    }
+
+    fn job(generation: i64, action: JobAction) -> Position {
+        Position {
+            generation,
+            phase: u8::from(action == JobAction::Delete),
+        }
+    }
+
+    fn intent(generation: i64, action: JobAction, outcome: Outcome) -> Intent {
+        let component = ComponentRef {
+            namespace: "ns".into(),
+            name: "web".into(),
+            uid: None,
+            generation,
+        };
+        Intent {
+            generation,
+            action,
+            job_id: "j".into(),
+            outcome,
+            last_status: Some(StatusEvent::new(
+                "j",
+                component,
+                StatusPhase::Ready,
+                "ready",
+                1,
+                "w",
+                jiff::Timestamp::UNIX_EPOCH,
+            )),
+        }
+    }
+
+    #[test]
+    fn older_generations_are_superseded_and_finished_ones_are_not_rerun() {
+        use JobAction::{Apply, Delete};
+        assert_eq!(decide(job(1, Apply), None), Decision::Run);
+        let newer = intent(3, Apply, Outcome::Running);
+        assert_eq!(
+            decide(job(2, Apply), Some(&newer)),
+            Decision::Superseded { by: job(3, Apply) }
+        );
+        assert_eq!(
+            decide(job(3, Apply), Some(&newer)),
+            Decision::Run,
+            "a redelivery"
+        );
+        assert_eq!(decide(job(4, Apply), Some(&newer)), Decision::Run);
+        // A delete of the same generation wins over its apply, not the other way round.
+        assert_eq!(decide(job(3, Delete), Some(&newer)), Decision::Run);
+        let deleting = intent(3, Delete, Outcome::Running);
+        assert!(matches!(
+            decide(job(3, Apply), Some(&deleting)),
+            Decision::Superseded { .. }
+        ));
+        let done = intent(3, Apply, Outcome::Ready);
+        assert!(matches!(
+            decide(job(3, Apply), Some(&done)),
+            Decision::AlreadyDone(s) if s.phase == StatusPhase::Ready
+        ));
+        // A failure is retried by a replay of the same generation.
+        let failed = intent(3, Apply, Outcome::Failed);
+        assert_eq!(decide(job(3, Apply), Some(&failed)), Decision::Run);
+    }
+
+    #[test]
+    fn failures_retry_until_the_budget_is_spent() {
+        let policy = RetryPolicy {
+            jitter: false,
+            ..RetryPolicy::default()
+        };
+        assert_eq!(
+            after_failure(Failure::Transient, 1, 3, &policy),
+            AfterFailure::Retry(Duration::from_secs(1))
+        );
+        assert_eq!(
+            after_failure(Failure::Transient, 2, 3, &policy),
+            AfterFailure::Retry(Duration::from_secs(2))
+        );
+        assert_eq!(
+            after_failure(Failure::Transient, 3, 3, &policy),
+            AfterFailure::GiveUp
+        );
+        assert_eq!(
+            after_failure(Failure::Permanent, 1, 3, &policy),
+            AfterFailure::GiveUp
+        );
+    }
+
+    fn config(source: ChartSource, namespace: &str) -> HelmConfig {
+        HelmConfig {
+            release_name: "web".into(),
+            release_namespace: namespace.into(),
+            manage_namespace: true,
+            source,
+            values: Default::default(),
+        }
+    }
+
+    fn http(url: &str) -> ChartSource {
+        ChartSource::Http {
+            repository: helmq_schemas::config::Repository {
+                url: url.into(),
+                name: "repo".into(),
+            },
+            chart: helmq_schemas::config::ChartRef {
+                name: "nginx".into(),
+                version: "1.0.0".into(),
+            },
+        }
+    }
+
+    fn oci(reference: &str) -> ChartSource {
+        ChartSource::Oci {
+            chart: reference.into(),
+            authentication: None,
+        }
+    }
+
+    #[test]
+    fn allowlists_match_prefixes_and_namespaces() {
+        let open = Allowlist::default();
+        assert_eq!(
+            open.check(&config(http("https://anything.io"), "x")),
+            Ok(())
+        );
+        let list = Allowlist {
+            sources: vec![
+                "https://charts.example.com".into(),
+                "oci://registry.example.com/".into(),
+            ],
+            namespaces: vec!["apps".into(), "web".into()],
+        };
+        for ok in [
+            http("https://charts.example.com"),
+            http("https://charts.example.com/stable"),
+            oci("oci://registry.example.com/charts/nginx:1.0.0"),
+        ] {
+            assert_eq!(list.check(&config(ok, "apps")), Ok(()));
+        }
+        for bad in [
+            http("https://charts.example.com.evil.io"),
+            http("http://charts.example.com"),
+            oci("oci://registry.example.org/nginx:1"),
+        ] {
+            let err = list.check(&config(bad, "apps")).unwrap_err();
+            assert!(matches!(err, AllowlistError::Source { .. }), "{err}");
+        }
+        assert_eq!(
+            list.check(&config(http("https://charts.example.com"), "kube-system"))
+                .unwrap_err()
+                .to_string(),
+            "release namespace kube-system is not allowed (allowed namespaces: apps, web)"
+        );
+        assert_eq!(
+            list.check(&config(oci("oci://evil.io/x:1"), "apps"))
+                .unwrap_err()
+                .to_string(),
+            "chart source oci://evil.io/x:1 is not allowed (allowed sources: https://charts.example.com, oci://registry.example.com/)"
+        );
+    }
+}

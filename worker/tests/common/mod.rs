@@ -1,0 +1,230 @@
+//! Helpers shared by the worker's integration tests: a real nats-server with the helmq
+//! topology, jobs, reading back status events and dead letters, polling with a deadline.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, Context};
+use helmq_queue::dlq::{StoredDeadLetter, read_stored};
+use helmq_queue::topology::{DLQ_STREAM, JOBS_STREAM, STATUS_STREAM, WORKERS_CONSUMER};
+use helmq_queue::{JetStreamQueue, JetStreamStatus, JobQueue, Topology};
+use helmq_schemas::config::{ChartRef, Repository};
+use helmq_schemas::event::{ComponentRef, JobAction, JobEvent, StatusEvent, StatusPhase};
+use helmq_schemas::{ChartSource, HelmConfig};
+use helmq_tests::NatsServer;
+use helmq_worker::{HelmDriver, Metrics, Settings};
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+pub struct Env {
+    pub server: NatsServer,
+    pub client: async_nats::Client,
+    pub js: Context,
+}
+
+impl Env {
+    pub async fn start(topology: Topology) -> Env {
+        let server = NatsServer::start();
+        let client = async_nats::connect(server.url()).await.unwrap();
+        let js = jetstream::new(client.clone());
+        topology.ensure(&js).await.unwrap();
+        Env { server, client, js }
+    }
+
+    pub async fn publish(&self, job: &JobEvent) {
+        JetStreamQueue::new(self.js.clone())
+            .publish_job(job)
+            .await
+            .unwrap();
+    }
+
+    pub async fn publish_raw(&self, subject: &str, payload: Vec<u8>) {
+        self.js
+            .publish(subject.to_owned(), payload.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    pub async fn statuses(&self) -> Vec<StatusEvent> {
+        read_all(&self.js, STATUS_STREAM)
+            .await
+            .into_iter()
+            .map(|(_, _, payload)| StatusEvent::decode(&payload).unwrap())
+            .collect()
+    }
+
+    pub async fn dead_letters(&self) -> Vec<StoredDeadLetter> {
+        read_all(&self.js, DLQ_STREAM)
+            .await
+            .into_iter()
+            .map(|(seq, headers, payload)| read_stored(seq, Some(&headers), payload))
+            .collect()
+    }
+
+    pub async fn jobs_left(&self) -> u64 {
+        let mut stream = self.js.get_stream(JOBS_STREAM).await.unwrap();
+        stream.info().await.unwrap().state.messages
+    }
+
+    pub async fn ack_pending(&self) -> usize {
+        let stream = self.js.get_stream(JOBS_STREAM).await.unwrap();
+        stream
+            .consumer_info(WORKERS_CONSUMER)
+            .await
+            .unwrap()
+            .num_ack_pending
+    }
+
+    /// Status events of one Component with a given phase.
+    pub async fn phases(&self, name: &str, phase: StatusPhase) -> Vec<StatusEvent> {
+        self.statuses()
+            .await
+            .into_iter()
+            .filter(|s| s.component.name == name && s.phase == phase)
+            .collect()
+    }
+
+    /// Status events of every Component with a given phase.
+    pub async fn phases_all(&self, phase: StatusPhase) -> Vec<StatusEvent> {
+        self.statuses()
+            .await
+            .into_iter()
+            .filter(|s| s.phase == phase)
+            .collect()
+    }
+
+    /// Runs an in-process pool until the returned token is cancelled.
+    pub async fn pool<D: HelmDriver>(&self, driver: D, settings: Settings) -> Pool {
+        let client = async_nats::connect(self.server.url()).await.unwrap();
+        let js = jetstream::new(client.clone());
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(helmq_worker::run_pool(
+            js.clone(),
+            client,
+            Arc::new(driver),
+            JetStreamStatus::new(js),
+            settings,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+        Pool {
+            shutdown,
+            task,
+            metrics,
+        }
+    }
+}
+
+pub struct Pool {
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<Result<(), helmq_worker::pool::PoolError>>,
+    pub metrics: Metrics,
+}
+
+impl Pool {
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+async fn read_all(js: &Context, stream: &str) -> Vec<(u64, async_nats::HeaderMap, bytes::Bytes)> {
+    let mut stream = js.get_stream(stream).await.unwrap();
+    let state = stream.info().await.unwrap().state.clone();
+    let mut out = Vec::new();
+    if state.messages == 0 {
+        return out;
+    }
+    for seq in state.first_sequence..=state.last_sequence {
+        if let Ok(m) = stream.get_raw_message(seq).await {
+            out.push((seq, m.headers, m.payload));
+        }
+    }
+    out
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn fast_topology() -> Topology {
+    Topology {
+        lease_ttl: Duration::from_secs(3),
+        ..Topology::default()
+    }
+}
+
+pub fn settings(id: &str) -> Settings {
+    let mut settings = Settings::new(id);
+    settings.retry.min = Duration::from_millis(100);
+    settings.retry.max = Duration::from_secs(1);
+    settings.fetch_expires = Duration::from_millis(500);
+    settings
+}
+
+pub fn config(release: &str, namespace: &str) -> HelmConfig {
+    let mut values = serde_json::Map::new();
+    values.insert("password".into(), "hunter2-secret".into());
+    HelmConfig {
+        release_name: release.into(),
+        release_namespace: namespace.into(),
+        manage_namespace: true,
+        source: ChartSource::Http {
+            repository: Repository {
+                url: "https://charts.example.com/stable".into(),
+                name: "example".into(),
+            },
+            chart: ChartRef {
+                name: "nginx".into(),
+                version: "1.2.3".into(),
+            },
+        },
+        values,
+    }
+}
+
+pub fn job(name: &str, generation: i64, action: JobAction, config: HelmConfig) -> JobEvent {
+    JobEvent::new(
+        action,
+        ComponentRef {
+            namespace: "team".into(),
+            name: name.into(),
+            uid: Some(format!("uid-{name}")),
+            generation,
+        },
+        config,
+        30,
+        jiff::Timestamp::now(),
+    )
+}
+
+pub fn apply(name: &str, generation: i64, release: &str) -> JobEvent {
+    job(name, generation, JobAction::Apply, config(release, "apps"))
+}
+
+pub fn fake_helm() -> std::path::PathBuf {
+    // This crate's own manifest dir: the fixture belongs to this checkout.
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/fake-helm")
+}

@@ -1,0 +1,339 @@
+//! `HelmCli` against the fake `helm` in tests/fixtures: arguments, the chart cache, values in a
+//! 0600 file, not-found handling, stuck-release state, error classification, cancellation.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{config, eventually, fake_helm};
+use helmq_worker::HelmCli;
+use helmq_worker::driver::{
+    Apply, DriverError, HelmCliSettings, HelmDriver, NamespaceDeletion, Recovery, Uninstalled,
+    recovery_plan,
+};
+use helmq_worker::policy::Failure;
+use tokio_util::sync::CancellationToken;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    cache: PathBuf,
+    state: PathBuf,
+    cli: HelmCli,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let mut settings = HelmCliSettings::new(fake_helm(), &cache);
+    settings.kubectl_bin = Some(dir.path().join("no-such-kubectl"));
+    let cli = HelmCli::new(settings).unwrap();
+    // Without FAKE_HELM_STATE the fake keeps its state under HELM_DATA_HOME.
+    let state = cache.join("helm/data/fake-helm-state");
+    std::fs::create_dir_all(state.join("control")).unwrap();
+    Fixture {
+        _dir: dir,
+        cache,
+        state,
+        cli,
+    }
+}
+
+fn calls(state: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(state.join("calls.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn subcommands(state: &Path) -> Vec<String> {
+    calls(state)
+        .iter()
+        .map(|c| c["argv"][0].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn control(state: &Path, release: &str, value: serde_json::Value) {
+    std::fs::write(
+        state.join("control").join(format!("{release}.json")),
+        value.to_string(),
+    )
+    .unwrap();
+}
+
+const T: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn apply_installs_from_a_cached_package_with_values_in_a_private_file() {
+    let f = fixture();
+    let cancel = CancellationToken::new();
+    let cfg = config("web", "apps");
+    let first = f
+        .cli
+        .apply(
+            Apply {
+                config: &cfg,
+                timeout: T,
+            },
+            &cancel,
+        )
+        .await
+        .unwrap();
+    assert_eq!((first.revision, first.status.as_str()), (1, "deployed"));
+    assert_eq!(first.chart_version.as_deref(), Some("1.2.3"));
+    let second = f
+        .cli
+        .apply(
+            Apply {
+                config: &cfg,
+                timeout: T,
+            },
+            &cancel,
+        )
+        .await
+        .unwrap();
+    assert_eq!(second.revision, 2);
+    // One pull for both runs: the package is cached, no index per job.
+    assert_eq!(subcommands(&f.state), ["pull", "upgrade", "upgrade"]);
+    let log = std::fs::read_to_string(f.state.join("calls.log")).unwrap();
+    assert!(!log.contains("hunter2"), "values never on the command line");
+    let upgrade = &calls(&f.state)[1]["argv"];
+    assert!(
+        upgrade[3].as_str().unwrap().ends_with("nginx-1.2.3.tgz"),
+        "{upgrade}"
+    );
+    assert!(
+        upgrade
+            .as_array()
+            .unwrap()
+            .contains(&"--create-namespace".into())
+    );
+    // The values file is gone after the run.
+    let leftovers = std::fs::read_dir(f.cache.join("tmp")).unwrap().count();
+    assert_eq!(leftovers, 0);
+
+    let status = f.cli.status("web", "apps", &cancel).await.unwrap().unwrap();
+    assert_eq!((status.revision, status.status.as_str()), (2, "deployed"));
+    let history = f.cli.history("web", "apps", &cancel).await.unwrap();
+    let statuses: Vec<_> = history.iter().map(|r| r.status.as_str()).collect();
+    assert_eq!(statuses, ["superseded", "deployed"]);
+}
+
+#[tokio::test]
+async fn missing_releases_are_not_errors() {
+    let f = fixture();
+    let cancel = CancellationToken::new();
+    assert_eq!(f.cli.status("nope", "apps", &cancel).await.unwrap(), None);
+    assert!(
+        f.cli
+            .history("nope", "apps", &cancel)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        f.cli.uninstall("nope", "apps", T, &cancel).await.unwrap(),
+        Uninstalled::NotFound
+    );
+    let cfg = config("web", "apps");
+    f.cli
+        .apply(
+            Apply {
+                config: &cfg,
+                timeout: T,
+            },
+            &cancel,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        f.cli.uninstall("web", "apps", T, &cancel).await.unwrap(),
+        Uninstalled::Removed
+    );
+    match f.cli.delete_namespace("apps", &cancel).await.unwrap() {
+        NamespaceDeletion::Skipped(why) => {
+            assert!(
+                why.starts_with("namespace apps was not deleted: cannot run"),
+                "{why}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_stuck_release_is_rolled_back_through_helm() {
+    let f = fixture();
+    let cancel = CancellationToken::new();
+    let cfg = config("web", "apps");
+    f.cli
+        .apply(
+            Apply {
+                config: &cfg,
+                timeout: T,
+            },
+            &cancel,
+        )
+        .await
+        .unwrap();
+    // Leave the next upgrade pending, as a killed run would.
+    let state = f.state.join("releases/apps__web.json");
+    let mut rel: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    let mut pending = rel["revisions"][0].clone();
+    pending["revision"] = 2.into();
+    pending["status"] = "pending-upgrade".into();
+    rel["revisions"].as_array_mut().unwrap().push(pending);
+    std::fs::write(&state, rel.to_string()).unwrap();
+
+    let err = f
+        .cli
+        .apply(
+            Apply {
+                config: &cfg,
+                timeout: T,
+            },
+            &cancel,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.failure(), Failure::Transient, "{err}");
+    let status = f.cli.status("web", "apps", &cancel).await.unwrap().unwrap();
+    let history = f.cli.history("web", "apps", &cancel).await.unwrap();
+    let plan = recovery_plan(&status.status, &history).unwrap();
+    assert_eq!(
+        plan,
+        Recovery::Rollback {
+            from: "pending-upgrade".into(),
+            revision: 1
+        }
+    );
+    f.cli.rollback("web", "apps", 1, T, &cancel).await.unwrap();
+    let after = f
+        .cli
+        .apply(
+            Apply {
+                config: &cfg,
+                timeout: T,
+            },
+            &cancel,
+        )
+        .await
+        .unwrap();
+    assert_eq!((after.revision, after.status.as_str()), (4, "deployed"));
+}
+
+#[tokio::test]
+async fn helm_errors_are_classified() {
+    let f = fixture();
+    let cancel = CancellationToken::new();
+    std::fs::write(f.state.join("charts-missing"), "nginx\n").unwrap();
+    let cfg = config("web", "apps");
+    let err = f
+        .cli
+        .apply(
+            Apply {
+                config: &cfg,
+                timeout: T,
+            },
+            &cancel,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.failure(), Failure::Permanent, "{err}");
+    assert!(
+        err.to_string()
+            .contains(r#"chart "nginx" version "1.2.3" not found"#),
+        "{err}"
+    );
+
+    std::fs::remove_file(f.state.join("charts-missing")).unwrap();
+    control(
+        &f.state,
+        "web",
+        serde_json::json!({"fail": [
+            {"stderr": "Error: UPGRADE FAILED: template: nginx/templates/svc.yaml:3:4: executing \"x\" at <.Values.x>: nil pointer"},
+            {"stderr": "Error: Kubernetes cluster unreachable: Get \"https://10.0.0.1:6443/version\": dial tcp: connect: connection refused"}
+        ]}),
+    );
+    let err = f
+        .cli
+        .apply(
+            Apply {
+                config: &cfg,
+                timeout: T,
+            },
+            &cancel,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.failure(), Failure::Permanent, "{err}");
+    let err = f
+        .cli
+        .apply(
+            Apply {
+                config: &cfg,
+                timeout: T,
+            },
+            &cancel,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.failure(), Failure::Transient, "{err}");
+    assert!(
+        f.cli
+            .apply(
+                Apply {
+                    config: &cfg,
+                    timeout: T
+                },
+                &cancel
+            )
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn cancelling_a_run_kills_the_helm_process() {
+    let f = fixture();
+    control(&f.state, "web", serde_json::json!({"sleep": 120}));
+    let cancel = CancellationToken::new();
+    let cfg = config("web", "apps");
+    let cli = &f.cli;
+    let run = cli.apply(
+        Apply {
+            config: &cfg,
+            timeout: T,
+        },
+        &cancel,
+    );
+    let state = f.state.clone();
+    let watcher = async {
+        let pid = eventually(Duration::from_secs(20), "upgrade started", || async {
+            calls(&state)
+                .iter()
+                .find(|c| c["argv"][0] == "upgrade")
+                .and_then(|c| c["pid"].as_u64())
+        })
+        .await;
+        cancel.cancel();
+        pid
+    };
+    let (result, pid) = tokio::join!(run, watcher);
+    assert!(
+        matches!(result, Err(DriverError::Cancelled { .. })),
+        "{result:?}"
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the helm process to be gone",
+        || async {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+            // Gone, or a zombie about to be reaped.
+            stat.is_none_or(|s| s.contains(") Z ")).then_some(())
+        },
+    )
+    .await;
+}

@@ -1,0 +1,479 @@
+//! The job pipeline against a real nats-server, with Helm replaced by the in-memory driver:
+//! exclusivity, latest intent, retries, dead letters, bad input, stuck releases, progress.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use helmq_queue::Topology;
+use helmq_schemas::event::{JobAction, StatusPhase};
+use helmq_schemas::subject::job_subject;
+use helmq_worker::driver::Revision;
+use helmq_worker::driver::memory::Step;
+use helmq_worker::metrics::JobOutcome;
+use helmq_worker::{MemoryDriver, Settings};
+
+const TRANSIENT: &str =
+    "Error: UPGRADE FAILED: another operation (install/upgrade/rollback) is in progress";
+
+#[tokio::test]
+async fn two_pools_never_run_two_jobs_for_one_release_at_once_and_finish_every_job() {
+    let env = Env::start(fast_topology()).await;
+    let driver = MemoryDriver::new();
+    driver.set_delay(Duration::from_millis(40));
+    let mut a = settings("pool-a");
+    a.concurrency = 4;
+    let b = Settings {
+        worker_id: "pool-b".into(),
+        ..a.clone()
+    };
+    let pool_a = env.pool(driver.clone(), a).await;
+    let pool_b = env.pool(driver.clone(), b).await;
+    // 24 Components sharing 3 releases: every job must run, one at a time per release.
+    for i in 0..24 {
+        env.publish(&apply(&format!("c{i}"), 1, &format!("r{}", i % 3)))
+            .await;
+    }
+    eventually(Duration::from_secs(60), "24 Ready statuses", || async {
+        let ready = env
+            .statuses()
+            .await
+            .into_iter()
+            .filter(|s| s.phase == StatusPhase::Ready)
+            .count();
+        (ready == 24).then_some(())
+    })
+    .await;
+    assert_eq!(driver.overlaps(), Vec::<String>::new());
+    let applies = driver
+        .calls()
+        .into_iter()
+        .filter(|c| c.op == "apply")
+        .count();
+    assert_eq!(applies, 24);
+    assert_eq!(env.jobs_left().await, 0);
+    assert!(pool_a.metrics.lease_waits.get() + pool_b.metrics.lease_waits.get() > 0);
+    pool_a.stop().await;
+    pool_b.stop().await;
+}
+
+#[tokio::test]
+async fn older_generations_are_skipped_and_finished_ones_are_not_rerun() {
+    let env = Env::start(fast_topology()).await;
+    let driver = MemoryDriver::new();
+    let pool = env.pool(driver.clone(), settings("w")).await;
+    env.publish(&apply("web", 2, "web")).await;
+    eventually(
+        Duration::from_secs(20),
+        "Ready for generation 2",
+        || async { (!env.phases("web", StatusPhase::Ready).await.is_empty()).then_some(()) },
+    )
+    .await;
+    // An older generation arrives late, and generation 2 again (a republish after the window).
+    env.publish(&apply("web", 1, "web")).await;
+    env.publish_raw(&job_subject("team", "web"), apply("web", 2, "web").encode())
+        .await;
+    eventually(Duration::from_secs(20), "both jobs settled", || async {
+        (pool.metrics.jobs_with(JobOutcome::Superseded) == 1
+            && pool.metrics.jobs_with(JobOutcome::Duplicate) == 1)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(env.jobs_left().await, 0);
+    let applies = driver
+        .calls()
+        .into_iter()
+        .filter(|c| c.op == "apply")
+        .count();
+    assert_eq!(
+        applies, 1,
+        "neither the old nor the repeated generation ran helm"
+    );
+    assert!(
+        env.statuses()
+            .await
+            .iter()
+            .all(|s| s.component.generation == 2),
+        "no status for the superseded generation"
+    );
+    pool.stop().await;
+}
+
+#[tokio::test]
+async fn a_newer_generation_cancels_an_older_run_waiting_for_readiness() {
+    let env = Env::start(fast_topology()).await;
+    let driver = MemoryDriver::new();
+    driver.script("web", [Step::Delay(Duration::from_secs(300))]);
+    let pool = env.pool(driver.clone(), settings("w")).await;
+    let mut first = apply("web", 1, "web");
+    first.config.values.insert("generation".into(), 1.into());
+    env.publish(&first).await;
+    eventually(Duration::from_secs(20), "generation 1 running", || async {
+        driver.calls().iter().any(|c| c.op == "apply").then_some(())
+    })
+    .await;
+    let mut second = apply("web", 2, "web");
+    second.config.values.insert("generation".into(), 2.into());
+    env.publish(&second).await;
+    let ready = eventually(
+        Duration::from_secs(30),
+        "Ready for generation 2",
+        || async { env.phases("web", StatusPhase::Ready).await.pop() },
+    )
+    .await;
+    assert_eq!(ready.component.generation, 2);
+    let applies: Vec<_> = driver
+        .calls()
+        .into_iter()
+        .filter(|c| c.op == "apply")
+        .collect();
+    assert_eq!(applies.len(), 2);
+    assert!(applies[0].cancelled, "generation 1's wait was cancelled");
+    assert_eq!(applies[0].values.get("generation"), Some(&1.into()));
+    assert!(!applies[1].cancelled);
+    assert_eq!(pool.metrics.jobs_with(JobOutcome::Superseded), 1);
+    assert!(env.phases("web", StatusPhase::Failed).await.is_empty());
+    eventually(Duration::from_secs(10), "queue empty", || async {
+        (env.jobs_left().await == 0).then_some(())
+    })
+    .await;
+    pool.stop().await;
+}
+
+#[tokio::test]
+async fn transient_failures_retry_with_growing_delays_then_succeed() {
+    let env = Env::start(fast_topology()).await;
+    let driver = MemoryDriver::new();
+    driver.script(
+        "web",
+        [Step::Fail(TRANSIENT.into()), Step::Fail(TRANSIENT.into())],
+    );
+    let mut s = settings("w");
+    s.retry.min = Duration::from_millis(400);
+    s.retry.jitter = false;
+    let pool = env.pool(driver.clone(), s).await;
+    env.publish(&apply("web", 1, "web")).await;
+    let ready = eventually(Duration::from_secs(30), "Ready", || async {
+        env.phases("web", StatusPhase::Ready).await.pop()
+    })
+    .await;
+    assert_eq!(ready.attempt, 3);
+    let times: Vec<_> = driver
+        .calls()
+        .into_iter()
+        .filter(|c| c.op == "apply")
+        .map(|c| c.at)
+        .collect();
+    assert_eq!(times.len(), 3);
+    // Backoff 400ms then 800ms: each retry waits at least its delay.
+    assert!(times[1] - times[0] >= Duration::from_millis(400));
+    assert!(times[2] - times[1] >= Duration::from_millis(800));
+    assert_eq!(pool.metrics.retries.get(), 2);
+    assert!(env.dead_letters().await.is_empty());
+    pool.stop().await;
+}
+
+#[tokio::test]
+async fn a_spent_budget_ends_in_failed_and_exactly_one_dead_letter() {
+    let env = Env::start(fast_topology()).await;
+    let driver = MemoryDriver::new();
+    driver.script("web", (0..10).map(|_| Step::Fail(TRANSIENT.into())));
+    let mut s = settings("w");
+    s.max_attempts = 3;
+    let pool = env.pool(driver.clone(), s).await;
+    env.publish(&apply("web", 1, "web")).await;
+    let failed = eventually(Duration::from_secs(30), "Failed", || async {
+        env.phases("web", StatusPhase::Failed).await.pop()
+    })
+    .await;
+    assert_eq!(failed.attempt, 3);
+    assert!(
+        failed.message.contains("another operation"),
+        "{}",
+        failed.message
+    );
+    assert!(
+        !failed.message.contains("hunter2"),
+        "values never reach statuses"
+    );
+    let letters = eventually(Duration::from_secs(10), "a dead letter", || async {
+        let letters = env.dead_letters().await;
+        (!letters.is_empty()).then_some(letters)
+    })
+    .await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].attempts, 3);
+    assert!(
+        letters[0].reason.contains("another operation"),
+        "{}",
+        letters[0].reason
+    );
+    assert_eq!(env.jobs_left().await, 0);
+    assert_eq!(driver.calls().iter().filter(|c| c.op == "apply").count(), 3);
+    pool.stop().await;
+}
+
+#[tokio::test]
+async fn a_permanent_failure_dead_letters_on_the_first_attempt() {
+    let env = Env::start(fast_topology()).await;
+    let driver = MemoryDriver::new();
+    driver.script(
+        "web",
+        [Step::Fail(
+            r#"Error: chart "nginx" version "1.2.3" not found in https://charts.example.com/stable repository"#
+                .into(),
+        )],
+    );
+    let pool = env.pool(driver.clone(), settings("w")).await;
+    env.publish(&apply("web", 1, "web")).await;
+    let failed = eventually(Duration::from_secs(20), "Failed", || async {
+        env.phases("web", StatusPhase::Failed).await.pop()
+    })
+    .await;
+    assert_eq!(failed.attempt, 1);
+    let letters = eventually(Duration::from_secs(10), "a dead letter", || async {
+        let letters = env.dead_letters().await;
+        (!letters.is_empty()).then_some(letters)
+    })
+    .await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].attempts, 1);
+    assert!(
+        letters[0].reason.contains("not found in"),
+        "{}",
+        letters[0].reason
+    );
+    assert_eq!(pool.metrics.retries.get(), 0);
+    pool.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_is_dead_lettered_once_with_its_reason() {
+    let env = Env::start(fast_topology()).await;
+    let driver = MemoryDriver::new();
+    let mut s = settings("w");
+    s.allowlist.sources = vec!["https://charts.example.com/".into()];
+    s.allowlist.namespaces = vec!["apps".into()];
+    let pool = env.pool(driver.clone(), s).await;
+
+    let valid = apply("schema", 1, "schema");
+    let mut unknown_schema = serde_json::to_value(&valid).unwrap();
+    unknown_schema["schema"] = "helmq.job/v9".into();
+    let mut invalid_config = serde_json::to_value(apply("config", 1, "config")).unwrap();
+    invalid_config["config"]["releaseName"] = "Not_A_Valid_Name".into();
+    let mut outside_source = apply("source", 1, "source");
+    if let helmq_schemas::ChartSource::Http { repository, .. } = &mut outside_source.config.source {
+        repository.url = "https://charts.evil.io".into();
+    }
+    let outside_namespace = job("ns", 1, JobAction::Apply, config("ns", "kube-system"));
+    let mut oversized = serde_json::to_value(apply("big", 1, "big")).unwrap();
+    oversized["padding"] = "x".repeat(helmq_schemas::event::MAX_EVENT_BYTES).into();
+
+    let cases: Vec<(&str, Vec<u8>, &str, bool)> = vec![
+        ("garbage", b"{not json".to_vec(), "not JSON", false),
+        (
+            "schema",
+            serde_json::to_vec(&unknown_schema).unwrap(),
+            "unknown schema \"helmq.job/v9\"",
+            true,
+        ),
+        (
+            "config",
+            serde_json::to_vec(&invalid_config).unwrap(),
+            "invalid helm config: releaseName",
+            true,
+        ),
+        (
+            "source",
+            outside_source.encode(),
+            "chart source https://charts.evil.io is not allowed",
+            true,
+        ),
+        (
+            "ns",
+            outside_namespace.encode(),
+            "release namespace kube-system is not allowed",
+            true,
+        ),
+        (
+            "big",
+            serde_json::to_vec(&oversized).unwrap(),
+            "over the 524288 byte limit",
+            true,
+        ),
+    ];
+    for (name, payload, _, _) in &cases {
+        env.publish_raw(&job_subject("team", name), payload.clone())
+            .await;
+    }
+    let letters = eventually(Duration::from_secs(20), "six dead letters", || async {
+        let letters = env.dead_letters().await;
+        (letters.len() >= cases.len()).then_some(letters)
+    })
+    .await;
+    assert_eq!(
+        letters.len(),
+        cases.len(),
+        "each dead-lettered exactly once"
+    );
+    for (name, _, reason, named) in &cases {
+        let subject = job_subject("team", name);
+        let mine: Vec<_> = letters.iter().filter(|l| l.subject == subject).collect();
+        assert_eq!(mine.len(), 1, "{name}");
+        assert!(
+            mine[0].reason.contains(reason),
+            "{name}: {}",
+            mine[0].reason
+        );
+        assert_eq!(mine[0].attempts, 1);
+        if *named {
+            let failed = env.phases(name, StatusPhase::Failed).await;
+            assert_eq!(failed.len(), 1, "{name}: a Failed status");
+            assert!(failed[0].message.contains(reason), "{}", failed[0].message);
+        }
+    }
+    assert!(driver.calls().is_empty(), "helm never ran");
+    assert_eq!(env.jobs_left().await, 0);
+    assert_eq!(pool.metrics.jobs_with(JobOutcome::Rejected), 6);
+    pool.stop().await;
+}
+
+#[tokio::test]
+async fn a_stuck_release_is_recovered_before_the_job_runs() {
+    let env = Env::start(fast_topology()).await;
+    let driver = MemoryDriver::new();
+    let rev = |revision, status: &str| Revision {
+        revision,
+        status: status.into(),
+        chart: "nginx-1.2.2".into(),
+        description: String::new(),
+    };
+    driver.set_history(
+        "apps",
+        "web",
+        vec![
+            rev(1, "superseded"),
+            rev(2, "deployed"),
+            rev(3, "pending-upgrade"),
+        ],
+    );
+    let pool = env.pool(driver.clone(), settings("w")).await;
+    env.publish(&apply("web", 5, "web")).await;
+    let ready = eventually(Duration::from_secs(20), "Ready", || async {
+        env.phases("web", StatusPhase::Ready).await.pop()
+    })
+    .await;
+    assert!(
+        ready.message.starts_with(
+            "recovered release web from pending-upgrade by rolling back to revision 2; "
+        ),
+        "{}",
+        ready.message
+    );
+    let history = driver.history_of("apps", "web");
+    let statuses: Vec<_> = history.iter().map(|r| r.status.as_str()).collect();
+    assert_eq!(
+        statuses,
+        [
+            "superseded",
+            "superseded",
+            "failed",
+            "superseded",
+            "deployed"
+        ]
+    );
+    assert_eq!(ready.release.unwrap().revision, Some(5));
+    pool.stop().await;
+}
+
+#[tokio::test]
+async fn deletes_uninstall_and_never_delete_the_components_own_namespace() {
+    let env = Env::start(fast_topology()).await;
+    let driver = MemoryDriver::new();
+    let pool = env.pool(driver.clone(), settings("w")).await;
+    // Release in the Component's own namespace ("team"), and one in a namespace of its own.
+    env.publish(&job("own", 1, JobAction::Delete, config("own", "team")))
+        .await;
+    env.publish(&job("other", 1, JobAction::Delete, config("other", "apps")))
+        .await;
+    let own = eventually(Duration::from_secs(20), "Terminated", || async {
+        env.phases("own", StatusPhase::Terminated).await.pop()
+    })
+    .await;
+    assert_eq!(
+        own.message,
+        "release own was already gone; namespace team was not deleted: it is the Component's own namespace"
+    );
+    let other = eventually(Duration::from_secs(20), "Terminated", || async {
+        env.phases("other", StatusPhase::Terminated).await.pop()
+    })
+    .await;
+    assert!(
+        other.message.ends_with("namespace apps deleted"),
+        "{}",
+        other.message
+    );
+    let deleted: Vec<_> = driver
+        .calls()
+        .into_iter()
+        .filter(|c| c.op == "delete-namespace")
+        .map(|c| c.namespace)
+        .collect();
+    assert_eq!(deleted, ["apps"]);
+    assert_eq!(env.phases("own", StatusPhase::Terminating).await.len(), 1);
+    pool.stop().await;
+}
+
+#[tokio::test]
+async fn long_runs_send_progress_and_are_not_redelivered() {
+    let env = Env::start(Topology {
+        ack_wait: Duration::from_secs(1),
+        ..fast_topology()
+    })
+    .await;
+    let driver = MemoryDriver::new();
+    driver.script("web", [Step::Delay(Duration::from_secs(4))]);
+    let pool = env.pool(driver.clone(), settings("w")).await;
+    env.publish(&apply("web", 1, "web")).await;
+    let ready = eventually(Duration::from_secs(30), "Ready", || async {
+        env.phases("web", StatusPhase::Ready).await.pop()
+    })
+    .await;
+    assert_eq!(ready.attempt, 1, "never redelivered while running");
+    assert_eq!(driver.calls().iter().filter(|c| c.op == "apply").count(), 1);
+    pool.stop().await;
+}
+
+#[tokio::test]
+async fn jobs_past_max_deliver_are_moved_to_the_dead_letter_stream() {
+    let env = Env::start(Topology {
+        max_deliver: 2,
+        ..fast_topology()
+    })
+    .await;
+    let driver = MemoryDriver::new();
+    driver.script("web", (0..10).map(|_| Step::Fail(TRANSIENT.into())));
+    let mut s = settings("w");
+    s.max_attempts = 10;
+    let pool = env.pool(driver.clone(), s).await;
+    env.publish(&apply("web", 1, "web")).await;
+    let letters = eventually(Duration::from_secs(30), "a dead letter", || async {
+        let letters = env.dead_letters().await;
+        (!letters.is_empty()).then_some(letters)
+    })
+    .await;
+    assert_eq!(letters.len(), 1);
+    assert!(
+        letters[0].reason.starts_with("exceeded max_deliver"),
+        "{}",
+        letters[0].reason
+    );
+    eventually(
+        Duration::from_secs(10),
+        "job deleted from the stream",
+        || async { (env.jobs_left().await == 0).then_some(()) },
+    )
+    .await;
+    pool.stop().await;
+}

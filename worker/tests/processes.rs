@@ -1,0 +1,344 @@
+//! The `helmq-worker` binary as operators run it: several processes on one stream, with the
+//! fake `helm` from tests/fixtures keeping release state in a shared directory.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use helmq_queue::Topology;
+use helmq_schemas::event::StatusPhase;
+
+struct Worker {
+    id: String,
+    child: Child,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_worker(env: &Env, dir: &Path, id: &str, extra: &[&str], sleep: &str) -> Worker {
+    let state = dir.join("helm-state");
+    std::fs::create_dir_all(state.join("control")).unwrap();
+    let log = std::fs::File::create(dir.join(format!("{id}.log"))).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_helmq-worker"))
+        .args(["--nats-url", env.server.url()])
+        .args(if extra.contains(&"--listen") {
+            &[][..]
+        } else {
+            &["--listen", "127.0.0.1:0"][..]
+        })
+        .arg("--helm-bin")
+        .arg(fake_helm())
+        .arg("--cache-dir")
+        .arg(dir.join(format!("cache-{id}")))
+        .args(["--retry-min-delay", "100ms", "--retry-max-delay", "1s"])
+        .args(extra)
+        .env("HELMQ_WORKER_ID", id)
+        .env("FAKE_HELM_STATE", &state)
+        .env("FAKE_HELM_SLEEP", sleep)
+        .env("RUST_LOG", "info,helmq_worker=debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    Worker {
+        id: id.to_owned(),
+        child,
+    }
+}
+
+fn lines(path: PathBuf) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+async fn ready_count(env: &Env) -> usize {
+    let mut seen = std::collections::HashSet::new();
+    for s in env.statuses().await {
+        if s.phase == StatusPhase::Ready {
+            seen.insert(s.component.name.clone());
+        }
+    }
+    seen.len()
+}
+
+#[tokio::test]
+async fn two_worker_processes_never_overlap_on_a_release_and_finish_every_job() {
+    let env = Env::start(fast_topology()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let _a = spawn_worker(&env, dir.path(), "a", &["--concurrency", "3"], "0.15");
+    let _b = spawn_worker(&env, dir.path(), "b", &["--concurrency", "3"], "0.15");
+    // 18 Components on 3 releases.
+    for i in 0..18 {
+        env.publish(&apply(&format!("c{i}"), 1, &format!("r{}", i % 3)))
+            .await;
+    }
+    eventually(Duration::from_secs(90), "18 Components Ready", || async {
+        (ready_count(&env).await == 18).then_some(())
+    })
+    .await;
+    let state = dir.path().join("helm-state");
+    let overlaps = std::fs::read_to_string(state.join("overlaps.log")).unwrap_or_default();
+    assert_eq!(overlaps, "", "fake helm saw overlapping runs");
+    // Check the recorded intervals too: per release, no run starts before the previous ends.
+    let mut by_release: HashMap<String, Vec<(f64, f64)>> = HashMap::new();
+    for run in lines(state.join("timeline.log")) {
+        by_release
+            .entry(run["release"].as_str().unwrap().to_owned())
+            .or_default()
+            .push((run["start"].as_f64().unwrap(), run["end"].as_f64().unwrap()));
+    }
+    assert_eq!(by_release.values().map(Vec::len).sum::<usize>(), 18);
+    for (release, mut runs) in by_release {
+        runs.sort_by(|x, y| x.0.total_cmp(&y.0));
+        for pair in runs.windows(2) {
+            assert!(pair[1].0 >= pair[0].1, "{release}: {pair:?} overlap");
+        }
+    }
+    assert_eq!(env.jobs_left().await, 0);
+}
+
+#[tokio::test]
+async fn a_job_of_a_killed_worker_is_redelivered_and_its_stuck_release_recovered() {
+    let env = Env::start(Topology {
+        ack_wait: Duration::from_secs(2),
+        lease_ttl: Duration::from_secs(2),
+        ..Topology::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut workers = vec![
+        spawn_worker(&env, dir.path(), "a", &["--concurrency", "1"], "0"),
+        spawn_worker(&env, dir.path(), "b", &["--concurrency", "1"], "0"),
+    ];
+    env.publish(&apply("web", 1, "web")).await;
+    eventually(Duration::from_secs(30), "generation 1 Ready", || async {
+        (!env.phases("web", StatusPhase::Ready).await.is_empty()).then_some(())
+    })
+    .await;
+    // The next upgrade records pending-upgrade and hangs until its worker dies.
+    let state = dir.path().join("helm-state");
+    std::fs::write(state.join("control/web.json"), r#"{"hang": 1}"#).unwrap();
+    env.publish(&apply("web", 2, "web")).await;
+    let victim = eventually(Duration::from_secs(30), "the second upgrade", || async {
+        lines(state.join("calls.log"))
+            .iter()
+            .filter(|c| c["argv"][0] == "upgrade")
+            .nth(1)
+            .map(|c| c["worker"].as_str().unwrap().to_owned())
+    })
+    .await;
+    let index = workers.iter().position(|w| w.id == victim).unwrap();
+    let mut killed = workers.remove(index);
+    killed.child.kill().unwrap(); // SIGKILL
+    killed.child.wait().unwrap();
+    let survivor = workers[0].id.clone();
+
+    let ready = eventually(Duration::from_secs(60), "generation 2 Ready", || async {
+        env.phases("web", StatusPhase::Ready)
+            .await
+            .into_iter()
+            .find(|s| s.component.generation == 2)
+    })
+    .await;
+    assert_eq!(ready.worker, survivor);
+    assert!(ready.attempt >= 2, "a redelivery: {}", ready.attempt);
+    assert!(
+        ready.message.starts_with(
+            "recovered release web from pending-upgrade by rolling back to revision 1; "
+        ),
+        "{}",
+        ready.message
+    );
+    let release: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(state.join("releases/apps__web.json")).unwrap(),
+    )
+    .unwrap();
+    let statuses: Vec<_> = release["revisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(statuses, ["superseded", "failed", "superseded", "deployed"]);
+    eventually(Duration::from_secs(10), "queue empty", || async {
+        (env.jobs_left().await == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sigterm_with_jobs_in_flight_loses_none() {
+    // ack_wait far beyond the test's deadlines: the interrupted jobs only come back in time if
+    // the worker Nak'ed them, not because their ack_wait ran out.
+    let env = Env::start(Topology {
+        ack_wait: Duration::from_secs(600),
+        ..fast_topology()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    // Three slots, runs of 5s, a 1s drain deadline: the running jobs cannot finish in time.
+    let mut worker = spawn_worker(
+        &env,
+        dir.path(),
+        "a",
+        &["--concurrency", "3", "--drain-deadline", "1s"],
+        "5",
+    );
+    for i in 0..6 {
+        env.publish(&apply(&format!("c{i}"), 1, &format!("r{i}")))
+            .await;
+    }
+    let state = dir.path().join("helm-state");
+    eventually(
+        Duration::from_secs(30),
+        "three upgrades running",
+        || async {
+            let upgrades = lines(state.join("calls.log"))
+                .iter()
+                .filter(|c| c["argv"][0] == "upgrade")
+                .count();
+            (upgrades == 3).then_some(())
+        },
+    )
+    .await;
+    let status = Command::new("kill")
+        .args(["-TERM", &worker.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        if let Some(exit) = worker.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker did not exit"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let log = std::fs::read_to_string(dir.path().join("a.log")).unwrap_or_default();
+    assert!(exit.success(), "clean exit after SIGTERM: {exit:?}\n{log}");
+    assert!(log.contains("NATS connection drained and closed"), "{log}");
+    // Every job is still in the stream, none held by the dead connection.
+    assert_eq!(env.jobs_left().await, 6);
+    assert_eq!(ready_count(&env).await, 0);
+
+    // A fresh worker finishes all six (recovering the releases the interrupted runs left pending).
+    let _next = spawn_worker(&env, dir.path(), "b", &["--concurrency", "3"], "0");
+    eventually(Duration::from_secs(60), "all six Ready", || async {
+        (ready_count(&env).await == 6).then_some(())
+    })
+    .await;
+    assert_eq!(env.jobs_left().await, 0);
+    let redelivered: Vec<_> = env
+        .phases_all(StatusPhase::Ready)
+        .await
+        .into_iter()
+        .filter(|s| s.attempt == 2)
+        .map(|s| s.component.name)
+        .collect();
+    assert_eq!(
+        redelivered.len(),
+        3,
+        "the three interrupted jobs ran again: {redelivered:?}"
+    );
+}
+
+async fn http_get(port: u16, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut out = String::new();
+    stream.read_to_string(&mut out).await.ok()?;
+    Some(out)
+}
+
+#[tokio::test]
+async fn sigterm_lets_running_jobs_finish_within_the_deadline_and_serves_operations() {
+    let env = Env::start(fast_topology()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut worker = spawn_worker(
+        &env,
+        dir.path(),
+        "a",
+        &[
+            "--concurrency",
+            "2",
+            "--drain-deadline",
+            "60s",
+            "--listen",
+            &listen,
+        ],
+        "1",
+    );
+    eventually(Duration::from_secs(20), "/readyz to answer 200", || async {
+        http_get(port, "/readyz")
+            .await
+            .filter(|r| r.starts_with("HTTP/1.1 200"))
+    })
+    .await;
+    for i in 0..4 {
+        env.publish(&apply(&format!("c{i}"), 1, &format!("r{i}")))
+            .await;
+    }
+    let state = dir.path().join("helm-state");
+    eventually(Duration::from_secs(30), "two upgrades running", || async {
+        let upgrades = lines(state.join("calls.log"))
+            .iter()
+            .filter(|c| c["argv"][0] == "upgrade")
+            .count();
+        (upgrades == 2).then_some(())
+    })
+    .await;
+    let metrics = http_get(port, "/metrics").await.unwrap();
+    assert!(
+        metrics.contains("helmq_worker_jobs_in_flight 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("helmq_worker_helm_duration_seconds"),
+        "{metrics}"
+    );
+    Command::new("kill")
+        .args(["-TERM", &worker.child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        if let Some(exit) = worker.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker did not exit"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success());
+    // The two running jobs finished; the two never pulled are still queued.
+    assert_eq!(ready_count(&env).await, 2);
+    assert_eq!(env.jobs_left().await, 2);
+}
