@@ -5,10 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use helmq_queue::{JetStreamQueue, JetStreamStatus, NatsArgs, Topology};
+use helmq_queue::{JetStreamQueue, JetStreamStatus, Topology};
 use helmq_telemetry::Readiness;
 use prometheus_client::registry::Registry;
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -45,54 +44,6 @@ pub enum AppError {
     /// A task panicked or was aborted.
     #[error("task failed: {0}")]
     Task(String),
-}
-
-/// A NATS connection and a receiver that turns `true` once the connection is closed.
-#[derive(Debug)]
-pub struct Nats {
-    /// The client.
-    pub client: async_nats::Client,
-    closed: watch::Receiver<bool>,
-}
-
-impl Nats {
-    /// Connects with `args` (auth, TLS, version check), watching for the Closed event.
-    pub async fn connect(args: &NatsArgs, name: &str) -> Result<Nats, helmq_queue::ConnectError> {
-        let (tx, closed) = watch::channel(false);
-        let options = args.options(name).await?.event_callback(move |event| {
-            let tx = tx.clone();
-            async move {
-                match event {
-                    async_nats::Event::Closed => {
-                        let _ = tx.send(true);
-                    }
-                    other => tracing::info!(event = %other, "nats"),
-                }
-            }
-        });
-        let client = options.connect(args.url.as_str()).await.map_err(|source| {
-            helmq_queue::ConnectError::Connect {
-                url: args.url.clone(),
-                source,
-            }
-        })?;
-        let info = client.server_info();
-        helmq_queue::connect::check_server(&args.url, &info.version, info.jetstream)?;
-        Ok(Nats { client, closed })
-    }
-
-    /// Drains the connection (flushing what was published) and waits for it to close, at
-    /// most `deadline`.
-    pub async fn drain(mut self, deadline: Duration) {
-        if let Err(error) = self.client.drain().await {
-            tracing::warn!(%error, "nats drain failed");
-            return;
-        }
-        let closed = tokio::time::timeout(deadline, self.closed.wait_for(|c| *c)).await;
-        if closed.is_err() {
-            tracing::warn!(?deadline, "nats connection did not close in time");
-        }
-    }
 }
 
 /// Runs what `args.mode` asks for until `shutdown` is cancelled or a loop fails; then stops

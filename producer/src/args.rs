@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use helmq_schemas::component::parse_duration_flag;
 
 use crate::producer::ProducerConfig;
 use crate::writer::WriterConfig;
@@ -32,17 +33,17 @@ pub struct Args {
     #[arg(long, env = "HELMQ_NAMESPACES", value_delimiter = ',')]
     pub namespaces: Vec<String>,
     /// How often the watcher re-lists every Component to recover lost jobs (e.g. `5m`).
-    #[arg(long, env = "HELMQ_RESYNC_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, env = "HELMQ_RESYNC_INTERVAL", default_value = "5m", value_parser = parse_duration_flag)]
     pub resync_interval: Duration,
     /// How long a published job may go unanswered before resync re-publishes it; default:
     /// the Component's own timeout plus one minute.
-    #[arg(long, env = "HELMQ_RESYNC_GRACE", value_parser = parse_duration)]
+    #[arg(long, env = "HELMQ_RESYNC_GRACE", value_parser = parse_duration_flag)]
     pub resync_grace: Option<Duration>,
     /// Status messages the writer pulls per fetch.
     #[arg(long, env = "HELMQ_WRITER_BATCH", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub writer_batch: u16,
     /// Time the NATS connection gets to drain at shutdown.
-    #[arg(long, env = "HELMQ_DRAIN_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "HELMQ_DRAIN_DEADLINE", default_value = "10s", value_parser = parse_duration_flag)]
     pub drain_deadline: Duration,
 }
 
@@ -87,14 +88,6 @@ impl Args {
             batch: usize::from(self.writer_batch),
             ..WriterConfig::default()
         }
-    }
-}
-
-/// A Go-style duration (`30s`, `5m`, `1h30m`, `250ms`), non-zero.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    match helmq_schemas::component::parse_go_duration(text) {
-        Some(d) if !d.is_zero() => Ok(d),
-        _ => Err(format!("{text:?} is not a duration like 30s, 5m or 1h30m")),
     }
 }
 

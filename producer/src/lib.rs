@@ -16,5 +16,5 @@ pub mod producer;
 pub mod store;
 pub mod writer;
 
-pub use app::{AppError, Nats, run};
+pub use app::{AppError, run};
 pub use args::{Args, Mode};

@@ -1,8 +1,9 @@
 //! `helmq-producer`: watches Components and publishes jobs; runs the status writer.
 
 use clap::Parser;
+use helmq_producer::Args;
 use helmq_producer::store::KubeComponentStore;
-use helmq_producer::{Args, Nats};
+use helmq_queue::Connection;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -16,8 +17,8 @@ async fn main() -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot configure the kubernetes client: {e}"))?;
     let store = KubeComponentStore::new(kube, args.namespaces.clone());
-    let nats = Nats::connect(&args.nats, "helmq-producer").await?;
-    let js = async_nats::jetstream::new(nats.client.clone());
+    let nats = Connection::open(&args.nats, "helmq-producer").await?;
+    let js = nats.jetstream();
 
     let result = helmq_producer::run(&args, store, js, shutdown).await;
     nats.drain(args.drain_deadline).await;

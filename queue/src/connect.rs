@@ -241,18 +241,83 @@ pub fn check_server(
 
 /// Connects with `args`, naming the connection `client_name`, and checks the server.
 pub async fn connect(args: &NatsArgs, client_name: &str) -> Result<Client, ConnectError> {
-    let options = args.options(client_name).await?;
-    let client =
-        options
-            .connect(args.url.as_str())
-            .await
-            .map_err(|source| ConnectError::Connect {
-                url: args.url.clone(),
-                source,
-            })?;
-    let info = client.server_info();
-    check_server(&args.url, &info.version, info.jetstream)?;
-    Ok(client)
+    Ok(Connection::open(args, client_name).await?.client)
+}
+
+/// A checked NATS connection that logs its events and knows when it has closed, so a process
+/// can drain it and wait for the end (`drain()` returns at once; exiting right after it loses
+/// messages, DESIGN §9).
+#[derive(Debug, Clone)]
+pub struct Connection {
+    client: Client,
+    closed: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Connection {
+    /// Connects with `args` (auth, TLS), naming the connection `client_name`, and refuses
+    /// servers that are too old or lack JetStream.
+    pub async fn open(args: &NatsArgs, client_name: &str) -> Result<Connection, ConnectError> {
+        let (closed_tx, closed) = tokio::sync::watch::channel(false);
+        let options = args
+            .options(client_name)
+            .await?
+            .event_callback(move |event| {
+                let closed_tx = closed_tx.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Closed => {
+                            closed_tx.send_replace(true);
+                        }
+                        async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                        async_nats::Event::Draining => {
+                            tracing::info!("draining the NATS connection")
+                        }
+                        other => tracing::warn!(event = %other, "NATS connection event"),
+                    }
+                }
+            });
+        let client =
+            options
+                .connect(args.url.as_str())
+                .await
+                .map_err(|source| ConnectError::Connect {
+                    url: args.url.clone(),
+                    source,
+                })?;
+        let info = client.server_info();
+        check_server(&args.url, &info.version, info.jetstream)?;
+        Ok(Connection { client, closed })
+    }
+
+    /// The client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// A JetStream context on this connection.
+    pub fn jetstream(&self) -> async_nats::jetstream::Context {
+        async_nats::jetstream::new(self.client.clone())
+    }
+
+    /// Drains the connection (flushing what was published, finishing subscriptions) and waits
+    /// at most `deadline` for it to close. Returns whether it closed in time.
+    pub async fn drain(&self, deadline: Duration) -> bool {
+        if let Err(error) = self.client.drain().await {
+            tracing::warn!(%error, "cannot drain the NATS connection");
+            return false;
+        }
+        let mut closed = self.closed.clone();
+        match tokio::time::timeout(deadline, closed.wait_for(|c| *c)).await {
+            Ok(Ok(_)) => {
+                tracing::info!("NATS connection drained and closed");
+                true
+            }
+            _ => {
+                tracing::warn!(?deadline, "NATS connection did not close in time");
+                false
+            }
+        }
+    }
 }
 
 #[cfg(test)]

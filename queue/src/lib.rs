@@ -8,7 +8,7 @@ pub mod publish;
 pub mod status;
 pub mod topology;
 
-pub use connect::{ConnectError, NatsArgs, ServerVersion, connect};
+pub use connect::{ConnectError, Connection, NatsArgs, ServerVersion, connect};
 pub use publish::{JetStreamQueue, JobQueue, PublishError, PublishOutcome};
 pub use status::{JetStreamStatus, StatusSink};
 pub use topology::{Topology, TopologyError, TopologyReport};

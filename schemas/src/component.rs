@@ -134,6 +134,16 @@ pub fn parse_go_duration(s: &str) -> Option<Duration> {
     Duration::try_from_secs_f64(total).ok()
 }
 
+/// Value parser for duration flags (`--drain-deadline 60s`): a non-zero Go duration.
+pub fn parse_duration_flag(text: &str) -> Result<Duration, String> {
+    match parse_go_duration(text.trim()) {
+        Some(d) if !d.is_zero() => Ok(d),
+        _ => Err(format!(
+            "{text:?} is not a duration like 500ms, 30s, 5m or 1h30m"
+        )),
+    }
+}
+
 fn preserve_unknown_fields(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "description": "Handler-specific configuration; for helm, the Helm config (source or MVP form).",
@@ -254,6 +264,23 @@ mod tests {
         for (input, want) in cases {
             let got = parse_go_duration(input).map(|d| d.as_secs_f64());
             assert_eq!(got, want, "input {input:?}");
+        }
+    }
+
+    #[test]
+    fn duration_flags_are_non_zero_go_durations() {
+        assert_eq!(parse_duration_flag("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(
+            parse_duration_flag(" 1h30m "),
+            Ok(Duration::from_secs(5400))
+        );
+        for bad in ["0s", "30", "5d", "soon", ""] {
+            assert_eq!(
+                parse_duration_flag(bad),
+                Err(format!(
+                    "{bad:?} is not a duration like 500ms, 30s, 5m or 1h30m"
+                ))
+            );
         }
     }
 

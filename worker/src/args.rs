@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use helmq_schemas::component::parse_duration_flag;
 
 use crate::driver::HelmCliSettings;
 use crate::policy::{Allowlist, RetryPolicy};
@@ -35,16 +36,16 @@ pub struct Args {
     #[arg(long, env = "HELMQ_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: u32,
     /// Delay before the second attempt (then doubling, with jitter), e.g. `1s`, `500ms`.
-    #[arg(long, env = "HELMQ_RETRY_MIN_DELAY", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "HELMQ_RETRY_MIN_DELAY", default_value = "1s", value_parser = parse_duration_flag)]
     pub retry_min_delay: Duration,
     /// Longest delay between attempts.
-    #[arg(long, env = "HELMQ_RETRY_MAX_DELAY", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "HELMQ_RETRY_MAX_DELAY", default_value = "60s", value_parser = parse_duration_flag)]
     pub retry_max_delay: Duration,
     /// Time running jobs get to finish after SIGTERM; the rest are returned to the queue.
-    #[arg(long, env = "HELMQ_DRAIN_DEADLINE", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "HELMQ_DRAIN_DEADLINE", default_value = "60s", value_parser = parse_duration_flag)]
     pub drain_deadline: Duration,
     /// Longest wait for a busy release before the job is returned to the queue.
-    #[arg(long, env = "HELMQ_LEASE_WAIT", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "HELMQ_LEASE_WAIT", default_value = "60s", value_parser = parse_duration_flag)]
     pub lease_wait: Duration,
     /// The `helm` executable (Helm 3.14+ or 4).
     #[arg(long, env = "HELMQ_HELM_BIN", default_value = "helm")]
@@ -123,48 +124,9 @@ fn non_empty(items: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// Parses `250ms`, `30s`, `5m`, `1h` or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration (e.g. 500ms, 30s, 5m, 1h)"))?;
-    let seconds = match unit {
-        "ms" => number / 1000.0,
-        "" | "s" => number,
-        "m" => number * 60.0,
-        "h" => number * 3600.0,
-        other => {
-            return Err(format!(
-                "unknown duration unit {other:?} in {text:?} (use ms, s, m or h)"
-            ));
-        }
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert!(
-            parse_duration("5d")
-                .unwrap_err()
-                .contains("unknown duration unit")
-        );
-        assert!(parse_duration("soon").is_err());
-    }
 
     #[test]
     fn flags_become_settings() {

@@ -16,12 +16,11 @@ pub mod pool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::Event;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
-use helmq_queue::{ConnectError, JetStreamStatus, Topology, TopologyError};
+use helmq_queue::{ConnectError, Connection, JetStreamStatus, Topology, TopologyError};
 use helmq_telemetry::Readiness;
 
 pub use args::Args;
@@ -65,33 +64,8 @@ pub async fn run<D: HelmDriver>(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let worker_id = args.worker_id();
-    let (closed_tx, mut closed_rx) = tokio::sync::watch::channel(false);
-    let options = args
-        .nats
-        .options(&format!("helmq-worker {worker_id}"))
-        .await?
-        .event_callback(move |event| {
-            let closed_tx = closed_tx.clone();
-            async move {
-                match event {
-                    Event::Closed => {
-                        closed_tx.send_replace(true);
-                    }
-                    Event::Connected => info!("connected to NATS"),
-                    Event::Draining => info!("draining the NATS connection"),
-                    other => warn!(event = %other, "NATS connection event"),
-                }
-            }
-        });
-    let client = options
-        .connect(args.nats.url.as_str())
-        .await
-        .map_err(|source| ConnectError::Connect {
-            url: args.nats.url.clone(),
-            source,
-        })?;
-    let info = client.server_info();
-    helmq_queue::connect::check_server(&args.nats.url, &info.version, info.jetstream)?;
+    let connection = Connection::open(&args.nats, &format!("helmq-worker {worker_id}")).await?;
+    let client = connection.client().clone();
     let js = async_nats::jetstream::new(client.clone());
     let topology = Topology::default();
     if args.setup {
@@ -137,17 +111,7 @@ pub async fn run<D: HelmDriver>(
     readiness.not_ready("shutting down");
     let _ = ready_task.await;
 
-    // drain() only asks; the connection is gone when the Closed event arrives (DESIGN §9).
-    match client.drain().await {
-        Ok(()) => {
-            let closed = tokio::time::timeout(CLOSE_TIMEOUT, closed_rx.wait_for(|c| *c)).await;
-            match closed {
-                Ok(Ok(_)) => info!("NATS connection drained and closed"),
-                _ => warn!("NATS connection did not close in time"),
-            }
-        }
-        Err(e) => warn!(error = %e, "cannot drain the NATS connection"),
-    }
+    connection.drain(CLOSE_TIMEOUT).await;
     http_stop.cancel();
     let _ = http.await;
     result.map_err(RunError::from)

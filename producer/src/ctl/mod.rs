@@ -128,7 +128,7 @@ pub enum Command {
     /// Queue depth, consumer lag and in-flight jobs, dead letters and the workers seen lately.
     Status {
         /// How far back to look for workers in the status events.
-        #[arg(long, default_value = "15m", value_parser = parse_duration)]
+        #[arg(long, default_value = "15m", value_parser = helmq_schemas::component::parse_duration_flag)]
         workers_since: Duration,
     },
     /// Dead letters.
@@ -163,7 +163,7 @@ pub enum Command {
         #[arg(long, requires = "namespace")]
         name: Option<String>,
         /// Start this far back (e.g. 10m) instead of with new events.
-        #[arg(long, value_parser = parse_duration)]
+        #[arg(long, value_parser = helmq_schemas::component::parse_duration_flag)]
         since: Option<Duration>,
         /// Stop after this many events.
         #[arg(long)]
@@ -203,12 +203,6 @@ pub enum DlqCommand {
         #[arg(long, conflicts_with = "sequences")]
         all: bool,
     },
-}
-
-/// Parses `90s`, `15m`, `1h30m`.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    helmq_schemas::component::parse_go_duration(text)
-        .ok_or_else(|| format!("{text:?} is not a duration like 30s, 15m or 1h30m"))
 }
 
 /// Runs one command, writing what it reports to `out`.
