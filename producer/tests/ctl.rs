@@ -311,3 +311,13 @@ async fn watch_follows_status_events_of_one_namespace() {
         ]
     );
 }
+
+#[test]
+fn the_example_orchestrator_job_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/examples/jobs/nginx-apply.yaml");
+    let job = load_job(&path).unwrap();
+    assert_eq!(job.id, "shop/storefront:1:apply");
+    assert_eq!(job.config.release_name, "storefront");
+    assert_eq!(job.timeout_seconds, 300);
+}

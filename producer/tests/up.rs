@@ -114,3 +114,125 @@ fn up_fails_early_when_no_cluster_is_reachable() {
         "{stderr}"
     );
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn alive(pid: &str) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+/// `up` starts NATS, the producer and the workers and records them; `down` stops exactly
+/// those. (No cluster here: the preflight is skipped and the producer keeps retrying its
+/// watch, as it does while an API server is down.)
+#[test]
+fn up_then_down_starts_and_stops_exactly_its_processes() {
+    let run = tempfile::tempdir().unwrap();
+    let helm = fake_helm(run.path(), "v3.16.2+g13654a5");
+    let kubeconfig = run.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: \"https://127.0.0.1:1\"}}]\n\
+         contexts: [{name: c, context: {cluster: c, user: u}}]\ncurrent-context: c\n\
+         users: [{name: u, user: {token: x}}]\n",
+    )
+    .unwrap();
+    let nats_port = free_port().to_string();
+    // Three consecutive ports for the producer and two workers.
+    let http_base = loop {
+        let base = free_port();
+        if (1..=2).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            break base.to_string();
+        }
+    };
+    let nats_dir = helmq_tests::default_binary().expect("a nats-server (just setup)");
+    let path = format!(
+        "{}:{}",
+        nats_dir.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let (ok, stderr) = up(
+        run.path(),
+        &[
+            ("HELM_BIN", helm.to_str().unwrap()),
+            ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+            ("HELMQ_UP_SKIP_PREFLIGHT", "1"),
+            ("NATS_PORT", &nats_port),
+            ("HELMQ_HTTP_BASE", &http_base),
+            ("WORKERS", "2"),
+            ("PATH", &path),
+        ],
+    );
+    let pids_file = run.path().join("pids");
+    let pids = std::fs::read_to_string(&pids_file).unwrap_or_default();
+    let started: Vec<(String, String)> = pids
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(n, p)| (n.to_owned(), p.to_owned()))
+        .collect();
+    let stop = || {
+        Command::new("bash")
+            .arg(root().join("scripts/down.sh"))
+            .env("HELMQ_RUN_DIR", run.path())
+            .output()
+            .unwrap()
+    };
+    if !ok {
+        stop();
+        panic!("up failed: {stderr}");
+    }
+    let names: Vec<&str> = started.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "nats-server",
+            "helmq-producer",
+            "helmq-worker-1",
+            "helmq-worker-2"
+        ]
+    );
+    for (name, pid) in &started {
+        assert!(alive(pid), "{name} ({pid}) is not running");
+    }
+    // The queue is set up and the workers pull from it.
+    let status = Command::new(bin_dir().join("helmqctl"))
+        .args([
+            "--nats-url",
+            &format!("nats://127.0.0.1:{nats_port}"),
+            "-o",
+            "json",
+            "status",
+        ])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["consumers"][0]["name"], "helmq-workers", "{status}");
+    assert_eq!(status["missing"], serde_json::json!([]), "{status}");
+    // A second `up` refuses to start another set.
+    let (again, stderr) = up(run.path(), &[("HELM_BIN", helm.to_str().unwrap())]);
+    assert!(!again);
+    assert!(stderr.contains("is already running"), "{stderr}");
+
+    let out = stop();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (name, pid) in &started {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while alive(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(!alive(pid), "{name} ({pid}) still running after down");
+    }
+    assert!(!pids_file.exists());
+}
