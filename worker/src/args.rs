@@ -50,7 +50,7 @@ pub struct Args {
     /// The `helm` executable (Helm 3.14+ or 4).
     #[arg(long, env = "HELMQ_HELM_BIN", default_value = "helm")]
     pub helm_bin: PathBuf,
-    /// `kubectl`, used only to delete managed namespaces; empty disables namespace deletion.
+    /// `kubectl`, used to delete managed namespaces and to read OCI registry secrets; empty disables both.
     #[arg(long, env = "HELMQ_KUBECTL_BIN", default_value = "kubectl")]
     pub kubectl_bin: String,
     /// Kubeconfig handed to helm and kubectl (in-cluster config when absent).

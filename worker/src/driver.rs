@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 pub use helm_cli::{HelmCli, HelmCliSettings};
 pub use memory::MemoryDriver;
 
-use crate::policy::{Failure, classify};
+use crate::policy::{Failure, classify, classify_kubectl};
 
 /// Why a driver call did not succeed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -64,6 +64,27 @@ pub enum DriverError {
     /// Local files (values file, chart cache) could not be written.
     #[error("{0}")]
     Local(String),
+    /// `kubectl get secret` failed for the Secret of an OCI registry login.
+    #[error("cannot read registry secret {secret}: {stderr}")]
+    SecretRead {
+        /// `namespace/name` of the Secret.
+        secret: String,
+        /// kubectl's exit code (`None` when killed by a signal).
+        exit_code: Option<i32>,
+        /// kubectl's stderr, trimmed (its errors never hold the Secret's data).
+        stderr: String,
+    },
+    /// An OCI registry login cannot be attempted: kubectl is disabled, or the Secret lacks
+    /// usable credentials. Never holds a credential.
+    #[error("cannot log in to registry {registry} with secret {secret}: {reason}")]
+    RegistryCredentials {
+        /// The registry host (`host[:port]`).
+        registry: String,
+        /// `namespace/name` of the Secret.
+        secret: String,
+        /// What is missing or wrong.
+        reason: String,
+    },
 }
 
 impl DriverError {
@@ -73,6 +94,10 @@ impl DriverError {
             DriverError::Helm {
                 exit_code, stderr, ..
             } => classify(*exit_code, stderr),
+            DriverError::SecretRead {
+                exit_code, stderr, ..
+            } => classify_kubectl(*exit_code, stderr),
+            DriverError::RegistryCredentials { .. } => Failure::Permanent,
             DriverError::TimedOut { .. }
             | DriverError::Cancelled { .. }
             | DriverError::Spawn { .. }
@@ -336,6 +361,29 @@ mod tests {
             }
             .failure(),
             Failure::Transient
+        );
+        let secret = |stderr: &str| DriverError::SecretRead {
+            secret: "apps/creds".into(),
+            exit_code: Some(1),
+            stderr: stderr.into(),
+        };
+        assert_eq!(
+            secret(r#"Error from server (NotFound): secrets "creds" not found"#).failure(),
+            Failure::Permanent
+        );
+        assert_eq!(
+            secret("The connection to the server 10.0.0.1:6443 was refused - did you specify the right host or port?").failure(),
+            Failure::Transient
+        );
+        let no_keys = DriverError::RegistryCredentials {
+            registry: "registry.example.com".into(),
+            secret: "apps/creds".into(),
+            reason: "the secret holds no token and no password".into(),
+        };
+        assert_eq!(no_keys.failure(), Failure::Permanent);
+        assert_eq!(
+            no_keys.to_string(),
+            "cannot log in to registry registry.example.com with secret apps/creds: the secret holds no token and no password"
         );
     }
 }

@@ -89,6 +89,29 @@ pub fn classify(exit_code: Option<i32>, stderr: &str) -> Failure {
     Failure::Transient
 }
 
+/// kubectl's texts for a Secret that does not exist or that the worker may not read: only a
+/// change to the cluster helps, not a retry.
+const KUBECTL_PERMANENT: &[&str] = &[
+    "error from server (notfound)",
+    "error from server (forbidden)",
+];
+
+/// Classifies a failed `kubectl get secret` by its exit code and stderr: a missing Secret or
+/// one the worker may not read is permanent; anything else (the API server unreachable,
+/// overloaded or failing, expired credentials) is transient. The permanent texts are checked
+/// first since the Secret's name, which is in them, can be any word.
+pub fn classify_kubectl(exit_code: Option<i32>, stderr: &str) -> Failure {
+    if exit_code.is_none() {
+        return Failure::Transient;
+    }
+    let text = stderr.to_lowercase();
+    if KUBECTL_PERMANENT.iter().any(|t| text.contains(t)) {
+        Failure::Permanent
+    } else {
+        Failure::Transient
+    }
+}
+
 /// `status code 5xx` / `: 5xx ` in an HTTP error from a repository or registry.
 fn has_5xx(text: &str) -> bool {
     text.match_indices("status code").any(|(i, m)| {
@@ -437,6 +460,71 @@ mod tests {
         ];
         for (code, stderr, want) in cases {
             assert_eq!(classify(*code, stderr), *want, "{stderr}");
+        }
+    }
+
+    #[test]
+    fn kubectl_failures_reading_a_secret_are_classified_by_their_stderr() {
+        let cases: &[(Option<i32>, &str, Failure)] = &[
+            (
+                Some(1),
+                r#"Error from server (NotFound): secrets "registry-creds" not found"#,
+                Failure::Permanent,
+            ),
+            (
+                Some(1),
+                r#"Error from server (NotFound): namespaces "nope" not found"#,
+                Failure::Permanent,
+            ),
+            (
+                Some(1),
+                r#"Error from server (NotFound): secrets "eof" not found"#,
+                Failure::Permanent,
+            ),
+            (
+                Some(1),
+                r#"Error from server (Forbidden): secrets "registry-creds" is forbidden: User "system:serviceaccount:helmq:worker" cannot get resource "secrets" in API group "" in the namespace "apps""#,
+                Failure::Permanent,
+            ),
+            (
+                Some(1),
+                "The connection to the server 10.0.0.1:6443 was refused - did you specify the right host or port?",
+                Failure::Transient,
+            ),
+            (
+                Some(1),
+                "Unable to connect to the server: dial tcp: lookup api.cluster.local: no such host",
+                Failure::Transient,
+            ),
+            (
+                Some(1),
+                "Unable to connect to the server: net/http: TLS handshake timeout",
+                Failure::Transient,
+            ),
+            (
+                Some(1),
+                "Error from server (ServiceUnavailable): the server is currently unable to handle the request",
+                Failure::Transient,
+            ),
+            (
+                Some(1),
+                "Error from server (InternalError): an error on the server (\"\") has prevented the request from succeeding",
+                Failure::Transient,
+            ),
+            (
+                Some(1),
+                "error: You must be logged in to the server (Unauthorized)",
+                Failure::Transient,
+            ),
+            (
+                Some(1),
+                "something nobody has seen before",
+                Failure::Transient,
+            ),
+            (None, "", Failure::Transient),
+        ];
+        for (code, stderr, want) in cases {
+            assert_eq!(classify_kubectl(*code, stderr), *want, "{stderr}");
         }
     }
 

@@ -35,7 +35,7 @@ use crate::driver::{
 use crate::exclusivity::{Intents, KvError, Lease, Leases};
 use crate::metrics::{JobOutcome, Metrics};
 use crate::policy::{
-    AfterFailure, Allowlist, Decision, Outcome, Position, RetryPolicy, after_failure,
+    AfterFailure, Allowlist, Decision, Outcome, Position, RetryPolicy, after_failure, decide,
 };
 
 /// Subject of the advisory JetStream sends when a job reached `max_deliver`.
@@ -389,20 +389,41 @@ async fn handle<D: HelmDriver, S: StatusSink + 'static>(
         Acquired::Stopped => return give_back(shared, message, None).await,
     };
 
-    // A newer generation may have arrived while we waited.
+    // While we waited, a newer generation may have arrived, or another delivery of this very job
+    // may have finished it: JetStream can hand a job out twice (e.g. a server restarted after a
+    // crash forgets a delivery), and both copies then queue for this lease. Helm must not run
+    // again for a generation that is done.
     if let Some(Some((intent, _))) = persist(shared, "read the intent", || {
         shared.intents.get(&intent_key)
     })
     .await
-        && intent.position() > Position::of(&job)
     {
-        release(shared, &lease).await;
-        info!(
-            newer_generation = intent.generation,
-            "superseded while waiting for the lease"
-        );
-        settle(shared, message, AckKind::Ack).await;
-        return JobOutcome::Superseded;
+        match decide(Position::of(&job), Some(&intent)) {
+            Decision::Run => {}
+            Decision::Superseded { by } => {
+                release(shared, &lease).await;
+                info!(
+                    newer_generation = by.generation,
+                    "superseded while waiting for the lease"
+                );
+                settle(shared, message, AckKind::Ack).await;
+                return JobOutcome::Superseded;
+            }
+            Decision::AlreadyDone(status) => {
+                release(shared, &lease).await;
+                info!(phase = ?status.phase, "done by another delivery while waiting for the lease; publishing its status again");
+                if persist(shared, "publish the status", || {
+                    shared.status.publish_status(&status)
+                })
+                .await
+                .is_none()
+                {
+                    return give_back(shared, message, None).await;
+                }
+                settle(shared, message, AckKind::Ack).await;
+                return JobOutcome::Duplicate;
+            }
+        }
     }
 
     let cancel = shared.hard_stop.child_token();

@@ -427,6 +427,7 @@ async fn workers_seen(js: &Context, since: Duration) -> Result<Vec<WorkerSeen>, 
     let start = time::OffsetDateTime::now_utc() - since;
     let consumer = stream
         .create_consumer(pull::OrderedConfig {
+            name: Some(follower_name("status")),
             deliver_policy: DeliverPolicy::ByStartTime { start_time: start },
             ..Default::default()
         })
@@ -650,6 +651,7 @@ async fn watch(
         .map_err(request("open the status stream"))?;
     let consumer = stream
         .create_consumer(pull::OrderedConfig {
+            name: Some(follower_name("watch")),
             filter_subject: filter,
             deliver_policy,
             ..Default::default()
@@ -727,4 +729,12 @@ async fn preflight(install_crd: bool) -> Result<String, CtlError> {
         "cluster {url} (Kubernetes {}.{}) reachable; CRD {name} {crd_state}",
         version.major, version.minor
     ))
+}
+
+/// A unique name for an ordered consumer. Named creates can be told apart from the writer's
+/// durable in NATS permissions (an unnamed create cannot), so orchestrators' users need no
+/// right to the unnamed create subject (deploy/nats/helmq-accounts.conf).
+pub fn follower_name(purpose: &str) -> String {
+    let nanos = jiff::Timestamp::now().as_nanosecond();
+    format!("helmqctl-{purpose}-{}-{nanos}", std::process::id())
 }

@@ -1,6 +1,7 @@
 //! [`MemoryDriver`]: a [`HelmDriver`] that keeps releases in memory, for tests of the pipeline.
 //! It records every call, notices two mutating calls on one release at the same time (an
-//! exclusivity violation), and can be scripted to fail or to take a while.
+//! exclusivity violation), and can be scripted to fail, to take a while, or to wait at a gate
+//! until the test lets it go on.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -45,12 +46,14 @@ struct State {
     calls: Vec<Call>,
     script: HashMap<String, VecDeque<Step>>,
     delay: Duration,
+    gate_closed: bool,
 }
 
 /// In-memory [`HelmDriver`]; clones share their state.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryDriver {
     state: Arc<Mutex<State>>,
+    gate_opened: Arc<tokio::sync::Notify>,
 }
 
 impl MemoryDriver {
@@ -69,6 +72,34 @@ impl MemoryDriver {
     /// Every mutating call takes at least this long (cancellable).
     pub fn set_delay(&self, delay: Duration) {
         self.state().delay = delay;
+    }
+
+    /// Closes the gate: from now on every mutating call, once started (and recorded in
+    /// [`calls`](Self::calls)), waits (cancellable) until [`open_gate`](Self::open_gate) before
+    /// its script, delay and work. Lets a test act while a job is in the middle of its Helm work.
+    pub fn close_gate(&self) {
+        self.state().gate_closed = true;
+    }
+
+    /// Opens the gate: calls waiting at it go on, and later calls no longer wait.
+    pub fn open_gate(&self) {
+        self.state().gate_closed = false;
+        self.gate_opened.notify_waiters();
+    }
+
+    /// Waits while the gate is closed; `false` when cancelled first.
+    async fn pass_gate(&self, cancel: &CancellationToken) -> bool {
+        loop {
+            // Created before the check: `notify_waiters` wakes it even if it is not polled yet.
+            let opened = self.gate_opened.notified();
+            if !self.state().gate_closed {
+                return true;
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return false,
+                () = opened => {}
+            }
+        }
     }
 
     /// Queues reactions for the next mutating calls on `release`.
@@ -147,7 +178,7 @@ impl MemoryDriver {
         }
     }
 
-    /// Runs a mutating call: overlap bookkeeping, the script, the delay, then `work`.
+    /// Runs a mutating call: overlap bookkeeping, the gate, the script, the delay, then `work`.
     async fn mutate<T>(
         &self,
         op: &'static str,
@@ -162,10 +193,11 @@ impl MemoryDriver {
             Some(Step::Delay(d)) => delay.max(*d),
             _ => delay,
         };
-        let waited = tokio::select! {
-            () = cancel.cancelled() => false,
-            () = tokio::time::sleep(delay) => true,
-        };
+        let waited = self.pass_gate(cancel).await
+            && tokio::select! {
+                () = cancel.cancelled() => false,
+                () = tokio::time::sleep(delay) => true,
+            };
         if !waited {
             self.end(index, namespace, release, true);
             return Err(DriverError::Cancelled { command: op.into() });

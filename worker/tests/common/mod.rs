@@ -5,12 +5,13 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, Context};
 use helmq_queue::dlq::{StoredDeadLetter, read_stored};
 use helmq_queue::topology::{DLQ_STREAM, JOBS_STREAM, STATUS_STREAM, WORKERS_CONSUMER};
-use helmq_queue::{JetStreamQueue, JetStreamStatus, JobQueue, Topology};
+use helmq_queue::{JetStreamQueue, JetStreamStatus, JobQueue, PublishError, StatusSink, Topology};
 use helmq_schemas::config::{ChartRef, Repository};
 use helmq_schemas::event::{ComponentRef, JobAction, JobEvent, StatusEvent, StatusPhase};
 use helmq_schemas::{ChartSource, HelmConfig};
@@ -80,6 +81,35 @@ impl Env {
             .num_ack_pending
     }
 
+    /// Like [`statuses`](Self::statuses), `None` instead of a panic when the server cannot be
+    /// asked (it is down, or this client has not reconnected yet).
+    pub async fn try_statuses(&self) -> Option<Vec<StatusEvent>> {
+        let mut stream = self.js.get_stream(STATUS_STREAM).await.ok()?;
+        let state = stream.info().await.ok()?.state.clone();
+        let mut out = Vec::new();
+        if state.messages == 0 {
+            return Some(out);
+        }
+        for seq in state.first_sequence..=state.last_sequence {
+            let m = stream.get_raw_message(seq).await.ok()?;
+            out.push(StatusEvent::decode(&m.payload).ok()?);
+        }
+        Some(out)
+    }
+
+    /// Jobs in the stream and jobs delivered but not acked, `None` when the server cannot be
+    /// asked.
+    pub async fn try_jobs_and_pending(&self) -> Option<(u64, usize)> {
+        let mut stream = self.js.get_stream(JOBS_STREAM).await.ok()?;
+        let messages = stream.info().await.ok()?.state.messages;
+        let pending = stream
+            .consumer_info(WORKERS_CONSUMER)
+            .await
+            .ok()?
+            .num_ack_pending;
+        Some((messages, pending))
+    }
+
     /// Status events of one Component with a given phase.
     pub async fn phases(&self, name: &str, phase: StatusPhase) -> Vec<StatusEvent> {
         self.statuses()
@@ -119,6 +149,65 @@ impl Env {
             task,
             metrics,
         }
+    }
+}
+
+/// A [`JetStreamStatus`] that counts failed publishes: tells a test the worker has noticed an
+/// outage.
+#[derive(Debug, Clone)]
+pub struct CountingStatus {
+    inner: JetStreamStatus,
+    failures: Arc<AtomicUsize>,
+}
+
+impl CountingStatus {
+    /// Status publishes that failed so far.
+    pub fn failures(&self) -> usize {
+        self.failures.load(Ordering::SeqCst)
+    }
+}
+
+impl StatusSink for CountingStatus {
+    async fn publish_status(&self, event: &StatusEvent) -> Result<(), PublishError> {
+        let result = self.inner.publish_status(event).await;
+        if result.is_err() {
+            self.failures.fetch_add(1, Ordering::SeqCst);
+        }
+        result
+    }
+}
+
+impl Env {
+    /// Like [`pool`](Self::pool), with a status sink that counts failed publishes.
+    pub async fn counting_pool<D: HelmDriver>(
+        &self,
+        driver: D,
+        settings: Settings,
+    ) -> (Pool, CountingStatus) {
+        let client = async_nats::connect(self.server.url()).await.unwrap();
+        let js = jetstream::new(client.clone());
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let shutdown = CancellationToken::new();
+        let status = CountingStatus {
+            inner: JetStreamStatus::new(js.clone()),
+            failures: Arc::default(),
+        };
+        let task = tokio::spawn(helmq_worker::run_pool(
+            js,
+            client,
+            Arc::new(driver),
+            status.clone(),
+            settings,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+        let pool = Pool {
+            shutdown,
+            task,
+            metrics,
+        };
+        (pool, status)
     }
 }
 
