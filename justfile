@@ -32,6 +32,7 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
     cargo run -q -p helmq-schemas --bin schemagen -- --check
+    RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps -q
 
 # Everything CI runs.
 ci: lint test

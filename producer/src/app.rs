@@ -1,5 +1,5 @@
-//! Wiring: runs the watcher and/or the writer with the operations endpoint, under one
-//! shutdown token, and drains NATS at the end.
+//! Wiring: runs the watcher (behind leader election with `--leader-elect`) and/or the writer
+//! with the operations endpoint, under one shutdown token, and drains NATS at the end.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,9 +13,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::args::Args;
+use crate::leader::LeaderElector;
 use crate::metrics::Metrics;
 use crate::producer::{Producer, ProducerError};
-use crate::store::ComponentStore;
+use crate::store::{ComponentStore, LeaseStore};
 use crate::writer::{Writer, WriterError};
 
 /// How often readiness re-checks the topology.
@@ -47,10 +48,12 @@ pub enum AppError {
 }
 
 /// Runs what `args.mode` asks for until `shutdown` is cancelled or a loop fails; then stops
-/// every loop (each finishes the item in hand) and returns.
-pub async fn run<S: ComponentStore + Clone>(
+/// every loop (each finishes the item in hand) and returns. `leases` is used for
+/// `--leader-elect` only.
+pub async fn run<S: ComponentStore + Clone, L: LeaseStore>(
     args: &Args,
     store: S,
+    leases: L,
     js: jetstream::Context,
     shutdown: CancellationToken,
 ) -> Result<(), AppError> {
@@ -86,13 +89,26 @@ pub async fn run<S: ComponentStore + Clone>(
         );
     }
     if args.mode.watcher() {
-        let producer = Producer::new(
+        let mut producer = Producer::new(
             store.clone(),
             JetStreamQueue::new(js.clone()),
             JetStreamStatus::new(js.clone()),
             args.producer_config(),
             metrics.clone(),
         );
+        // Only the watcher is gated: writers share one durable consumer, so several are safe.
+        if args.leader_elect {
+            let elector = LeaderElector::new(leases, args.election_config());
+            producer = producer.with_leadership(elector.leadership());
+            let token = shutdown.clone();
+            tasks.spawn(
+                async move {
+                    elector.run(token).await;
+                    Ok(())
+                }
+                .instrument(tracing::info_span!("leader")),
+            );
+        }
         let token = shutdown.clone();
         tasks.spawn(
             async move { Ok(producer.run(token).await?) }

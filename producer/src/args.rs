@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use helmq_schemas::component::parse_duration_flag;
 
+use crate::leader::ElectionConfig;
 use crate::producer::ProducerConfig;
 use crate::writer::WriterConfig;
 
@@ -45,6 +46,52 @@ pub struct Args {
     /// Time the NATS connection gets to drain at shutdown.
     #[arg(long, env = "HELMQ_DRAIN_DEADLINE", default_value = "10s", value_parser = parse_duration_flag)]
     pub drain_deadline: Duration,
+    /// Run the watcher (claims, jobs, resync) only while this replica holds the leader Lease,
+    /// so that several replicas never publish twice; the status writer runs regardless.
+    #[arg(long, env = "HELMQ_LEADER_ELECT")]
+    pub leader_elect: bool,
+    /// Namespace of the leader Lease (the manifests set it to the pod's own namespace).
+    #[arg(long, env = "HELMQ_LEASE_NAMESPACE", default_value = "helmq-system")]
+    pub lease_namespace: String,
+    /// Name of the leader Lease.
+    #[arg(long, env = "HELMQ_LEASE_NAME", default_value = "helmq-producer")]
+    pub lease_name: String,
+    /// How long a leader's renewal holds (whole seconds, at least 1s); it renews every third
+    /// and stops leading after two thirds without a renewal.
+    #[arg(long, env = "HELMQ_LEASE_DURATION", default_value = "15s", value_parser = parse_lease_duration)]
+    pub lease_duration: Duration,
+    /// This replica's name in the Lease (default: the host name, i.e. the pod name); a
+    /// per-process suffix keeps two processes of one name from both leading.
+    #[arg(long, env = "HELMQ_POD_NAME")]
+    pub leader_identity: Option<String>,
+}
+
+/// A lease duration: a duration flag of at least one second (the Lease counts in seconds).
+fn parse_lease_duration(value: &str) -> Result<Duration, String> {
+    let duration = parse_duration_flag(value)?;
+    if duration < Duration::from_secs(1) {
+        return Err(format!("{value:?} is shorter than the minimum lease of 1s"));
+    }
+    Ok(duration)
+}
+
+/// The host name (a pod's name in Kubernetes), or `helmq-producer` when unknown.
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "helmq-producer".to_owned())
+}
+
+/// A suffix that differs between processes: the process id and the start time.
+fn process_suffix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!("{:x}{:08x}", std::process::id(), nanos)
 }
 
 /// Which loops run in this process.
@@ -79,6 +126,21 @@ impl Args {
             resync_grace: self.resync_grace,
             ..ProducerConfig::default()
         }
+    }
+
+    /// The leader election settings: identity `<name>_<per-process suffix>`.
+    pub fn election_config(&self) -> ElectionConfig {
+        let name = self
+            .leader_identity
+            .clone()
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(host_name);
+        ElectionConfig::new(
+            self.lease_namespace.clone(),
+            self.lease_name.clone(),
+            format!("{name}_{}", process_suffix()),
+            self.lease_duration,
+        )
     }
 
     /// The writer's settings.
@@ -125,5 +187,40 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("is not a duration"), "{err}");
+    }
+
+    #[test]
+    fn leader_election_flags() {
+        let args = Args::try_parse_from(["helmq-producer"]).unwrap();
+        assert!(!args.leader_elect);
+        let election = args.election_config();
+        assert_eq!(
+            (election.namespace.as_str(), election.name.as_str()),
+            ("helmq-system", "helmq-producer")
+        );
+        assert_eq!(election.lease_duration, Duration::from_secs(15));
+        let args = Args::try_parse_from([
+            "helmq-producer",
+            "--leader-elect",
+            "--lease-namespace",
+            "ops",
+            "--lease-name",
+            "p",
+            "--lease-duration",
+            "30s",
+            "--leader-identity",
+            "pod-1",
+        ])
+        .unwrap();
+        assert!(args.leader_elect);
+        let (a, b) = (args.election_config(), args.election_config());
+        assert_eq!((a.namespace.as_str(), a.name.as_str()), ("ops", "p"));
+        assert_eq!(a.renew_interval, Duration::from_secs(10));
+        assert!(a.identity.starts_with("pod-1_"), "{}", a.identity);
+        assert!(b.identity.starts_with("pod-1_"), "{}", b.identity);
+        let err = Args::try_parse_from(["helmq-producer", "--lease-duration", "500ms"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("minimum lease"), "{err}");
     }
 }

@@ -3,13 +3,16 @@
 //!
 //! - [`plan`]: the producer's decisions (claim, apply, delete, resync) as a pure function;
 //! - [`producer`]: the watch loop that carries them out;
-//! - [`writer`]: the status writer (pure [`writer::apply`] plus its JetStream loop);
-//! - [`store`]: the `ComponentStore` seam over the Kubernetes API, and its in-memory fake;
+//! - [`leader`]: leader election on a Lease, which gates the watch loop across replicas;
+//! - [`writer`]: the status writer (pure [`writer::apply()`] plus its JetStream loop);
+//! - [`store`]: the `ComponentStore` and `LeaseStore` seams over the Kubernetes API, and
+//!   their in-memory fakes;
 //! - [`app`], [`args`], [`metrics`]: wiring, command line, counters.
 
 pub mod app;
 pub mod args;
 pub mod ctl;
+pub mod leader;
 pub mod metrics;
 pub mod plan;
 pub mod producer;

@@ -7,6 +7,11 @@
 //! Component do not re-publish; a periodic resync re-lists and re-publishes what the status
 //! still does not reflect after the grace period (a job lost in a purged stream or an outage).
 //! Components whose handling failed (API or NATS errors) are retried every few seconds.
+//!
+//! With [`Producer::with_leadership`] all of it runs only while this replica leads: the loop
+//! waits for leadership, drops its watch as soon as leadership is lost (no claim or publish
+//! after that, not even for the rest of a resync pass), and starts a fresh watch, which lists
+//! every Component, when it leads again.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -19,6 +24,7 @@ use jiff::Timestamp;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::plan::{Action, Context, Published, plan};
 use crate::store::{Change, ComponentStore, StoreError, key_of};
@@ -47,6 +53,9 @@ pub enum ProducerError {
     /// The watch stream ended, which a watch never does by itself.
     #[error("the component watch ended")]
     WatchEnded,
+    /// Leader election stopped while the watcher waited for leadership.
+    #[error("leader election ended")]
+    ElectionEnded,
 }
 
 /// Settings of the watch loop.
@@ -110,6 +119,26 @@ pub struct Producer<S, Q, T> {
     published: HashMap<String, (i64, Published)>,
     /// Components to retry after a failure.
     retry: BTreeSet<(String, String)>,
+    /// `None`: always acts; otherwise only while leading.
+    leadership: Option<Leadership>,
+}
+
+/// Why one leading stint ended.
+#[derive(Debug)]
+enum Stint {
+    Shutdown,
+    LostLeadership,
+}
+
+/// Resolves when `leadership` says we no longer lead (or the elector is gone); never
+/// without leader election.
+async fn lost(leadership: Option<&mut Leadership>) {
+    match leadership {
+        Some(leadership) => {
+            leadership.wait_until(false).await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 fn component_ref(c: &Component) -> ComponentRef {
@@ -133,11 +162,50 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Producer<S, Q, T> {
             metrics,
             published: HashMap::new(),
             retry: BTreeSet::new(),
+            leadership: None,
         }
     }
 
-    /// Runs until `shutdown` is cancelled (`Ok`) or the watch ends (an error).
+    /// Acts only while `leadership` says this replica leads.
+    pub fn with_leadership(mut self, leadership: Leadership) -> Self {
+        self.leadership = Some(leadership);
+        self
+    }
+
+    fn leading(&self) -> bool {
+        self.leadership.as_ref().is_none_or(Leadership::is_leader)
+    }
+
+    /// Runs until `shutdown` is cancelled (`Ok`) or the watch ends (an error). With leader
+    /// election, pauses while not leading.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), ProducerError> {
+        loop {
+            if let Some(mut leadership) = self.leadership.clone() {
+                if !leadership.is_leader() {
+                    tracing::info!("not the leader: waiting");
+                }
+                tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => return Ok(()),
+                    leads = leadership.wait_until(true) => if !leads {
+                        return Err(ProducerError::ElectionEnded);
+                    },
+                }
+                tracing::info!("leading: watching components");
+            }
+            match self.lead(&shutdown).await? {
+                Stint::Shutdown => return Ok(()),
+                Stint::LostLeadership => {
+                    tracing::warn!("lost leadership: pausing until leading again");
+                }
+            }
+        }
+    }
+
+    /// One stint of watching, from a fresh watch (a full listing) until shutdown or the loss
+    /// of leadership.
+    async fn lead(&mut self, shutdown: &CancellationToken) -> Result<Stint, ProducerError> {
+        let mut leadership = self.leadership.clone();
         let mut changes = self.store.changes();
         let mut resync = tokio::time::interval(self.config.resync_interval);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -149,7 +217,8 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Producer<S, Q, T> {
         loop {
             tokio::select! {
                 biased;
-                () = shutdown.cancelled() => return Ok(()),
+                () = shutdown.cancelled() => return Ok(Stint::Shutdown),
+                () = lost(leadership.as_mut()) => return Ok(Stint::LostLeadership),
                 change = changes.next() => match change {
                     None => return Err(ProducerError::WatchEnded),
                     Some(change) => self.on_change(change).await,
@@ -262,6 +331,10 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Producer<S, Q, T> {
     pub async fn handle(&mut self, mut component: Component) -> Result<(), ProducerError> {
         let (namespace, name) = key_of(&component);
         for _ in 0..MAX_STEPS {
+            if !self.leading() {
+                // The new leader's listing covers it.
+                return Ok(());
+            }
             let now = Timestamp::now();
             let ctx = Context {
                 handler: &self.config.handler,

@@ -1,10 +1,14 @@
-//! `KubeComponentStore` through the real kube `Client` over a mock HTTP service: the paths,
-//! methods, content types and bodies it sends, and how API answers map to `StoreError`.
+//! `KubeComponentStore` and `KubeLeaseStore` through the real kube `Client` over a mock HTTP
+//! service: the paths, methods, content types and bodies they send, and how API answers map
+//! to `StoreError`.
 
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use helmq_producer::store::{ComponentStore, KubeComponentStore, StoreError};
+use helmq_producer::leader::{ElectionConfig, LeaderElector, Round};
+use helmq_producer::store::{
+    ComponentStore, KubeComponentStore, KubeLeaseStore, LeaseStore, StoreError,
+};
 use helmq_schemas::component::{
     COORDINATION_FINALIZER, Component, ComponentSpec, ComponentStatus, HELM_FINALIZER, Phase,
 };
@@ -253,5 +257,104 @@ async fn list_covers_all_namespaces_or_each_configured_one() {
             "/apis/deployment-orchestrator.io/v1alpha1/namespaces/a/components",
             "/apis/deployment-orchestrator.io/v1alpha1/namespaces/b/components"
         ]
+    );
+}
+
+const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/helmq-system/leases";
+
+fn lease(holder: &str, resource_version: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"namespace": "helmq-system", "name": "helmq-producer",
+            "resourceVersion": resource_version},
+        "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15,
+            "renewTime": "2020-01-01T00:00:00.000000Z"},
+    })
+}
+
+#[tokio::test]
+async fn lease_reads_and_replaces_go_to_the_lease_path_with_the_resource_version() {
+    let (client, seen) = mock_client(Box::new(|seen| match seen.method.as_str() {
+        "GET" => (StatusCode::OK, lease("other", "7")),
+        _ => (StatusCode::OK, {
+            let mut answer = seen.body.clone();
+            answer["metadata"]["resourceVersion"] = "8".into();
+            answer
+        }),
+    }));
+    let store = KubeLeaseStore::new(client);
+    let read = store
+        .get("helmq-system", "helmq-producer")
+        .await
+        .unwrap()
+        .unwrap();
+    let mut mine = read.clone();
+    mine.spec.as_mut().unwrap().holder_identity = Some("me".into());
+    let replaced = store.replace(&mine).await.unwrap();
+    assert_eq!(replaced.metadata.resource_version.as_deref(), Some("8"));
+
+    let seen = seen.lock().unwrap();
+    let name = format!("{LEASES}/helmq-producer");
+    assert_eq!(seen[0].method, "GET");
+    assert_eq!(seen[0].path.split('?').next().unwrap(), name);
+    assert_eq!(seen[1].method, "PUT");
+    assert_eq!(seen[1].path.split('?').next().unwrap(), name);
+    assert_eq!(seen[1].content_type, "application/json");
+    assert_eq!(seen[1].body["metadata"]["resourceVersion"], "7");
+    assert_eq!(seen[1].body["spec"]["holderIdentity"], "me");
+}
+
+#[tokio::test]
+async fn an_absent_lease_is_created_and_conflicts_map_to_conflict() {
+    let (client, seen) = mock_client(Box::new(|seen| match seen.method.as_str() {
+        "GET" => (StatusCode::NOT_FOUND, api_status(404, "NotFound")),
+        "POST" => (StatusCode::CREATED, {
+            let mut answer = seen.body.clone();
+            answer["metadata"]["resourceVersion"] = "1".into();
+            answer
+        }),
+        _ => (StatusCode::CONFLICT, api_status(409, "Conflict")),
+    }));
+    let store = KubeLeaseStore::new(client);
+    let elector = LeaderElector::new(
+        store.clone(),
+        ElectionConfig::new(
+            "helmq-system",
+            "helmq-producer",
+            "me",
+            std::time::Duration::from_secs(15),
+        ),
+    );
+    assert_eq!(elector.round().await.unwrap(), Round::Leading);
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(
+            (
+                seen[0].method.as_str(),
+                seen[0].path.split('?').next().unwrap()
+            ),
+            ("GET", format!("{LEASES}/helmq-producer").as_str())
+        );
+        assert_eq!(
+            (
+                seen[1].method.as_str(),
+                seen[1].path.split('?').next().unwrap()
+            ),
+            ("POST", LEASES)
+        );
+        let body = &seen[1].body;
+        assert_eq!(body["metadata"]["name"], "helmq-producer");
+        assert_eq!(body["spec"]["holderIdentity"], "me");
+        assert_eq!(body["spec"]["leaseDurationSeconds"], 15);
+        assert!(body["spec"]["renewTime"].is_string(), "{body}");
+    }
+    let stale: k8s_openapi::api::coordination::v1::Lease =
+        serde_json::from_value(lease("me", "1")).unwrap();
+    assert_eq!(
+        store.replace(&stale).await.unwrap_err(),
+        StoreError::Conflict {
+            namespace: "helmq-system".into(),
+            name: "helmq-producer".into()
+        }
     );
 }

@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt;
-use helmq_producer::metrics::Metrics;
+use helmq_producer::leader::{ElectionConfig, LeaderElector, Leadership};
+use helmq_producer::metrics::{Metrics, PublishLabels};
 use helmq_producer::producer::{Producer, ProducerConfig};
-use helmq_producer::store::fake::FakeComponentStore;
+use helmq_producer::store::fake::{FakeComponentStore, FakeLeaseStore};
 use helmq_producer::writer::{Writer, WriterConfig};
 use helmq_queue::topology::{DLQ_STREAM, JOBS_STREAM, STATUS_STREAM, WORKERS_CONSUMER};
 use helmq_queue::{JetStreamQueue, JetStreamStatus, StatusSink, Topology};
@@ -104,6 +105,25 @@ impl Rig {
     fn spawn_producer(&self, config: ProducerConfig) {
         let producer = self.producer(config, self.metrics.clone());
         tokio::spawn(producer.run(self.token.clone()));
+    }
+
+    /// A producer behind leader election on `leases` (its own connection), with its elector,
+    /// both stopped by `token`.
+    fn spawn_elected_producer(
+        &self,
+        leases: FakeLeaseStore,
+        identity: &str,
+        metrics: Metrics,
+        token: CancellationToken,
+    ) -> Leadership {
+        let elector = LeaderElector::new(leases, fast_election(identity));
+        let leadership = elector.leadership();
+        let producer = self
+            .producer(fast_producer(), metrics)
+            .with_leadership(leadership.clone());
+        tokio::spawn(elector.run(token.clone()));
+        tokio::spawn(producer.run(token));
+        leadership
     }
 
     fn spawn_writer(&self) {
@@ -231,6 +251,33 @@ impl Rig {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
+}
+
+/// A 1s lease (the API's minimum) with fast rounds.
+fn fast_election(identity: &str) -> ElectionConfig {
+    ElectionConfig {
+        renew_interval: Duration::from_millis(100),
+        renew_deadline: Duration::from_millis(500),
+        retry_interval: Duration::from_millis(100),
+        ..ElectionConfig::new(
+            "helmq-system",
+            "helmq-producer",
+            identity,
+            Duration::from_secs(1),
+        )
+    }
+}
+
+/// Apply jobs this producer published with `outcome` `stored` or `duplicate` (dropped by the
+/// server).
+fn apply_publishes(metrics: &Metrics, outcome: &str) -> u64 {
+    metrics
+        .events_published
+        .get_or_create(&PublishLabels {
+            kind: "apply".into(),
+            outcome: outcome.into(),
+        })
+        .get()
 }
 
 fn release(revision: i64) -> ReleaseInfo {
@@ -745,4 +792,116 @@ async fn the_writer_retries_through_an_api_outage_in_order() {
     })
     .await;
     assert_eq!(rig.metrics.stale_events_dropped.get(), 0);
+}
+
+#[tokio::test]
+async fn two_elected_producers_publish_each_job_once_and_the_follower_takes_over() {
+    let rig = Rig::new(Topology::default()).await;
+    let leases = FakeLeaseStore::new();
+    let (metrics_1, metrics_2) = (Metrics::default(), Metrics::default());
+    let (token_1, token_2) = (rig.token.child_token(), rig.token.child_token());
+    let view_1 = rig.spawn_elected_producer(
+        leases.connection(),
+        "p1",
+        metrics_1.clone(),
+        token_1.clone(),
+    );
+    let view_2 = rig.spawn_elected_producer(
+        leases.connection(),
+        "p2",
+        metrics_2.clone(),
+        token_2.clone(),
+    );
+    for name in ["web", "api"] {
+        rig.store
+            .create(component(name, Some(nginx(serde_json::json!({})))))
+            .unwrap();
+    }
+    rig.eventually("apply jobs of both components", async || {
+        rig.messages_in(JOBS_STREAM).await >= 2
+    })
+    .await;
+    let (leader, leader_metrics, follower_view, follower_metrics) = if view_1.is_leader() {
+        (token_1, metrics_1, view_2, metrics_2)
+    } else {
+        (token_2, metrics_2, view_1, metrics_1)
+    };
+    assert!(!follower_view.is_leader());
+    // Several resync passes of the leader later, still one publish per job, all by the
+    // leader; the follower never even watched.
+    let resyncs = leader_metrics.resyncs.get();
+    rig.eventually("three more resyncs", async || {
+        leader_metrics.resyncs.get() >= resyncs + 3
+    })
+    .await;
+    assert_eq!(rig.messages_in(JOBS_STREAM).await, 2);
+    assert_eq!(apply_publishes(&leader_metrics, "stored"), 2);
+    assert_eq!(apply_publishes(&leader_metrics, "duplicate"), 0);
+    assert_eq!(apply_publishes(&follower_metrics, "stored"), 0);
+    assert_eq!(apply_publishes(&follower_metrics, "duplicate"), 0);
+    assert_eq!(follower_metrics.watch_restarts.get(), 0);
+    for name in ["web", "api"] {
+        let claims = rig
+            .status_events()
+            .await
+            .into_iter()
+            .filter(|e| e.component.name == name && e.phase == StatusPhase::Claimed)
+            .count();
+        assert_eq!(claims, 1, "{name}");
+    }
+
+    // The leader stops; the other one takes over and handles a new Component.
+    leader.cancel();
+    rig.eventually("the follower to lead", async || follower_view.is_leader())
+        .await;
+    rig.store
+        .create(component("db", Some(nginx(serde_json::json!({})))))
+        .unwrap();
+    rig.eventually("the new component's job", async || {
+        rig.messages_in(JOBS_STREAM).await >= 3
+    })
+    .await;
+    rig.wait_for("db", "the claim", |c| {
+        finalizers(c).contains(&HELM_FINALIZER.to_owned())
+    })
+    .await;
+    // Like a restarted producer, the new leader does not know what its predecessor published:
+    // its listing re-publishes the jobs still unanswered, which the stream drops as
+    // duplicates.
+    assert_eq!(apply_publishes(&follower_metrics, "stored"), 1);
+    assert_eq!(apply_publishes(&leader_metrics, "stored"), 2);
+    assert_eq!(rig.messages_in(JOBS_STREAM).await, 3);
+}
+
+#[tokio::test]
+async fn an_elected_producer_pauses_without_leadership_and_relists_when_it_leads_again() {
+    let rig = Rig::new(Topology::default()).await;
+    let leases = FakeLeaseStore::new();
+    let metrics = Metrics::default();
+    let view = rig.spawn_elected_producer(leases.clone(), "p1", metrics.clone(), rig.token.clone());
+    rig.eventually("leading", async || view.is_leader()).await;
+    rig.eventually("the first listing", async || {
+        metrics.watch_restarts.get() == 1
+    })
+    .await;
+
+    // Cut off from the Leases: it stops leading and leaves a new Component alone.
+    leases.cut_off(true);
+    rig.eventually("not leading", async || !view.is_leader())
+        .await;
+    rig.store
+        .create(component("web", Some(nginx(serde_json::json!({})))))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(finalizers(rig.store.snapshot("default", "web").as_ref()).is_empty());
+    assert_eq!(rig.messages_in(JOBS_STREAM).await, 0);
+
+    // Back: it renews its own Lease, lists again and handles what it missed.
+    let back = jiff::Timestamp::now();
+    leases.cut_off(false);
+    let job = rig.next_job().await;
+    assert_eq!(job.component.name, "web");
+    assert!(job.requested_at >= back, "{} < {back}", job.requested_at);
+    assert!(view.is_leader());
+    assert_eq!(metrics.watch_restarts.get(), 2);
 }

@@ -88,9 +88,11 @@ fn deployments_drain_before_being_killed_and_probe_the_health_endpoints() {
         let rbac = docs(&format!("deploy/rbac/{role}.yaml"));
         assert!(
             rbac.iter().any(|d| d["kind"] == "ServiceAccount"
-                && d["metadata"]["name"] == pod["serviceAccountName"]),
-            "{file}: no ServiceAccount {} in deploy/rbac/{role}.yaml",
-            pod["serviceAccountName"]
+                && d["metadata"]["name"] == pod["serviceAccountName"]
+                && d["metadata"]["namespace"] == deployment["metadata"]["namespace"]),
+            "{file}: no ServiceAccount {} in namespace {} in deploy/rbac/{role}.yaml",
+            pod["serviceAccountName"],
+            deployment["metadata"]["namespace"]
         );
     }
 }

@@ -13,6 +13,8 @@
 //! The extra methods (`create`, `edit_spec`, `delete`, foreign finalizers) play the user and
 //! the Composition controller. [`FakeComponentStore::set_unavailable`] simulates an API server
 //! outage.
+//!
+//! [`FakeLeaseStore`] does the same for the Leases of leader election.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -22,6 +24,7 @@ use helmq_schemas::component::{Component, ComponentSpec, ComponentStatus, HELM_F
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tokio::sync::broadcast;
 
+pub use super::fake_lease::FakeLeaseStore;
 use super::{Change, ComponentStore, StoreError, key_of};
 
 /// Changes buffered per watcher before it is considered lagging (it then re-lists, as a real

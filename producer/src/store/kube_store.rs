@@ -64,7 +64,7 @@ fn names(component: &Component) -> (String, String) {
 
 /// Maps a kube error: 409 → conflict, 404 → not found, other API answers → rejected (or
 /// transient for 429/5xx), anything else (transport, TLS, timeouts) → unavailable.
-fn map_error(error: kube::Error, namespace: &str, name: &str) -> StoreError {
+pub(super) fn map_error(error: kube::Error, namespace: &str, name: &str) -> StoreError {
     match error {
         kube::Error::Api(status) if status.code == 409 => StoreError::Conflict {
             namespace: namespace.to_owned(),

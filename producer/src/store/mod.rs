@@ -2,19 +2,27 @@
 //! API about `Component` resources, with the real adapter ([`KubeComponentStore`]) and an
 //! in-memory fake ([`fake::FakeComponentStore`]) that behaves like the API server for tests.
 //!
+//! The [`LeaseStore`] seam does the same for the `coordination.k8s.io/v1` Lease of leader
+//! election ([`KubeLeaseStore`], [`fake::FakeLeaseStore`]).
+//!
 //! Every write carries the `metadata.resourceVersion` the caller read, so a concurrent change
 //! is reported as [`StoreError::Conflict`] (HTTP 409) and re-read by the caller, never
 //! overwritten.
 
 pub mod fake;
+mod fake_lease;
+mod kube_lease;
 mod kube_store;
+mod lease;
 
 use std::future::Future;
 
 use futures::stream::BoxStream;
 use helmq_schemas::component::{Component, ComponentStatus};
 
+pub use kube_lease::KubeLeaseStore;
 pub use kube_store::KubeComponentStore;
+pub use lease::LeaseStore;
 
 /// Errors of [`ComponentStore`] operations.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -4,7 +4,7 @@
 //!
 //! One sequential loop, pulling small batches ([`WriterConfig::batch`], never an unbounded
 //! prefetch): events of one Component are applied in stream order, and the stale rule of
-//! [`apply`] keeps any redelivery from regressing a status. A conflict is re-read and decided
+//! [`apply()`] keeps any redelivery from regressing a status. A conflict is re-read and decided
 //! again; an API outage is retried in place (with Progress acks so the message is not
 //! redelivered meanwhile), so a later event never overtakes an earlier one. Payloads that are
 //! not status events are dead-lettered with the reason and acked.
