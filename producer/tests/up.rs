@@ -27,6 +27,19 @@ fn fake_helm(dir: &Path, version: &str) -> PathBuf {
     path
 }
 
+/// A kubeconfig whose API server (127.0.0.1:1) never answers.
+fn unreachable_kubeconfig(dir: &Path) -> PathBuf {
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: \"https://127.0.0.1:1\"}}]\n\
+         contexts: [{name: c, context: {cluster: c, user: u}}]\ncurrent-context: c\n\
+         users: [{name: u, user: {token: x}}]\n",
+    )
+    .unwrap();
+    path
+}
+
 fn up(run_dir: &Path, env: &[(&str, &str)]) -> (bool, String) {
     let out = Command::new("bash")
         .arg(root().join("scripts/up.sh"))
@@ -75,14 +88,7 @@ fn up_refuses_an_old_helm() {
 fn up_fails_early_when_no_cluster_is_reachable() {
     let run = tempfile::tempdir().unwrap();
     let helm = fake_helm(run.path(), "v3.16.2+g13654a5");
-    let kubeconfig = run.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: \"https://127.0.0.1:1\"}}]\n\
-         contexts: [{name: c, context: {cluster: c, user: u}}]\ncurrent-context: c\n\
-         users: [{name: u, user: {token: x}}]\n",
-    )
-    .unwrap();
+    let kubeconfig = unreachable_kubeconfig(run.path());
     let (ok, stderr) = up(
         run.path(),
         &[
@@ -137,14 +143,7 @@ fn alive(pid: &str) -> bool {
 fn up_then_down_starts_and_stops_exactly_its_processes() {
     let run = tempfile::tempdir().unwrap();
     let helm = fake_helm(run.path(), "v3.16.2+g13654a5");
-    let kubeconfig = run.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: \"https://127.0.0.1:1\"}}]\n\
-         contexts: [{name: c, context: {cluster: c, user: u}}]\ncurrent-context: c\n\
-         users: [{name: u, user: {token: x}}]\n",
-    )
-    .unwrap();
+    let kubeconfig = unreachable_kubeconfig(run.path());
     let nats_port = free_port().to_string();
     // Three consecutive ports for the producer and two workers.
     let http_base = loop {

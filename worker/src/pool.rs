@@ -325,29 +325,8 @@ async fn handle<D: HelmDriver, S: StatusSink + 'static>(
     else {
         return give_back(shared, message, None).await;
     };
-    match decision {
-        Decision::Run => {}
-        Decision::Superseded { by } => {
-            info!(
-                newer_generation = by.generation,
-                "superseded by a newer intent; not running helm"
-            );
-            settle(shared, message, AckKind::Ack).await;
-            return JobOutcome::Superseded;
-        }
-        Decision::AlreadyDone(status) => {
-            info!(phase = ?status.phase, "already done; publishing its status again");
-            if persist(shared, "publish the status", || {
-                shared.status.publish_status(&status)
-            })
-            .await
-            .is_none()
-            {
-                return give_back(shared, message, None).await;
-            }
-            settle(shared, message, AckKind::Ack).await;
-            return JobOutcome::Duplicate;
-        }
+    if let Some(outcome) = skip_unless_run(shared, message, decision, None).await {
+        return outcome;
     }
 
     let (start_phase, fail_phase) = match job.action {
@@ -398,31 +377,9 @@ async fn handle<D: HelmDriver, S: StatusSink + 'static>(
     })
     .await
     {
-        match decide(Position::of(&job), Some(&intent)) {
-            Decision::Run => {}
-            Decision::Superseded { by } => {
-                release(shared, &lease).await;
-                info!(
-                    newer_generation = by.generation,
-                    "superseded while waiting for the lease"
-                );
-                settle(shared, message, AckKind::Ack).await;
-                return JobOutcome::Superseded;
-            }
-            Decision::AlreadyDone(status) => {
-                release(shared, &lease).await;
-                info!(phase = ?status.phase, "done by another delivery while waiting for the lease; publishing its status again");
-                if persist(shared, "publish the status", || {
-                    shared.status.publish_status(&status)
-                })
-                .await
-                .is_none()
-                {
-                    return give_back(shared, message, None).await;
-                }
-                settle(shared, message, AckKind::Ack).await;
-                return JobOutcome::Duplicate;
-            }
+        let decision = decide(Position::of(&job), Some(&intent));
+        if let Some(outcome) = skip_unless_run(shared, message, decision, Some(&lease)).await {
+            return outcome;
         }
     }
 
@@ -780,6 +737,46 @@ where
 }
 
 /// Acks, Naks or Terms a message, retrying until the server confirms or the hard stop fires.
+/// Settles a job the intent says not to run — superseded (ack) or already done (publish its
+/// status again, then ack) — releasing `lease` first when one is held. `None` for `Run`.
+async fn skip_unless_run<D: HelmDriver, S: StatusSink + 'static>(
+    shared: &Shared<D, S>,
+    message: &Message,
+    decision: Decision,
+    lease: Option<&Lease>,
+) -> Option<JobOutcome> {
+    if matches!(decision, Decision::Run) {
+        return None;
+    }
+    if let Some(lease) = lease {
+        release(shared, lease).await;
+    }
+    match decision {
+        Decision::Run => None,
+        Decision::Superseded { by } => {
+            info!(
+                newer_generation = by.generation,
+                "superseded by a newer intent; not running helm"
+            );
+            settle(shared, message, AckKind::Ack).await;
+            Some(JobOutcome::Superseded)
+        }
+        Decision::AlreadyDone(status) => {
+            info!(phase = ?status.phase, "already done; publishing its status again");
+            if persist(shared, "publish the status", || {
+                shared.status.publish_status(&status)
+            })
+            .await
+            .is_none()
+            {
+                return Some(give_back(shared, message, None).await);
+            }
+            settle(shared, message, AckKind::Ack).await;
+            Some(JobOutcome::Duplicate)
+        }
+    }
+}
+
 async fn settle<D, S>(shared: &Shared<D, S>, message: &Message, kind: AckKind) {
     let _ = persist(shared, "settle the message", || {
         message.double_ack_with(kind)
