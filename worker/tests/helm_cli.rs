@@ -9,8 +9,8 @@ use std::time::Duration;
 use common::{config, eventually, fake_helm};
 use helmq_worker::HelmCli;
 use helmq_worker::driver::{
-    Apply, DriverError, HelmCliSettings, HelmDriver, NamespaceDeletion, Recovery, Uninstalled,
-    recovery_plan,
+    Apply, DriverError, HelmCliSettings, HelmDriver, NamespaceDeletion, Recovery, Release,
+    Uninstalled, recovery_plan,
 };
 use helmq_worker::policy::Failure;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +20,17 @@ struct Fixture {
     cache: PathBuf,
     state: PathBuf,
     cli: HelmCli,
+}
+
+impl Fixture {
+    /// `HelmCli::apply` of `config` with the test timeout.
+    async fn apply(
+        &self,
+        config: &helmq_schemas::HelmConfig,
+        cancel: &CancellationToken,
+    ) -> Result<Release, DriverError> {
+        self.cli.apply(Apply { config, timeout: T }, cancel).await
+    }
 }
 
 fn fixture() -> Fixture {
@@ -69,30 +80,10 @@ async fn apply_installs_from_a_cached_package_with_values_in_a_private_file() {
     let f = fixture();
     let cancel = CancellationToken::new();
     let cfg = config("web", "apps");
-    let first = f
-        .cli
-        .apply(
-            Apply {
-                config: &cfg,
-                timeout: T,
-            },
-            &cancel,
-        )
-        .await
-        .unwrap();
+    let first = f.apply(&cfg, &cancel).await.unwrap();
     assert_eq!((first.revision, first.status.as_str()), (1, "deployed"));
     assert_eq!(first.chart_version.as_deref(), Some("1.2.3"));
-    let second = f
-        .cli
-        .apply(
-            Apply {
-                config: &cfg,
-                timeout: T,
-            },
-            &cancel,
-        )
-        .await
-        .unwrap();
+    let second = f.apply(&cfg, &cancel).await.unwrap();
     assert_eq!(second.revision, 2);
     // One pull for both runs: the package is cached, no index per job.
     assert_eq!(subcommands(&f.state), ["pull", "upgrade", "upgrade"]);
@@ -137,16 +128,7 @@ async fn missing_releases_are_not_errors() {
         Uninstalled::NotFound
     );
     let cfg = config("web", "apps");
-    f.cli
-        .apply(
-            Apply {
-                config: &cfg,
-                timeout: T,
-            },
-            &cancel,
-        )
-        .await
-        .unwrap();
+    f.apply(&cfg, &cancel).await.unwrap();
     assert_eq!(
         f.cli.uninstall("web", "apps", T, &cancel).await.unwrap(),
         Uninstalled::Removed
@@ -167,16 +149,7 @@ async fn a_stuck_release_is_rolled_back_through_helm() {
     let f = fixture();
     let cancel = CancellationToken::new();
     let cfg = config("web", "apps");
-    f.cli
-        .apply(
-            Apply {
-                config: &cfg,
-                timeout: T,
-            },
-            &cancel,
-        )
-        .await
-        .unwrap();
+    f.apply(&cfg, &cancel).await.unwrap();
     // Leave the next upgrade pending, as a killed run would.
     let state = f.state.join("releases/apps__web.json");
     let mut rel: serde_json::Value =
@@ -187,17 +160,7 @@ async fn a_stuck_release_is_rolled_back_through_helm() {
     rel["revisions"].as_array_mut().unwrap().push(pending);
     std::fs::write(&state, rel.to_string()).unwrap();
 
-    let err = f
-        .cli
-        .apply(
-            Apply {
-                config: &cfg,
-                timeout: T,
-            },
-            &cancel,
-        )
-        .await
-        .unwrap_err();
+    let err = f.apply(&cfg, &cancel).await.unwrap_err();
     assert_eq!(err.failure(), Failure::Transient, "{err}");
     let status = f.cli.status("web", "apps", &cancel).await.unwrap().unwrap();
     let history = f.cli.history("web", "apps", &cancel).await.unwrap();
@@ -210,17 +173,7 @@ async fn a_stuck_release_is_rolled_back_through_helm() {
         }
     );
     f.cli.rollback("web", "apps", 1, T, &cancel).await.unwrap();
-    let after = f
-        .cli
-        .apply(
-            Apply {
-                config: &cfg,
-                timeout: T,
-            },
-            &cancel,
-        )
-        .await
-        .unwrap();
+    let after = f.apply(&cfg, &cancel).await.unwrap();
     assert_eq!((after.revision, after.status.as_str()), (4, "deployed"));
 }
 
@@ -230,17 +183,7 @@ async fn helm_errors_are_classified() {
     let cancel = CancellationToken::new();
     std::fs::write(f.state.join("charts-missing"), "nginx\n").unwrap();
     let cfg = config("web", "apps");
-    let err = f
-        .cli
-        .apply(
-            Apply {
-                config: &cfg,
-                timeout: T,
-            },
-            &cancel,
-        )
-        .await
-        .unwrap_err();
+    let err = f.apply(&cfg, &cancel).await.unwrap_err();
     assert_eq!(err.failure(), Failure::Permanent, "{err}");
     assert!(
         err.to_string()
@@ -257,42 +200,11 @@ async fn helm_errors_are_classified() {
             {"stderr": "Error: Kubernetes cluster unreachable: Get \"https://10.0.0.1:6443/version\": dial tcp: connect: connection refused"}
         ]}),
     );
-    let err = f
-        .cli
-        .apply(
-            Apply {
-                config: &cfg,
-                timeout: T,
-            },
-            &cancel,
-        )
-        .await
-        .unwrap_err();
+    let err = f.apply(&cfg, &cancel).await.unwrap_err();
     assert_eq!(err.failure(), Failure::Permanent, "{err}");
-    let err = f
-        .cli
-        .apply(
-            Apply {
-                config: &cfg,
-                timeout: T,
-            },
-            &cancel,
-        )
-        .await
-        .unwrap_err();
+    let err = f.apply(&cfg, &cancel).await.unwrap_err();
     assert_eq!(err.failure(), Failure::Transient, "{err}");
-    assert!(
-        f.cli
-            .apply(
-                Apply {
-                    config: &cfg,
-                    timeout: T
-                },
-                &cancel
-            )
-            .await
-            .is_ok()
-    );
+    assert!(f.apply(&cfg, &cancel).await.is_ok());
 }
 
 #[tokio::test]

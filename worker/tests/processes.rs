@@ -56,6 +56,26 @@ fn spawn_worker(env: &Env, dir: &Path, id: &str, extra: &[&str], sleep: &str) ->
     }
 }
 
+/// Sends SIGTERM and waits (at most 30 s) for the worker to exit.
+async fn terminate(worker: &mut Worker) -> std::process::ExitStatus {
+    let status = Command::new("kill")
+        .args(["-TERM", &worker.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(exit) = worker.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker did not exit"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn lines(path: PathBuf) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -214,22 +234,7 @@ async fn sigterm_with_jobs_in_flight_loses_none() {
         },
     )
     .await;
-    let status = Command::new("kill")
-        .args(["-TERM", &worker.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let exit = loop {
-        if let Some(exit) = worker.child.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the worker did not exit"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let exit = terminate(&mut worker).await;
     let log = std::fs::read_to_string(dir.path().join("a.log")).unwrap_or_default();
     assert!(exit.success(), "clean exit after SIGTERM: {exit:?}\n{log}");
     assert!(log.contains("NATS connection drained and closed"), "{log}");
@@ -322,21 +327,7 @@ async fn sigterm_lets_running_jobs_finish_within_the_deadline_and_serves_operati
         metrics.contains("helmq_worker_helm_duration_seconds"),
         "{metrics}"
     );
-    Command::new("kill")
-        .args(["-TERM", &worker.child.id().to_string()])
-        .status()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let exit = loop {
-        if let Some(exit) = worker.child.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the worker did not exit"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let exit = terminate(&mut worker).await;
     assert!(exit.success());
     // The two running jobs finished; the two never pulled are still queued.
     assert_eq!(ready_count(&env).await, 2);
