@@ -1,6 +1,6 @@
 //! The JetStream topology helmq runs on: the jobs, status and dead-letter streams, the workers'
-//! and the writer's durable pull consumers, and the KV buckets for release leases and the latest
-//! intent per Component. [`Topology::ensure`] creates what is missing and is a no-op when all is
+//! and the writer's durable pull consumers, and the KV buckets for release leases, the latest
+//! intent per Component and the final intents of terminated Components. [`Topology::ensure`] creates what is missing and is a no-op when all is
 //! in place; it never changes an existing stream or consumer — one whose config cannot work with
 //! helmq is reported, other differences (limits an operator may have tuned) are listed.
 
@@ -28,6 +28,9 @@ pub const WRITER_CONSUMER: &str = "helmq-writer";
 pub const LEASES_BUCKET: &str = "helmq_leases";
 /// KV bucket of the newest generation requested per Component.
 pub const INTENTS_BUCKET: &str = "helmq_intents";
+/// KV bucket of the final intents of terminated Components, kept for
+/// [`Topology::tombstone_ttl`] so a late copy of their jobs is recognised and skipped.
+pub const TOMBSTONES_BUCKET: &str = "helmq_tombstones";
 
 /// Errors setting up or checking the topology.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +105,9 @@ pub struct Topology {
     pub max_ack_pending: i64,
     /// Lifetime of a release lease that is not renewed.
     pub lease_ttl: Duration,
+    /// How long the final intent of a terminated Component is kept: a redelivered, retried or
+    /// replayed job of that object arriving within it is skipped instead of run.
+    pub tombstone_ttl: Duration,
 }
 
 impl Default for Topology {
@@ -115,6 +121,7 @@ impl Default for Topology {
             max_deliver: 20,
             max_ack_pending: 1000,
             lease_ttl: Duration::from_secs(30),
+            tombstone_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -208,7 +215,7 @@ impl Topology {
         }
     }
 
-    fn buckets(&self) -> [kv::Config; 2] {
+    fn buckets(&self) -> [kv::Config; 3] {
         [
             kv::Config {
                 bucket: LEASES_BUCKET.into(),
@@ -223,6 +230,15 @@ impl Topology {
                 bucket: INTENTS_BUCKET.into(),
                 description: "helmq newest requested generation per Component".into(),
                 history: 1,
+                storage: StorageType::File,
+                num_replicas: self.replicas,
+                ..Default::default()
+            },
+            kv::Config {
+                bucket: TOMBSTONES_BUCKET.into(),
+                description: "helmq final intents of terminated Components".into(),
+                history: 1,
+                max_age: self.tombstone_ttl,
                 storage: StorageType::File,
                 num_replicas: self.replicas,
                 ..Default::default()
@@ -272,7 +288,7 @@ impl Topology {
                 )));
             }
         }
-        for bucket in [LEASES_BUCKET, INTENTS_BUCKET] {
+        for bucket in [LEASES_BUCKET, INTENTS_BUCKET, TOMBSTONES_BUCKET] {
             if lookup_stream(js, &format!("KV_{bucket}")).await?.is_none() {
                 return Err(TopologyError::Missing(format!("KV bucket {bucket}")));
             }

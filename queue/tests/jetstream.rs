@@ -72,6 +72,7 @@ async fn setup_twice_is_idempotent_and_check_sees_it() {
             "consumer helmq-writer on HELMQ_STATUS",
             "KV bucket helmq_leases",
             "KV bucket helmq_intents",
+            "KV bucket helmq_tombstones",
         ]
     );
     assert!(first.existing.is_empty());

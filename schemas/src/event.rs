@@ -14,6 +14,10 @@ pub const JOB_SCHEMA: &str = "helmq.job/v1";
 pub const STATUS_SCHEMA: &str = "helmq.status/v1";
 /// Largest encoded job or status event accepted (NATS' default `max_payload` is 1 MiB).
 pub const MAX_EVENT_BYTES: usize = 512 * 1024;
+/// Largest `component.generation` accepted: 2^53, the largest integer every JSON reader keeps
+/// exactly. Kubernetes starts generations at 1 and adds 1 per spec change, so a real Component
+/// never comes near it; a job beyond it could only block its Component's later generations.
+pub const MAX_GENERATION: i64 = 1 << 53;
 /// Timeout of a job that names none: the original's 5 minute default.
 pub const DEFAULT_TIMEOUT_SECONDS: u64 = 300;
 
@@ -68,8 +72,8 @@ pub struct ComponentRef {
     /// `metadata.uid`; orchestrators publishing without a Component may omit it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<String>,
-    /// `metadata.generation` the event is for.
-    #[schemars(range(min = 0))]
+    /// `metadata.generation` the event is for: at most 2^53, and at least 1 in a job.
+    #[schemars(range(min = 0, max = MAX_GENERATION))]
     pub generation: i64,
 }
 
@@ -93,10 +97,15 @@ impl ComponentRef {
         if self.name.trim().is_empty() {
             return Err(missing("name"));
         }
-        if self.generation < 0 {
+        // A job names a generation to deploy, so 0 (no generation) makes no sense there.
+        let min = i64::from(schema == JOB_SCHEMA);
+        if !(min..=MAX_GENERATION).contains(&self.generation) {
             return Err(EventError::Malformed {
                 schema,
-                reason: format!("component.generation must be >= 0, got {}", self.generation),
+                reason: format!(
+                    "component.generation must be between {min} and {MAX_GENERATION} (2^53), got {}",
+                    self.generation
+                ),
             });
         }
         Ok(())

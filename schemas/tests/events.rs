@@ -157,7 +157,22 @@ fn bad_job_payloads_are_rejected_with_the_reason() {
         (
             "negative generation",
             with(&|v| v["component"]["generation"] = json!(-1)),
-            "malformed helmq.job/v1 payload: component.generation must be >= 0, got -1",
+            "malformed helmq.job/v1 payload: component.generation must be between 1 and 9007199254740992 (2^53), got -1",
+        ),
+        (
+            "generation 0",
+            with(&|v| v["component"]["generation"] = json!(0)),
+            "malformed helmq.job/v1 payload: component.generation must be between 1 and 9007199254740992 (2^53), got 0",
+        ),
+        (
+            "generation 2^53 + 1",
+            with(&|v| v["component"]["generation"] = json!(9_007_199_254_740_993_i64)),
+            "malformed helmq.job/v1 payload: component.generation must be between 1 and 9007199254740992 (2^53), got 9007199254740993",
+        ),
+        (
+            "generation 2^63 - 1",
+            with(&|v| v["component"]["generation"] = json!(i64::MAX)),
+            "malformed helmq.job/v1 payload: component.generation must be between 1 and 9007199254740992 (2^53), got 9223372036854775807",
         ),
         (
             "bad time",

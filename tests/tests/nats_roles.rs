@@ -303,14 +303,14 @@ async fn each_role_does_its_work_and_nothing_else_with_the_account_permissions()
         .ensure(&admin)
         .await
         .expect("the admin sets up the topology");
-    assert_eq!(report.created.len(), 7, "{report:?}");
+    assert_eq!(report.created.len(), 8, "{report:?}");
     let again = Topology::default().ensure(&admin).await.unwrap();
     assert!(again.created.is_empty(), "{again:?}");
     let out = helmqctl(&url, ADMIN, &["-o", "json", "setup"])
         .await
         .expect("helmqctl setup as the admin");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["existing"].as_array().map(Vec::len), Some(7), "{out}");
+    assert_eq!(v["existing"].as_array().map(Vec::len), Some(8), "{out}");
 
     // --- worker: readiness check, then the real pool. ---
     let (worker_client, worker_js) = connect_as(&url, WORKER).await;
@@ -519,6 +519,13 @@ async fn each_role_does_its_work_and_nothing_else_with_the_account_permissions()
         Some("helm"),
         "claimed by the watcher"
     );
+    // Deleting it: the watcher publishes the delete job, the worker uninstalls and moves the
+    // intent to the tombstones bucket, the writer removes the finalizer.
+    store.delete("default", "web").unwrap();
+    eventually("default/web gone from the store", async || {
+        store.snapshot("default", "web").is_none().then_some(())
+    })
+    .await;
 
     // Dead letters: the permanent failure, the bad payload, the job past max_deliver (all by
     // the worker) and the bad status message (by the writer).

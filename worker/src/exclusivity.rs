@@ -4,8 +4,12 @@
 //!   holds it), renew = `update` at the revision we hold, release = purge at that revision. The
 //!   bucket's `max_age` is the lease lifetime: a dead worker's lease expires and another worker
 //!   takes it over with a plain `create`.
-//! - [`Intents`] (`helmq_intents`): one key per Component holding the newest job seen and how it
-//!   ended, updated with compare-and-set; [`Intents::claim`] decides whether a job still runs.
+//! - [`Intents`] (`helmq_intents`): one key per Component object ([`intent_key`]: namespace,
+//!   name and uid, so an object deleted and created again under the same name starts afresh)
+//!   holding the newest job seen and how it ended, updated with compare-and-set;
+//!   [`Intents::claim`] decides whether a job still runs. When an object is terminated its
+//!   final intent moves to `helmq_tombstones`, whose `max_age` expires it: a late copy of one of
+//!   its jobs (redelivered, retried, replayed) is skipped meanwhile, and nothing is kept for ever.
 
 use std::time::Duration;
 
@@ -13,10 +17,22 @@ use async_nats::jetstream::Context;
 use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
 use futures::StreamExt as _;
 
-use helmq_queue::topology::{INTENTS_BUCKET, LEASES_BUCKET};
-use helmq_schemas::event::{JobEvent, StatusEvent};
+use helmq_queue::topology::{INTENTS_BUCKET, LEASES_BUCKET, TOMBSTONES_BUCKET};
+use helmq_schemas::event::{ComponentRef, JobEvent, StatusEvent};
+use helmq_schemas::subject::{component_key, encode_token};
 
-use crate::policy::{Decision, Intent, Outcome, Position, decide};
+use crate::policy::{Decision, Intent, Outcome, Position, decide, latest, records};
+
+/// The intents key of a job's target: `<namespace>.<name>.<uid>` (encoded), or
+/// `<namespace>.<name>` for an orchestrator's job without a uid. Intents of two objects that
+/// shared a name never meet.
+pub fn intent_key(component: &ComponentRef) -> String {
+    let key = component_key(&component.namespace, &component.name);
+    match component.uid.as_deref().filter(|u| !u.is_empty()) {
+        Some(uid) => format!("{key}.{}", encode_token(uid)),
+        None => key,
+    }
+}
 
 /// Errors talking to the KV buckets.
 #[derive(Debug, thiserror::Error)]
@@ -144,40 +160,71 @@ impl Leases {
     }
 }
 
-/// The latest intent per Component.
+/// The latest intent per Component object, and the final intents of terminated ones.
 #[derive(Debug, Clone)]
 pub struct Intents {
     kv: kv::Store,
+    tombstones: kv::Store,
+}
+
+async fn open_bucket(js: &Context, bucket: &'static str) -> Result<kv::Store, KvError> {
+    js.get_key_value(bucket).await.map_err(|e| KvError::Open {
+        bucket,
+        reason: e.to_string(),
+    })
+}
+
+/// Reads an intent (an unreadable or deleted value counts as none) with its revision.
+async fn read(store: &kv::Store, key: &str) -> Result<Option<(Intent, u64)>, KvError> {
+    let entry = store
+        .entry(key)
+        .await
+        .map_err(|e| request("get", key)(e.to_string()))?;
+    Ok(entry.and_then(|e| {
+        if e.operation != Operation::Put {
+            return None;
+        }
+        serde_json::from_slice::<Intent>(&e.value)
+            .ok()
+            .map(|i| (i, e.revision))
+    }))
+}
+
+fn encode_intent(key: &str, intent: &Intent) -> Result<bytes::Bytes, KvError> {
+    serde_json::to_vec(intent)
+        .map(Into::into)
+        .map_err(|e| request("encode", key)(e.to_string()))
 }
 
 impl Intents {
-    /// Opens the bucket.
+    /// Opens the intents and tombstones buckets.
     pub async fn open(js: &Context) -> Result<Intents, KvError> {
-        let kv = js
-            .get_key_value(INTENTS_BUCKET)
-            .await
-            .map_err(|e| KvError::Open {
-                bucket: INTENTS_BUCKET,
-                reason: e.to_string(),
-            })?;
-        Ok(Intents { kv })
+        Ok(Intents {
+            kv: open_bucket(js, INTENTS_BUCKET).await?,
+            tombstones: open_bucket(js, TOMBSTONES_BUCKET).await?,
+        })
     }
 
-    /// The intent under `key` and its revision (an unreadable value counts as none).
+    /// The live intent under `key` and its revision.
     pub async fn get(&self, key: &str) -> Result<Option<(Intent, u64)>, KvError> {
-        let entry = self
-            .kv
-            .entry(key)
-            .await
-            .map_err(|e| request("get", key)(e.to_string()))?;
-        Ok(entry.and_then(|e| {
-            if e.operation != Operation::Put {
-                return None;
-            }
-            serde_json::from_slice::<Intent>(&e.value)
-                .ok()
-                .map(|i| (i, e.revision))
-        }))
+        read(&self.kv, key).await
+    }
+
+    /// The final intent of the terminated object under `key`, while it is kept.
+    pub async fn tombstone(&self, key: &str) -> Result<Option<Intent>, KvError> {
+        Ok(read(&self.tombstones, key).await?.map(|(i, _)| i))
+    }
+
+    /// The intent a job under `key` is measured against: the live one, or the tombstone when
+    /// that is at least as new (see [`latest`]). The tombstone is only read when the live intent
+    /// alone would let the job run, so the common paths cost one read.
+    pub async fn current(&self, key: &str, job: Position) -> Result<Option<Intent>, KvError> {
+        let live = self.get(key).await?.map(|(i, _)| i);
+        if decide(job, live.as_ref()) != Decision::Run {
+            return Ok(live);
+        }
+        let tombstone = self.tombstone(key).await?;
+        Ok(latest(live.as_ref(), tombstone.as_ref()).cloned())
     }
 
     /// Writes `intent` if the key is still at `revision` (`None`: absent); false on a conflict.
@@ -187,9 +234,7 @@ impl Intents {
         intent: &Intent,
         revision: Option<u64>,
     ) -> Result<bool, KvError> {
-        let value = serde_json::to_vec(intent)
-            .map_err(|e| request("encode", key)(e.to_string()))?
-            .into();
+        let value = encode_intent(key, intent)?;
         match revision {
             None => match self.kv.create(key, value).await {
                 Ok(_) => Ok(true),
@@ -206,20 +251,20 @@ impl Intents {
 
     /// Decides whether `job` runs, recording it as the newest intent when it is newer.
     pub async fn claim(&self, key: &str, job: &JobEvent) -> Result<Decision, KvError> {
+        let position = Position::of(job);
         loop {
-            let current = self.get(key).await?;
-            let decision = decide(Position::of(job), current.as_ref().map(|(i, _)| i));
-            let newer = current
-                .as_ref()
-                .is_none_or(|(i, _)| Position::of(job) > i.position());
-            let same_failed = current.as_ref().is_some_and(|(i, _)| {
-                Position::of(job) == i.position() && i.outcome == Outcome::Failed
-            });
-            if decision != Decision::Run || !(newer || same_failed) {
+            let live = self.get(key).await?;
+            let live_intent = live.as_ref().map(|(i, _)| i);
+            let mut decision = decide(position, live_intent);
+            if decision == Decision::Run {
+                let tombstone = self.tombstone(key).await?;
+                decision = decide(position, latest(live_intent, tombstone.as_ref()));
+            }
+            if decision != Decision::Run || !records(position, live_intent) {
                 return Ok(decision);
             }
             if self
-                .put_if(key, &Intent::running(job), current.map(|(_, r)| r))
+                .put_if(key, &Intent::running(job), live.map(|(_, r)| r))
                 .await?
             {
                 return Ok(Decision::Run);
@@ -227,7 +272,8 @@ impl Intents {
         }
     }
 
-    /// Records how `job` ended, unless a newer intent replaced it meanwhile.
+    /// Records how `job` ended, unless a newer intent replaced it meanwhile. A terminated
+    /// object's final intent becomes its tombstone and its live intent is removed.
     pub async fn finish(
         &self,
         key: &str,
@@ -235,6 +281,11 @@ impl Intents {
         outcome: Outcome,
         status: &StatusEvent,
     ) -> Result<(), KvError> {
+        let done = Intent {
+            outcome,
+            last_status: Some(status.clone()),
+            ..Intent::running(job)
+        };
         loop {
             let current = self.get(key).await?;
             if let Some((intent, _)) = &current
@@ -242,11 +293,23 @@ impl Intents {
             {
                 return Ok(());
             }
-            let done = Intent {
-                outcome,
-                last_status: Some(status.clone()),
-                ..Intent::running(job)
-            };
+            if outcome == Outcome::Terminated {
+                // Tombstone first: a copy of the job that arrives between the two writes still
+                // finds a record of the object's end.
+                self.tombstones
+                    .put(key, encode_intent(key, &done)?)
+                    .await
+                    .map_err(|e| request("put tombstone", key)(e.to_string()))?;
+                let Some((_, revision)) = current else {
+                    return Ok(());
+                };
+                match self.kv.purge_expect_revision(key, Some(revision)).await {
+                    Ok(()) => return Ok(()),
+                    // Changed meanwhile: look again.
+                    Err(e) if e.to_string().contains("wrong last sequence") => continue,
+                    Err(e) => return Err(request("purge", key)(e.to_string())),
+                }
+            }
             if self.put_if(key, &done, current.map(|(_, r)| r)).await? {
                 return Ok(());
             }

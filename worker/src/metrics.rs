@@ -1,5 +1,5 @@
 //! The worker's Prometheus metrics: jobs by outcome, job and Helm durations, jobs in flight,
-//! retries, dead letters and lease waits.
+//! retries, dead letters, lease waits and NATS operations retried.
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -59,6 +59,9 @@ pub struct Metrics {
     pub dead_letters: Counter,
     /// Jobs that had to wait for a release lease.
     pub lease_waits: Counter,
+    /// NATS operations of a job (status publish, intent write, ack, dead letter) that failed
+    /// and were retried: non-zero while the connection is down.
+    pub nats_retries: Counter,
 }
 
 impl Metrics {
@@ -72,6 +75,7 @@ impl Metrics {
             retries: Counter::default(),
             dead_letters: Counter::default(),
             lease_waits: Counter::default(),
+            nats_retries: Counter::default(),
         };
         let sub = registry.sub_registry_with_prefix("helmq_worker");
         sub.register("jobs", "Jobs (deliveries) by outcome", metrics.jobs.clone());
@@ -104,6 +108,11 @@ impl Metrics {
             "lease_waits",
             "Jobs that waited for another job on the same release",
             metrics.lease_waits.clone(),
+        );
+        sub.register(
+            "nats_retries",
+            "NATS operations of a job that failed and were retried",
+            metrics.nats_retries.clone(),
         );
         metrics
     }

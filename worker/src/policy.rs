@@ -263,6 +263,22 @@ pub fn decide(job: Position, intent: Option<&Intent>) -> Decision {
     Decision::Run
 }
 
+/// Whether a job that runs is recorded as its object's newest intent: when it is newer than the
+/// live intent (or there is none), or when it runs a failed intent again.
+pub fn records(job: Position, live: Option<&Intent>) -> bool {
+    live.is_none_or(|i| job > i.position() || (job == i.position() && i.outcome == Outcome::Failed))
+}
+
+/// The intent a job is measured against, from the object's live intent and the tombstone of its
+/// end: whichever is newer, the tombstone at equal positions (it is the finished one).
+pub fn latest<'a>(live: Option<&'a Intent>, tombstone: Option<&'a Intent>) -> Option<&'a Intent> {
+    match (live, tombstone) {
+        (Some(live), Some(tombstone)) if live.position() > tombstone.position() => Some(live),
+        (live, None) => live,
+        (_, tombstone) => tombstone,
+    }
+}
+
 /// What to do with the message after an attempt failed.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum AfterFailure {
@@ -612,6 +628,68 @@ mod tests {
         // A failure is retried by a replay of the same generation.
         let failed = intent(3, Apply, Outcome::Failed);
         assert_eq!(decide(job(3, Apply), Some(&failed)), Decision::Run);
+    }
+
+    #[test]
+    fn a_tombstone_outranks_the_live_intent_it_ended_and_stale_jobs_of_a_gone_object_are_skipped() {
+        use JobAction::{Apply, Delete};
+        let running_delete = intent(2, Delete, Outcome::Running);
+        let tombstone = intent(2, Delete, Outcome::Terminated);
+        let orchestrator_reapply = intent(5, Apply, Outcome::Running);
+        // (live, tombstone) → which one a job is measured against.
+        let cases: [(Option<&Intent>, Option<&Intent>, Option<&Intent>); 5] = [
+            (None, None, None),
+            (Some(&running_delete), None, Some(&running_delete)),
+            (None, Some(&tombstone), Some(&tombstone)),
+            // Left behind by a crash between the tombstone write and the live purge.
+            (Some(&running_delete), Some(&tombstone), Some(&tombstone)),
+            // An orchestrator applies the same name again at a newer generation.
+            (
+                Some(&orchestrator_reapply),
+                Some(&tombstone),
+                Some(&orchestrator_reapply),
+            ),
+        ];
+        for (live, tomb, want) in cases {
+            assert_eq!(latest(live, tomb), want, "{live:?} {tomb:?}");
+        }
+        // Against a tombstone: the delete again is a duplicate, a late apply is superseded.
+        assert!(matches!(
+            decide(job(2, Delete), Some(&tombstone)),
+            Decision::AlreadyDone(_)
+        ));
+        assert_eq!(
+            decide(job(1, Apply), Some(&tombstone)),
+            Decision::Superseded { by: job(2, Delete) }
+        );
+        assert_eq!(decide(job(3, Apply), Some(&tombstone)), Decision::Run);
+    }
+
+    #[test]
+    fn newer_jobs_and_reruns_of_failures_are_recorded_as_the_intent() {
+        use JobAction::{Apply, Delete};
+        assert!(records(job(1, Apply), None));
+        assert!(records(
+            job(2, Apply),
+            Some(&intent(1, Apply, Outcome::Ready))
+        ));
+        assert!(records(
+            job(1, Delete),
+            Some(&intent(1, Apply, Outcome::Running))
+        ));
+        assert!(records(
+            job(1, Apply),
+            Some(&intent(1, Apply, Outcome::Failed))
+        ));
+        // A redelivery of the running intent changes nothing.
+        assert!(!records(
+            job(1, Apply),
+            Some(&intent(1, Apply, Outcome::Running))
+        ));
+        assert!(!records(
+            job(1, Apply),
+            Some(&intent(2, Apply, Outcome::Running))
+        ));
     }
 
     #[test]

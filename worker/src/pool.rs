@@ -32,7 +32,7 @@ use helmq_schemas::subject::component_key;
 use crate::driver::{
     Apply, DriverError, HelmDriver, NamespaceDeletion, Uninstalled, recovery_plan,
 };
-use crate::exclusivity::{Intents, KvError, Lease, Leases};
+use crate::exclusivity::{Intents, KvError, Lease, Leases, intent_key};
 use crate::metrics::{JobOutcome, Metrics};
 use crate::policy::{
     AfterFailure, Allowlist, Decision, Outcome, Position, RetryPolicy, after_failure, decide,
@@ -317,7 +317,7 @@ async fn handle<D: HelmDriver, S: StatusSink + 'static>(
     if let Err(e) = shared.settings.allowlist.check(&job.config) {
         return reject(shared, message, attempt, sequence, e.to_string()).await;
     }
-    let intent_key = component_key(&job.component.namespace, &job.component.name);
+    let intent_key = intent_key(&job.component);
     let Some(decision) = persist(shared, "read the intent", || {
         shared.intents.claim(&intent_key, &job)
     })
@@ -372,8 +372,8 @@ async fn handle<D: HelmDriver, S: StatusSink + 'static>(
     // may have finished it: JetStream can hand a job out twice (e.g. a server restarted after a
     // crash forgets a delivery), and both copies then queue for this lease. Helm must not run
     // again for a generation that is done.
-    if let Some(Some((intent, _))) = persist(shared, "read the intent", || {
-        shared.intents.get(&intent_key)
+    if let Some(Some(intent)) = persist(shared, "read the intent", || {
+        shared.intents.current(&intent_key, Position::of(&job))
     })
     .await
     {
@@ -421,15 +421,18 @@ async fn handle<D: HelmDriver, S: StatusSink + 'static>(
         Ok(done) => {
             let status =
                 event(shared, &job, done.phase, done.message, attempt).with_release(done.release);
-            let ok = persist(shared, "publish the status", || {
-                shared.status.publish_status(&status)
+            // The intent first: once the status is out, the writer may remove the finalizer
+            // and the object may be gone, so the record of its end must already be there for
+            // a late copy of this job. A copy that finds it publishes this status again.
+            let ok = persist(shared, "record the intent", || {
+                shared
+                    .intents
+                    .finish(&intent_key, &job, done.outcome, &status)
             })
             .await
             .is_some()
-                && persist(shared, "record the intent", || {
-                    shared
-                        .intents
-                        .finish(&intent_key, &job, done.outcome, &status)
+                && persist(shared, "publish the status", || {
+                    shared.status.publish_status(&status)
                 })
                 .await
                 .is_some();
@@ -726,6 +729,7 @@ where
             Ok(value) => return Some(value),
             Err(e) => {
                 failures += 1;
+                shared.metrics.nats_retries.inc();
                 warn!(error = %e, failures, "cannot {what}; retrying");
             }
         }

@@ -5,13 +5,12 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, Context};
 use helmq_queue::dlq::{StoredDeadLetter, read_stored};
 use helmq_queue::topology::{DLQ_STREAM, JOBS_STREAM, STATUS_STREAM, WORKERS_CONSUMER};
-use helmq_queue::{JetStreamQueue, JetStreamStatus, JobQueue, PublishError, StatusSink, Topology};
+use helmq_queue::{JetStreamQueue, JetStreamStatus, JobQueue, Topology};
 use helmq_schemas::config::{ChartRef, Repository};
 use helmq_schemas::event::{ComponentRef, JobAction, JobEvent, StatusEvent, StatusPhase};
 use helmq_schemas::{ChartSource, HelmConfig};
@@ -149,65 +148,6 @@ impl Env {
             task,
             metrics,
         }
-    }
-}
-
-/// A [`JetStreamStatus`] that counts failed publishes: tells a test the worker has noticed an
-/// outage.
-#[derive(Debug, Clone)]
-pub struct CountingStatus {
-    inner: JetStreamStatus,
-    failures: Arc<AtomicUsize>,
-}
-
-impl CountingStatus {
-    /// Status publishes that failed so far.
-    pub fn failures(&self) -> usize {
-        self.failures.load(Ordering::SeqCst)
-    }
-}
-
-impl StatusSink for CountingStatus {
-    async fn publish_status(&self, event: &StatusEvent) -> Result<(), PublishError> {
-        let result = self.inner.publish_status(event).await;
-        if result.is_err() {
-            self.failures.fetch_add(1, Ordering::SeqCst);
-        }
-        result
-    }
-}
-
-impl Env {
-    /// Like [`pool`](Self::pool), with a status sink that counts failed publishes.
-    pub async fn counting_pool<D: HelmDriver>(
-        &self,
-        driver: D,
-        settings: Settings,
-    ) -> (Pool, CountingStatus) {
-        let client = async_nats::connect(self.server.url()).await.unwrap();
-        let js = jetstream::new(client.clone());
-        let mut registry = Registry::default();
-        let metrics = Metrics::register(&mut registry);
-        let shutdown = CancellationToken::new();
-        let status = CountingStatus {
-            inner: JetStreamStatus::new(js.clone()),
-            failures: Arc::default(),
-        };
-        let task = tokio::spawn(helmq_worker::run_pool(
-            js,
-            client,
-            Arc::new(driver),
-            status.clone(),
-            settings,
-            metrics.clone(),
-            shutdown.clone(),
-        ));
-        let pool = Pool {
-            shutdown,
-            task,
-            metrics,
-        };
-        (pool, status)
     }
 }
 
