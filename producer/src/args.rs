@@ -75,16 +75,6 @@ fn parse_lease_duration(value: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
-/// The host name (a pod's name in Kubernetes), or `helmq-producer` when unknown.
-fn host_name() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|name| name.trim().to_owned())
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "helmq-producer".to_owned())
-}
-
 /// A suffix that differs between processes: the process id and the start time.
 fn process_suffix() -> String {
     let nanos = std::time::SystemTime::now()
@@ -134,7 +124,7 @@ impl Args {
             .leader_identity
             .clone()
             .filter(|name| !name.is_empty())
-            .unwrap_or_else(host_name);
+            .unwrap_or_else(|| helmq_telemetry::instance_name("helmq-producer"));
         ElectionConfig::new(
             self.lease_namespace.clone(),
             self.lease_name.clone(),

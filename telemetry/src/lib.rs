@@ -1,9 +1,9 @@
 //! Operations plumbing shared by the helmq binaries: tracing setup (text or JSON), the small
-//! HTTP server for `/metrics`, `/healthz` and `/readyz`, and the shutdown token that SIGTERM
-//! and Ctrl-C cancel.
+//! HTTP server for `/metrics`, `/healthz` and `/readyz`, the shutdown token that SIGTERM
+//! and Ctrl-C cancel, and the name this process goes by ([`instance_name`]).
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::Router;
 use axum::extract::State;
@@ -74,18 +74,29 @@ impl Readiness {
 
     /// The current state.
     pub fn get(&self) -> Result<(), String> {
-        match self.state.lock() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn set(&self, value: Result<(), String>) {
-        match self.state.lock() {
-            Ok(mut guard) => *guard = value,
-            Err(poisoned) => *poisoned.into_inner() = value,
-        }
+        *self.state.lock().unwrap_or_else(PoisonError::into_inner) = value;
     }
+}
+
+/// This process's host name — in Kubernetes the pod's name: `$HOSTNAME`, else the kernel's
+/// host name (`/proc/sys/kernel/hostname`, `/etc/hostname`), trimmed; `fallback` when none is
+/// set.
+pub fn instance_name(fallback: &str) -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|name| !name.trim().is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| fallback.to_owned())
 }
 
 #[derive(Clone)]
@@ -182,6 +193,13 @@ mod tests {
         let mut out = String::new();
         stream.read_to_string(&mut out).await.unwrap();
         out
+    }
+
+    #[test]
+    fn the_instance_name_is_trimmed_and_never_empty() {
+        let name = instance_name("fallback");
+        assert!(!name.is_empty());
+        assert_eq!(name, name.trim());
     }
 
     #[tokio::test]

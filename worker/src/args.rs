@@ -75,12 +75,7 @@ impl Args {
     /// The worker id: `--worker-id`, else `<hostname>-<pid>`.
     pub fn worker_id(&self) -> String {
         self.worker_id.clone().unwrap_or_else(|| {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .ok()
-                .or_else(|| std::env::var("HOSTNAME").ok())
-                .map(|h| h.trim().to_owned())
-                .filter(|h| !h.is_empty())
-                .unwrap_or_else(|| "worker".into());
+            let host = helmq_telemetry::instance_name("worker");
             format!("{host}-{}", std::process::id())
         })
     }

@@ -17,7 +17,7 @@
 //! [`FakeLeaseStore`] does the same for the Leases of leader election.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use futures::stream::{BoxStream, StreamExt};
 use helmq_schemas::component::{Component, ComponentSpec, ComponentStatus, HELM_FINALIZER};
@@ -77,10 +77,10 @@ impl FakeComponentStore {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        match self.inner.state.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn notify(&self, change: Change) {
