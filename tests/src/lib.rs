@@ -81,6 +81,11 @@ impl NatsServer {
         &self.url
     }
 
+    /// The server's process id (`None` for an external server or after [`kill`](Self::kill)).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The binary's version as it reports it, e.g. `2.10.27` (`None` for an external server).
     pub fn version(&self) -> Option<String> {
         if self.child.is_none() && self.port == 0 {

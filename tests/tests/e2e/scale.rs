@@ -1,0 +1,216 @@
+//! The scale run (`HELMQ_E2E_SCALE=N`): N small Components (the `hello` chart, one ConfigMap,
+//! no pods) created one after another against the real API server and helm, timed per
+//! Component from its creation to the first time a watch sees it `Ready`. Reports
+//! Components/s, p50/p99 create-to-Ready, helm processes per Component (every helm run goes
+//! through the stack's counting wrapper) and each process's peak RSS, prints them and writes
+//! them to `target/bench/e2e-scale.json`. The figures are measurements, not assertions.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use helmq_schemas::{Component, Phase};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use serde_json::{Value, json};
+
+use crate::support::{Options, Stack, binary, gate, phase};
+
+const WORKERS: usize = 2;
+
+/// The value at quantile `q` (0..=1) of sorted samples (nearest rank).
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Helm runs per Component, by subcommand and in total.
+fn per_component(counts: &BTreeMap<String, usize>, components: usize) -> Value {
+    let total: usize = counts.values().sum();
+    let by: BTreeMap<&String, f64> = counts
+        .iter()
+        .map(|(k, v)| (k, *v as f64 / components as f64))
+        .collect();
+    json!({"total": total as f64 / components as f64, "by_subcommand": by, "runs": total})
+}
+
+fn subtract(
+    after: &BTreeMap<String, usize>,
+    before: &BTreeMap<String, usize>,
+) -> BTreeMap<String, usize> {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
+        .filter(|(_, v)| *v > 0)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_many_small_components() {
+    gate!();
+    let Some(count) = std::env::var("HELMQ_E2E_SCALE")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+    else {
+        eprintln!("SKIPPED: set HELMQ_E2E_SCALE=N to create N Components and time them");
+        return;
+    };
+    let stack = Stack::start_with(Options {
+        workers: WORKERS,
+        ..Options::new("scale")
+    })
+    .await;
+    let api = stack.components();
+
+    // First sight of Ready per Component, from a watch started before the first create.
+    let ready_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let seen = ready_at.clone();
+    let (synced_tx, synced_rx) = tokio::sync::oneshot::channel();
+    let watch = tokio::spawn(async move {
+        let mut synced = Some(synced_tx);
+        let mut events = watcher(api, watcher::Config::default())
+            .default_backoff()
+            .boxed();
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(watcher::Event::InitDone) => {
+                    if let Some(tx) = synced.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Ok(watcher::Event::Apply(c) | watcher::Event::InitApply(c)) => {
+                    let c: Component = c;
+                    if phase(Some(&c)) == Some(Phase::Ready) {
+                        let name = c.metadata.name.unwrap_or_default();
+                        seen.lock()
+                            .unwrap()
+                            .entry(name)
+                            .or_insert_with(Instant::now);
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    synced_rx.await.expect("the watch started");
+
+    let mut created_at = HashMap::new();
+    let started = Instant::now();
+    for i in 0..count {
+        let name = format!("scale-{i}");
+        created_at.insert(name.clone(), Instant::now());
+        stack
+            .create(&name, stack.hello_config(&name, "0.1.0", "scale"))
+            .await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60 + count as u64);
+    loop {
+        let ready = ready_at.lock().unwrap().len();
+        if ready == count {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {ready} of {count} Ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ready_at = ready_at.lock().unwrap().clone();
+    let last_ready = ready_at.values().max().copied().unwrap_or(started);
+    let elapsed = last_ready.duration_since(started).as_secs_f64();
+    let mut latencies: Vec<f64> = ready_at
+        .iter()
+        .map(|(name, at)| at.duration_since(created_at[name]).as_secs_f64())
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let deploy_calls = stack.helm_call_counts();
+
+    // Delete them all: the workers uninstall and the writer removes the finalizers.
+    let names: Vec<String> = created_at.keys().cloned().collect();
+    let delete_started = Instant::now();
+    for name in &names {
+        stack
+            .components()
+            .delete(name, &Default::default())
+            .await
+            .expect("delete");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60 + count as u64);
+    loop {
+        let left = stack
+            .components()
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .len();
+        if left == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} Components left after delete"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let delete_seconds = delete_started.elapsed().as_secs_f64();
+    watch.abort();
+    let delete_calls = subtract(&stack.helm_call_counts(), &deploy_calls);
+    let peaks = stack.peak_rss();
+    let helm_version = crate::support::run_ok(stack.helm(), &["version", "--short"]).await;
+    let kube_version = stack
+        .client()
+        .apiserver_version()
+        .await
+        .map(|v| v.git_version)
+        .unwrap_or_default();
+    stack.stop().await;
+
+    let report = json!({
+        "components": count,
+        "workers": WORKERS,
+        "helm": helm_version.trim(),
+        "kubernetes": kube_version,
+        "seconds_to_all_ready": elapsed,
+        "components_per_second": count as f64 / elapsed,
+        "create_to_ready_seconds": {
+            "p50": quantile(&latencies, 0.50),
+            "p99": quantile(&latencies, 0.99),
+            "max": latencies.last().copied().unwrap_or(0.0),
+        },
+        "helm_processes_per_component": {
+            "deploy": per_component(&deploy_calls, count),
+            "delete": per_component(&delete_calls, count),
+        },
+        "seconds_to_all_deleted": delete_seconds,
+        "peak_rss_mib": peaks
+            .iter()
+            .map(|(name, kib)| (name.clone(), json!((*kib as f64 / 1024.0 * 10.0).round() / 10.0)))
+            .collect::<serde_json::Map<_, _>>(),
+    });
+    println!(
+        "e2e scale: {count} Components Ready in {elapsed:.1}s ({:.2}/s); create-to-Ready p50 {:.1}s p99 {:.1}s",
+        report["components_per_second"].as_f64().unwrap_or(0.0),
+        quantile(&latencies, 0.50),
+        quantile(&latencies, 0.99)
+    );
+    println!(
+        "e2e scale: helm processes per Component: deploy {} delete {}",
+        report["helm_processes_per_component"]["deploy"],
+        report["helm_processes_per_component"]["delete"]
+    );
+    for (name, kib) in &peaks {
+        println!("e2e scale: peak RSS {name} {:.1} MiB", *kib as f64 / 1024.0);
+    }
+    // target/<profile>/helmq-worker → target/bench/
+    let bench = binary("helmq-worker")
+        .parent()
+        .and_then(|p| p.parent())
+        .expect("target dir")
+        .join("bench");
+    std::fs::create_dir_all(&bench).expect("create target/bench");
+    let path = bench.join("e2e-scale.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&report).unwrap()).expect("write the report");
+    println!("e2e scale: written to {}", path.display());
+}
