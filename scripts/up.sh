@@ -6,7 +6,9 @@
 # Environment: WORKERS (default 2), KUBECONFIG (default ~/.kube/config), HELM_BIN (default helm),
 # NATS_URL (use a running server instead of starting one), NATS_PORT (default 4222),
 # HELMQ_HTTP_BASE (first metrics port, default 9090), HELMQ_RUN_DIR (default .helmq),
-# HELMQ_BIN_DIR (use these binaries instead of building them).
+# HELMQ_BIN_DIR (use these binaries instead of building them), KUBECTL_BIN (the workers delete
+# managed namespaces with it; default kubectl on PATH, else .tools/kubectl/kubectl from
+# `just setup-kubectl`).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,6 +17,10 @@ workers=${WORKERS:-2}
 helm_bin=${HELM_BIN:-helm}
 nats_port=${NATS_PORT:-4222}
 http_base=${HELMQ_HTTP_BASE:-9090}
+kubectl_bin=${KUBECTL_BIN:-kubectl}
+if [ -z "${KUBECTL_BIN:-}" ] && ! command -v kubectl >/dev/null && [ -x "$root/.tools/kubectl/kubectl" ]; then
+  kubectl_bin=$root/.tools/kubectl/kubectl
+fi
 
 fail() { printf 'just up: %s\n' "$*" >&2; exit 1; }
 
@@ -88,7 +94,7 @@ fi
 started helmq-producer $!
 for i in $(seq 1 "$workers"); do
   "$bin/helmq-worker" --nats-url "$NATS_URL" --listen "127.0.0.1:$((http_base + i))" \
-    --helm-bin "$helm_path" --worker-id "local-$i" \
+    --helm-bin "$helm_path" --kubectl-bin "$kubectl_bin" --worker-id "local-$i" \
     </dev/null > "$run/logs/worker-$i.log" 2>&1 &
   started "helmq-worker-$i" $!
 done

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The test cluster of ../shared/rig (a real kube-apiserver + kube-controller-manager 1.32, etcd,
+# a pod-readiness simulator and Helm 4's own code as `helm`, all on 127.0.0.1; see its README),
+# set up in .tools/rig (an ignored folder).
+#
+#   scripts/rig.sh up     set it up and start it with an empty cluster (`just rig-up`); then
+#                         `source .tools/rig/env.sh` for KUBECONFIG and the rig's helm
+#   scripts/rig.sh down   stop it (`just rig-down`)
+#   scripts/rig.sh e2e    what CI runs (`just e2e-rig`): up, the end-to-end suite, a scale run of
+#                         HELMQ_E2E_SCALE Components (default 200), and down on every exit path
+#
+# Its ports are fixed (the API server is https://127.0.0.1:16443), so one rig runs at a time:
+# when this checkout's rig is already running it is used as it is (not wiped) and left running;
+# when another process holds the port, this stops with a message. HELMQ_RIG_SRC names the rig's
+# source folder (default ../shared/rig).
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+src=${HELMQ_RIG_SRC:-$root/../shared/rig}
+export HELMQ_RIG=$root/.tools/rig
+
+say() { printf 'rig: %s\n' "$*"; }
+
+# 0: this checkout's rig answers; 1: nothing listens on the API server's port; 2: another does.
+state() {
+  if [ -f "$HELMQ_RIG/run/kube-apiserver.pid" ] && kill -0 "$(cat "$HELMQ_RIG/run/kube-apiserver.pid")" 2>/dev/null \
+    && curl -fsS --max-time 3 --cacert "$HELMQ_RIG/pki/ca.crt" -H "Authorization: Bearer rig-admin-token" \
+         https://127.0.0.1:16443/readyz >/dev/null 2>&1; then
+    return 0
+  fi
+  if (exec 3<>/dev/tcp/127.0.0.1/16443) 2>/dev/null; then
+    return 2
+  fi
+  return 1
+}
+
+# Sets the rig up and starts it unless it runs; STARTED=1 when this call started it.
+up() {
+  [ -x "$src/setup.sh" ] || { say "no test cluster at $src (../shared/rig)"; exit 1; }
+  "$src/setup.sh" "$HELMQ_RIG"
+  STARTED=0
+  local s=0
+  state || s=$?
+  case $s in
+    0) say "this checkout's rig is already running: using it as it is (not wiped, left running)" ;;
+    2) say "127.0.0.1:16443 is taken by another process (a rig of another checkout?): stop it first"; exit 1 ;;
+    *) "$HELMQ_RIG/down.sh" >/dev/null  # clears stale pid files of a half-stopped rig
+       "$HELMQ_RIG/up.sh" --fresh
+       STARTED=1 ;;
+  esac
+}
+
+case "${1:-}" in
+  up)
+    up
+    say "up; now: source $HELMQ_RIG/env.sh   (KUBECONFIG, the rig's helm first on PATH)"
+    ;;
+  down)
+    "$HELMQ_RIG/down.sh"
+    ;;
+  e2e)
+    scale=${HELMQ_E2E_SCALE:-200}
+    up
+    if [ "$STARTED" = 1 ]; then
+      trap 'say "stopping the rig"; "$HELMQ_RIG/down.sh"' EXIT
+      trap 'exit 130' INT TERM
+    fi
+    # shellcheck source=/dev/null
+    source "$HELMQ_RIG/env.sh"
+    export HELM_BIN=$HELMQ_RIG/helm HELMQ_E2E=1
+    server=$(curl -fsS --cacert "$HELMQ_RIG/pki/ca.crt" -H "Authorization: Bearer rig-admin-token" \
+      https://127.0.0.1:16443/version | sed -n 's/.*"gitVersion": *"\([^"]*\)".*/\1/p')
+    echo "== end-to-end suite on the rig (Kubernetes $server, helm $(helm version --short))"
+    (cd "$root" && env -u HELMQ_E2E_SCALE just e2e)
+    echo "== scale run on the rig: $scale Components"
+    (cd "$root" && HELMQ_E2E_SCALE=$scale just e2e scale::)
+    ;;
+  *)
+    echo "usage: scripts/rig.sh up|down|e2e" >&2
+    exit 2
+    ;;
+esac
