@@ -11,17 +11,19 @@
 #
 # Its ports are fixed (the API server is https://127.0.0.1:16443), so one rig runs at a time:
 # when this checkout's rig is already running it is used as it is (not wiped) and left running;
-# when another process holds the port, this stops with a message. HELMQ_RIG_SRC names the rig's
-# source folder (default ../shared/rig).
+# when another process holds the port, this stops with a message. HELMQ_RIG naming another
+# folder uses the rig running there the same way (e.g. one shared by several checkouts).
+# HELMQ_RIG_SRC names the rig's source folder (default ../shared/rig).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 src=${HELMQ_RIG_SRC:-$root/../shared/rig}
-export HELMQ_RIG=$root/.tools/rig
+own=$root/.tools/rig
+export HELMQ_RIG=${HELMQ_RIG:-$own}
 
 say() { printf 'rig: %s\n' "$*"; }
 
-# 0: this checkout's rig answers; 1: nothing listens on the API server's port; 2: another does.
+# 0: the rig in $HELMQ_RIG answers; 1: nothing listens on the API server's port; 2: another does.
 state() {
   if [ -f "$HELMQ_RIG/run/kube-apiserver.pid" ] && kill -0 "$(cat "$HELMQ_RIG/run/kube-apiserver.pid")" 2>/dev/null \
     && curl -fsS --max-time 3 --cacert "$HELMQ_RIG/pki/ca.crt" -H "Authorization: Bearer rig-admin-token" \
@@ -36,10 +38,16 @@ state() {
 
 # Sets the rig up and starts it unless it runs; STARTED=1 when this call started it.
 up() {
-  [ -x "$src/setup.sh" ] || { say "no test cluster at $src (../shared/rig)"; exit 1; }
-  "$src/setup.sh" "$HELMQ_RIG"
   STARTED=0
   local s=0
+  if [ "$HELMQ_RIG" != "$own" ]; then
+    state || s=$?
+    [ "$s" = 0 ] || { say "no rig answers from HELMQ_RIG=$HELMQ_RIG"; exit 1; }
+    say "using the rig running in $HELMQ_RIG as it is (not wiped, left running)"
+    return
+  fi
+  [ -x "$src/setup.sh" ] || { say "no test cluster at $src (../shared/rig)"; exit 1; }
+  "$src/setup.sh" "$HELMQ_RIG"
   state || s=$?
   case $s in
     0) say "this checkout's rig is already running: using it as it is (not wiped, left running)" ;;
