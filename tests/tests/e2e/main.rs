@@ -17,4 +17,5 @@ mod failures;
 mod leader;
 mod lifecycle;
 mod rbac;
+mod recreate;
 mod scale;
