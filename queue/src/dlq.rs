@@ -6,6 +6,10 @@
 //! `helmq.` prefix (`helmq.jobs.ns.web` → `helmq.dlq.jobs.ns.web`). The dedupe id is the source
 //! stream and sequence, so a message is dead-lettered once even if the process dies between
 //! recording it and terminating the original.
+//!
+//! What an operator does with them (`helmqctl dlq`) lives here too: [`list`], [`get`],
+//! [`replay`] (back to the original subject, then out of the DLQ), [`purge`] and
+//! [`purge_all`].
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::context::Context;
@@ -16,6 +20,45 @@ use helmq_schemas::subject::DLQ_PREFIX;
 
 use crate::publish::PublishError;
 use crate::topology::DLQ_STREAM;
+
+/// Any error a JetStream request can end with.
+type RequestError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Errors reading, replaying or deleting dead letters.
+#[derive(Debug, thiserror::Error)]
+pub enum DlqError {
+    /// A JetStream request failed.
+    #[error("cannot {action}: {source}")]
+    Request {
+        /// What was being done.
+        action: String,
+        /// What the server or client said.
+        source: RequestError,
+    },
+    /// No dead letter at that sequence.
+    #[error("no dead letter at sequence {sequence} in {DLQ_STREAM} (see `helmqctl dlq list`)")]
+    NotFound {
+        /// The sequence asked for.
+        sequence: u64,
+        /// What the server said.
+        source: RequestError,
+    },
+    /// The dead letter does not say where it came from, so it cannot go back.
+    #[error("cannot replay dead letter {0}: it records no original subject")]
+    NoSubject(u64),
+}
+
+/// Maps a failed request to [`DlqError::Request`] saying what was being done.
+fn request<E>(action: impl Into<String>) -> impl FnOnce(E) -> DlqError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let action = action.into();
+    move |source| DlqError::Request {
+        action,
+        source: Box::new(source),
+    }
+}
 
 /// Header: why the message was dead-lettered.
 pub const REASON_HEADER: &str = "Helmq-Dlq-Reason";
@@ -141,6 +184,127 @@ pub fn read_stored(
         reason: get(REASON_HEADER),
         at: get(AT_HEADER),
     }
+}
+
+/// What [`replay`] did with one dead letter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replayed {
+    /// Its sequence in `HELMQ_DLQ` (now deleted).
+    pub dlq_sequence: u64,
+    /// The subject it was published back to.
+    pub subject: String,
+    /// Its new sequence in the stream of that subject.
+    pub stream_sequence: u64,
+}
+
+async fn dlq_stream(js: &Context) -> Result<async_nats::jetstream::stream::Stream, DlqError> {
+    js.get_stream(DLQ_STREAM)
+        .await
+        .map_err(request("open the dead-letter stream"))
+}
+
+/// The dead letters in `HELMQ_DLQ`, oldest first, at most `limit`.
+pub async fn list(js: &Context, limit: usize) -> Result<Vec<StoredDeadLetter>, DlqError> {
+    let mut stream = dlq_stream(js).await?;
+    let state = stream
+        .info()
+        .await
+        .map_err(request("read the dead-letter stream"))?
+        .state
+        .clone();
+    let mut letters = Vec::new();
+    if state.messages == 0 {
+        return Ok(letters);
+    }
+    for sequence in state.first_sequence..=state.last_sequence {
+        if letters.len() >= limit {
+            break;
+        }
+        // Deleted sequences (replayed or purged one by one) leave gaps.
+        if let Ok(message) = stream.get_raw_message(sequence).await {
+            letters.push(read_stored(
+                sequence,
+                Some(&message.headers),
+                message.payload,
+            ));
+        }
+    }
+    Ok(letters)
+}
+
+/// The dead letter at `sequence` in `HELMQ_DLQ`.
+pub async fn get(js: &Context, sequence: u64) -> Result<StoredDeadLetter, DlqError> {
+    let message = dlq_stream(js)
+        .await?
+        .get_raw_message(sequence)
+        .await
+        .map_err(|source| DlqError::NotFound {
+            sequence,
+            source: Box::new(source),
+        })?;
+    Ok(read_stored(
+        sequence,
+        Some(&message.headers),
+        message.payload,
+    ))
+}
+
+/// Publishes the dead letter at `sequence` back to its original subject, unchanged, then
+/// deletes it from `HELMQ_DLQ`.
+pub async fn replay(js: &Context, sequence: u64) -> Result<Replayed, DlqError> {
+    let letter = get(js, sequence).await?;
+    if letter.subject.is_empty() {
+        return Err(DlqError::NoSubject(sequence));
+    }
+    // A fresh id: the original dedupe id may still be inside the duplicate window.
+    let message = PublishMessage::build()
+        .payload(letter.payload.clone())
+        .message_id(format!("replay:{sequence}:{}", jiff::Timestamp::now()));
+    let action = format!("replay dead letter {sequence}");
+    let ack = js
+        .send_publish(letter.subject.clone(), message)
+        .await
+        .map_err(request(action.clone()))?
+        .await
+        .map_err(request(action))?;
+    dlq_stream(js)
+        .await?
+        .delete_message(sequence)
+        .await
+        .map_err(request(format!("remove replayed dead letter {sequence}")))?;
+    Ok(Replayed {
+        dlq_sequence: sequence,
+        subject: letter.subject,
+        stream_sequence: ack.sequence,
+    })
+}
+
+/// Deletes the dead letters at `sequences`, in order; the count deleted. Stops at the first
+/// sequence that holds none.
+pub async fn purge(js: &Context, sequences: &[u64]) -> Result<u64, DlqError> {
+    let stream = dlq_stream(js).await?;
+    let mut purged = 0;
+    for &sequence in sequences {
+        stream
+            .delete_message(sequence)
+            .await
+            .map_err(|source| DlqError::NotFound {
+                sequence,
+                source: Box::new(source),
+            })?;
+        purged += 1;
+    }
+    Ok(purged)
+}
+
+/// Deletes every dead letter; the count deleted.
+pub async fn purge_all(js: &Context) -> Result<u64, DlqError> {
+    Ok(dlq_stream(js)
+        .await?
+        .purge()
+        .await
+        .map_err(request("purge the dead-letter stream"))?
+        .purged)
 }
 
 #[cfg(test)]

@@ -12,3 +12,7 @@ pub use connect::{ConnectError, Connection, NatsArgs, ServerVersion, connect};
 pub use publish::{JetStreamQueue, JobQueue, PublishError, PublishOutcome};
 pub use status::{JetStreamStatus, StatusSink};
 pub use topology::{Topology, TopologyError, TopologyReport};
+
+/// The `worker` field of the status events the producer publishes itself (`Claimed`, config
+/// failures, `Terminated` without a release), so readers can tell them from a worker's.
+pub const PRODUCER_WORKER: &str = "producer";

@@ -94,6 +94,22 @@ pub fn dlq_subject(namespace: &str, name: &str) -> String {
     component_subject(DLQ_PREFIX, namespace, name)
 }
 
+/// A subscription filter under `prefix`: one Component (`namespace` and `name`), every
+/// Component of `namespace` (`<prefix>.<namespace>.*`), or everything (`<prefix>.>`, also when
+/// only a name is given).
+pub fn component_filter(prefix: &str, namespace: Option<&str>, name: Option<&str>) -> String {
+    match (namespace, name) {
+        (Some(namespace), Some(name)) => component_subject(prefix, namespace, name),
+        (Some(namespace), None) => format!("{prefix}.{}.*", encode_token(namespace)),
+        (None, _) => format!("{prefix}.>"),
+    }
+}
+
+/// The filter of the status events of one Component, of one namespace, or of all.
+pub fn status_filter(namespace: Option<&str>, name: Option<&str>) -> String {
+    component_filter(STATUS_PREFIX, namespace, name)
+}
+
 /// The `(namespace, name)` a subject under `prefix` belongs to.
 pub fn parse_component_subject(
     prefix: &str,
@@ -174,6 +190,18 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn filters_cover_one_component_one_namespace_or_all() {
+        assert_eq!(
+            status_filter(Some("shop"), Some("my.api")),
+            status_subject("shop", "my.api")
+        );
+        assert_eq!(status_filter(Some("a.b"), None), "helmq.status.a_2Eb.*");
+        assert_eq!(status_filter(None, None), "helmq.status.>");
+        assert_eq!(status_filter(None, Some("web")), "helmq.status.>");
+        assert_eq!(component_filter(JOBS_PREFIX, None, None), "helmq.jobs.>");
     }
 
     #[test]
