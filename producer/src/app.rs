@@ -15,8 +15,8 @@ use tracing::Instrument;
 use crate::args::Args;
 use crate::leader::LeaderElector;
 use crate::metrics::Metrics;
-use crate::producer::{Producer, ProducerError};
 use crate::store::{ComponentStore, LeaseStore};
+use crate::watcher::{Watcher, WatcherError};
 use crate::writer::{Writer, WriterError};
 
 /// How often readiness re-checks the topology.
@@ -38,13 +38,16 @@ pub enum AppError {
     },
     /// The watcher stopped.
     #[error("watcher: {0}")]
-    Producer(#[from] ProducerError),
+    Watcher(#[from] WatcherError),
     /// The writer stopped.
     #[error("writer: {0}")]
     Writer(#[from] WriterError),
+    /// The operations endpoint stopped serving.
+    #[error("task failed: http: {0}")]
+    Http(#[source] std::io::Error),
     /// A task panicked or was aborted.
     #[error("task failed: {0}")]
-    Task(String),
+    Task(#[source] tokio::task::JoinError),
 }
 
 /// Runs what `args.mode` asks for until `shutdown` is cancelled or a loop fails; then stops
@@ -75,7 +78,7 @@ pub async fn run<S: ComponentStore + Clone, L: LeaseStore>(
         tasks.spawn(async move {
             helmq_telemetry::serve(listener, registry, readiness, token)
                 .await
-                .map_err(|e| AppError::Task(format!("http: {e}")))
+                .map_err(AppError::Http)
         });
     }
     {
@@ -89,17 +92,17 @@ pub async fn run<S: ComponentStore + Clone, L: LeaseStore>(
         );
     }
     if args.mode.watcher() {
-        let mut producer = Producer::new(
+        let mut watcher = Watcher::new(
             store.clone(),
             JetStreamQueue::new(js.clone()),
             JetStreamStatus::new(js.clone()),
-            args.producer_config(),
+            args.watcher_config(),
             metrics.clone(),
         );
         // Only the watcher is gated: writers share one durable consumer, so several are safe.
         if args.leader_elect {
             let elector = LeaderElector::new(leases, args.election_config());
-            producer = producer.with_leadership(elector.leadership());
+            watcher = watcher.with_leadership(elector.leadership());
             let token = shutdown.clone();
             tasks.spawn(
                 async move {
@@ -111,8 +114,7 @@ pub async fn run<S: ComponentStore + Clone, L: LeaseStore>(
         }
         let token = shutdown.clone();
         tasks.spawn(
-            async move { Ok(producer.run(token).await?) }
-                .instrument(tracing::info_span!("watcher")),
+            async move { Ok(watcher.run(token).await?) }.instrument(tracing::info_span!("watcher")),
         );
     }
     if args.mode.writer() {
@@ -125,9 +127,7 @@ pub async fn run<S: ComponentStore + Clone, L: LeaseStore>(
 
     let mut first_error = None;
     while let Some(joined) = tasks.join_next().await {
-        let result = joined
-            .map_err(|e| AppError::Task(e.to_string()))
-            .and_then(|r| r);
+        let result = joined.map_err(AppError::Task).and_then(|r| r);
         if let Err(error) = result {
             tracing::error!(%error, "stopping");
             readiness.not_ready(error.to_string());

@@ -7,7 +7,7 @@ use clap::{Parser, ValueEnum};
 use helmq_schemas::component::parse_duration_flag;
 
 use crate::leader::ElectionConfig;
-use crate::producer::ProducerConfig;
+use crate::watcher::WatcherConfig;
 use crate::writer::WriterConfig;
 
 /// Watches `Component` resources, claims them and publishes Helm jobs to JetStream; applies
@@ -109,12 +109,12 @@ impl Mode {
 
 impl Args {
     /// The watch loop's settings.
-    pub fn producer_config(&self) -> ProducerConfig {
-        ProducerConfig {
+    pub fn watcher_config(&self) -> WatcherConfig {
+        WatcherConfig {
             handler: self.handler.clone(),
             resync_interval: self.resync_interval,
             resync_grace: self.resync_grace,
-            ..ProducerConfig::default()
+            ..WatcherConfig::default()
         }
     }
 
@@ -170,7 +170,7 @@ mod tests {
         assert!(args.mode.writer() && !args.mode.watcher());
         assert_eq!(args.namespaces, ["a", "b"]);
         assert_eq!(
-            args.producer_config().resync_grace,
+            args.watcher_config().resync_grace,
             Some(Duration::from_secs(120))
         );
         let err = Args::try_parse_from(["helmq-producer", "--resync-interval", "soon"])

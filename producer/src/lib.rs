@@ -1,8 +1,8 @@
 //! The Kubernetes side of helmq: the Component watcher that claims Components and publishes
-//! jobs, the status writer, and the operator CLI `helmqctl`.
+//! jobs, and the status writer.
 //!
 //! - [`plan`]: the producer's decisions (claim, apply, delete, resync) as a pure function;
-//! - [`producer`]: the watch loop that carries them out;
+//! - [`watcher`]: the watch loop that carries them out;
 //! - [`leader`]: leader election on a Lease, which gates the watch loop across replicas;
 //! - [`writer`]: the status writer (pure [`writer::apply()`] plus its JetStream loop);
 //! - [`store`]: the `ComponentStore` and `LeaseStore` seams over the Kubernetes API, and
@@ -11,12 +11,11 @@
 
 pub mod app;
 pub mod args;
-pub mod ctl;
 pub mod leader;
 pub mod metrics;
 pub mod plan;
-pub mod producer;
 pub mod store;
+pub mod watcher;
 pub mod writer;
 
 pub use app::{AppError, run};

@@ -122,7 +122,9 @@ fn other_handler_finalizer(finalizers: &[String]) -> Option<&str> {
     })
 }
 
-fn component_ref(component: &Component) -> ComponentRef {
+/// The reference to `component` (namespace, name, uid, generation) that its jobs and status
+/// events carry.
+pub fn component_ref(component: &Component) -> ComponentRef {
     ComponentRef {
         namespace: component.metadata.namespace.clone().unwrap_or_default(),
         name: component.metadata.name.clone().unwrap_or_default(),

@@ -8,8 +8,8 @@ use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt;
 use helmq_producer::leader::{ElectionConfig, LeaderElector, Leadership};
 use helmq_producer::metrics::{Metrics, PublishLabels};
-use helmq_producer::producer::{Producer, ProducerConfig};
 use helmq_producer::store::fake::{FakeComponentStore, FakeLeaseStore};
+use helmq_producer::watcher::{Watcher, WatcherConfig};
 use helmq_producer::writer::{Writer, WriterConfig};
 use helmq_queue::topology::{DLQ_STREAM, JOBS_STREAM, STATUS_STREAM, WORKERS_CONSUMER};
 use helmq_queue::{JetStreamQueue, JetStreamStatus, StatusSink, Topology};
@@ -65,11 +65,11 @@ impl Drop for Rig {
 }
 
 /// Fast loops for tests: frequent resync so "nothing happens" is observed over many rounds.
-fn fast_producer() -> ProducerConfig {
-    ProducerConfig {
+fn fast_watcher() -> WatcherConfig {
+    WatcherConfig {
         resync_interval: Duration::from_millis(200),
         retry_interval: Duration::from_millis(200),
-        ..ProducerConfig::default()
+        ..WatcherConfig::default()
     }
 }
 
@@ -88,12 +88,12 @@ impl Rig {
         }
     }
 
-    fn producer(
+    fn watcher(
         &self,
-        config: ProducerConfig,
+        config: WatcherConfig,
         metrics: Metrics,
-    ) -> Producer<FakeComponentStore, JetStreamQueue, JetStreamStatus> {
-        Producer::new(
+    ) -> Watcher<FakeComponentStore, JetStreamQueue, JetStreamStatus> {
+        Watcher::new(
             self.store.clone(),
             JetStreamQueue::new(self.js.clone()),
             JetStreamStatus::new(self.js.clone()),
@@ -102,14 +102,14 @@ impl Rig {
         )
     }
 
-    fn spawn_producer(&self, config: ProducerConfig) {
-        let producer = self.producer(config, self.metrics.clone());
-        tokio::spawn(producer.run(self.token.clone()));
+    fn spawn_watcher(&self, config: WatcherConfig) {
+        let watcher = self.watcher(config, self.metrics.clone());
+        tokio::spawn(watcher.run(self.token.clone()));
     }
 
-    /// A producer behind leader election on `leases` (its own connection), with its elector,
+    /// A watcher behind leader election on `leases` (its own connection), with its elector,
     /// both stopped by `token`.
-    fn spawn_elected_producer(
+    fn spawn_elected_watcher(
         &self,
         leases: FakeLeaseStore,
         identity: &str,
@@ -118,11 +118,11 @@ impl Rig {
     ) -> Leadership {
         let elector = LeaderElector::new(leases, fast_election(identity));
         let leadership = elector.leadership();
-        let producer = self
-            .producer(fast_producer(), metrics)
+        let watcher = self
+            .watcher(fast_watcher(), metrics)
             .with_leadership(leadership.clone());
         tokio::spawn(elector.run(token.clone()));
-        tokio::spawn(producer.run(token));
+        tokio::spawn(watcher.run(token));
         leadership
     }
 
@@ -315,16 +315,16 @@ async fn two_producers_racing_to_claim_one_component_claim_it_once() {
     // Both producers decide on the same read: the second write carries a stale
     // resourceVersion, is refused (409), re-read, and finds the Component already claimed.
     let (first_metrics, second_metrics) = (Metrics::default(), Metrics::default());
-    let mut first = rig.producer(fast_producer(), first_metrics.clone());
-    let mut second = rig.producer(fast_producer(), second_metrics.clone());
+    let mut first = rig.watcher(fast_watcher(), first_metrics.clone());
+    let mut second = rig.watcher(fast_watcher(), second_metrics.clone());
     first.handle(created.clone()).await.unwrap();
     second.handle(created).await.unwrap();
     assert_eq!(first_metrics.conflicts.get(), 0);
     assert_eq!(second_metrics.conflicts.get(), 1);
 
     // And two running producers racing on a fresh Component.
-    rig.spawn_producer(fast_producer());
-    rig.spawn_producer(fast_producer());
+    rig.spawn_watcher(fast_watcher());
+    rig.spawn_watcher(fast_watcher());
     rig.store
         .create(component("api", Some(nginx(serde_json::json!({})))))
         .unwrap();
@@ -362,7 +362,7 @@ async fn two_producers_racing_to_claim_one_component_claim_it_once() {
 #[tokio::test]
 async fn create_deploy_ready_then_upgrade_to_the_new_generation() {
     let rig = Rig::new(Topology::default()).await;
-    rig.spawn_producer(fast_producer());
+    rig.spawn_watcher(fast_watcher());
     rig.spawn_writer();
     let created = rig
         .store
@@ -445,7 +445,7 @@ async fn create_deploy_ready_then_upgrade_to_the_new_generation() {
 #[tokio::test]
 async fn deletion_waits_for_coordination_then_terminates_or_keeps_the_finalizer_on_failure() {
     let rig = Rig::new(Topology::default()).await;
-    rig.spawn_producer(fast_producer());
+    rig.spawn_watcher(fast_watcher());
     rig.spawn_writer();
     for name in ["web", "api"] {
         rig.store
@@ -588,9 +588,9 @@ async fn a_purged_jobs_stream_is_recovered_by_resync() {
         ..Topology::default()
     })
     .await;
-    rig.spawn_producer(ProducerConfig {
+    rig.spawn_watcher(WatcherConfig {
         resync_grace: Some(Duration::from_secs(2)),
-        ..fast_producer()
+        ..fast_watcher()
     });
     rig.store
         .create(component("web", Some(nginx(serde_json::json!({})))))
@@ -620,7 +620,7 @@ async fn a_purged_jobs_stream_is_recovered_by_resync() {
 #[tokio::test]
 async fn invalid_config_is_claimed_then_failed_without_a_job_until_the_spec_changes() {
     let rig = Rig::new(Topology::default()).await;
-    rig.spawn_producer(fast_producer());
+    rig.spawn_watcher(fast_watcher());
     rig.spawn_writer();
     rig.store.create(component("web", None)).unwrap();
     let failed = rig
@@ -676,7 +676,7 @@ async fn invalid_config_is_claimed_then_failed_without_a_job_until_the_spec_chan
 #[tokio::test]
 async fn deleting_a_component_that_never_installed_anything_needs_no_job() {
     let rig = Rig::new(Topology::default()).await;
-    rig.spawn_producer(fast_producer());
+    rig.spawn_watcher(fast_watcher());
     rig.spawn_writer();
     rig.store
         .create(component("web", Some(serde_json::json!("not an object"))))
@@ -800,13 +800,13 @@ async fn two_elected_producers_publish_each_job_once_and_the_follower_takes_over
     let leases = FakeLeaseStore::new();
     let (metrics_1, metrics_2) = (Metrics::default(), Metrics::default());
     let (token_1, token_2) = (rig.token.child_token(), rig.token.child_token());
-    let view_1 = rig.spawn_elected_producer(
+    let view_1 = rig.spawn_elected_watcher(
         leases.connection(),
         "p1",
         metrics_1.clone(),
         token_1.clone(),
     );
-    let view_2 = rig.spawn_elected_producer(
+    let view_2 = rig.spawn_elected_watcher(
         leases.connection(),
         "p2",
         metrics_2.clone(),
@@ -878,7 +878,7 @@ async fn an_elected_producer_pauses_without_leadership_and_relists_when_it_leads
     let rig = Rig::new(Topology::default()).await;
     let leases = FakeLeaseStore::new();
     let metrics = Metrics::default();
-    let view = rig.spawn_elected_producer(leases.clone(), "p1", metrics.clone(), rig.token.clone());
+    let view = rig.spawn_elected_watcher(leases.clone(), "p1", metrics.clone(), rig.token.clone());
     rig.eventually("leading", async || view.is_leader()).await;
     rig.eventually("the first listing", async || {
         metrics.watch_restarts.get() == 1

@@ -197,6 +197,16 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// Where cargo puts the workspace's binaries (`target/<profile>/`), found from the running test
+/// executable (`target/<profile>/deps/<test>-<hash>`). A binary of another package is there
+/// once it was built: `cargo build --bins`, or any build of the whole workspace's tests.
+pub fn binaries_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.to_owned()))
+        .unwrap_or_else(|| workspace_root().join("target/debug"))
+}
+
 /// `nats-server --version`, e.g. `2.10.27`.
 pub fn binary_version(binary: &Path) -> Option<String> {
     let out = Command::new(binary).arg("--version").output().ok()?;

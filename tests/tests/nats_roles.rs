@@ -18,7 +18,7 @@ use async_nats::jetstream::{self, Context};
 use clap::Parser as _;
 use futures::StreamExt as _;
 use helmq_producer::metrics::Metrics as ProducerMetrics;
-use helmq_producer::producer::{Producer, ProducerConfig};
+use helmq_producer::watcher::{Watcher, WatcherConfig};
 use helmq_producer::store::fake::FakeComponentStore;
 use helmq_producer::writer::{Writer, WriterConfig};
 use helmq_queue::topology::{JOBS_STREAM, STATUS_STREAM, WRITER_CONSUMER};
@@ -196,9 +196,9 @@ async fn helmqctl(url: &str, user: &str, args: &[&str]) -> Result<String, String
         password(user),
     ];
     argv.extend_from_slice(args);
-    let args = helmq_producer::ctl::Args::try_parse_from(argv).map_err(|e| e.to_string())?;
+    let args = helmq_ctl::Args::try_parse_from(argv).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
-    helmq_producer::ctl::run(args, &mut out)
+    helmq_ctl::run(args, &mut out)
         .await
         .map_err(|e| e.to_string())?;
     Ok(String::from_utf8(out).unwrap())
@@ -356,14 +356,14 @@ async fn each_role_does_its_work_and_nothing_else_with_the_account_permissions()
     let store = FakeComponentStore::new();
     let producer_metrics = ProducerMetrics::default();
     let producer_stop = CancellationToken::new();
-    let watcher = Producer::new(
+    let watcher = Watcher::new(
         store.clone(),
         JetStreamQueue::new(producer_js.clone()),
         JetStreamStatus::new(producer_js.clone()),
-        ProducerConfig {
+        WatcherConfig {
             resync_interval: Duration::from_millis(500),
             retry_interval: Duration::from_millis(200),
-            ..ProducerConfig::default()
+            ..WatcherConfig::default()
         },
         producer_metrics.clone(),
     );
@@ -388,7 +388,7 @@ async fn each_role_does_its_work_and_nothing_else_with_the_account_permissions()
         .expect("the orchestrator reads the status stream's info");
     let follower = status_stream
         .create_consumer(pull::OrderedConfig {
-            name: Some(helmq_producer::ctl::follower_name("orchestrator")),
+            name: Some(helmq_ctl::follower_name("orchestrator")),
             filter_subject: "helmq.status.team.*".into(),
             deliver_policy: DeliverPolicy::All,
             ..Default::default()

@@ -78,7 +78,7 @@ pub(super) fn map_error(error: kube::Error, namespace: &str, name: &str) -> Stor
             code: status.code,
             message: status.message.clone(),
         },
-        other => StoreError::Unavailable(other.to_string()),
+        other => StoreError::Unavailable(Box::new(other)),
     }
 }
 

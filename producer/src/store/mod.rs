@@ -25,7 +25,7 @@ pub use kube_store::KubeComponentStore;
 pub use lease::LeaseStore;
 
 /// Errors of [`ComponentStore`] operations.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The object changed since it was read (HTTP 409): re-read and decide again.
     #[error("conflict: {namespace}/{name} changed since it was read")]
@@ -53,7 +53,7 @@ pub enum StoreError {
     },
     /// The API server could not be reached or failed; retrying later may succeed.
     #[error("api server unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl StoreError {

@@ -5,8 +5,9 @@
 //! One sequential loop, pulling small batches ([`WriterConfig::batch`], never an unbounded
 //! prefetch): events of one Component are applied in stream order, and the stale rule of
 //! [`apply()`] keeps any redelivery from regressing a status. A conflict is re-read and decided
-//! again; an API outage is retried in place (with Progress acks so the message is not
-//! redelivered meanwhile), so a later event never overtakes an earlier one. Payloads that are
+//! again; an API outage is retried in place with a capped exponential backoff (`backon`, with
+//! Progress acks so the message is not redelivered meanwhile), so a later event never
+//! overtakes an earlier one. Payloads that are
 //! not status events are dead-lettered with the reason and acked.
 
 pub mod apply;
@@ -15,7 +16,9 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::message::Message;
+use async_nats::jetstream::stream::ConsumerError;
 use async_nats::jetstream::{self, AckKind};
+use backon::{ExponentialBuilder, Retryable};
 use futures::StreamExt;
 use helmq_queue::dlq::{DeadLetter, dead_letter};
 use helmq_queue::topology::{STATUS_STREAM, WRITER_CONSUMER};
@@ -28,6 +31,10 @@ use crate::metrics::Metrics;
 use crate::store::{ComponentStore, StoreError};
 pub use apply::{StatusPatch, apply};
 
+/// Delay before the first retry of a status write during an API outage; it doubles up to
+/// [`WriterConfig::max_retry_delay`].
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(200);
+
 /// Errors that stop the writer.
 #[derive(Debug, thiserror::Error)]
 pub enum WriterError {
@@ -35,7 +42,7 @@ pub enum WriterError {
     #[error(
         "cannot open consumer {WRITER_CONSUMER} on {STATUS_STREAM}: {0} (run `helmqctl setup`)"
     )]
-    Consumer(String),
+    Consumer(#[source] ConsumerError),
 }
 
 /// Settings of the writer.
@@ -101,7 +108,7 @@ impl<S: ComponentStore> Writer<S> {
             .js
             .get_consumer_from_stream(WRITER_CONSUMER, STATUS_STREAM)
             .await
-            .map_err(|e| WriterError::Consumer(e.to_string()))?;
+            .map_err(WriterError::Consumer)?;
         while !shutdown.is_cancelled() {
             let fetch = consumer
                 .fetch()
@@ -172,8 +179,8 @@ impl<S: ComponentStore> Writer<S> {
                 message.ack().await
             }
             Err(Interrupted::Shutdown) => message.ack_with(AckKind::Nak(None)).await,
-            Err(Interrupted::Rejected(reason)) => {
-                self.dead_letter(&message, sequence, delivered, reason)
+            Err(Interrupted::Failed(error)) => {
+                self.dead_letter(&message, sequence, delivered, error.to_string())
                     .await;
                 return;
             }
@@ -210,32 +217,63 @@ impl<S: ComponentStore> Writer<S> {
         }
     }
 
-    /// Retries conflicts at once and outages with a growing delay, in place.
+    /// Writes `event`, retrying API outages in place with a growing delay until shutdown.
     async fn write_with_retries(
         &self,
         event: &StatusEvent,
         message: &Message,
         shutdown: &CancellationToken,
     ) -> Result<Outcome, Interrupted> {
-        let mut delay = Duration::from_millis(200);
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(FIRST_RETRY_DELAY)
+            .with_max_delay(self.config.max_retry_delay)
+            .with_factor(2.0)
+            .without_max_times();
+        let token = shutdown.clone();
+        let sleep = move |delay| {
+            let token = token.clone();
+            async move { sleep_or_cancel(delay, &token).await }
+        };
+        let mut retrying = false;
+        let attempt = || {
+            let retry = std::mem::replace(&mut retrying, true);
+            async move {
+                if retry && shutdown.is_cancelled() {
+                    return Err(Interrupted::Shutdown);
+                }
+                match self.write_resolving_conflicts(event).await {
+                    Err(error) if error.is_transient() => {
+                        // Keep the message ours while we wait, so it is not redelivered.
+                        let _ = message.ack_with(AckKind::Progress).await;
+                        Err(Interrupted::Failed(error))
+                    }
+                    result => result.map_err(Interrupted::Failed),
+                }
+            }
+        };
+        attempt
+            .retry(backoff)
+            .sleep(sleep)
+            .when(|e| matches!(e, Interrupted::Failed(error) if error.is_transient()))
+            .notify(|e, delay| {
+                if let Interrupted::Failed(error) = e {
+                    tracing::warn!(%error, ?delay, "status write failed; retrying");
+                }
+            })
+            .await
+    }
+
+    /// Writes `event`, re-reading and deciding again at once after each conflict; an event
+    /// for a Component that is gone is an [`Outcome::Orphan`].
+    async fn write_resolving_conflicts(&self, event: &StatusEvent) -> Result<Outcome, StoreError> {
         loop {
             match self.write(event).await {
-                Ok(outcome) => return Ok(outcome),
                 Err(StoreError::Conflict { .. }) => {
                     self.metrics.conflicts.inc();
                     tracing::debug!("status conflict; re-reading");
                 }
                 Err(StoreError::NotFound { .. }) => return Ok(Outcome::Orphan),
-                Err(error) if error.is_transient() => {
-                    tracing::warn!(%error, ?delay, "status write failed; retrying");
-                    // Keep the message ours while we wait, so it is not redelivered.
-                    let _ = message.ack_with(AckKind::Progress).await;
-                    if !sleep_or_cancel(delay, shutdown).await {
-                        return Err(Interrupted::Shutdown);
-                    }
-                    delay = (delay * 2).min(self.config.max_retry_delay);
-                }
-                Err(error) => return Err(Interrupted::Rejected(error.to_string())),
+                result => return result,
             }
         }
     }
@@ -284,8 +322,8 @@ impl<S: ComponentStore> Writer<S> {
 enum Interrupted {
     /// Shutdown while waiting to retry.
     Shutdown,
-    /// The API server refused the write for good.
-    Rejected(String),
+    /// The write failed: for good once the retries gave up on it (the API server refused it).
+    Failed(StoreError),
 }
 
 /// Sleeps for `delay`; `false` if `shutdown` came first.

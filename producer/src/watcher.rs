@@ -8,7 +8,7 @@
 //! still does not reflect after the grace period (a job lost in a purged stream or an outage).
 //! Components whose handling failed (API or NATS errors) are retried every few seconds.
 //!
-//! With [`Producer::with_leadership`] all of it runs only while this replica leads: the loop
+//! With [`Watcher::with_leadership`] all of it runs only while this replica leads: the loop
 //! waits for leadership, drops its watch as soon as leadership is lost (no claim or publish
 //! after that, not even for the rest of a resync pass), and starts a fresh watch, which lists
 //! every Component, when it leads again.
@@ -17,20 +17,18 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use futures::StreamExt;
-use helmq_queue::{JobQueue, PublishError, PublishOutcome, StatusSink};
+use helmq_queue::{JobQueue, PRODUCER_WORKER, PublishError, PublishOutcome, StatusSink};
 use helmq_schemas::component::Component;
-use helmq_schemas::event::{ComponentRef, JobEvent, StatusEvent, StatusPhase};
+use helmq_schemas::event::{JobEvent, StatusEvent, StatusPhase};
 use jiff::Timestamp;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
-use crate::plan::{Action, Context, Published, plan};
+use crate::plan::{Action, Context, Published, component_ref, plan};
 use crate::store::{Change, ComponentStore, StoreError, key_of};
 
-/// `worker` field of the status events the producer publishes.
-pub const PRODUCER_WORKER: &str = "producer";
 /// Message of the `Claimed` event, as the original handler wrote it.
 pub fn claimed_message(handler: &str) -> String {
     format!("Claimed by {handler} handler")
@@ -40,7 +38,7 @@ const MAX_STEPS: usize = 6;
 
 /// Errors handling one Component (logged; the Component is retried).
 #[derive(Debug, thiserror::Error)]
-pub enum ProducerError {
+pub enum WatcherError {
     /// The Kubernetes API failed.
     #[error("kubernetes api: {0}")]
     Store(#[from] StoreError),
@@ -60,7 +58,7 @@ pub enum ProducerError {
 
 /// Settings of the watch loop.
 #[derive(Debug, Clone)]
-pub struct ProducerConfig {
+pub struct WatcherConfig {
     /// `spec.handler` value we answer to.
     pub handler: String,
     /// How often to re-list every Component.
@@ -72,9 +70,9 @@ pub struct ProducerConfig {
     pub retry_interval: Duration,
 }
 
-impl Default for ProducerConfig {
+impl Default for WatcherConfig {
     fn default() -> Self {
-        ProducerConfig {
+        WatcherConfig {
             handler: helmq_schemas::component::DEFAULT_HANDLER.to_owned(),
             resync_interval: Duration::from_secs(300),
             resync_grace: None,
@@ -109,11 +107,11 @@ impl Kind {
 
 /// The watch loop over a store, a job queue and a status sink.
 #[derive(Debug)]
-pub struct Producer<S, Q, T> {
+pub struct Watcher<S, Q, T> {
     store: S,
     jobs: Q,
     status: T,
-    config: ProducerConfig,
+    config: WatcherConfig,
     metrics: Metrics,
     /// uid → (generation, what was published for it).
     published: HashMap<String, (i64, Published)>,
@@ -141,20 +139,10 @@ async fn lost(leadership: Option<&mut Leadership>) {
     }
 }
 
-fn component_ref(c: &Component) -> ComponentRef {
-    let (namespace, name) = key_of(c);
-    ComponentRef {
-        namespace,
-        name,
-        uid: c.metadata.uid.clone(),
-        generation: c.metadata.generation.unwrap_or(0),
-    }
-}
-
-impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Producer<S, Q, T> {
+impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
     /// A loop with nothing published yet.
-    pub fn new(store: S, jobs: Q, status: T, config: ProducerConfig, metrics: Metrics) -> Self {
-        Producer {
+    pub fn new(store: S, jobs: Q, status: T, config: WatcherConfig, metrics: Metrics) -> Self {
+        Watcher {
             store,
             jobs,
             status,
@@ -178,7 +166,7 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Producer<S, Q, T> {
 
     /// Runs until `shutdown` is cancelled (`Ok`) or the watch ends (an error). With leader
     /// election, pauses while not leading.
-    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), ProducerError> {
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), WatcherError> {
         loop {
             if let Some(mut leadership) = self.leadership.clone() {
                 if !leadership.is_leader() {
@@ -188,7 +176,7 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Producer<S, Q, T> {
                     biased;
                     () = shutdown.cancelled() => return Ok(()),
                     leads = leadership.wait_until(true) => if !leads {
-                        return Err(ProducerError::ElectionEnded);
+                        return Err(WatcherError::ElectionEnded);
                     },
                 }
                 tracing::info!("leading: watching components");
@@ -204,7 +192,7 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Producer<S, Q, T> {
 
     /// One stint of watching, from a fresh watch (a full listing) until shutdown or the loss
     /// of leadership.
-    async fn lead(&mut self, shutdown: &CancellationToken) -> Result<Stint, ProducerError> {
+    async fn lead(&mut self, shutdown: &CancellationToken) -> Result<Stint, WatcherError> {
         let mut leadership = self.leadership.clone();
         let mut changes = self.store.changes();
         let mut resync = tokio::time::interval(self.config.resync_interval);
@@ -220,7 +208,7 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Producer<S, Q, T> {
                 () = shutdown.cancelled() => return Ok(Stint::Shutdown),
                 () = lost(leadership.as_mut()) => return Ok(Stint::LostLeadership),
                 change = changes.next() => match change {
-                    None => return Err(ProducerError::WatchEnded),
+                    None => return Err(WatcherError::WatchEnded),
                     Some(change) => self.on_change(change).await,
                 },
                 _ = resync.tick() => self.resync().await,
@@ -328,7 +316,7 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Producer<S, Q, T> {
     }
 
     /// Plans and acts on one Component until there is nothing more to do for it now.
-    pub async fn handle(&mut self, mut component: Component) -> Result<(), ProducerError> {
+    pub async fn handle(&mut self, mut component: Component) -> Result<(), WatcherError> {
         let (namespace, name) = key_of(&component);
         for _ in 0..MAX_STEPS {
             if !self.leading() {
@@ -407,7 +395,7 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Producer<S, Q, T> {
                 }
             }
         }
-        Err(ProducerError::TooManyRounds(format!("{namespace}/{name}")))
+        Err(WatcherError::TooManyRounds(format!("{namespace}/{name}")))
     }
 
     fn event(
@@ -434,7 +422,7 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Producer<S, Q, T> {
         kind: Kind,
         event: &StatusEvent,
         now: Timestamp,
-    ) -> Result<(), ProducerError> {
+    ) -> Result<(), WatcherError> {
         self.status.publish_status(event).await?;
         self.metrics.published(kind.as_str(), false);
         self.record(component, kind, now);
@@ -447,7 +435,7 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Producer<S, Q, T> {
         kind: Kind,
         job: &JobEvent,
         now: Timestamp,
-    ) -> Result<(), ProducerError> {
+    ) -> Result<(), WatcherError> {
         let outcome = self.jobs.publish_job(job).await?;
         let duplicate = matches!(outcome, PublishOutcome::Duplicate { .. });
         tracing::info!(job = %job.id, duplicate, "published {} job", kind.as_str());

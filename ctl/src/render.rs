@@ -2,12 +2,13 @@
 
 use std::io::Write;
 
-use helmq_queue::dlq::StoredDeadLetter;
+use helmq_queue::dlq::{Replayed, StoredDeadLetter};
 use helmq_queue::{PublishOutcome, TopologyReport};
 use helmq_schemas::event::{JobEvent, StatusEvent};
 use serde_json::{Value, json};
 
-use super::{CtlError, QueueStatus};
+use crate::CtlError;
+use crate::status::QueueStatus;
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -71,7 +72,7 @@ fn short(text: &str, max: usize) -> String {
     format!("{cut}…")
 }
 
-pub(super) fn setup(
+pub(crate) fn setup(
     out: &mut (dyn Write + Send),
     output: Output,
     report: &TopologyReport,
@@ -94,7 +95,7 @@ pub(super) fn setup(
     Ok(())
 }
 
-pub(super) fn status(
+pub(crate) fn status(
     out: &mut (dyn Write + Send),
     output: Output,
     status: &QueueStatus,
@@ -170,7 +171,7 @@ fn letter_json(letter: &StoredDeadLetter, with_payload: bool) -> Value {
     value
 }
 
-pub(super) fn dead_letters(
+pub(crate) fn dead_letters(
     out: &mut (dyn Write + Send),
     output: Output,
     letters: &[StoredDeadLetter],
@@ -198,7 +199,7 @@ pub(super) fn dead_letters(
     table(out, &["SEQ", "SUBJECT", "ATTEMPTS", "AT", "REASON"], &rows)
 }
 
-pub(super) fn dead_letter(
+pub(crate) fn dead_letter(
     out: &mut (dyn Write + Send),
     output: Output,
     letter: &StoredDeadLetter,
@@ -222,27 +223,35 @@ pub(super) fn dead_letter(
     Ok(())
 }
 
-pub(super) fn replayed(
+pub(crate) fn replayed(
     out: &mut (dyn Write + Send),
     output: Output,
-    results: &[Value],
+    replayed: &[Replayed],
 ) -> Result<(), CtlError> {
     if output == Output::Json {
-        return json_out(out, &Value::Array(results.to_vec()));
+        let list: Vec<Value> = replayed
+            .iter()
+            .map(|r| {
+                json!({
+                    "dlqSequence": r.dlq_sequence,
+                    "subject": r.subject,
+                    "streamSequence": r.stream_sequence,
+                })
+            })
+            .collect();
+        return json_out(out, &Value::Array(list));
     }
-    for r in results {
+    for r in replayed {
         writeln!(
             out,
             "replayed dead letter {} to {} (stream sequence {})",
-            r["dlqSequence"],
-            r["subject"].as_str().unwrap_or_default(),
-            r["streamSequence"]
+            r.dlq_sequence, r.subject, r.stream_sequence
         )?;
     }
     Ok(())
 }
 
-pub(super) fn purged(
+pub(crate) fn purged(
     out: &mut (dyn Write + Send),
     output: Output,
     purged: u64,
@@ -254,7 +263,7 @@ pub(super) fn purged(
     Ok(())
 }
 
-pub(super) fn published(
+pub(crate) fn published(
     out: &mut (dyn Write + Send),
     output: Output,
     job: &JobEvent,
@@ -298,7 +307,7 @@ pub(super) fn published(
     Ok(())
 }
 
-pub(super) fn watch_header(out: &mut (dyn Write + Send), output: Output) -> Result<(), CtlError> {
+pub(crate) fn watch_header(out: &mut (dyn Write + Send), output: Output) -> Result<(), CtlError> {
     if output == Output::Table {
         writeln!(
             out,
@@ -309,7 +318,7 @@ pub(super) fn watch_header(out: &mut (dyn Write + Send), output: Output) -> Resu
     Ok(())
 }
 
-pub(super) fn status_event(
+pub(crate) fn status_event(
     out: &mut (dyn Write + Send),
     output: Output,
     event: &StatusEvent,

@@ -1,18 +1,19 @@
 //! `just up` (scripts/up.sh) fails early, with a clear message and nothing left running, when
 //! helm is missing or too old or no cluster is reachable.
+//!
+//! The script runs the workspace's binaries from `target/<profile>/`
+//! ([`helmq_tests::binaries_dir`]): a run over the whole workspace builds them, a run of this
+//! crate alone needs `cargo build --bins` first.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    helmq_tests::workspace_root()
 }
 
 fn bin_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_helmqctl"))
-        .parent()
-        .unwrap()
-        .to_owned()
+    helmq_tests::binaries_dir()
 }
 
 /// A stand-in `helm` that only answers `version --short`.

@@ -1,4 +1,4 @@
-//! `helmqctl`: operator CLI (see `helmq_producer::ctl`).
+//! `helmqctl`: the operator CLI (see the `helmq_ctl` library).
 
 use std::process::ExitCode;
 
@@ -6,9 +6,8 @@ use clap::Parser;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let args = helmq_producer::ctl::Args::parse();
-    let mut stdout = std::io::stdout();
-    match helmq_producer::ctl::run(args, &mut stdout).await {
+    let args = helmq_ctl::Args::parse();
+    match helmq_ctl::run(args, &mut std::io::stdout()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("helmqctl: {e}");

@@ -5,7 +5,7 @@ use std::io::Write as _;
 
 use async_nats::jetstream;
 use clap::Parser;
-use helmq_producer::ctl::{Args, load_job, run};
+use helmq_ctl::{Args, load_job, run};
 use helmq_queue::dlq::{DeadLetter, dead_letter};
 use helmq_queue::{JetStreamStatus, StatusSink};
 use helmq_schemas::event::{ComponentRef, JobEvent, StatusEvent, StatusPhase};
