@@ -15,6 +15,8 @@
 //!
 //! The expiry is judged on `renewTime`, written by the holder's clock and read by the
 //! candidate's: replicas are assumed to have clocks within a third of the lease duration.
+//! That clock is the system's ([`Clock::System`]); tests may run election on tokio's paused
+//! clock instead ([`Clock::Tokio`]).
 
 use std::time::Duration;
 
@@ -124,6 +126,44 @@ pub struct ElectionConfig {
     pub renew_deadline: Duration,
     /// How often a follower checks whether it may take over.
     pub retry_interval: Duration,
+    /// Where the times written into and judged from the Lease come from.
+    pub clock: Clock,
+}
+
+/// Where leader election reads the wall-clock time (`renewTime`, `acquireTime`, expiry).
+#[derive(Debug, Clone, Copy, Default)]
+pub enum Clock {
+    /// The system clock.
+    #[default]
+    System,
+    /// A wall time that moves with tokio's clock: under tokio's paused time (tests), Leases
+    /// expire as the paused clock advances, without waiting for real time to pass.
+    Tokio {
+        /// The wall time at `origin`.
+        wall: Timestamp,
+        /// tokio's time at `wall`.
+        origin: Instant,
+    },
+}
+
+impl Clock {
+    /// A [`Clock::Tokio`] that reads the system time now.
+    pub fn tokio() -> Clock {
+        Clock::Tokio {
+            wall: Timestamp::now(),
+            origin: Instant::now(),
+        }
+    }
+
+    /// The current time.
+    pub fn now(&self) -> Timestamp {
+        match self {
+            Clock::System => Timestamp::now(),
+            Clock::Tokio { wall, origin } => {
+                wall.checked_add(origin.elapsed()).unwrap_or(Timestamp::MAX)
+            }
+        }
+    }
 }
 
 impl ElectionConfig {
@@ -144,6 +184,7 @@ impl ElectionConfig {
             renew_interval: third,
             renew_deadline: lease_duration.saturating_sub(third),
             retry_interval: third,
+            clock: Clock::System,
         }
     }
 }
@@ -209,7 +250,7 @@ impl<L: LeaseStore> LeaderElector<L> {
         let me = self.config.identity.as_str();
         let mut conflict = None;
         for _ in 0..2 {
-            let now = Timestamp::now();
+            let now = self.config.clock.now();
             let current = self.store.get(namespace, name).await?;
             let state = current.as_ref().map(LeaseState::of);
             match lease_decision(state.as_ref(), me, now, self.config.lease_duration) {
@@ -279,7 +320,7 @@ impl<L: LeaseStore> LeaderElector<L> {
             return Ok(());
         }
         spec.holder_identity = None;
-        spec.renew_time = Some(MicroTime(Timestamp::now()));
+        spec.renew_time = Some(MicroTime(self.config.clock.now()));
         self.store.replace(&lease).await.map(drop)
     }
 
@@ -530,6 +571,14 @@ mod tests {
         assert!(!leadership.is_leader());
         assert!(!leadership.wait_until(true).await);
         assert!(!leadership.wait_until(false).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_tokio_clock_follows_paused_time() {
+        let clock = Clock::tokio();
+        let start = clock.now();
+        tokio::time::sleep(Duration::from_secs(90)).await;
+        assert_eq!(clock.now().duration_since(start).as_secs(), 90);
     }
 
     #[test]

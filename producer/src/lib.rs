@@ -6,7 +6,7 @@
 //! - [`leader`]: leader election on a Lease, which gates the watch loop across replicas;
 //! - [`writer`]: the status writer (pure [`writer::apply()`] plus its JetStream loop);
 //! - [`store`]: the `ComponentStore` and `LeaseStore` seams over the Kubernetes API, and
-//!   their in-memory fakes;
+//!   their in-memory fakes (with the `testing` feature);
 //! - [`app`], [`args`], [`metrics`]: wiring, command line, counters.
 
 pub mod app;

@@ -4,9 +4,12 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use helmq_tests::NatsServer;
+use helmq_tests::wait::eventually_blocking;
+
+const DEADLINE: Duration = Duration::from_secs(20);
 
 fn get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut stream = TcpStream::connect(addr).ok()?;
@@ -18,14 +21,6 @@ fn get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut out = String::new();
     stream.read_to_string(&mut out).ok()?;
     Some(out)
-}
-
-fn poll(what: &str, check: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -68,14 +63,14 @@ fn serves_health_and_metrics_survives_a_dead_api_server_and_stops_on_sigterm() {
         .spawn()
         .unwrap();
 
-    poll("/healthz", || {
+    eventually_blocking(DEADLINE, "/healthz", || {
         get(addr, "/healthz").is_some_and(|r| r.starts_with("HTTP/1.1 200"))
     });
-    poll("/readyz", || {
+    eventually_blocking(DEADLINE, "/readyz", || {
         get(addr, "/readyz").is_some_and(|r| r.starts_with("HTTP/1.1 200"))
     });
     // The API server is unreachable: the watcher reports errors and keeps backing off.
-    poll("watch errors", || {
+    eventually_blocking(DEADLINE, "watch errors", || {
         get(addr, "/metrics").is_some_and(|m| {
             m.lines()
                 .any(|l| l.starts_with("helmq_producer_watch_errors_total ") && !l.ends_with(" 0"))
@@ -87,14 +82,9 @@ fn serves_health_and_metrics_survives_a_dead_api_server_and_stops_on_sigterm() {
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "no exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = eventually_blocking(DEADLINE, "an exit after SIGTERM", || {
+        child.try_wait().unwrap()
+    });
     let mut logs = String::new();
     child
         .stderr

@@ -10,8 +10,9 @@ use helmq_producer::store::{
     ComponentStore, KubeComponentStore, KubeLeaseStore, LeaseStore, StoreError,
 };
 use helmq_schemas::component::{
-    COORDINATION_FINALIZER, Component, ComponentSpec, ComponentStatus, HELM_FINALIZER, Phase,
+    COORDINATION_FINALIZER, Component, ComponentStatus, HELM_FINALIZER, Phase,
 };
+use helmq_tests::build::component;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
@@ -64,24 +65,12 @@ fn mock_client(reply: Reply) -> (kube::Client, Arc<Mutex<Vec<Seen>>>) {
 }
 
 fn web(finalizers: &[&str], resource_version: &str) -> Component {
-    let mut c = Component::new(
-        "web",
-        ComponentSpec {
-            name: "web".into(),
-            handler: "helm".into(),
-            config: None,
-            deployment_timeout: None,
-            termination_timeout: None,
-        },
-    );
-    c.metadata.namespace = Some("default".into());
-    c.metadata.uid = Some("uid-1".into());
-    c.metadata.generation = Some(1);
-    c.metadata.resource_version = Some(resource_version.into());
-    if !finalizers.is_empty() {
-        c.metadata.finalizers = Some(finalizers.iter().map(|f| f.to_string()).collect());
-    }
-    c
+    component("web")
+        .uid("uid-1")
+        .generation(1)
+        .resource_version(resource_version)
+        .finalizers(finalizers)
+        .build()
 }
 
 fn api_status(code: u16, reason: &str) -> serde_json::Value {

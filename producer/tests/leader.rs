@@ -1,13 +1,17 @@
 //! Leader election between candidates on one in-memory API server ([`FakeLeaseStore`]): one
 //! leader at any time, takeover when the leader is cut off, crashes or shuts down.
+//!
+//! The takeover tests run on tokio's paused clock (with [`Clock::Tokio`], so Leases expire on
+//! it too): seconds of renewals and expiries take no wall time.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use helmq_producer::leader::{ElectionConfig, LeaderElector, Leadership, Round};
+use helmq_producer::leader::{Clock, ElectionConfig, LeaderElector, Leadership, Round};
 use helmq_producer::store::LeaseStore;
 use helmq_producer::store::fake::FakeLeaseStore;
+use helmq_tests::wait::eventually;
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -17,12 +21,13 @@ const DEADLINE: Duration = Duration::from_secs(10);
 const NS: &str = "helmq-system";
 const NAME: &str = "helmq-producer";
 
-/// A 1s lease (the API's minimum) with fast rounds.
-fn config(identity: &str) -> ElectionConfig {
+/// A 1s lease (the API's minimum) with fast rounds, on `clock`.
+fn config(identity: &str, clock: Clock) -> ElectionConfig {
     ElectionConfig {
         renew_interval: Duration::from_millis(100),
         renew_deadline: Duration::from_millis(500),
         retry_interval: Duration::from_millis(100),
+        clock,
         ..ElectionConfig::new(NS, NAME, identity, Duration::from_secs(1))
     }
 }
@@ -32,18 +37,6 @@ fn holder(store: &FakeLeaseStore) -> Option<String> {
         .snapshot(NS, NAME)
         .and_then(|l| l.spec)
         .and_then(|s| s.holder_identity)
-}
-
-/// Polls until `check` holds.
-async fn eventually(what: &str, check: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// Samples the candidates' leadership every millisecond and records whether two ever led at
@@ -93,19 +86,20 @@ impl Drop for Monitor {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_cut_off_leader_stops_leading_before_the_follower_takes_over() {
     let store = FakeLeaseStore::new();
     let (link_a, link_b) = (store.connection(), store.connection());
-    let a = LeaderElector::new(link_a.clone(), config("a"));
-    let b = LeaderElector::new(link_b.clone(), config("b"));
+    let clock = Clock::tokio();
+    let a = LeaderElector::new(link_a.clone(), config("a", clock));
+    let b = LeaderElector::new(link_b.clone(), config("b", clock));
     let (view_a, view_b) = (a.leadership(), b.leadership());
     let monitor = Monitor::start(vec![view_a.clone(), view_b.clone()]);
     let token = CancellationToken::new();
     let _stop = token.clone().drop_guard();
 
     tokio::spawn(a.run(token.clone()));
-    eventually("a to lead", || view_a.is_leader()).await;
+    eventually(DEADLINE, "a to lead", async || view_a.is_leader()).await;
     tokio::spawn(b.run(token.clone()));
     // b has read the Lease (and follows) once the Lease was renewed after b started.
     let renewed = |store: &FakeLeaseStore| {
@@ -114,7 +108,7 @@ async fn a_cut_off_leader_stops_leading_before_the_follower_takes_over() {
             .and_then(|l| l.metadata.resource_version)
     };
     let seen = renewed(&store);
-    eventually("a to renew twice", || {
+    eventually(DEADLINE, "a to renew twice", async || {
         renewed(&store).and_then(|rv| rv.parse::<u64>().ok())
             >= seen
                 .as_ref()
@@ -126,7 +120,7 @@ async fn a_cut_off_leader_stops_leading_before_the_follower_takes_over() {
 
     // a loses the API server: it stops leading on its own, then b takes over.
     link_a.cut_off(true);
-    eventually("b to lead", || view_b.is_leader()).await;
+    eventually(DEADLINE, "b to lead", async || view_b.is_leader()).await;
     assert!(!view_a.is_leader());
     assert_eq!(holder(&store).as_deref(), Some("b"));
     let spec = store.snapshot(NS, NAME).unwrap().spec.unwrap();
@@ -136,7 +130,7 @@ async fn a_cut_off_leader_stops_leading_before_the_follower_takes_over() {
     // a is back: it follows b.
     link_a.cut_off(false);
     let seen = renewed(&store);
-    eventually("b to keep renewing", || {
+    eventually(DEADLINE, "b to keep renewing", async || {
         renewed(&store).and_then(|rv| rv.parse::<u64>().ok())
             >= seen
                 .as_ref()
@@ -149,19 +143,20 @@ async fn a_cut_off_leader_stops_leading_before_the_follower_takes_over() {
     monitor.assert_never_two();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn the_follower_takes_over_from_a_crashed_leader_after_expiry_and_from_a_stopped_one_at_once()
 {
     let store = FakeLeaseStore::new();
-    let a = LeaderElector::new(store.connection(), config("a"));
-    let b = LeaderElector::new(store.connection(), config("b"));
-    let c = LeaderElector::new(store.connection(), config("c"));
+    let clock = Clock::tokio();
+    let a = LeaderElector::new(store.connection(), config("a", clock));
+    let b = LeaderElector::new(store.connection(), config("b", clock));
+    let c = LeaderElector::new(store.connection(), config("c", clock));
     let (view_a, view_b, view_c) = (a.leadership(), b.leadership(), c.leadership());
     let (token_b, token_c) = (CancellationToken::new(), CancellationToken::new());
     let _stop = (token_b.clone().drop_guard(), token_c.clone().drop_guard());
 
     let crashed = tokio::spawn(a.run(CancellationToken::new()));
-    eventually("a to lead", || view_a.is_leader()).await;
+    eventually(DEADLINE, "a to lead", async || view_a.is_leader()).await;
     let monitor = Monitor::start(vec![view_b.clone(), view_c.clone()]);
     tokio::spawn(b.run(token_b.clone()));
     tokio::spawn(c.run(token_c.clone()));
@@ -169,7 +164,7 @@ async fn the_follower_takes_over_from_a_crashed_leader_after_expiry_and_from_a_s
     // A crash: no release, no more renewals; a successor once the 1s lease expired.
     crashed.abort();
     let crash = tokio::time::Instant::now();
-    eventually("b or c to lead", || {
+    eventually(DEADLINE, "b or c to lead", async || {
         view_b.is_leader() || view_c.is_leader()
     })
     .await;
@@ -187,9 +182,15 @@ async fn the_follower_takes_over_from_a_crashed_leader_after_expiry_and_from_a_s
     // A shutdown: the leader releases the Lease and the follower takes it over without
     // waiting for it to expire.
     leader.cancel();
-    eventually("the leader to stop", || !leader_view.is_leader()).await;
+    eventually(DEADLINE, "the leader to stop", async || {
+        !leader_view.is_leader()
+    })
+    .await;
     let stopped = tokio::time::Instant::now();
-    eventually("the follower to lead", || follower_view.is_leader()).await;
+    eventually(DEADLINE, "the follower to lead", async || {
+        follower_view.is_leader()
+    })
+    .await;
     assert!(
         stopped.elapsed() < Duration::from_millis(900),
         "took {:?}",
@@ -259,7 +260,10 @@ async fn candidates_racing_for_an_absent_or_expired_lease_never_both_win() {
                     barrier: barrier.clone(),
                     read: AtomicBool::new(false),
                 };
-                Arc::new(LeaderElector::new(link, config(&format!("c{i}"))))
+                Arc::new(LeaderElector::new(
+                    link,
+                    config(&format!("c{i}"), Clock::System),
+                ))
             })
             .collect();
         let rounds = futures::future::join_all(electors.iter().map(|e| {
@@ -288,7 +292,7 @@ async fn candidates_racing_for_an_absent_or_expired_lease_never_both_win() {
 #[tokio::test]
 async fn an_unreachable_api_server_is_an_error_not_a_decision() {
     let store = FakeLeaseStore::new();
-    let elector = LeaderElector::new(store.clone(), config("a"));
+    let elector = LeaderElector::new(store.clone(), config("a", Clock::System));
     store.set_unavailable(true);
     assert!(elector.round().await.unwrap_err().is_transient());
     store.set_unavailable(false);

@@ -13,41 +13,22 @@ use helmq_producer::watcher::{Watcher, WatcherConfig};
 use helmq_producer::writer::{Writer, WriterConfig};
 use helmq_queue::topology::{DLQ_STREAM, JOBS_STREAM, STATUS_STREAM, WORKERS_CONSUMER};
 use helmq_queue::{JetStreamQueue, JetStreamStatus, StatusSink, Topology};
-use helmq_schemas::component::{
-    COORDINATION_FINALIZER, Component, ComponentSpec, HELM_FINALIZER, Phase,
-};
+use helmq_schemas::component::{COORDINATION_FINALIZER, Component, HELM_FINALIZER, Phase};
 use helmq_schemas::event::{
     ComponentRef, JobAction, JobEvent, ReleaseInfo, StatusEvent, StatusPhase,
 };
 use helmq_tests::NatsServer;
+use helmq_tests::build::{component, nginx_config};
+use helmq_tests::wait::eventually;
 use tokio_util::sync::CancellationToken;
 
 const DEADLINE: Duration = Duration::from_secs(15);
 
-fn nginx(values: serde_json::Value) -> serde_json::Value {
-    serde_json::json!({
-        "releaseName": "web",
-        "releaseNamespace": "apps",
-        "source": {"type": "http",
-            "repository": {"url": "https://repo.broadcom.com/bitnami-files", "name": "bitnami"},
-            "chart": {"name": "nginx", "version": "18.2.4"}},
-        "values": values,
-    })
-}
-
-fn component(name: &str, config: Option<serde_json::Value>) -> Component {
-    let mut c = Component::new(
-        name,
-        ComponentSpec {
-            name: name.into(),
-            handler: "helm".into(),
-            config,
-            deployment_timeout: None,
-            termination_timeout: None,
-        },
-    );
-    c.metadata.namespace = Some("default".into());
-    c
+/// A Component with a valid config, in `default`.
+fn deployable(name: &str) -> Component {
+    component(name)
+        .config(nginx_config(serde_json::json!({})))
+        .build()
 }
 
 struct Rig {
@@ -147,8 +128,7 @@ impl Rig {
             .get_consumer_from_stream(WORKERS_CONSUMER, JOBS_STREAM)
             .await
             .unwrap();
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        while tokio::time::Instant::now() < deadline {
+        eventually(DEADLINE, "a job", async || {
             let mut batch = consumer
                 .fetch()
                 .max_messages(1)
@@ -156,13 +136,11 @@ impl Rig {
                 .messages()
                 .await
                 .unwrap();
-            if let Some(message) = batch.next().await {
-                let message = message.unwrap();
-                message.ack().await.unwrap();
-                return JobEvent::decode(&message.payload).unwrap();
-            }
-        }
-        panic!("no job within {DEADLINE:?}");
+            let message = batch.next().await?.unwrap();
+            message.ack().await.unwrap();
+            Some(JobEvent::decode(&message.payload).unwrap())
+        })
+        .await
     }
 
     async fn messages_in(&self, stream: &str) -> u64 {
@@ -226,30 +204,15 @@ impl Rig {
         what: &str,
         check: impl Fn(Option<&Component>) -> bool,
     ) -> Option<Component> {
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
+        eventually(DEADLINE, what, async || {
             let current = self.store.snapshot("default", name);
             if check(current.as_ref()) {
-                return current;
+                Ok(current)
+            } else {
+                Err(current)
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what}; last seen: {current:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
-    /// Polls until `check` holds.
-    async fn eventually(&self, what: &str, check: impl AsyncFn() -> bool) {
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        while !check().await {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what}"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        })
+        .await
     }
 }
 
@@ -307,10 +270,7 @@ fn observed(c: Option<&Component>) -> Option<i64> {
 #[tokio::test]
 async fn two_producers_racing_to_claim_one_component_claim_it_once() {
     let rig = Rig::new(Topology::default()).await;
-    let created = rig
-        .store
-        .create(component("web", Some(nginx(serde_json::json!({})))))
-        .unwrap();
+    let created = rig.store.create(deployable("web")).unwrap();
 
     // Both producers decide on the same read: the second write carries a stale
     // resourceVersion, is refused (409), re-read, and finds the Component already claimed.
@@ -325,14 +285,12 @@ async fn two_producers_racing_to_claim_one_component_claim_it_once() {
     // And two running producers racing on a fresh Component.
     rig.spawn_watcher(fast_watcher());
     rig.spawn_watcher(fast_watcher());
-    rig.store
-        .create(component("api", Some(nginx(serde_json::json!({})))))
-        .unwrap();
+    rig.store.create(deployable("api")).unwrap();
     rig.wait_for("api", "the claim", |c| {
         finalizers(c).contains(&HELM_FINALIZER.to_owned())
     })
     .await;
-    rig.eventually("apply jobs of both components", async || {
+    eventually(DEADLINE, "apply jobs of both components", async || {
         rig.messages_in(JOBS_STREAM).await >= 2
     })
     .await;
@@ -366,10 +324,11 @@ async fn create_deploy_ready_then_upgrade_to_the_new_generation() {
     rig.spawn_writer();
     let created = rig
         .store
-        .create(component(
-            "web",
-            Some(nginx(serde_json::json!({"replicaCount": 1}))),
-        ))
+        .create(
+            component("web")
+                .config(nginx_config(serde_json::json!({"replicaCount": 1})))
+                .build(),
+        )
         .unwrap();
 
     let job = rig.next_job().await;
@@ -415,7 +374,7 @@ async fn create_deploy_ready_then_upgrade_to_the_new_generation() {
     // Spec edit: a new generation, a new job, Ready at the new generation.
     rig.store
         .edit_spec("default", "web", |s| {
-            s.config = Some(nginx(serde_json::json!({"replicaCount": 2})))
+            s.config = Some(nginx_config(serde_json::json!({"replicaCount": 2})))
         })
         .unwrap();
     let upgrade = rig.next_job().await;
@@ -448,9 +407,7 @@ async fn deletion_waits_for_coordination_then_terminates_or_keeps_the_finalizer_
     rig.spawn_watcher(fast_watcher());
     rig.spawn_writer();
     for name in ["web", "api"] {
-        rig.store
-            .create(component(name, Some(nginx(serde_json::json!({})))))
-            .unwrap();
+        rig.store.create(deployable(name)).unwrap();
         rig.store
             .add_foreign_finalizer("default", name, COORDINATION_FINALIZER)
             .unwrap();
@@ -527,13 +484,10 @@ async fn deletion_waits_for_coordination_then_terminates_or_keeps_the_finalizer_
 async fn status_events_out_of_order_never_regress_the_status() {
     let rig = Rig::new(Topology::default()).await;
     rig.spawn_writer();
-    let created = rig
-        .store
-        .create(component("web", Some(nginx(serde_json::json!({})))))
-        .unwrap();
+    let created = rig.store.create(deployable("web")).unwrap();
     rig.store
         .edit_spec("default", "web", |s| {
-            s.config = Some(nginx(serde_json::json!({"a": 1})))
+            s.config = Some(nginx_config(serde_json::json!({"a": 1})))
         })
         .unwrap();
     let job = |generation| {
@@ -545,8 +499,12 @@ async fn status_events_out_of_order_never_regress_the_status() {
                 uid: created.metadata.uid.clone(),
                 generation,
             },
-            helmq_schemas::HelmConfig::parse(Some(&nginx(serde_json::json!({}))), "default", "web")
-                .unwrap(),
+            helmq_schemas::HelmConfig::parse(
+                Some(&nginx_config(serde_json::json!({}))),
+                "default",
+                "web",
+            )
+            .unwrap(),
             300,
             jiff::Timestamp::now(),
         )
@@ -564,11 +522,11 @@ async fn status_events_out_of_order_never_regress_the_status() {
     foreign.component.uid = Some("uid-of-a-deleted-namesake".into());
     rig.report(&foreign, StatusPhase::Failed, 1, None).await;
 
-    rig.eventually("3 stale events dropped", async || {
+    eventually(DEADLINE, "3 stale events dropped", async || {
         rig.metrics.stale_events_dropped.get() == 3
     })
     .await;
-    rig.eventually("1 orphan event dropped", async || {
+    eventually(DEADLINE, "1 orphan event dropped", async || {
         rig.metrics.orphan_events_dropped.get() == 1
     })
     .await;
@@ -592,10 +550,8 @@ async fn a_purged_jobs_stream_is_recovered_by_resync() {
         resync_grace: Some(Duration::from_secs(2)),
         ..fast_watcher()
     });
-    rig.store
-        .create(component("web", Some(nginx(serde_json::json!({})))))
-        .unwrap();
-    rig.eventually("the first job", async || {
+    rig.store.create(deployable("web")).unwrap();
+    eventually(DEADLINE, "the first job", async || {
         rig.messages_in(JOBS_STREAM).await == 1
     })
     .await;
@@ -622,7 +578,7 @@ async fn invalid_config_is_claimed_then_failed_without_a_job_until_the_spec_chan
     let rig = Rig::new(Topology::default()).await;
     rig.spawn_watcher(fast_watcher());
     rig.spawn_writer();
-    rig.store.create(component("web", None)).unwrap();
+    rig.store.create(component("web").build()).unwrap();
     let failed = rig
         .wait_for("web", "Failed", |c| phase(c) == Some(Phase::Failed))
         .await
@@ -663,7 +619,7 @@ async fn invalid_config_is_claimed_then_failed_without_a_job_until_the_spec_chan
     // Fixed: deployed.
     rig.store
         .edit_spec("default", "web", |s| {
-            s.config = Some(nginx(serde_json::json!({})))
+            s.config = Some(nginx_config(serde_json::json!({})))
         })
         .unwrap();
     let job = rig.next_job().await;
@@ -679,7 +635,11 @@ async fn deleting_a_component_that_never_installed_anything_needs_no_job() {
     rig.spawn_watcher(fast_watcher());
     rig.spawn_writer();
     rig.store
-        .create(component("web", Some(serde_json::json!("not an object"))))
+        .create(
+            component("web")
+                .config(serde_json::json!("not an object"))
+                .build(),
+        )
         .unwrap();
     rig.wait_for("web", "Failed", |c| phase(c) == Some(Phase::Failed))
         .await;
@@ -700,9 +660,7 @@ async fn deleting_a_component_that_never_installed_anything_needs_no_job() {
 async fn bad_status_payloads_are_dead_lettered_with_the_reason() {
     let rig = Rig::new(Topology::default()).await;
     rig.spawn_writer();
-    rig.store
-        .create(component("web", Some(nginx(serde_json::json!({})))))
-        .unwrap();
+    rig.store.create(deployable("web")).unwrap();
     let subject = helmq_schemas::subject::status_subject("default", "web");
     for payload in [
         &b"not json at all"[..],
@@ -715,7 +673,7 @@ async fn bad_status_payloads_are_dead_lettered_with_the_reason() {
             .await
             .unwrap();
     }
-    rig.eventually("two dead letters", async || {
+    eventually(DEADLINE, "two dead letters", async || {
         rig.messages_in(DLQ_STREAM).await == 2
     })
     .await;
@@ -753,10 +711,7 @@ async fn bad_status_payloads_are_dead_lettered_with_the_reason() {
 #[tokio::test]
 async fn the_writer_retries_through_an_api_outage_in_order() {
     let rig = Rig::new(Topology::default()).await;
-    let created = rig
-        .store
-        .create(component("web", Some(nginx(serde_json::json!({})))))
-        .unwrap();
+    let created = rig.store.create(deployable("web")).unwrap();
     rig.store.set_unavailable(true);
     rig.spawn_writer();
     let job = JobEvent::new(
@@ -767,8 +722,12 @@ async fn the_writer_retries_through_an_api_outage_in_order() {
             uid: created.metadata.uid.clone(),
             generation: 1,
         },
-        helmq_schemas::HelmConfig::parse(Some(&nginx(serde_json::json!({}))), "default", "web")
-            .unwrap(),
+        helmq_schemas::HelmConfig::parse(
+            Some(&nginx_config(serde_json::json!({}))),
+            "default",
+            "web",
+        )
+        .unwrap(),
         300,
         jiff::Timestamp::now(),
     );
@@ -787,7 +746,7 @@ async fn the_writer_retries_through_an_api_outage_in_order() {
     rig.wait_for("web", "Ready", |c| phase(c) == Some(Phase::Ready))
         .await;
     // Both applied, in order: nothing was dropped as stale.
-    rig.eventually("both events applied", async || {
+    eventually(DEADLINE, "both events applied", async || {
         rig.metrics.statuses_applied.get() == 2
     })
     .await;
@@ -813,11 +772,9 @@ async fn two_elected_producers_publish_each_job_once_and_the_follower_takes_over
         token_2.clone(),
     );
     for name in ["web", "api"] {
-        rig.store
-            .create(component(name, Some(nginx(serde_json::json!({})))))
-            .unwrap();
+        rig.store.create(deployable(name)).unwrap();
     }
-    rig.eventually("apply jobs of both components", async || {
+    eventually(DEADLINE, "apply jobs of both components", async || {
         rig.messages_in(JOBS_STREAM).await >= 2
     })
     .await;
@@ -830,7 +787,7 @@ async fn two_elected_producers_publish_each_job_once_and_the_follower_takes_over
     // Several resync passes of the leader later, still one publish per job, all by the
     // leader; the follower never even watched.
     let resyncs = leader_metrics.resyncs.get();
-    rig.eventually("three more resyncs", async || {
+    eventually(DEADLINE, "three more resyncs", async || {
         leader_metrics.resyncs.get() >= resyncs + 3
     })
     .await;
@@ -852,12 +809,12 @@ async fn two_elected_producers_publish_each_job_once_and_the_follower_takes_over
 
     // The leader stops; the other one takes over and handles a new Component.
     leader.cancel();
-    rig.eventually("the follower to lead", async || follower_view.is_leader())
-        .await;
-    rig.store
-        .create(component("db", Some(nginx(serde_json::json!({})))))
-        .unwrap();
-    rig.eventually("the new component's job", async || {
+    eventually(DEADLINE, "the follower to lead", async || {
+        follower_view.is_leader()
+    })
+    .await;
+    rig.store.create(deployable("db")).unwrap();
+    eventually(DEADLINE, "the new component's job", async || {
         rig.messages_in(JOBS_STREAM).await >= 3
     })
     .await;
@@ -879,19 +836,16 @@ async fn an_elected_producer_pauses_without_leadership_and_relists_when_it_leads
     let leases = FakeLeaseStore::new();
     let metrics = Metrics::default();
     let view = rig.spawn_elected_watcher(leases.clone(), "p1", metrics.clone(), rig.token.clone());
-    rig.eventually("leading", async || view.is_leader()).await;
-    rig.eventually("the first listing", async || {
+    eventually(DEADLINE, "leading", async || view.is_leader()).await;
+    eventually(DEADLINE, "the first listing", async || {
         metrics.watch_restarts.get() == 1
     })
     .await;
 
     // Cut off from the Leases: it stops leading and leaves a new Component alone.
     leases.cut_off(true);
-    rig.eventually("not leading", async || !view.is_leader())
-        .await;
-    rig.store
-        .create(component("web", Some(nginx(serde_json::json!({})))))
-        .unwrap();
+    eventually(DEADLINE, "not leading", async || !view.is_leader()).await;
+    rig.store.create(deployable("web")).unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(finalizers(rig.store.snapshot("default", "web").as_ref()).is_empty());
     assert_eq!(rig.messages_in(JOBS_STREAM).await, 0);

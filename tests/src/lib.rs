@@ -6,6 +6,12 @@
 //! installed under `.tools/`, else `nats-server` on `PATH`. With `NATS_URL` set, tests use that
 //! external server instead of starting one (it must be disposable: tests create and delete the
 //! `HELMQ_*` streams, so run them with `--test-threads 1`).
+//!
+//! Also shared: [`wait`] (poll until a condition holds) and [`build`] (Components and Helm
+//! configs for tests).
+
+pub mod build;
+pub mod wait;
 
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};

@@ -8,6 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use helmq_tests::wait::eventually_blocking;
+
 fn root() -> PathBuf {
     helmq_tests::workspace_root()
 }
@@ -228,11 +230,11 @@ fn up_then_down_starts_and_stops_exactly_its_processes() {
         String::from_utf8_lossy(&out.stderr)
     );
     for (name, pid) in &started {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while alive(pid) && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        assert!(!alive(pid), "{name} ({pid}) still running after down");
+        eventually_blocking(
+            std::time::Duration::from_secs(10),
+            &format!("{name} ({pid}) to stop after down"),
+            || !alive(pid),
+        );
     }
     assert!(!pids_file.exists());
 }

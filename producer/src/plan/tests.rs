@@ -1,7 +1,8 @@
 //! The protocol table: every phase, finalizer combination and deletion state.
 
 use super::*;
-use helmq_schemas::component::{ComponentSpec, HandlerStatus};
+use helmq_schemas::component::HandlerStatus;
+use helmq_tests::build::{component, nginx_config};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 const OTHER: &str = "rds.deployment-orchestrator.io/lifecycle";
@@ -9,14 +10,7 @@ const COMPOSITION_LIFECYCLE: &str = "composition.deployment-orchestrator.io/life
 const UNRELATED: &str = "kubernetes.io/pvc-protection";
 
 fn valid_config() -> serde_json::Value {
-    serde_json::json!({
-        "releaseName": "web",
-        "releaseNamespace": "apps",
-        "source": {"type": "http",
-            "repository": {"url": "https://repo.broadcom.com/bitnami-files", "name": "bitnami"},
-            "chart": {"name": "nginx", "version": "18.2.4"}},
-        "values": {"service": {"type": "ClusterIP"}, "replicaCount": 1}
-    })
+    nginx_config(serde_json::json!({"service": {"type": "ClusterIP"}, "replicaCount": 1}))
 }
 
 fn now() -> Timestamp {
@@ -83,28 +77,18 @@ impl Fixture {
         self
     }
     fn build(&self) -> Component {
-        let mut c = Component::new(
-            "web",
-            ComponentSpec {
-                name: "web".into(),
-                handler: self.handler.into(),
-                config: self.config.clone(),
-                deployment_timeout: None,
-                termination_timeout: None,
-            },
-        );
-        c.metadata.namespace = Some("default".into());
-        c.metadata.uid = Some("uid-1".into());
-        c.metadata.generation = Some(self.generation);
-        c.metadata.resource_version = Some("7".into());
-        if !self.finalizers.is_empty() {
-            c.metadata.finalizers = Some(self.finalizers.iter().map(|f| f.to_string()).collect());
-        }
+        let mut c = component("web")
+            .handler(self.handler)
+            .config(self.config.clone())
+            .uid("uid-1")
+            .generation(self.generation)
+            .resource_version("7")
+            .finalizers(&self.finalizers);
         if self.deleting {
-            c.metadata.deletion_timestamp = Some(Time(ago(5)));
+            c = c.deleting_since(ago(5));
         }
         if self.phase.is_some() || self.record {
-            c.status = Some(ComponentStatus {
+            c = c.status(ComponentStatus {
                 phase: self.phase,
                 observed_generation: self.observed,
                 handler_status: self.record.then(|| HandlerStatus {
@@ -116,7 +100,7 @@ impl Fixture {
                 ..Default::default()
             });
         }
-        c
+        c.build()
     }
 }
 

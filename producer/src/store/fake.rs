@@ -379,27 +379,7 @@ mod tests {
     use helmq_schemas::component::{COORDINATION_FINALIZER, Phase};
 
     fn component(name: &str) -> Component {
-        Component::new(
-            name,
-            ComponentSpec {
-                name: name.into(),
-                handler: "helm".into(),
-                config: None,
-                deployment_timeout: None,
-                termination_timeout: None,
-            },
-        )
-        .within("default")
-    }
-
-    trait Within {
-        fn within(self, ns: &str) -> Self;
-    }
-    impl Within for Component {
-        fn within(mut self, ns: &str) -> Self {
-            self.metadata.namespace = Some(ns.into());
-            self
-        }
+        helmq_tests::build::component(name).build()
     }
 
     #[tokio::test]

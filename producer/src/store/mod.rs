@@ -1,15 +1,20 @@
 //! The `ComponentStore` seam: everything the producer and the writer need from the Kubernetes
 //! API about `Component` resources, with the real adapter ([`KubeComponentStore`]) and an
-//! in-memory fake ([`fake::FakeComponentStore`]) that behaves like the API server for tests.
+//! in-memory fake (`fake::FakeComponentStore`) that behaves like the API server for tests.
 //!
 //! The [`LeaseStore`] seam does the same for the `coordination.k8s.io/v1` Lease of leader
-//! election ([`KubeLeaseStore`], [`fake::FakeLeaseStore`]).
+//! election ([`KubeLeaseStore`], `fake::FakeLeaseStore`).
+//!
+//! The fakes are compiled only for tests: this crate's own, and dependents that enable the
+//! `testing` feature. The binaries never contain them.
 //!
 //! Every write carries the `metadata.resourceVersion` the caller read, so a concurrent change
 //! is reported as [`StoreError::Conflict`] (HTTP 409) and re-read by the caller, never
 //! overwritten.
 
+#[cfg(any(test, feature = "testing"))]
 pub mod fake;
+#[cfg(any(test, feature = "testing"))]
 mod fake_lease;
 mod kube_lease;
 mod kube_store;
