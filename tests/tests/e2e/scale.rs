@@ -17,6 +17,34 @@ use serde_json::{Value, json};
 use crate::support::{Options, Stack, binary, gate, phase};
 
 const WORKERS: usize = 2;
+/// The run fails when no Component got further (Ready, or gone after delete) for this long; it is
+/// not a time limit on the whole run, whose length depends on the machine.
+const STALL: Duration = Duration::from_secs(120);
+
+/// Waits until `remaining()` reaches 0, failing only when it stops going down for [`STALL`].
+async fn until_done<F, Fut>(what: &str, mut remaining: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = usize>,
+{
+    let mut last = usize::MAX;
+    let mut moved = Instant::now();
+    loop {
+        let left = remaining().await;
+        if left == 0 {
+            return;
+        }
+        if left < last {
+            last = left;
+            moved = Instant::now();
+        }
+        assert!(
+            moved.elapsed() < STALL,
+            "{what}: {left} left, none for {STALL:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
 
 /// The value at quantile `q` (0..=1) of sorted samples (nearest rank).
 fn quantile(sorted: &[f64], q: f64) -> f64 {
@@ -107,15 +135,11 @@ async fn scale_many_small_components() {
             .create(&name, stack.hello_config(&name, "0.1.0", "scale"))
             .await;
     }
-    let deadline = Instant::now() + Duration::from_secs(60 + count as u64);
-    loop {
-        let ready = ready_at.lock().unwrap().len();
-        if ready == count {
-            break;
-        }
-        assert!(Instant::now() < deadline, "only {ready} of {count} Ready");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    until_done("not Ready", || {
+        let left = count - ready_at.lock().unwrap().len();
+        async move { left }
+    })
+    .await;
     let ready_at = ready_at.lock().unwrap().clone();
     let last_ready = ready_at.values().max().copied().unwrap_or(started);
     let elapsed = last_ready.duration_since(started).as_secs_f64();
@@ -136,24 +160,16 @@ async fn scale_many_small_components() {
             .await
             .expect("delete");
     }
-    let deadline = Instant::now() + Duration::from_secs(60 + count as u64);
-    loop {
-        let left = stack
+    until_done("not deleted", || async {
+        stack
             .components()
             .list(&Default::default())
             .await
-            .unwrap()
+            .expect("list Components")
             .items
-            .len();
-        if left == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{left} Components left after delete"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+            .len()
+    })
+    .await;
     let delete_seconds = delete_started.elapsed().as_secs_f64();
     watch.abort();
     let delete_calls = subtract(&stack.helm_call_counts(), &deploy_calls);
