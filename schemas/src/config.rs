@@ -19,15 +19,13 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::{dns, oci};
+
 /// Largest accepted `values`, measured as the length of its compact JSON serialization.
 pub const MAX_VALUES_BYTES: usize = 256 * 1024;
 
 /// Longest Helm release name.
 const MAX_RELEASE_NAME_LEN: usize = 53;
-/// Longest DNS-1123 label (namespace).
-const MAX_LABEL_LEN: usize = 63;
-/// Prefix of an OCI chart reference.
-const OCI_PREFIX: &str = "oci://";
 /// The only supported OCI authentication method.
 const REGISTRY_METHOD: &str = "registry";
 
@@ -328,7 +326,7 @@ impl HelmConfig {
     pub fn chart_name(&self) -> &str {
         match &self.source {
             ChartSource::Http { chart, .. } => &chart.name,
-            ChartSource::Oci { chart, .. } => oci_name_and_tag(chart).0,
+            ChartSource::Oci { chart, .. } => oci::name_and_tag(chart).0,
         }
     }
 
@@ -338,7 +336,7 @@ impl HelmConfig {
     pub fn chart_version(&self) -> &str {
         match &self.source {
             ChartSource::Http { chart, .. } => &chart.version,
-            ChartSource::Oci { chart, .. } => oci_name_and_tag(chart).1,
+            ChartSource::Oci { chart, .. } => oci::name_and_tag(chart).1,
         }
     }
 }
@@ -588,7 +586,7 @@ fn check_required(field: &'static str, value: &str) -> Result<(), ConfigError> {
 /// Helm release name: `^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`, at
 /// most 53 characters.
 fn check_release_name(field: &'static str, value: &str) -> Result<(), ConfigError> {
-    if value.len() <= MAX_RELEASE_NAME_LEN && value.split('.').all(is_label_shaped) {
+    if value.len() <= MAX_RELEASE_NAME_LEN && dns::is_subdomain(value) {
         Ok(())
     } else {
         Err(ConfigError::ReleaseName {
@@ -601,27 +599,13 @@ fn check_release_name(field: &'static str, value: &str) -> Result<(), ConfigErro
 /// DNS-1123 label: lowercase alphanumerics and `-`, starting and ending alphanumeric, at most
 /// 63 characters.
 fn check_namespace(field: &'static str, value: &str) -> Result<(), ConfigError> {
-    if value.len() <= MAX_LABEL_LEN && is_label_shaped(value) {
+    if dns::is_label(value) {
         Ok(())
     } else {
         Err(ConfigError::Namespace {
             field,
             value: value.to_owned(),
         })
-    }
-}
-
-/// `[a-z0-9]([-a-z0-9]*[a-z0-9])?` without a length limit.
-fn is_label_shaped(label: &str) -> bool {
-    let bytes = label.as_bytes();
-    let alphanumeric = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
-    match (bytes.first(), bytes.last()) {
-        (Some(first), Some(last)) => {
-            alphanumeric(first)
-                && alphanumeric(last)
-                && bytes.iter().all(|b| alphanumeric(b) || *b == b'-')
-        }
-        _ => false,
     }
 }
 
@@ -687,61 +671,16 @@ impl io::Write for ByteCounter {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// OCI references.
-
-/// Why an OCI reference is malformed.
-enum OciFault {
-    Prefix,
-    Path,
-    Tag,
-}
-
-/// Split `oci://registry[:port]/path/chart:tag` into the chart name and the tag.
-fn split_oci_reference(reference: &str) -> Result<(&str, &str), OciFault> {
-    let rest = reference.strip_prefix(OCI_PREFIX).ok_or(OciFault::Prefix)?;
-    if rest.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(OciFault::Path);
-    }
-    let (registry, path) = rest.split_once('/').ok_or(OciFault::Path)?;
-    if registry.is_empty() || path.split('/').any(str::is_empty) {
-        return Err(OciFault::Path);
-    }
-    let last = path.rsplit_once('/').map_or(path, |(_, last)| last);
-    if last.contains('@') {
-        // A digest (`chart@sha256:...`) is not a version tag.
-        return Err(OciFault::Tag);
-    }
-    let (name, tag) = last.split_once(':').ok_or(OciFault::Tag)?;
-    if name.is_empty() {
-        return Err(OciFault::Path);
-    }
-    if tag.is_empty() || tag.contains(':') {
-        return Err(OciFault::Tag);
-    }
-    Ok((name, tag))
-}
-
 fn check_oci_reference(field: &'static str, value: &str) -> Result<(), ConfigError> {
-    match split_oci_reference(value) {
+    match oci::Reference::parse(value) {
         Ok(_) => Ok(()),
-        Err(OciFault::Prefix) => Err(ConfigError::OciPrefix {
+        Err(oci::ReferenceError::Prefix) => Err(ConfigError::OciPrefix {
             field,
             value: value.to_owned(),
         }),
-        Err(OciFault::Path) => Err(ConfigError::OciPath { field }),
-        Err(OciFault::Tag) => Err(ConfigError::OciTag { field }),
+        Err(oci::ReferenceError::Path) => Err(ConfigError::OciPath { field }),
+        Err(oci::ReferenceError::Tag) => Err(ConfigError::OciTag { field }),
     }
-}
-
-/// Chart name and tag of an OCI reference; for a malformed one, the last path segment and an
-/// empty tag.
-fn oci_name_and_tag(reference: &str) -> (&str, &str) {
-    split_oci_reference(reference).unwrap_or_else(|_| {
-        let rest = reference.strip_prefix(OCI_PREFIX).unwrap_or(reference);
-        let last = rest.rsplit_once('/').map_or(rest, |(_, last)| last);
-        (last, "")
-    })
 }
 
 #[cfg(test)]
@@ -1711,6 +1650,11 @@ mod tests {
             broken(
                 "oci without registry",
                 oci_form(json!({"chart": "oci:///charts/app:1.0.0"})),
+                "source.chart must name a registry and a chart path (oci://registry/path/chart:version)",
+            ),
+            broken(
+                "oci registry that reads as a flag",
+                oci_form(json!({"chart": "oci://--help/charts/app:1.0.0"})),
                 "source.chart must name a registry and a chart path (oci://registry/path/chart:version)",
             ),
             broken(

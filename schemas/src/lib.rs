@@ -1,11 +1,14 @@
 //! Wire and API types shared by every helmq process, with no IO: the `Component` custom
 //! resource, the Helm config carried in `spec.config`, the `JobEvent` and `StatusEvent`
-//! messages and the subject names they travel on.
+//! messages and the subject names they travel on, and the checks of the names and references
+//! they carry (DNS-1123 names, OCI chart references).
 
 pub mod component;
 pub mod config;
+pub mod dns;
 pub mod event;
 pub mod generate;
+pub mod oci;
 pub mod subject;
 
 pub use component::{Component, ComponentSpec, ComponentStatus, Phase};

@@ -1,11 +1,14 @@
 //! The [`HelmDriver`] seam: what a worker needs from Helm (apply, uninstall, learn a release's
-//! state, roll back, delete a namespace), the stuck-release recovery plan, and two
-//! implementations: [`HelmCli`] (the `helm` executable) and [`MemoryDriver`] (in memory, for
-//! tests of the pipeline).
+//! state, roll back, delete a namespace), its errors and their classification, Helm's release
+//! statuses, the stuck-release recovery plan, and two implementations: [`HelmCli`] (the `helm`
+//! executable) and `MemoryDriver` (in memory, for tests of the pipeline; built only for this
+//! crate's tests and with the `testing` feature, so release binaries do not contain it).
 
 pub mod helm_cli;
+#[cfg(any(test, feature = "testing"))]
 pub mod memory;
 
+use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
@@ -13,13 +16,16 @@ use helmq_schemas::HelmConfig;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-pub use helm_cli::{HelmCli, HelmCliSettings};
+pub use helm_cli::{CredentialsError, HelmCli, HelmCliSettings, OutputError};
+#[cfg(any(test, feature = "testing"))]
 pub use memory::MemoryDriver;
 
 use crate::policy::{Failure, classify, classify_kubectl};
 
-/// Why a driver call did not succeed.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+/// Why a driver call did not succeed. An error built on another keeps it as its
+/// [`source`](std::error::Error::source) and also says it in its own text, which is what
+/// status messages and logs show. (Not `Clone` or `PartialEq`: the causes it keeps are neither.)
+#[derive(Debug, thiserror::Error)]
 pub enum DriverError {
     /// Helm ran and failed.
     #[error("helm {command} failed: {stderr}")]
@@ -31,48 +37,62 @@ pub enum DriverError {
         /// Its stderr, trimmed (never holds values: they are passed in a file).
         stderr: String,
     },
+    /// kubectl ran and failed.
+    #[error("cannot {action}: {stderr}")]
+    Kubectl {
+        /// What kubectl was asked to do.
+        action: KubectlAction,
+        /// kubectl's exit code (`None` when killed by a signal).
+        exit_code: Option<i32>,
+        /// kubectl's stderr, trimmed (its errors never hold a Secret's data).
+        stderr: String,
+    },
     /// The command ran longer than its own timeout and was killed.
-    #[error("helm {command} did not finish within {limit:?} and was killed")]
+    #[error("{tool} {command} did not finish within {limit:?} and was killed")]
     TimedOut {
+        /// The executable.
+        tool: Tool,
         /// The subcommand.
         command: String,
         /// The limit.
         limit: Duration,
     },
     /// The run was cancelled (newer generation, lost lease or shutdown); the process was killed.
-    #[error("helm {command} was cancelled")]
+    #[error("{tool} {command} was cancelled")]
     Cancelled {
+        /// The executable.
+        tool: Tool,
         /// The subcommand.
         command: String,
     },
     /// The executable could not be started or its output could not be read.
-    #[error("cannot run {program}: {reason}")]
+    #[error("cannot run {program}: {source}{}", purpose(.needed_to.as_ref()))]
     Spawn {
         /// The program.
         program: String,
+        /// What kubectl was needed for, when the program is kubectl.
+        needed_to: Option<KubectlAction>,
         /// Why.
-        reason: String,
+        #[source]
+        source: std::io::Error,
     },
     /// Helm's output was not what `-o json` promises.
     #[error("cannot read the output of helm {command}: {reason}")]
     Output {
         /// The subcommand.
         command: String,
-        /// Why.
-        reason: String,
+        /// What is wrong with it.
+        #[source]
+        reason: OutputError,
     },
-    /// Local files (values file, chart cache) could not be written.
-    #[error("{0}")]
-    Local(String),
-    /// `kubectl get secret` failed for the Secret of an OCI registry login.
-    #[error("cannot read registry secret {secret}: {stderr}")]
-    SecretRead {
-        /// `namespace/name` of the Secret.
-        secret: String,
-        /// kubectl's exit code (`None` when killed by a signal).
-        exit_code: Option<i32>,
-        /// kubectl's stderr, trimmed (its errors never hold the Secret's data).
-        stderr: String,
+    /// Local files (values file, chart cache) could not be written or read.
+    #[error("{what}: {source}")]
+    Local {
+        /// What was being done, e.g. `cannot create the values file`.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
     },
     /// An OCI registry login cannot be attempted: kubectl is disabled, or the Secret lacks
     /// usable credentials. Never holds a credential.
@@ -83,18 +103,33 @@ pub enum DriverError {
         /// `namespace/name` of the Secret.
         secret: String,
         /// What is missing or wrong.
-        reason: String,
+        #[source]
+        reason: CredentialsError,
     },
 }
 
+/// ` (needed to <action>)`, or nothing.
+fn purpose(action: Option<&KubectlAction>) -> String {
+    action.map_or_else(String::new, |action| format!(" (needed to {action})"))
+}
+
 impl DriverError {
-    /// Whether retrying can help.
+    /// A [`DriverError::Local`]: `what` failed because of `source`.
+    pub fn local(what: impl Into<String>, source: std::io::Error) -> DriverError {
+        DriverError::Local {
+            what: what.into(),
+            source,
+        }
+    }
+
+    /// Whether retrying can help. Helm's and kubectl's failures are classified by their own
+    /// stderr tables.
     pub fn failure(&self) -> Failure {
         match self {
             DriverError::Helm {
                 exit_code, stderr, ..
             } => classify(*exit_code, stderr),
-            DriverError::SecretRead {
+            DriverError::Kubectl {
                 exit_code, stderr, ..
             } => classify_kubectl(*exit_code, stderr),
             DriverError::RegistryCredentials { .. } => Failure::Permanent,
@@ -102,8 +137,127 @@ impl DriverError {
             | DriverError::Cancelled { .. }
             | DriverError::Spawn { .. }
             | DriverError::Output { .. }
-            | DriverError::Local(_) => Failure::Transient,
+            | DriverError::Local { .. } => Failure::Transient,
         }
+    }
+}
+
+/// The executable a driver runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tool {
+    /// `helm`.
+    Helm,
+    /// `kubectl`.
+    Kubectl,
+}
+
+impl fmt::Display for Tool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Tool::Helm => "helm",
+            Tool::Kubectl => "kubectl",
+        })
+    }
+}
+
+/// What a driver asks kubectl to do; its text completes `cannot …` and `needed to …`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KubectlAction {
+    /// `kubectl get secret` of an OCI registry login.
+    ReadSecret {
+        /// `namespace/name` of the Secret.
+        secret: String,
+    },
+    /// `kubectl delete namespace` of a namespace helmq manages.
+    DeleteNamespace {
+        /// The namespace.
+        namespace: String,
+    },
+}
+
+impl fmt::Display for KubectlAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KubectlAction::ReadSecret { secret } => write!(f, "read registry secret {secret}"),
+            KubectlAction::DeleteNamespace { namespace } => {
+                write!(f, "delete namespace {namespace}")
+            }
+        }
+    }
+}
+
+/// A release's status as Helm names it, read once where Helm's output is parsed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(from = "String")]
+pub enum HelmStatus {
+    /// `deployed`.
+    Deployed,
+    /// `superseded`: an older revision that was deployed.
+    Superseded,
+    /// `failed`.
+    Failed,
+    /// `uninstalling`.
+    Uninstalling,
+    /// `uninstalled` (kept with `--keep-history`).
+    Uninstalled,
+    /// `pending-install`.
+    PendingInstall,
+    /// `pending-upgrade`.
+    PendingUpgrade,
+    /// `pending-rollback`.
+    PendingRollback,
+    /// Any other text, as Helm wrote it (Helm's own `unknown`, or a status a newer Helm adds).
+    /// Parsing never puts a known status here.
+    Unknown(String),
+}
+
+impl HelmStatus {
+    /// Helm's text for the status, exactly as on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            HelmStatus::Deployed => "deployed",
+            HelmStatus::Superseded => "superseded",
+            HelmStatus::Failed => "failed",
+            HelmStatus::Uninstalling => "uninstalling",
+            HelmStatus::Uninstalled => "uninstalled",
+            HelmStatus::PendingInstall => "pending-install",
+            HelmStatus::PendingUpgrade => "pending-upgrade",
+            HelmStatus::PendingRollback => "pending-rollback",
+            HelmStatus::Unknown(text) => text,
+        }
+    }
+
+    /// The known status named `text`.
+    fn known(text: &str) -> Option<HelmStatus> {
+        Some(match text {
+            "deployed" => HelmStatus::Deployed,
+            "superseded" => HelmStatus::Superseded,
+            "failed" => HelmStatus::Failed,
+            "uninstalling" => HelmStatus::Uninstalling,
+            "uninstalled" => HelmStatus::Uninstalled,
+            "pending-install" => HelmStatus::PendingInstall,
+            "pending-upgrade" => HelmStatus::PendingUpgrade,
+            "pending-rollback" => HelmStatus::PendingRollback,
+            _ => return None,
+        })
+    }
+}
+
+impl From<&str> for HelmStatus {
+    fn from(text: &str) -> Self {
+        HelmStatus::known(text).unwrap_or_else(|| HelmStatus::Unknown(text.to_owned()))
+    }
+}
+
+impl From<String> for HelmStatus {
+    fn from(text: String) -> Self {
+        HelmStatus::known(&text).unwrap_or(HelmStatus::Unknown(text))
+    }
+}
+
+impl fmt::Display for HelmStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -112,8 +266,8 @@ impl DriverError {
 pub struct Release {
     /// Revision.
     pub revision: i64,
-    /// Helm status (`deployed`, `pending-upgrade`, ...).
-    pub status: String,
+    /// Helm status.
+    pub status: HelmStatus,
     /// Chart version.
     pub chart_version: Option<String>,
 }
@@ -124,7 +278,7 @@ pub struct Revision {
     /// Revision number.
     pub revision: i64,
     /// Helm status of that revision.
-    pub status: String,
+    pub status: HelmStatus,
     /// `name-version` of the chart.
     #[serde(default)]
     pub chart: String,
@@ -219,14 +373,14 @@ pub enum Recovery {
     /// Roll back to the newest revision that was deployed.
     Rollback {
         /// The stuck state.
-        from: String,
+        from: HelmStatus,
         /// The revision to go back to.
         revision: i64,
     },
     /// Nothing was ever deployed: uninstall, and the job installs afresh.
     Uninstall {
         /// The stuck state.
-        from: String,
+        from: HelmStatus,
     },
 }
 
@@ -247,37 +401,35 @@ impl Recovery {
 }
 
 /// Whether a Helm status is one a crashed run leaves behind.
-pub fn is_pending(status: &str) -> bool {
+pub fn is_pending(status: &HelmStatus) -> bool {
     matches!(
         status,
-        "pending-install" | "pending-upgrade" | "pending-rollback"
+        HelmStatus::PendingInstall | HelmStatus::PendingUpgrade | HelmStatus::PendingRollback
     )
 }
 
 /// The recovery of a release whose current status is `status`, from its history; `None` when
 /// it is not stuck.
-pub fn recovery_plan(status: &str, history: &[Revision]) -> Option<Recovery> {
+pub fn recovery_plan(status: &HelmStatus, history: &[Revision]) -> Option<Recovery> {
     if !is_pending(status) {
         return None;
     }
     let last_good = history
         .iter()
-        .filter(|r| r.status == "deployed" || r.status == "superseded")
+        .filter(|r| matches!(r.status, HelmStatus::Deployed | HelmStatus::Superseded))
         .map(|r| r.revision)
         .max();
+    let from = status.clone();
     Some(match last_good {
-        Some(revision) => Recovery::Rollback {
-            from: status.to_owned(),
-            revision,
-        },
-        None => Recovery::Uninstall {
-            from: status.to_owned(),
-        },
+        Some(revision) => Recovery::Rollback { from, revision },
+        None => Recovery::Uninstall { from },
     })
 }
 
 #[cfg(test)]
 mod tests {
+    use std::error::Error as _;
+
     use super::*;
 
     fn rev(revision: i64, status: &str) -> Revision {
@@ -290,9 +442,49 @@ mod tests {
     }
 
     #[test]
+    fn helm_statuses_read_and_print_helms_text() {
+        let cases = [
+            ("deployed", HelmStatus::Deployed),
+            ("superseded", HelmStatus::Superseded),
+            ("failed", HelmStatus::Failed),
+            ("uninstalling", HelmStatus::Uninstalling),
+            ("uninstalled", HelmStatus::Uninstalled),
+            ("pending-install", HelmStatus::PendingInstall),
+            ("pending-upgrade", HelmStatus::PendingUpgrade),
+            ("pending-rollback", HelmStatus::PendingRollback),
+            ("unknown", HelmStatus::Unknown("unknown".into())),
+            ("Deployed", HelmStatus::Unknown("Deployed".into())),
+            ("", HelmStatus::Unknown(String::new())),
+        ];
+        for (text, status) in &cases {
+            assert_eq!(&HelmStatus::from(*text), status, "{text}");
+            assert_eq!(&HelmStatus::from((*text).to_owned()), status, "{text}");
+            assert_eq!(status.as_str(), *text);
+            assert_eq!(status.to_string(), *text);
+            let parsed: HelmStatus = serde_json::from_value((*text).into()).unwrap();
+            assert_eq!(&parsed, status, "{text}");
+        }
+        let pending: Vec<_> = cases
+            .iter()
+            .filter(|(_, s)| is_pending(s))
+            .map(|(t, _)| *t)
+            .collect();
+        assert_eq!(
+            pending,
+            ["pending-install", "pending-upgrade", "pending-rollback"]
+        );
+    }
+
+    #[test]
     fn stuck_releases_roll_back_to_the_newest_deployed_revision() {
-        assert_eq!(recovery_plan("deployed", &[rev(1, "deployed")]), None);
-        assert_eq!(recovery_plan("failed", &[rev(1, "failed")]), None);
+        assert_eq!(
+            recovery_plan(&HelmStatus::Deployed, &[rev(1, "deployed")]),
+            None
+        );
+        assert_eq!(
+            recovery_plan(&HelmStatus::Failed, &[rev(1, "failed")]),
+            None
+        );
         let history = [
             rev(1, "superseded"),
             rev(2, "superseded"),
@@ -301,9 +493,9 @@ mod tests {
             rev(5, "pending-upgrade"),
         ];
         assert_eq!(
-            recovery_plan("pending-upgrade", &history),
+            recovery_plan(&HelmStatus::PendingUpgrade, &history),
             Some(Recovery::Rollback {
-                from: "pending-upgrade".into(),
+                from: HelmStatus::PendingUpgrade,
                 revision: 3
             })
         );
@@ -314,21 +506,21 @@ mod tests {
             rev(3, "pending-rollback"),
         ];
         assert_eq!(
-            recovery_plan("pending-rollback", &history),
+            recovery_plan(&HelmStatus::PendingRollback, &history),
             Some(Recovery::Rollback {
-                from: "pending-rollback".into(),
+                from: HelmStatus::PendingRollback,
                 revision: 1
             })
         );
         assert_eq!(
-            recovery_plan("pending-install", &[rev(1, "pending-install")]),
+            recovery_plan(&HelmStatus::PendingInstall, &[rev(1, "pending-install")]),
             Some(Recovery::Uninstall {
-                from: "pending-install".into()
+                from: HelmStatus::PendingInstall
             })
         );
         assert_eq!(
             Recovery::Rollback {
-                from: "pending-upgrade".into(),
+                from: HelmStatus::PendingUpgrade,
                 revision: 3
             }
             .describe("web"),
@@ -356,34 +548,99 @@ mod tests {
         );
         assert_eq!(
             DriverError::TimedOut {
+                tool: Tool::Helm,
                 command: "upgrade".into(),
                 limit: Duration::from_secs(1)
             }
             .failure(),
             Failure::Transient
         );
-        let secret = |stderr: &str| DriverError::SecretRead {
-            secret: "apps/creds".into(),
+        let kubectl = |action: KubectlAction, stderr: &str| DriverError::Kubectl {
+            action,
             exit_code: Some(1),
             stderr: stderr.into(),
         };
-        assert_eq!(
-            secret(r#"Error from server (NotFound): secrets "creds" not found"#).failure(),
-            Failure::Permanent
+        let secret = || KubectlAction::ReadSecret {
+            secret: "apps/creds".into(),
+        };
+        let namespace = || KubectlAction::DeleteNamespace {
+            namespace: "apps".into(),
+        };
+        let not_found = kubectl(
+            secret(),
+            r#"Error from server (NotFound): secrets "creds" not found"#,
         );
+        assert_eq!(not_found.failure(), Failure::Permanent);
         assert_eq!(
-            secret("The connection to the server 10.0.0.1:6443 was refused - did you specify the right host or port?").failure(),
-            Failure::Transient
+            not_found.to_string(),
+            r#"cannot read registry secret apps/creds: Error from server (NotFound): secrets "creds" not found"#
+        );
+        let refused = "The connection to the server 10.0.0.1:6443 was refused - did you specify the right host or port?";
+        assert_eq!(kubectl(secret(), refused).failure(), Failure::Transient);
+        assert_eq!(kubectl(namespace(), refused).failure(), Failure::Transient);
+        // kubectl's texts are not read with Helm's table: `eof` in a name is no network error.
+        let forbidden = kubectl(
+            namespace(),
+            r#"Error from server (Forbidden): namespaces "eof" is forbidden: User "system:serviceaccount:helmq:worker" cannot delete resource "namespaces" in API group "" in the namespace "eof""#,
+        );
+        assert_eq!(forbidden.failure(), Failure::Permanent);
+        assert!(
+            forbidden
+                .to_string()
+                .starts_with("cannot delete namespace apps: Error from server (Forbidden)"),
+            "{forbidden}"
         );
         let no_keys = DriverError::RegistryCredentials {
             registry: "registry.example.com".into(),
             secret: "apps/creds".into(),
-            reason: "the secret holds no token and no password".into(),
+            reason: CredentialsError::KubectlDisabled,
         };
         assert_eq!(no_keys.failure(), Failure::Permanent);
         assert_eq!(
             no_keys.to_string(),
-            "cannot log in to registry registry.example.com with secret apps/creds: the secret holds no token and no password"
+            "cannot log in to registry registry.example.com with secret apps/creds: kubectl is \
+             disabled on this worker (set --kubectl-bin / HELMQ_KUBECTL_BIN)"
+        );
+    }
+
+    #[test]
+    fn errors_keep_their_cause() {
+        let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let spawn = DriverError::Spawn {
+            program: "/bin/kubectl".into(),
+            needed_to: Some(KubectlAction::ReadSecret {
+                secret: "apps/creds".into(),
+            }),
+            source: missing,
+        };
+        assert_eq!(
+            spawn.to_string(),
+            "cannot run /bin/kubectl: entity not found (needed to read registry secret apps/creds)"
+        );
+        assert_eq!(spawn.failure(), Failure::Transient);
+        let cause = spawn
+            .source()
+            .and_then(|s| s.downcast_ref::<std::io::Error>());
+        assert_eq!(
+            cause.map(std::io::Error::kind),
+            Some(std::io::ErrorKind::NotFound)
+        );
+        let local = DriverError::local(
+            "cannot create the values file",
+            std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        );
+        assert_eq!(
+            local.to_string(),
+            "cannot create the values file: permission denied"
+        );
+        assert!(local.source().is_some());
+        assert_eq!(
+            DriverError::Cancelled {
+                tool: Tool::Kubectl,
+                command: "get".into()
+            }
+            .to_string(),
+            "kubectl get was cancelled"
         );
     }
 }

@@ -3,7 +3,7 @@
 //! a [`driver::HelmDriver`] with a lease per release, and publish status events.
 //!
 //! Modules: [`args`] (flags), [`policy`] (pure decisions), [`driver`] (the Helm seam,
-//! [`driver::HelmCli`] and [`driver::MemoryDriver`]), [`exclusivity`] (leases and latest intent
+//! [`driver::HelmCli`] and `driver::MemoryDriver`), [`exclusivity`] (leases and latest intent
 //! on KV), [`pool`] (consumption and the job path), [`metrics`].
 
 pub mod args;
@@ -24,7 +24,9 @@ use helmq_queue::{ConnectError, Connection, JetStreamStatus, Topology, TopologyE
 use helmq_telemetry::Readiness;
 
 pub use args::Args;
-pub use driver::{HelmCli, HelmDriver, MemoryDriver};
+#[cfg(any(test, feature = "testing"))]
+pub use driver::MemoryDriver;
+pub use driver::{HelmCli, HelmDriver};
 pub use metrics::Metrics;
 pub use pool::{Settings, run_pool};
 

@@ -89,17 +89,18 @@ pub fn classify(exit_code: Option<i32>, stderr: &str) -> Failure {
     Failure::Transient
 }
 
-/// kubectl's texts for a Secret that does not exist or that the worker may not read: only a
-/// change to the cluster helps, not a retry.
+/// kubectl's texts for an object that does not exist (a registry Secret) or that the worker may
+/// not read or delete (RBAC): only a change to the cluster helps, not a retry.
 const KUBECTL_PERMANENT: &[&str] = &[
     "error from server (notfound)",
     "error from server (forbidden)",
 ];
 
-/// Classifies a failed `kubectl get secret` by its exit code and stderr: a missing Secret or
-/// one the worker may not read is permanent; anything else (the API server unreachable,
-/// overloaded or failing, expired credentials) is transient. The permanent texts are checked
-/// first since the Secret's name, which is in them, can be any word.
+/// Classifies a failed kubectl command (`get secret` of a registry login, `delete namespace`) by
+/// its exit code and stderr, never with Helm's table: a missing Secret or an object the worker
+/// may not touch is permanent; anything else (the API server unreachable, overloaded or
+/// failing, a conflict, expired credentials) is transient. The permanent texts are checked
+/// first since the object's name, which is in them, can be any word.
 pub fn classify_kubectl(exit_code: Option<i32>, stderr: &str) -> Failure {
     if exit_code.is_none() {
         return Failure::Transient;
@@ -480,8 +481,23 @@ mod tests {
     }
 
     #[test]
-    fn kubectl_failures_reading_a_secret_are_classified_by_their_stderr() {
+    fn kubectl_failures_are_classified_by_their_stderr() {
         let cases: &[(Option<i32>, &str, Failure)] = &[
+            (
+                Some(1),
+                r#"Error from server (Forbidden): namespaces "apps" is forbidden: User "system:serviceaccount:helmq:worker" cannot delete resource "namespaces" in API group "" in the namespace "apps""#,
+                Failure::Permanent,
+            ),
+            (
+                Some(1),
+                r#"Error from server (Conflict): Operation cannot be fulfilled on namespaces "apps": The system is ensuring all content is removed from this namespace.  Upon completion, this namespace will automatically be purged by the system."#,
+                Failure::Transient,
+            ),
+            (
+                Some(1),
+                "Error from server (Timeout): the server was unable to return a response in the time allotted, but may still be processing the request (delete namespaces apps)",
+                Failure::Transient,
+            ),
             (
                 Some(1),
                 r#"Error from server (NotFound): secrets "registry-creds" not found"#,

@@ -553,7 +553,7 @@ async fn execute<D: HelmDriver, S>(
                     namespace: namespace.clone(),
                     revision: Some(release.revision),
                     chart_version: release.chart_version,
-                    helm_status: Some(release.status),
+                    helm_status: Some(release.status.to_string()),
                 },
             })
         }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use helmq_schemas::config::{OciAuthentication, SecretRef};
 use helmq_schemas::{ChartSource, HelmConfig};
 use helmq_worker::HelmCli;
-use helmq_worker::driver::{Apply, DriverError, HelmCliSettings, HelmDriver};
+use helmq_worker::driver::{Apply, DriverError, HelmCliSettings, HelmDriver, KubectlAction};
 use helmq_worker::policy::Failure;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -384,7 +384,7 @@ async fn an_unreachable_api_server_is_a_transient_error() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, DriverError::SecretRead { secret, .. } if secret == "apps/creds"),
+        matches!(&err, DriverError::Kubectl { action: KubectlAction::ReadSecret { secret }, .. } if secret == "apps/creds"),
         "{err:?}"
     );
     assert_eq!(err.failure(), Failure::Transient, "{err}");
@@ -412,8 +412,13 @@ async fn without_kubectl_authenticated_sources_fail_clearly() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, DriverError::Spawn { reason, .. } if reason.ends_with("(needed to read registry secret apps/creds)")),
+        matches!(&err, DriverError::Spawn { needed_to: Some(KubectlAction::ReadSecret { secret }), .. } if secret == "apps/creds"),
         "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .ends_with("(needed to read registry secret apps/creds)"),
+        "{err}"
     );
     assert_eq!(err.failure(), Failure::Transient);
 }

@@ -1,16 +1,20 @@
 //! [`MemoryDriver`]: a [`HelmDriver`] that keeps releases in memory, for tests of the pipeline.
 //! It records every call, notices two mutating calls on one release at the same time (an
 //! exclusivity violation), and can be scripted to fail, to take a while, or to wait at a gate
-//! until the test lets it go on.
+//! until the test lets it go on. Built only for this crate's tests and with the `testing`
+//! feature (which the integration tests turn on), never into a release binary.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::{Apply, DriverError, HelmDriver, NamespaceDeletion, Release, Revision, Uninstalled};
+use super::{
+    Apply, DriverError, HelmDriver, HelmStatus, NamespaceDeletion, Release, Revision, Tool,
+    Uninstalled, is_pending,
+};
 
 /// One call the driver received.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,10 +67,8 @@ impl MemoryDriver {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        match self.state.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        // A test that panicked mid-call leaves consistent enough state for the others.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Every mutating call takes at least this long (cancellable).
@@ -200,7 +202,10 @@ impl MemoryDriver {
             };
         if !waited {
             self.end(index, namespace, release, true);
-            return Err(DriverError::Cancelled { command: op.into() });
+            return Err(DriverError::Cancelled {
+                tool: Tool::Helm,
+                command: op.into(),
+            });
         }
         let result = match step {
             Some(Step::Fail(stderr)) => Err(DriverError::Helm {
@@ -226,21 +231,17 @@ impl MemoryDriver {
     }
 }
 
-fn push_revision(
-    history: &mut Vec<Revision>,
-    status: &str,
-    chart: String,
-    description: &str,
-) -> i64 {
+/// Appends a `deployed` revision; the one deployed before is `superseded`.
+fn push_revision(history: &mut Vec<Revision>, chart: String, description: &str) -> i64 {
     for old in history.iter_mut() {
-        if old.status == "deployed" {
-            old.status = "superseded".into();
+        if old.status == HelmStatus::Deployed {
+            old.status = HelmStatus::Superseded;
         }
     }
     let revision = history.last().map_or(1, |r| r.revision + 1);
     history.push(Revision {
         revision,
-        status: status.into(),
+        status: HelmStatus::Deployed,
         chart,
         description: description.into(),
     });
@@ -268,17 +269,17 @@ impl HelmDriver for MemoryDriver {
             cancel,
             move |state| {
                 let history = state.releases.entry(key).or_default();
-                if history.last().is_some_and(|r| super::is_pending(&r.status)) {
+                if history.last().is_some_and(|r| is_pending(&r.status)) {
                     return Err(DriverError::Helm {
                         command: "apply".into(),
                         exit_code: Some(1),
                         stderr: "Error: UPGRADE FAILED: another operation (install/upgrade/rollback) is in progress".into(),
                     });
                 }
-                let revision = push_revision(history, "deployed", chart, "Upgrade complete");
+                let revision = push_revision(history, chart, "Upgrade complete");
                 Ok(Release {
                     revision,
-                    status: "deployed".into(),
+                    status: HelmStatus::Deployed,
                     chart_version: Some(version),
                 })
             },
@@ -359,16 +360,11 @@ impl HelmDriver for MemoryDriver {
                     });
                 };
                 for r in history.iter_mut() {
-                    if super::is_pending(&r.status) {
-                        r.status = "failed".into();
+                    if is_pending(&r.status) {
+                        r.status = HelmStatus::Failed;
                     }
                 }
-                push_revision(
-                    history,
-                    "deployed",
-                    target.chart,
-                    &format!("Rollback to {revision}"),
-                );
+                push_revision(history, target.chart, &format!("Rollback to {revision}"));
                 Ok(())
             },
         )

@@ -1,0 +1,289 @@
+//! The chart cache shared by every job of a worker: charts are pulled once per (source, chart,
+//! exact version, credentials) into `<cache>/charts/<key>/<chart>-<version>.tgz`, under a
+//! per-key async lock, and installed from the package, so no repository index is downloaded or
+//! parsed per job. A version range is pulled afresh for each job (it may resolve differently
+//! tomorrow). A pull lands in a fresh directory that is renamed into place, so a crash mid-pull
+//! never leaves a partial entry.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use helmq_schemas::{ChartSource, HelmConfig};
+use tokio_util::sync::CancellationToken;
+
+use super::HelmCli;
+use super::args::pull_args;
+use super::output::OutputError;
+use crate::driver::DriverError;
+
+/// One async lock per cache key: two jobs never pull the same chart at once.
+#[derive(Debug, Default)]
+pub(super) struct KeyLocks(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+impl KeyLocks {
+    /// The lock of `key`.
+    fn of(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        // A panic elsewhere cannot leave the map half-written: keep using it.
+        let mut locks = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        locks.entry(key.to_owned()).or_default().clone()
+    }
+}
+
+/// A chart package ready to install; a fresh pull of a version range keeps its directory alive.
+#[derive(Debug)]
+pub(super) struct ChartPackage {
+    /// The `.tgz`.
+    pub(super) path: PathBuf,
+    _fresh: Option<tempfile::TempDir>,
+}
+
+impl HelmCli {
+    /// The package to install for `config`, pulled into the cache when it is not there yet
+    /// (after a registry login when the source names credentials).
+    pub(super) async fn chart(
+        &self,
+        config: &HelmConfig,
+        cancel: &CancellationToken,
+    ) -> Result<ChartPackage, DriverError> {
+        let key = cache_key(&config.source);
+        let pinned = is_exact_version(config.chart_version());
+        let charts = self.settings.cache_dir.join("charts");
+        let dir = charts.join(&key);
+        let lock = self.locks.of(&key);
+        let _guard = lock.lock().await;
+        if pinned && let Some(path) = find_package(&dir)? {
+            return Ok(ChartPackage { path, _fresh: None });
+        }
+        let login = match &config.source {
+            ChartSource::Oci {
+                chart,
+                authentication: Some(auth),
+            } => Some(
+                self.registry_login(chart, auth, &config.release_namespace, cancel)
+                    .await?,
+            ),
+            _ => None,
+        };
+        let registry_config = login.as_ref().map(|dir| dir.path().join("config.json"));
+        let fresh = tempfile::Builder::new()
+            .prefix(".pull-")
+            .tempdir_in(&charts)
+            .map_err(|e| DriverError::local("cannot create a pull directory", e))?;
+        self.helm_with(
+            pull_args(&config.source, fresh.path()),
+            registry_config.as_deref(),
+            None,
+            self.settings.short_timeout,
+            cancel,
+        )
+        .await?;
+        drop(login);
+        let Some(pulled) = find_package(fresh.path())? else {
+            return Err(DriverError::Output {
+                command: "pull".into(),
+                reason: OutputError::NoPackage,
+            });
+        };
+        if !pinned {
+            return Ok(ChartPackage {
+                path: pulled,
+                _fresh: Some(fresh),
+            });
+        }
+        // Publish the package atomically: a crash mid-pull never leaves a partial cache entry.
+        let kept = fresh.keep();
+        if dir.exists() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        let stored =
+            |e| DriverError::local(format!("cannot store the chart in {}", dir.display()), e);
+        std::fs::rename(&kept, &dir).map_err(stored)?;
+        let path = find_package(&dir)?.ok_or_else(|| {
+            stored(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the package vanished",
+            ))
+        })?;
+        Ok(ChartPackage { path, _fresh: None })
+    }
+}
+
+/// The `.tgz` in `dir`, if any; a missing directory has none.
+fn find_package(dir: &Path) -> Result<Option<PathBuf>, DriverError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(DriverError::local(
+                format!("cannot read {}", dir.display()),
+                e,
+            ));
+        }
+    };
+    Ok(entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "tgz")))
+}
+
+/// A chart version that always names the same package (no range, no wildcard).
+pub(super) fn is_exact_version(version: &str) -> bool {
+    !version.is_empty()
+        && version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+'))
+        && !version
+            .trim_start_matches('v')
+            .split(['.', '-', '+'])
+            .take(3)
+            .any(|part| matches!(part, "x" | "X"))
+}
+
+/// Cache directory name of a (source, chart, version): readable and filesystem-safe.
+pub(super) fn cache_key(source: &ChartSource) -> String {
+    use sha2::Digest as _;
+    // Parts are joined with NUL for the digest (no part can hold one) and with `-` for people.
+    let (raw, credentials) = match source {
+        ChartSource::Http { repository, chart } => (
+            format!(
+                "{}\0{}\0{}",
+                repository.url.trim_end_matches('/'),
+                chart.name,
+                chart.version
+            ),
+            String::new(),
+        ),
+        // A chart pulled with credentials is cached apart from the same reference pulled by a
+        // job that names other (or no) credentials: a cache hit must not bypass the registry.
+        ChartSource::Oci {
+            chart,
+            authentication,
+        } => (
+            chart.clone(),
+            authentication.as_ref().map_or_else(String::new, |auth| {
+                format!(
+                    "{}/{}",
+                    auth.secret_ref.namespace.as_deref().unwrap_or_default(),
+                    auth.secret_ref.name
+                )
+            }),
+        ),
+    };
+    let readable: String = raw
+        .replace('\0', "-")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(96)
+        .collect();
+    // The readable part alone can collide (`/` and `_` map to the same character); the digest
+    // of the exact source keeps one directory per source.
+    let digest = sha2::Sha256::new()
+        .chain_update(raw.as_bytes())
+        .chain_update([0])
+        .chain_update(credentials.as_bytes())
+        .finalize();
+    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("{readable}-{hex}")
+}
+
+#[cfg(test)]
+mod tests {
+    use helmq_schemas::config::{ChartRef, OciAuthentication, Repository, SecretRef};
+
+    use super::*;
+
+    fn http(url: &str, name: &str, version: &str) -> ChartSource {
+        ChartSource::Http {
+            repository: Repository {
+                url: url.into(),
+                name: "r".into(),
+            },
+            chart: ChartRef {
+                name: name.into(),
+                version: version.into(),
+            },
+        }
+    }
+
+    #[test]
+    fn only_exact_versions_are_cached() {
+        for exact in ["1.2.3", "v1.2.3", "1.2.3-rc.1", "1.2.3+build.7"] {
+            assert!(is_exact_version(exact), "{exact}");
+        }
+        for range in [
+            "",
+            "^1.2",
+            "~1.2.3",
+            ">=1.0.0",
+            "1.x",
+            "1.2.*",
+            "1.0 - 2.0",
+            "*",
+        ] {
+            assert!(!is_exact_version(range), "{range}");
+        }
+    }
+
+    #[test]
+    fn keys_are_safe_stable_and_one_per_source() {
+        let source = http("https://charts.example.com/stable/", "nginx", "15.4.2");
+        let key = cache_key(&source);
+        assert!(
+            key.starts_with("https___charts.example.com_stable-nginx-15.4.2-"),
+            "{key}"
+        );
+        assert!(
+            key.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        );
+        assert_eq!(key, cache_key(&source), "stable");
+        // Sources that read the same once sanitized still get their own directories.
+        assert_ne!(
+            cache_key(&http("https://x.example/a-b", "c", "1.0.0")),
+            cache_key(&http("https://x.example/a", "b-c", "1.0.0"))
+        );
+        assert_ne!(
+            cache_key(&http("https://x.example/a/b", "c", "1.0.0")),
+            cache_key(&http("https://x.example/a_b", "c", "1.0.0"))
+        );
+        // The same OCI chart with and without credentials is cached apart.
+        let oci = |secret: Option<&str>| ChartSource::Oci {
+            chart: "oci://registry.example/charts/app:1.0.0".into(),
+            authentication: secret.map(|name| OciAuthentication {
+                method: "registry".into(),
+                secret_ref: SecretRef {
+                    name: name.into(),
+                    namespace: Some("apps".into()),
+                },
+            }),
+        };
+        assert_ne!(cache_key(&oci(None)), cache_key(&oci(Some("creds"))));
+        assert_ne!(cache_key(&oci(Some("a"))), cache_key(&oci(Some("b"))));
+    }
+
+    #[test]
+    fn a_missing_directory_holds_no_package() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(find_package(&dir.path().join("nope")).unwrap().is_none());
+        assert!(find_package(dir.path()).unwrap().is_none());
+        std::fs::write(dir.path().join("nginx-1.2.3.tgz"), b"").unwrap();
+        assert_eq!(
+            find_package(dir.path()).unwrap(),
+            Some(dir.path().join("nginx-1.2.3.tgz"))
+        );
+    }
+
+    #[test]
+    fn the_same_key_gets_the_same_lock() {
+        let locks = KeyLocks::default();
+        assert!(Arc::ptr_eq(&locks.of("a"), &locks.of("a")));
+        assert!(!Arc::ptr_eq(&locks.of("a"), &locks.of("b")));
+    }
+}

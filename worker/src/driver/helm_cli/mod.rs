@@ -1,0 +1,321 @@
+//! [`HelmCli`]: the [`HelmDriver`] that runs the `helm` executable (Helm 3.14+ and Helm 4).
+//!
+//! - Charts come from a cache shared by every job: pulled once per source and exact version
+//!   and installed from the package, so no repository index is downloaded or parsed per job.
+//! - Values go to `helm` in a 0600 temporary file (`--values`), never on the command line.
+//! - Every process runs with `kill_on_drop`, stdin closed, output captured and its own time
+//!   limit (the job's timeout plus a margin); cancelling a call kills the process.
+//! - Helm's own state lives under the cache directory (`HELM_CACHE_HOME`, `HELM_CONFIG_HOME`,
+//!   `HELM_DATA_HOME`), so workers share nothing with the host's Helm setup.
+//! - Helm cannot delete namespaces: a managed namespace is deleted with `kubectl` (optional;
+//!   when it is missing the deletion is skipped and the status message says so).
+//! - An OCI source with `authentication` is pulled after `helm registry login` with credentials
+//!   from a Kubernetes Secret, kept in a registry config file private to that one pull.
+//!
+//! # Modules
+//!
+//! `process` runs a process; `args` builds the argument lists; `cache` keeps the charts;
+//! `registry` logs in to OCI registries; `output` reads what Helm prints.
+
+mod args;
+mod cache;
+mod output;
+mod process;
+mod registry;
+
+use std::ffi::OsString;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use helmq_schemas::HelmConfig;
+use tokio_util::sync::CancellationToken;
+
+pub use output::OutputError;
+pub use registry::CredentialsError;
+
+use self::args::{
+    history_args, kubectl_delete_namespace_args, rollback_args, status_args, uninstall_args,
+    upgrade_args, with_kubeconfig,
+};
+use self::cache::KeyLocks;
+use self::output::{is_not_found, parse_history, parse_release};
+use self::process::Exit;
+use super::{
+    Apply, DriverError, HelmDriver, KubectlAction, NamespaceDeletion, Release, Revision, Tool,
+    Uninstalled,
+};
+
+/// How [`HelmCli`] runs Helm.
+#[derive(Debug, Clone)]
+pub struct HelmCliSettings {
+    /// The `helm` executable.
+    pub helm_bin: PathBuf,
+    /// `--kubeconfig` passed to helm and kubectl (in-cluster config when `None`).
+    pub kubeconfig: Option<PathBuf>,
+    /// Chart cache and Helm home directories.
+    pub cache_dir: PathBuf,
+    /// `kubectl`, used to delete managed namespaces and to read the Secrets of OCI registry
+    /// logins; `None` disables both (authenticated OCI sources then fail).
+    pub kubectl_bin: Option<PathBuf>,
+    /// Added to a job's timeout to bound the helm process itself.
+    pub margin: Duration,
+    /// Time limit of short commands (`status`, `history`, `pull`, kubectl).
+    pub short_timeout: Duration,
+}
+
+impl HelmCliSettings {
+    /// Defaults around a helm binary and a cache directory.
+    pub fn new(helm_bin: impl Into<PathBuf>, cache_dir: impl Into<PathBuf>) -> Self {
+        HelmCliSettings {
+            helm_bin: helm_bin.into(),
+            kubeconfig: None,
+            cache_dir: cache_dir.into(),
+            kubectl_bin: Some(PathBuf::from("kubectl")),
+            margin: Duration::from_secs(30),
+            short_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// The [`HelmDriver`] that runs `helm`.
+#[derive(Debug)]
+pub struct HelmCli {
+    settings: HelmCliSettings,
+    locks: KeyLocks,
+}
+
+impl HelmCli {
+    /// A driver with these settings; creates the cache directory.
+    ///
+    /// # Errors
+    ///
+    /// [`DriverError::Local`] when a directory cannot be created.
+    pub fn new(settings: HelmCliSettings) -> Result<HelmCli, DriverError> {
+        for dir in ["charts", "tmp", "helm/cache", "helm/config", "helm/data"] {
+            let path = settings.cache_dir.join(dir);
+            std::fs::create_dir_all(&path)
+                .map_err(|e| DriverError::local(format!("cannot create {}", path.display()), e))?;
+        }
+        Ok(HelmCli {
+            settings,
+            locks: KeyLocks::default(),
+        })
+    }
+
+    /// Runs helm with `args` and returns its stdout.
+    async fn helm(
+        &self,
+        args: Vec<OsString>,
+        limit: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<String, DriverError> {
+        self.helm_with(args, None, None, limit, cancel).await
+    }
+
+    /// Runs helm with `args` (plus `--kubeconfig`) in the worker's own Helm home, an optional
+    /// registry config file and optional stdin, and returns its stdout.
+    async fn helm_with(
+        &self,
+        args: Vec<OsString>,
+        registry_config: Option<&Path>,
+        input: Option<&[u8]>,
+        limit: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<String, DriverError> {
+        let home = &self.settings.cache_dir;
+        let mut command = tokio::process::Command::new(&self.settings.helm_bin);
+        command
+            .args(with_kubeconfig(args, self.settings.kubeconfig.as_deref()))
+            .env("HELM_CACHE_HOME", home.join("helm/cache"))
+            .env("HELM_CONFIG_HOME", home.join("helm/config"))
+            .env("HELM_DATA_HOME", home.join("helm/data"));
+        if let Some(path) = registry_config {
+            command.env("HELM_REGISTRY_CONFIG", path);
+        }
+        match process::run(command, Tool::Helm, input, limit, cancel).await? {
+            Exit::Success(stdout) => Ok(stdout),
+            Exit::Failure {
+                command,
+                code,
+                stderr,
+            } => Err(DriverError::Helm {
+                command,
+                exit_code: code,
+                stderr,
+            }),
+        }
+    }
+
+    /// Runs `kubectl` with `args` for `action` and returns its stdout; its failures are
+    /// [`DriverError::Kubectl`], and one to start it says what it was needed for.
+    async fn kubectl(
+        &self,
+        kubectl: &Path,
+        args: Vec<OsString>,
+        action: KubectlAction,
+        cancel: &CancellationToken,
+    ) -> Result<String, DriverError> {
+        let mut command = tokio::process::Command::new(kubectl);
+        command.args(args);
+        match process::run(
+            command,
+            Tool::Kubectl,
+            None,
+            self.settings.short_timeout,
+            cancel,
+        )
+        .await
+        {
+            Ok(Exit::Success(stdout)) => Ok(stdout),
+            Ok(Exit::Failure { code, stderr, .. }) => Err(DriverError::Kubectl {
+                action,
+                exit_code: code,
+                stderr,
+            }),
+            Err(DriverError::Spawn {
+                program, source, ..
+            }) => Err(DriverError::Spawn {
+                program,
+                needed_to: Some(action),
+                source,
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The values of `config` in a new 0600 file (tempfile's mode), deleted when dropped.
+    fn values_file(&self, config: &HelmConfig) -> Result<tempfile::NamedTempFile, DriverError> {
+        let mut file = tempfile::Builder::new()
+            .prefix("values-")
+            .suffix(".json")
+            .tempfile_in(self.settings.cache_dir.join("tmp"))
+            .map_err(|e| DriverError::local("cannot create the values file", e))?;
+        serde_json::to_writer(&mut file, &config.values)
+            .map_err(std::io::Error::from)
+            .and_then(|()| file.flush())
+            .map_err(|e| DriverError::local("cannot write the values file", e))?;
+        Ok(file)
+    }
+}
+
+impl HelmDriver for HelmCli {
+    async fn apply(
+        &self,
+        request: Apply<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<Release, DriverError> {
+        let chart = self.chart(request.config, cancel).await?;
+        let values = self.values_file(request.config)?;
+        let stdout = self
+            .helm(
+                upgrade_args(request.config, &chart.path, values.path(), request.timeout),
+                request.timeout + self.settings.margin,
+                cancel,
+            )
+            .await?;
+        parse_release("upgrade", &stdout)
+    }
+
+    async fn uninstall(
+        &self,
+        release: &str,
+        namespace: &str,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<Uninstalled, DriverError> {
+        match self
+            .helm(
+                uninstall_args(release, namespace, timeout),
+                timeout + self.settings.margin,
+                cancel,
+            )
+            .await
+        {
+            Ok(_) => Ok(Uninstalled::Removed),
+            Err(e) if is_not_found(&e) => Ok(Uninstalled::NotFound),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn status(
+        &self,
+        release: &str,
+        namespace: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Release>, DriverError> {
+        match self
+            .helm(
+                status_args(release, namespace),
+                self.settings.short_timeout,
+                cancel,
+            )
+            .await
+        {
+            Ok(stdout) => parse_release("status", &stdout).map(Some),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn history(
+        &self,
+        release: &str,
+        namespace: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<Revision>, DriverError> {
+        match self
+            .helm(
+                history_args(release, namespace),
+                self.settings.short_timeout,
+                cancel,
+            )
+            .await
+        {
+            Ok(stdout) => parse_history(&stdout),
+            Err(e) if is_not_found(&e) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn rollback(
+        &self,
+        release: &str,
+        namespace: &str,
+        revision: i64,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<(), DriverError> {
+        self.helm(
+            rollback_args(release, namespace, revision, timeout),
+            timeout + self.settings.margin,
+            cancel,
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn delete_namespace(
+        &self,
+        namespace: &str,
+        cancel: &CancellationToken,
+    ) -> Result<NamespaceDeletion, DriverError> {
+        let Some(kubectl) = &self.settings.kubectl_bin else {
+            return Ok(NamespaceDeletion::Skipped(format!(
+                "namespace {namespace} was not deleted: namespace deletion is disabled on this worker"
+            )));
+        };
+        let args = kubectl_delete_namespace_args(namespace, self.settings.kubeconfig.as_deref());
+        let action = KubectlAction::DeleteNamespace {
+            namespace: namespace.to_owned(),
+        };
+        match self.kubectl(kubectl, args, action, cancel).await {
+            Ok(_) => Ok(NamespaceDeletion::Deleted),
+            Err(DriverError::Spawn { source, .. }) => Ok(NamespaceDeletion::Skipped(format!(
+                "namespace {namespace} was not deleted: cannot run {}: {source}",
+                kubectl.display()
+            ))),
+            Err(e) => Err(e),
+        }
+    }
+}
