@@ -70,28 +70,11 @@ pub enum CtlError {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A JetStream request failed.
-    #[error("cannot {action}: {source}")]
-    Request {
-        /// What was being done.
-        action: String,
-        /// What the server or client said.
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    #[error(transparent)]
+    Request(#[from] helmq_queue::RequestError),
     /// Writing the output failed.
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
-}
-
-/// Maps a failed request to [`CtlError::Request`] saying what was being done.
-pub(crate) fn request<E>(action: impl Into<String>) -> impl FnOnce(E) -> CtlError
-where
-    E: std::error::Error + Send + Sync + 'static,
-{
-    let action = action.into();
-    move |source| CtlError::Request {
-        action,
-        source: Box::new(source),
-    }
 }
 
 /// Operate a helmq installation.

@@ -7,13 +7,13 @@ use std::time::Duration;
 use async_nats::jetstream::Context;
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use futures::StreamExt;
-use helmq_queue::PRODUCER_WORKER;
 use helmq_queue::topology::{
     DLQ_STREAM, JOBS_STREAM, STATUS_STREAM, WORKERS_CONSUMER, WRITER_CONSUMER,
 };
+use helmq_queue::{PRODUCER_WORKER, request};
 use helmq_schemas::event::StatusEvent;
 
-use crate::{CtlError, follower_name, request};
+use crate::{CtlError, follower_name};
 
 /// One stream's numbers.
 #[derive(Debug, Clone, serde::Serialize)]

@@ -7,12 +7,13 @@ use std::time::Duration;
 use async_nats::jetstream::Context;
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use futures::StreamExt;
+use helmq_queue::request;
 use helmq_queue::topology::STATUS_STREAM;
 use helmq_schemas::event::StatusEvent;
 use helmq_schemas::subject::status_filter;
 
 use crate::render::{self, Output};
-use crate::{CtlError, follower_name, request};
+use crate::{CtlError, follower_name};
 
 /// Which status events to follow, and how many.
 #[derive(Debug, Clone, Default)]

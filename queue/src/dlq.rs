@@ -20,44 +20,25 @@ use helmq_schemas::subject::DLQ_PREFIX;
 
 use crate::publish::PublishError;
 use crate::topology::DLQ_STREAM;
-
-/// Any error a JetStream request can end with.
-type RequestError = Box<dyn std::error::Error + Send + Sync>;
+use crate::{RequestError, request};
 
 /// Errors reading, replaying or deleting dead letters.
 #[derive(Debug, thiserror::Error)]
 pub enum DlqError {
     /// A JetStream request failed.
-    #[error("cannot {action}: {source}")]
-    Request {
-        /// What was being done.
-        action: String,
-        /// What the server or client said.
-        source: RequestError,
-    },
+    #[error(transparent)]
+    Request(#[from] RequestError),
     /// No dead letter at that sequence.
     #[error("no dead letter at sequence {sequence} in {DLQ_STREAM} (see `helmqctl dlq list`)")]
     NotFound {
         /// The sequence asked for.
         sequence: u64,
         /// What the server said.
-        source: RequestError,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The dead letter does not say where it came from, so it cannot go back.
     #[error("cannot replay dead letter {0}: it records no original subject")]
     NoSubject(u64),
-}
-
-/// Maps a failed request to [`DlqError::Request`] saying what was being done.
-fn request<E>(action: impl Into<String>) -> impl FnOnce(E) -> DlqError
-where
-    E: std::error::Error + Send + Sync + 'static,
-{
-    let action = action.into();
-    move |source| DlqError::Request {
-        action,
-        source: Box::new(source),
-    }
 }
 
 /// Header: why the message was dead-lettered.
@@ -198,9 +179,21 @@ pub struct Replayed {
 }
 
 async fn dlq_stream(js: &Context) -> Result<async_nats::jetstream::stream::Stream, DlqError> {
-    js.get_stream(DLQ_STREAM)
+    Ok(js
+        .get_stream(DLQ_STREAM)
         .await
-        .map_err(request("open the dead-letter stream"))
+        .map_err(request("open the dead-letter stream"))?)
+}
+
+/// Maps the failure to find `sequence` to [`DlqError::NotFound`].
+fn not_found<E>(sequence: u64) -> impl FnOnce(E) -> DlqError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    move |source| DlqError::NotFound {
+        sequence,
+        source: Box::new(source),
+    }
 }
 
 /// The dead letters in `HELMQ_DLQ`, oldest first, at most `limit`.
@@ -238,10 +231,7 @@ pub async fn get(js: &Context, sequence: u64) -> Result<StoredDeadLetter, DlqErr
         .await?
         .get_raw_message(sequence)
         .await
-        .map_err(|source| DlqError::NotFound {
-            sequence,
-            source: Box::new(source),
-        })?;
+        .map_err(not_found(sequence))?;
     Ok(read_stored(
         sequence,
         Some(&message.headers),
@@ -288,10 +278,7 @@ pub async fn purge(js: &Context, sequences: &[u64]) -> Result<u64, DlqError> {
         stream
             .delete_message(sequence)
             .await
-            .map_err(|source| DlqError::NotFound {
-                sequence,
-                source: Box::new(source),
-            })?;
+            .map_err(not_found(sequence))?;
         purged += 1;
     }
     Ok(purged)

@@ -13,6 +13,29 @@ pub use publish::{JetStreamQueue, JobQueue, PublishError, PublishOutcome};
 pub use status::{JetStreamStatus, StatusSink};
 pub use topology::{Topology, TopologyError, TopologyReport};
 
+/// A JetStream request that failed, saying what was being done.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {action}: {source}")]
+pub struct RequestError {
+    /// What was being done, e.g. `open the dead-letter stream`.
+    pub action: String,
+    /// What the server or client said.
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// Turns a failed request's error into a [`RequestError`] saying what was being done:
+/// `.map_err(request("read the status stream"))?`.
+pub fn request<E>(action: impl Into<String>) -> impl FnOnce(E) -> RequestError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let action = action.into();
+    move |source| RequestError {
+        action,
+        source: Box::new(source),
+    }
+}
+
 /// The `worker` field of the status events the producer publishes itself (`Claimed`, config
 /// failures, `Terminated` without a release), so readers can tell them from a worker's.
 pub const PRODUCER_WORKER: &str = "producer";
