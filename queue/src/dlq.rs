@@ -74,6 +74,28 @@ pub struct DeadLetter {
     pub reason: String,
 }
 
+impl DeadLetter {
+    /// The dead letter of a message taken from `stream` at `sequence` (delivered by a consumer or
+    /// read by sequence): its subject and payload unchanged, how often it was delivered and why
+    /// it is dead.
+    pub fn of(
+        subject: &str,
+        payload: Bytes,
+        (stream, sequence): (&str, u64),
+        attempts: u64,
+        reason: impl Into<String>,
+    ) -> DeadLetter {
+        DeadLetter {
+            payload,
+            subject: subject.to_owned(),
+            stream: stream.to_owned(),
+            sequence,
+            attempts,
+            reason: reason.into(),
+        }
+    }
+}
+
 /// A dead letter as read back from `HELMQ_DLQ`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredDeadLetter {

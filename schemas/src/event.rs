@@ -7,6 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigError, HelmConfig};
+use crate::dns;
 
 /// The `schema` value of every [`JobEvent`] this build reads and writes.
 pub const JOB_SCHEMA: &str = "helmq.job/v1";
@@ -18,6 +19,17 @@ pub const MAX_EVENT_BYTES: usize = 512 * 1024;
 /// exactly. Kubernetes starts generations at 1 and adds 1 per spec change, so a real Component
 /// never comes near it; a job beyond it could only block its Component's later generations.
 pub const MAX_GENERATION: i64 = 1 << 53;
+/// Longest timeout a job may carry (24 hours); each worker may accept less (`--max-timeout`).
+pub const MAX_TIMEOUT_SECONDS: u64 = 24 * 3600;
+/// Longest uid: Kubernetes' are 36-character UUIDs; an orchestrator's may be longer.
+pub const MAX_UID_LEN: usize = 128;
+/// Longest job id, worker id and chart version.
+pub const MAX_ID_LEN: usize = 256;
+/// Longest status message; longer texts (Helm's stderr can be long) are cut when the event is
+/// made.
+pub const MAX_MESSAGE_LEN: usize = 8 * 1024;
+/// Longest Helm release name (Helm's own limit).
+pub const MAX_RELEASE_NAME_LEN: usize = 53;
 /// Timeout of a job that names none: the original's 5 minute default.
 pub const DEFAULT_TIMEOUT_SECONDS: u64 = 300;
 
@@ -63,14 +75,22 @@ pub enum EventError {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ComponentRef {
-    /// Namespace of the Component.
-    #[schemars(length(min = 1))]
+    /// Namespace of the Component: a DNS label.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub namespace: String,
-    /// Name of the Component.
-    #[schemars(length(min = 1))]
+    /// Name of the Component: a DNS subdomain.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub name: String,
-    /// `metadata.uid`; orchestrators publishing without a Component may omit it.
+    /// `metadata.uid`; orchestrators publishing without a Component may omit it. Letters,
+    /// digits, `-`, `_`, `.` and `:`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9._:-]+$"))]
     pub uid: Option<String>,
     /// `metadata.generation` the event is for: at most 2^53, and at least 1 in a job.
     #[schemars(range(min = 0, max = MAX_GENERATION))]
@@ -87,33 +107,84 @@ impl ComponentRef {
     }
 
     fn check(&self, schema: &'static str) -> Result<(), EventError> {
-        let missing = |field: &str| EventError::Malformed {
-            schema,
-            reason: format!("component.{field} is required"),
-        };
+        let malformed = |reason: String| EventError::Malformed { schema, reason };
         if self.namespace.trim().is_empty() {
-            return Err(missing("namespace"));
+            return Err(malformed("component.namespace is required".into()));
         }
         if self.name.trim().is_empty() {
-            return Err(missing("name"));
+            return Err(malformed("component.name is required".into()));
+        }
+        if !dns::is_label(&self.namespace) {
+            return Err(malformed(format!(
+                "component.namespace must be a DNS label (lowercase letters, digits and '-', at most 63 characters), got {}",
+                quoted(&self.namespace)
+            )));
+        }
+        if !dns::is_subdomain(&self.name) {
+            return Err(malformed(format!(
+                "component.name must be a DNS subdomain (lowercase letters, digits, '-' and '.', at most 253 characters), got {}",
+                quoted(&self.name)
+            )));
+        }
+        if let Some(uid) = &self.uid
+            && !is_uid(uid)
+        {
+            return Err(malformed(format!(
+                "component.uid must be 1 to {MAX_UID_LEN} letters, digits, '-', '_', '.' or ':', got {}",
+                quoted(uid)
+            )));
         }
         // A job names a generation to deploy, so 0 (no generation) makes no sense there.
         let min = i64::from(schema == JOB_SCHEMA);
         if !(min..=MAX_GENERATION).contains(&self.generation) {
-            return Err(EventError::Malformed {
-                schema,
-                reason: format!(
-                    "component.generation must be between {min} and {MAX_GENERATION} (2^53), got {}",
-                    self.generation
-                ),
-            });
+            return Err(malformed(format!(
+                "component.generation must be between {min} and {MAX_GENERATION} (2^53), got {}",
+                self.generation
+            )));
         }
         Ok(())
     }
 }
 
+fn is_uid(uid: &str) -> bool {
+    (1..=MAX_UID_LEN).contains(&uid.len())
+        && uid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// `text` quoted for an error message: escaped (no line breaks reach a log or a header) and cut
+/// after 64 characters, so a hostile field cannot make the message large.
+fn quoted(text: &str) -> String {
+    const SHOWN: usize = 64;
+    let mut shown: String = text.chars().take(SHOWN).collect();
+    if shown.len() < text.len() {
+        shown.push('…');
+    }
+    format!("{shown:?}")
+}
+
+/// A free-text field of at most `max` bytes without control characters (they would break a
+/// NATS header or a log line).
+fn check_text(schema: &'static str, field: &str, text: &str, max: usize) -> Result<(), EventError> {
+    let reason = if text.len() > max {
+        format!("{field} is {} bytes, over the {max} byte limit", text.len())
+    } else if text.chars().any(char::is_control) {
+        format!(
+            "{field} must not contain control characters, got {}",
+            quoted(text)
+        )
+    } else {
+        return Ok(());
+    };
+    Err(EventError::Malformed { schema, reason })
+}
+
 /// What a job asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+// The derived order (apply < delete) is the order inside one generation.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum JobAction {
     /// `helm upgrade --install`.
@@ -141,7 +212,7 @@ pub struct JobEvent {
     #[schemars(extend("const" = JOB_SCHEMA))]
     pub schema: String,
     /// Job id; by convention the dedupe id of (uid, generation, action).
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 256))]
     pub id: String,
     /// Apply or delete.
     pub action: JobAction,
@@ -149,9 +220,9 @@ pub struct JobEvent {
     pub component: ComponentRef,
     /// The normalized Helm config (the source form of `spec.config`).
     pub config: HelmConfig,
-    /// Deployment or termination timeout, in seconds.
+    /// Deployment or termination timeout, in seconds: 1 to 86400 (24 hours).
     #[serde(default = "default_timeout_seconds")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_TIMEOUT_SECONDS))]
     pub timeout_seconds: u64,
     /// When the job was requested (RFC 3339).
     #[schemars(with = "String", extend("format" = "date-time"))]
@@ -214,10 +285,14 @@ impl JobEvent {
         let job: JobEvent = from_value(value, JOB_SCHEMA)?;
         job.component.check(JOB_SCHEMA)?;
         if job.id.trim().is_empty() {
-            return Err(EventError::Malformed {
-                schema: JOB_SCHEMA,
-                reason: "id is required".into(),
-            });
+            return Err(malformed("id is required".into()));
+        }
+        check_text(JOB_SCHEMA, "id", &job.id, MAX_ID_LEN)?;
+        if !(1..=MAX_TIMEOUT_SECONDS).contains(&job.timeout_seconds) {
+            return Err(malformed(format!(
+                "timeoutSeconds must be between 1 and {MAX_TIMEOUT_SECONDS}, got {}",
+                job.timeout_seconds
+            )));
         }
         job.config.validate()?;
         Ok(job)
@@ -268,6 +343,19 @@ pub enum StatusPhase {
 }
 
 impl StatusPhase {
+    /// The wire name (`Ready`, `TerminationFailed`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatusPhase::Claimed => "Claimed",
+            StatusPhase::Deploying => "Deploying",
+            StatusPhase::Ready => "Ready",
+            StatusPhase::Failed => "Failed",
+            StatusPhase::Terminating => "Terminating",
+            StatusPhase::Terminated => "Terminated",
+            StatusPhase::TerminationFailed => "TerminationFailed",
+        }
+    }
+
     /// Rank inside one generation: apply phases before delete phases, starts before ends.
     fn rank(self) -> u64 {
         match self {
@@ -304,6 +392,36 @@ pub struct ReleaseInfo {
     pub helm_status: Option<String>,
 }
 
+impl ReleaseInfo {
+    fn check(&self) -> Result<(), EventError> {
+        let malformed = |reason: String| EventError::Malformed {
+            schema: STATUS_SCHEMA,
+            reason,
+        };
+        if self.name.len() > MAX_RELEASE_NAME_LEN || !dns::is_subdomain(&self.name) {
+            return Err(malformed(format!(
+                "release.name must be a Helm release name (a DNS subdomain of at most {MAX_RELEASE_NAME_LEN} characters), got {}",
+                quoted(&self.name)
+            )));
+        }
+        if !dns::is_label(&self.namespace) {
+            return Err(malformed(format!(
+                "release.namespace must be a DNS label, got {}",
+                quoted(&self.namespace)
+            )));
+        }
+        for (field, value) in [
+            ("release.chartVersion", &self.chart_version),
+            ("release.helmStatus", &self.helm_status),
+        ] {
+            if let Some(value) = value {
+                check_text(STATUS_SCHEMA, field, value, MAX_ID_LEN)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Progress of one job, as the writer and orchestrators see it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -313,6 +431,7 @@ pub struct StatusEvent {
     #[schemars(extend("const" = STATUS_SCHEMA))]
     pub schema: String,
     /// The job this event reports on (empty for the producer's `Claimed`).
+    #[schemars(length(max = 256))]
     pub job_id: String,
     /// The Component and generation.
     pub component: ComponentRef,
@@ -320,6 +439,7 @@ pub struct StatusEvent {
     pub phase: StatusPhase,
     /// Human-readable detail; never contains values.
     #[serde(default)]
+    #[schemars(length(max = 8192))]
     pub message: String,
     /// The release, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -327,13 +447,24 @@ pub struct StatusEvent {
     /// Attempt number of the job, from 1 (0 for the producer's `Claimed`).
     pub attempt: u32,
     /// Who published the event (worker id or `producer`).
+    #[schemars(length(max = 256))]
     pub worker: String,
     /// When the event happened (RFC 3339).
     #[schemars(with = "String", extend("format" = "date-time"))]
     pub at: Timestamp,
+    /// Stream sequence of the job message the event answers (0 for the producer's own
+    /// events). A replayed or re-published job has a higher one, so its events order above the
+    /// earlier run's.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub job_sequence: u64,
     /// Order inside one generation: compare `(component.generation, order)`; a consumer drops
-    /// an event whose pair is lower than the one it already applied.
+    /// an event whose pair is lower than the one it already applied. Deletion phases above apply
+    /// phases, then by job sequence, attempt and phase (starts before ends).
     pub order: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl StatusEvent {
@@ -352,13 +483,37 @@ impl StatusEvent {
             job_id: job_id.into(),
             component,
             phase,
-            message: message.into(),
+            message: String::new(),
             release: None,
             attempt,
             worker: worker.into(),
             at,
-            order: order_key(phase, attempt),
+            job_sequence: 0,
+            order: order_key(phase, attempt, 0),
         }
+        .with_message(message)
+    }
+
+    /// The same event for the job message at `sequence` in the jobs stream.
+    pub fn for_job_sequence(mut self, sequence: u64) -> Self {
+        self.job_sequence = sequence;
+        self.order = order_key(self.phase, self.attempt, sequence);
+        self
+    }
+
+    /// The same event with `message`, cut to [`MAX_MESSAGE_LEN`] bytes.
+    fn with_message(mut self, message: impl Into<String>) -> Self {
+        let mut message: String = message.into();
+        if message.len() > MAX_MESSAGE_LEN {
+            let mut end = MAX_MESSAGE_LEN - '…'.len_utf8();
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message.push('…');
+        }
+        self.message = message;
+        self
     }
 
     /// The same event with the release attached.
@@ -376,11 +531,11 @@ impl StatusEvent {
     /// harmless.
     pub fn dedupe_id(&self) -> String {
         format!(
-            "{}:{}:{}:{:?}",
+            "{}:{}:{}:{}",
             self.component.identity(),
             self.component.generation,
             self.order,
-            self.phase
+            self.phase.as_str()
         )
     }
 
@@ -388,12 +543,31 @@ impl StatusEvent {
     pub fn decode(payload: &[u8]) -> Result<StatusEvent, EventError> {
         let event: StatusEvent = decode(payload, STATUS_SCHEMA)?;
         event.component.check(STATUS_SCHEMA)?;
-        if event.order != order_key(event.phase, event.attempt) {
+        let text =
+            |field: &str, value: &str, max: usize| check_text(STATUS_SCHEMA, field, value, max);
+        text("jobId", &event.job_id, MAX_ID_LEN)?;
+        text("worker", &event.worker, MAX_ID_LEN)?;
+        if event.message.len() > MAX_MESSAGE_LEN {
             return Err(EventError::Malformed {
                 schema: STATUS_SCHEMA,
                 reason: format!(
-                    "order {} does not match phase {:?} at attempt {}",
-                    event.order, event.phase, event.attempt
+                    "message is {} bytes, over the {MAX_MESSAGE_LEN} byte limit",
+                    event.message.len()
+                ),
+            });
+        }
+        if let Some(release) = &event.release {
+            release.check()?;
+        }
+        if event.order != order_key(event.phase, event.attempt, event.job_sequence) {
+            return Err(EventError::Malformed {
+                schema: STATUS_SCHEMA,
+                reason: format!(
+                    "order {} does not match phase {} at attempt {} of job sequence {}",
+                    event.order,
+                    event.phase.as_str(),
+                    event.attempt,
+                    event.job_sequence
                 ),
             });
         }
@@ -406,10 +580,17 @@ impl StatusEvent {
     }
 }
 
-/// Deletion phases sort above apply phases; later attempts above earlier ones; ends above starts.
-fn order_key(phase: StatusPhase, attempt: u32) -> u64 {
+/// Deletion phases sort above apply phases (bit 63); then later job messages above earlier ones
+/// (the sequence, 41 bits), later attempts above earlier ones (14 bits), ends above starts (the
+/// phase's rank, 8 bits). Sequence and attempt saturate at their widths.
+fn order_key(phase: StatusPhase, attempt: u32, sequence: u64) -> u64 {
+    const SEQUENCE_MAX: u64 = (1 << 41) - 1;
+    const ATTEMPT_MAX: u64 = (1 << 14) - 1;
     let group = u64::from(phase.is_deletion());
-    (group << 40) | (u64::from(attempt) << 8) | phase.rank()
+    (group << 63)
+        | (sequence.min(SEQUENCE_MAX) << 22)
+        | (u64::from(attempt).min(ATTEMPT_MAX) << 8)
+        | phase.rank()
 }
 
 fn decode<T: serde::de::DeserializeOwned>(

@@ -160,6 +160,41 @@ fn bad_job_payloads_are_rejected_with_the_reason() {
             "malformed helmq.job/v1 payload: component.generation must be between 1 and 9007199254740992 (2^53), got -1",
         ),
         (
+            "namespace with a space",
+            with(&|v| v["component"]["namespace"] = json!("a b")),
+            r#"malformed helmq.job/v1 payload: component.namespace must be a DNS label (lowercase letters, digits and '-', at most 63 characters), got "a b""#,
+        ),
+        (
+            "name of 1.4 KiB",
+            with(&|v| v["component"]["name"] = json!("n".repeat(1400))),
+            r#"malformed helmq.job/v1 payload: component.name must be a DNS subdomain (lowercase letters, digits, '-' and '.', at most 253 characters), got "nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn…""#,
+        ),
+        (
+            "uid with CR/LF",
+            with(&|v| v["component"]["uid"] = json!("u\r\nX: y")),
+            r#"malformed helmq.job/v1 payload: component.uid must be 1 to 128 letters, digits, '-', '_', '.' or ':', got "u\r\nX: y""#,
+        ),
+        (
+            "id with CR/LF",
+            with(&|v| v["id"] = json!("j\r\nX: y")),
+            r#"malformed helmq.job/v1 payload: id must not contain control characters, got "j\r\nX: y""#,
+        ),
+        (
+            "id too long",
+            with(&|v| v["id"] = json!("i".repeat(300))),
+            "malformed helmq.job/v1 payload: id is 300 bytes, over the 256 byte limit",
+        ),
+        (
+            "timeout near 2^64",
+            with(&|v| v["timeoutSeconds"] = json!(u64::MAX - 1)),
+            "malformed helmq.job/v1 payload: timeoutSeconds must be between 1 and 86400, got 18446744073709551614",
+        ),
+        (
+            "timeout 0",
+            with(&|v| v["timeoutSeconds"] = json!(0)),
+            "malformed helmq.job/v1 payload: timeoutSeconds must be between 1 and 86400, got 0",
+        ),
+        (
             "generation 0",
             with(&|v| v["component"]["generation"] = json!(0)),
             "malformed helmq.job/v1 payload: component.generation must be between 1 and 9007199254740992 (2^53), got 0",
@@ -335,7 +370,39 @@ fn bad_status_payloads_are_rejected_with_the_reason() {
         (
             "forged order",
             with(&|v| v["order"] = json!(u64::MAX)),
-            "malformed helmq.status/v1 payload: order 18446744073709551615 does not match phase Ready at attempt 1",
+            "malformed helmq.status/v1 payload: order 18446744073709551615 does not match phase Ready at attempt 1 of job sequence 0",
+        ),
+        (
+            "forged job sequence",
+            with(&|v| v["jobSequence"] = json!(7)),
+            "malformed helmq.status/v1 payload: order 258 does not match phase Ready at attempt 1 of job sequence 7",
+        ),
+        (
+            "name with a space",
+            with(&|v| v["component"]["name"] = json!("a b")),
+            r#"malformed helmq.status/v1 payload: component.name must be a DNS subdomain (lowercase letters, digits, '-' and '.', at most 253 characters), got "a b""#,
+        ),
+        (
+            "worker with a line break",
+            with(&|v| v["worker"] = json!("w\r\nX-Evil: 1")),
+            r#"malformed helmq.status/v1 payload: worker must not contain control characters, got "w\r\nX-Evil: 1""#,
+        ),
+        (
+            "huge message",
+            with(&|v| v["message"] = json!("x".repeat(9000))),
+            "malformed helmq.status/v1 payload: message is 9000 bytes, over the 8192 byte limit",
+        ),
+        (
+            "release name too long",
+            with(&|v| {
+                v["release"] = json!({"name": "r".repeat(54), "namespace": "default"});
+            }),
+            r#"malformed helmq.status/v1 payload: release.name must be a Helm release name (a DNS subdomain of at most 53 characters), got "rrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr""#,
+        ),
+        (
+            "generation past 2^53",
+            with(&|v| v["component"]["generation"] = json!(9_007_199_254_740_993_i64)),
+            "malformed helmq.status/v1 payload: component.generation must be between 0 and 9007199254740992 (2^53), got 9007199254740993",
         ),
         (
             "no component",
@@ -352,4 +419,77 @@ fn bad_status_payloads_are_rejected_with_the_reason() {
             "case {name}"
         );
     }
+}
+
+#[test]
+fn phase_wire_names_are_the_serialized_names() {
+    use StatusPhase::*;
+    for phase in [
+        Claimed,
+        Deploying,
+        Ready,
+        Failed,
+        Terminating,
+        Terminated,
+        TerminationFailed,
+    ] {
+        assert_eq!(
+            serde_json::to_value(phase).unwrap(),
+            Value::from(phase.as_str())
+        );
+    }
+    let event = status(StatusPhase::TerminationFailed, 2, 3);
+    assert_eq!(
+        event.dedupe_id(),
+        format!("u-1:3:{}:TerminationFailed", event.order)
+    );
+}
+
+#[test]
+fn a_replayed_jobs_events_order_above_the_earlier_runs_at_any_attempt() {
+    let failed_at_5 = status(StatusPhase::Failed, 5, 4).for_job_sequence(17);
+    let replay_deploying = status(StatusPhase::Deploying, 1, 4).for_job_sequence(40);
+    let replay_ready = status(StatusPhase::Ready, 1, 4).for_job_sequence(40);
+    assert!(failed_at_5.position() < replay_deploying.position());
+    assert!(replay_deploying.position() < replay_ready.position());
+    // Redeliveries of one message: same sequence, later attempts above earlier ones.
+    assert!(
+        status(StatusPhase::Failed, 1, 4)
+            .for_job_sequence(17)
+            .position()
+            < status(StatusPhase::Deploying, 2, 4)
+                .for_job_sequence(17)
+                .position()
+    );
+    // Deletion above any apply of the generation, whatever the sequences.
+    assert!(
+        status(StatusPhase::Ready, 1, 4)
+            .for_job_sequence(1 << 45)
+            .position()
+            < status(StatusPhase::Terminating, 1, 4)
+                .for_job_sequence(1)
+                .position()
+    );
+    // The wire keeps the sequence and the decoder checks the order against it.
+    let wire = replay_ready.encode();
+    assert_eq!(StatusEvent::decode(&wire).unwrap(), replay_ready);
+    let value: Value = serde_json::from_slice(&wire).unwrap();
+    assert_eq!(value["jobSequence"], 40);
+}
+
+#[test]
+fn long_messages_are_cut_when_the_event_is_made() {
+    let long = "é".repeat(10_000);
+    let event = StatusEvent::new(
+        "j",
+        component(Some("u-1"), 1),
+        StatusPhase::Failed,
+        long,
+        1,
+        "w",
+        at(),
+    );
+    assert!(event.message.len() <= 8192, "{}", event.message.len());
+    assert!(event.message.ends_with('…'));
+    assert!(StatusEvent::decode(&event.encode()).is_ok());
 }

@@ -51,12 +51,15 @@ pub struct HttpArgs {
 #[derive(Debug, Clone)]
 pub struct Readiness {
     state: Arc<Mutex<Result<(), String>>>,
+    /// Set once part of the process stopped for good; outranks `state` from then on.
+    broken: Arc<Mutex<Option<String>>>,
 }
 
 impl Default for Readiness {
     fn default() -> Self {
         Readiness {
             state: Arc::new(Mutex::new(Err("starting".into()))),
+            broken: Arc::default(),
         }
     }
 }
@@ -72,8 +75,17 @@ impl Readiness {
         self.set(Err(reason.into()));
     }
 
+    /// Marks the process not ready for good: part of it stopped and only a restart helps.
+    /// Later [`ready`](Self::ready) calls do not clear it.
+    pub fn broken(&self, reason: impl Into<String>) {
+        *self.broken.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason.into());
+    }
+
     /// The current state.
     pub fn get(&self) -> Result<(), String> {
+        if let Some(reason) = &*self.broken.lock().unwrap_or_else(PoisonError::into_inner) {
+            return Err(reason.clone());
+        }
         self.state
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -158,25 +170,38 @@ pub async fn serve(
         .await
 }
 
-/// Cancels `token` on SIGTERM or Ctrl-C (SIGINT).
+/// Cancels `token` on SIGTERM or Ctrl-C (SIGINT); a second signal exits the process at once
+/// (status 130), for an operator who no longer wants to wait for the drain.
 pub fn cancel_on_signals(token: CancellationToken) {
     tokio::spawn(async move {
-        let terminate = async {
+        let mut sigterm =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut signal) => {
-                    signal.recv().await;
-                }
+                Ok(signal) => Some(signal),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                    std::future::pending::<()>().await;
+                    None
                 }
+            };
+        for round in 0..2 {
+            let terminate = async {
+                match sigterm.as_mut() {
+                    Some(signal) => {
+                        signal.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = terminate => tracing::info!("SIGTERM received"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
             }
-        };
-        tokio::select! {
-            () = terminate => tracing::info!("SIGTERM received, shutting down"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received, shutting down"),
+            if round == 0 {
+                tracing::info!("shutting down; a second signal exits at once");
+                token.cancel();
+            }
         }
-        token.cancel();
+        tracing::warn!("second signal received, exiting at once");
+        std::process::exit(130);
     });
 }
 

@@ -47,6 +47,14 @@ pub struct Args {
     /// Longest wait for a busy release before the job is returned to the queue.
     #[arg(long, env = "HELMQ_LEASE_WAIT", default_value = "60s", value_parser = parse_duration_flag)]
     pub lease_wait: Duration,
+    /// Longest job timeout accepted (a Component's deploymentTimeout/terminationTimeout); a job
+    /// asking for more is rejected with a dead letter. At most 24h.
+    #[arg(long, env = "HELMQ_MAX_TIMEOUT", default_value = "1h", value_parser = parse_duration_flag)]
+    pub max_timeout: Duration,
+    /// How long a job retries one NATS operation (publishing a status, writing an intent, an
+    /// ack) before giving up and leaving the message to be redelivered.
+    #[arg(long, env = "HELMQ_NATS_PATIENCE", default_value = "2m", value_parser = parse_duration_flag)]
+    pub nats_patience: Duration,
     /// The `helm` executable (Helm 3.14+ or 4).
     #[arg(long, env = "HELMQ_HELM_BIN", default_value = "helm")]
     pub helm_bin: PathBuf,
@@ -96,6 +104,10 @@ impl Args {
             },
             drain_deadline: self.drain_deadline,
             lease_wait: self.lease_wait,
+            max_timeout: self.max_timeout.min(Duration::from_secs(
+                helmq_schemas::event::MAX_TIMEOUT_SECONDS,
+            )),
+            nats_patience: self.nats_patience,
             ..Settings::new(self.worker_id())
         }
     }

@@ -38,34 +38,39 @@ pub fn intent_key(component: &ComponentRef) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum KvError {
     /// The bucket is not there.
-    #[error("cannot open KV bucket {bucket}: {reason}")]
+    #[error("cannot open KV bucket {bucket}: {source}")]
     Open {
         /// The bucket.
         bucket: &'static str,
         /// What the server said.
-        reason: String,
+        #[source]
+        source: BoxError,
     },
     /// A read or write failed (connection, timeout).
-    #[error("KV {action} of {key} failed: {reason}")]
+    #[error("KV {action} of {key} failed: {source}")]
     Request {
         /// What was done.
         action: &'static str,
         /// The key.
         key: String,
         /// Why.
-        reason: String,
+        #[source]
+        source: BoxError,
     },
     /// Our lease was taken over (it expired before we renewed it).
     #[error("lease {0} was lost")]
     LeaseLost(String),
 }
 
-fn request(action: &'static str, key: &str) -> impl FnOnce(String) -> KvError {
+/// The error source kept inside a [`KvError`].
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn request<E: Into<BoxError>>(action: &'static str, key: &str) -> impl FnOnce(E) -> KvError {
     let key = key.to_owned();
-    move |reason| KvError::Request {
+    move |source| KvError::Request {
         action,
         key,
-        reason,
+        source: source.into(),
     }
 }
 
@@ -93,7 +98,7 @@ impl Leases {
             .await
             .map_err(|e| KvError::Open {
                 bucket: LEASES_BUCKET,
-                reason: e.to_string(),
+                source: e.into(),
             })?;
         let ttl = kv
             .status()
@@ -101,7 +106,7 @@ impl Leases {
             .map(|s| s.info.config.max_age)
             .map_err(|e| KvError::Open {
                 bucket: LEASES_BUCKET,
-                reason: e.to_string(),
+                source: e.into(),
             })?;
         let ttl = if ttl.is_zero() {
             Duration::from_secs(30)
@@ -124,7 +129,7 @@ impl Leases {
                 revision,
             })),
             Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Ok(None),
-            Err(e) => Err(request("create", key)(e.to_string())),
+            Err(e) => Err(request("create", key)(e)),
         }
     }
 
@@ -142,7 +147,7 @@ impl Leases {
             Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
                 Err(KvError::LeaseLost(lease.key.clone()))
             }
-            Err(e) => Err(request("update", &lease.key)(e.to_string())),
+            Err(e) => Err(request("update", &lease.key)(e)),
         }
     }
 
@@ -154,8 +159,8 @@ impl Leases {
             .await
         {
             Ok(()) => Ok(()),
-            Err(e) if e.to_string().contains("wrong last sequence") => Ok(()),
-            Err(e) => Err(request("purge", &lease.key)(e.to_string())),
+            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(()),
+            Err(e) => Err(request("purge", &lease.key)(e)),
         }
     }
 }
@@ -170,16 +175,13 @@ pub struct Intents {
 async fn open_bucket(js: &Context, bucket: &'static str) -> Result<kv::Store, KvError> {
     js.get_key_value(bucket).await.map_err(|e| KvError::Open {
         bucket,
-        reason: e.to_string(),
+        source: e.into(),
     })
 }
 
 /// Reads an intent (an unreadable or deleted value counts as none) with its revision.
 async fn read(store: &kv::Store, key: &str) -> Result<Option<(Intent, u64)>, KvError> {
-    let entry = store
-        .entry(key)
-        .await
-        .map_err(|e| request("get", key)(e.to_string()))?;
+    let entry = store.entry(key).await.map_err(|e| request("get", key)(e))?;
     Ok(entry.and_then(|e| {
         if e.operation != Operation::Put {
             return None;
@@ -193,7 +195,7 @@ async fn read(store: &kv::Store, key: &str) -> Result<Option<(Intent, u64)>, KvE
 fn encode_intent(key: &str, intent: &Intent) -> Result<bytes::Bytes, KvError> {
     serde_json::to_vec(intent)
         .map(Into::into)
-        .map_err(|e| request("encode", key)(e.to_string()))
+        .map_err(|e| request("encode", key)(e))
 }
 
 impl Intents {
@@ -239,12 +241,12 @@ impl Intents {
             None => match self.kv.create(key, value).await {
                 Ok(_) => Ok(true),
                 Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Ok(false),
-                Err(e) => Err(request("create", key)(e.to_string())),
+                Err(e) => Err(request("create", key)(e)),
             },
             Some(revision) => match self.kv.update(key, value, revision).await {
                 Ok(_) => Ok(true),
                 Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(false),
-                Err(e) => Err(request("update", key)(e.to_string())),
+                Err(e) => Err(request("update", key)(e)),
             },
         }
     }
@@ -272,6 +274,24 @@ impl Intents {
         }
     }
 
+    /// Counts a Helm run of `job` and returns its number (from 1), the attempt its budget is
+    /// measured by; `None` when the live intent is no longer this job's (a newer one replaced
+    /// it, or it ended meanwhile).
+    pub async fn begin_run(&self, key: &str, job: &JobEvent) -> Result<Option<u32>, KvError> {
+        loop {
+            let Some((mut intent, revision)) = self.get(key).await? else {
+                return Ok(None);
+            };
+            if intent.position() != Position::of(job) || intent.outcome != Outcome::Running {
+                return Ok(None);
+            }
+            intent.runs = intent.runs.saturating_add(1);
+            if self.put_if(key, &intent, Some(revision)).await? {
+                return Ok(Some(intent.runs));
+            }
+        }
+    }
+
     /// Records how `job` ended, unless a newer intent replaced it meanwhile. A terminated
     /// object's final intent becomes its tombstone and its live intent is removed.
     pub async fn finish(
@@ -281,17 +301,18 @@ impl Intents {
         outcome: Outcome,
         status: &StatusEvent,
     ) -> Result<(), KvError> {
-        let done = Intent {
+        let mut done = Intent {
             outcome,
             last_status: Some(status.clone()),
             ..Intent::running(job)
         };
         loop {
             let current = self.get(key).await?;
-            if let Some((intent, _)) = &current
-                && intent.position() != Position::of(job)
-            {
-                return Ok(());
+            if let Some((intent, _)) = &current {
+                if intent.position() != Position::of(job) {
+                    return Ok(());
+                }
+                done.runs = intent.runs;
             }
             if outcome == Outcome::Terminated {
                 // Tombstone first: a copy of the job that arrives between the two writes still
@@ -299,15 +320,15 @@ impl Intents {
                 self.tombstones
                     .put(key, encode_intent(key, &done)?)
                     .await
-                    .map_err(|e| request("put tombstone", key)(e.to_string()))?;
+                    .map_err(|e| request("put tombstone", key)(e))?;
                 let Some((_, revision)) = current else {
                     return Ok(());
                 };
                 match self.kv.purge_expect_revision(key, Some(revision)).await {
                     Ok(()) => return Ok(()),
                     // Changed meanwhile: look again.
-                    Err(e) if e.to_string().contains("wrong last sequence") => continue,
-                    Err(e) => return Err(request("purge", key)(e.to_string())),
+                    Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => continue,
+                    Err(e) => return Err(request("purge", key)(e)),
                 }
             }
             if self.put_if(key, &done, current.map(|(_, r)| r)).await? {

@@ -4,11 +4,14 @@
 //!
 //! Modules: [`args`] (flags), [`policy`] (pure decisions), [`driver`] (the Helm seam,
 //! [`driver::HelmCli`] and `driver::MemoryDriver`), [`exclusivity`] (leases and latest intent
-//! on KV), [`pool`] (consumption and the job path), [`metrics`].
+//! on KV), [`pool`] (slots and drain), `job` (one job from delivery to settlement),
+//! [`dead_letter`] (rejects, final failures, jobs past `max_deliver`), [`metrics`].
 
 pub mod args;
+pub mod dead_letter;
 pub mod driver;
 pub mod exclusivity;
+mod job;
 pub mod metrics;
 pub mod policy;
 pub mod pool;
@@ -99,12 +102,16 @@ pub async fn run<D: HelmDriver>(
         shutdown.clone(),
     ));
 
+    let settings = Settings {
+        health: readiness.clone(),
+        ..args.settings()
+    };
     let result = run_pool(
         js.clone(),
         client.clone(),
         Arc::new(driver),
         JetStreamStatus::new(js),
-        args.settings(),
+        settings,
         metrics,
         shutdown.clone(),
     )

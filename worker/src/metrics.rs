@@ -62,6 +62,8 @@ pub struct Metrics {
     /// NATS operations of a job (status publish, intent write, ack, dead letter) that failed
     /// and were retried: non-zero while the connection is down.
     pub nats_retries: Counter,
+    /// Jobs whose handling panicked (each dead-lettered with reason `panic: ...`).
+    pub panics: Counter,
 }
 
 impl Metrics {
@@ -76,6 +78,7 @@ impl Metrics {
             dead_letters: Counter::default(),
             lease_waits: Counter::default(),
             nats_retries: Counter::default(),
+            panics: Counter::default(),
         };
         let sub = registry.sub_registry_with_prefix("helmq_worker");
         sub.register("jobs", "Jobs (deliveries) by outcome", metrics.jobs.clone());
@@ -113,6 +116,11 @@ impl Metrics {
             "nats_retries",
             "NATS operations of a job that failed and were retried",
             metrics.nats_retries.clone(),
+        );
+        sub.register(
+            "panics",
+            "Jobs whose handling panicked; each was dead-lettered",
+            metrics.panics.clone(),
         );
         metrics
     }

@@ -161,12 +161,12 @@ impl RetryPolicy {
 
 /// What a job does, ordered inside one Component: a later generation wins, and at the same
 /// generation a delete (deletion does not bump the generation) wins over an apply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Position {
     /// `metadata.generation`.
     pub generation: i64,
-    /// 0 = apply, 1 = delete.
-    pub phase: u8,
+    /// Apply, or delete (which orders after apply).
+    pub action: JobAction,
 }
 
 impl Position {
@@ -174,7 +174,7 @@ impl Position {
     pub fn of(job: &JobEvent) -> Position {
         Position {
             generation: job.component.generation,
-            phase: u8::from(job.action == JobAction::Delete),
+            action: job.action,
         }
     }
 }
@@ -208,6 +208,10 @@ pub struct Intent {
     /// The terminal status it published, to publish again for a duplicate job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_status: Option<StatusEvent>,
+    /// Helm runs started for it: the attempt budget counts these, not deliveries (a delivery
+    /// given back while it waited for the release lease did not try anything).
+    #[serde(default)]
+    pub runs: u32,
 }
 
 impl Intent {
@@ -219,6 +223,7 @@ impl Intent {
             job_id: job.id.clone(),
             outcome: Outcome::Running,
             last_status: None,
+            runs: 0,
         }
     }
 
@@ -226,7 +231,7 @@ impl Intent {
     pub fn position(&self) -> Position {
         Position {
             generation: self.generation,
-            phase: u8::from(self.action == JobAction::Delete),
+            action: self.action,
         }
     }
 }
@@ -584,9 +589,15 @@ mod tests {
     }
 
     fn job(generation: i64, action: JobAction) -> Position {
-        Position {
-            generation,
-            phase: u8::from(action == JobAction::Delete),
+        Position { generation, action }
+    }
+
+    #[test]
+    fn a_delete_orders_after_the_apply_of_its_generation_and_before_the_next() {
+        use JobAction::{Apply, Delete};
+        let order = [job(1, Apply), job(1, Delete), job(2, Apply), job(2, Delete)];
+        for pair in order.windows(2) {
+            assert!(pair[0] < pair[1], "{pair:?}");
         }
     }
 
@@ -602,6 +613,7 @@ mod tests {
             action,
             job_id: "j".into(),
             outcome,
+            runs: 0,
             last_status: Some(StatusEvent::new(
                 "j",
                 component,

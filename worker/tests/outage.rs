@@ -11,6 +11,7 @@ use common::*;
 use helmq_queue::Topology;
 use helmq_schemas::event::{StatusEvent, StatusPhase};
 use helmq_worker::MemoryDriver;
+use helmq_worker::driver::memory::Step;
 use helmq_worker::metrics::JobOutcome;
 
 /// Leases outlive the outage (30s, the default): the job holding one keeps it until its outcome
@@ -174,4 +175,60 @@ async fn an_outage_while_a_job_waits_for_its_lease_runs_both_jobs_once_each() {
     assert_eq!(driver.overlaps(), Vec::<String>::new());
     assert_eq!(applies(&driver, "shared"), 2, "helm ran once per job");
     assert_eq!(pool_succeeded, 2);
+}
+
+#[tokio::test]
+async fn a_run_whose_lease_cannot_be_renewed_is_cancelled_before_the_lease_expires() {
+    // A 6 s lease, renewed every 2 s; a run that cannot renew it for 4 s must stop.
+    let lease_ttl = Duration::from_secs(6);
+    let mut env = Env::start(Topology {
+        lease_ttl,
+        ack_wait: Duration::from_secs(10),
+        ..fast_topology()
+    })
+    .await;
+    let driver = MemoryDriver::new();
+    driver.script("web", [Step::Delay(Duration::from_secs(120))]);
+    let pool = env.pool(driver.clone(), settings("w")).await;
+    env.publish(&apply("web", 1, "web")).await;
+    eventually(Duration::from_secs(20), "the apply started", || async {
+        (applies(&driver, "web") == 1).then_some(())
+    })
+    .await;
+
+    // NATS goes away for longer than the lease lives.
+    let killed = std::time::Instant::now();
+    env.server.kill();
+    eventually(
+        Duration::from_secs(15),
+        "the run cancelled while NATS is down",
+        || async {
+            driver
+                .calls()
+                .iter()
+                .any(|c| c.op == "apply" && c.cancelled)
+                .then_some(())
+        },
+    )
+    .await;
+    let cancelled_after = killed.elapsed();
+    assert!(
+        cancelled_after < lease_ttl,
+        "cancelled {cancelled_after:?} after the outage began, the lease lives {lease_ttl:?}"
+    );
+    tokio::time::sleep(lease_ttl).await;
+    env.server.restart();
+
+    // The job comes back and runs to the end; the two runs never overlapped.
+    until_ready(&env, "web").await;
+    settled(&env).await;
+    assert_eq!(driver.overlaps(), Vec::<String>::new());
+    let runs: Vec<bool> = driver
+        .calls()
+        .iter()
+        .filter(|c| c.op == "apply")
+        .map(|c| c.cancelled)
+        .collect();
+    assert_eq!(runs, [true, false]);
+    pool.stop().await;
 }

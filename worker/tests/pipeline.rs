@@ -175,6 +175,48 @@ async fn transient_failures_retry_with_growing_delays_then_succeed() {
 }
 
 #[tokio::test]
+async fn deliveries_given_back_while_waiting_for_the_lease_do_not_spend_the_budget() {
+    let env = Env::start(fast_topology()).await;
+    let driver = MemoryDriver::new();
+    // "first" holds the shared release for a while; "second" fails once, then succeeds.
+    driver.script(
+        "shared",
+        [
+            Step::Delay(Duration::from_secs(3)),
+            Step::Fail(TRANSIENT.into()),
+        ],
+    );
+    let mut s = settings("w");
+    s.concurrency = 2;
+    s.max_attempts = 2;
+    s.lease_wait = Duration::from_millis(200);
+    s.retry.min = Duration::from_millis(100);
+    s.retry.jitter = false;
+    let pool = env.pool(driver.clone(), s).await;
+    env.publish(&apply("first", 1, "shared")).await;
+    eventually(Duration::from_secs(20), "first running", || async {
+        driver.calls().iter().any(|c| c.op == "apply").then_some(())
+    })
+    .await;
+    env.publish(&apply("second", 1, "shared")).await;
+    let ready = eventually(Duration::from_secs(30), "second Ready", || async {
+        env.phases("second", StatusPhase::Ready).await.pop()
+    })
+    .await;
+    // Given back several times while "first" held the lease, then two runs: within budget.
+    assert!(
+        ready.attempt > 2,
+        "the lease wait took {} deliveries",
+        ready.attempt
+    );
+    assert!(env.phases("second", StatusPhase::Failed).await.is_empty());
+    assert!(env.dead_letters().await.is_empty());
+    let runs = driver.calls().iter().filter(|c| c.op == "apply").count();
+    assert_eq!(runs, 3, "first once, second twice");
+    pool.stop().await;
+}
+
+#[tokio::test]
 async fn a_spent_budget_ends_in_failed_and_exactly_one_dead_letter() {
     let env = Env::start(fast_topology()).await;
     let driver = MemoryDriver::new();

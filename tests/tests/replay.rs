@@ -1,0 +1,155 @@
+//! Order that survives replays (issue 11): a Component whose job failed at attempt 5 is
+//! `Failed`; after `helmqctl dlq replay` the replayed job's events order above the failure and
+//! the Component ends `Ready`. Real nats-server, real worker pool and status writer, Helm in
+//! memory, Kubernetes as the in-memory API server.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser as _;
+use helmq_producer::metrics::Metrics as ProducerMetrics;
+use helmq_producer::store::fake::FakeComponentStore;
+use helmq_producer::writer::{Writer, WriterConfig};
+use helmq_queue::{JetStreamQueue, JetStreamStatus, JobQueue as _, Topology};
+use helmq_schemas::HelmConfig;
+use helmq_schemas::component::{Component, ComponentSpec, Phase};
+use helmq_schemas::event::{ComponentRef, JobAction, JobEvent};
+use helmq_tests::NatsServer;
+use helmq_worker::driver::memory::Step;
+use helmq_worker::{MemoryDriver, Settings};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+const TRANSIENT: &str =
+    "Error: UPGRADE FAILED: another operation (install/upgrade/rollback) is in progress";
+
+async fn wait_phase(store: &FakeComponentStore, phase: Phase) -> Component {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(c) = store.snapshot("default", "web")
+            && c.status.as_ref().and_then(|s| s.phase) == Some(phase)
+        {
+            return c;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "web not {phase:?}: {:#?}",
+            store.snapshot("default", "web").and_then(|c| c.status)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_failed_at_attempt_5_and_replayed_leaves_its_component_ready() {
+    let server = NatsServer::start();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    Topology::default().ensure(&js).await.unwrap();
+
+    let driver = MemoryDriver::new();
+    driver.script("web", (0..5).map(|_| Step::Fail(TRANSIENT.into())));
+    let mut settings = Settings::new("w");
+    settings.max_attempts = 5;
+    settings.retry.min = Duration::from_millis(20);
+    settings.retry.max = Duration::from_millis(50);
+    settings.fetch_expires = Duration::from_millis(300);
+    let mut registry = prometheus_client::registry::Registry::default();
+    let stop = CancellationToken::new();
+    let pool = tokio::spawn(helmq_worker::run_pool(
+        js.clone(),
+        client.clone(),
+        Arc::new(driver.clone()),
+        JetStreamStatus::new(js.clone()),
+        settings,
+        helmq_worker::Metrics::register(&mut registry),
+        stop.clone(),
+    ));
+    let store = FakeComponentStore::new();
+    let writer = tokio::spawn(
+        Writer::new(
+            store.clone(),
+            js.clone(),
+            WriterConfig {
+                fetch_wait: Duration::from_millis(200),
+                max_retry_delay: Duration::from_millis(200),
+                ..WriterConfig::default()
+            },
+            ProducerMetrics::default(),
+        )
+        .run(stop.clone()),
+    );
+
+    let config = json!({
+        "releaseName": "web",
+        "releaseNamespace": "apps",
+        "source": {"type": "http",
+            "repository": {"url": "https://charts.example.com/stable", "name": "example"},
+            "chart": {"name": "nginx", "version": "1.2.3"}},
+    });
+    let mut component = Component::new(
+        "web",
+        ComponentSpec {
+            name: "web".into(),
+            handler: "helm".into(),
+            config: Some(config.clone()),
+            deployment_timeout: None,
+            termination_timeout: None,
+        },
+    );
+    component.metadata.namespace = Some("default".into());
+    let component = store.create(component).unwrap();
+    let job = JobEvent::new(
+        JobAction::Apply,
+        ComponentRef {
+            namespace: "default".into(),
+            name: "web".into(),
+            uid: component.metadata.uid.clone(),
+            generation: component.metadata.generation.unwrap_or(1),
+        },
+        HelmConfig::parse(Some(&config), "default", "web").unwrap(),
+        30,
+        jiff::Timestamp::now(),
+    );
+    JetStreamQueue::new(js.clone())
+        .publish_job(&job)
+        .await
+        .unwrap();
+
+    let failed = wait_phase(&store, Phase::Failed).await;
+    let message = failed.status.unwrap().message.unwrap_or_default();
+    assert!(message.contains("(attempt 5 of 5)"), "{message}");
+
+    // The operator replays the dead letter (stored right after the Failed status went out).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let letters = loop {
+        let letters = helmq_queue::dlq::list(&js, 10).await.unwrap();
+        if !letters.is_empty() || tokio::time::Instant::now() > deadline {
+            break letters;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(letters.len(), 1, "{letters:#?}");
+    let sequence = letters[0].dlq_sequence.to_string();
+    let args = helmq_ctl::Args::try_parse_from([
+        "helmqctl",
+        "--nats-url",
+        server.url(),
+        "dlq",
+        "replay",
+        sequence.as_str(),
+    ])
+    .unwrap();
+    let mut out = Vec::new();
+    helmq_ctl::run(args, &mut out).await.unwrap();
+
+    let ready = wait_phase(&store, Phase::Ready).await;
+    let status = ready.status.unwrap();
+    assert_eq!(status.observed_generation, Some(1));
+    let applies = driver.calls().iter().filter(|c| c.op == "apply").count();
+    assert_eq!(applies, 6, "five failed runs, then the replay's");
+
+    stop.cancel();
+    pool.await.unwrap().unwrap();
+    let _ = writer.await;
+}

@@ -1,0 +1,616 @@
+//! One job from delivery to settlement, in the order of DESIGN.md §5: decode and check it (bad
+//! input is dead-lettered once) → compare it with its object's latest intent (an older
+//! generation is acked as superseded, a finished one has its status published again) → publish
+//! `Deploying`/`Terminating` → take the release lease (Progress acks while waiting) → compare
+//! again → run Helm under [`guard`] (Progress acks, lease renewal; a newer generation, a lost
+//! lease or the hard stop cancels the run) → record the intent, publish the outcome, and ack,
+//! Nak with a delay, or dead-letter.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::message::{AckKind, Message};
+use async_nats::jetstream::{self, stream};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use helmq_queue::StatusSink;
+use helmq_schemas::event::{JobAction, JobEvent, ReleaseInfo, StatusEvent, StatusPhase};
+use helmq_schemas::subject::component_key;
+
+use crate::dead_letter;
+use crate::driver::{
+    Apply, DriverError, HelmDriver, NamespaceDeletion, Recovery, Uninstalled, recovery_plan,
+};
+use crate::exclusivity::{Intents, KvError, Lease, Leases, intent_key};
+use crate::metrics::{JobOutcome, Metrics};
+use crate::policy::{AfterFailure, Decision, Outcome, Position, after_failure, decide};
+use crate::pool::{Settings, backoff_step, pause};
+
+/// Shortest Progress/renewal period (a zero period would make `interval` panic).
+const MIN_TICK: Duration = Duration::from_millis(100);
+/// Delay before a job given back for a busy or lost lease comes again.
+const LEASE_RETRY: Duration = Duration::from_secs(1);
+
+/// What every job of a pool shares, apart from the driver and the status sink.
+pub(crate) struct Context {
+    pub(crate) js: jetstream::Context,
+    pub(crate) stream: stream::Stream,
+    pub(crate) settings: Settings,
+    pub(crate) metrics: Metrics,
+    pub(crate) leases: Leases,
+    pub(crate) intents: Intents,
+    /// The workers' consumer's `ack_wait`: Progress acks go out every third of it.
+    pub(crate) ack_wait: Duration,
+    /// Cancelled when the drain deadline passes: running jobs stop and are Nak'ed.
+    pub(crate) hard_stop: CancellationToken,
+}
+
+/// The [`Context`] with the driver and the status sink.
+pub(crate) struct Shared<D, S> {
+    pub(crate) ctx: Context,
+    pub(crate) driver: Arc<D>,
+    pub(crate) status: S,
+}
+
+/// Where a delivery stands: its attempt (delivery count) and its stream sequence.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Delivery {
+    pub(crate) attempt: u32,
+    pub(crate) sequence: u64,
+}
+
+/// Why a Helm run was stopped before it finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// A newer intent was recorded for the object.
+    Superseded(Position),
+    /// Another worker took the release lease.
+    LeaseLost,
+    /// The drain deadline passed.
+    Shutdown,
+}
+
+/// What a successful run produced.
+struct Done {
+    phase: StatusPhase,
+    outcome: Outcome,
+    message: String,
+    release: ReleaseInfo,
+}
+
+/// One job, start to end.
+pub(crate) async fn handle<D: HelmDriver, S: StatusSink>(
+    shared: &Shared<D, S>,
+    message: &Message,
+    delivery: Delivery,
+    span: &tracing::Span,
+) -> JobOutcome {
+    let ctx = &shared.ctx;
+    let job = match admit(&ctx.settings, &message.payload) {
+        Ok(job) => job,
+        Err(reason) => return dead_letter::reject(shared, message, delivery, reason).await,
+    };
+    span.record("job_id", job.id.as_str());
+    let key = intent_key(&job.component);
+    let position = Position::of(&job);
+    let Some(decision) = ctx
+        .persist("read the intent", || ctx.intents.claim(&key, &job))
+        .await
+    else {
+        return ctx.give_back(message, None).await;
+    };
+    if let Some(outcome) = skip_unless_run(shared, message, decision, None).await {
+        return outcome;
+    }
+    if !shared.publish(&start_event(ctx, &job, delivery)).await {
+        return ctx.give_back(message, None).await;
+    }
+    let lease = match acquire(ctx, message, &lease_key(&job)).await {
+        Acquired::Lease(lease) => lease,
+        Acquired::TooLong => {
+            info!("lease wait too long; giving the job back");
+            return ctx.give_back(message, Some(LEASE_RETRY)).await;
+        }
+        Acquired::Stopped => return ctx.give_back(message, None).await,
+    };
+    // While we waited, a newer generation may have arrived, or another delivery of this very job
+    // may have finished it: JetStream can hand a job out twice (e.g. a server restarted after a
+    // crash forgets a delivery), and both copies then queue for this lease. Helm must not run
+    // again for a generation that is done.
+    if let Some(Some(intent)) = ctx
+        .persist("read the intent", || ctx.intents.current(&key, position))
+        .await
+    {
+        let decision = decide(position, Some(&intent));
+        if let Some(outcome) = skip_unless_run(shared, message, decision, Some(&lease)).await {
+            return outcome;
+        }
+    }
+    let run_number = match ctx
+        .persist("count the run", || ctx.intents.begin_run(&key, &job))
+        .await
+    {
+        Some(Some(run)) => run,
+        // Replaced or ended since the check just above: the next delivery sorts it out.
+        Some(None) | None => {
+            ctx.release(&lease).await;
+            return ctx.give_back(message, None).await;
+        }
+    };
+    let cancel = ctx.hard_stop.child_token();
+    let helm_started = Instant::now();
+    let run = execute(shared, &job, &cancel);
+    let (result, lease) = guard(ctx, message, lease, &key, position, &cancel, run).await;
+    ctx.metrics
+        .helm_duration
+        .observe(helm_started.elapsed().as_secs_f64());
+    match result {
+        Ok(Ok(done)) => succeed(shared, message, &job, delivery, &key, &lease, done).await,
+        Ok(Err(error)) => {
+            ctx.release(&lease).await;
+            fail(shared, message, &job, delivery, run_number, &key, error).await
+        }
+        Err(stop) => {
+            ctx.release(&lease).await;
+            stopped(ctx, message, stop).await
+        }
+    }
+}
+
+/// Decodes a payload and checks it against the allowlist; the error is the dead-letter reason.
+fn admit(settings: &Settings, payload: &[u8]) -> Result<JobEvent, String> {
+    let job = JobEvent::decode(payload).map_err(|e| e.to_string())?;
+    settings
+        .allowlist
+        .check(&job.config)
+        .map_err(|e| e.to_string())?;
+    let max = settings.max_timeout.as_secs();
+    if job.timeout_seconds > max {
+        return Err(format!(
+            "timeoutSeconds {} is over this worker's limit of {max} (--max-timeout)",
+            job.timeout_seconds
+        ));
+    }
+    Ok(job)
+}
+
+/// The lease key of the release a job works on: the release, not the Component, is what two
+/// runs must never share.
+fn lease_key(job: &JobEvent) -> String {
+    component_key(&job.config.release_namespace, &job.config.release_name)
+}
+
+/// `Deploying` or `Terminating`, with what is about to happen.
+fn start_event(ctx: &Context, job: &JobEvent, delivery: Delivery) -> StatusEvent {
+    let config = &job.config;
+    let attempt = delivery.attempt;
+    let (phase, text) = match job.action {
+        JobAction::Apply => (
+            StatusPhase::Deploying,
+            format!(
+                "deploying chart {}:{} as release {}/{} (attempt {attempt})",
+                config.chart_name(),
+                config.chart_version(),
+                config.release_namespace,
+                config.release_name
+            ),
+        ),
+        JobAction::Delete => (
+            StatusPhase::Terminating,
+            format!(
+                "uninstalling release {}/{} (attempt {attempt})",
+                config.release_namespace, config.release_name
+            ),
+        ),
+    };
+    ctx.event(job, phase, text, delivery)
+}
+
+/// The run finished: record the intent, publish the outcome, ack.
+async fn succeed<D: HelmDriver, S: StatusSink>(
+    shared: &Shared<D, S>,
+    message: &Message,
+    job: &JobEvent,
+    delivery: Delivery,
+    key: &str,
+    lease: &Lease,
+    done: Done,
+) -> JobOutcome {
+    let ctx = &shared.ctx;
+    let status = ctx
+        .event(job, done.phase, done.message, delivery)
+        .with_release(done.release);
+    // The intent first: once the status is out, the writer may remove the finalizer and the
+    // object may be gone, so the record of its end must already be there for a late copy of
+    // this job. A copy that finds it publishes this status again.
+    let recorded = ctx
+        .persist("record the intent", || {
+            ctx.intents.finish(key, job, done.outcome, &status)
+        })
+        .await
+        .is_some();
+    let published = recorded && shared.publish(&status).await;
+    ctx.release(lease).await;
+    if !published {
+        return ctx.give_back(message, None).await;
+    }
+    info!(phase = ?status.phase, "job done");
+    ctx.settle(message, AckKind::Ack).await;
+    JobOutcome::Succeeded
+}
+
+/// Run `run` of the job failed: retry later, or publish the failure and dead-letter the job.
+async fn fail<D: HelmDriver, S: StatusSink>(
+    shared: &Shared<D, S>,
+    message: &Message,
+    job: &JobEvent,
+    delivery: Delivery,
+    run: u32,
+    key: &str,
+    error: DriverError,
+) -> JobOutcome {
+    let ctx = &shared.ctx;
+    if ctx.hard_stop.is_cancelled() {
+        return ctx.give_back(message, None).await;
+    }
+    let settings = &ctx.settings;
+    match after_failure(error.failure(), run, settings.max_attempts, &settings.retry) {
+        AfterFailure::Retry(delay) => {
+            warn!(%error, retry_in = ?delay, "transient failure; will retry");
+            ctx.metrics.retries.inc();
+            ctx.settle(message, AckKind::Nak(Some(delay))).await;
+            JobOutcome::Retried
+        }
+        AfterFailure::GiveUp => {
+            let reason = format!("{error} (attempt {run} of {})", settings.max_attempts);
+            warn!(%error, "job failed for good");
+            let phase = match job.action {
+                JobAction::Apply => StatusPhase::Failed,
+                JobAction::Delete => StatusPhase::TerminationFailed,
+            };
+            let status = ctx.event(job, phase, reason.clone(), delivery);
+            if !shared.publish(&status).await {
+                return ctx.give_back(message, None).await;
+            }
+            let _ = ctx
+                .persist("record the intent", || {
+                    ctx.intents.finish(key, job, Outcome::Failed, &status)
+                })
+                .await;
+            dead_letter::bury(ctx, message, delivery, reason).await
+        }
+    }
+}
+
+/// The run was stopped from outside.
+async fn stopped(ctx: &Context, message: &Message, stop: Stop) -> JobOutcome {
+    match stop {
+        Stop::Superseded(by) => {
+            info!(
+                newer_generation = by.generation,
+                "a newer intent arrived; cancelled this run"
+            );
+            ctx.settle(message, AckKind::Ack).await;
+            JobOutcome::Superseded
+        }
+        Stop::LeaseLost => {
+            warn!("lost the release lease; giving the job back");
+            ctx.give_back(message, Some(LEASE_RETRY)).await
+        }
+        Stop::Shutdown => ctx.give_back(message, None).await,
+    }
+}
+
+/// The Helm work of a job, with the lease held.
+async fn execute<D: HelmDriver, S>(
+    shared: &Shared<D, S>,
+    job: &JobEvent,
+    cancel: &CancellationToken,
+) -> Result<Done, DriverError> {
+    let config = &job.config;
+    let (name, namespace) = (&config.release_name, &config.release_namespace);
+    let timeout = Duration::from_secs(job.timeout_seconds.max(1));
+    let driver = &shared.driver;
+    let mut notes = Vec::new();
+    match job.action {
+        JobAction::Apply => {
+            if let Some(current) = driver.status(name, namespace, cancel).await?
+                && let Some(plan) = recovery_plan(
+                    &current.status,
+                    &driver.history(name, namespace, cancel).await?,
+                )
+            {
+                warn!(release = %name, from = %current.status, "recovering a stuck release");
+                match &plan {
+                    Recovery::Rollback { revision, .. } => {
+                        driver
+                            .rollback(name, namespace, *revision, timeout, cancel)
+                            .await?;
+                    }
+                    Recovery::Uninstall { .. } => {
+                        driver.uninstall(name, namespace, timeout, cancel).await?;
+                    }
+                }
+                notes.push(plan.describe(name));
+            }
+            let release = driver.apply(Apply { config, timeout }, cancel).await?;
+            notes.push(format!(
+                "release {name} revision {} is {} (chart {} {})",
+                release.revision,
+                release.status,
+                config.chart_name(),
+                release
+                    .chart_version
+                    .as_deref()
+                    .unwrap_or(config.chart_version())
+            ));
+            Ok(Done {
+                phase: StatusPhase::Ready,
+                outcome: Outcome::Ready,
+                message: notes.join("; "),
+                release: ReleaseInfo {
+                    name: name.clone(),
+                    namespace: namespace.clone(),
+                    revision: Some(release.revision),
+                    chart_version: release.chart_version,
+                    helm_status: Some(release.status.to_string()),
+                },
+            })
+        }
+        JobAction::Delete => {
+            notes.push(
+                match driver.uninstall(name, namespace, timeout, cancel).await? {
+                    Uninstalled::Removed => format!("release {name} uninstalled"),
+                    Uninstalled::NotFound => format!("release {name} was already gone"),
+                },
+            );
+            if config.manage_namespace {
+                if *namespace == job.component.namespace {
+                    notes.push(format!(
+                        "namespace {namespace} was not deleted: it is the Component's own namespace"
+                    ));
+                } else {
+                    notes.push(match driver.delete_namespace(namespace, cancel).await? {
+                        NamespaceDeletion::Deleted => format!("namespace {namespace} deleted"),
+                        NamespaceDeletion::Skipped(why) => why,
+                    });
+                }
+            }
+            Ok(Done {
+                phase: StatusPhase::Terminated,
+                outcome: Outcome::Terminated,
+                message: notes.join("; "),
+                release: ReleaseInfo {
+                    name: name.clone(),
+                    namespace: namespace.clone(),
+                    revision: None,
+                    chart_version: None,
+                    helm_status: Some("uninstalled".into()),
+                },
+            })
+        }
+    }
+}
+
+enum Acquired {
+    Lease(Lease),
+    TooLong,
+    Stopped,
+}
+
+/// Takes the release lease, sending Progress acks while another job holds it.
+async fn acquire(ctx: &Context, message: &Message, key: &str) -> Acquired {
+    let started = Instant::now();
+    let mut waited = false;
+    let mut last_progress = Instant::now();
+    let poll = (ctx.leases.ttl() / 20).clamp(Duration::from_millis(50), Duration::from_millis(500));
+    loop {
+        match ctx.leases.try_acquire(key, &ctx.settings.worker_id).await {
+            Ok(Some(lease)) => return Acquired::Lease(lease),
+            Ok(None) => {
+                if !waited {
+                    waited = true;
+                    ctx.metrics.lease_waits.inc();
+                    info!(lease = key, "release busy; waiting for its lease");
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot take the lease; retrying"),
+        }
+        if started.elapsed() >= ctx.settings.lease_wait {
+            return Acquired::TooLong;
+        }
+        if last_progress.elapsed() >= ctx.ack_wait / 3 {
+            let _ = message.ack_with(AckKind::Progress).await;
+            last_progress = Instant::now();
+        }
+        if ctx.hard_stop.is_cancelled() {
+            return Acquired::Stopped;
+        }
+        pause(&ctx.hard_stop, poll).await;
+    }
+}
+
+/// Runs `run` while keeping its job alive: Progress acks every `ack_wait/3` and lease renewal
+/// every `ttl/3`. A newer intent for the object, a lost lease or the hard stop cancels `cancel`
+/// and waits for the run to end (its process killed) before reporting why. Gives back the lease
+/// as last renewed.
+async fn guard<T>(
+    ctx: &Context,
+    message: &Message,
+    mut lease: Lease,
+    intent_key: &str,
+    position: Position,
+    cancel: &CancellationToken,
+    run: impl Future<Output = T>,
+) -> (Result<T, Stop>, Lease) {
+    let mut progress = tokio::time::interval((ctx.ack_wait / 3).max(MIN_TICK));
+    let renew_every = (ctx.leases.ttl() / 3).max(MIN_TICK);
+    let mut renew = tokio::time::interval(renew_every);
+    progress.tick().await;
+    renew.tick().await;
+    let newer = ctx.intents.newer_than(intent_key, position);
+    tokio::pin!(run, newer);
+    // Unrenewed, the lease expires after its TTL and another worker may take the release: stop
+    // the run once it went unrenewed for 2/3 of the TTL, whatever the renewals are doing.
+    let unrenewed_limit = ctx.leases.ttl() * 2 / 3;
+    let mut renewed_at = tokio::time::Instant::now();
+    let stop = loop {
+        tokio::select! {
+            biased;
+            value = &mut run => return (Ok(value), lease),
+            () = ctx.hard_stop.cancelled() => break Stop::Shutdown,
+            by = &mut newer => {
+                info!(newer_generation = by.generation, "newer intent recorded; cancelling this run");
+                break Stop::Superseded(by);
+            }
+            () = tokio::time::sleep_until(renewed_at + unrenewed_limit) => {
+                warn!(unrenewed_for = ?renewed_at.elapsed(), "cannot renew the release lease before it may expire; cancelling this run");
+                break Stop::LeaseLost;
+            }
+            _ = progress.tick() => {
+                if let Err(e) = message.ack_with(AckKind::Progress).await {
+                    warn!(error = %e, "cannot send a progress ack");
+                }
+            }
+            _ = renew.tick() => {
+                let renewal = ctx.leases.renew(&lease, &ctx.settings.worker_id);
+                match tokio::time::timeout(renew_every, renewal).await {
+                    Ok(Ok(renewed)) => {
+                        lease = renewed;
+                        renewed_at = tokio::time::Instant::now();
+                    }
+                    Ok(Err(KvError::LeaseLost(key))) => {
+                        warn!(lease = %key, "release lease taken over; cancelling this run");
+                        break Stop::LeaseLost;
+                    }
+                    Ok(Err(e)) => warn!(error = %e, "cannot renew the release lease; retrying"),
+                    Err(_) => warn!("renewing the release lease timed out; retrying"),
+                }
+            }
+        }
+    };
+    cancel.cancel();
+    // The run's process must be gone before anyone else may take the release.
+    let _ = run.await;
+    (Err(stop), lease)
+}
+
+/// Settles a job the intent says not to run — superseded (ack) or already done (publish its
+/// status again, then ack) — releasing `lease` first when one is held. `None` for `Run`.
+async fn skip_unless_run<D, S: StatusSink>(
+    shared: &Shared<D, S>,
+    message: &Message,
+    decision: Decision,
+    lease: Option<&Lease>,
+) -> Option<JobOutcome> {
+    let ctx = &shared.ctx;
+    if decision == Decision::Run {
+        return None;
+    }
+    if let Some(lease) = lease {
+        ctx.release(lease).await;
+    }
+    match decision {
+        Decision::Run => None,
+        Decision::Superseded { by } => {
+            info!(
+                newer_generation = by.generation,
+                "superseded by a newer intent; not running helm"
+            );
+            ctx.settle(message, AckKind::Ack).await;
+            Some(JobOutcome::Superseded)
+        }
+        Decision::AlreadyDone(status) => {
+            info!(phase = ?status.phase, "already done; publishing its status again");
+            if !shared.publish(&status).await {
+                return Some(ctx.give_back(message, None).await);
+            }
+            ctx.settle(message, AckKind::Ack).await;
+            Some(JobOutcome::Duplicate)
+        }
+    }
+}
+
+impl<D, S: StatusSink> Shared<D, S> {
+    /// Publishes a status event, retrying until it is stored; false once the hard stop fires.
+    pub(crate) async fn publish(&self, status: &StatusEvent) -> bool {
+        self.ctx
+            .persist("publish the status", || self.status.publish_status(status))
+            .await
+            .is_some()
+    }
+}
+
+impl Context {
+    /// A status event of `job` in this delivery.
+    pub(crate) fn event(
+        &self,
+        job: &JobEvent,
+        phase: StatusPhase,
+        message: String,
+        delivery: Delivery,
+    ) -> StatusEvent {
+        StatusEvent::new(
+            job.id.clone(),
+            job.component.clone(),
+            phase,
+            message,
+            delivery.attempt,
+            self.settings.worker_id.clone(),
+            jiff::Timestamp::now(),
+        )
+        .for_job_sequence(delivery.sequence)
+    }
+
+    /// Retries `op` with backoff until it succeeds; `None` once the hard stop fires or after
+    /// [`Settings::nats_patience`] (the job is then redelivered and, being idempotent, does the
+    /// same again).
+    pub(crate) async fn persist<T, E, F, Fut>(&self, what: &str, mut op: F) -> Option<T>
+    where
+        E: std::fmt::Display,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let started = Instant::now();
+        let mut failures = 0u32;
+        loop {
+            match op().await {
+                Ok(value) => return Some(value),
+                Err(e) => {
+                    failures += 1;
+                    self.metrics.nats_retries.inc();
+                    if started.elapsed() >= self.settings.nats_patience {
+                        warn!(error = %e, failures, "cannot {what}; giving up after {:?}", started.elapsed());
+                        return None;
+                    }
+                    warn!(error = %e, failures, "cannot {what}; retrying");
+                }
+            }
+            if self.hard_stop.is_cancelled() {
+                return None;
+            }
+            pause(&self.hard_stop, backoff_step(failures)).await;
+        }
+    }
+
+    /// Acks, Naks or Terms a message, retrying until the server confirms or the hard stop fires.
+    pub(crate) async fn settle(&self, message: &Message, kind: AckKind) {
+        let _ = self
+            .persist("settle the message", || message.double_ack_with(kind))
+            .await;
+    }
+
+    /// Returns a message for redelivery (shutdown, lease trouble, lost connection).
+    pub(crate) async fn give_back(&self, message: &Message, delay: Option<Duration>) -> JobOutcome {
+        self.settle(message, AckKind::Nak(delay)).await;
+        JobOutcome::Requeued
+    }
+
+    /// Gives the lease back; a failure only delays the next job on the release until it expires.
+    async fn release(&self, lease: &Lease) {
+        if let Err(e) = self.leases.release(lease).await {
+            warn!(error = %e, "cannot release the lease; it will expire");
+        }
+    }
+}
