@@ -62,7 +62,7 @@ down:
 # End-to-end suite against a real cluster and helm (needs HELMQ_E2E=1; KUBECONFIG, HELM_BIN; HELMQ_E2E_SCALE=N adds a scale run). Extra arguments filter tests.
 e2e *filters: setup setup-kubectl
     cargo build --bins
-    cargo nextest run -p helmq-tests --test e2e --no-capture {{filters}}
+    cargo nextest run -p helmq-tests --test e2e --run-ignored all --no-capture {{filters}}
 
 # Set up and start the test cluster of ../shared/rig in .tools/rig (then `source .tools/rig/env.sh`).
 rig-up:

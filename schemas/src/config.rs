@@ -556,8 +556,8 @@ fn wrong_type(field: &'static str, expected: &'static str, got: &Value) -> Confi
     }
 }
 
-/// JSON type name of a value, as used in messages.
-fn kind(value: &Value) -> &'static str {
+/// JSON type name of a value, as used in messages (here and in [`crate::event`]).
+pub(crate) fn kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "boolean",

@@ -6,7 +6,7 @@ use jiff::Timestamp;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ConfigError, HelmConfig};
+use crate::config::{ConfigError, HelmConfig, kind};
 use crate::dns;
 
 /// The `schema` value of every [`JobEvent`] this build reads and writes.
@@ -623,7 +623,7 @@ fn checked_value(payload: &[u8], schema: &'static str) -> Result<serde_json::Val
         serde_json::from_slice(payload).map_err(|e| malformed(format!("not JSON: {e}")))?;
     let object = value
         .as_object()
-        .ok_or_else(|| malformed(format!("expected a JSON object, got {}", json_type(&value))))?;
+        .ok_or_else(|| malformed(format!("expected a JSON object, got {}", kind(&value))))?;
     match object.get("schema") {
         None => return Err(EventError::MissingSchema { expected: schema }),
         Some(serde_json::Value::String(s)) if s == schema => {}
@@ -636,7 +636,7 @@ fn checked_value(payload: &[u8], schema: &'static str) -> Result<serde_json::Val
         Some(other) => {
             return Err(malformed(format!(
                 "schema must be a string, got {}",
-                json_type(other)
+                kind(other)
             )));
         }
     }
@@ -646,15 +646,4 @@ fn checked_value(payload: &[u8], schema: &'static str) -> Result<serde_json::Val
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     // Serializing these types cannot fail: every map key is a string and no Serialize impl errs.
     serde_json::to_vec(value).unwrap_or_default()
-}
-
-fn json_type(value: &serde_json::Value) -> &'static str {
-    match value {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "boolean",
-        serde_json::Value::Number(_) => "number",
-        serde_json::Value::String(_) => "string",
-        serde_json::Value::Array(_) => "array",
-        serde_json::Value::Object(_) => "object",
-    }
 }

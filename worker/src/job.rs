@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::message::{AckKind, Message};
 use async_nats::jetstream::{self, stream};
+use backon::Retryable as _;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -25,7 +26,7 @@ use crate::driver::{
 use crate::exclusivity::{Intents, KvError, Lease, Leases, intent_key};
 use crate::metrics::{JobOutcome, Metrics};
 use crate::policy::{AfterFailure, Decision, Outcome, Position, after_failure, decide};
-use crate::pool::{Settings, backoff_step, pause};
+use crate::pool::{Settings, pause};
 
 /// Shortest Progress/renewal period (a zero period would make `interval` panic).
 const MIN_TICK: Duration = Duration::from_millis(100);
@@ -563,34 +564,41 @@ impl Context {
         .for_job_sequence(delivery.sequence)
     }
 
-    /// Retries `op` with backoff until it succeeds; `None` once the hard stop fires or after
-    /// [`Settings::nats_patience`] (the job is then redelivered and, being idempotent, does the
-    /// same again).
-    pub(crate) async fn persist<T, E, F, Fut>(&self, what: &str, mut op: F) -> Option<T>
+    /// Retries `op` with capped exponential backoff until it succeeds; `None` once the hard
+    /// stop fires or after [`Settings::nats_patience`] (the job is then redelivered and, being
+    /// idempotent, does the same again).
+    pub(crate) async fn persist<T, E, F, Fut>(&self, what: &str, op: F) -> Option<T>
     where
         E: std::fmt::Display,
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let started = Instant::now();
-        let mut failures = 0u32;
-        loop {
-            match op().await {
-                Ok(value) => return Some(value),
-                Err(e) => {
-                    failures += 1;
-                    self.metrics.nats_retries.inc();
-                    if started.elapsed() >= self.settings.nats_patience {
-                        warn!(error = %e, failures, "cannot {what}; giving up after {:?}", started.elapsed());
-                        return None;
-                    }
-                    warn!(error = %e, failures, "cannot {what}; retrying");
-                }
+        let backoff = backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(5))
+            .with_total_delay(Some(self.settings.nats_patience))
+            .without_max_times();
+        // Once the hard stop fires, the attempt under way finishes and no other is made.
+        let stop = self.hard_stop.clone();
+        let result = op
+            .retry(backoff)
+            .sleep(move |delay| {
+                let stop = stop.clone();
+                async move { pause(&stop, delay).await }
+            })
+            .when(|_| !self.hard_stop.is_cancelled())
+            .notify(|e, delay| {
+                self.metrics.nats_retries.inc();
+                warn!(error = %e, retry_in = ?delay, "cannot {what}; retrying");
+            })
+            .await;
+        match result {
+            Ok(value) => Some(value),
+            Err(e) => {
+                self.metrics.nats_retries.inc();
+                warn!(error = %e, "cannot {what}; giving up (hard stop, or --nats-patience spent)");
+                None
             }
-            if self.hard_stop.is_cancelled() {
-                return None;
-            }
-            pause(&self.hard_stop, backoff_step(failures)).await;
         }
     }
 

@@ -5,10 +5,10 @@
 //! Modules: [`args`] (flags), [`policy`] (pure decisions), [`driver`] (the Helm seam,
 //! [`driver::HelmCli`] and `driver::MemoryDriver`), [`exclusivity`] (leases and latest intent
 //! on KV), [`pool`] (slots and drain), `job` (one job from delivery to settlement),
-//! [`dead_letter`] (rejects, final failures, jobs past `max_deliver`), [`metrics`].
+//! `dead_letter` (rejects, final failures, jobs past `max_deliver`), [`metrics`].
 
 pub mod args;
-pub mod dead_letter;
+mod dead_letter;
 pub mod driver;
 pub mod exclusivity;
 mod job;

@@ -1,5 +1,5 @@
 //! The worker pool: `concurrency` slots, each pulling one job at a time from the shared durable
-//! consumer and handing it to [`crate::job`], plus the MAX_DELIVERIES advisory watcher.
+//! consumer and handing it to `job`, plus the MAX_DELIVERIES advisory watcher.
 //!
 //! Shutdown: the `shutdown` token stops the slots from pulling; running jobs get
 //! `drain_deadline` to finish, then the hard-stop token cancels them and their messages are
@@ -257,7 +257,7 @@ async fn run_slot<D: HelmDriver, S: StatusSink + 'static>(
 }
 
 /// Pause after `failures` failed NATS operations in a row: 200 ms doubling to 5 s.
-pub(crate) fn backoff_step(failures: u32) -> Duration {
+fn backoff_step(failures: u32) -> Duration {
     Duration::from_millis(100u64.saturating_mul(1u64 << failures.min(6)).min(5000))
 }
 

@@ -68,6 +68,7 @@ async fn deploy_and_clean_up(stack: &Stack, mut component: Component, replicas: 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "end-to-end: needs a cluster and helm; `just e2e` runs it (with HELMQ_E2E=1)"]
 async fn seed_acceptance_nginx_example_with_a_local_chart_deploys_and_cleans_up() {
     gate!();
     let stack = Stack::start_with(Options {
@@ -87,6 +88,7 @@ async fn seed_acceptance_nginx_example_with_a_local_chart_deploys_and_cleans_up(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "end-to-end: needs a cluster and helm; `just e2e` runs it (with HELMQ_E2E=1)"]
 async fn try_it_on_the_rig_webapp_example_deploys_and_cleans_up() {
     gate!();
     let stack = Stack::start_with(Options {

@@ -30,6 +30,7 @@ async fn holder(stack: &Stack) -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "end-to-end: needs a cluster and helm; `just e2e` runs it (with HELMQ_E2E=1)"]
 async fn two_leader_elected_producers_claim_once_and_publish_one_job_per_generation() {
     gate!();
     let mut stack = Stack::start_with(Options {

@@ -11,6 +11,7 @@ use serde_json::json;
 use crate::support::{CLAIM_WITHIN, Options, READY_WITHIN, Stack, claimed, gate, phase};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "end-to-end: needs a cluster and helm; `just e2e` runs it (with HELMQ_E2E=1)"]
 async fn components_deploy_upgrade_fail_and_delete_on_a_real_cluster() {
     gate!();
     let stack = Stack::start("hello").await;
@@ -103,6 +104,7 @@ async fn ready_replicas(deployments: &Api<Deployment>, name: &str) -> i32 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "end-to-end: needs a cluster and helm; `just e2e` runs it (with HELMQ_E2E=1)"]
 async fn webapp_is_ready_with_its_pods_scales_on_a_values_edit_and_goes_with_its_namespace() {
     gate!();
     let stack = Stack::start_with(Options {

@@ -19,6 +19,7 @@ fn uid(c: &helmq_schemas::Component) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "end-to-end: needs a cluster and helm; `just e2e` runs it (with HELMQ_E2E=1)"]
 async fn a_component_deleted_and_created_again_with_the_same_name_deploys() {
     gate!();
     let stack = Stack::start("recreate").await;
@@ -64,6 +65,7 @@ async fn a_component_deleted_and_created_again_with_the_same_name_deploys() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "end-to-end: needs a cluster and helm; `just e2e` runs it (with HELMQ_E2E=1)"]
 async fn a_component_created_again_while_the_old_ones_deletion_still_runs_deploys() {
     gate!();
     // Retries close together, so the new object's attempts against the terminating namespace

@@ -77,6 +77,7 @@ fn subtract(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "end-to-end: needs a cluster and helm; `just e2e` runs it (with HELMQ_E2E=1)"]
 async fn scale_many_small_components() {
     gate!();
     let Some(count) = std::env::var("HELMQ_E2E_SCALE")

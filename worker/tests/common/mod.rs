@@ -3,7 +3,6 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -179,24 +178,9 @@ async fn read_all(js: &Context, stream: &str) -> Vec<(u64, async_nats::HeaderMap
     out
 }
 
-/// Polls `check` until it returns `Some`, or panics with `what` after `limit`.
-pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+/// Polls a check until it holds, or panics with `what` after a limit (shared by every crate's
+/// tests).
+pub use helmq_tests::wait::eventually;
 
 pub fn fast_topology() -> Topology {
     Topology {
