@@ -106,6 +106,20 @@ pub enum DriverError {
         #[source]
         reason: CredentialsError,
     },
+    /// The release is `pending-*` and its record is too recent to prove that no one is still
+    /// working on it: reported and retried, never rolled back under a live operation.
+    #[error(
+        "release {release} is {status}, last written {age}: another operation may still be running; not recovering it yet"
+    )]
+    StillPending {
+        /// The release.
+        release: String,
+        /// Its pending status.
+        status: HelmStatus,
+        /// How long ago its newest record was written, as text (`at an unknown time` when Helm
+        /// did not say).
+        age: String,
+    },
 }
 
 /// ` (needed to <action>)`, or nothing.
@@ -134,6 +148,7 @@ impl DriverError {
             } => classify_kubectl(*exit_code, stderr),
             DriverError::RegistryCredentials { .. } => Failure::Permanent,
             DriverError::TimedOut { .. }
+            | DriverError::StillPending { .. }
             | DriverError::Cancelled { .. }
             | DriverError::Spawn { .. }
             | DriverError::Output { .. }
@@ -285,6 +300,18 @@ pub struct Revision {
     /// What Helm did.
     #[serde(default)]
     pub description: String,
+    /// When the revision was last written (`None` when Helm's text cannot be read).
+    #[serde(default, deserialize_with = "lenient_time")]
+    pub updated: Option<jiff::Timestamp>,
+}
+
+/// Helm's `updated` (Go's RFC 3339 with nanoseconds); anything unreadable counts as unknown
+/// rather than failing the whole history.
+fn lenient_time<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<jiff::Timestamp>, D::Error> {
+    let text = Option::<String>::deserialize(deserializer)?;
+    Ok(text.and_then(|t| t.parse().ok()))
 }
 
 /// What an uninstall found.
@@ -408,6 +435,20 @@ pub fn is_pending(status: &HelmStatus) -> bool {
     )
 }
 
+/// How long ago the newest revision in `history` was written, at `now`; `None` when unknown.
+pub fn pending_age(history: &[Revision], now: jiff::Timestamp) -> Option<std::time::Duration> {
+    let newest = history.iter().max_by_key(|r| r.revision)?;
+    let updated = newest.updated?;
+    now.duration_since(updated).try_into().ok()
+}
+
+/// Whether a pending release is provably left behind by a dead run: its newest record is at
+/// least `stale_after` (the release lease's TTL: no live holder has gone that long without
+/// renewing) old. An unknown age proves nothing.
+pub fn provably_stale(age: Option<std::time::Duration>, stale_after: std::time::Duration) -> bool {
+    age.is_some_and(|age| age >= stale_after)
+}
+
 /// The recovery of a release whose current status is `status`, from its history; `None` when
 /// it is not stuck.
 pub fn recovery_plan(status: &HelmStatus, history: &[Revision]) -> Option<Recovery> {
@@ -438,7 +479,39 @@ mod tests {
             status: status.into(),
             chart: "web-1.0.0".into(),
             description: String::new(),
+            updated: None,
         }
+    }
+
+    #[test]
+    fn only_a_pending_record_older_than_the_lease_ttl_is_provably_stale() {
+        let now: jiff::Timestamp = "2026-11-29T12:00:00Z".parse().unwrap();
+        let at = |text: &str| Some(text.parse::<jiff::Timestamp>().unwrap());
+        let history = [
+            Revision {
+                updated: at("2026-11-29T11:00:00Z"),
+                ..rev(1, "deployed")
+            },
+            Revision {
+                updated: at("2026-11-29T11:59:50Z"),
+                ..rev(2, "pending-upgrade")
+            },
+        ];
+        let age = pending_age(&history, now);
+        assert_eq!(age, Some(std::time::Duration::from_secs(10)));
+        let ttl = std::time::Duration::from_secs(30);
+        assert!(!provably_stale(age, ttl), "10 s old, the lease lives 30 s");
+        assert!(provably_stale(Some(ttl), ttl));
+        assert!(!provably_stale(None, ttl), "an unknown age proves nothing");
+        assert_eq!(pending_age(&[rev(1, "pending-install")], now), None);
+        // Helm's own text (Go's RFC 3339 with nanoseconds and an offset) and junk.
+        let parsed: Vec<Revision> = serde_json::from_str(
+            r#"[{"revision":1,"status":"pending-install","updated":"2026-11-29T11:59:59.123456789+00:00"},
+                {"revision":2,"status":"failed","updated":"yesterday"}]"#,
+        )
+        .unwrap();
+        assert_eq!(parsed[0].updated, at("2026-11-29T11:59:59.123456789Z"));
+        assert_eq!(parsed[1].updated, None);
     }
 
     #[test]

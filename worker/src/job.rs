@@ -21,7 +21,8 @@ use helmq_schemas::subject::component_key;
 
 use crate::dead_letter;
 use crate::driver::{
-    Apply, DriverError, HelmDriver, NamespaceDeletion, Recovery, Uninstalled, recovery_plan,
+    Apply, DriverError, HelmDriver, NamespaceDeletion, Recovery, Uninstalled, is_pending,
+    pending_age, provably_stale, recovery_plan,
 };
 use crate::exclusivity::{Intents, KvError, Lease, Leases, intent_key};
 use crate::metrics::{JobOutcome, Metrics};
@@ -317,23 +318,34 @@ async fn execute<D: HelmDriver, S>(
     match job.action {
         JobAction::Apply => {
             if let Some(current) = driver.status(name, namespace, cancel).await?
-                && let Some(plan) = recovery_plan(
-                    &current.status,
-                    &driver.history(name, namespace, cancel).await?,
-                )
+                && is_pending(&current.status)
             {
-                warn!(release = %name, from = %current.status, "recovering a stuck release");
-                match &plan {
-                    Recovery::Rollback { revision, .. } => {
-                        driver
-                            .rollback(name, namespace, *revision, timeout, cancel)
-                            .await?;
-                    }
-                    Recovery::Uninstall { .. } => {
-                        driver.uninstall(name, namespace, timeout, cancel).await?;
-                    }
+                let history = driver.history(name, namespace, cancel).await?;
+                let age = pending_age(&history, jiff::Timestamp::now());
+                if !provably_stale(age, shared.ctx.leases.ttl()) {
+                    return Err(DriverError::StillPending {
+                        release: name.clone(),
+                        status: current.status,
+                        age: age.map_or_else(
+                            || "at an unknown time".to_owned(),
+                            |age| format!("{}s ago", age.as_secs()),
+                        ),
+                    });
                 }
-                notes.push(plan.describe(name));
+                if let Some(plan) = recovery_plan(&current.status, &history) {
+                    warn!(release = %name, from = %current.status, "recovering a stuck release");
+                    match &plan {
+                        Recovery::Rollback { revision, .. } => {
+                            driver
+                                .rollback(name, namespace, *revision, timeout, cancel)
+                                .await?;
+                        }
+                        Recovery::Uninstall { .. } => {
+                            driver.uninstall(name, namespace, timeout, cancel).await?;
+                        }
+                    }
+                    notes.push(plan.describe(name));
+                }
             }
             let release = driver.apply(Apply { config, timeout }, cancel).await?;
             notes.push(format!(

@@ -382,14 +382,61 @@ async fn bad_input_is_dead_lettered_once_with_its_reason() {
 }
 
 #[tokio::test]
-async fn a_stuck_release_is_recovered_before_the_job_runs() {
+async fn a_pending_release_written_within_the_lease_ttl_is_reported_and_not_rolled_back() {
     let env = Env::start(fast_topology()).await;
     let driver = MemoryDriver::new();
+    // Someone's `helm upgrade` is under way: its record was written a moment ago.
     let rev = |revision, status: &str| Revision {
         revision,
         status: status.into(),
         chart: "nginx-1.2.2".into(),
         description: String::new(),
+        updated: Some(jiff::Timestamp::now()),
+    };
+    driver.set_history(
+        "apps",
+        "web",
+        vec![rev(1, "deployed"), rev(2, "pending-upgrade")],
+    );
+    let mut s = settings("w");
+    s.max_attempts = 1;
+    let pool = env.pool(driver.clone(), s).await;
+    env.publish(&apply("web", 1, "web")).await;
+    let failed = eventually(Duration::from_secs(20), "Failed", || async {
+        env.phases("web", StatusPhase::Failed).await.pop()
+    })
+    .await;
+    assert!(
+        failed.message.starts_with(
+            "release web is pending-upgrade, last written 0s ago: another operation may still be running; not recovering it yet"
+        ),
+        "{}",
+        failed.message
+    );
+    let touched: Vec<_> = driver
+        .calls()
+        .into_iter()
+        .filter(|c| matches!(c.op, "rollback" | "uninstall" | "apply"))
+        .collect();
+    assert!(
+        touched.is_empty(),
+        "nothing ran on the release: {touched:#?}"
+    );
+    pool.stop().await;
+}
+
+#[tokio::test]
+async fn a_stuck_release_is_recovered_before_the_job_runs() {
+    let env = Env::start(fast_topology()).await;
+    let driver = MemoryDriver::new();
+    // Written an hour ago: older than the lease TTL, so left behind by a dead run.
+    let an_hour_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1);
+    let rev = |revision, status: &str| Revision {
+        revision,
+        status: status.into(),
+        chart: "nginx-1.2.2".into(),
+        description: String::new(),
+        updated: Some(an_hour_ago),
     };
     driver.set_history(
         "apps",

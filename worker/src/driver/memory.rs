@@ -244,6 +244,7 @@ fn push_revision(history: &mut Vec<Revision>, chart: String, description: &str) 
         status: HelmStatus::Deployed,
         chart,
         description: description.into(),
+        updated: Some(jiff::Timestamp::now()),
     });
     revision
 }
