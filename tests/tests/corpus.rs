@@ -6,25 +6,22 @@
 //! writer keeps applying other Components' events. Helm is the in-memory driver, Kubernetes the
 //! in-memory API server.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
-use helmq_producer::metrics::Metrics as ProducerMetrics;
-use helmq_producer::store::fake::FakeComponentStore;
-use helmq_producer::writer::{Writer, WriterConfig};
+use common::Pipeline;
+
 use helmq_queue::dlq::{StoredDeadLetter, read_stored};
 use helmq_queue::topology::DLQ_STREAM;
-use helmq_queue::{JetStreamStatus, Topology};
 use helmq_schemas::HelmConfig;
 use helmq_schemas::component::{Component, ComponentSpec, Phase};
 use helmq_schemas::event::{ComponentRef, JobAction, JobEvent, StatusEvent, StatusPhase};
 use helmq_schemas::subject::{job_subject, status_subject};
 use helmq_telemetry::Readiness;
-use helmq_tests::NatsServer;
 use helmq_worker::policy::Allowlist;
 use helmq_worker::{MemoryDriver, Settings};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
 const NS: &str = "default";
 
@@ -364,11 +361,6 @@ async fn dead_letters(js: &async_nats::jetstream::Context) -> Vec<StoredDeadLett
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hostile_messages_are_dead_lettered_and_every_good_job_still_deploys() {
-    let server = NatsServer::start();
-    let client = async_nats::connect(server.url()).await.unwrap();
-    let js = async_nats::jetstream::new(client.clone());
-    Topology::default().ensure(&js).await.unwrap();
-
     let driver = MemoryDriver::new();
     let health = Readiness::default();
     health.ready();
@@ -380,30 +372,8 @@ async fn hostile_messages_are_dead_lettered_and_every_good_job_still_deploys() {
         namespaces: vec!["apps".into()],
     };
     settings.health = health.clone();
-    let mut registry = prometheus_client::registry::Registry::default();
-    let metrics = helmq_worker::Metrics::register(&mut registry);
-    let stop = CancellationToken::new();
-    let pool = tokio::spawn(helmq_worker::run_pool(
-        js.clone(),
-        client.clone(),
-        Arc::new(driver.clone()),
-        JetStreamStatus::new(js.clone()),
-        settings,
-        metrics.clone(),
-        stop.clone(),
-    ));
-    let store = FakeComponentStore::new();
-    let writer = Writer::new(
-        store.clone(),
-        js.clone(),
-        WriterConfig {
-            fetch_wait: Duration::from_millis(200),
-            max_retry_delay: Duration::from_millis(200),
-            ..WriterConfig::default()
-        },
-        ProducerMetrics::default(),
-    );
-    let writer = tokio::spawn(writer.run(stop.clone()));
+    let pipeline = Pipeline::start(&driver, settings).await;
+    let (js, store, metrics) = (&pipeline.js, &pipeline.store, &pipeline.metrics);
 
     // Good and bad interleaved: a good job, a hostile message, a good job, ...
     let cases = corpus();
@@ -453,7 +423,7 @@ async fn hostile_messages_are_dead_lettered_and_every_good_job_still_deploys() {
     // Every hostile message has its own dead letter with its reason.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let letters = loop {
-        let letters = dead_letters(&js).await;
+        let letters = dead_letters(js).await;
         if letters.len() >= cases.len() || tokio::time::Instant::now() > deadline {
             break letters;
         }
@@ -491,12 +461,10 @@ async fn hostile_messages_are_dead_lettered_and_every_good_job_still_deploys() {
     assert_eq!(health.get(), Ok(()), "the pool stays ready");
     assert_eq!(metrics.in_flight.get(), 0);
     assert_eq!(metrics.panics.get(), 0);
-    assert!(!pool.is_finished(), "the pool keeps running");
-    assert!(!writer.is_finished(), "the writer keeps running");
+    assert!(!pipeline.pool.is_finished(), "the pool keeps running");
+    assert!(!pipeline.writer.is_finished(), "the writer keeps running");
     let applies = driver.calls().iter().filter(|c| c.op == "apply").count();
     assert_eq!(applies, good.len(), "helm ran for the good jobs only");
 
-    stop.cancel();
-    pool.await.unwrap().unwrap();
-    let _ = writer.await;
+    pipeline.stop().await;
 }

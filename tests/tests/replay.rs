@@ -3,22 +3,21 @@
 //! the Component ends `Ready`. Real nats-server, real worker pool and status writer, Helm in
 //! memory, Kubernetes as the in-memory API server.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
+use common::Pipeline;
+
 use clap::Parser as _;
-use helmq_producer::metrics::Metrics as ProducerMetrics;
 use helmq_producer::store::fake::FakeComponentStore;
-use helmq_producer::writer::{Writer, WriterConfig};
-use helmq_queue::{JetStreamQueue, JetStreamStatus, JobQueue as _, Topology};
+use helmq_queue::{JetStreamQueue, JobQueue as _};
 use helmq_schemas::HelmConfig;
 use helmq_schemas::component::{Component, ComponentSpec, Phase};
 use helmq_schemas::event::{ComponentRef, JobAction, JobEvent};
-use helmq_tests::NatsServer;
 use helmq_worker::driver::memory::Step;
 use helmq_worker::{MemoryDriver, Settings};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 const TRANSIENT: &str =
     "Error: UPGRADE FAILED: another operation (install/upgrade/rollback) is in progress";
@@ -42,11 +41,6 @@ async fn wait_phase(store: &FakeComponentStore, phase: Phase) -> Component {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_job_failed_at_attempt_5_and_replayed_leaves_its_component_ready() {
-    let server = NatsServer::start();
-    let client = async_nats::connect(server.url()).await.unwrap();
-    let js = async_nats::jetstream::new(client.clone());
-    Topology::default().ensure(&js).await.unwrap();
-
     let driver = MemoryDriver::new();
     driver.script("web", (0..5).map(|_| Step::Fail(TRANSIENT.into())));
     let mut settings = Settings::new("w");
@@ -54,31 +48,8 @@ async fn a_job_failed_at_attempt_5_and_replayed_leaves_its_component_ready() {
     settings.retry.min = Duration::from_millis(20);
     settings.retry.max = Duration::from_millis(50);
     settings.fetch_expires = Duration::from_millis(300);
-    let mut registry = prometheus_client::registry::Registry::default();
-    let stop = CancellationToken::new();
-    let pool = tokio::spawn(helmq_worker::run_pool(
-        js.clone(),
-        client.clone(),
-        Arc::new(driver.clone()),
-        JetStreamStatus::new(js.clone()),
-        settings,
-        helmq_worker::Metrics::register(&mut registry),
-        stop.clone(),
-    ));
-    let store = FakeComponentStore::new();
-    let writer = tokio::spawn(
-        Writer::new(
-            store.clone(),
-            js.clone(),
-            WriterConfig {
-                fetch_wait: Duration::from_millis(200),
-                max_retry_delay: Duration::from_millis(200),
-                ..WriterConfig::default()
-            },
-            ProducerMetrics::default(),
-        )
-        .run(stop.clone()),
-    );
+    let pipeline = Pipeline::start(&driver, settings).await;
+    let (js, store) = (&pipeline.js, &pipeline.store);
 
     let config = json!({
         "releaseName": "web",
@@ -116,14 +87,14 @@ async fn a_job_failed_at_attempt_5_and_replayed_leaves_its_component_ready() {
         .await
         .unwrap();
 
-    let failed = wait_phase(&store, Phase::Failed).await;
+    let failed = wait_phase(store, Phase::Failed).await;
     let message = failed.status.unwrap().message.unwrap_or_default();
     assert!(message.contains("(attempt 5 of 5)"), "{message}");
 
     // The operator replays the dead letter (stored right after the Failed status went out).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let letters = loop {
-        let letters = helmq_queue::dlq::list(&js, 10).await.unwrap();
+        let letters = helmq_queue::dlq::list(js, 10).await.unwrap();
         if !letters.is_empty() || tokio::time::Instant::now() > deadline {
             break letters;
         }
@@ -134,7 +105,7 @@ async fn a_job_failed_at_attempt_5_and_replayed_leaves_its_component_ready() {
     let args = helmq_ctl::Args::try_parse_from([
         "helmqctl",
         "--nats-url",
-        server.url(),
+        pipeline.server.url(),
         "dlq",
         "replay",
         sequence.as_str(),
@@ -143,13 +114,11 @@ async fn a_job_failed_at_attempt_5_and_replayed_leaves_its_component_ready() {
     let mut out = Vec::new();
     helmq_ctl::run(args, &mut out).await.unwrap();
 
-    let ready = wait_phase(&store, Phase::Ready).await;
+    let ready = wait_phase(store, Phase::Ready).await;
     let status = ready.status.unwrap();
     assert_eq!(status.observed_generation, Some(1));
     let applies = driver.calls().iter().filter(|c| c.op == "apply").count();
     assert_eq!(applies, 6, "five failed runs, then the replay's");
 
-    stop.cancel();
-    pool.await.unwrap().unwrap();
-    let _ = writer.await;
+    pipeline.stop().await;
 }

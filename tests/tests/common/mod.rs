@@ -1,0 +1,79 @@
+//! The pipeline the cross-crate tests drive: a real nats-server with the helmq topology, an
+//! in-process worker pool (Helm in memory) and the status writer over the in-memory API server.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use helmq_producer::metrics::Metrics as ProducerMetrics;
+use helmq_producer::store::fake::FakeComponentStore;
+use helmq_producer::writer::{Writer, WriterConfig};
+use helmq_queue::{JetStreamStatus, Topology};
+use helmq_tests::NatsServer;
+use helmq_worker::{MemoryDriver, Settings};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Everything started; [`Pipeline::stop`] drains the pool and the writer.
+pub struct Pipeline {
+    pub server: NatsServer,
+    pub js: async_nats::jetstream::Context,
+    pub store: FakeComponentStore,
+    pub metrics: helmq_worker::Metrics,
+    pub pool: JoinHandle<Result<(), helmq_worker::pool::PoolError>>,
+    pub writer: JoinHandle<Result<(), helmq_producer::writer::WriterError>>,
+    stop: CancellationToken,
+}
+
+impl Pipeline {
+    /// Starts the server, the topology, a pool with `settings` over `driver`, and the writer.
+    pub async fn start(driver: &MemoryDriver, settings: Settings) -> Pipeline {
+        let server = NatsServer::start();
+        let client = async_nats::connect(server.url()).await.unwrap();
+        let js = async_nats::jetstream::new(client.clone());
+        Topology::default().ensure(&js).await.unwrap();
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = helmq_worker::Metrics::register(&mut registry);
+        let stop = CancellationToken::new();
+        let pool = tokio::spawn(helmq_worker::run_pool(
+            js.clone(),
+            client,
+            Arc::new(driver.clone()),
+            JetStreamStatus::new(js.clone()),
+            settings,
+            metrics.clone(),
+            stop.clone(),
+        ));
+        let store = FakeComponentStore::new();
+        let writer = Writer::new(
+            store.clone(),
+            js.clone(),
+            WriterConfig {
+                fetch_wait: Duration::from_millis(200),
+                max_retry_delay: Duration::from_millis(200),
+                ..WriterConfig::default()
+            },
+            ProducerMetrics::default(),
+        );
+        let writer = tokio::spawn(writer.run(stop.clone()));
+        Pipeline {
+            server,
+            js,
+            store,
+            metrics,
+            pool,
+            writer,
+            stop,
+        }
+    }
+}
+
+impl Pipeline {
+    /// Stops the pool (draining it) and the writer.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.pool.await.unwrap().unwrap();
+        let _ = self.writer.await;
+    }
+}
