@@ -217,6 +217,33 @@ async fn deliveries_given_back_while_waiting_for_the_lease_do_not_spend_the_budg
 }
 
 #[tokio::test]
+async fn a_job_that_panics_is_dead_lettered_and_its_slot_keeps_serving() {
+    let env = Env::start(fast_topology()).await;
+    let driver = MemoryDriver::new();
+    driver.script("boom", [Step::Panic("bug met by this job".into())]);
+    let health = helmq_telemetry::Readiness::default();
+    health.ready();
+    let mut s = settings("w");
+    s.concurrency = 1;
+    s.health = health.clone();
+    let pool = env.pool(driver.clone(), s).await;
+    env.publish(&apply("boom", 1, "boom")).await;
+    env.publish(&apply("after", 1, "after")).await;
+    eventually(Duration::from_secs(20), "the next job Ready", || async {
+        env.phases("after", StatusPhase::Ready).await.pop()
+    })
+    .await;
+    let letters = env.dead_letters().await;
+    assert_eq!(letters.len(), 1, "{letters:#?}");
+    assert_eq!(letters[0].reason, "panic: bug met by this job");
+    assert_eq!(pool.metrics.panics.get(), 1);
+    assert_eq!(pool.metrics.in_flight.get(), 0);
+    assert_eq!(health.get(), Ok(()), "no slot was lost");
+    assert_eq!(env.jobs_left().await, 0);
+    pool.stop().await;
+}
+
+#[tokio::test]
 async fn a_spent_budget_ends_in_failed_and_exactly_one_dead_letter() {
     let env = Env::start(fast_topology()).await;
     let driver = MemoryDriver::new();

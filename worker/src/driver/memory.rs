@@ -40,6 +40,8 @@ pub enum Step {
     Fail(String),
     /// Take this long (cancellable), then do the work.
     Delay(Duration),
+    /// Panic with this message, as a bug in the job path would.
+    Panic(String),
 }
 
 #[derive(Debug, Default)]
@@ -206,6 +208,11 @@ impl MemoryDriver {
                 tool: Tool::Helm,
                 command: op.into(),
             });
+        }
+        if let Some(Step::Panic(message)) = &step {
+            // Ends the call first, so the running count does not outlive the panic.
+            self.end(index, namespace, release, false);
+            panic!("{message}");
         }
         let result = match step {
             Some(Step::Fail(stderr)) => Err(DriverError::Helm {
