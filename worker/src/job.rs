@@ -108,37 +108,9 @@ pub(crate) async fn handle<D: HelmDriver, S: StatusSink>(
     if !shared.publish(&start_event(ctx, &job, delivery)).await {
         return ctx.give_back(message, None).await;
     }
-    let lease = match acquire(ctx, message, &lease_key(&job)).await {
-        Acquired::Lease(lease) => lease,
-        Acquired::TooLong => {
-            info!("lease wait too long; giving the job back");
-            return ctx.give_back(message, Some(LEASE_RETRY)).await;
-        }
-        Acquired::Stopped => return ctx.give_back(message, None).await,
-    };
-    // While we waited, a newer generation may have arrived, or another delivery of this very job
-    // may have finished it: JetStream can hand a job out twice (e.g. a server restarted after a
-    // crash forgets a delivery), and both copies then queue for this lease. Helm must not run
-    // again for a generation that is done.
-    if let Some(Some(intent)) = ctx
-        .persist("read the intent", || ctx.intents.current(&key, position))
-        .await
-    {
-        let decision = decide(position, Some(&intent));
-        if let Some(outcome) = skip_unless_run(shared, message, decision, Some(&lease)).await {
-            return outcome;
-        }
-    }
-    let run_number = match ctx
-        .persist("count the run", || ctx.intents.begin_run(&key, &job))
-        .await
-    {
-        Some(Some(run)) => run,
-        // Replaced or ended since the check just above: the next delivery sorts it out.
-        Some(None) | None => {
-            ctx.release(&lease).await;
-            return ctx.give_back(message, None).await;
-        }
+    let (lease, run_number) = match take_release(shared, message, &job, &key).await {
+        Ok(taken) => taken,
+        Err(outcome) => return outcome,
     };
     let cancel = ctx.hard_stop.child_token();
     let helm_started = Instant::now();
@@ -156,6 +128,50 @@ pub(crate) async fn handle<D: HelmDriver, S: StatusSink>(
         Err(stop) => {
             ctx.release(&lease).await;
             stopped(ctx, message, stop).await
+        }
+    }
+}
+
+/// Takes the release lease for a job that is to run, checks the intent again and counts the
+/// run; `Err` with how the job was settled when it must not run now.
+async fn take_release<D, S: StatusSink>(
+    shared: &Shared<D, S>,
+    message: &Message,
+    job: &JobEvent,
+    key: &str,
+) -> Result<(Lease, u32), JobOutcome> {
+    let ctx = &shared.ctx;
+    let position = Position::of(job);
+    let lease = match acquire(ctx, message, &lease_key(job)).await {
+        Acquired::Lease(lease) => lease,
+        Acquired::TooLong => {
+            info!("lease wait too long; giving the job back");
+            return Err(ctx.give_back(message, Some(LEASE_RETRY)).await);
+        }
+        Acquired::Stopped => return Err(ctx.give_back(message, None).await),
+    };
+    // While we waited, a newer generation may have arrived, or another delivery of this very job
+    // may have finished it: JetStream can hand a job out twice (e.g. a server restarted after a
+    // crash forgets a delivery), and both copies then queue for this lease. Helm must not run
+    // again for a generation that is done.
+    if let Some(Some(intent)) = ctx
+        .persist("read the intent", || ctx.intents.current(key, position))
+        .await
+    {
+        let decision = decide(position, Some(&intent));
+        if let Some(outcome) = skip_unless_run(shared, message, decision, Some(&lease)).await {
+            return Err(outcome);
+        }
+    }
+    match ctx
+        .persist("count the run", || ctx.intents.begin_run(key, job))
+        .await
+    {
+        Some(Some(run)) => Ok((lease, run)),
+        // Replaced or ended since the check just above: the next delivery sorts it out.
+        Some(None) | None => {
+            ctx.release(&lease).await;
+            Err(ctx.give_back(message, None).await)
         }
     }
 }
