@@ -28,8 +28,11 @@ pub struct Metrics {
     pub stale_events_dropped: Counter,
     /// Status events dropped because their Component is gone or has another uid.
     pub orphan_events_dropped: Counter,
-    /// Status events dead-lettered (not JSON, unknown schema, ...).
+    /// Status events dead-lettered (not JSON, unknown schema, refused for good by the API
+    /// server, still failing at the last delivery).
     pub dead_letters: Counter,
+    /// Status events put back for a later delivery after a transient API error.
+    pub status_retries: Counter,
     /// Watch (re)starts, including the first listing.
     pub watch_restarts: Counter,
     /// Watch errors (the watcher backs off and resumes).
@@ -71,6 +74,11 @@ impl Metrics {
             "helmq_writer_dead_letters",
             "status events dead-lettered",
             m.dead_letters.clone(),
+        );
+        registry.register(
+            "helmq_writer_status_retries",
+            "status events put back for a later delivery after a transient API error",
+            m.status_retries.clone(),
         );
         registry.register(
             "helmq_producer_watch_restarts",

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use helmq_producer::leader::{ElectionConfig, LeaderElector, Round};
 use helmq_producer::store::{
-    ComponentStore, KubeComponentStore, KubeLeaseStore, LeaseStore, StoreError,
+    ComponentStore, ErrorClass, KubeComponentStore, KubeLeaseStore, LeaseStore, StoreError,
 };
 use helmq_schemas::component::{
     COORDINATION_FINALIZER, Component, ComponentStatus, HELM_FINALIZER, Phase,
@@ -150,7 +150,28 @@ async fn server_errors_are_transient_and_validation_errors_are_not() {
             "{err}"
         );
         assert_eq!(err.is_transient(), transient, "{code}");
+        let class = if transient {
+            ErrorClass::Transient
+        } else {
+            ErrorClass::Permanent
+        };
+        assert_eq!(err.class(), class, "{code}");
     }
+}
+
+#[tokio::test]
+async fn a_request_that_cannot_be_built_is_permanent() {
+    let (client, seen) = mock_client(Box::new(|_| (StatusCode::OK, serde_json::json!({}))));
+    let store = KubeComponentStore::new(client, vec![]);
+    let unnamable = component("web server").resource_version("1").build();
+    let err = store
+        .patch_status(&unnamable, &ComponentStatus::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
+    assert_eq!(err.class(), ErrorClass::Permanent);
+    assert!(!err.is_transient());
+    assert!(seen.lock().unwrap().is_empty());
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@ use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt;
 use helmq_producer::leader::{ElectionConfig, LeaderElector, Leadership};
 use helmq_producer::metrics::{Metrics, PublishLabels};
+use helmq_producer::store::ErrorClass;
 use helmq_producer::store::fake::{FakeComponentStore, FakeLeaseStore};
 use helmq_producer::watcher::{Watcher, WatcherConfig};
 use helmq_producer::writer::{Writer, WriterConfig};
@@ -677,12 +678,7 @@ async fn bad_status_payloads_are_dead_lettered_with_the_reason() {
         rig.messages_in(DLQ_STREAM).await == 2
     })
     .await;
-    let letters: Vec<_> = rig
-        .stored(DLQ_STREAM)
-        .await
-        .into_iter()
-        .map(|m| helmq_queue::dlq::read_stored(m.sequence, Some(&m.headers), m.payload))
-        .collect();
+    let letters = dead_letters(&rig).await;
     assert_eq!(letters[0].payload.as_ref(), b"not json at all");
     assert!(
         letters[0]
@@ -708,29 +704,43 @@ async fn bad_status_payloads_are_dead_lettered_with_the_reason() {
     );
 }
 
-#[tokio::test]
-async fn the_writer_retries_through_an_api_outage_in_order() {
-    let rig = Rig::new(Topology::default()).await;
-    let created = rig.store.create(deployable("web")).unwrap();
-    rig.store.set_unavailable(true);
-    rig.spawn_writer();
-    let job = JobEvent::new(
+/// An apply job of generation `generation` for `created`, as the producer would publish it.
+fn job_for(created: &Component, generation: i64) -> JobEvent {
+    let (namespace, name) = helmq_producer::store::key_of(created);
+    JobEvent::new(
         JobAction::Apply,
         ComponentRef {
-            namespace: "default".into(),
-            name: "web".into(),
+            namespace: namespace.clone(),
+            name: name.clone(),
             uid: created.metadata.uid.clone(),
-            generation: 1,
+            generation,
         },
         helmq_schemas::HelmConfig::parse(
             Some(&nginx_config(serde_json::json!({}))),
-            "default",
-            "web",
+            &namespace,
+            &name,
         )
         .unwrap(),
         300,
         jiff::Timestamp::now(),
-    );
+    )
+}
+
+async fn dead_letters(rig: &Rig) -> Vec<helmq_queue::dlq::StoredDeadLetter> {
+    rig.stored(DLQ_STREAM)
+        .await
+        .into_iter()
+        .map(|m| helmq_queue::dlq::read_stored(m.sequence, Some(&m.headers), m.payload))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_writer_retries_through_an_api_outage() {
+    let rig = Rig::new(Topology::default()).await;
+    let created = rig.store.create(deployable("web")).unwrap();
+    rig.store.set_unavailable(true);
+    rig.spawn_writer();
+    let job = job_for(&created, 1);
     rig.report(&job, StatusPhase::Deploying, 1, None).await;
     rig.report(&job, StatusPhase::Ready, 1, Some(release(1)))
         .await;
@@ -742,15 +752,167 @@ async fn the_writer_retries_through_an_api_outage_in_order() {
             .status
             .is_none()
     );
+    assert!(rig.metrics.status_retries.get() >= 2);
     rig.store.set_unavailable(false);
     rig.wait_for("web", "Ready", |c| phase(c) == Some(Phase::Ready))
         .await;
-    // Both applied, in order: nothing was dropped as stale.
-    eventually(DEADLINE, "both events applied", async || {
-        rig.metrics.statuses_applied.get() == 2
+    // Both settled: applied, or (Deploying redelivered after Ready) dropped as stale; Ready
+    // stays.
+    eventually(DEADLINE, "both events settled", async || {
+        rig.metrics.statuses_applied.get() + rig.metrics.stale_events_dropped.get() == 2
     })
     .await;
-    assert_eq!(rig.metrics.stale_events_dropped.get(), 0);
+    assert_eq!(
+        phase(rig.store.snapshot("default", "web").as_ref()),
+        Some(Phase::Ready)
+    );
+    assert_eq!(rig.messages_in(DLQ_STREAM).await, 0);
+}
+
+#[tokio::test]
+async fn a_status_write_refused_for_good_is_dead_lettered_and_the_others_go_on() {
+    let rig = Rig::new(Topology::default()).await;
+    let stuck = rig.store.create(deployable("stuck")).unwrap();
+    let web = rig.store.create(deployable("web")).unwrap();
+    rig.store
+        .fail_component("default", "stuck", ErrorClass::Permanent);
+    rig.spawn_writer();
+    rig.report(&job_for(&stuck, 1), StatusPhase::Deploying, 1, None)
+        .await;
+    let job = job_for(&web, 1);
+    rig.report(&job, StatusPhase::Deploying, 1, None).await;
+    rig.report(&job, StatusPhase::Ready, 1, Some(release(1)))
+        .await;
+    rig.wait_for("web", "Ready", |c| phase(c) == Some(Phase::Ready))
+        .await;
+
+    eventually(DEADLINE, "one dead letter", async || {
+        rig.messages_in(DLQ_STREAM).await == 1
+    })
+    .await;
+    let letter = dead_letters(&rig).await.pop().unwrap();
+    assert_eq!(
+        letter.subject,
+        helmq_schemas::subject::status_subject("default", "stuck")
+    );
+    assert_eq!(letter.stream, STATUS_STREAM);
+    assert_eq!(letter.attempts, 1);
+    assert!(
+        letter.reason.starts_with("status write refused for good") && letter.reason.contains("422"),
+        "{}",
+        letter.reason
+    );
+    assert_eq!(
+        StatusEvent::decode(&letter.payload).unwrap().phase,
+        StatusPhase::Deploying
+    );
+    assert_eq!(rig.metrics.dead_letters.get(), 1);
+    assert_eq!(rig.metrics.status_retries.get(), 0);
+    assert!(
+        rig.store
+            .snapshot("default", "stuck")
+            .unwrap()
+            .status
+            .is_none()
+    );
+
+    // Acked, not retried: once the Component is writable, its next event is applied.
+    rig.store.clear_failure("default", "stuck");
+    rig.report(&job_for(&stuck, 1), StatusPhase::Ready, 1, Some(release(1)))
+        .await;
+    rig.wait_for("stuck", "Ready", |c| phase(c) == Some(Phase::Ready))
+        .await;
+    assert_eq!(rig.messages_in(DLQ_STREAM).await, 1);
+}
+
+#[tokio::test]
+async fn a_component_failing_transiently_does_not_hold_up_the_others() {
+    let rig = Rig::new(Topology::default()).await;
+    let stuck = rig.store.create(deployable("stuck")).unwrap();
+    let web = rig.store.create(deployable("web")).unwrap();
+    rig.store
+        .fail_component("default", "stuck", ErrorClass::Transient);
+    rig.spawn_writer();
+    let failing_since = tokio::time::Instant::now();
+    let stuck_job = job_for(&stuck, 1);
+    rig.report(&stuck_job, StatusPhase::Deploying, 1, None)
+        .await;
+    rig.report(&stuck_job, StatusPhase::Ready, 1, Some(release(1)))
+        .await;
+    let job = job_for(&web, 1);
+    rig.report(&job, StatusPhase::Deploying, 1, None).await;
+    rig.report(&job, StatusPhase::Ready, 1, Some(release(1)))
+        .await;
+
+    // The events behind the failing ones are applied while the failure lasts.
+    rig.wait_for("web", "Ready", |c| phase(c) == Some(Phase::Ready))
+        .await;
+    assert!(
+        failing_since.elapsed() < Duration::from_secs(2),
+        "web was held up for {:?}",
+        failing_since.elapsed()
+    );
+    assert!(
+        rig.store
+            .snapshot("default", "stuck")
+            .unwrap()
+            .status
+            .is_none()
+    );
+    eventually(DEADLINE, "retries of the failing events", async || {
+        rig.metrics.status_retries.get() >= 2
+    })
+    .await;
+
+    // The failure lasts 2 s; then the failing Component gets its status.
+    tokio::time::sleep_until(failing_since + Duration::from_secs(2)).await;
+    assert!(
+        rig.store
+            .snapshot("default", "stuck")
+            .unwrap()
+            .status
+            .is_none()
+    );
+    rig.store.clear_failure("default", "stuck");
+    let ready = rig
+        .wait_for("stuck", "Ready", |c| phase(c) == Some(Phase::Ready))
+        .await
+        .unwrap();
+    assert_eq!(
+        ready.status.unwrap().handler_status.unwrap().revision,
+        Some(1)
+    );
+    assert_eq!(rig.messages_in(DLQ_STREAM).await, 0);
+}
+
+#[tokio::test]
+async fn a_write_still_failing_at_the_last_delivery_is_dead_lettered() {
+    let rig = Rig::new(Topology {
+        max_deliver: 3,
+        ..Topology::default()
+    })
+    .await;
+    let stuck = rig.store.create(deployable("stuck")).unwrap();
+    rig.store
+        .fail_component("default", "stuck", ErrorClass::Transient);
+    rig.spawn_writer();
+    rig.report(&job_for(&stuck, 1), StatusPhase::Deploying, 1, None)
+        .await;
+    eventually(DEADLINE, "one dead letter", async || {
+        rig.messages_in(DLQ_STREAM).await == 1
+    })
+    .await;
+    let letter = dead_letters(&rig).await.pop().unwrap();
+    assert_eq!(letter.attempts, 3);
+    assert!(
+        letter
+            .reason
+            .starts_with("status write still failing at the last delivery (3)")
+            && letter.reason.contains("503"),
+        "{}",
+        letter.reason
+    );
+    assert_eq!(rig.metrics.status_retries.get(), 2);
 }
 
 #[tokio::test]

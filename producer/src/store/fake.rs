@@ -12,7 +12,8 @@
 //!
 //! The extra methods (`create`, `edit_spec`, `delete`, foreign finalizers) play the user and
 //! the Composition controller. [`FakeComponentStore::set_unavailable`] simulates an API server
-//! outage.
+//! outage; [`FakeComponentStore::fail_component`] makes the writes of one Component fail
+//! (permanently, transiently or with a conflict) while the others go on.
 //!
 //! [`FakeLeaseStore`] does the same for the Leases of leader election.
 
@@ -25,7 +26,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tokio::sync::broadcast;
 
 pub use super::fake_lease::FakeLeaseStore;
-use super::{Change, ComponentStore, StoreError, key_of};
+use super::{Change, ComponentStore, ErrorClass, StoreError, key_of};
 
 /// Changes buffered per watcher before it is considered lagging (it then re-lists, as a real
 /// watch does after a "resource version too old").
@@ -49,6 +50,8 @@ struct State {
     last_rv: u64,
     last_uid: u64,
     unavailable: bool,
+    /// Components whose client writes fail, and how.
+    failing: BTreeMap<(String, String), ErrorClass>,
 }
 
 impl Default for FakeComponentStore {
@@ -92,6 +95,22 @@ impl FakeComponentStore {
     /// again), like an API server that is down.
     pub fn set_unavailable(&self, unavailable: bool) {
         self.state().unavailable = unavailable;
+    }
+
+    /// Makes every client write (claim, finalizer removal, status) of `namespace/name` fail
+    /// with an error of `class` until [`Self::clear_failure`]: a 422 (permanent), a 503
+    /// (transient) or a 409 (conflict). Reads and other Components are unaffected.
+    pub fn fail_component(&self, namespace: &str, name: &str, class: ErrorClass) {
+        self.state()
+            .failing
+            .insert((namespace.to_owned(), name.to_owned()), class);
+    }
+
+    /// Ends [`Self::fail_component`] for `namespace/name`.
+    pub fn clear_failure(&self, namespace: &str, name: &str) {
+        self.state()
+            .failing
+            .remove(&(namespace.to_owned(), name.to_owned()));
     }
 
     /// Creates `component` as a user would: assigns uid, resourceVersion, generation 1 and
@@ -251,6 +270,9 @@ impl FakeComponentStore {
             if state.unavailable {
                 return Err(StoreError::Unavailable("connection refused".into()));
             }
+            if let Some(class) = state.failing.get(&(namespace.clone(), name.clone())) {
+                return Err(injected(*class, namespace, name));
+            }
             let stored = state
                 .objects
                 .get(&(namespace.clone(), name.clone()))
@@ -281,6 +303,21 @@ impl FakeComponentStore {
                     .map(|c| Change::Applied(Box::new(c.clone()))),
             )
             .collect()
+    }
+}
+
+/// The error [`FakeComponentStore::fail_component`] injects for `class`.
+fn injected(class: ErrorClass, namespace: String, name: String) -> StoreError {
+    match class {
+        ErrorClass::Permanent => StoreError::Rejected {
+            code: 422,
+            message: format!("components {name:?} is invalid (injected failure)"),
+        },
+        ErrorClass::Transient => StoreError::Rejected {
+            code: 503,
+            message: "the server is currently unable to handle the request (injected)".into(),
+        },
+        ErrorClass::Conflict => StoreError::Conflict { namespace, name },
     }
 }
 
@@ -462,6 +499,26 @@ mod tests {
         );
         store.set_unavailable(false);
         assert!(store.add_finalizer(&created).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_failing_component_fails_its_writes_only() {
+        let store = FakeComponentStore::new();
+        let a = store.create(component("a")).unwrap();
+        let b = store.create(component("b")).unwrap();
+        for class in [
+            ErrorClass::Permanent,
+            ErrorClass::Transient,
+            ErrorClass::Conflict,
+        ] {
+            store.fail_component("default", "a", class);
+            let error = store.add_finalizer(&a).await.unwrap_err();
+            assert_eq!(error.class(), class, "{error}");
+            assert!(store.get("default", "a").await.unwrap().is_some());
+        }
+        assert!(store.add_finalizer(&b).await.is_ok());
+        store.clear_failure("default", "a");
+        assert!(store.add_finalizer(&a).await.is_ok());
     }
 
     #[tokio::test]

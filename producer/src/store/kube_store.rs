@@ -11,7 +11,10 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 
-use super::{Change, ComponentStore, StoreError, finalizers_with_ours, finalizers_without_ours};
+use super::{
+    Change, ComponentStore, ErrorClass, StoreError, classify, finalizers_with_ours,
+    finalizers_without_ours,
+};
 
 /// [`ComponentStore`] on a Kubernetes API server.
 #[derive(Clone)]
@@ -62,9 +65,12 @@ fn names(component: &Component) -> (String, String) {
     super::key_of(component)
 }
 
-/// Maps a kube error: 409 → conflict, 404 → not found, other API answers → rejected (or
-/// transient for 429/5xx), anything else (transport, TLS, timeouts) → unavailable.
+/// Maps a kube error by its [`classify`] class: 409 → conflict, 404 → not found, other API
+/// answers → rejected (with their code), other permanent errors (a request that cannot be
+/// built, an answer that cannot be read) → invalid, the rest (transport, TLS, timeouts) →
+/// unavailable.
 pub(super) fn map_error(error: kube::Error, namespace: &str, name: &str) -> StoreError {
+    let class = classify(&error);
     match error {
         kube::Error::Api(status) if status.code == 409 => StoreError::Conflict {
             namespace: namespace.to_owned(),
@@ -78,6 +84,7 @@ pub(super) fn map_error(error: kube::Error, namespace: &str, name: &str) -> Stor
             code: status.code,
             message: status.message.clone(),
         },
+        other if class == ErrorClass::Permanent => StoreError::Invalid(Box::new(other)),
         other => StoreError::Unavailable(Box::new(other)),
     }
 }

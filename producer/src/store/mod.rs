@@ -11,6 +11,11 @@
 //! Every write carries the `metadata.resourceVersion` the caller read, so a concurrent change
 //! is reported as [`StoreError::Conflict`] (HTTP 409) and re-read by the caller, never
 //! overwritten.
+//!
+//! Every failure has an [`ErrorClass`] ([`StoreError::class`], [`classify`] for kube's
+//! errors): permanent (the same request will be refused again: it cannot be built, or the
+//! server answered 400/403/404/422 and the like), a conflict (re-read and decide again) or
+//! transient (429, 5xx, transport: retry later with a capped backoff).
 
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
@@ -56,19 +61,66 @@ pub enum StoreError {
         /// The server's message.
         message: String,
     },
+    /// The request cannot be made or its answer cannot be read (e.g. a name that does not
+    /// fit in a URI, an object that does not fit our types): it will fail the same way again.
+    #[error("invalid request: {0}")]
+    Invalid(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The API server could not be reached or failed; retrying later may succeed.
     #[error("api server unavailable: {0}")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
+/// What a failed API call calls for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The same request will fail again: give up on it (dead-letter, report).
+    Permanent,
+    /// The object changed since it was read (409): re-read and decide again.
+    Conflict,
+    /// A later retry may succeed (429, 5xx, transport): retry with a capped backoff.
+    Transient,
+}
+
 impl StoreError {
+    /// The class of this failure.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            StoreError::Conflict { .. } => ErrorClass::Conflict,
+            StoreError::NotFound { .. } | StoreError::Invalid(_) => ErrorClass::Permanent,
+            StoreError::Rejected { code, .. } => classify_code(*code),
+            StoreError::Unavailable(_) => ErrorClass::Transient,
+        }
+    }
+
     /// True when a later retry of the same request may succeed.
     pub fn is_transient(&self) -> bool {
-        match self {
-            StoreError::Unavailable(_) => true,
-            StoreError::Rejected { code, .. } => *code == 429 || *code >= 500,
-            StoreError::Conflict { .. } | StoreError::NotFound { .. } => false,
-        }
+        self.class() == ErrorClass::Transient
+    }
+}
+
+/// The class of an HTTP status code the API server answered with.
+pub fn classify_code(code: u16) -> ErrorClass {
+    match code {
+        409 => ErrorClass::Conflict,
+        // 401: credentials expire and are refreshed; 408: the server timed the request out.
+        401 | 408 | 429 => ErrorClass::Transient,
+        400..=499 => ErrorClass::Permanent,
+        // 5xx, and codes an API server should not send.
+        _ => ErrorClass::Transient,
+    }
+}
+
+/// The class of an error of the kube client: API answers by their code
+/// ([`classify_code`]); a request that cannot be built or an answer that cannot be read is
+/// permanent; anything else (transport, TLS, timeouts, auth refresh) is transient.
+pub fn classify(error: &kube::Error) -> ErrorClass {
+    match error {
+        kube::Error::Api(status) => classify_code(status.code),
+        kube::Error::BuildRequest(_)
+        | kube::Error::HttpError(_)
+        | kube::Error::SerdeError(_)
+        | kube::Error::FromUtf8(_) => ErrorClass::Permanent,
+        _ => ErrorClass::Transient,
     }
 }
 
@@ -155,4 +207,105 @@ pub(crate) fn finalizers_with_ours(component: &Component) -> Vec<String> {
         all.push(helmq_schemas::component::HELM_FINALIZER.to_owned());
     }
     all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(code: u16) -> kube::Error {
+        kube::Error::Api(Box::new(
+            kube::core::Status::failure("test", "Test").with_code(code),
+        ))
+    }
+
+    #[test]
+    fn kube_errors_are_classified() {
+        let unbuildable = http::Request::get("/a b").body(()).unwrap_err();
+        let unreadable = serde_json::from_str::<Component>("{").unwrap_err();
+        let cases: Vec<(&str, kube::Error, ErrorClass)> = vec![
+            ("400", api(400), ErrorClass::Permanent),
+            ("401", api(401), ErrorClass::Transient),
+            ("403", api(403), ErrorClass::Permanent),
+            ("404", api(404), ErrorClass::Permanent),
+            ("405", api(405), ErrorClass::Permanent),
+            ("408", api(408), ErrorClass::Transient),
+            ("409", api(409), ErrorClass::Conflict),
+            ("410", api(410), ErrorClass::Permanent),
+            ("422", api(422), ErrorClass::Permanent),
+            ("429", api(429), ErrorClass::Transient),
+            ("500", api(500), ErrorClass::Transient),
+            ("503", api(503), ErrorClass::Transient),
+            ("504", api(504), ErrorClass::Transient),
+            (
+                "unbuildable request",
+                kube::Error::BuildRequest(kube::core::request::Error::BuildRequest(unbuildable)),
+                ErrorClass::Permanent,
+            ),
+            (
+                "unreadable answer",
+                kube::Error::SerdeError(unreadable),
+                ErrorClass::Permanent,
+            ),
+            (
+                "transport",
+                kube::Error::Service("connection refused".into()),
+                ErrorClass::Transient,
+            ),
+            (
+                "tls required",
+                kube::Error::TlsRequired,
+                ErrorClass::Transient,
+            ),
+        ];
+        for (name, error, want) in cases {
+            assert_eq!(classify(&error), want, "{name}: {error}");
+        }
+    }
+
+    #[test]
+    fn store_errors_have_the_class_of_their_cause() {
+        let rejected = |code| StoreError::Rejected {
+            code,
+            message: String::new(),
+        };
+        let key = || (String::from("ns"), String::from("c"));
+        let cases = [
+            (rejected(422), ErrorClass::Permanent, false),
+            (rejected(403), ErrorClass::Permanent, false),
+            (rejected(429), ErrorClass::Transient, true),
+            (rejected(503), ErrorClass::Transient, true),
+            (rejected(409), ErrorClass::Conflict, false),
+            (
+                StoreError::Conflict {
+                    namespace: key().0,
+                    name: key().1,
+                },
+                ErrorClass::Conflict,
+                false,
+            ),
+            (
+                StoreError::NotFound {
+                    namespace: key().0,
+                    name: key().1,
+                },
+                ErrorClass::Permanent,
+                false,
+            ),
+            (
+                StoreError::Invalid("bad uri".into()),
+                ErrorClass::Permanent,
+                false,
+            ),
+            (
+                StoreError::Unavailable("down".into()),
+                ErrorClass::Transient,
+                true,
+            ),
+        ];
+        for (error, class, transient) in cases {
+            assert_eq!(error.class(), class, "{error}");
+            assert_eq!(error.is_transient(), transient, "{error}");
+        }
+    }
 }

@@ -3,12 +3,21 @@
 //! `Terminated`, removes our finalizer).
 //!
 //! One sequential loop, pulling small batches ([`WriterConfig::batch`], never an unbounded
-//! prefetch): events of one Component are applied in stream order, and the stale rule of
-//! [`apply()`] keeps any redelivery from regressing a status. A conflict is re-read and decided
-//! again; an API outage is retried in place with a capped exponential backoff (`backon`, with
-//! Progress acks so the message is not redelivered meanwhile), so a later event never
-//! overtakes an earlier one. Payloads that are
-//! not status events are dead-lettered with the reason and acked.
+//! prefetch), one try per delivery. API errors are handled per event, by their
+//! [`ErrorClass`], so one stuck Component never holds up the others' events:
+//!
+//! - a conflict is re-read and decided again at once (up to [`MAX_CONFLICT_ROUNDS`] times,
+//!   then it is retried later like a transient error);
+//! - a transient error (429, 5xx, transport) Naks the event with a delay that doubles with
+//!   each delivery up to [`WriterConfig::max_retry_delay`]; the events behind it, of other
+//!   Components, are applied meanwhile. Events of one Component may so be applied out of
+//!   stream order: the stale rule of [`apply()`] drops an earlier one that comes back after a
+//!   later one, so a status never regresses. At the consumer's last delivery (`max_deliver`)
+//!   the event is dead-lettered instead, to be replayed once the API is back;
+//! - a permanent error (a request that cannot be built, 400/403/422, ...) dead-letters the
+//!   event with the reason and acks it.
+//!
+//! Payloads that are not status events are dead-lettered with the reason and acked.
 
 pub mod apply;
 
@@ -18,7 +27,6 @@ use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::message::Message;
 use async_nats::jetstream::stream::ConsumerError;
 use async_nats::jetstream::{self, AckKind};
-use backon::{ExponentialBuilder, Retryable};
 use futures::StreamExt;
 use helmq_queue::dlq::{DeadLetter, dead_letter};
 use helmq_queue::topology::{STATUS_STREAM, WRITER_CONSUMER};
@@ -28,12 +36,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::metrics::Metrics;
-use crate::store::{ComponentStore, StoreError};
+use crate::store::{ComponentStore, ErrorClass, StoreError};
 pub use apply::{StatusPatch, apply};
 
-/// Delay before the first retry of a status write during an API outage; it doubles up to
-/// [`WriterConfig::max_retry_delay`].
-const FIRST_RETRY_DELAY: Duration = Duration::from_millis(200);
+/// Delay before the second delivery of an event whose write failed transiently; it doubles
+/// with each delivery up to [`WriterConfig::max_retry_delay`].
+pub const FIRST_RETRY_DELAY: Duration = Duration::from_millis(200);
+
+/// Conflicts re-read at once for one delivery before the event is put back for later (so a
+/// Component that keeps changing cannot hold up the stream).
+pub const MAX_CONFLICT_ROUNDS: usize = 10;
 
 /// Errors that stop the writer.
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +67,7 @@ pub struct WriterConfig {
     pub batch: usize,
     /// How long one fetch waits for messages.
     pub fetch_wait: Duration,
-    /// Longest delay between retries of a failing API call.
+    /// Longest delay before the redelivery of an event whose write failed transiently.
     pub max_retry_delay: Duration,
 }
 
@@ -90,6 +102,23 @@ pub struct Writer<S> {
     metrics: Metrics,
 }
 
+/// Where one delivery of a message stands.
+#[derive(Debug, Clone, Copy)]
+struct Delivery {
+    /// Its sequence in `HELMQ_STATUS`.
+    sequence: u64,
+    /// Deliveries so far, this one included.
+    delivered: u64,
+    /// The consumer's `max_deliver`; `None`: unlimited.
+    max_deliver: Option<u64>,
+}
+
+impl Delivery {
+    fn is_last(&self) -> bool {
+        self.max_deliver.is_some_and(|max| self.delivered >= max)
+    }
+}
+
 impl<S: ComponentStore> Writer<S> {
     /// A writer; nothing happens until [`Writer::run`].
     pub fn new(store: S, js: jetstream::Context, config: WriterConfig, metrics: Metrics) -> Self {
@@ -109,6 +138,9 @@ impl<S: ComponentStore> Writer<S> {
             .get_consumer_from_stream(WRITER_CONSUMER, STATUS_STREAM)
             .await
             .map_err(WriterError::Consumer)?;
+        let max_deliver = u64::try_from(consumer.cached_info().config.max_deliver)
+            .ok()
+            .filter(|max| *max > 0);
         while !shutdown.is_cancelled() {
             let fetch = consumer
                 .fetch()
@@ -131,7 +163,7 @@ impl<S: ComponentStore> Writer<S> {
                     Ok(message) if shutdown.is_cancelled() => {
                         let _ = message.ack_with(AckKind::Nak(None)).await;
                     }
-                    Ok(message) => self.process(message, &shutdown).await,
+                    Ok(message) => self.process(message, max_deliver).await,
                     Err(error) => tracing::warn!(%error, "status fetch interrupted"),
                 }
             }
@@ -139,15 +171,20 @@ impl<S: ComponentStore> Writer<S> {
         Ok(())
     }
 
-    async fn process(&self, message: Message, shutdown: &CancellationToken) {
+    async fn process(&self, message: Message, max_deliver: Option<u64>) {
         let (sequence, delivered) = message
             .info()
             .map(|i| (i.stream_sequence, u64::try_from(i.delivered).unwrap_or(0)))
             .unwrap_or((0, 0));
+        let delivery = Delivery {
+            sequence,
+            delivered,
+            max_deliver,
+        };
         let event = match StatusEvent::decode(&message.payload) {
             Ok(event) => event,
             Err(error) => {
-                self.dead_letter(&message, sequence, delivered, error.to_string())
+                self.dead_letter(&message, delivery, error.to_string())
                     .await;
                 return;
             }
@@ -158,48 +195,60 @@ impl<S: ComponentStore> Writer<S> {
             name = %event.component.name,
             generation = event.component.generation,
             phase = ?event.phase,
+            delivered,
         );
-        let result = self
-            .write_with_retries(&event, &message, shutdown)
-            .instrument(span)
-            .await;
-        let ack = match result {
-            Ok(Outcome::Applied) => {
-                self.metrics.statuses_applied.inc();
-                message.ack().await
+        async {
+            let ack = match self.write_resolving_conflicts(&event).await {
+                Ok(Outcome::Applied) => {
+                    self.metrics.statuses_applied.inc();
+                    message.ack().await
+                }
+                Ok(Outcome::Stale) => {
+                    self.metrics.stale_events_dropped.inc();
+                    tracing::debug!("stale event dropped");
+                    message.ack().await
+                }
+                Ok(Outcome::Orphan) => {
+                    self.metrics.orphan_events_dropped.inc();
+                    tracing::debug!("event for a missing or re-created component dropped");
+                    message.ack().await
+                }
+                Err(error) if error.class() == ErrorClass::Permanent => {
+                    let reason = format!("status write refused for good: {error}");
+                    self.dead_letter(&message, delivery, reason).await;
+                    return;
+                }
+                Err(error) if delivery.is_last() => {
+                    let reason = format!(
+                        "status write still failing at the last delivery ({delivered}): {error}"
+                    );
+                    self.dead_letter(&message, delivery, reason).await;
+                    return;
+                }
+                Err(error) => {
+                    let delay = retry_delay(delivered, self.config.max_retry_delay);
+                    self.metrics.status_retries.inc();
+                    tracing::warn!(%error, ?delay, "status write failed; retrying later");
+                    message.ack_with(AckKind::Nak(Some(delay))).await
+                }
+            };
+            if let Err(error) = ack {
+                tracing::warn!(%error, "ack failed; the event will be redelivered");
             }
-            Ok(Outcome::Stale) => {
-                self.metrics.stale_events_dropped.inc();
-                tracing::debug!("stale event dropped");
-                message.ack().await
-            }
-            Ok(Outcome::Orphan) => {
-                self.metrics.orphan_events_dropped.inc();
-                tracing::debug!("event for a missing or re-created component dropped");
-                message.ack().await
-            }
-            Err(Interrupted::Shutdown) => message.ack_with(AckKind::Nak(None)).await,
-            Err(Interrupted::Failed(error)) => {
-                self.dead_letter(&message, sequence, delivered, error.to_string())
-                    .await;
-                return;
-            }
-        };
-        if let Err(error) = ack {
-            tracing::warn!(%error, "ack failed; the event will be redelivered and found stale");
         }
+        .instrument(span)
+        .await;
     }
 
-    async fn dead_letter(&self, message: &Message, sequence: u64, delivered: u64, reason: String) {
-        tracing::warn!(%reason, sequence, "dead-lettering status message");
-        let letter = DeadLetter {
-            payload: message.payload.clone(),
-            subject: message.subject.to_string(),
-            stream: STATUS_STREAM.to_owned(),
-            sequence,
-            attempts: delivered,
+    async fn dead_letter(&self, message: &Message, delivery: Delivery, reason: String) {
+        tracing::warn!(%reason, sequence = delivery.sequence, "dead-lettering status message");
+        let letter = DeadLetter::of(
+            &message.subject,
+            message.payload.clone(),
+            (STATUS_STREAM, delivery.sequence),
+            delivery.delivered,
             reason,
-        };
+        );
         let ack = match dead_letter(&self.js, &letter).await {
             Ok(()) => {
                 self.metrics.dead_letters.inc();
@@ -217,58 +266,15 @@ impl<S: ComponentStore> Writer<S> {
         }
     }
 
-    /// Writes `event`, retrying API outages in place with a growing delay until shutdown.
-    async fn write_with_retries(
-        &self,
-        event: &StatusEvent,
-        message: &Message,
-        shutdown: &CancellationToken,
-    ) -> Result<Outcome, Interrupted> {
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(FIRST_RETRY_DELAY)
-            .with_max_delay(self.config.max_retry_delay)
-            .with_factor(2.0)
-            .without_max_times();
-        let token = shutdown.clone();
-        let sleep = move |delay| {
-            let token = token.clone();
-            async move { sleep_or_cancel(delay, &token).await }
-        };
-        let mut retrying = false;
-        let attempt = || {
-            let retry = std::mem::replace(&mut retrying, true);
-            async move {
-                if retry && shutdown.is_cancelled() {
-                    return Err(Interrupted::Shutdown);
-                }
-                match self.write_resolving_conflicts(event).await {
-                    Err(error) if error.is_transient() => {
-                        // Keep the message ours while we wait, so it is not redelivered.
-                        let _ = message.ack_with(AckKind::Progress).await;
-                        Err(Interrupted::Failed(error))
-                    }
-                    result => result.map_err(Interrupted::Failed),
-                }
-            }
-        };
-        attempt
-            .retry(backoff)
-            .sleep(sleep)
-            .when(|e| matches!(e, Interrupted::Failed(error) if error.is_transient()))
-            .notify(|e, delay| {
-                if let Interrupted::Failed(error) = e {
-                    tracing::warn!(%error, ?delay, "status write failed; retrying");
-                }
-            })
-            .await
-    }
-
-    /// Writes `event`, re-reading and deciding again at once after each conflict; an event
-    /// for a Component that is gone is an [`Outcome::Orphan`].
+    /// Writes `event`, re-reading and deciding again at once after a conflict (up to
+    /// [`MAX_CONFLICT_ROUNDS`] times, then the conflict is returned); an event for a Component
+    /// that is gone is an [`Outcome::Orphan`].
     async fn write_resolving_conflicts(&self, event: &StatusEvent) -> Result<Outcome, StoreError> {
+        let mut rounds = 0;
         loop {
             match self.write(event).await {
-                Err(StoreError::Conflict { .. }) => {
+                Err(StoreError::Conflict { .. }) if rounds + 1 < MAX_CONFLICT_ROUNDS => {
+                    rounds += 1;
                     self.metrics.conflicts.inc();
                     tracing::debug!("status conflict; re-reading");
                 }
@@ -317,13 +323,13 @@ impl<S: ComponentStore> Writer<S> {
     }
 }
 
-/// Why an event was not finished.
-#[derive(Debug)]
-enum Interrupted {
-    /// Shutdown while waiting to retry.
-    Shutdown,
-    /// The write failed: for good once the retries gave up on it (the API server refused it).
-    Failed(StoreError),
+/// The delay before the next delivery of an event whose write failed transiently at its
+/// `delivered`-th delivery: [`FIRST_RETRY_DELAY`], doubled per earlier delivery, at most `max`.
+pub fn retry_delay(delivered: u64, max: Duration) -> Duration {
+    let doublings = u32::try_from(delivered.saturating_sub(1))
+        .unwrap_or(u32::MAX)
+        .min(20);
+    FIRST_RETRY_DELAY.saturating_mul(1 << doublings).min(max)
 }
 
 /// Sleeps for `delay`; `false` if `shutdown` came first.
@@ -331,5 +337,37 @@ async fn sleep_or_cancel(delay: Duration, shutdown: &CancellationToken) -> bool 
     tokio::select! {
         () = shutdown.cancelled() => false,
         () = tokio::time::sleep(delay) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_retry_delay_doubles_per_delivery_up_to_the_cap() {
+        let max = Duration::from_secs(30);
+        let cases = [
+            (0, 200),
+            (1, 200),
+            (2, 400),
+            (3, 800),
+            (4, 1_600),
+            (8, 25_600),
+            (9, 30_000),
+            (20, 30_000),
+            (u64::MAX, 30_000),
+        ];
+        for (delivered, millis) in cases {
+            assert_eq!(
+                retry_delay(delivered, max),
+                Duration::from_millis(millis),
+                "{delivered}"
+            );
+        }
+        assert_eq!(
+            retry_delay(5, Duration::from_millis(300)),
+            Duration::from_millis(300)
+        );
     }
 }
