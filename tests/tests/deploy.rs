@@ -1,7 +1,8 @@
 //! The deployment files agree with each other and with the code: the KEDA trigger watches the
 //! workers' real stream and consumer with a lag threshold of one pod's concurrency, the grace
-//! period covers the drain deadline, probes hit the health endpoints, images run as non-root
-//! with a pinned helm, and the NATS account config is accepted by a real nats-server.
+//! period covers the drain deadline (and, for the worker, helm's SIGTERM grace), probes hit the
+//! health endpoints, images run as non-root with a pinned helm, and the NATS account config is
+//! accepted by a real nats-server.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -69,10 +70,19 @@ fn deployments_drain_before_being_killed_and_probe_the_health_endpoints() {
         let container = &pod["containers"][0];
         let drain = env(container, "HELMQ_DRAIN_DEADLINE").expect("drain deadline set");
         let drain = parse_go_duration(&drain).unwrap().as_secs();
+        // Jobs cancelled at the drain deadline give helm its own grace (HELMQ_HELM_GRACE,
+        // 10s by default) between SIGTERM and SIGKILL.
+        let helm_grace = if name == "helmq-worker" {
+            let value = env(container, "HELMQ_HELM_GRACE").unwrap_or_else(|| "10s".into());
+            parse_go_duration(&value).unwrap().as_secs()
+        } else {
+            0
+        };
         let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
         assert!(
-            grace > drain,
-            "{file}: grace {grace}s must exceed the drain deadline {drain}s"
+            grace > drain.saturating_add(helm_grace),
+            "{file}: grace {grace}s must exceed the drain deadline {drain}s plus the helm grace \
+             {helm_grace}s"
         );
         assert_eq!(
             container["livenessProbe"]["httpGet"]["path"], "/healthz",

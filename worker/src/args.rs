@@ -58,6 +58,10 @@ pub struct Args {
     /// The `helm` executable (Helm 3.14+ or 4).
     #[arg(long, env = "HELMQ_HELM_BIN", default_value = "helm")]
     pub helm_bin: PathBuf,
+    /// Time a cancelled or timed-out helm (or kubectl) gets between SIGTERM, which lets Helm
+    /// mark the release `failed`, and SIGKILL.
+    #[arg(long, env = "HELMQ_HELM_GRACE", default_value = "10s", value_parser = parse_duration_flag)]
+    pub helm_grace: Duration,
     /// `kubectl`, used to delete managed namespaces and to read OCI registry secrets; empty disables both.
     #[arg(long, env = "HELMQ_KUBECTL_BIN", default_value = "kubectl")]
     pub kubectl_bin: String,
@@ -118,6 +122,7 @@ impl Args {
             kubeconfig: self.kubeconfig.clone(),
             kubectl_bin: (!self.kubectl_bin.trim().is_empty())
                 .then(|| PathBuf::from(self.kubectl_bin.trim())),
+            grace: self.helm_grace,
             ..HelmCliSettings::new(&self.helm_bin, &self.cache_dir)
         }
     }
@@ -151,6 +156,8 @@ mod tests {
             "w1",
             "--retry-min-delay",
             "2s",
+            "--helm-grace",
+            "3s",
         ])
         .unwrap();
         let settings = args.settings();
@@ -160,6 +167,9 @@ mod tests {
         assert_eq!(settings.allowlist.namespaces, ["apps"]);
         assert_eq!(settings.retry.min, Duration::from_secs(2));
         assert_eq!(args.helm().kubectl_bin, None);
+        assert_eq!(args.helm().grace, Duration::from_secs(3));
+        let defaults = Args::try_parse_from(["helmq-worker"]).unwrap();
+        assert_eq!(defaults.helm().grace, Duration::from_secs(10));
         assert!(Args::try_parse_from(["helmq-worker", "--concurrency", "0"]).is_err());
     }
 }

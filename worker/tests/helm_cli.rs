@@ -1,5 +1,6 @@
 //! `HelmCli` against the fake `helm` in tests/fixtures: arguments, the chart cache, values in a
-//! 0600 file, not-found handling, stuck-release state, error classification, cancellation.
+//! 0600 file, not-found handling, stuck-release state, error classification, cancellation
+//! (SIGTERM first, SIGKILL after the grace period).
 
 mod common;
 
@@ -34,10 +35,16 @@ impl Fixture {
 }
 
 fn fixture() -> Fixture {
+    fixture_with(|_| {})
+}
+
+/// A fixture whose settings `tune` changes.
+fn fixture_with(tune: impl FnOnce(&mut HelmCliSettings)) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
     let mut settings = HelmCliSettings::new(fake_helm(), &cache);
     settings.kubectl_bin = Some(dir.path().join("no-such-kubectl"));
+    tune(&mut settings);
     let cli = HelmCli::new(settings).unwrap();
     // Without FAKE_HELM_STATE the fake keeps its state under HELM_DATA_HOME.
     let state = cache.join("helm/data/fake-helm-state");
@@ -248,4 +255,149 @@ async fn cancelling_a_run_kills_the_helm_process() {
         },
     )
     .await;
+}
+
+/// The pid of the first `upgrade` the fake recorded, once it has started.
+async fn upgrade_pid(state: &Path) -> u64 {
+    eventually(Duration::from_secs(20), "upgrade started", || async {
+        calls(state)
+            .iter()
+            .find(|c| c["argv"][0] == "upgrade")
+            .and_then(|c| c["pid"].as_u64())
+    })
+    .await
+}
+
+/// Whether process `pid` is gone (or a zombie about to be reaped).
+fn gone(pid: u64) -> bool {
+    !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+/// The lines of the fake's terminated.log.
+fn terminations(state: &Path) -> Vec<String> {
+    std::fs::read_to_string(state.join("terminated.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.split(' ').next().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// Applies `web` and cancels the run once the fake's upgrade runs; returns the result, the
+/// upgrade's pid and the time from the cancel to the end of the run.
+async fn cancel_an_upgrade(f: &Fixture) -> (Result<Release, DriverError>, u64, Duration) {
+    let cancel = CancellationToken::new();
+    let cfg = config("web", "apps");
+    let run = async {
+        let result = f.apply(&cfg, &cancel).await;
+        (result, std::time::Instant::now())
+    };
+    let watcher = async {
+        let pid = upgrade_pid(&f.state).await;
+        // Let the fake install its signal handler before it is signalled.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cancel.cancel();
+        (pid, std::time::Instant::now())
+    };
+    let ((result, ended), (pid, cancelled)) = tokio::join!(run, watcher);
+    (result, pid, ended.duration_since(cancelled))
+}
+
+#[tokio::test]
+async fn cancelling_a_run_sends_sigterm_first_and_helm_marks_the_release_failed() {
+    let f = fixture();
+    control(
+        &f.state,
+        "web",
+        serde_json::json!({"sleep": 120, "term": "fail"}),
+    );
+    let (result, pid, took) = cancel_an_upgrade(&f).await;
+    assert!(
+        matches!(result, Err(DriverError::Cancelled { .. })),
+        "{result:?}"
+    );
+    assert_eq!(terminations(&f.state), ["terminated"]);
+    // The fake exits on TERM: no waiting for the (10 s) grace.
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(gone(pid));
+    let cancel = CancellationToken::new();
+    let status = f.cli.status("web", "apps", &cancel).await.unwrap().unwrap();
+    assert_eq!(status.status.as_str(), "failed", "not left pending-install");
+}
+
+#[tokio::test]
+async fn a_helm_that_ignores_sigterm_is_killed_after_the_grace() {
+    let grace = Duration::from_millis(700);
+    let f = fixture_with(|s| s.grace = grace);
+    control(
+        &f.state,
+        "web",
+        serde_json::json!({"sleep": 120, "term": "ignore"}),
+    );
+    let (result, pid, took) = cancel_an_upgrade(&f).await;
+    assert!(
+        matches!(result, Err(DriverError::Cancelled { .. })),
+        "{result:?}"
+    );
+    assert_eq!(terminations(&f.state), ["ignored"]);
+    assert!(took >= grace, "SIGKILL only after the grace: {took:?}");
+    assert!(took < Duration::from_secs(8), "{took:?}");
+    eventually(
+        Duration::from_secs(10),
+        "the helm process to be gone",
+        || async { gone(pid).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_time_limit_sends_sigterm_first() {
+    let f = fixture_with(|s| s.margin = Duration::ZERO);
+    control(
+        &f.state,
+        "web",
+        serde_json::json!({"sleep": 120, "term": "fail"}),
+    );
+    let cancel = CancellationToken::new();
+    let cfg = config("web", "apps");
+    let result = f
+        .cli
+        .apply(
+            Apply {
+                config: &cfg,
+                timeout: Duration::from_secs(2),
+            },
+            &cancel,
+        )
+        .await;
+    assert!(
+        matches!(result, Err(DriverError::TimedOut { .. })),
+        "{result:?}"
+    );
+    assert_eq!(terminations(&f.state), ["terminated"]);
+    let status = f.cli.status("web", "apps", &cancel).await.unwrap().unwrap();
+    assert_eq!(status.status.as_str(), "failed");
+}
+
+#[tokio::test]
+async fn dropping_a_run_kills_the_helm_process() {
+    let f = fixture_with(|s| s.grace = Duration::from_secs(60));
+    control(
+        &f.state,
+        "web",
+        serde_json::json!({"sleep": 120, "term": "ignore"}),
+    );
+    let cancel = CancellationToken::new();
+    let cfg = config("web", "apps");
+    let pid = tokio::select! {
+        result = f.apply(&cfg, &cancel) => panic!("{result:?}"),
+        pid = upgrade_pid(&f.state) => pid,
+    };
+    // The run's future is gone: its process group was sent SIGKILL, not SIGTERM.
+    eventually(
+        Duration::from_secs(10),
+        "the helm process to be gone",
+        || async { gone(pid).then_some(()) },
+    )
+    .await;
+    assert!(terminations(&f.state).is_empty());
 }

@@ -17,16 +17,59 @@ use super::args::pull_args;
 use super::output::OutputError;
 use crate::driver::DriverError;
 
-/// One async lock per cache key: two jobs never pull the same chart at once.
+/// One async lock per cache key: two jobs never pull the same chart at once. A key's entry
+/// lives only while someone holds or waits for its lock, so the map does not grow with every
+/// chart ever pulled.
 #[derive(Debug, Default)]
 pub(super) struct KeyLocks(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
 
+/// A hold on (or a wait for) the lock of one key; dropping it releases the lock and removes
+/// the key's entry when no one else holds or waits for it.
+#[derive(Debug)]
+pub(super) struct KeyGuard<'a> {
+    locks: &'a KeyLocks,
+    key: String,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    held: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
 impl KeyLocks {
-    /// The lock of `key`.
-    fn of(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
-        // A panic elsewhere cannot leave the map half-written: keep using it.
-        let mut locks = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        locks.entry(key.to_owned()).or_default().clone()
+    /// The map, even after a panic elsewhere: it cannot be left half-written.
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<()>>>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits for the lock of `key` and holds it until the guard is dropped.
+    pub(super) async fn lock(&self, key: &str) -> KeyGuard<'_> {
+        let lock = self.map().entry(key.to_owned()).or_default().clone();
+        // Built before waiting: a wait that is given up (its future dropped) cleans up too.
+        let mut guard = KeyGuard {
+            locks: self,
+            key: key.to_owned(),
+            lock,
+            held: None,
+        };
+        guard.held = Some(guard.lock.clone().lock_owned().await);
+        guard
+    }
+
+    /// How many keys have an entry.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.map().len()
+    }
+}
+
+impl Drop for KeyGuard<'_> {
+    fn drop(&mut self) {
+        // Every handle on an entry is cloned under the map's lock (or from a handle that is
+        // still alive), so with the map locked a count of two (the map's and ours) means no
+        // one else holds or waits for this key.
+        let mut map = self.locks.map();
+        self.held = None;
+        if Arc::strong_count(&self.lock) == 2 {
+            map.remove(&self.key);
+        }
     }
 }
 
@@ -50,8 +93,7 @@ impl HelmCli {
         let pinned = is_exact_version(config.chart_version());
         let charts = self.settings.cache_dir.join("charts");
         let dir = charts.join(&key);
-        let lock = self.locks.of(&key);
-        let _guard = lock.lock().await;
+        let _guard = self.locks.lock(&key).await;
         if pinned && let Some(path) = find_package(&dir)? {
             return Ok(ChartPackage { path, _fresh: None });
         }
@@ -280,10 +322,39 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_same_key_gets_the_same_lock() {
+    #[tokio::test]
+    async fn key_locks_exclude_per_key_and_are_dropped_when_unused() {
+        use std::time::Duration;
+
         let locks = KeyLocks::default();
-        assert!(Arc::ptr_eq(&locks.of("a"), &locks.of("a")));
-        assert!(!Arc::ptr_eq(&locks.of("a"), &locks.of("b")));
+        let a = locks.lock("a").await;
+        let b = locks.lock("b").await;
+        assert_eq!(locks.len(), 2);
+        // A second job on key `a` waits, and giving up the wait leaves the entry to `a`.
+        let gave_up = tokio::time::timeout(Duration::from_millis(50), locks.lock("a")).await;
+        assert!(gave_up.is_err(), "key a is held");
+        assert_eq!(locks.len(), 2);
+        drop(b);
+        assert_eq!(locks.len(), 1, "b is unused");
+        let waiter = async {
+            let again = locks.lock("a").await;
+            assert!(Arc::ptr_eq(&again.lock, &a_lock(&locks)));
+            drop(again);
+        };
+        let release = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert_eq!(locks.len(), 1, "a waiter keeps the entry");
+            drop(a);
+        };
+        tokio::join!(waiter, release);
+        assert_eq!(locks.len(), 0, "no one holds or waits");
+        // A key can be locked again after its entry went.
+        drop(locks.lock("a").await);
+        assert_eq!(locks.len(), 0);
+    }
+
+    /// The entry of key `a`.
+    fn a_lock(locks: &KeyLocks) -> Arc<tokio::sync::Mutex<()>> {
+        locks.map().get("a").cloned().unwrap()
     }
 }

@@ -3,8 +3,10 @@
 //! - Charts come from a cache shared by every job: pulled once per source and exact version
 //!   and installed from the package, so no repository index is downloaded or parsed per job.
 //! - Values go to `helm` in a 0600 temporary file (`--values`), never on the command line.
-//! - Every process runs with `kill_on_drop`, stdin closed, output captured and its own time
-//!   limit (the job's timeout plus a margin); cancelling a call kills the process.
+//! - Every process runs in a process group of its own, with stdin closed, output captured up
+//!   to a cap and its own time limit (the job's timeout plus a margin); cancelling a call or
+//!   reaching the limit sends SIGTERM to the group, then SIGKILL after a grace period, so Helm
+//!   can mark the release `failed` instead of leaving it `pending-*`.
 //! - Helm's own state lives under the cache directory (`HELM_CACHE_HOME`, `HELM_CONFIG_HOME`,
 //!   `HELM_DATA_HOME`), so workers share nothing with the host's Helm setup.
 //! - Helm cannot delete namespaces: a managed namespace is deleted with `kubectl` (optional;
@@ -40,7 +42,7 @@ use self::args::{
 };
 use self::cache::KeyLocks;
 use self::output::{is_not_found, parse_history, parse_release};
-use self::process::Exit;
+use self::process::{Exit, Limits, Stdout};
 use super::{
     Apply, DriverError, HelmDriver, KubectlAction, NamespaceDeletion, Release, Revision, Tool,
     Uninstalled,
@@ -62,6 +64,8 @@ pub struct HelmCliSettings {
     pub margin: Duration,
     /// Time limit of short commands (`status`, `history`, `pull`, kubectl).
     pub short_timeout: Duration,
+    /// Time a cancelled or timed-out process gets between SIGTERM and SIGKILL.
+    pub grace: Duration,
 }
 
 impl HelmCliSettings {
@@ -74,6 +78,7 @@ impl HelmCliSettings {
             kubectl_bin: Some(PathBuf::from("kubectl")),
             margin: Duration::from_secs(30),
             short_timeout: Duration::from_secs(120),
+            grace: Duration::from_secs(10),
         }
     }
 }
@@ -103,13 +108,26 @@ impl HelmCli {
         })
     }
 
+    /// The limits of a process that may run for `time`.
+    fn limits(&self, time: Duration) -> Limits {
+        Limits {
+            time,
+            grace: self.settings.grace,
+        }
+    }
+
+    /// The time limit of a command asked to finish within `timeout`.
+    fn long_limit(&self, timeout: Duration) -> Duration {
+        timeout.saturating_add(self.settings.margin)
+    }
+
     /// Runs helm with `args` and returns its stdout.
     async fn helm(
         &self,
         args: Vec<OsString>,
         limit: Duration,
         cancel: &CancellationToken,
-    ) -> Result<String, DriverError> {
+    ) -> Result<Stdout, DriverError> {
         self.helm_with(args, None, None, limit, cancel).await
     }
 
@@ -122,7 +140,7 @@ impl HelmCli {
         input: Option<&[u8]>,
         limit: Duration,
         cancel: &CancellationToken,
-    ) -> Result<String, DriverError> {
+    ) -> Result<Stdout, DriverError> {
         let home = &self.settings.cache_dir;
         let mut command = tokio::process::Command::new(&self.settings.helm_bin);
         command
@@ -133,7 +151,7 @@ impl HelmCli {
         if let Some(path) = registry_config {
             command.env("HELM_REGISTRY_CONFIG", path);
         }
-        match process::run(command, Tool::Helm, input, limit, cancel).await? {
+        match process::run(command, Tool::Helm, input, self.limits(limit), cancel).await? {
             Exit::Success(stdout) => Ok(stdout),
             Exit::Failure {
                 command,
@@ -155,14 +173,14 @@ impl HelmCli {
         args: Vec<OsString>,
         action: KubectlAction,
         cancel: &CancellationToken,
-    ) -> Result<String, DriverError> {
+    ) -> Result<Stdout, DriverError> {
         let mut command = tokio::process::Command::new(kubectl);
         command.args(args);
         match process::run(
             command,
             Tool::Kubectl,
             None,
-            self.settings.short_timeout,
+            self.limits(self.settings.short_timeout),
             cancel,
         )
         .await
@@ -210,7 +228,7 @@ impl HelmDriver for HelmCli {
         let stdout = self
             .helm(
                 upgrade_args(request.config, &chart.path, values.path(), request.timeout),
-                request.timeout + self.settings.margin,
+                self.long_limit(request.timeout),
                 cancel,
             )
             .await?;
@@ -227,7 +245,7 @@ impl HelmDriver for HelmCli {
         match self
             .helm(
                 uninstall_args(release, namespace, timeout),
-                timeout + self.settings.margin,
+                self.long_limit(timeout),
                 cancel,
             )
             .await
@@ -288,7 +306,7 @@ impl HelmDriver for HelmCli {
     ) -> Result<(), DriverError> {
         self.helm(
             rollback_args(release, namespace, revision, timeout),
-            timeout + self.settings.margin,
+            self.long_limit(timeout),
             cancel,
         )
         .await

@@ -4,6 +4,7 @@
 
 use serde_json::Value;
 
+use super::process::{STDOUT_CAP, Stdout};
 use crate::driver::{DriverError, HelmStatus, Release, Revision};
 
 /// What is wrong with Helm's output.
@@ -12,6 +13,14 @@ pub enum OutputError {
     /// It is not the JSON document `-o json` promises.
     #[error(transparent)]
     Json(#[from] serde_json::Error),
+    /// It was longer than the worker keeps, and the part kept is not a whole JSON document.
+    #[error("the output was cut at {limit} bytes: {source}")]
+    Truncated {
+        /// The bytes kept.
+        limit: usize,
+        /// Why the part kept cannot be read.
+        source: serde_json::Error,
+    },
     /// The release has no `version`.
     #[error("no release version in the output")]
     NoVersion,
@@ -24,12 +33,12 @@ pub enum OutputError {
 }
 
 /// Reads the release from `helm upgrade -o json` or `helm status -o json`.
-pub(super) fn parse_release(command: &str, stdout: &str) -> Result<Release, DriverError> {
+pub(super) fn parse_release(command: &str, stdout: &Stdout) -> Result<Release, DriverError> {
     let bad = |reason: OutputError| DriverError::Output {
         command: command.to_owned(),
         reason,
     };
-    let value: Value = serde_json::from_str(stdout).map_err(|e| bad(e.into()))?;
+    let value: Value = json(stdout).map_err(bad)?;
     let revision = value
         .get("version")
         .and_then(Value::as_i64)
@@ -50,10 +59,24 @@ pub(super) fn parse_release(command: &str, stdout: &str) -> Result<Release, Driv
 }
 
 /// Reads the revisions of `helm history -o json`.
-pub(super) fn parse_history(stdout: &str) -> Result<Vec<Revision>, DriverError> {
-    serde_json::from_str(stdout).map_err(|e| DriverError::Output {
+pub(super) fn parse_history(stdout: &Stdout) -> Result<Vec<Revision>, DriverError> {
+    json(stdout).map_err(|reason| DriverError::Output {
         command: "history".into(),
-        reason: e.into(),
+        reason,
+    })
+}
+
+/// The JSON document in `stdout`; one that fails to parse after being cut says so.
+fn json<T: serde::de::DeserializeOwned>(stdout: &Stdout) -> Result<T, OutputError> {
+    serde_json::from_str(&stdout.text).map_err(|source| {
+        if stdout.truncated {
+            OutputError::Truncated {
+                limit: STDOUT_CAP,
+                source,
+            }
+        } else {
+            OutputError::Json(source)
+        }
     })
 }
 
@@ -66,11 +89,18 @@ pub(super) fn is_not_found(error: &DriverError) -> bool {
 mod tests {
     use super::*;
 
+    fn out(text: &str) -> Stdout {
+        Stdout {
+            text: text.into(),
+            truncated: false,
+        }
+    }
+
     #[test]
     fn release_output_is_read_from_json() {
-        let out = r#"{"name":"web","info":{"status":"deployed"},"chart":{"metadata":{"version":"15.4.2"}},"version":4}"#;
+        let text = r#"{"name":"web","info":{"status":"deployed"},"chart":{"metadata":{"version":"15.4.2"}},"version":4}"#;
         assert_eq!(
-            parse_release("upgrade", out).unwrap(),
+            parse_release("upgrade", &out(text)).unwrap(),
             Release {
                 revision: 4,
                 status: HelmStatus::Deployed,
@@ -79,7 +109,7 @@ mod tests {
         );
         let pending = r#"{"info":{"status":"pending-upgrade"},"version":5}"#;
         assert_eq!(
-            parse_release("status", pending).unwrap(),
+            parse_release("status", &out(pending)).unwrap(),
             Release {
                 revision: 5,
                 status: HelmStatus::PendingUpgrade,
@@ -100,22 +130,40 @@ mod tests {
                 "cannot read the output of helm upgrade: no info.status in the output",
             ),
         ];
-        for (out, want) in cases {
-            let err = parse_release("upgrade", out).unwrap_err();
+        for (text, want) in cases {
+            let err = parse_release("upgrade", &out(text)).unwrap_err();
             assert!(matches!(err, DriverError::Output { .. }), "{err:?}");
             assert_eq!(err.to_string(), want);
         }
-        let json = parse_release("upgrade", "{").unwrap_err();
+        let json = parse_release("upgrade", &out("{")).unwrap_err();
         let cause = std::error::Error::source(&json).and_then(|s| s.downcast_ref::<OutputError>());
         assert!(matches!(cause, Some(OutputError::Json(_))), "{json:?}");
+        let cut = Stdout {
+            text: r#"{"version":1,"info":{"sta"#.into(),
+            truncated: true,
+        };
+        let err = parse_release("upgrade", &cut).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "cannot read the output of helm upgrade: the output was cut at {STDOUT_CAP} bytes: \
+                 EOF while parsing a string at line 1 column 25"
+            )
+        );
+        let err = parse_history(&Stdout {
+            text: "[".into(),
+            truncated: true,
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("the output was cut at"), "{err}");
     }
 
     #[test]
     fn history_output_is_read_from_json() {
-        let out = r#"[{"revision":1,"updated":"2024-01-01T00:00:00Z","status":"superseded","chart":"nginx-1.2.3","app_version":"1.25","description":"Install complete"},
+        let text = r#"[{"revision":1,"updated":"2024-01-01T00:00:00Z","status":"superseded","chart":"nginx-1.2.3","app_version":"1.25","description":"Install complete"},
                      {"revision":2,"status":"pending-upgrade","chart":"nginx-1.2.4","description":"Preparing upgrade"},
                      {"revision":3,"status":"something-new"}]"#;
-        let history = parse_history(out).unwrap();
+        let history = parse_history(&out(text)).unwrap();
         let statuses: Vec<_> = history.iter().map(|r| r.status.clone()).collect();
         assert_eq!(
             statuses,
@@ -128,7 +176,7 @@ mod tests {
         assert_eq!(history[0].chart, "nginx-1.2.3");
         assert_eq!(history[2].chart, "");
         assert!(matches!(
-            parse_history("Error"),
+            parse_history(&out("Error")),
             Err(DriverError::Output { .. })
         ));
     }

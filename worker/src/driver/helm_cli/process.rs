@@ -1,45 +1,108 @@
-//! Running `helm` and `kubectl`: every process runs with `kill_on_drop`, its output captured,
-//! its stdin closed (or fed and then closed), a time limit of its own and a cancellation token.
-//! A timeout or a cancel drops the child, and dropping it kills the process.
+//! Running `helm` and `kubectl`: every process runs in a process group of its own, its output
+//! captured up to a cap, its stdin closed (or fed and then closed), a time limit of its own and
+//! a cancellation token.
+//!
+//! A timeout or a cancel stops the process gracefully: SIGTERM to its group, then SIGKILL to
+//! the group when it is still running after the grace period (Helm marks a release `failed` on
+//! SIGTERM; after SIGKILL it stays `pending-*`). Dropping a run that is still going kills the
+//! group at once.
 
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt as _;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
 use crate::driver::{DriverError, Tool};
 
+/// The most of a process's stdout that is kept; the rest is read and discarded.
+pub(super) const STDOUT_CAP: usize = 4 * 1024 * 1024;
+/// The most of a process's stderr that is kept; the rest is read and discarded.
+pub(super) const STDERR_CAP: usize = 64 * 1024;
+
+/// How long a process killed with SIGKILL gets to be reaped and close its output.
+const REAP_WAIT: Duration = Duration::from_secs(5);
+
+/// What a process wrote to its stdout, up to [`STDOUT_CAP`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Stdout {
+    /// The text kept (invalid UTF-8 replaced).
+    pub(super) text: String,
+    /// Whether more was written than was kept.
+    pub(super) truncated: bool,
+}
+
 /// How a process that ran to its end exited.
 #[derive(Debug)]
 pub(super) enum Exit {
     /// Exit status 0, with its stdout.
-    Success(String),
+    Success(Stdout),
     /// Any other exit.
     Failure {
         /// The subcommand (the first argument).
         command: String,
         /// The exit code, `None` when a signal killed the process.
         code: Option<i32>,
-        /// Its stderr, trimmed.
+        /// Its stderr, trimmed; when it was cut at [`STDERR_CAP`] a note says so at its end.
         stderr: String,
     },
 }
 
-/// Runs `command` (program and arguments set) to its end, within `limit`, writing `input`
-/// (when given) to its stdin and then closing it.
+/// A process group to kill with SIGKILL when dropped while armed: a run dropped mid-way (its
+/// future dropped) must not leave helm or its children running.
+#[derive(Debug)]
+struct GroupGuard {
+    /// The group's id (the leader's pid); `None` once the run is over.
+    pgid: Option<Pid>,
+}
+
+impl GroupGuard {
+    /// Sends `signal` to the group, when still armed.
+    fn signal(&self, signal: Signal) {
+        if let Some(pgid) = self.pgid {
+            // ESRCH: the group is already gone, which is what the signal is for.
+            let _ = killpg(pgid, signal);
+        }
+    }
+
+    /// The run is over: nothing to kill any more.
+    fn disarm(&mut self) {
+        self.pgid = None;
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.signal(Signal::SIGKILL);
+    }
+}
+
+/// How a process is stopped when it must not run on: SIGTERM, then SIGKILL after `grace`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Limits {
+    /// The longest the process may run.
+    pub(super) time: Duration,
+    /// Time between SIGTERM and SIGKILL when the process is stopped.
+    pub(super) grace: Duration,
+}
+
+/// Runs `command` (program and arguments set) to its end, within `limits.time`, writing
+/// `input` (when given) to its stdin and then closing it.
 ///
 /// # Errors
 ///
 /// [`DriverError::Spawn`] when it cannot start or its output cannot be read,
-/// [`DriverError::TimedOut`] and [`DriverError::Cancelled`] (the process is killed).
+/// [`DriverError::TimedOut`] and [`DriverError::Cancelled`] (the process group is sent
+/// SIGTERM, then SIGKILL after the grace period).
 pub(super) async fn run(
     mut command: Command,
     tool: Tool,
     input: Option<&[u8]>,
-    limit: Duration,
+    limits: Limits,
     cancel: &CancellationToken,
 ) -> Result<Exit, DriverError> {
     let std_command = command.as_std();
@@ -57,6 +120,7 @@ pub(super) async fn run(
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true);
     let spawn_error = |source| DriverError::Spawn {
         program: program.clone(),
@@ -64,7 +128,17 @@ pub(super) async fn run(
         source,
     };
     let mut child = command.spawn().map_err(spawn_error)?;
+    // Declared after `child`, so dropped before it: the group is killed while its leader is
+    // not reaped yet, so its id cannot have been reused.
+    let mut group = GroupGuard {
+        pgid: child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .map(Pid::from_raw),
+    };
     let stdin = child.stdin.take();
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
     let feed = async move {
         if let (Some(mut stdin), Some(input)) = (stdin, input) {
             // A process that exits without reading its stdin fails on its own; its exit status
@@ -73,27 +147,174 @@ pub(super) async fn run(
             let _ = stdin.shutdown().await;
         }
     };
-    // Dropping `output` (cancel or timeout) drops the child, and kill_on_drop kills it.
-    let output = async move {
-        let (output, ()) = tokio::join!(child.wait_with_output(), feed);
-        output
+    let finished = async {
+        let (status, stdout, stderr, ()) = tokio::join!(
+            child.wait(),
+            read_capped(stdout, STDOUT_CAP),
+            read_capped(stderr, STDERR_CAP),
+            feed
+        );
+        Ok::<_, std::io::Error>((status?, stdout?, stderr?))
     };
-    let output = tokio::select! {
-        () = cancel.cancelled() => return Err(DriverError::Cancelled { tool, command: name }),
-        result = tokio::time::timeout(limit, output) => match result {
-            Err(_) => return Err(DriverError::TimedOut { tool, command: name, limit }),
+    let mut finished = std::pin::pin!(finished);
+    let stop = tokio::select! {
+        () = cancel.cancelled() => DriverError::Cancelled { tool, command: name },
+        result = tokio::time::timeout(limits.time, finished.as_mut()) => match result {
+            Err(_) => DriverError::TimedOut { tool, command: name, limit: limits.time },
             Ok(Err(e)) => return Err(spawn_error(e)),
-            Ok(Ok(output)) => output,
+            Ok(Ok((status, (stdout, stdout_cut), (stderr, stderr_cut)))) => {
+                group.disarm();
+                return Ok(exit(name, status, stdout, stdout_cut, stderr, stderr_cut));
+            }
         },
     };
-    if output.status.success() {
-        return Ok(Exit::Success(
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-        ));
+    // Keep draining the output while the process shuts down: a full pipe must not block it.
+    group.signal(Signal::SIGTERM);
+    if tokio::time::timeout(limits.grace, finished.as_mut())
+        .await
+        .is_err()
+    {
+        group.signal(Signal::SIGKILL);
+        let _ = tokio::time::timeout(REAP_WAIT, finished.as_mut()).await;
     }
-    Ok(Exit::Failure {
-        command: name,
-        code: output.status.code(),
-        stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-    })
+    Err(stop)
+}
+
+/// The [`Exit`] of a process that ran to its end.
+fn exit(
+    command: String,
+    status: std::process::ExitStatus,
+    stdout: Vec<u8>,
+    stdout_cut: bool,
+    stderr: Vec<u8>,
+    stderr_cut: bool,
+) -> Exit {
+    if status.success() {
+        return Exit::Success(Stdout {
+            text: String::from_utf8_lossy(&stdout).into_owned(),
+            truncated: stdout_cut,
+        });
+    }
+    let mut stderr = String::from_utf8_lossy(&stderr).trim().to_owned();
+    if stderr_cut {
+        stderr.push_str(&format!(" [stderr cut at {STDERR_CAP} bytes]"));
+    }
+    Exit::Failure {
+        command,
+        code: status.code(),
+        stderr,
+    }
+}
+
+/// Reads `reader` to its end, keeping the first `cap` bytes; says whether more came.
+async fn read_capped(
+    reader: Option<impl AsyncRead + Unpin>,
+    cap: usize,
+) -> std::io::Result<(Vec<u8>, bool)> {
+    let mut kept = Vec::new();
+    let mut truncated = false;
+    let Some(mut reader) = reader else {
+        return Ok((kept, truncated));
+    };
+    let mut chunk = vec![0; 64 * 1024];
+    loop {
+        let n = reader.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok((kept, truncated));
+        }
+        let room = cap.saturating_sub(kept.len());
+        let take = n.min(room);
+        kept.extend_from_slice(&chunk[..take]);
+        truncated |= take < n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Command {
+        let mut command = Command::new("sh");
+        command.args(["-c", script]);
+        command
+    }
+
+    const LIMITS: Limits = Limits {
+        time: Duration::from_secs(30),
+        grace: Duration::from_secs(5),
+    };
+
+    #[tokio::test]
+    async fn a_huge_stderr_is_cut_and_the_process_drained_to_its_end() {
+        let cancel = CancellationToken::new();
+        // 4 MiB of stderr: far more than the cap and than a pipe holds.
+        let script = "head -c 4194304 /dev/zero | tr '\\0' x >&2; echo done >&2; exit 3";
+        let exit = run(sh(script), Tool::Helm, None, LIMITS, &cancel)
+            .await
+            .unwrap();
+        let Exit::Failure { code, stderr, .. } = exit else {
+            panic!("{exit:?}");
+        };
+        assert_eq!(code, Some(3), "the process ran to its end");
+        assert!(stderr.len() < STDERR_CAP + 100, "{}", stderr.len());
+        assert!(stderr.starts_with("xxxx"));
+        assert!(
+            stderr.ends_with(&format!("[stderr cut at {STDERR_CAP} bytes]")),
+            "{}",
+            &stderr[stderr.len() - 80..]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_huge_stdout_is_cut_and_says_so() {
+        let cancel = CancellationToken::new();
+        let script = "head -c 5000000 /dev/zero | tr '\\0' y";
+        let Exit::Success(stdout) = run(sh(script), Tool::Helm, None, LIMITS, &cancel)
+            .await
+            .unwrap()
+        else {
+            panic!("not a success");
+        };
+        assert_eq!(stdout.text.len(), STDOUT_CAP);
+        assert!(stdout.truncated);
+        let Exit::Success(small) = run(sh("echo ok"), Tool::Helm, None, LIMITS, &cancel)
+            .await
+            .unwrap()
+        else {
+            panic!("not a success");
+        };
+        assert_eq!(
+            small,
+            Stdout {
+                text: "ok\n".into(),
+                truncated: false
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_time_limit_terminates_the_group_gracefully() {
+        let cancel = CancellationToken::new();
+        let dir = tempfile::tempdir().unwrap();
+        let mark = dir.path().join("terminated");
+        // The shell waits on a child of its own: TERM must reach the whole group.
+        let script = format!(
+            "trap 'echo terminated > {}; exit 1' TERM; sleep 60 & wait",
+            mark.display()
+        );
+        let limits = Limits {
+            time: Duration::from_millis(300),
+            grace: Duration::from_secs(10),
+        };
+        let started = std::time::Instant::now();
+        let err = run(sh(&script), Tool::Helm, None, limits, &cancel)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, DriverError::TimedOut { .. }), "{err:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "no SIGKILL needed"
+        );
+        assert_eq!(std::fs::read_to_string(&mark).unwrap(), "terminated\n");
+    }
 }

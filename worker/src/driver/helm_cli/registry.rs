@@ -108,8 +108,8 @@ impl HelmCli {
                 cancel,
             )
             .await?;
-        let credentials =
-            registry_credentials(&json).map_err(|reason| credentials_error(registry, reason))?;
+        let credentials = registry_credentials(&json.text)
+            .map_err(|reason| credentials_error(registry, reason))?;
         drop(json);
         let dir = tempfile::Builder::new()
             .prefix("registry-")
