@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::ResourceQuota;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 
-use crate::support::{Options, Stack, gate, process_group_members, spec};
+use crate::support::{Options, Stack, gate, is_alive, process_tree, spec};
 
 /// Redelivery after a crash and lease expiry both take this long: short, to keep the case fast.
 const ACK_WAIT: Duration = Duration::from_secs(5);
@@ -87,20 +87,23 @@ async fn a_worker_killed_with_helm_mid_wait_leaves_a_pending_release_that_anothe
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let worker_pid = stack.pid("helmq-worker-1");
-    let group = process_group_members(worker_pid);
+    let tree = process_tree(worker_pid);
     assert!(
-        group.iter().any(|(_, cmd)| cmd.contains("upgrade")),
-        "no helm upgrade running under the worker: {group:?}"
+        tree.iter().any(|(_, cmd)| cmd.contains("upgrade")),
+        "no helm upgrade running under the worker: {tree:?}"
     );
 
     // SIGKILL the worker and its helm child at once.
-    stack.kill_group("helmq-worker-1").await;
+    stack.kill_tree("helmq-worker-1").await;
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !process_group_members(worker_pid).is_empty() {
+    loop {
+        let alive: Vec<_> = tree.iter().filter(|(pid, _)| is_alive(*pid)).collect();
+        if alive.is_empty() {
+            break;
+        }
         assert!(
             Instant::now() < deadline,
-            "still alive after SIGKILL: {:?}",
-            process_group_members(worker_pid)
+            "still alive after SIGKILL: {alive:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

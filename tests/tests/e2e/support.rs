@@ -217,28 +217,53 @@ pub(crate) fn peak_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Live processes of a process group: `(pid, command line)`.
-pub(crate) fn process_group_members(pgid: u32) -> Vec<(u32, String)> {
+/// Whether a process exists and is not a zombie.
+pub(crate) fn is_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// A live process and its live descendants (however they are grouped): `(pid, command line)`,
+/// the process itself first.
+pub(crate) fn process_tree(root: u32) -> Vec<(u32, String)> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
-    entries
+    // pid → (parent, command line) of every process that is not a zombie.
+    let live: BTreeMap<u32, (u32, String)> = entries
         .flatten()
         .filter_map(|entry| {
             let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
             let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-            // pid (comm) state ppid pgrp ...: comm may hold spaces, so split after ')'.
+            // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
             let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
             let state = fields.next()?;
-            let pgrp: u32 = fields.nth(1)?.parse().ok()?;
-            if pgrp != pgid || state == "Z" {
+            let ppid: u32 = fields.next()?.parse().ok()?;
+            if state == "Z" {
                 return None;
             }
             let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            Some((pid, cmdline.trim().to_owned()))
+            Some((pid, (ppid, cmdline.trim().to_owned())))
         })
-        .collect()
+        .collect();
+    let mut tree: Vec<(u32, String)> = live
+        .get(&root)
+        .map(|(_, cmd)| vec![(root, cmd.clone())])
+        .unwrap_or_default();
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i].0;
+        tree.extend(
+            live.iter()
+                .filter(|(_, (ppid, _))| *ppid == parent)
+                .map(|(pid, (_, cmd))| (*pid, cmd.clone())),
+        );
+        i += 1;
+    }
+    tree
 }
 
 /// Packages each chart at two versions and serves the repository on 127.0.0.1.
@@ -436,8 +461,7 @@ impl Stack {
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log file"))
             .stderr(file)
-            // Its own process group, with the helm children it starts: a case can kill both at
-            // once, as the kernel's OOM killer or a node failure does.
+            // Its own process group: signals meant for the test never reach it.
             .process_group(0)
             .kill_on_drop(true)
             .spawn()
@@ -510,11 +534,16 @@ impl Stack {
             .unwrap_or_else(|| panic!("{name} has exited"))
     }
 
-    /// SIGKILLs a process together with every process of its group (its helm children) and
-    /// reaps it.
-    pub(crate) async fn kill_group(&mut self, name: &str) {
-        let pgid = self.pid(name);
-        run_ok("kill", &["-KILL", "--", &format!("-{pgid}")]).await;
+    /// SIGKILLs a process together with all its descendants (its helm children, whatever
+    /// process group they run in), as the OOM killer or a lost node ends a pod, and reaps it.
+    pub(crate) async fn kill_tree(&mut self, name: &str) {
+        let pids: Vec<String> = process_tree(self.pid(name))
+            .into_iter()
+            .map(|(pid, _)| pid.to_string())
+            .collect();
+        let mut args = vec!["-KILL", "--"];
+        args.extend(pids.iter().map(String::as_str));
+        run_ok("kill", &args).await;
         let _ = self.process(name).child.wait().await;
     }
 
