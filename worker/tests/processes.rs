@@ -249,13 +249,17 @@ async fn sigterm_with_jobs_in_flight_loses_none() {
     })
     .await;
     assert_eq!(env.jobs_left().await, 0);
-    let redelivered: Vec<_> = env
+    // The interrupted jobs come back (attempt 2, or later while the releases they left pending
+    // are younger than the lease TTL and so not provably stale); the others ran once.
+    let mut redelivered: Vec<_> = env
         .phases_all(StatusPhase::Ready)
         .await
         .into_iter()
-        .filter(|s| s.attempt == 2)
+        .filter(|s| s.attempt >= 2)
         .map(|s| s.component.name)
         .collect();
+    redelivered.sort();
+    redelivered.dedup();
     assert_eq!(
         redelivered.len(),
         3,
