@@ -580,14 +580,15 @@ impl StatusEvent {
     }
 }
 
-/// Deletion phases sort above apply phases (bit 63); then later job messages above earlier ones
-/// (the sequence, 41 bits), later attempts above earlier ones (14 bits), ends above starts (the
-/// phase's rank, 8 bits). Sequence and attempt saturate at their widths.
+/// Deletion phases sort above apply phases (bit 62); then later job messages above earlier ones
+/// (the sequence, 40 bits), later attempts above earlier ones (14 bits), ends above starts (the
+/// phase's rank, 8 bits). Sequence and attempt saturate at their widths. The key stays below
+/// 2^63: Kubernetes stores it as an int64 (`status.handlerStatus.eventOrder`).
 fn order_key(phase: StatusPhase, attempt: u32, sequence: u64) -> u64 {
-    const SEQUENCE_MAX: u64 = (1 << 41) - 1;
+    const SEQUENCE_MAX: u64 = (1 << 40) - 1;
     const ATTEMPT_MAX: u64 = (1 << 14) - 1;
     let group = u64::from(phase.is_deletion());
-    (group << 63)
+    (group << 62)
         | (sequence.min(SEQUENCE_MAX) << 22)
         | (u64::from(attempt).min(ATTEMPT_MAX) << 8)
         | phase.rank()
