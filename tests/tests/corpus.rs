@@ -12,8 +12,6 @@ use std::time::Duration;
 
 use common::Pipeline;
 
-use helmq_queue::dlq::{StoredDeadLetter, read_stored};
-use helmq_queue::topology::DLQ_STREAM;
 use helmq_schemas::HelmConfig;
 use helmq_schemas::component::{Component, ComponentSpec, Phase};
 use helmq_schemas::event::{ComponentRef, JobAction, JobEvent, StatusEvent, StatusPhase};
@@ -344,21 +342,6 @@ fn corpus() -> Vec<Case> {
     cases
 }
 
-async fn dead_letters(js: &async_nats::jetstream::Context) -> Vec<StoredDeadLetter> {
-    let mut stream = js.get_stream(DLQ_STREAM).await.unwrap();
-    let state = stream.info().await.unwrap().state.clone();
-    let mut out = Vec::new();
-    if state.messages == 0 {
-        return out;
-    }
-    for seq in state.first_sequence..=state.last_sequence {
-        if let Ok(m) = stream.get_raw_message(seq).await {
-            out.push(read_stored(seq, Some(&m.headers), m.payload));
-        }
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hostile_messages_are_dead_lettered_and_every_good_job_still_deploys() {
     let driver = MemoryDriver::new();
@@ -423,7 +406,7 @@ async fn hostile_messages_are_dead_lettered_and_every_good_job_still_deploys() {
     // Every hostile message has its own dead letter with its reason.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let letters = loop {
-        let letters = dead_letters(js).await;
+        let letters = helmq_queue::dlq::list(js, usize::MAX).await.unwrap();
         if letters.len() >= cases.len() || tokio::time::Instant::now() > deadline {
             break letters;
         }
