@@ -34,7 +34,9 @@ pub enum DriverError {
         command: String,
         /// Its exit code (`None` when killed by a signal).
         exit_code: Option<i32>,
-        /// Its stderr, trimmed (never holds values: they are passed in a file).
+        /// Its stderr, the `Error:` line first, without Helm's log lines, control characters
+        /// or the secrets the driver used, cut at 4 KiB with a marker (never holds values:
+        /// they are passed in a file).
         stderr: String,
     },
     /// kubectl ran and failed.
@@ -44,7 +46,8 @@ pub enum DriverError {
         action: KubectlAction,
         /// kubectl's exit code (`None` when killed by a signal).
         exit_code: Option<i32>,
-        /// kubectl's stderr, trimmed (its errors never hold a Secret's data).
+        /// kubectl's stderr, made readable and cut at 4 KiB as helm's is (its errors never hold
+        /// a Secret's data).
         stderr: String,
     },
     /// The command ran longer than its own timeout and was killed.

@@ -28,6 +28,20 @@ fn spawn_worker(env: &Env, dir: &Path, id: &str, extra: &[&str], sleep: &str) ->
     let state = dir.join("helm-state");
     std::fs::create_dir_all(state.join("control")).unwrap();
     let log = std::fs::File::create(dir.join(format!("{id}.log"))).unwrap();
+    // helm runs with a cleared environment: the fake's settings come from a wrapper.
+    let helm = dir.join(format!("helm-{id}"));
+    std::fs::write(
+        &helm,
+        format!(
+            "#!/bin/sh\nexport HELMQ_WORKER_ID='{id}' FAKE_HELM_STATE='{}' FAKE_HELM_SLEEP='{sleep}'\nexec '{}' \"$@\"\n",
+            state.display(),
+            fake_helm().display()
+        ),
+    )
+    .unwrap();
+    let mut perms = std::fs::metadata(&helm).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&helm, perms).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_helmq-worker"))
         .args(["--nats-url", env.server.url()])
         .args(if extra.contains(&"--listen") {
@@ -36,14 +50,12 @@ fn spawn_worker(env: &Env, dir: &Path, id: &str, extra: &[&str], sleep: &str) ->
             &["--listen", "127.0.0.1:0"][..]
         })
         .arg("--helm-bin")
-        .arg(fake_helm())
+        .arg(&helm)
         .arg("--cache-dir")
         .arg(dir.join(format!("cache-{id}")))
         .args(["--retry-min-delay", "100ms", "--retry-max-delay", "1s"])
         .args(extra)
         .env("HELMQ_WORKER_ID", id)
-        .env("FAKE_HELM_STATE", &state)
-        .env("FAKE_HELM_SLEEP", sleep)
         .env("RUST_LOG", "info,helmq_worker=debug")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

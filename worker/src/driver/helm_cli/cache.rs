@@ -107,7 +107,10 @@ impl HelmCli {
             ),
             _ => None,
         };
-        let registry_config = login.as_ref().map(|dir| dir.path().join("config.json"));
+        let registry_config = login
+            .as_ref()
+            .map(|login| login.dir.path().join("config.json"));
+        let secrets: Vec<&[u8]> = login.iter().map(|l| l.password.as_slice()).collect();
         let fresh = tempfile::Builder::new()
             .prefix(".pull-")
             .tempdir_in(&charts)
@@ -116,6 +119,7 @@ impl HelmCli {
             pull_args(&config.source, fresh.path()),
             registry_config.as_deref(),
             None,
+            &secrets,
             self.settings.short_timeout,
             cancel,
         )

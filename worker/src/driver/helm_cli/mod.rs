@@ -9,6 +9,9 @@
 //!   can mark the release `failed` instead of leaving it `pending-*`.
 //! - Helm's own state lives under the cache directory (`HELM_CACHE_HOME`, `HELM_CONFIG_HOME`,
 //!   `HELM_DATA_HOME`), so workers share nothing with the host's Helm setup.
+//! - helm and kubectl start from a cleared environment plus an explicit list (`PATH`, `HOME`,
+//!   `TMPDIR`, `KUBECONFIG`, the in-cluster `KUBERNETES_SERVICE_*`, proxies, TLS roots, and for
+//!   helm `HELM_DRIVER` and its limits): never the worker's NATS credentials.
 //! - Helm cannot delete namespaces: a managed namespace is deleted with `kubectl` (optional;
 //!   when it is missing the deletion is skipped and the status message says so).
 //! - An OCI source with `authentication` is pulled after `helm registry login` with credentials
@@ -128,21 +131,23 @@ impl HelmCli {
         limit: Duration,
         cancel: &CancellationToken,
     ) -> Result<Stdout, DriverError> {
-        self.helm_with(args, None, None, limit, cancel).await
+        self.helm_with(args, None, None, &[], limit, cancel).await
     }
 
     /// Runs helm with `args` (plus `--kubeconfig`) in the worker's own Helm home, an optional
-    /// registry config file and optional stdin, and returns its stdout.
+    /// registry config file and optional stdin, and returns its stdout. `input` and `secrets`
+    /// are redacted from its errors.
     async fn helm_with(
         &self,
         args: Vec<OsString>,
         registry_config: Option<&Path>,
         input: Option<&[u8]>,
+        secrets: &[&[u8]],
         limit: Duration,
         cancel: &CancellationToken,
     ) -> Result<Stdout, DriverError> {
         let home = &self.settings.cache_dir;
-        let mut command = tokio::process::Command::new(&self.settings.helm_bin);
+        let mut command = process::command(Tool::Helm, &self.settings.helm_bin);
         command
             .args(with_kubeconfig(args, self.settings.kubeconfig.as_deref()))
             .env("HELM_CACHE_HOME", home.join("helm/cache"))
@@ -151,7 +156,16 @@ impl HelmCli {
         if let Some(path) = registry_config {
             command.env("HELM_REGISTRY_CONFIG", path);
         }
-        match process::run(command, Tool::Helm, input, self.limits(limit), cancel).await? {
+        match process::run(
+            command,
+            Tool::Helm,
+            input,
+            secrets,
+            self.limits(limit),
+            cancel,
+        )
+        .await?
+        {
             Exit::Success(stdout) => Ok(stdout),
             Exit::Failure {
                 command,
@@ -174,12 +188,13 @@ impl HelmCli {
         action: KubectlAction,
         cancel: &CancellationToken,
     ) -> Result<Stdout, DriverError> {
-        let mut command = tokio::process::Command::new(kubectl);
+        let mut command = process::command(Tool::Kubectl, kubectl);
         command.args(args);
         match process::run(
             command,
             Tool::Kubectl,
             None,
+            &[],
             self.limits(self.settings.short_timeout),
             cancel,
         )

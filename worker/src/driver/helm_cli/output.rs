@@ -1,6 +1,7 @@
 //! Reading what Helm prints: the release in `helm upgrade -o json` and `helm status -o json`,
 //! the revisions of `helm history -o json`, and the error that means "no such release". Helm's
-//! status texts become [`HelmStatus`] here, once.
+//! status texts become [`HelmStatus`] here, once. And what helm and kubectl print on failure,
+//! made fit to go anywhere ([`readable_stderr`]).
 
 use serde_json::Value;
 
@@ -78,6 +79,116 @@ fn json<T: serde::de::DeserializeOwned>(stdout: &Stdout) -> Result<T, OutputErro
             OutputError::Json(source)
         }
     })
+}
+
+/// The longest failure text of helm or kubectl that goes anywhere: a status event, a
+/// Component's status, a log line or a dead-letter reason.
+pub(super) const ERROR_CAP: usize = 4 * 1024;
+
+/// What a person reading a failure needs from a process's stderr `raw` (of which `unread`
+/// more bytes were not kept):
+///
+/// - every one of `secrets` (what the driver sent as a password or token) is redacted first;
+/// - terminal escape sequences and control characters are removed, tabs become spaces and
+///   carriage returns line breaks; line breaks are kept;
+/// - Helm's own log lines (`level=WARN msg=...`, with or without `time=`) and pflag's
+///   deprecation notices are dropped, unless nothing else is left;
+/// - the `Error...`/`error: ...` lines come first, then the rest in order;
+/// - the text is cut at [`ERROR_CAP`] bytes, ending `… [truncated N bytes]` with the number of
+///   bytes left out (those not read included).
+pub(super) fn readable_stderr(raw: &[u8], unread: usize, secrets: &[&[u8]]) -> String {
+    let mut text = String::from_utf8_lossy(raw).into_owned();
+    for secret in secrets {
+        let secret = String::from_utf8_lossy(secret);
+        let secret = secret.trim();
+        if !secret.is_empty() {
+            text = text.replace(secret, "<redacted>");
+        }
+    }
+    let text = without_controls(&text);
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    let (noise, said): (Vec<&str>, Vec<&str>) = lines.iter().partition(|l| is_noise(l));
+    let said = if said.is_empty() { noise } else { said };
+    let (errors, rest): (Vec<&str>, Vec<&str>) = said.iter().partition(|l| is_error_line(l));
+    let text = errors
+        .into_iter()
+        .chain(rest)
+        .collect::<Vec<_>>()
+        .join("\n");
+    cap(text, unread)
+}
+
+/// `text` cut at [`ERROR_CAP`] bytes (on a character boundary) with a marker saying how many
+/// bytes were left out, `unread` included.
+fn cap(mut text: String, unread: usize) -> String {
+    if text.len() <= ERROR_CAP && unread == 0 {
+        return text;
+    }
+    let mut end = text.len().min(ERROR_CAP);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let left_out = text.len() - end + unread;
+    text.truncate(end);
+    text.push_str(&format!("… [truncated {left_out} bytes]"));
+    text
+}
+
+/// `text` without terminal escape sequences (CSI `ESC [ ... final`, and other `ESC x` pairs)
+/// and control characters; tabs become spaces, carriage returns line breaks.
+fn without_controls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\n' => out.push('\n'),
+            '\t' => out.push(' '),
+            '\r' => {
+                if chars.peek() != Some(&'\n') {
+                    out.push('\n');
+                }
+            }
+            '\u{1b}' => {
+                if chars.next_if_eq(&'[').is_some() {
+                    // Parameters and intermediates up to the final byte (@ to ~).
+                    for c in chars.by_ref() {
+                        if ('@'..='~').contains(&c) {
+                            break;
+                        }
+                    }
+                } else {
+                    chars.next();
+                }
+            }
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A line of Helm's own logging (Go's slog text format, as Helm 4 prints it) or a flag
+/// deprecation notice: nothing a person needs to see first, or at all.
+fn is_noise(line: &str) -> bool {
+    let line = line.trim_start();
+    let line = match line.strip_prefix("time=") {
+        Some(rest) => rest.split_once(' ').map_or("", |(_, r)| r.trim_start()),
+        None => line,
+    };
+    line.starts_with("level=")
+        || (line.starts_with("Flag --") && line.contains(" has been deprecated"))
+        || (line.starts_with("Flag shorthand -") && line.contains(" has been deprecated"))
+}
+
+/// A line that says what failed: helm's `Error: ...`, kubectl's `error: ...` and
+/// `Error from server (...)`.
+fn is_error_line(line: &str) -> bool {
+    let line = line.trim_start();
+    line.starts_with("Error") || line.starts_with("error:")
 }
 
 /// Whether helm failed because the release does not exist.
@@ -179,6 +290,106 @@ mod tests {
             parse_history(&out("Error")),
             Err(DriverError::Output { .. })
         ));
+    }
+
+    #[test]
+    fn failures_read_error_first_without_logs_controls_or_secrets() {
+        let wait_timeout = "level=WARN msg=\"upgrade failed\" name=web error=\"resource Deployment/apps/web not ready. status: InProgress, message: Available: 0/1\\ncontext deadline exceeded\"\n\
+            level=INFO msg=\"waiting for resources\" count=3\n\
+            Error: UPGRADE FAILED: resource Deployment/apps/web not ready. status: InProgress, message: Available: 0/1\ncontext deadline exceeded\n";
+        /// Why, stderr, secrets, what is shown.
+        type Case<'a> = (&'a str, &'a [u8], &'a [&'a [u8]], &'a str);
+        let cases: &[Case<'_>] = &[
+            (
+                "a wait timeout leads with helm's Error line, log lines dropped",
+                wait_timeout.as_bytes(),
+                &[],
+                "Error: UPGRADE FAILED: resource Deployment/apps/web not ready. status: \
+                 InProgress, message: Available: 0/1\ncontext deadline exceeded",
+            ),
+            (
+                "slog lines with a time and pflag deprecation notices are dropped",
+                b"time=2026-11-29T12:00:00Z level=DEBUG msg=x\nFlag --atomic has been deprecated, use --rollback-on-failure\nError: boom\n",
+                &[],
+                "Error: boom",
+            ),
+            (
+                "other lines follow the Error line in their order",
+                b"walk.go:74: found symbolic link\nError: INSTALLATION FAILED: x\nhint: y\n",
+                &[],
+                "Error: INSTALLATION FAILED: x\nwalk.go:74: found symbolic link\nhint: y",
+            ),
+            (
+                "kubectl's errors come first too",
+                b"Warning: deprecated\nError from server (Forbidden): nope\n",
+                &[],
+                "Error from server (Forbidden): nope\nWarning: deprecated",
+            ),
+            (
+                "only log lines: they are all there is to show",
+                b"level=ERROR msg=\"killed\"\n",
+                &[],
+                "level=ERROR msg=\"killed\"",
+            ),
+            (
+                "terminal escapes and control characters go; tabs and CR become space and break",
+                b"\x1b[31mError:\x1b[0m bad\tthing\x07\x00\r\nnext\rline\x1b]\x7f",
+                &[],
+                "Error: bad thing\nnext\nline",
+            ),
+            (
+                "secrets the driver used are redacted, before anything else",
+                b"Error: login to registry.example.com failed: hunter2 rejected (hunter2)\n",
+                &[b"hunter2\n", b"", b"  "],
+                "Error: login to registry.example.com failed: <redacted> rejected (<redacted>)",
+            ),
+            (
+                "a secret split by a control character is still redacted before it is removed",
+                b"Error: token s3cr\x1bt\n",
+                &[b"s3cr\x1bt"],
+                "Error: token <redacted>",
+            ),
+            ("nothing at all", b"", &[], ""),
+        ];
+        for (why, raw, secrets, want) in cases {
+            assert_eq!(readable_stderr(raw, 0, secrets), *want, "{why}");
+        }
+    }
+
+    #[test]
+    fn a_2_mib_stderr_is_cut_to_the_cap_with_a_marker() {
+        let mut raw = b"level=WARN msg=noise\n".repeat(1000);
+        raw.extend_from_slice(b"Error: UPGRADE FAILED: the reason\n");
+        raw.extend(std::iter::repeat_n(b'x', 2 * 1024 * 1024));
+        raw.extend_from_slice("é\n".as_bytes());
+        let text = readable_stderr(&raw, 0, &[]);
+        assert!(
+            text.starts_with("Error: UPGRADE FAILED: the reason\nxxx"),
+            "{}",
+            &text[..80]
+        );
+        let marker = text.rfind("… [truncated ").unwrap();
+        assert_eq!(marker, ERROR_CAP);
+        let total = "Error: UPGRADE FAILED: the reason\n".len() + 2 * 1024 * 1024 + "é".len();
+        assert!(
+            text.ends_with(&format!("… [truncated {} bytes]", total - ERROR_CAP)),
+            "{}",
+            &text[marker..]
+        );
+        // Bytes that were never read count as left out, even when the rest fits.
+        assert_eq!(
+            readable_stderr(b"Error: x", 10, &[]),
+            "Error: x… [truncated 10 bytes]"
+        );
+        // A cut never splits a character.
+        let wide = "é".repeat(ERROR_CAP);
+        let text = readable_stderr(wide.as_bytes(), 0, &[]);
+        assert!(text.starts_with(&"é".repeat(ERROR_CAP / 2)));
+        assert!(
+            text.ends_with(&format!("… [truncated {} bytes]", ERROR_CAP)),
+            "{}",
+            &text[ERROR_CAP - 10..]
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! `password`), the password goes to `helm registry login` on stdin, and the login is kept in a
 //! registry config file private to that one pull (`HELM_REGISTRY_CONFIG`), deleted after it, so
 //! no job can pull with another job's credentials. Secret values never reach argv, logs or
-//! errors.
+//! errors (the password is redacted from the login's and the pull's stderr).
 
 use std::fmt;
 
@@ -71,7 +71,7 @@ impl HelmCli {
         auth: &OciAuthentication,
         release_namespace: &str,
         cancel: &CancellationToken,
-    ) -> Result<tempfile::TempDir, DriverError> {
+    ) -> Result<Login, DriverError> {
         let secret = SecretName::of(auth, release_namespace);
         let credentials_error = |registry: &str, reason| DriverError::RegistryCredentials {
             registry: registry.to_owned(),
@@ -116,16 +116,38 @@ impl HelmCli {
             .tempdir_in(self.settings.cache_dir.join("tmp"))
             .map_err(|e| DriverError::local("cannot create a registry config directory", e))?;
         let config = dir.path().join("config.json");
+        // The password goes on stdin, which is redacted from helm's errors.
         self.helm_with(
             registry_login_args(registry, &credentials.username),
             Some(&config),
             Some(&credentials.password),
+            &[],
             self.settings.short_timeout,
             cancel,
         )
-        .await
-        .map_err(|e| redact(e, &credentials.password))?;
-        Ok(dir)
+        .await?;
+        Ok(Login {
+            dir,
+            password: credentials.password,
+        })
+    }
+}
+
+/// A registry login for one pull: the directory of its registry config file (deleted when
+/// dropped) and the password, which is redacted from the pull's errors.
+pub(super) struct Login {
+    /// Holds `config.json`.
+    pub(super) dir: tempfile::TempDir,
+    /// What was sent as the password.
+    pub(super) password: Vec<u8>,
+}
+
+impl fmt::Debug for Login {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Login")
+            .field("dir", &self.dir)
+            .field("password", &"<redacted>")
+            .finish()
     }
 }
 
@@ -227,25 +249,6 @@ fn registry_credentials(secret_json: &str) -> Result<RegistryCredentials, Creden
                 found,
             })
         }
-    }
-}
-
-/// Removes a secret from a helm error, should a registry or helm ever echo it.
-fn redact(error: DriverError, secret: &[u8]) -> DriverError {
-    let Ok(secret) = std::str::from_utf8(secret) else {
-        return error;
-    };
-    match error {
-        DriverError::Helm {
-            command,
-            exit_code,
-            stderr,
-        } if !secret.trim().is_empty() && stderr.contains(secret.trim()) => DriverError::Helm {
-            command,
-            exit_code,
-            stderr: stderr.replace(secret.trim(), "<redacted>"),
-        },
-        other => other,
     }
 }
 
@@ -372,18 +375,5 @@ mod tests {
         for (namespace, want) in cases {
             assert_eq!(SecretName::of(&auth(namespace), "apps").to_string(), want);
         }
-    }
-
-    #[test]
-    fn echoed_secrets_are_redacted_from_helm_errors() {
-        let err = DriverError::Helm {
-            command: "registry".into(),
-            exit_code: Some(1),
-            stderr: "Error: bad password hunter2".into(),
-        };
-        assert_eq!(
-            redact(err, b"hunter2\n").to_string(),
-            "helm registry failed: Error: bad password <redacted>"
-        );
     }
 }
