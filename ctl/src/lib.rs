@@ -18,6 +18,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::{self, Context};
 use clap::{Parser, Subcommand};
 use helmq_queue::dlq::{self, DlqError};
@@ -138,7 +139,8 @@ pub enum Command {
         /// Only this Component (needs --namespace).
         #[arg(long, requires = "namespace")]
         name: Option<String>,
-        /// Start this far back (e.g. 10m) instead of with new events.
+        /// Start this far back (e.g. 10m) instead of with new events; a duration reaching
+        /// back before 1970 starts with the oldest event kept.
         #[arg(long, value_parser = helmq_schemas::component::parse_duration_flag)]
         since: Option<Duration>,
         /// Stop after this many events.
@@ -243,6 +245,19 @@ async fn dispatch(js: &Context, args: Args, out: &mut (dyn Write + Send)) -> Res
     }
 }
 
+/// Where to start reading a stream for "the last `since`", at `now`: by start time, or from
+/// the first message when `since` reaches back before 1970 (or beyond what a date can hold),
+/// since no stream holds anything older. Saturates instead of overflowing.
+pub fn deliver_since(now: time::OffsetDateTime, since: Duration) -> DeliverPolicy {
+    time::Duration::try_from(since)
+        .ok()
+        .and_then(|since| now.checked_sub(since))
+        .filter(|start| *start >= time::OffsetDateTime::UNIX_EPOCH)
+        .map_or(DeliverPolicy::All, |start_time| {
+            DeliverPolicy::ByStartTime { start_time }
+        })
+}
+
 /// Reads, fills in and validates a job file.
 pub fn load_job(path: &Path) -> Result<JobEvent, CtlError> {
     let text = if path == Path::new("-") {
@@ -334,4 +349,33 @@ async fn dlq_command(
 pub fn follower_name(purpose: &str) -> String {
     let nanos = jiff::Timestamp::now().as_nanosecond();
     format!("helmqctl-{purpose}-{}-{nanos}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_saturates_at_the_oldest_event() {
+        let now = time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
+        let hours = |h: u64| Duration::from_secs(h * 3600);
+        let cases = [
+            ("1h", hours(1), Some(now - time::Duration::hours(1))),
+            (
+                "to the epoch",
+                hours(20_000 * 24),
+                Some(time::OffsetDateTime::UNIX_EPOCH),
+            ),
+            ("before the epoch", hours(20_000 * 24 + 1), None),
+            ("200000000h", hours(200_000_000), None),
+            ("beyond any date", Duration::MAX, None),
+        ];
+        for (name, since, want) in cases {
+            let got = deliver_since(now, since);
+            let want = want.map_or(DeliverPolicy::All, |start_time| {
+                DeliverPolicy::ByStartTime { start_time }
+            });
+            assert_eq!(got, want, "{name}");
+        }
+    }
 }

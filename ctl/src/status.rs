@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_nats::jetstream::Context;
-use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use async_nats::jetstream::consumer::pull;
 use futures::StreamExt;
 use helmq_queue::topology::{
     DLQ_STREAM, JOBS_STREAM, STATUS_STREAM, WORKERS_CONSUMER, WRITER_CONSUMER,
@@ -13,7 +13,7 @@ use helmq_queue::topology::{
 use helmq_queue::{PRODUCER_WORKER, request};
 use helmq_schemas::event::StatusEvent;
 
-use crate::{CtlError, follower_name};
+use crate::{CtlError, deliver_since, follower_name};
 
 /// One stream's numbers.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -129,11 +129,10 @@ async fn workers_seen(js: &Context, since: Duration) -> Result<Vec<WorkerSeen>, 
         .get_stream(STATUS_STREAM)
         .await
         .map_err(request("read the status stream"))?;
-    let start = time::OffsetDateTime::now_utc() - since;
     let consumer = stream
         .create_consumer(pull::OrderedConfig {
             name: Some(follower_name("status")),
-            deliver_policy: DeliverPolicy::ByStartTime { start_time: start },
+            deliver_policy: deliver_since(time::OffsetDateTime::now_utc(), since),
             ..Default::default()
         })
         .await

@@ -13,7 +13,7 @@ use helmq_schemas::event::StatusEvent;
 use helmq_schemas::subject::status_filter;
 
 use crate::render::{self, Output};
-use crate::{CtlError, follower_name};
+use crate::{CtlError, deliver_since, follower_name};
 
 /// Which status events to follow, and how many.
 #[derive(Debug, Clone, Default)]
@@ -37,9 +37,7 @@ pub async fn watch(
     out: &mut (dyn Write + Send),
 ) -> Result<(), CtlError> {
     let deliver_policy = match filter.since {
-        Some(since) => DeliverPolicy::ByStartTime {
-            start_time: time::OffsetDateTime::now_utc() - since,
-        },
+        Some(since) => deliver_since(time::OffsetDateTime::now_utc(), since),
         None => DeliverPolicy::New,
     };
     let stream = js

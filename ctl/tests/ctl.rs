@@ -312,6 +312,52 @@ async fn watch_follows_status_events_of_one_namespace() {
     );
 }
 
+#[tokio::test]
+async fn since_far_back_starts_with_the_oldest_event() {
+    let server = NatsServer::start();
+    ctl(&server, &["setup"]).await.unwrap();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let sink = JetStreamStatus::new(jetstream::new(client));
+    let event = StatusEvent::new(
+        "j",
+        ComponentRef {
+            namespace: "shop".into(),
+            name: "web".into(),
+            uid: None,
+            generation: 1,
+        },
+        StatusPhase::Ready,
+        "msg",
+        1,
+        "worker-a",
+        jiff::Timestamp::now(),
+    );
+    sink.publish_status(&event).await.unwrap();
+    let out = ctl(
+        &server,
+        &[
+            "-o",
+            "json",
+            "watch",
+            "--since",
+            "200000000h",
+            "--count",
+            "1",
+        ],
+    )
+    .await
+    .unwrap();
+    let seen = StatusEvent::decode(out.trim().as_bytes()).unwrap();
+    assert_eq!(seen.component.name, "web");
+    let status = ctl(
+        &server,
+        &["-o", "json", "status", "--workers-since", "200000000h"],
+    )
+    .await
+    .unwrap();
+    assert!(status.contains("worker-a"), "{status}");
+}
+
 #[test]
 fn the_example_orchestrator_job_is_valid() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
