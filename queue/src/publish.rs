@@ -26,6 +26,15 @@ pub enum PublishError {
         /// The limit.
         limit: usize,
     },
+    /// The server refused the message for good (over its `max_payload`, or the stream's
+    /// largest message or header size): publishing it again cannot help.
+    #[error("publishing {id} was refused: {reason}")]
+    Refused {
+        /// The id of what was published.
+        id: String,
+        /// What the server or client said.
+        reason: String,
+    },
     /// The server did not acknowledge the publish.
     #[error("publishing {id} failed: {reason}")]
     Failed {
@@ -34,6 +43,17 @@ pub enum PublishError {
         /// What the client reported.
         reason: String,
     },
+}
+
+impl PublishError {
+    /// Whether publishing the same message again can never succeed: it is too large for the
+    /// client's limit, the server's or the stream's.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            PublishError::TooLarge { .. } | PublishError::Refused { .. }
+        )
+    }
 }
 
 /// What the server did with a published job.
@@ -108,16 +128,38 @@ pub(crate) async fn send(
     id: &str,
     stream: &'static str,
 ) -> Result<async_nats::jetstream::publish::PublishAck, PublishError> {
-    let failed = |reason: String| PublishError::Failed {
-        id: id.to_owned(),
-        reason,
+    let error = |e: async_nats::jetstream::context::PublishError| {
+        let reason = e.to_string();
+        let id = id.to_owned();
+        if e.kind() == PublishErrorKind::StreamNotFound {
+            PublishError::NoStream(stream)
+        } else if is_refusal(&e) {
+            PublishError::Refused { id, reason }
+        } else {
+            PublishError::Failed { id, reason }
+        }
     };
     js.send_publish(subject, message)
         .await
-        .map_err(|e| failed(e.to_string()))?
+        .map_err(error)?
         .await
-        .map_err(|e| match e.kind() {
-            PublishErrorKind::StreamNotFound => PublishError::NoStream(stream),
-            _ => failed(e.to_string()),
+        .map_err(error)
+}
+
+/// Whether a publish failed on a size limit: the client's check against the server's
+/// `max_payload`, or the stream's `max_msg_size` / header limit in the server's answer.
+fn is_refusal(error: &async_nats::jetstream::context::PublishError) -> bool {
+    use async_nats::jetstream::ErrorCode;
+    if error.kind() == PublishErrorKind::MaxPayloadExceeded {
+        return true;
+    }
+    std::error::Error::source(error)
+        .and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>())
+        .is_some_and(|e| {
+            matches!(
+                e.error_code(),
+                ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM
+                    | ErrorCode::STREAM_HEADER_EXCEEDS_MAXIMUM
+            )
         })
 }

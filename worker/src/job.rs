@@ -15,7 +15,7 @@ use backon::Retryable as _;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use helmq_queue::StatusSink;
+use helmq_queue::{PublishError, StatusSink};
 use helmq_schemas::event::{JobAction, JobEvent, ReleaseInfo, StatusEvent, StatusPhase};
 use helmq_schemas::subject::component_key;
 
@@ -102,13 +102,15 @@ pub(crate) async fn handle<D: HelmDriver, S: StatusSink>(
     else {
         return ctx.give_back(message, None).await;
     };
-    if let Some(outcome) = skip_unless_run(shared, message, decision, None).await {
+    if let Some(outcome) = skip_unless_run(shared, message, delivery, decision, None).await {
         return outcome;
     }
-    if !shared.publish(&start_event(ctx, &job, delivery)).await {
-        return ctx.give_back(message, None).await;
+    match shared.publish(&start_event(ctx, &job, delivery)).await {
+        Published::Stored => {}
+        Published::GaveUp => return ctx.give_back(message, None).await,
+        Published::Refused(error) => return unpublishable(ctx, message, delivery, error).await,
     }
-    let (lease, run_number) = match take_release(shared, message, &job, &key).await {
+    let (lease, run_number) = match take_release(shared, message, delivery, &job, &key).await {
         Ok(taken) => taken,
         Err(outcome) => return outcome,
     };
@@ -137,6 +139,7 @@ pub(crate) async fn handle<D: HelmDriver, S: StatusSink>(
 async fn take_release<D, S: StatusSink>(
     shared: &Shared<D, S>,
     message: &Message,
+    delivery: Delivery,
     job: &JobEvent,
     key: &str,
 ) -> Result<(Lease, u32), JobOutcome> {
@@ -159,7 +162,9 @@ async fn take_release<D, S: StatusSink>(
         .await
     {
         let decision = decide(position, Some(&intent));
-        if let Some(outcome) = skip_unless_run(shared, message, decision, Some(&lease)).await {
+        if let Some(outcome) =
+            skip_unless_run(shared, message, delivery, decision, Some(&lease)).await
+        {
             return Err(outcome);
         }
     }
@@ -248,10 +253,16 @@ async fn succeed<D: HelmDriver, S: StatusSink>(
         })
         .await
         .is_some();
-    let published = recorded && shared.publish(&status).await;
+    let published = if recorded {
+        shared.publish(&status).await
+    } else {
+        Published::GaveUp
+    };
     ctx.release(lease).await;
-    if !published {
-        return ctx.give_back(message, None).await;
+    match published {
+        Published::Stored => {}
+        Published::GaveUp => return ctx.give_back(message, None).await,
+        Published::Refused(error) => return unpublishable(ctx, message, delivery, error).await,
     }
     info!(phase = ?status.phase, "job done");
     ctx.settle(message, AckKind::Ack).await;
@@ -288,9 +299,14 @@ async fn fail<D: HelmDriver, S: StatusSink>(
                 JobAction::Delete => StatusPhase::TerminationFailed,
             };
             let status = ctx.event(job, phase, reason.clone(), delivery);
-            if !shared.publish(&status).await {
-                return ctx.give_back(message, None).await;
-            }
+            let reason = match shared.publish(&status).await {
+                Published::Stored => reason,
+                Published::GaveUp => return ctx.give_back(message, None).await,
+                // First: the reason may be cut where it is stored.
+                Published::Refused(error) => {
+                    format!("its status cannot be published ({error}): {reason}")
+                }
+            };
             let _ = ctx
                 .persist("record the intent", || {
                     ctx.intents.finish(key, job, Outcome::Failed, &status)
@@ -530,6 +546,7 @@ async fn guard<T>(
 async fn skip_unless_run<D, S: StatusSink>(
     shared: &Shared<D, S>,
     message: &Message,
+    delivery: Delivery,
     decision: Decision,
     lease: Option<&Lease>,
 ) -> Option<JobOutcome> {
@@ -552,8 +569,12 @@ async fn skip_unless_run<D, S: StatusSink>(
         }
         Decision::AlreadyDone(status) => {
             info!(phase = ?status.phase, "already done; publishing its status again");
-            if !shared.publish(&status).await {
-                return Some(ctx.give_back(message, None).await);
+            match shared.publish(&status).await {
+                Published::Stored => {}
+                Published::GaveUp => return Some(ctx.give_back(message, None).await),
+                Published::Refused(error) => {
+                    return Some(unpublishable(ctx, message, delivery, error).await);
+                }
             }
             ctx.settle(message, AckKind::Ack).await;
             Some(JobOutcome::Duplicate)
@@ -561,13 +582,48 @@ async fn skip_unless_run<D, S: StatusSink>(
     }
 }
 
+/// What became of a status event.
+#[derive(Debug)]
+pub(crate) enum Published {
+    /// The server stored it.
+    Stored,
+    /// The hard stop fired or `--nats-patience` ran out: the job is given back.
+    GaveUp,
+    /// The server refuses it for good (too large for it or for the stream): the job is
+    /// dead-lettered rather than redelivered for ever.
+    Refused(PublishError),
+}
+
+/// A job whose status the server refuses for good: dead-lettered with the reason.
+async fn unpublishable(
+    ctx: &Context,
+    message: &Message,
+    delivery: Delivery,
+    error: PublishError,
+) -> JobOutcome {
+    warn!(%error, "the job's status cannot be published; dead-lettering the job");
+    let reason = format!("its status cannot be published: {error}");
+    dead_letter::bury(ctx, message, delivery, reason).await
+}
+
 impl<D, S: StatusSink> Shared<D, S> {
-    /// Publishes a status event, retrying until it is stored; false once the hard stop fires.
-    pub(crate) async fn publish(&self, status: &StatusEvent) -> bool {
-        self.ctx
-            .persist("publish the status", || self.status.publish_status(status))
-            .await
-            .is_some()
+    /// Publishes a status event, retrying until it is stored, the hard stop fires or
+    /// `--nats-patience` is spent; a refusal that no retry can change ends the retries at once.
+    pub(crate) async fn publish(&self, status: &StatusEvent) -> Published {
+        let outcome = self
+            .ctx
+            .persist("publish the status", || async {
+                match self.status.publish_status(status).await {
+                    Err(e) if e.is_permanent() => Ok(Err(e)),
+                    other => other.map(Ok),
+                }
+            })
+            .await;
+        match outcome {
+            Some(Ok(())) => Published::Stored,
+            Some(Err(e)) => Published::Refused(e),
+            None => Published::GaveUp,
+        }
     }
 }
 

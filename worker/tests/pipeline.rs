@@ -593,3 +593,58 @@ async fn jobs_past_max_deliver_are_moved_to_the_dead_letter_stream() {
     .await;
     pool.stop().await;
 }
+
+#[tokio::test]
+async fn a_status_the_stream_refuses_dead_letters_the_job_instead_of_retrying_for_ever() {
+    let env = Env::start(fast_topology()).await;
+    // An operator's smaller limit on the status stream: the short Deploying and Ready events
+    // fit, a Failed event with a long error does not.
+    let mut status = env
+        .js
+        .get_stream(helmq_queue::topology::STATUS_STREAM)
+        .await
+        .unwrap();
+    let mut config = status.info().await.unwrap().config.clone();
+    config.max_message_size = 2048;
+    env.js.update_stream(config).await.unwrap();
+    let driver = MemoryDriver::new();
+    let long = format!(
+        r#"Error: chart "nginx" version "1.2.3" not found in https://charts.example.com/stable repository {}"#,
+        "x".repeat(4000)
+    );
+    driver.script("web", [Step::Fail(long)]);
+    let pool = env.pool(driver.clone(), settings("w")).await;
+    env.publish(&apply("web", 1, "web")).await;
+    env.publish(&apply("ok", 1, "ok")).await;
+    let letters = eventually(Duration::from_secs(20), "a dead letter", || async {
+        let letters = env.dead_letters().await;
+        (!letters.is_empty()).then_some(letters)
+    })
+    .await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].attempts, 1);
+    let reason = &letters[0].reason;
+    assert!(
+        reason.starts_with("its status cannot be published (publishing ")
+            && reason.contains(" was refused: "),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("): helm apply failed: Error: chart"),
+        "{reason}"
+    );
+    // The good job next to it flows.
+    eventually(Duration::from_secs(20), "ok Ready", || async {
+        env.phases("ok", StatusPhase::Ready).await.pop()
+    })
+    .await;
+    assert!(env.phases("web", StatusPhase::Failed).await.is_empty());
+    eventually(Duration::from_secs(10), "no job left", || async {
+        (env.jobs_left().await == 0).then_some(())
+    })
+    .await;
+    assert_eq!(pool.metrics.retries.get(), 0);
+    let applies = driver.calls().iter().filter(|c| c.op == "apply").count();
+    assert_eq!(applies, 2, "helm ran once per job");
+    pool.stop().await;
+}
