@@ -111,7 +111,9 @@ pub struct OciAuthentication {
 pub struct SecretRef {
     /// Secret name.
     pub name: String,
-    /// Secret namespace; the release namespace when absent.
+    /// Secret namespace; the job's own namespace when absent (the Component's; the release
+    /// namespace for a job without a uid). Another namespace needs the worker's
+    /// `--allowed-secret-namespaces`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
 }

@@ -78,6 +78,11 @@ pub struct Args {
     /// Allowed release namespaces, comma-separated (empty: any).
     #[arg(long, env = "HELMQ_ALLOWED_NAMESPACES", value_delimiter = ',')]
     pub allowed_namespaces: Vec<String>,
+    /// Namespaces whose Secrets any job may name for an OCI registry login, besides the job's
+    /// own (the Component's namespace; the release namespace for a job without a uid).
+    /// Default: none.
+    #[arg(long, env = "HELMQ_ALLOWED_SECRET_NAMESPACES", value_delimiter = ',')]
+    pub allowed_secret_namespaces: Vec<String>,
     /// Worker id in status events and leases (default: hostname-pid).
     #[arg(long, env = "HELMQ_WORKER_ID")]
     pub worker_id: Option<String>,
@@ -123,6 +128,7 @@ impl Args {
             kubectl_bin: (!self.kubectl_bin.trim().is_empty())
                 .then(|| PathBuf::from(self.kubectl_bin.trim())),
             grace: self.helm_grace,
+            allowed_secret_namespaces: non_empty(&self.allowed_secret_namespaces),
             ..HelmCliSettings::new(&self.helm_bin, &self.cache_dir)
         }
     }

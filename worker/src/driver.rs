@@ -342,6 +342,10 @@ pub struct Apply<'a> {
     pub config: &'a HelmConfig,
     /// `--timeout` of the run.
     pub timeout: Duration,
+    /// The namespace whose Secrets the job may use for a registry login without an operator
+    /// allowlist: the Component's own, or the release namespace for an orchestrator job
+    /// without a uid.
+    pub own_namespace: &'a str,
 }
 
 /// The Helm operations a worker needs. Every call takes a cancellation token: cancelling it

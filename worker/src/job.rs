@@ -379,7 +379,17 @@ async fn execute<D: HelmDriver, S>(
                     notes.push(plan.describe(name));
                 }
             }
-            let release = driver.apply(Apply { config, timeout }, cancel).await?;
+            let own_namespace = if job.component.uid.is_some() {
+                &job.component.namespace
+            } else {
+                namespace
+            };
+            let apply = Apply {
+                config,
+                timeout,
+                own_namespace,
+            };
+            let release = driver.apply(apply, cancel).await?;
             notes.push(format!(
                 "release {name} revision {} is {} (chart {} {})",
                 release.revision,

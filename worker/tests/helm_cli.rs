@@ -30,7 +30,16 @@ impl Fixture {
         config: &helmq_schemas::HelmConfig,
         cancel: &CancellationToken,
     ) -> Result<Release, DriverError> {
-        self.cli.apply(Apply { config, timeout: T }, cancel).await
+        self.cli
+            .apply(
+                Apply {
+                    config,
+                    timeout: T,
+                    own_namespace: "team",
+                },
+                cancel,
+            )
+            .await
     }
 }
 
@@ -225,6 +234,7 @@ async fn cancelling_a_run_kills_the_helm_process() {
         Apply {
             config: &cfg,
             timeout: T,
+            own_namespace: "team",
         },
         &cancel,
     );
@@ -365,6 +375,7 @@ async fn a_time_limit_sends_sigterm_first() {
             Apply {
                 config: &cfg,
                 timeout: Duration::from_secs(2),
+                own_namespace: "team",
             },
             &cancel,
         )

@@ -51,6 +51,7 @@ impl Fixture {
         std::fs::write(&kubeconfig, "apiVersion: v1\nkind: Config\n").unwrap();
         let mut settings = HelmCliSettings::new(fixture_path("fake-helm"), &cache);
         settings.kubeconfig = Some(kubeconfig.clone());
+        settings.allowed_secret_namespaces = vec!["shared".into()];
         settings.kubectl_bin = match kubectl {
             Kubectl::Disabled => None,
             Kubectl::Missing => Some(dir.path().join("no-such-kubectl")),
@@ -101,8 +102,10 @@ impl Fixture {
     fn secret(&self, namespace: &str, name: &str, data: &[(&str, &str)]) {
         let dir = self.dir.path().join("secrets").join(namespace);
         std::fs::create_dir_all(&dir).unwrap();
+        // Every Secret here names the fixture's registry (credentials go nowhere else).
         let data: serde_json::Map<String, serde_json::Value> = data
             .iter()
+            .chain(&[("registry", REGISTRY)])
             .map(|(k, v)| ((*k).to_owned(), base64(v).into()))
             .collect();
         let secret = json!({
@@ -144,7 +147,14 @@ impl Fixture {
 
     async fn apply(&self, config: &HelmConfig) -> Result<(), DriverError> {
         self.cli
-            .apply(Apply { config, timeout: T }, &CancellationToken::new())
+            .apply(
+                Apply {
+                    config,
+                    timeout: T,
+                    own_namespace: "apps",
+                },
+                &CancellationToken::new(),
+            )
             .await
             .map(drop)
     }
@@ -365,7 +375,7 @@ async fn a_secret_without_credentials_is_a_permanent_error() {
         err.to_string(),
         format!(
             "cannot log in to registry {REGISTRY} with secret apps/creds: the secret holds no \
-             token and no password (keys found: pass, username); it needs `token` or both \
+             token and no password (keys found: pass, registry, username); it needs `token` or both \
              `username` and `password`"
         )
     );
@@ -428,4 +438,63 @@ async fn public_oci_charts_need_no_kubectl() {
     let f = Fixture::new(Kubectl::Disabled);
     f.apply(&oci_config(None)).await.unwrap();
     assert_eq!(f.subcommands(), ["pull", "upgrade"]);
+}
+
+/// The attacks on registry credentials: each is refused before any login, with its reason.
+#[tokio::test]
+async fn credentials_never_cross_a_namespace_or_go_to_a_host_the_secret_does_not_name() {
+    let f = Fixture::new(Kubectl::Secrets);
+    f.private_registry(json!({}));
+    f.secret("apps", "creds", &[("token", "t0k3n-s3cret")]);
+    f.secret("kube-system", "creds", &[("token", "system-t0k3n")]);
+    let with_chart = |chart: &str, namespace: Option<&str>| {
+        let mut config = oci_config(Some(("creds", namespace)));
+        if let ChartSource::Oci { chart: c, .. } = &mut config.source {
+            *c = chart.into();
+        }
+        config
+    };
+    let cases = [
+        (
+            with_chart(CHART, Some("kube-system")),
+            "cannot log in to registry registry.example.com:5000 with secret kube-system/creds: \
+             the secret is not in the job's own namespace apps and namespace kube-system is not \
+             in --allowed-secret-namespaces",
+            "a Secret of another namespace",
+        ),
+        (
+            with_chart("oci://attacker.example/x/y:1", None),
+            "cannot log in to registry attacker.example with secret apps/creds: the secret names \
+             no credentials for this registry (it names registry.example.com:5000); credentials \
+             are only sent to a registry the secret names",
+            "the job's host is not the Secret's",
+        ),
+        (
+            with_chart("oci://REGISTRY.example.com:5001/charts/nginx:1.2.3", None),
+            "cannot log in to registry REGISTRY.example.com:5001 with secret apps/creds: the \
+             secret names no credentials for this registry (it names registry.example.com:5000); \
+             credentials are only sent to a registry the secret names",
+            "another port of the Secret's host",
+        ),
+    ];
+    for (config, want, why) in cases {
+        let err = f.apply(&config).await.unwrap_err();
+        assert_eq!(err.to_string(), want, "{why}");
+        assert_eq!(err.failure(), Failure::Permanent, "{why}");
+    }
+    assert!(f.logins().is_empty(), "no login anywhere");
+    assert!(f.subcommands().is_empty(), "helm never ran");
+    assert!(
+        f.kubectl_calls().iter().all(|c| !c.contains("kube-system")),
+        "the other namespace's Secret was never read: {:?}",
+        f.kubectl_calls()
+    );
+    // A host that matches but for case is the Secret's registry.
+    f.apply(&with_chart(
+        "oci://Registry.Example.COM:5000/charts/nginx:1.2.3",
+        None,
+    ))
+    .await
+    .unwrap();
+    assert_eq!(f.logins().len(), 1);
 }

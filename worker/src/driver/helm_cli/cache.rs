@@ -9,12 +9,13 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use helmq_schemas::{ChartSource, HelmConfig};
+use helmq_schemas::{ChartSource, HelmConfig, oci};
 use tokio_util::sync::CancellationToken;
 
 use super::HelmCli;
 use super::args::pull_args;
 use super::output::OutputError;
+use super::registry::SecretName;
 use crate::driver::DriverError;
 
 /// One async lock per cache key: two jobs never pull the same chart at once. A key's entry
@@ -87,9 +88,38 @@ impl HelmCli {
     pub(super) async fn chart(
         &self,
         config: &HelmConfig,
+        own_namespace: &str,
         cancel: &CancellationToken,
     ) -> Result<ChartPackage, DriverError> {
-        let key = cache_key(&config.source);
+        // The Secret is resolved and checked first: it is part of the cache key.
+        let secret = match &config.source {
+            ChartSource::Oci {
+                chart,
+                authentication: Some(auth),
+            } => Some(
+                SecretName::resolve(
+                    auth,
+                    own_namespace,
+                    &self.settings.allowed_secret_namespaces,
+                )
+                .map_err(|reason| DriverError::RegistryCredentials {
+                    registry: oci::Reference::parse(chart)
+                        .map_or_else(|_| chart.clone(), |r| r.registry().to_owned()),
+                    secret: format!(
+                        "{}/{}",
+                        auth.secret_ref
+                            .namespace
+                            .as_deref()
+                            .filter(|ns| !ns.trim().is_empty())
+                            .unwrap_or(own_namespace),
+                        auth.secret_ref.name
+                    ),
+                    reason,
+                })?,
+            ),
+            _ => None,
+        };
+        let key = cache_key(&config.source, secret.as_ref());
         let pinned = is_exact_version(config.chart_version());
         let charts = self.settings.cache_dir.join("charts");
         let dir = charts.join(&key);
@@ -97,14 +127,10 @@ impl HelmCli {
         if pinned && let Some(path) = find_package(&dir)? {
             return Ok(ChartPackage { path, _fresh: None });
         }
-        let login = match &config.source {
-            ChartSource::Oci {
-                chart,
-                authentication: Some(auth),
-            } => Some(
-                self.registry_login(chart, auth, &config.release_namespace, cancel)
-                    .await?,
-            ),
+        let login = match (&config.source, &secret) {
+            (ChartSource::Oci { chart, .. }, Some(secret)) => {
+                Some(self.registry_login(chart, secret, cancel).await?)
+            }
             _ => None,
         };
         let registry_config = login
@@ -186,8 +212,9 @@ pub(super) fn is_exact_version(version: &str) -> bool {
             .any(|part| matches!(part, "x" | "X"))
 }
 
-/// Cache directory name of a (source, chart, version): readable and filesystem-safe.
-pub(super) fn cache_key(source: &ChartSource) -> String {
+/// Cache directory name of a (source, chart, version, resolved Secret): readable and
+/// filesystem-safe.
+pub(super) fn cache_key(source: &ChartSource, secret: Option<&SecretName>) -> String {
     use sha2::Digest as _;
     // Parts are joined with NUL for the digest (no part can hold one) and with `-` for people.
     let (raw, credentials) = match source {
@@ -200,20 +227,12 @@ pub(super) fn cache_key(source: &ChartSource) -> String {
             ),
             String::new(),
         ),
-        // A chart pulled with credentials is cached apart from the same reference pulled by a
-        // job that names other (or no) credentials: a cache hit must not bypass the registry.
-        ChartSource::Oci {
-            chart,
-            authentication,
-        } => (
+        // A chart pulled with credentials is cached apart from the same reference pulled with
+        // another Secret (the one actually read: two tenants' bare `creds` are two Secrets) or
+        // none: a cache hit must not bypass the registry.
+        ChartSource::Oci { chart, .. } => (
             chart.clone(),
-            authentication.as_ref().map_or_else(String::new, |auth| {
-                format!(
-                    "{}/{}",
-                    auth.secret_ref.namespace.as_deref().unwrap_or_default(),
-                    auth.secret_ref.name
-                )
-            }),
+            secret.map_or_else(String::new, SecretName::to_string),
         ),
     };
     let readable: String = raw
@@ -280,7 +299,7 @@ mod tests {
     #[test]
     fn keys_are_safe_stable_and_one_per_source() {
         let source = http("https://charts.example.com/stable/", "nginx", "15.4.2");
-        let key = cache_key(&source);
+        let key = cache_key(&source, None);
         assert!(
             key.starts_with("https___charts.example.com_stable-nginx-15.4.2-"),
             "{key}"
@@ -289,29 +308,39 @@ mod tests {
             key.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
         );
-        assert_eq!(key, cache_key(&source), "stable");
+        assert_eq!(key, cache_key(&source, None), "stable");
         // Sources that read the same once sanitized still get their own directories.
         assert_ne!(
-            cache_key(&http("https://x.example/a-b", "c", "1.0.0")),
-            cache_key(&http("https://x.example/a", "b-c", "1.0.0"))
+            cache_key(&http("https://x.example/a-b", "c", "1.0.0"), None),
+            cache_key(&http("https://x.example/a", "b-c", "1.0.0"), None)
         );
         assert_ne!(
-            cache_key(&http("https://x.example/a/b", "c", "1.0.0")),
-            cache_key(&http("https://x.example/a_b", "c", "1.0.0"))
+            cache_key(&http("https://x.example/a/b", "c", "1.0.0"), None),
+            cache_key(&http("https://x.example/a_b", "c", "1.0.0"), None)
         );
-        // The same OCI chart with and without credentials is cached apart.
-        let oci = |secret: Option<&str>| ChartSource::Oci {
-            chart: "oci://registry.example/charts/app:1.0.0".into(),
-            authentication: secret.map(|name| OciAuthentication {
-                method: "registry".into(),
-                secret_ref: SecretRef {
-                    name: name.into(),
-                    namespace: Some("apps".into()),
-                },
-            }),
+        // The same OCI chart with and without credentials, or with another Secret, is cached
+        // apart; the Secret that counts is the one resolved, so two tenants' bare `creds`
+        // (attack: one served the other's private chart) get two entries.
+        let auth = |namespace: Option<&str>| OciAuthentication {
+            method: "registry".into(),
+            secret_ref: SecretRef {
+                name: "creds".into(),
+                namespace: namespace.map(str::to_owned),
+            },
         };
-        assert_ne!(cache_key(&oci(None)), cache_key(&oci(Some("creds"))));
-        assert_ne!(cache_key(&oci(Some("a"))), cache_key(&oci(Some("b"))));
+        let oci = ChartSource::Oci {
+            chart: "oci://registry.example/charts/app:1.0.0".into(),
+            authentication: Some(auth(None)),
+        };
+        let resolved = |own: &str, namespace: Option<&str>| {
+            cache_key(
+                &oci,
+                Some(&SecretName::resolve(&auth(namespace), own, &[]).unwrap()),
+            )
+        };
+        assert_ne!(cache_key(&oci, None), resolved("team-a", None));
+        assert_ne!(resolved("team-a", None), resolved("team-b", None));
+        assert_eq!(resolved("team-a", None), resolved("team-a", Some("team-a")));
     }
 
     #[test]

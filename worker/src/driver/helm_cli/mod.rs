@@ -15,7 +15,8 @@
 //! - Helm cannot delete namespaces: a managed namespace is deleted with `kubectl` (optional;
 //!   when it is missing the deletion is skipped and the status message says so).
 //! - An OCI source with `authentication` is pulled after `helm registry login` with credentials
-//!   from a Kubernetes Secret, kept in a registry config file private to that one pull.
+//!   from a Kubernetes Secret in the job's own namespace (or one the operator allows), sent only
+//!   to a registry that Secret names, and kept in a registry config file private to that pull.
 //!
 //! # Modules
 //!
@@ -69,6 +70,9 @@ pub struct HelmCliSettings {
     pub short_timeout: Duration,
     /// Time a cancelled or timed-out process gets between SIGTERM and SIGKILL.
     pub grace: Duration,
+    /// Namespaces whose Secrets any job may name for a registry login, besides its own
+    /// (`--allowed-secret-namespaces`; empty: only its own).
+    pub allowed_secret_namespaces: Vec<String>,
 }
 
 impl HelmCliSettings {
@@ -82,6 +86,7 @@ impl HelmCliSettings {
             margin: Duration::from_secs(30),
             short_timeout: Duration::from_secs(120),
             grace: Duration::from_secs(10),
+            allowed_secret_namespaces: Vec::new(),
         }
     }
 }
@@ -238,7 +243,9 @@ impl HelmDriver for HelmCli {
         request: Apply<'_>,
         cancel: &CancellationToken,
     ) -> Result<Release, DriverError> {
-        let chart = self.chart(request.config, cancel).await?;
+        let chart = self
+            .chart(request.config, request.own_namespace, cancel)
+            .await?;
         let values = self.values_file(request.config)?;
         let stdout = self
             .helm(

@@ -1,9 +1,18 @@
 //! OCI registry logins for sources with `authentication`: the credentials come from a
-//! Kubernetes Secret read with `kubectl get secret -o json` (`token`, which wins, or `username` +
-//! `password`), the password goes to `helm registry login` on stdin, and the login is kept in a
+//! Kubernetes Secret read with `kubectl get secret -o json`, the password goes to
+//! `helm registry login` on stdin, and the login is kept in a
 //! registry config file private to that one pull (`HELM_REGISTRY_CONFIG`), deleted after it, so
 //! no job can pull with another job's credentials. Secret values never reach argv, logs or
 //! errors (the password is redacted from the login's and the pull's stderr).
+//!
+//! Credentials never cross a boundary:
+//! - the Secret must be in the job's own namespace (the Component's; the release namespace for
+//!   an orchestrator job without a uid), or in one the operator allows
+//!   (`--allowed-secret-namespaces`);
+//! - they go only to a registry the Secret itself names, never to a host taken from the job
+//!   alone: a `kubernetes.io/dockerconfigjson` Secret's `auths` keys, or the `registry` key of
+//!   a Secret with `token` or `username` + `password`; `host[:port]` must match the chart
+//!   reference's exactly (case-insensitive).
 
 use std::fmt;
 
@@ -48,6 +57,36 @@ pub enum CredentialsError {
     /// `username` is not UTF-8.
     #[error("key username is not UTF-8")]
     UsernameNotUtf8,
+    /// The Secret is in another namespace than the job's own, and the operator does not allow
+    /// that namespace.
+    #[error(
+        "the secret is not in the job's own namespace {own} and namespace {namespace} is not in \
+         --allowed-secret-namespaces"
+    )]
+    OtherNamespace {
+        /// The Secret's namespace.
+        namespace: String,
+        /// The job's own namespace.
+        own: String,
+    },
+    /// The Secret names no credentials for the chart's registry.
+    #[error(
+        "the secret names no credentials for this registry (it names {named}); credentials are \
+         only sent to a registry the secret names"
+    )]
+    OtherRegistry {
+        /// The registries the Secret names, sorted, or `none`.
+        named: String,
+    },
+    /// A Secret with `token` or `username` + `password` and no `registry` key.
+    #[error(
+        "the secret names no registry: add a `registry` key (host[:port]) or use a \
+         kubernetes.io/dockerconfigjson secret"
+    )]
+    NoRegistryNamed,
+    /// `.dockerconfigjson` is not a docker config with `auths`.
+    #[error("key .dockerconfigjson is not a docker config with auths")]
+    BadDockerConfig,
     /// Neither a token nor both user name and password.
     #[error(
         "the secret holds no token and no {missing} (keys found: {found}); it needs `token` or \
@@ -68,11 +107,9 @@ impl HelmCli {
     pub(super) async fn registry_login(
         &self,
         chart: &str,
-        auth: &OciAuthentication,
-        release_namespace: &str,
+        secret: &SecretName,
         cancel: &CancellationToken,
     ) -> Result<Login, DriverError> {
-        let secret = SecretName::of(auth, release_namespace);
         let credentials_error = |registry: &str, reason| DriverError::RegistryCredentials {
             registry: registry.to_owned(),
             secret: secret.to_string(),
@@ -82,12 +119,6 @@ impl HelmCli {
             Ok(reference) => reference.registry(),
             Err(_) => return Err(credentials_error(chart, CredentialsError::NoRegistryHost)),
         };
-        if !dns::is_subdomain(&secret.name) {
-            return Err(credentials_error(
-                registry,
-                CredentialsError::InvalidSecretName,
-            ));
-        }
         let Some(kubectl) = &self.settings.kubectl_bin else {
             return Err(credentials_error(
                 registry,
@@ -108,7 +139,7 @@ impl HelmCli {
                 cancel,
             )
             .await?;
-        let credentials = registry_credentials(&json.text)
+        let credentials = registry_credentials(&json.text, registry)
             .map_err(|reason| credentials_error(registry, reason))?;
         drop(json);
         let dir = tempfile::Builder::new()
@@ -151,27 +182,42 @@ impl fmt::Debug for Login {
     }
 }
 
-/// The Secret of a registry login.
+/// The Secret of a registry login, resolved and checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct SecretName {
-    namespace: String,
-    name: String,
+pub(super) struct SecretName {
+    pub(super) namespace: String,
+    pub(super) name: String,
 }
 
 impl SecretName {
-    /// `secretRef.namespace`, else the release namespace.
-    fn of(auth: &OciAuthentication, release_namespace: &str) -> SecretName {
+    /// The Secret `auth` names: in `secretRef.namespace`, else in `own` (the job's own
+    /// namespace); one in another namespace than `own` only when that namespace is in
+    /// `allowed`.
+    pub(super) fn resolve(
+        auth: &OciAuthentication,
+        own: &str,
+        allowed: &[String],
+    ) -> Result<SecretName, CredentialsError> {
+        if !dns::is_subdomain(&auth.secret_ref.name) {
+            return Err(CredentialsError::InvalidSecretName);
+        }
         let namespace = auth
             .secret_ref
             .namespace
             .as_deref()
             .map(str::trim)
             .filter(|ns| !ns.is_empty())
-            .unwrap_or(release_namespace);
-        SecretName {
+            .unwrap_or(own);
+        if namespace != own && !allowed.iter().any(|a| a == namespace) {
+            return Err(CredentialsError::OtherNamespace {
+                namespace: namespace.to_owned(),
+                own: own.to_owned(),
+            });
+        }
+        Ok(SecretName {
             namespace: namespace.to_owned(),
             name: auth.secret_ref.name.clone(),
-        }
+        })
     }
 }
 
@@ -197,9 +243,14 @@ impl fmt::Debug for RegistryCredentials {
     }
 }
 
-/// Reads the credentials from `kubectl get secret -o json`: `token` wins (as the password, with
-/// the Secret's `username` or [`TOKEN_USERNAME`]); otherwise both `username` and `password`.
-fn registry_credentials(secret_json: &str) -> Result<RegistryCredentials, CredentialsError> {
+/// Reads the credentials for `registry` (`host[:port]`) from `kubectl get secret -o json`:
+/// from `.dockerconfigjson` the `auths` entry of that registry (`username` + `password`, or
+/// `auth`); otherwise `token` (which wins, as the password, with the Secret's `username` or
+/// [`TOKEN_USERNAME`]) or `username` + `password`, with a `registry` key naming that registry.
+fn registry_credentials(
+    secret_json: &str,
+    registry: &str,
+) -> Result<RegistryCredentials, CredentialsError> {
     let secret: Value = serde_json::from_str(secret_json).map_err(CredentialsError::Unreadable)?;
     let data = match secret.get("data") {
         Some(Value::Object(data)) => Some(data),
@@ -216,40 +267,128 @@ fn registry_credentials(secret_json: &str) -> Result<RegistryCredentials, Creden
             .map_err(|_| CredentialsError::NotBase64(key))?;
         Ok((!decoded.is_empty()).then_some(decoded))
     };
+    if let Some(config) = key(".dockerconfigjson")? {
+        return docker_config_credentials(&config, registry);
+    }
     let username = key("username")?
         .map(|u| String::from_utf8(u).map_err(|_| CredentialsError::UsernameNotUtf8))
         .transpose()?;
-    if let Some(token) = key("token")? {
-        return Ok(RegistryCredentials {
+    let credentials = if let Some(token) = key("token")? {
+        RegistryCredentials {
             username: username.unwrap_or_else(|| TOKEN_USERNAME.to_owned()),
             password: token,
-        });
+        }
+    } else {
+        match (username, key("password")?) {
+            (Some(username), Some(password)) => RegistryCredentials { username, password },
+            (username, password) => {
+                let mut missing = Vec::new();
+                if username.is_none() {
+                    missing.push("username");
+                }
+                if password.is_none() {
+                    missing.push("password");
+                }
+                let mut found: Vec<&str> = data
+                    .map(|d| d.keys().map(String::as_str).collect())
+                    .unwrap_or_default();
+                found.sort_unstable();
+                let found = if found.is_empty() {
+                    "none".to_owned()
+                } else {
+                    found.join(", ")
+                };
+                return Err(CredentialsError::Incomplete {
+                    missing: missing.join(" and "),
+                    found,
+                });
+            }
+        }
+    };
+    let named = key("registry")?.ok_or(CredentialsError::NoRegistryNamed)?;
+    let named = String::from_utf8_lossy(&named).into_owned();
+    if same_registry(&named, registry) {
+        Ok(credentials)
+    } else {
+        Err(CredentialsError::OtherRegistry {
+            named: registry_host(&named).to_owned(),
+        })
     }
-    match (username, key("password")?) {
-        (Some(username), Some(password)) => Ok(RegistryCredentials { username, password }),
-        (username, password) => {
-            let mut missing = Vec::new();
-            if username.is_none() {
-                missing.push("username");
-            }
-            if password.is_none() {
-                missing.push("password");
-            }
-            let mut found: Vec<&str> = data
-                .map(|d| d.keys().map(String::as_str).collect())
-                .unwrap_or_default();
-            found.sort_unstable();
-            let found = if found.is_empty() {
+}
+
+/// The credentials of `registry` in a docker config (`{"auths": {host: {...}}}`).
+fn docker_config_credentials(
+    config: &[u8],
+    registry: &str,
+) -> Result<RegistryCredentials, CredentialsError> {
+    let config: Value =
+        serde_json::from_slice(config).map_err(|_| CredentialsError::BadDockerConfig)?;
+    let Some(auths) = config.get("auths").and_then(Value::as_object) else {
+        return Err(CredentialsError::BadDockerConfig);
+    };
+    let Some(entry) = auths
+        .iter()
+        .find(|(host, _)| same_registry(host, registry))
+        .map(|(_, entry)| entry)
+    else {
+        let mut named: Vec<&str> = auths.keys().map(|k| registry_host(k)).collect();
+        named.sort_unstable();
+        return Err(CredentialsError::OtherRegistry {
+            named: if named.is_empty() {
                 "none".to_owned()
             } else {
-                found.join(", ")
-            };
-            Err(CredentialsError::Incomplete {
-                missing: missing.join(" and "),
-                found,
+                named.join(", ")
+            },
+        });
+    };
+    let text = |key: &str| {
+        entry
+            .get(key)
+            .and_then(Value::as_str)
+            .filter(|v| !v.is_empty())
+    };
+    if let (Some(username), Some(password)) = (text("username"), text("password")) {
+        return Ok(RegistryCredentials {
+            username: username.to_owned(),
+            password: password.as_bytes().to_vec(),
+        });
+    }
+    let decoded = text("auth")
+        .and_then(|a| {
+            base64::engine::general_purpose::STANDARD
+                .decode(a.trim())
+                .ok()
+        })
+        .and_then(|a| String::from_utf8(a).ok());
+    match decoded.as_deref().and_then(|a| a.split_once(':')) {
+        Some((username, password)) if !username.is_empty() && !password.is_empty() => {
+            Ok(RegistryCredentials {
+                username: username.to_owned(),
+                password: password.as_bytes().to_vec(),
             })
         }
+        _ => Err(CredentialsError::Incomplete {
+            missing: "username and password".to_owned(),
+            found: "an auths entry without them".to_owned(),
+        }),
     }
+}
+
+/// The `host[:port]` of a registry as a Secret names it: docker configs may write a URL
+/// (`https://host/v1/`).
+fn registry_host(named: &str) -> &str {
+    let named = named.trim();
+    let named = named
+        .strip_prefix("https://")
+        .or_else(|| named.strip_prefix("http://"))
+        .unwrap_or(named);
+    named.split('/').next().unwrap_or_default()
+}
+
+/// Whether the Secret's `named` registry is `registry` (`host[:port]`, exactly, ignoring case).
+fn same_registry(named: &str, registry: &str) -> bool {
+    let named = registry_host(named);
+    !named.is_empty() && named.eq_ignore_ascii_case(registry)
 }
 
 #[cfg(test)]
@@ -265,6 +404,15 @@ mod tests {
 
     fn b64(text: &str) -> String {
         base64::engine::general_purpose::STANDARD.encode(text)
+    }
+
+    /// The registry of the charts in these tests.
+    const REG: &str = "registry.example.com";
+
+    /// `data` plus a `registry` key naming [`REG`].
+    fn for_reg(mut data: serde_json::Value) -> serde_json::Value {
+        data["registry"] = b64(REG).into();
+        data
     }
 
     #[test]
@@ -294,7 +442,7 @@ mod tests {
             ),
         ];
         for (data, username, password, why) in cases {
-            let credentials = registry_credentials(&secret(data)).unwrap();
+            let credentials = registry_credentials(&secret(for_reg(data)), REG).unwrap();
             assert_eq!(
                 credentials,
                 RegistryCredentials {
@@ -350,30 +498,204 @@ mod tests {
             ),
         ];
         for (json, want) in cases {
-            let err = registry_credentials(&json).unwrap_err();
+            let err = registry_credentials(&json, REG).unwrap_err();
             assert_eq!(err.to_string(), want);
             assert!(!format!("{err:?}").contains("hunter2"), "{err:?}");
         }
-        let unreadable = registry_credentials("{").unwrap_err();
+        let unreadable = registry_credentials("{", REG).unwrap_err();
         assert!(std::error::Error::source(&unreadable).is_some());
     }
 
     #[test]
-    fn the_secret_lives_in_its_own_namespace_or_the_release_namespace() {
-        let auth = |namespace: Option<&str>| OciAuthentication {
+    fn a_secret_is_read_only_in_the_jobs_own_namespace_or_an_allowed_one() {
+        let auth = |name: &str, namespace: Option<&str>| OciAuthentication {
             method: "registry".into(),
             secret_ref: SecretRef {
-                name: "creds".into(),
+                name: name.into(),
                 namespace: namespace.map(str::to_owned),
             },
         };
+        let allowed = vec!["shared-creds".to_owned()];
         let cases = [
-            (None, "apps/creds"),
-            (Some(" "), "apps/creds"),
-            (Some("shared"), "shared/creds"),
+            (
+                auth("creds", None),
+                "team-a",
+                Ok("team-a/creds"),
+                "bare: own namespace",
+            ),
+            (
+                auth("creds", Some(" ")),
+                "team-a",
+                Ok("team-a/creds"),
+                "blank: own namespace",
+            ),
+            (
+                auth("creds", Some("team-a")),
+                "team-a",
+                Ok("team-a/creds"),
+                "own, named",
+            ),
+            (
+                auth("creds", Some("shared-creds")),
+                "team-a",
+                Ok("shared-creds/creds"),
+                "allowed",
+            ),
+            (
+                auth("creds", Some("kube-system")),
+                "team-a",
+                Err(
+                    "the secret is not in the job's own namespace team-a and namespace \
+                     kube-system is not in --allowed-secret-namespaces",
+                ),
+                "attack: another namespace's secret",
+            ),
+            (
+                auth("creds", Some("team-b")),
+                "team-a",
+                Err(
+                    "the secret is not in the job's own namespace team-a and namespace team-b \
+                     is not in --allowed-secret-namespaces",
+                ),
+                "attack: another tenant's secret",
+            ),
+            (
+                auth("--all", None),
+                "team-a",
+                Err("the secret name is not a valid Kubernetes name"),
+                "a name that reads as a flag",
+            ),
         ];
-        for (namespace, want) in cases {
-            assert_eq!(SecretName::of(&auth(namespace), "apps").to_string(), want);
+        for (auth, own, want, why) in cases {
+            let got = SecretName::resolve(&auth, own, &allowed)
+                .map(|s| s.to_string())
+                .map_err(|e| e.to_string());
+            assert_eq!(got, want.map(str::to_owned).map_err(str::to_owned), "{why}");
+        }
+    }
+
+    #[test]
+    fn credentials_go_only_to_a_registry_the_secret_names() {
+        let docker = |auths: serde_json::Value| {
+            secret(serde_json::json!({
+                ".dockerconfigjson": b64(&serde_json::json!({"auths": auths}).to_string())
+            }))
+        };
+        let opaque = |registry: Option<&str>| {
+            let mut data = serde_json::json!({"token": b64("t0k3n")});
+            if let Some(registry) = registry {
+                data["registry"] = b64(registry).into();
+            }
+            secret(data)
+        };
+        let pass =
+            |user: &str, password: &str| Ok::<_, String>((user.to_owned(), password.to_owned()));
+        let cases = [
+            (
+                docker(
+                    serde_json::json!({"registry.example.com": {"username": "robot", "password": "hunter2"}}),
+                ),
+                "registry.example.com",
+                pass("robot", "hunter2"),
+                "docker config, its own registry",
+            ),
+            (
+                docker(
+                    serde_json::json!({"https://Registry.Example.com/v1/": {"auth": b64("robot:hunter2")}}),
+                ),
+                "registry.example.com",
+                pass("robot", "hunter2"),
+                "a URL key and `auth`, case-insensitive",
+            ),
+            (
+                docker(
+                    serde_json::json!({"registry.example.com": {"username": "robot", "password": "hunter2"}}),
+                ),
+                "attacker.example",
+                Err(
+                    "the secret names no credentials for this registry (it names \
+                     registry.example.com); credentials are only sent to a registry the secret \
+                     names"
+                        .to_owned(),
+                ),
+                "attack: a chart on another host",
+            ),
+            (
+                docker(
+                    serde_json::json!({"registry.example.com": {"username": "robot", "password": "hunter2"}}),
+                ),
+                "registry.example.com:5000",
+                Err(
+                    "the secret names no credentials for this registry (it names \
+                     registry.example.com); credentials are only sent to a registry the secret \
+                     names"
+                        .to_owned(),
+                ),
+                "attack: another port on the same host",
+            ),
+            (
+                docker(
+                    serde_json::json!({"registry.example.com.attacker.example": {"username": "r", "password": "p"}}),
+                ),
+                "registry.example.com",
+                Err(
+                    "the secret names no credentials for this registry (it names \
+                     registry.example.com.attacker.example); credentials are only sent to a \
+                     registry the secret names"
+                        .to_owned(),
+                ),
+                "no prefix matches",
+            ),
+            (
+                docker(serde_json::json!({"registry.example.com": {"username": "robot"}})),
+                "registry.example.com",
+                Err(
+                    "the secret holds no token and no username and password (keys found: an \
+                     auths entry without them); it needs `token` or both `username` and \
+                     `password`"
+                        .to_owned(),
+                ),
+                "an entry without a password",
+            ),
+            (
+                secret(serde_json::json!({".dockerconfigjson": b64("[]")})),
+                "registry.example.com",
+                Err("key .dockerconfigjson is not a docker config with auths".to_owned()),
+                "not a docker config",
+            ),
+            (
+                opaque(Some("registry.example.com")),
+                "registry.example.com",
+                pass("helmq", "t0k3n"),
+                "token with its registry",
+            ),
+            (
+                opaque(Some("registry.example.com")),
+                "attacker.example",
+                Err(
+                    "the secret names no credentials for this registry (it names \
+                     registry.example.com); credentials are only sent to a registry the secret \
+                     names"
+                        .to_owned(),
+                ),
+                "attack: a token for another host",
+            ),
+            (
+                opaque(None),
+                "registry.example.com",
+                Err(
+                    "the secret names no registry: add a `registry` key (host[:port]) or use a \
+                     kubernetes.io/dockerconfigjson secret"
+                        .to_owned(),
+                ),
+                "a token that names no registry goes nowhere",
+            ),
+        ];
+        for (json, registry, want, why) in cases {
+            let got = registry_credentials(&json, registry)
+                .map(|c| (c.username, String::from_utf8(c.password).unwrap()))
+                .map_err(|e| e.to_string());
+            assert_eq!(got, want, "{why}");
         }
     }
 }
