@@ -78,6 +78,10 @@ pub struct Args {
     /// Allowed release namespaces, comma-separated (empty: any).
     #[arg(long, env = "HELMQ_ALLOWED_NAMESPACES", value_delimiter = ',')]
     pub allowed_namespaces: Vec<String>,
+    /// Bound of the chart cache in bytes: least recently used charts no job uses are deleted
+    /// beyond it. Keep it well below the cache volume's size.
+    #[arg(long, env = "HELMQ_CHART_CACHE_MAX_BYTES", default_value_t = crate::driver::helm_cli::DEFAULT_CHART_CACHE_MAX_BYTES)]
+    pub chart_cache_max_bytes: u64,
     /// Namespaces whose Secrets any job may name for an OCI registry login, besides the job's
     /// own (the Component's namespace; the release namespace for a job without a uid).
     /// Default: none.
@@ -129,6 +133,7 @@ impl Args {
                 .then(|| PathBuf::from(self.kubectl_bin.trim())),
             grace: self.helm_grace,
             allowed_secret_namespaces: non_empty(&self.allowed_secret_namespaces),
+            chart_cache_max_bytes: self.chart_cache_max_bytes,
             ..HelmCliSettings::new(&self.helm_bin, &self.cache_dir)
         }
     }

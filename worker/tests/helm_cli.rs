@@ -412,3 +412,63 @@ async fn dropping_a_run_kills_the_helm_process() {
     .await;
     assert!(terminations(&f.state).is_empty());
 }
+
+#[tokio::test]
+async fn the_chart_cache_keeps_to_its_bound_by_evicting_the_least_recently_used() {
+    let version = |v: &str| {
+        let mut cfg = config("web", "apps");
+        if let helmq_schemas::ChartSource::Http { chart, .. } = &mut cfg.source {
+            chart.version = v.into();
+        }
+        cfg
+    };
+    let entries = |cache: &Path| {
+        let mut names: Vec<String> = std::fs::read_dir(cache.join("charts"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let cancel = CancellationToken::new();
+    // Learn the size of one entry, then allow two.
+    let probe = fixture();
+    probe.apply(&version("1.0.0"), &cancel).await.unwrap();
+    let charts = probe.cache.join("charts");
+    let one: u64 = std::fs::read_dir(&charts)
+        .unwrap()
+        .flatten()
+        .flat_map(|e| std::fs::read_dir(e.path()).unwrap().flatten())
+        .map(|f| f.metadata().unwrap().len())
+        .sum();
+    assert!(one > 0);
+    let f = fixture_with(|s| s.chart_cache_max_bytes = 2 * one + one / 2);
+    for v in ["1.0.0", "2.0.0", "1.0.0", "3.0.0"] {
+        f.apply(&version(v), &cancel).await.unwrap();
+    }
+    let kept = entries(&f.cache);
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert!(
+        kept.iter().any(|k| k.contains("1.0.0")),
+        "1.0.0 was used again: {kept:?}"
+    );
+    assert!(kept.iter().any(|k| k.contains("3.0.0")), "{kept:?}");
+    // 2.0.0 was evicted: using it again pulls it again.
+    f.apply(&version("2.0.0"), &cancel).await.unwrap();
+    let pulls = subcommands(&f.state)
+        .iter()
+        .filter(|c| *c == "pull")
+        .count();
+    assert_eq!(pulls, 4, "1.0.0, 2.0.0, 3.0.0, 2.0.0 again");
+    assert_eq!(entries(&f.cache).len(), 2);
+    // A worker starting on a cache over its bound brings it within.
+    drop(f.cli);
+    let settings = {
+        let mut s = HelmCliSettings::new(fake_helm(), &f.cache);
+        s.chart_cache_max_bytes = one;
+        s
+    };
+    let _cli = HelmCli::new(settings).unwrap();
+    assert_eq!(entries(&f.cache).len(), 1);
+}

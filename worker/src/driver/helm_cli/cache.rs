@@ -4,6 +4,11 @@
 //! parsed per job. A version range is pulled afresh for each job (it may resolve differently
 //! tomorrow). A pull lands in a fresh directory that is renamed into place, so a crash mid-pull
 //! never leaves a partial entry.
+//!
+//! The cache is bounded by size (`--chart-cache-max-bytes`): after each new entry, the least
+//! recently used entries that no running job uses are deleted until the total fits
+//! ([`evictions`] decides, [`CacheIndex`] keeps the sizes, uses and order). Entries found on
+//! disk at start count too, oldest first; leftover pull directories are deleted.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -74,12 +79,193 @@ impl Drop for KeyGuard<'_> {
     }
 }
 
-/// A chart package ready to install; a fresh pull of a version range keeps its directory alive.
+impl KeyLocks {
+    /// The lock of `key` when no one holds or waits for it.
+    fn try_lock(&self, key: &str) -> Option<KeyGuard<'_>> {
+        let lock = self.map().entry(key.to_owned()).or_default().clone();
+        let mut guard = KeyGuard {
+            locks: self,
+            key: key.to_owned(),
+            lock,
+            held: None,
+        };
+        guard.held = Some(guard.lock.clone().try_lock_owned().ok()?);
+        Some(guard)
+    }
+}
+
+/// One entry of the chart cache as eviction sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct CacheEntry {
+    /// Its directory name (the cache key).
+    pub(super) key: String,
+    /// Bytes on disk.
+    pub(super) size: u64,
+    /// When it was last used, on the index's own clock (higher is newer).
+    pub(super) last_used: u64,
+    /// Jobs holding its package right now.
+    pub(super) users: usize,
+}
+
+/// The keys to evict, least recently used first, so that the rest fits in `max` bytes; an
+/// entry in use is never evicted (the total may then stay above `max` until it is released).
+pub(super) fn evictions(entries: &[CacheEntry], max: u64) -> Vec<String> {
+    let mut total = entries
+        .iter()
+        .fold(0u64, |sum, e| sum.saturating_add(e.size));
+    let mut idle: Vec<&CacheEntry> = entries.iter().filter(|e| e.users == 0).collect();
+    idle.sort_by_key(|e| (e.last_used, e.key.clone()));
+    let mut out = Vec::new();
+    for entry in idle {
+        if total <= max {
+            break;
+        }
+        total = total.saturating_sub(entry.size);
+        out.push(entry.key.clone());
+    }
+    out
+}
+
+/// The sizes, last uses and users of the chart cache's entries.
+#[derive(Debug, Default)]
+pub(super) struct CacheIndex {
+    inner: Arc<Mutex<IndexState>>,
+}
+
+#[derive(Debug, Default)]
+struct IndexState {
+    entries: HashMap<String, CacheEntry>,
+    clock: u64,
+}
+
+/// A running job's use of a cache entry; the entry cannot be evicted while one is alive.
+#[derive(Debug)]
+pub(super) struct EntryUse {
+    inner: Arc<Mutex<IndexState>>,
+    key: String,
+}
+
+impl Drop for EntryUse {
+    fn drop(&mut self) {
+        let mut state = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = state.entries.get_mut(&self.key) {
+            entry.users = entry.users.saturating_sub(1);
+        }
+    }
+}
+
+impl CacheIndex {
+    fn state(&self) -> std::sync::MutexGuard<'_, IndexState> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The index of the entries in `charts` (oldest modified first); pull directories a crash
+    /// left behind are deleted.
+    pub(super) fn scan(charts: &Path) -> CacheIndex {
+        let index = CacheIndex::default();
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(charts).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".pull-") {
+                let _ = std::fs::remove_dir_all(&path);
+                continue;
+            }
+            if !path.is_dir() || name.starts_with('.') {
+                continue;
+            }
+            let modified = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+            found.push((modified, name, dir_size(&path)));
+        }
+        found.sort();
+        {
+            let mut state = index.state();
+            for (_, key, size) in found {
+                state.clock += 1;
+                let last_used = state.clock;
+                state.entries.insert(
+                    key.clone(),
+                    CacheEntry {
+                        key,
+                        size,
+                        last_used,
+                        users: 0,
+                    },
+                );
+            }
+        }
+        index
+    }
+
+    /// Records a use of `key` (of `size` bytes when it is not indexed yet) until the returned
+    /// guard is dropped.
+    pub(super) fn use_entry(&self, key: &str, size: impl FnOnce() -> u64) -> EntryUse {
+        let mut state = self.state();
+        state.clock += 1;
+        let now = state.clock;
+        let entry = state
+            .entries
+            .entry(key.to_owned())
+            .or_insert_with(|| CacheEntry {
+                key: key.to_owned(),
+                size: size(),
+                last_used: now,
+                users: 0,
+            });
+        entry.last_used = now;
+        entry.users += 1;
+        EntryUse {
+            inner: self.inner.clone(),
+            key: key.to_owned(),
+        }
+    }
+
+    /// The entries, for [`evictions`].
+    fn entries(&self) -> Vec<CacheEntry> {
+        self.state().entries.values().cloned().collect()
+    }
+
+    /// Forgets `key` if no one uses it; whether it did.
+    fn forget_unused(&self, key: &str) -> bool {
+        let mut state = self.state();
+        if state.entries.get(key).is_some_and(|e| e.users == 0) {
+            state.entries.remove(key);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Total bytes indexed.
+    #[cfg(test)]
+    fn total(&self) -> u64 {
+        self.state().entries.values().map(|e| e.size).sum()
+    }
+}
+
+/// Bytes of the files in `dir` (one level: an entry holds one package).
+fn dir_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// A chart package ready to install; a fresh pull of a version range keeps its directory alive,
+/// a cached one its entry in use.
 #[derive(Debug)]
 pub(super) struct ChartPackage {
     /// The `.tgz`.
     pub(super) path: PathBuf,
     _fresh: Option<tempfile::TempDir>,
+    _use: Option<EntryUse>,
 }
 
 impl HelmCli {
@@ -123,9 +309,14 @@ impl HelmCli {
         let pinned = is_exact_version(config.chart_version());
         let charts = self.settings.cache_dir.join("charts");
         let dir = charts.join(&key);
-        let _guard = self.locks.lock(&key).await;
+        let guard = self.locks.lock(&key).await;
         if pinned && let Some(path) = find_package(&dir)? {
-            return Ok(ChartPackage { path, _fresh: None });
+            let used = self.index.use_entry(&key, || dir_size(&dir));
+            return Ok(ChartPackage {
+                path,
+                _fresh: None,
+                _use: Some(used),
+            });
         }
         let login = match (&config.source, &secret) {
             (ChartSource::Oci { chart, .. }, Some(secret)) => {
@@ -161,6 +352,7 @@ impl HelmCli {
             return Ok(ChartPackage {
                 path: pulled,
                 _fresh: Some(fresh),
+                _use: None,
             });
         }
         // Publish the package atomically: a crash mid-pull never leaves a partial cache entry.
@@ -177,7 +369,30 @@ impl HelmCli {
                 "the package vanished",
             ))
         })?;
-        Ok(ChartPackage { path, _fresh: None })
+        let used = self.index.use_entry(&key, || dir_size(&dir));
+        // Eviction takes other keys' locks; this one's is no longer needed.
+        drop(guard);
+        self.evict();
+        Ok(ChartPackage {
+            path,
+            _fresh: None,
+            _use: Some(used),
+        })
+    }
+
+    /// Deletes least recently used entries no job uses until the cache fits its bound. An
+    /// entry whose key lock is busy is skipped: someone is about to use it.
+    pub(super) fn evict(&self) {
+        let charts = self.settings.cache_dir.join("charts");
+        for key in evictions(&self.index.entries(), self.settings.chart_cache_max_bytes) {
+            let Some(_lock) = self.locks.try_lock(&key) else {
+                continue;
+            };
+            if self.index.forget_unused(&key) {
+                tracing::info!(entry = %key, "chart cache over its bound; evicting its least recently used entry");
+                let _ = std::fs::remove_dir_all(charts.join(&key));
+            }
+        }
     }
 }
 
@@ -341,6 +556,119 @@ mod tests {
         assert_ne!(cache_key(&oci, None), resolved("team-a", None));
         assert_ne!(resolved("team-a", None), resolved("team-b", None));
         assert_eq!(resolved("team-a", None), resolved("team-a", Some("team-a")));
+    }
+
+    fn entry(key: &str, size: u64, last_used: u64, users: usize) -> CacheEntry {
+        CacheEntry {
+            key: key.into(),
+            size,
+            last_used,
+            users,
+        }
+    }
+
+    #[test]
+    fn the_least_recently_used_idle_entries_go_until_the_rest_fits() {
+        let cases: &[(&[CacheEntry], u64, &[&str], &str)] = &[
+            (&[], 10, &[], "an empty cache"),
+            (
+                &[entry("a", 4, 1, 0), entry("b", 4, 2, 0)],
+                8,
+                &[],
+                "exactly at the bound",
+            ),
+            (
+                &[
+                    entry("b", 4, 2, 0),
+                    entry("a", 4, 1, 0),
+                    entry("c", 4, 3, 0),
+                ],
+                8,
+                &["a"],
+                "the oldest goes first",
+            ),
+            (
+                &[
+                    entry("a", 4, 1, 0),
+                    entry("b", 4, 2, 0),
+                    entry("c", 4, 3, 0),
+                ],
+                3,
+                &["a", "b", "c"],
+                "all, when even one is over the bound",
+            ),
+            (
+                &[
+                    entry("a", 4, 1, 1),
+                    entry("b", 4, 2, 0),
+                    entry("c", 4, 3, 0),
+                ],
+                8,
+                &["b"],
+                "one in use is skipped, the next oldest goes",
+            ),
+            (
+                &[entry("a", 4, 1, 2), entry("b", 9, 2, 1)],
+                1,
+                &[],
+                "entries in use stay even over the bound",
+            ),
+            (
+                &[
+                    entry("a", 1, 1, 0),
+                    entry("b", 100, 2, 0),
+                    entry("c", 1, 3, 0),
+                ],
+                50,
+                &["a", "b"],
+                "by age, not by size",
+            ),
+            (
+                &[entry("a", u64::MAX, 1, 0), entry("b", 5, 2, 0)],
+                10,
+                &["a"],
+                "sizes saturate",
+            ),
+        ];
+        for (entries, max, want, why) in cases {
+            assert_eq!(evictions(entries, *max), *want, "{why}");
+        }
+    }
+
+    #[test]
+    fn the_index_counts_entries_on_disk_uses_and_forgets_only_unused_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let charts = dir.path();
+        let put = |key: &str, size: usize| {
+            std::fs::create_dir_all(charts.join(key)).unwrap();
+            std::fs::write(charts.join(key).join("c-1.0.0.tgz"), vec![0; size]).unwrap();
+        };
+        put("old", 10);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        put("new", 20);
+        std::fs::create_dir_all(charts.join(".pull-leftover")).unwrap();
+        let index = CacheIndex::scan(charts);
+        assert!(
+            !charts.join(".pull-leftover").exists(),
+            "a crashed pull's leftovers go"
+        );
+        assert_eq!(index.total(), 30);
+        assert_eq!(
+            evictions(&index.entries(), 25),
+            ["old"],
+            "older on disk goes first"
+        );
+        // A use makes `old` the newest, and holds it.
+        let used = index.use_entry("old", || unreachable!("indexed already"));
+        assert_eq!(evictions(&index.entries(), 25), ["new"]);
+        assert_eq!(evictions(&index.entries(), 0), ["new"], "old is in use");
+        assert!(!index.forget_unused("old"));
+        drop(used);
+        assert!(index.forget_unused("old"));
+        assert_eq!(index.total(), 20);
+        let fresh = index.use_entry("third", || 7);
+        assert_eq!(index.total(), 27);
+        drop(fresh);
     }
 
     #[test]

@@ -44,13 +44,17 @@ use self::args::{
     history_args, kubectl_delete_namespace_args, rollback_args, status_args, uninstall_args,
     upgrade_args, with_kubeconfig,
 };
-use self::cache::KeyLocks;
+use self::cache::{CacheIndex, KeyLocks};
 use self::output::{is_not_found, parse_history, parse_release};
 use self::process::{Exit, Limits, Stdout};
 use super::{
     Apply, DriverError, HelmDriver, KubectlAction, NamespaceDeletion, Release, Revision, Tool,
     Uninstalled,
 };
+
+/// The chart cache's default bound: 512 MiB, half the deployed cache volume's 1 GiB limit
+/// (Helm's own cache and temporary files share that volume).
+pub const DEFAULT_CHART_CACHE_MAX_BYTES: u64 = 512 * 1024 * 1024;
 
 /// How [`HelmCli`] runs Helm.
 #[derive(Debug, Clone)]
@@ -70,6 +74,9 @@ pub struct HelmCliSettings {
     pub short_timeout: Duration,
     /// Time a cancelled or timed-out process gets between SIGTERM and SIGKILL.
     pub grace: Duration,
+    /// The chart cache's bound in bytes: least recently used entries no job uses are evicted
+    /// beyond it.
+    pub chart_cache_max_bytes: u64,
     /// Namespaces whose Secrets any job may name for a registry login, besides its own
     /// (`--allowed-secret-namespaces`; empty: only its own).
     pub allowed_secret_namespaces: Vec<String>,
@@ -87,6 +94,7 @@ impl HelmCliSettings {
             short_timeout: Duration::from_secs(120),
             grace: Duration::from_secs(10),
             allowed_secret_namespaces: Vec::new(),
+            chart_cache_max_bytes: DEFAULT_CHART_CACHE_MAX_BYTES,
         }
     }
 }
@@ -96,10 +104,12 @@ impl HelmCliSettings {
 pub struct HelmCli {
     settings: HelmCliSettings,
     locks: KeyLocks,
+    index: CacheIndex,
 }
 
 impl HelmCli {
-    /// A driver with these settings; creates the cache directory.
+    /// A driver with these settings; creates the cache directory and brings the chart cache
+    /// within its bound.
     ///
     /// # Errors
     ///
@@ -110,10 +120,14 @@ impl HelmCli {
             std::fs::create_dir_all(&path)
                 .map_err(|e| DriverError::local(format!("cannot create {}", path.display()), e))?;
         }
-        Ok(HelmCli {
+        let index = CacheIndex::scan(&settings.cache_dir.join("charts"));
+        let cli = HelmCli {
             settings,
             locks: KeyLocks::default(),
-        })
+            index,
+        };
+        cli.evict();
+        Ok(cli)
     }
 
     /// The limits of a process that may run for `time`.
