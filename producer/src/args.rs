@@ -40,6 +40,11 @@ pub struct Args {
     /// the Component's own timeout plus one minute.
     #[arg(long, env = "HELMQ_RESYNC_GRACE", value_parser = parse_duration_flag)]
     pub resync_grace: Option<Duration>,
+    /// Longest `deploymentTimeout`/`terminationTimeout` a Component may ask for (the workers'
+    /// `--max-timeout`, same default); a Component asking for more is claimed and `Failed`
+    /// with the reason instead of getting a job the workers would reject. At most 24h.
+    #[arg(long, env = "HELMQ_MAX_TIMEOUT", default_value = "1h", value_parser = parse_duration_flag)]
+    pub max_timeout: Duration,
     /// Status messages the writer pulls per fetch.
     #[arg(long, env = "HELMQ_WRITER_BATCH", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub writer_batch: u16,
@@ -114,6 +119,9 @@ impl Args {
             handler: self.handler.clone(),
             resync_interval: self.resync_interval,
             resync_grace: self.resync_grace,
+            max_timeout: self.max_timeout.min(Duration::from_secs(
+                helmq_schemas::event::MAX_TIMEOUT_SECONDS,
+            )),
             ..WatcherConfig::default()
         }
     }
@@ -155,6 +163,7 @@ mod tests {
         assert!(args.namespaces.is_empty());
         assert_eq!(args.resync_interval, Duration::from_secs(300));
         assert_eq!(args.resync_grace, None);
+        assert_eq!(args.watcher_config().max_timeout, Duration::from_secs(3600));
         let args = Args::try_parse_from([
             "helmq-producer",
             "--mode",
@@ -165,6 +174,8 @@ mod tests {
             "30s",
             "--resync-grace",
             "2m",
+            "--max-timeout",
+            "48h",
         ])
         .unwrap();
         assert!(args.mode.writer() && !args.mode.watcher());
@@ -172,6 +183,11 @@ mod tests {
         assert_eq!(
             args.watcher_config().resync_grace,
             Some(Duration::from_secs(120))
+        );
+        // Capped at the jobs' own limit, 24h.
+        assert_eq!(
+            args.watcher_config().max_timeout,
+            Duration::from_secs(86_400)
         );
         let err = Args::try_parse_from(["helmq-producer", "--resync-interval", "soon"])
             .unwrap_err()

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub watch_errors: Counter,
     /// Resync passes.
     pub resyncs: Counter,
+    /// Objects that cannot be read as Components, once per object and generation.
+    pub unreadable_components: Counter,
 }
 
 impl Metrics {
@@ -91,6 +93,11 @@ impl Metrics {
             m.watch_errors.clone(),
         );
         registry.register("helmq_producer_resyncs", "resync passes", m.resyncs.clone());
+        registry.register(
+            "helmq_producer_unreadable_components",
+            "objects that cannot be read as Components (skipped and failed), once per generation",
+            m.unreadable_components.clone(),
+        );
         m
     }
 

@@ -45,6 +45,9 @@ pub struct Context<'a> {
     /// How long a published job may go unanswered before it is re-published; `None`: the
     /// Component's own timeout plus [`RESYNC_SLACK`].
     pub resync_grace: Option<Duration>,
+    /// The longest `deploymentTimeout`/`terminationTimeout` accepted (`--max-timeout`); a
+    /// Component asking for more fails like an invalid config.
+    pub max_timeout: Duration,
 }
 
 /// What to do with one Component.
@@ -88,6 +91,23 @@ pub enum Action {
 
 /// Decides what to do with `component`.
 pub fn plan(component: &Component, ctx: &Context<'_>) -> Action {
+    plan_with(component, ctx, None)
+}
+
+/// Decides what to do with an object that cannot be read as a Component (`error` says why;
+/// `component` holds its metadata, `spec.handler` and status): as with an invalid config, it is
+/// claimed and fails with the reason, and its deletion needs no uninstall unless a release
+/// was recorded.
+pub fn plan_unreadable(component: &Component, error: &str, ctx: &Context<'_>) -> Action {
+    plan_with(component, ctx, Some(error))
+}
+
+/// The message of a Component that cannot be read.
+pub fn unreadable_message(error: &str) -> String {
+    format!("this Component cannot be read ({error}); helmq skips it until its spec is fixed")
+}
+
+fn plan_with(component: &Component, ctx: &Context<'_>, unreadable: Option<&str>) -> Action {
     if !component.is_for(ctx.handler) {
         return Action::Ignore;
     }
@@ -105,10 +125,14 @@ pub fn plan(component: &Component, ctx: &Context<'_>) -> Action {
         }
         return Action::Claim;
     }
+    let config = |action| match unreadable {
+        Some(error) => Err(unreadable_message(error)),
+        None => config_and_timeout(component, action, ctx.max_timeout),
+    };
     if deleting {
-        plan_delete(component, ctx)
+        plan_delete(component, ctx, config(JobAction::Delete))
     } else {
-        plan_apply(component, ctx)
+        plan_apply(component, ctx, config(JobAction::Apply))
     }
 }
 
@@ -133,21 +157,42 @@ pub fn component_ref(component: &Component) -> ComponentRef {
     }
 }
 
-/// The parsed config and the timeout for `action`, or the message saying what is wrong.
+/// The parsed config and the timeout for `action` (at most `max`), or the message saying what
+/// is wrong.
 fn config_and_timeout(
     component: &Component,
     action: JobAction,
+    max: Duration,
 ) -> Result<(HelmConfig, Duration), String> {
     let namespace = component.metadata.namespace.as_deref().unwrap_or_default();
     let name = component.metadata.name.as_deref().unwrap_or_default();
     let config = HelmConfig::parse(component.spec.config.as_ref(), namespace, name)
         .map_err(|e| e.to_string())?;
-    let timeout = match action {
-        JobAction::Apply => component.spec.deployment_timeout(),
-        JobAction::Delete => component.spec.termination_timeout(),
-    }
-    .map_err(|e| e.to_string())?;
+    let (field, timeout) = match action {
+        JobAction::Apply => (
+            "spec.deploymentTimeout",
+            component.spec.deployment_timeout(),
+        ),
+        JobAction::Delete => (
+            "spec.terminationTimeout",
+            component.spec.termination_timeout(),
+        ),
+    };
+    let timeout = capped_timeout(field, timeout.map_err(|e| e.to_string())?, max)?;
     Ok((config, timeout))
+}
+
+/// `timeout` when it is at most `max` (`--max-timeout`, which the workers enforce too);
+/// otherwise the message naming `field` and both limits.
+pub fn capped_timeout(field: &str, timeout: Duration, max: Duration) -> Result<Duration, String> {
+    if timeout <= max {
+        return Ok(timeout);
+    }
+    Err(format!(
+        "{field} is {}s, over the limit of {}s (--max-timeout); use a shorter timeout",
+        timeout.as_secs(),
+        max.as_secs()
+    ))
 }
 
 /// True when `published` is recent enough that the job is presumably still on its way.
@@ -160,11 +205,15 @@ fn still_pending(published: Option<Timestamp>, timeout: Duration, ctx: &Context<
     ctx.now.duration_since(at) < grace
 }
 
-fn plan_apply(component: &Component, ctx: &Context<'_>) -> Action {
+fn plan_apply(
+    component: &Component,
+    ctx: &Context<'_>,
+    config: Result<(HelmConfig, Duration), String>,
+) -> Action {
     let generation = component.metadata.generation.unwrap_or(0);
     let status = component.status.clone().unwrap_or_default();
     let up_to_date = status.observed_generation == Some(generation);
-    match config_and_timeout(component, JobAction::Apply) {
+    match config {
         Err(message) => {
             if up_to_date && status.phase == Some(Phase::Failed) {
                 Action::Nothing("failed at this generation; waiting for a spec change")
@@ -214,7 +263,11 @@ fn last_activity(
     published.max(progressing)
 }
 
-fn plan_delete(component: &Component, ctx: &Context<'_>) -> Action {
+fn plan_delete(
+    component: &Component,
+    ctx: &Context<'_>,
+    config: Result<(HelmConfig, Duration), String>,
+) -> Action {
     let finalizers = component.metadata.finalizers.as_deref().unwrap_or_default();
     if finalizers.iter().any(|f| f == COORDINATION_FINALIZER) {
         return Action::WaitCoordination;
@@ -233,7 +286,7 @@ fn plan_delete(component: &Component, ctx: &Context<'_>) -> Action {
         .handler_status
         .as_ref()
         .and_then(|h| Some((h.release_name.clone()?, h.release_namespace.clone()?)));
-    match config_and_timeout(component, JobAction::Delete) {
+    match config {
         Ok((mut config, timeout)) => {
             if still_pending(ctx.published.delete, timeout, ctx) {
                 return Action::Nothing("delete job published; waiting for the worker");

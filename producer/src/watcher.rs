@@ -8,6 +8,12 @@
 //! still does not reflect after the grace period (a job lost in a purged stream or an outage).
 //! Components whose handling failed (API or NATS errors) are retried every few seconds.
 //!
+//! An object that cannot be read as a Component (nested deeper than the JSON decoder allows,
+//! a field of the wrong type) does not stop the others: it is logged and counted once per
+//! generation (`helmq_producer_unreadable_components`), and handled like a Component with an
+//! invalid config — claimed and `Failed` with the reason, its deletion finished without an
+//! uninstall unless a release was recorded — so it is never retried in a loop.
+//!
 //! With [`Watcher::with_leadership`] all of it runs only while this replica leads: the loop
 //! waits for leadership, drops its watch as soon as leadership is lost (no claim or publish
 //! after that, not even for the rest of a resync pass), and starts a fresh watch, which lists
@@ -26,8 +32,8 @@ use tracing::Instrument;
 
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
-use crate::plan::{Action, Context, Published, component_ref, plan};
-use crate::store::{Change, ComponentStore, StoreError, key_of};
+use crate::plan::{Action, Context, Published, component_ref, plan, plan_unreadable};
+use crate::store::{Change, ComponentStore, StoreError, Unreadable, key_of};
 
 /// Message of the `Claimed` event, as the original handler wrote it.
 pub fn claimed_message(handler: &str) -> String {
@@ -68,6 +74,9 @@ pub struct WatcherConfig {
     pub resync_grace: Option<Duration>,
     /// How often Components whose handling failed are retried.
     pub retry_interval: Duration,
+    /// The longest `deploymentTimeout`/`terminationTimeout` accepted (`--max-timeout`); more
+    /// fails the Component like an invalid config.
+    pub max_timeout: Duration,
 }
 
 impl Default for WatcherConfig {
@@ -77,6 +86,7 @@ impl Default for WatcherConfig {
             resync_interval: Duration::from_secs(300),
             resync_grace: None,
             retry_interval: Duration::from_secs(5),
+            max_timeout: Duration::from_secs(3600),
         }
     }
 }
@@ -117,6 +127,8 @@ pub struct Watcher<S, Q, T> {
     published: HashMap<String, (i64, Published)>,
     /// Components to retry after a failure.
     retry: BTreeSet<(String, String)>,
+    /// uid → generation of the unreadable objects reported (each once per generation).
+    reported: HashMap<String, i64>,
     /// `None`: always acts; otherwise only while leading.
     leadership: Option<Leadership>,
 }
@@ -150,6 +162,7 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
             metrics,
             published: HashMap::new(),
             retry: BTreeSet::new(),
+            reported: HashMap::new(),
             leadership: None,
         }
     }
@@ -220,9 +233,11 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
     async fn on_change(&mut self, change: Change) {
         match change {
             Change::Applied(component) => self.handle_logged(*component).await,
+            Change::Unreadable(unreadable) => self.unreadable_logged(*unreadable).await,
             Change::Deleted(component) => {
                 if let Some(uid) = &component.metadata.uid {
                     self.published.remove(uid);
+                    self.reported.remove(uid);
                 }
                 self.retry.remove(&key_of(&component));
             }
@@ -241,14 +256,20 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
     pub async fn resync(&mut self) {
         self.metrics.resyncs.inc();
         match self.store.list().await {
-            Ok(components) => {
-                let live: BTreeSet<String> = components
+            Ok(listing) => {
+                let live: BTreeSet<String> = listing
+                    .components
                     .iter()
+                    .chain(listing.unreadable.iter().map(|u| &u.component))
                     .filter_map(|c| c.metadata.uid.clone())
                     .collect();
                 self.published.retain(|uid, _| live.contains(uid));
-                for component in components {
+                self.reported.retain(|uid, _| live.contains(uid));
+                for component in listing.components {
                     self.handle_logged(component).await;
+                }
+                for unreadable in listing.unreadable {
+                    self.unreadable_logged(unreadable).await;
                 }
             }
             Err(error) => tracing::warn!(%error, "resync: cannot list components"),
@@ -260,6 +281,9 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
             match self.store.get(&namespace, &name).await {
                 Ok(Some(component)) => self.handle_logged(component).await,
                 Ok(None) => {}
+                Err(StoreError::Unreadable(unreadable)) => {
+                    self.unreadable_logged(*unreadable).await;
+                }
                 Err(error) => {
                     tracing::debug!(%error, %namespace, %name, "retry: cannot read component");
                     self.retry.insert((namespace, name));
@@ -268,13 +292,40 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
         }
     }
 
+    /// Reports `unreadable` (once per generation), then handles it like a Component with an
+    /// invalid config.
+    async fn unreadable_logged(&mut self, unreadable: Unreadable) {
+        let Unreadable { component, error } = unreadable;
+        let handler = &component.spec.handler;
+        // An unreadable handler may be ours; an object of another handler is theirs.
+        if !handler.is_empty() && !component.is_for(&self.config.handler) {
+            return;
+        }
+        let (namespace, name) = key_of(&component);
+        let uid = component.metadata.uid.clone().unwrap_or_default();
+        let generation = component.metadata.generation.unwrap_or(0);
+        if self.reported.get(&uid) != Some(&generation) {
+            self.reported.insert(uid, generation);
+            self.metrics.unreadable_components.inc();
+            tracing::warn!(%namespace, %name, generation, %error, "component cannot be read; skipping it");
+        }
+        if !component.is_for(&self.config.handler) {
+            return;
+        }
+        self.handle_logged_as(component, Some(error)).await;
+    }
+
     async fn handle_logged(&mut self, component: Component) {
         if !component.is_for(&self.config.handler) {
             return;
         }
+        self.handle_logged_as(component, None).await;
+    }
+
+    async fn handle_logged_as(&mut self, component: Component, unreadable: Option<String>) {
         let (namespace, name) = key_of(&component);
         let span = tracing::info_span!("component", %namespace, %name);
-        match self.handle(component).instrument(span).await {
+        match self.handle_as(component, unreadable).instrument(span).await {
             Ok(()) => {
                 self.retry.remove(&(namespace, name));
             }
@@ -316,7 +367,17 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
     }
 
     /// Plans and acts on one Component until there is nothing more to do for it now.
-    pub async fn handle(&mut self, mut component: Component) -> Result<(), WatcherError> {
+    pub async fn handle(&mut self, component: Component) -> Result<(), WatcherError> {
+        self.handle_as(component, None).await
+    }
+
+    /// [`Watcher::handle`], for an object that cannot be read as a Component when
+    /// `unreadable` says why.
+    async fn handle_as(
+        &mut self,
+        mut component: Component,
+        mut unreadable: Option<String>,
+    ) -> Result<(), WatcherError> {
         let (namespace, name) = key_of(&component);
         for _ in 0..MAX_STEPS {
             if !self.leading() {
@@ -329,8 +390,12 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
                 now,
                 published: self.published_for(&component),
                 resync_grace: self.config.resync_grace,
+                max_timeout: self.config.max_timeout,
             };
-            let action = plan(&component, &ctx);
+            let action = match &unreadable {
+                Some(error) => plan_unreadable(&component, error, &ctx),
+                None => plan(&component, &ctx),
+            };
             tracing::debug!(?action, "planned");
             match action {
                 Action::Ignore | Action::Nothing(_) => return Ok(()),
@@ -343,6 +408,24 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
                     return Ok(());
                 }
                 Action::Claim => match self.store.add_finalizer(&component).await {
+                    // Claimed; the object it answered with is (or became) unreadable.
+                    Err(StoreError::Unreadable(claimed)) => {
+                        let Unreadable {
+                            component: claimed,
+                            error,
+                        } = *claimed;
+                        tracing::info!("claimed");
+                        let event = self.event(
+                            &claimed,
+                            StatusPhase::Claimed,
+                            claimed_message(&self.config.handler),
+                            now,
+                        );
+                        self.publish_status(&claimed, Kind::Claimed, &event, now)
+                            .await?;
+                        component = claimed;
+                        unreadable = Some(error);
+                    }
                     Ok(claimed) => {
                         tracing::info!("claimed");
                         let event = self.event(
@@ -359,9 +442,17 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
                         // Someone else wrote first: re-read and decide again, never overwrite.
                         self.metrics.conflicts.inc();
                         tracing::debug!("claim conflict; re-reading");
-                        match self.store.get(&namespace, &name).await? {
-                            Some(fresh) => component = fresh,
-                            None => return Ok(()),
+                        match self.store.get(&namespace, &name).await {
+                            Ok(Some(fresh)) => {
+                                component = fresh;
+                                unreadable = None;
+                            }
+                            Ok(None) => return Ok(()),
+                            Err(StoreError::Unreadable(fresh)) => {
+                                component = fresh.component;
+                                unreadable = Some(fresh.error);
+                            }
+                            Err(e) => return Err(e.into()),
                         }
                     }
                     Err(e) => return Err(e.into()),

@@ -243,7 +243,7 @@ async fn list_covers_all_namespaces_or_each_configured_one() {
         .list()
         .await
         .unwrap();
-    assert_eq!(all.len(), 1);
+    assert_eq!(all.components.len(), 1);
     assert_eq!(
         seen.lock().unwrap()[0].path.split('?').next().unwrap(),
         "/apis/deployment-orchestrator.io/v1alpha1/components"
@@ -253,7 +253,7 @@ async fn list_covers_all_namespaces_or_each_configured_one() {
         .list()
         .await
         .unwrap();
-    assert_eq!(some.len(), 2);
+    assert_eq!(some.components.len(), 2);
     let paths: Vec<String> = seen
         .lock()
         .unwrap()

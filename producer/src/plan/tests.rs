@@ -110,6 +110,7 @@ fn ctx(published: Published) -> Context<'static> {
         now: now(),
         published,
         resync_grace: None,
+        max_timeout: Duration::from_secs(3600),
     }
 }
 
@@ -558,4 +559,133 @@ fn deleting_with_an_invalid_config() {
         ..Default::default()
     };
     assert_eq!(kind(&plan(&installed.build(), &ctx(reported))), "Nothing");
+}
+
+#[test]
+fn an_unreadable_object_is_planned_like_an_invalid_config_with_the_reason() {
+    const ERROR: &str = "recursion limit exceeded at line 1 column 900";
+    let message = unreadable_message(ERROR);
+    let failed_once = Published {
+        failed: true,
+        ..Default::default()
+    };
+    let terminated = Published {
+        terminated: true,
+        ..Default::default()
+    };
+    let claimed = fixture().fin(&[HELM_FINALIZER]).at(Phase::Claimed, None);
+    let cases: Vec<(&str, Fixture, Published, Action)> = vec![
+        ("unclaimed", fixture(), Published::default(), Action::Claim),
+        (
+            "another handler's",
+            fixture().handler("other"),
+            Published::default(),
+            Action::Ignore,
+        ),
+        (
+            "claimed",
+            claimed.clone(),
+            Published::default(),
+            Action::ConfigFailed {
+                message: message.clone(),
+            },
+        ),
+        (
+            "failure published",
+            claimed.clone(),
+            failed_once,
+            Action::Nothing("config failure published; waiting for the writer"),
+        ),
+        (
+            "failed at this generation",
+            claimed.clone().at(Phase::Failed, Some(1)),
+            Published::default(),
+            Action::Nothing("failed at this generation; waiting for a spec change"),
+        ),
+        (
+            "deleted, nothing installed",
+            claimed.clone().deleting(),
+            Published::default(),
+            Action::FinishDeleteWithoutRelease {
+                message: format!("nothing to uninstall (no release was installed: {message})"),
+            },
+        ),
+        (
+            "deleted, terminated published",
+            claimed.clone().deleting(),
+            terminated,
+            Action::Nothing("terminated; waiting for the writer to remove the finalizer"),
+        ),
+        (
+            "deleted with a release recorded",
+            claimed.clone().with_record().deleting(),
+            Published::default(),
+            Action::DeleteBlocked {
+                message: format!(
+                    "cannot uninstall release apps-recorded/web-recorded: {message}; fix spec.config to retry"
+                ),
+            },
+        ),
+    ];
+    for (name, fixture, published, want) in cases {
+        // A valid config in the skeleton changes nothing: the object as a whole is unreadable.
+        let got = plan_unreadable(&fixture.build(), ERROR, &ctx(published));
+        assert_eq!(got, want, "{name}");
+    }
+}
+
+#[test]
+fn timeouts_over_the_max_are_refused() {
+    let hour = Duration::from_secs(3600);
+    let cases = [
+        ("1s", Duration::from_secs(1), Ok(Duration::from_secs(1))),
+        ("the max", hour, Ok(hour)),
+        (
+            "one second over",
+            hour + Duration::from_secs(1),
+            Err(
+                "spec.deploymentTimeout is 3601s, over the limit of 3600s (--max-timeout); use a shorter timeout",
+            ),
+        ),
+        (
+            "87600h",
+            Duration::from_secs(87_600 * 3600),
+            Err(
+                "spec.deploymentTimeout is 315360000s, over the limit of 3600s (--max-timeout); use a shorter timeout",
+            ),
+        ),
+    ];
+    for (name, timeout, want) in cases {
+        assert_eq!(
+            capped_timeout("spec.deploymentTimeout", timeout, hour),
+            want.map_err(str::to_owned),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn a_component_asking_for_too_long_a_timeout_fails_like_an_invalid_config() {
+    let claimed = fixture().fin(&[HELM_FINALIZER]).at(Phase::Claimed, None);
+    let mut long = claimed.build();
+    long.spec.deployment_timeout = Some("87600h".into());
+    assert_eq!(
+        plan(&long, &ctx(Published::default())),
+        Action::ConfigFailed {
+            message: "spec.deploymentTimeout is 315360000s, over the limit of 3600s (--max-timeout); use a shorter timeout".into()
+        }
+    );
+    // Within a larger --max-timeout it deploys.
+    let mut roomy = ctx(Published::default());
+    roomy.max_timeout = Duration::from_secs(87_600 * 3600);
+    assert_eq!(kind(&plan(&long, &roomy)), "PublishApply");
+    // Being deleted with a release recorded: the delete job cannot be built either.
+    let mut deleting = claimed.with_record().deleting().build();
+    deleting.spec.termination_timeout = Some("25h".into());
+    assert_eq!(
+        plan(&deleting, &ctx(Published::default())),
+        Action::DeleteBlocked {
+            message: "cannot uninstall release apps-recorded/web-recorded: spec.terminationTimeout is 90000s, over the limit of 3600s (--max-timeout); use a shorter timeout; fix spec.config to retry".into()
+        }
+    );
 }

@@ -26,7 +26,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tokio::sync::broadcast;
 
 pub use super::fake_lease::FakeLeaseStore;
-use super::{Change, ComponentStore, ErrorClass, StoreError, key_of};
+use super::{Change, ComponentStore, ErrorClass, Listing, StoreError, key_of};
 
 /// Changes buffered per watcher before it is considered lagging (it then re-lists, as a real
 /// watch does after a "resource version too old").
@@ -347,9 +347,12 @@ impl ComponentStore for FakeComponentStore {
         Ok(self.snapshot(namespace, name))
     }
 
-    async fn list(&self) -> Result<Vec<Component>, StoreError> {
+    async fn list(&self) -> Result<Listing, StoreError> {
         self.check_available()?;
-        Ok(self.state().objects.values().cloned().collect())
+        Ok(Listing {
+            components: self.state().objects.values().cloned().collect(),
+            unreadable: Vec::new(),
+        })
     }
 
     fn changes(&self) -> BoxStream<'static, Change> {

@@ -1,20 +1,43 @@
 //! [`KubeComponentStore`]: the [`ComponentStore`] seam over the Kubernetes API (`kube`).
 //!
+//! Reads (get, list, watch, and the objects writes answer with) take the raw JSON and decode
+//! it one object at a time ([`raw`](super::raw)): an object that is not a readable
+//! [`Component`] is [`Unreadable`] and never fails the listing or the watch of the others.
+//! The watch keeps the API server's resourceVersion semantics as kube-runtime's watcher does:
+//! list (in pages), watch from the list's resourceVersion with bookmarks, resume from the last
+//! version seen when the stream ends, list again on 410 Gone, and back off (capped) after
+//! errors.
+//!
 //! Writes are JSON merge patches that carry `metadata.resourceVersion`: the API server treats
 //! it as a precondition and answers 409 when the object changed, which maps to
 //! [`StoreError::Conflict`]. Status goes through the `/status` subresource only.
 
-use futures::stream::{BoxStream, StreamExt};
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::stream::{BoxStream, Stream, StreamExt};
+use futures::{AsyncBufReadExt, TryStreamExt};
 use helmq_schemas::component::{Component, ComponentStatus};
 use kube::Client;
-use kube::api::{Api, ListParams, Patch, PatchParams};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::Resource;
+use kube::api::{GetParams, ListParams, Patch, PatchParams, WatchParams};
+use kube::core::Request;
 use serde_json::json;
 
+use super::raw::{self, Decoded, Event};
 use super::{
-    Change, ComponentStore, ErrorClass, StoreError, classify, finalizers_with_ours,
+    Change, ComponentStore, ErrorClass, Listing, StoreError, classify, finalizers_with_ours,
     finalizers_without_ours,
 };
+
+/// Objects per list page.
+const PAGE_SIZE: u32 = 500;
+/// How long the API server keeps one watch request open (kube-runtime's default).
+const WATCH_TIMEOUT_SECS: u32 = 290;
+/// First delay after a failed list or watch, doubled per failure in a row.
+const FIRST_BACKOFF: Duration = Duration::from_millis(800);
+/// The longest delay between attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// [`ComponentStore`] on a Kubernetes API server.
 #[derive(Clone)]
@@ -46,18 +69,232 @@ impl KubeComponentStore {
         }
     }
 
-    fn scoped_apis(&self) -> Vec<Api<Component>> {
+    /// The collection paths of the store's scope: all namespaces or each configured one.
+    fn scopes(&self) -> Vec<Request> {
         match &self.namespaces {
-            None => vec![Api::all(self.client.clone())],
+            None => vec![Request::new(Component::url_path(&(), None))],
             Some(list) => list
                 .iter()
-                .map(|ns| Api::namespaced(self.client.clone(), ns))
+                .map(|ns| Request::new(Component::url_path(&(), Some(ns))))
                 .collect(),
         }
     }
 
-    fn api(&self, namespace: &str) -> Api<Component> {
-        Api::namespaced(self.client.clone(), namespace)
+    fn request(namespace: &str) -> Request {
+        Request::new(Component::url_path(&(), Some(namespace)))
+    }
+
+    /// Sends `request` and decodes the one object it answers with.
+    async fn one(
+        &self,
+        request: Result<http::Request<Vec<u8>>, kube::core::request::Error>,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Component, StoreError> {
+        let request =
+            request.map_err(|e| map_error(kube::Error::BuildRequest(e), namespace, name))?;
+        let text = self
+            .client
+            .request_text(request)
+            .await
+            .map_err(|e| map_error(e, namespace, name))?;
+        match raw::decode(&text) {
+            Decoded::Component(component) => Ok(*component),
+            Decoded::Unreadable(unreadable) => Err(StoreError::Unreadable(unreadable)),
+        }
+    }
+
+    async fn patch(
+        &self,
+        component: &Component,
+        patch: &serde_json::Value,
+        subresource: Option<&str>,
+    ) -> Result<Component, StoreError> {
+        let (namespace, name) = names(component);
+        let params = PatchParams::default();
+        let patch = Patch::Merge(patch);
+        let request = match subresource {
+            Some(sub) => Self::request(&namespace).patch_subresource(sub, &name, &params, &patch),
+            None => Self::request(&namespace).patch(&name, &params, &patch),
+        };
+        self.one(request, &namespace, &name).await
+    }
+}
+
+/// One page of `scope`, from `token` on.
+async fn list_page(
+    client: &Client,
+    scope: &Request,
+    token: Option<&str>,
+) -> Result<raw::Page, kube::Error> {
+    let mut params = ListParams::default().limit(PAGE_SIZE);
+    if let Some(token) = token {
+        params = params.continue_token(token);
+    }
+    let request = scope.list(&params).map_err(kube::Error::BuildRequest)?;
+    let text = client.request_text(request).await?;
+    raw::decode_page(&text).map_err(kube::Error::SerdeError)
+}
+
+/// Every object of `scope` and the resourceVersion to watch from.
+async fn list_all(client: &Client, scope: &Request) -> Result<(Vec<Decoded>, String), kube::Error> {
+    let mut page = list_page(client, scope, None).await?;
+    let mut items = std::mem::take(&mut page.items);
+    while let Some(token) = page.next.take() {
+        page = list_page(client, scope, Some(&token)).await?;
+        items.append(&mut page.items);
+    }
+    Ok((items, page.resource_version))
+}
+
+type Lines = Pin<Box<dyn Stream<Item = std::io::Result<String>> + Send>>;
+
+/// Opens a watch of `scope` from `version`.
+async fn open_watch(client: &Client, scope: &Request, version: &str) -> Result<Lines, kube::Error> {
+    let params = WatchParams::default().timeout(WATCH_TIMEOUT_SECS);
+    let mut request = scope
+        .watch(&params, version)
+        .map_err(kube::Error::BuildRequest)?;
+    // No compressed watch streams (kube does the same for its own watches).
+    request.headers_mut().insert(
+        http::header::ACCEPT_ENCODING,
+        http::HeaderValue::from_static("identity"),
+    );
+    let body = client.request_stream(request).await?;
+    Ok(body.lines().into_stream().boxed())
+}
+
+/// Where one scope's watch stands.
+enum Position {
+    /// (Re)list everything, then watch.
+    List,
+    /// Watch from this resourceVersion; `Some`: the open stream.
+    Watch(String, Option<Lines>),
+}
+
+/// One scope's list-then-watch loop.
+struct Follow {
+    client: Client,
+    scope: Request,
+    position: Position,
+    /// Failures in a row, for the backoff.
+    failures: u32,
+}
+
+/// The delay after `failures` failures in a row: [`FIRST_BACKOFF`] doubled per earlier
+/// failure, at most [`MAX_BACKOFF`].
+fn backoff(failures: u32) -> Duration {
+    match failures {
+        0 => Duration::ZERO,
+        n => FIRST_BACKOFF
+            .saturating_mul(1 << (n - 1).min(16))
+            .min(MAX_BACKOFF),
+    }
+}
+
+/// True for the API server's 410 Gone: the resourceVersion is too old, list again.
+fn gone(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 410)
+}
+
+/// The change a decoded object makes; `Applied` or `Deleted`.
+fn change(decoded: Decoded, deleted: bool) -> Change {
+    match (decoded, deleted) {
+        (Decoded::Component(c), false) => Change::Applied(c),
+        (Decoded::Component(c), true) => Change::Deleted(c),
+        (Decoded::Unreadable(u), false) => Change::Unreadable(u),
+        (Decoded::Unreadable(u), true) => Change::Deleted(Box::new(u.component)),
+    }
+}
+
+impl Follow {
+    fn failed(&mut self, error: &kube::Error) -> Vec<Change> {
+        self.failures = self.failures.saturating_add(1);
+        vec![Change::Error(error.to_string())]
+    }
+
+    /// The next changes (possibly none); waits out the backoff first.
+    async fn step(&mut self) -> Vec<Change> {
+        if self.failures > 0 {
+            tokio::time::sleep(backoff(self.failures)).await;
+        }
+        match &mut self.position {
+            Position::List => match list_all(&self.client, &self.scope).await {
+                Ok((items, version)) => {
+                    self.failures = 0;
+                    self.position = Position::Watch(version, None);
+                    std::iter::once(Change::Restarted)
+                        .chain(items.into_iter().map(|d| change(d, false)))
+                        .collect()
+                }
+                Err(error) => self.failed(&error),
+            },
+            Position::Watch(version, stream @ None) => {
+                match open_watch(&self.client, &self.scope, version).await {
+                    Ok(lines) => {
+                        *stream = Some(lines);
+                        Vec::new()
+                    }
+                    Err(error) if gone(&error) => {
+                        self.position = Position::List;
+                        Vec::new()
+                    }
+                    Err(error) => self.failed(&error),
+                }
+            }
+            Position::Watch(version, Some(lines)) => match lines.next().await {
+                // The server closed the watch (its timeout): resume from the last version.
+                None => {
+                    self.position = Position::Watch(std::mem::take(version), None);
+                    Vec::new()
+                }
+                Some(Err(error)) => {
+                    self.position = Position::Watch(std::mem::take(version), None);
+                    self.failed(&kube::Error::ReadEvents(error))
+                }
+                Some(Ok(line)) => self.on_line(&line),
+            },
+        }
+    }
+
+    fn on_line(&mut self, line: &str) -> Vec<Change> {
+        let Position::Watch(version, _) = &mut self.position else {
+            return Vec::new();
+        };
+        let event = match raw::decode_event(line) {
+            Ok(Some(event)) => event,
+            Ok(None) => return Vec::new(),
+            Err(error) => return vec![Change::Error(format!("unreadable watch event: {error}"))],
+        };
+        self.failures = 0;
+        let mut seen = |d: &Decoded| {
+            if let Some(v) = &d.meta().resource_version {
+                version.clone_from(v);
+            }
+        };
+        match event {
+            Event::Applied(d) => {
+                seen(&d);
+                vec![change(d, false)]
+            }
+            Event::Deleted(d) => {
+                seen(&d);
+                vec![change(d, true)]
+            }
+            Event::Bookmark(v) => {
+                *version = v;
+                Vec::new()
+            }
+            Event::Error(status) if status.code == 410 => {
+                self.position = Position::List;
+                Vec::new()
+            }
+            Event::Error(status) => {
+                let error = kube::Error::Api(status);
+                self.position = Position::Watch(std::mem::take(version), None);
+                self.failed(&error)
+            }
+        }
     }
 }
 
@@ -100,90 +337,84 @@ fn resource_version(component: &Component) -> serde_json::Value {
 
 impl ComponentStore for KubeComponentStore {
     async fn get(&self, namespace: &str, name: &str) -> Result<Option<Component>, StoreError> {
-        self.api(namespace)
-            .get_opt(name)
-            .await
-            .map_err(|e| map_error(e, namespace, name))
+        let request = Self::request(namespace).get(name, &GetParams::default());
+        match self.one(request, namespace, name).await {
+            Ok(component) => Ok(Some(component)),
+            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
-    async fn list(&self) -> Result<Vec<Component>, StoreError> {
-        let mut all = Vec::new();
-        for api in self.scoped_apis() {
-            let list = api
-                .list(&ListParams::default())
+    async fn list(&self) -> Result<Listing, StoreError> {
+        let mut listing = Listing::default();
+        for scope in self.scopes() {
+            let (items, _) = list_all(&self.client, &scope)
                 .await
                 .map_err(|e| map_error(e, "", ""))?;
-            all.extend(list.items);
+            for item in items {
+                match item {
+                    Decoded::Component(c) => listing.components.push(*c),
+                    Decoded::Unreadable(u) => listing.unreadable.push(*u),
+                }
+            }
         }
-        Ok(all)
+        Ok(listing)
     }
 
     fn changes(&self) -> BoxStream<'static, Change> {
-        let streams = self.scoped_apis().into_iter().map(|api| {
-            watcher(api, watcher::Config::default())
-                .default_backoff()
-                .filter_map(|event| async move {
-                    match event {
-                        Ok(watcher::Event::Apply(c) | watcher::Event::InitApply(c)) => {
-                            Some(Change::Applied(Box::new(c)))
-                        }
-                        Ok(watcher::Event::Delete(c)) => Some(Change::Deleted(Box::new(c))),
-                        Ok(watcher::Event::Init) => Some(Change::Restarted),
-                        Ok(watcher::Event::InitDone) => None,
-                        Err(e) => Some(Change::Error(e.to_string())),
-                    }
-                })
-                .boxed()
+        let streams = self.scopes().into_iter().map(|scope| {
+            let follow = Follow {
+                client: self.client.clone(),
+                scope,
+                position: Position::List,
+                failures: 0,
+            };
+            futures::stream::unfold(follow, |mut follow| async move {
+                let changes = follow.step().await;
+                Some((futures::stream::iter(changes), follow))
+            })
+            .flatten()
+            .boxed()
         });
         futures::stream::select_all(streams).boxed()
     }
 
     async fn add_finalizer(&self, component: &Component) -> Result<Component, StoreError> {
-        let (namespace, name) = names(component);
         let patch = json!({
             "metadata": {
                 "resourceVersion": resource_version(component),
                 "finalizers": finalizers_with_ours(component),
             }
         });
-        self.api(&namespace)
-            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map_err(|e| map_error(e, &namespace, &name))
+        self.patch(component, &patch, None).await
     }
 
     async fn remove_finalizer(
         &self,
         component: &Component,
     ) -> Result<Option<Component>, StoreError> {
-        let (namespace, name) = names(component);
         let patch = json!({
             "metadata": {
                 "resourceVersion": resource_version(component),
                 "finalizers": finalizers_without_ours(component),
             }
         });
-        match self
-            .api(&namespace)
-            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(updated) => {
-                let gone = updated.metadata.deletion_timestamp.is_some()
-                    && updated
-                        .metadata
-                        .finalizers
-                        .as_ref()
-                        .is_none_or(Vec::is_empty);
-                Ok((!gone).then_some(updated))
-            }
+        let released = |updated: &Component| {
+            updated.metadata.deletion_timestamp.is_some()
+                && updated
+                    .metadata
+                    .finalizers
+                    .as_ref()
+                    .is_none_or(Vec::is_empty)
+        };
+        match self.patch(component, &patch, None).await {
+            Ok(updated) => Ok((!released(&updated)).then_some(updated)),
+            Err(StoreError::Unreadable(u)) if released(&u.component) => Ok(None),
             // Removing the last finalizer of a deleting object may race with its removal.
-            Err(kube::Error::Api(status))
-                if status.code == 404 && component.metadata.deletion_timestamp.is_some() =>
-            {
+            Err(StoreError::NotFound { .. }) if component.metadata.deletion_timestamp.is_some() => {
                 Ok(None)
             }
-            Err(e) => Err(map_error(e, &namespace, &name)),
+            Err(e) => Err(e),
         }
     }
 
@@ -192,14 +423,10 @@ impl ComponentStore for KubeComponentStore {
         component: &Component,
         status: &ComponentStatus,
     ) -> Result<Component, StoreError> {
-        let (namespace, name) = names(component);
         let patch = json!({
             "metadata": { "resourceVersion": resource_version(component) },
             "status": status,
         });
-        self.api(&namespace)
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map_err(|e| map_error(e, &namespace, &name))
+        self.patch(component, &patch, Some("status")).await
     }
 }

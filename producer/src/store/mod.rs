@@ -24,6 +24,7 @@ mod fake_lease;
 mod kube_lease;
 mod kube_store;
 mod lease;
+pub mod raw;
 
 use std::future::Future;
 
@@ -33,6 +34,7 @@ use helmq_schemas::component::{Component, ComponentStatus};
 pub use kube_lease::KubeLeaseStore;
 pub use kube_store::KubeComponentStore;
 pub use lease::LeaseStore;
+pub use raw::Unreadable;
 
 /// Errors of [`ComponentStore`] operations.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +70,11 @@ pub enum StoreError {
     /// The API server could not be reached or failed; retrying later may succeed.
     #[error("api server unavailable: {0}")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The request was carried out, but the object it answered with is not a readable
+    /// Component (nested too deep, a field of the wrong type); what could be read of it is
+    /// in the [`Unreadable`].
+    #[error("component {}/{} cannot be read: {}", .0.component.metadata.namespace.as_deref().unwrap_or_default(), .0.component.metadata.name.as_deref().unwrap_or_default(), .0.error)]
+    Unreadable(Box<Unreadable>),
 }
 
 /// What a failed API call calls for.
@@ -86,7 +93,9 @@ impl StoreError {
     pub fn class(&self) -> ErrorClass {
         match self {
             StoreError::Conflict { .. } => ErrorClass::Conflict,
-            StoreError::NotFound { .. } | StoreError::Invalid(_) => ErrorClass::Permanent,
+            StoreError::NotFound { .. } | StoreError::Invalid(_) | StoreError::Unreadable(_) => {
+                ErrorClass::Permanent
+            }
             StoreError::Rejected { code, .. } => classify_code(*code),
             StoreError::Unavailable(_) => ErrorClass::Transient,
         }
@@ -133,8 +142,19 @@ pub enum Change {
     Deleted(Box<Component>),
     /// The watch (re)started: a full listing follows.
     Restarted,
+    /// An object was listed, added or modified that is not a readable Component.
+    Unreadable(Box<Unreadable>),
     /// The watch failed; it backs off and resumes by itself.
     Error(String),
+}
+
+/// Everything in a store's scope.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    /// The Components.
+    pub components: Vec<Component>,
+    /// The objects that are not readable Components.
+    pub unreadable: Vec<Unreadable>,
 }
 
 /// Access to `Component` resources, as the producer and the writer need it.
@@ -146,12 +166,13 @@ pub trait ComponentStore: Send + Sync + 'static {
         name: &str,
     ) -> impl Future<Output = Result<Option<Component>, StoreError>> + Send;
 
-    /// Every Component in the store's scope (all namespaces or the configured ones).
-    fn list(&self) -> impl Future<Output = Result<Vec<Component>, StoreError>> + Send;
+    /// Every Component in the store's scope (all namespaces or the configured ones), and the
+    /// objects there that cannot be read as one.
+    fn list(&self) -> impl Future<Output = Result<Listing, StoreError>> + Send;
 
     /// A never-ending stream of changes in the store's scope: it starts with a full listing
-    /// ([`Change::Restarted`] then one [`Change::Applied`] per object) and resumes by itself
-    /// after errors, re-listing so nothing is lost.
+    /// ([`Change::Restarted`] then one [`Change::Applied`] or [`Change::Unreadable`] per
+    /// object) and resumes by itself after errors, re-listing so nothing is lost.
     fn changes(&self) -> BoxStream<'static, Change>;
 
     /// Adds our claim finalizer to `component`, on the condition that it is unchanged since

@@ -287,7 +287,13 @@ impl<S: ComponentStore> Writer<S> {
     /// One read-decide-write round.
     pub async fn write(&self, event: &StatusEvent) -> Result<Outcome, StoreError> {
         let target = &event.component;
-        let Some(mut component) = self.store.get(&target.namespace, &target.name).await? else {
+        // An object that cannot be read as a Component still gets its status: what the
+        // writer needs of it (metadata, status) is read.
+        let component = match self.store.get(&target.namespace, &target.name).await {
+            Err(StoreError::Unreadable(unreadable)) => Some(unreadable.component),
+            other => other?,
+        };
+        let Some(mut component) = component else {
             return Ok(Outcome::Orphan);
         };
         if let Some(uid) = target.uid.as_deref().filter(|u| !u.is_empty())
@@ -307,7 +313,11 @@ impl<S: ComponentStore> Writer<S> {
             .any(|f| f == HELM_FINALIZER);
         if patch.remove_finalizer && ours && component.metadata.deletion_timestamp.is_some() {
             // Finalizer first: if the object then goes away, there is no status to write.
-            match self.store.remove_finalizer(&component).await? {
+            let removed = match self.store.remove_finalizer(&component).await {
+                Err(StoreError::Unreadable(unreadable)) => Some(unreadable.component),
+                other => other?,
+            };
+            match removed {
                 None => {
                     tracing::info!("terminated: finalizer removed, component gone");
                     return Ok(Outcome::Applied);
@@ -318,8 +328,11 @@ impl<S: ComponentStore> Writer<S> {
                 }
             }
         }
-        self.store.patch_status(&component, &patch.status).await?;
-        Ok(Outcome::Applied)
+        match self.store.patch_status(&component, &patch.status).await {
+            // Written; the object it answered with is not readable.
+            Ok(_) | Err(StoreError::Unreadable(_)) => Ok(Outcome::Applied),
+            Err(e) => Err(e),
+        }
     }
 }
 
