@@ -6,7 +6,8 @@
 //! the producer and the workers as `just up` runs them, and a namespace of its own.
 //!
 //! One module per theme: the Component lifecycle, failures and retries, a crashed worker,
-//! least privilege, the documented examples, leader election, and the scale run
+//! least privilege, the documented examples, leader election, a Component too deep to
+//! decode, and the scale run
 //! (`HELMQ_E2E_SCALE=N`, numbers in `target/bench/e2e-scale.json`).
 
 mod support;
@@ -19,3 +20,4 @@ mod lifecycle;
 mod rbac;
 mod recreate;
 mod scale;
+mod unreadable;

@@ -166,7 +166,7 @@ fn resolve(program: &str) -> PathBuf {
 
 /// `kubectl` for the workers and the cases: `KUBECTL_BIN`, else the one `just setup-kubectl`
 /// installs into `.tools/kubectl/`, else `kubectl` on `PATH`.
-fn kubectl() -> String {
+pub(crate) fn kubectl() -> String {
     if let Ok(path) = std::env::var("KUBECTL_BIN") {
         return path;
     }
