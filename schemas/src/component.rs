@@ -63,11 +63,13 @@ pub struct ComponentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "preserve_unknown_fields")]
     pub config: Option<serde_json::Value>,
-    /// How long a deployment may take before it fails (Go duration, default 5m).
+    /// How long a deployment may take before it fails (Go duration, default 5m; at most the
+    /// producer's and workers' --max-timeout, default 1h, never over 24h).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub deployment_timeout: Option<String>,
-    /// How long a termination may take before it fails (Go duration, default 5m).
+    /// How long a termination may take before it fails (Go duration, default 5m; at most the
+    /// producer's and workers' --max-timeout, default 1h, never over 24h).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub termination_timeout: Option<String>,
