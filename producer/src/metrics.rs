@@ -41,6 +41,8 @@ pub struct Metrics {
     pub resyncs: Counter,
     /// Objects that cannot be read as Components, once per object and generation.
     pub unreadable_components: Counter,
+    /// Failures handling a Component (API or NATS), each retried by its class or given up.
+    pub handling_failures: Counter,
 }
 
 impl Metrics {
@@ -97,6 +99,11 @@ impl Metrics {
             "helmq_producer_unreadable_components",
             "objects that cannot be read as Components (skipped and failed), once per generation",
             m.unreadable_components.clone(),
+        );
+        registry.register(
+            "helmq_producer_handling_failures",
+            "failures handling a Component (retried with backoff, or given up when permanent)",
+            m.handling_failures.clone(),
         );
         m
     }

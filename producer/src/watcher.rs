@@ -6,7 +6,11 @@
 //! What was published is remembered per (uid, generation) so that the many watch events of one
 //! Component do not re-publish; a periodic resync re-lists and re-publishes what the status
 //! still does not reflect after the grace period (a job lost in a purged stream or an outage).
-//! Components whose handling failed (API or NATS errors) are retried every few seconds.
+//! Components whose handling failed are retried by the class of the failure ([`retry_after`]):
+//! a permanent one (a request the API server refuses for good, a message NATS refuses) is
+//! reported once and not retried until the object changes; a conflict is re-read at the next
+//! retry tick; a transient one (429, 5xx, transport, NATS down) backs off, doubling up to
+//! [`MAX_RETRY_DELAY`].
 //!
 //! An object that cannot be read as a Component (nested deeper than the JSON decoder allows,
 //! a field of the wrong type) does not stop the others: it is logged and counted once per
@@ -19,7 +23,7 @@
 //! after that, not even for the rest of a resync pass), and starts a fresh watch, which lists
 //! every Component, when it leads again.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -33,7 +37,7 @@ use tracing::Instrument;
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::plan::{Action, Context, Published, component_ref, plan, plan_unreadable};
-use crate::store::{Change, ComponentStore, StoreError, Unreadable, key_of};
+use crate::store::{Change, ComponentStore, ErrorClass, StoreError, Unreadable, key_of};
 
 /// Message of the `Claimed` event, as the original handler wrote it.
 pub fn claimed_message(handler: &str) -> String {
@@ -41,6 +45,32 @@ pub fn claimed_message(handler: &str) -> String {
 }
 /// Plan/act rounds per Component per event (a claim, a conflict re-read, then the job).
 const MAX_STEPS: usize = 6;
+/// The longest wait before a Component that failed transiently is retried.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
+
+/// What to do after handling a Component failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// The same requests would fail again: report it once, retry only when the object
+    /// changes (a new resourceVersion).
+    GiveUp,
+    /// Try again after this long.
+    After(Duration),
+}
+
+/// The decision after the `failures`-th failure in a row (1 for the first) of class `class`:
+/// permanent → give up; conflict → re-read after `interval`; transient → `interval` doubled
+/// per earlier failure, at most `max`.
+pub fn retry_after(class: ErrorClass, failures: u32, interval: Duration, max: Duration) -> Retry {
+    match class {
+        ErrorClass::Permanent => Retry::GiveUp,
+        ErrorClass::Conflict => Retry::After(interval.min(max)),
+        ErrorClass::Transient => {
+            let doublings = failures.saturating_sub(1).min(20);
+            Retry::After(interval.saturating_mul(1 << doublings).min(max))
+        }
+    }
+}
 
 /// Errors handling one Component (logged; the Component is retried).
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +90,29 @@ pub enum WatcherError {
     /// Leader election stopped while the watcher waited for leadership.
     #[error("leader election ended")]
     ElectionEnded,
+}
+
+impl WatcherError {
+    /// The class of this failure, for [`retry_after`].
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            WatcherError::Store(e) => e.class(),
+            WatcherError::Publish(e) if e.is_permanent() => ErrorClass::Permanent,
+            WatcherError::TooManyRounds(_) => ErrorClass::Conflict,
+            WatcherError::Publish(_) | WatcherError::WatchEnded | WatcherError::ElectionEnded => {
+                ErrorClass::Transient
+            }
+        }
+    }
+}
+
+/// A Component waiting for its retry.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    /// Failures in a row.
+    failures: u32,
+    /// When to retry.
+    due: tokio::time::Instant,
 }
 
 /// Settings of the watch loop.
@@ -125,8 +178,11 @@ pub struct Watcher<S, Q, T> {
     metrics: Metrics,
     /// uid → (generation, what was published for it).
     published: HashMap<String, (i64, Published)>,
-    /// Components to retry after a failure.
-    retry: BTreeSet<(String, String)>,
+    /// Components to retry after a failure, with their backoff.
+    retry: BTreeMap<(String, String), Pending>,
+    /// Components given up after a permanent failure, with the resourceVersion that failed:
+    /// left alone until it changes.
+    given_up: HashMap<(String, String), Option<String>>,
     /// uid → generation of the unreadable objects reported (each once per generation).
     reported: HashMap<String, i64>,
     /// `None`: always acts; otherwise only while leading.
@@ -161,7 +217,8 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
             config,
             metrics,
             published: HashMap::new(),
-            retry: BTreeSet::new(),
+            retry: BTreeMap::new(),
+            given_up: HashMap::new(),
             reported: HashMap::new(),
             leadership: None,
         }
@@ -240,6 +297,7 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
                     self.reported.remove(uid);
                 }
                 self.retry.remove(&key_of(&component));
+                self.given_up.remove(&key_of(&component));
             }
             Change::Restarted => {
                 self.metrics.watch_restarts.inc();
@@ -277,16 +335,25 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
     }
 
     async fn retry_failed(&mut self) {
-        for (namespace, name) in std::mem::take(&mut self.retry) {
+        let now = tokio::time::Instant::now();
+        let due: Vec<(String, String)> = self
+            .retry
+            .iter()
+            .filter(|(_, p)| p.due <= now)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for (namespace, name) in due {
             match self.store.get(&namespace, &name).await {
                 Ok(Some(component)) => self.handle_logged(component).await,
-                Ok(None) => {}
+                Ok(None) => {
+                    self.retry.remove(&(namespace, name));
+                }
                 Err(StoreError::Unreadable(unreadable)) => {
                     self.unreadable_logged(*unreadable).await;
                 }
                 Err(error) => {
                     tracing::debug!(%error, %namespace, %name, "retry: cannot read component");
-                    self.retry.insert((namespace, name));
+                    self.failed((namespace, name), None, &WatcherError::Store(error));
                 }
             }
         }
@@ -323,15 +390,42 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
     }
 
     async fn handle_logged_as(&mut self, component: Component, unreadable: Option<String>) {
-        let (namespace, name) = key_of(&component);
-        let span = tracing::info_span!("component", %namespace, %name);
+        let key = key_of(&component);
+        let version = component.metadata.resource_version.clone();
+        if self.given_up.get(&key).is_some_and(|v| *v == version) {
+            tracing::debug!(namespace = %key.0, name = %key.1, "failed for good at this resourceVersion; left alone");
+            return;
+        }
+        let span = tracing::info_span!("component", namespace = %key.0, name = %key.1);
         match self.handle_as(component, unreadable).instrument(span).await {
             Ok(()) => {
-                self.retry.remove(&(namespace, name));
+                self.retry.remove(&key);
+                self.given_up.remove(&key);
             }
-            Err(error) => {
-                tracing::warn!(%namespace, %name, %error, "handling failed; will retry");
-                self.retry.insert((namespace, name));
+            Err(error) => self.failed(key, version, &error),
+        }
+    }
+
+    /// Reports a failure of `key` (at `version`) and schedules its retry by class.
+    fn failed(&mut self, key: (String, String), version: Option<String>, error: &WatcherError) {
+        let (namespace, name) = (&key.0, &key.1);
+        let failures = self
+            .retry
+            .get(&key)
+            .map_or(0, |p| p.failures)
+            .saturating_add(1);
+        let class = error.class();
+        self.metrics.handling_failures.inc();
+        match retry_after(class, failures, self.config.retry_interval, MAX_RETRY_DELAY) {
+            Retry::GiveUp => {
+                tracing::warn!(%namespace, %name, %error, "handling failed for good; not retried until the component changes");
+                self.retry.remove(&key);
+                self.given_up.insert(key, version);
+            }
+            Retry::After(delay) => {
+                tracing::warn!(%namespace, %name, %error, ?class, ?delay, failures, "handling failed; will retry");
+                let due = tokio::time::Instant::now() + delay;
+                self.retry.insert(key, Pending { failures, due });
             }
         }
     }
@@ -533,5 +627,102 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
         self.metrics.published(kind.as_str(), duplicate);
         self.record(component, kind, now);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_follow_the_class_of_the_failure() {
+        let s = Duration::from_secs;
+        let interval = s(5);
+        let max = MAX_RETRY_DELAY;
+        let cases = [
+            ("permanent, first", ErrorClass::Permanent, 1, Retry::GiveUp),
+            ("permanent, later", ErrorClass::Permanent, 7, Retry::GiveUp),
+            ("conflict", ErrorClass::Conflict, 1, Retry::After(s(5))),
+            (
+                "conflict, again",
+                ErrorClass::Conflict,
+                9,
+                Retry::After(s(5)),
+            ),
+            (
+                "transient, first",
+                ErrorClass::Transient,
+                1,
+                Retry::After(s(5)),
+            ),
+            (
+                "transient, second",
+                ErrorClass::Transient,
+                2,
+                Retry::After(s(10)),
+            ),
+            (
+                "transient, fourth",
+                ErrorClass::Transient,
+                4,
+                Retry::After(s(40)),
+            ),
+            (
+                "transient, capped",
+                ErrorClass::Transient,
+                7,
+                Retry::After(s(300)),
+            ),
+            (
+                "transient, no overflow",
+                ErrorClass::Transient,
+                u32::MAX,
+                Retry::After(s(300)),
+            ),
+            (
+                "transient, zero failures",
+                ErrorClass::Transient,
+                0,
+                Retry::After(s(5)),
+            ),
+        ];
+        for (name, class, failures, want) in cases {
+            assert_eq!(retry_after(class, failures, interval, max), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn watcher_errors_have_the_class_of_their_cause() {
+        let rejected = |code| {
+            WatcherError::Store(StoreError::Rejected {
+                code,
+                message: String::new(),
+            })
+        };
+        let cases = [
+            (rejected(422), ErrorClass::Permanent),
+            (rejected(403), ErrorClass::Permanent),
+            (rejected(503), ErrorClass::Transient),
+            (rejected(429), ErrorClass::Transient),
+            (
+                WatcherError::Store(StoreError::Invalid("bad uri".into())),
+                ErrorClass::Permanent,
+            ),
+            (
+                WatcherError::Publish(PublishError::NoStream("HELMQ_JOBS")),
+                ErrorClass::Transient,
+            ),
+            (
+                WatcherError::Publish(PublishError::TooLarge { size: 2, limit: 1 }),
+                ErrorClass::Permanent,
+            ),
+            (
+                WatcherError::TooManyRounds("ns/c".into()),
+                ErrorClass::Conflict,
+            ),
+        ];
+        for (error, want) in cases {
+            assert_eq!(error.class(), want, "{error}");
+        }
     }
 }

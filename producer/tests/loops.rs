@@ -1021,3 +1021,34 @@ async fn an_elected_producer_pauses_without_leadership_and_relists_when_it_leads
     assert!(view.is_leader());
     assert_eq!(metrics.watch_restarts.get(), 2);
 }
+
+#[tokio::test]
+async fn a_claim_refused_for_good_is_reported_once_and_not_retried_until_the_component_changes() {
+    let rig = Rig::new(Topology::default()).await;
+    let stuck = rig.store.create(deployable("stuck")).unwrap();
+    rig.store
+        .fail_component("default", "stuck", ErrorClass::Permanent);
+    rig.spawn_watcher(fast_watcher());
+    rig.store.create(deployable("web")).unwrap();
+    assert_eq!(rig.next_job().await.component.name, "web");
+    // Five retry ticks and resyncs later: still the one failure.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(rig.metrics.handling_failures.get(), 1);
+    assert!(!claimed_by_us(&rig, "stuck"));
+    // A change (a new resourceVersion) is tried again; once the API accepts it, it deploys.
+    rig.store.clear_failure("default", "stuck");
+    rig.store
+        .edit_spec("default", "stuck", |spec| {
+            spec.deployment_timeout = Some("2m".into());
+        })
+        .unwrap();
+    let job = rig.next_job().await;
+    assert_eq!(
+        (job.component.name.as_str(), job.component.uid.as_deref()),
+        ("stuck", stuck.metadata.uid.as_deref())
+    );
+}
+
+fn claimed_by_us(rig: &Rig, name: &str) -> bool {
+    finalizers(rig.store.snapshot("default", name).as_ref()).contains(&HELM_FINALIZER.to_owned())
+}
