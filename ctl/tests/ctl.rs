@@ -258,32 +258,34 @@ async fn dead_letters_can_be_listed_shown_replayed_and_purged() {
     );
 }
 
+/// A status event of `worker-a` for generation 1 of `ns/name`.
+fn worker_event(ns: &str, name: &str, phase: StatusPhase) -> StatusEvent {
+    StatusEvent::new(
+        "j",
+        ComponentRef {
+            namespace: ns.into(),
+            name: name.into(),
+            uid: None,
+            generation: 1,
+        },
+        phase,
+        "msg",
+        1,
+        "worker-a",
+        jiff::Timestamp::now(),
+    )
+}
+
 #[tokio::test]
 async fn watch_follows_status_events_of_one_namespace() {
     let server = NatsServer::start();
     ctl(&server, &["setup"]).await.unwrap();
     let client = async_nats::connect(server.url()).await.unwrap();
     let sink = JetStreamStatus::new(jetstream::new(client));
-    let publish = |ns: &str, name: &str, phase| {
-        StatusEvent::new(
-            "j",
-            ComponentRef {
-                namespace: ns.into(),
-                name: name.into(),
-                uid: None,
-                generation: 1,
-            },
-            phase,
-            "msg",
-            1,
-            "worker-a",
-            jiff::Timestamp::now(),
-        )
-    };
     for event in [
-        publish("shop", "web", StatusPhase::Deploying),
-        publish("other", "db", StatusPhase::Deploying),
-        publish("shop", "my.api", StatusPhase::Ready),
+        worker_event("shop", "web", StatusPhase::Deploying),
+        worker_event("other", "db", StatusPhase::Deploying),
+        worker_event("shop", "my.api", StatusPhase::Ready),
     ] {
         sink.publish_status(&event).await.unwrap();
     }
@@ -318,20 +320,7 @@ async fn since_far_back_starts_with_the_oldest_event() {
     ctl(&server, &["setup"]).await.unwrap();
     let client = async_nats::connect(server.url()).await.unwrap();
     let sink = JetStreamStatus::new(jetstream::new(client));
-    let event = StatusEvent::new(
-        "j",
-        ComponentRef {
-            namespace: "shop".into(),
-            name: "web".into(),
-            uid: None,
-            generation: 1,
-        },
-        StatusPhase::Ready,
-        "msg",
-        1,
-        "worker-a",
-        jiff::Timestamp::now(),
-    );
+    let event = worker_event("shop", "web", StatusPhase::Ready);
     sink.publish_status(&event).await.unwrap();
     let out = ctl(
         &server,
