@@ -5,13 +5,14 @@
 //! `tests/fixtures/charts/` served as a chart repository on 127.0.0.1, a fresh `nats-server`,
 //! the producer and the workers as `just up` runs them, and a namespace of its own.
 //!
-//! One module per theme: the Component lifecycle, failures and retries, a crashed worker,
-//! least privilege, the documented examples, leader election, a Component too deep to
-//! decode, and the scale run
-//! (`HELMQ_E2E_SCALE=N`, numbers in `target/bench/e2e-scale.json`).
+//! One module per theme: the Component lifecycle, failures and retries, a crashed worker, a
+//! cancelled run (supersede, drain), least privilege, the documented examples, leader
+//! election, a Component too deep to decode, and the scale run (`HELMQ_E2E_SCALE=N`, numbers
+//! in `target/bench/e2e-scale.json`).
 
 mod support;
 
+mod cancel;
 mod crash;
 mod examples;
 mod failures;
