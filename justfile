@@ -23,6 +23,11 @@ test: setup
     HELMQ_NATS_SERVER={{nats_oldest}} cargo nextest run --workspace --no-fail-fast
     cargo test --workspace --doc
 
+# Measure helmq on this machine (docs/BENCHMARKS.md): raw JetStream, pipeline throughput, dispatch latency, scaling, HelmCli, memory. Prints a table, writes target/bench/summary.json. A program, not a test; not in CI.
+bench *args: setup
+    cargo build --release -q -p helmq-worker -p helmq-bench --bin helmq-worker --bin helmq-bench
+    target/release/helmq-bench run --nats-server {{nats_newest}} {{args}}
+
 # Regenerate the CRD and the JSON Schemas from the Rust types.
 generate:
     cargo run -q -p helmq-schemas --bin schemagen
