@@ -14,7 +14,7 @@
 //! Modules: [`jobs`] (generated work), [`probe`] (per-job timestamps), [`driver`] (Helm in
 //! memory), [`store`] (the in-memory API server, timed), [`child`] (processes the bench starts,
 //! and the `bench worker` / `bench producer` entry points), [`procfs`] (peak RSS and CPU time),
-//! [`stats`] (percentiles), [`env`] (a server per phase, CPU accounting).
+//! [`stats`] (percentiles), [`env`](mod@env) (a server per phase, CPU accounting).
 
 pub mod child;
 pub mod driver;

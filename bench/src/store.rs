@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use futures::stream::BoxStream;
 use helmq_producer::store::fake::FakeComponentStore;
-use helmq_producer::store::{Change, ComponentStore, StoreError};
+use helmq_producer::store::{Change, ComponentStore, Listing, StoreError};
 use helmq_schemas::component::{Component, ComponentStatus, Phase};
 
 use crate::jobs::index_of;
@@ -30,7 +30,7 @@ impl ComponentStore for TimedStore {
         self.inner.get(namespace, name).await
     }
 
-    async fn list(&self) -> Result<Vec<Component>, StoreError> {
+    async fn list(&self) -> Result<Listing, StoreError> {
         self.inner.list().await
     }
 

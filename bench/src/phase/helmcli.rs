@@ -42,12 +42,7 @@ pub async fn run(ctx: &Context, report: &mut Report) -> anyhow::Result<f64> {
         .tempdir_in(&ctx.out_dir)?;
 
     // The worker's own cost per job with Helm in memory, one slot.
-    let batch = (0..count)
-        .map(|i| jobs::apply(i, jobs::uuid(0xa, i)))
-        .collect();
-    let memory_probe = Probe::new(count);
-    publish_all(&env.js, batch, Some(&memory_probe)).await?;
-    env.wait_jobs(count as u64, STALL, &mut []).await?;
+    let memory_probe = queue(&env, 0xa, count).await?;
     let started = Instant::now();
     let mut memory = super::bench_worker(ctx, &url, "helmcli-memory-worker", 1, Duration::ZERO)?;
     env.wait_jobs(0, STALL, &mut [&mut memory]).await?;
@@ -56,12 +51,7 @@ pub async fn run(ctx: &Context, report: &mut Report) -> anyhow::Result<f64> {
     memory.stop(Duration::from_secs(10));
 
     // The real binary with HelmCli and the stand-in, one slot.
-    let batch = (0..count)
-        .map(|i| jobs::apply(i, jobs::uuid(0xb, i)))
-        .collect();
-    let helm_probe = Probe::new(count);
-    publish_all(&env.js, batch, Some(&helm_probe)).await?;
-    env.wait_jobs(count as u64, STALL, &mut []).await?;
+    let helm_probe = queue(&env, 0xb, count).await?;
     let cache = scratch.path().join("cache");
     // HelmCli points HELM_DATA_HOME there; the stand-in logs its calls in it.
     let helm_log = cache.join("helm/data").join(CALLS_LOG);
@@ -142,6 +132,18 @@ pub async fn run(ctx: &Context, report: &mut Report) -> anyhow::Result<f64> {
         Some(processes <= 1.0 + 1.0 / count as f64),
     );
     Ok(rss)
+}
+
+/// Queues `count` jobs of batch `run` (no worker is running yet); their publish times are in
+/// the probe.
+async fn queue(env: &Env, run: u32, count: usize) -> anyhow::Result<Probe> {
+    let batch = (0..count)
+        .map(|i| jobs::apply(i, jobs::uuid(run, i)))
+        .collect();
+    let probe = Probe::new(count);
+    publish_all(&env.js, batch, Some(&probe)).await?;
+    env.wait_jobs(count as u64, STALL, &mut []).await?;
+    Ok(probe)
 }
 
 /// Invocations per subcommand in the stand-in's log (one subcommand a line).
