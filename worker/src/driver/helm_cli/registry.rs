@@ -590,11 +590,21 @@ mod tests {
         };
         let pass =
             |user: &str, password: &str| Ok::<_, String>((user.to_owned(), password.to_owned()));
+        // The refusal of a Secret that names only `named`.
+        let elsewhere = |named: &str| {
+            Err(format!(
+                "the secret names no credentials for this registry (it names {named}); \
+                 credentials are only sent to a registry the secret names"
+            ))
+        };
+        let robot = || {
+            docker(serde_json::json!({
+                "registry.example.com": {"username": "robot", "password": "hunter2"}
+            }))
+        };
         let cases = [
             (
-                docker(
-                    serde_json::json!({"registry.example.com": {"username": "robot", "password": "hunter2"}}),
-                ),
+                robot(),
                 "registry.example.com",
                 pass("robot", "hunter2"),
                 "docker config, its own registry",
@@ -608,29 +618,15 @@ mod tests {
                 "a URL key and `auth`, case-insensitive",
             ),
             (
-                docker(
-                    serde_json::json!({"registry.example.com": {"username": "robot", "password": "hunter2"}}),
-                ),
+                robot(),
                 "attacker.example",
-                Err(
-                    "the secret names no credentials for this registry (it names \
-                     registry.example.com); credentials are only sent to a registry the secret \
-                     names"
-                        .to_owned(),
-                ),
+                elsewhere("registry.example.com"),
                 "attack: a chart on another host",
             ),
             (
-                docker(
-                    serde_json::json!({"registry.example.com": {"username": "robot", "password": "hunter2"}}),
-                ),
+                robot(),
                 "registry.example.com:5000",
-                Err(
-                    "the secret names no credentials for this registry (it names \
-                     registry.example.com); credentials are only sent to a registry the secret \
-                     names"
-                        .to_owned(),
-                ),
+                elsewhere("registry.example.com"),
                 "attack: another port on the same host",
             ),
             (
@@ -638,12 +634,7 @@ mod tests {
                     serde_json::json!({"registry.example.com.attacker.example": {"username": "r", "password": "p"}}),
                 ),
                 "registry.example.com",
-                Err(
-                    "the secret names no credentials for this registry (it names \
-                     registry.example.com.attacker.example); credentials are only sent to a \
-                     registry the secret names"
-                        .to_owned(),
-                ),
+                elsewhere("registry.example.com.attacker.example"),
                 "no prefix matches",
             ),
             (
@@ -672,12 +663,7 @@ mod tests {
             (
                 opaque(Some("registry.example.com")),
                 "attacker.example",
-                Err(
-                    "the secret names no credentials for this registry (it names \
-                     registry.example.com); credentials are only sent to a registry the secret \
-                     names"
-                        .to_owned(),
-                ),
+                elsewhere("registry.example.com"),
                 "attack: a token for another host",
             ),
             (
