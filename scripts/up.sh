@@ -8,7 +8,8 @@
 # HELMQ_HTTP_BASE (first metrics port, default 9090), HELMQ_RUN_DIR (default .helmq),
 # HELMQ_BIN_DIR (use these binaries instead of building them), KUBECTL_BIN (the workers delete
 # managed namespaces with it; default kubectl on PATH, else .tools/kubectl/kubectl from
-# `just setup-kubectl`).
+# `just setup-kubectl`), ALLOWED_SOURCES and ALLOWED_NAMESPACES (the workers' allowlists,
+# comma-separated; by default the sources and release namespaces of deploy/examples/).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -17,6 +18,8 @@ workers=${WORKERS:-2}
 helm_bin=${HELM_BIN:-helm}
 nats_port=${NATS_PORT:-4222}
 http_base=${HELMQ_HTTP_BASE:-9090}
+allowed_sources=${ALLOWED_SOURCES:-https://repo.broadcom.com/bitnami-files,oci://registry-1.docker.io/bitnamicharts,http://127.0.0.1:8879}
+allowed_namespaces=${ALLOWED_NAMESPACES:-default,test-nginx,web-oci,databases,try-webapp}
 kubectl_bin=${KUBECTL_BIN:-kubectl}
 if [ -z "${KUBECTL_BIN:-}" ] && ! command -v kubectl >/dev/null && [ -x "$root/.tools/kubectl/kubectl" ]; then
   kubectl_bin=$root/.tools/kubectl/kubectl
@@ -95,6 +98,7 @@ started helmq-producer $!
 for i in $(seq 1 "$workers"); do
   "$bin/helmq-worker" --nats-url "$NATS_URL" --listen "127.0.0.1:$((http_base + i))" \
     --helm-bin "$helm_path" --kubectl-bin "$kubectl_bin" --worker-id "local-$i" \
+    --allowed-sources "$allowed_sources" --allowed-namespaces "$allowed_namespaces" \
     </dev/null > "$run/logs/worker-$i.log" 2>&1 &
   started "helmq-worker-$i" $!
 done
@@ -103,6 +107,8 @@ cat <<MSG
 helmq is up (NATS at $NATS_URL, helm $helm_version, KUBECONFIG=${KUBECONFIG:-~/.kube/config})
   producer + writer  log $run/logs/producer.log   metrics http://127.0.0.1:$http_base/metrics
   workers ($workers)        logs $run/logs/worker-N.log   metrics http://127.0.0.1:$((http_base + 1))/metrics ...
+    allowed sources     $allowed_sources
+    allowed namespaces  $allowed_namespaces
   NATS               log $run/logs/nats.log
 Try:  kubectl apply -f deploy/examples/nginx.yaml && kubectl get components -w
 Queue: $bin/helmqctl --nats-url $NATS_URL status

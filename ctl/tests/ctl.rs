@@ -22,7 +22,7 @@ async fn ctl(server: &NatsServer, args: &[&str]) -> Result<String, String> {
 
 const JOB_YAML: &str = r#"
 action: apply
-component: {namespace: shop, name: web, uid: u-web, generation: 3}
+component: {namespace: shop, name: web, uid: 6f1c2b1e-3d4a-4b5c-8d6e-7f8091a2b3c4, generation: 3}
 timeoutSeconds: 120
 config:
   releaseName: web
@@ -55,7 +55,7 @@ async fn setup_publish_and_status_show_the_queue() {
     let out = ctl(&server, &["publish", "-f", path]).await.unwrap();
     assert_eq!(
         out,
-        "published job u-web:3:apply (apply shop/web generation 3) at stream sequence 1\n"
+        "published job 6f1c2b1e-3d4a-4b5c-8d6e-7f8091a2b3c4:3:apply (apply shop/web generation 3) at stream sequence 1\n"
     );
     let out = ctl(&server, &["publish", "-f", path]).await.unwrap();
     assert!(out.contains("is a duplicate of stream sequence 1"), "{out}");
@@ -90,7 +90,7 @@ async fn setup_publish_and_status_show_the_queue() {
     let client = async_nats::connect(server.url()).await.unwrap();
     let sink = JetStreamStatus::new(jetstream::new(client));
     let event = StatusEvent::new(
-        "u-web:3:apply",
+        "6f1c2b1e-3d4a-4b5c-8d6e-7f8091a2b3c4:3:apply",
         job.component.clone(),
         StatusPhase::Deploying,
         "",
@@ -125,7 +125,7 @@ async fn dry_run_validates_without_a_server() {
     run(args, &mut out).await.unwrap();
     assert_eq!(
         String::from_utf8(out).unwrap(),
-        "job u-web:3:apply is valid (apply shop/web generation 3); not published (--dry-run)\n"
+        "job 6f1c2b1e-3d4a-4b5c-8d6e-7f8091a2b3c4:3:apply is valid (apply shop/web generation 3); not published (--dry-run)\n"
     );
 }
 

@@ -520,7 +520,7 @@ async fn status_events_out_of_order_never_regress_the_status() {
     rig.report(&job(1), StatusPhase::Failed, 3, None).await;
     rig.report(&job(2), StatusPhase::Deploying, 1, None).await;
     let mut foreign = job(3);
-    foreign.component.uid = Some("uid-of-a-deleted-namesake".into());
+    foreign.component.uid = Some(helmq_tests::build::uid("a deleted namesake"));
     rig.report(&foreign, StatusPhase::Failed, 1, None).await;
 
     eventually(DEADLINE, "3 stale events dropped", async || {

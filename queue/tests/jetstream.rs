@@ -30,7 +30,7 @@ fn job(name: &str, generation: i64) -> JobEvent {
     let component = ComponentRef {
         namespace: "default".into(),
         name: name.into(),
-        uid: Some(format!("uid-{name}")),
+        uid: Some(helmq_tests::build::uid(name)),
         generation,
     };
     JobEvent::new(
@@ -146,7 +146,7 @@ async fn duplicate_publish_inside_the_window_is_reported_as_duplicate() {
     assert_eq!(decoded.component.generation, 1);
     assert_eq!(
         stored.headers.get("Nats-Msg-Id").map(|v| v.as_str()),
-        Some("uid-web:1:apply")
+        Some(format!("{}:1:apply", helmq_tests::build::uid("web")).as_str())
     );
 }
 

@@ -21,8 +21,9 @@ pub const MAX_EVENT_BYTES: usize = 512 * 1024;
 pub const MAX_GENERATION: i64 = 1 << 53;
 /// Longest timeout a job may carry (24 hours); each worker may accept less (`--max-timeout`).
 pub const MAX_TIMEOUT_SECONDS: u64 = 24 * 3600;
-/// Longest uid: Kubernetes' are 36-character UUIDs; an orchestrator's may be longer.
-pub const MAX_UID_LEN: usize = 128;
+/// Length of a uid: an RFC 4122 UUID in its canonical text form, as Kubernetes writes
+/// `metadata.uid` (`8-4-4-4-12` lowercase hex digits).
+pub const UID_LEN: usize = 36;
 /// Longest job id, worker id and chart version.
 pub const MAX_ID_LEN: usize = 256;
 /// Longest status message; longer texts (Helm's stderr can be long) are cut when the event is
@@ -87,13 +88,16 @@ pub struct ComponentRef {
         regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
     )]
     pub name: String,
-    /// `metadata.uid`; orchestrators publishing without a Component may omit it. Letters,
-    /// digits, `-`, `_`, `.` and `:`.
+    /// `metadata.uid`, an RFC 4122 UUID (`8-4-4-4-12` lowercase hex digits); orchestrators
+    /// publishing without a Component may omit it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9._:-]+$"))]
+    #[schemars(
+        length(min = 36, max = 36),
+        regex(pattern = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+    )]
     pub uid: Option<String>,
-    /// `metadata.generation` the event is for: at most 2^53, and at least 1 in a job.
-    #[schemars(range(min = 0, max = MAX_GENERATION))]
+    /// `metadata.generation` the event is for: 1 to 2^53.
+    #[schemars(range(min = 1, max = MAX_GENERATION))]
     pub generation: i64,
 }
 
@@ -130,15 +134,14 @@ impl ComponentRef {
             && !is_uid(uid)
         {
             return Err(malformed(format!(
-                "component.uid must be 1 to {MAX_UID_LEN} letters, digits, '-', '_', '.' or ':', got {}",
+                "component.uid must be an RFC 4122 UUID (8-4-4-4-12 lowercase hex digits, as in metadata.uid), got {}",
                 quoted(uid)
             )));
         }
-        // A job names a generation to deploy, so 0 (no generation) makes no sense there.
-        let min = i64::from(schema == JOB_SCHEMA);
-        if !(min..=MAX_GENERATION).contains(&self.generation) {
+        // Kubernetes starts generations at 1: 0 names no generation of anything.
+        if !(1..=MAX_GENERATION).contains(&self.generation) {
             return Err(malformed(format!(
-                "component.generation must be between {min} and {MAX_GENERATION} (2^53), got {}",
+                "component.generation must be between 1 and {MAX_GENERATION} (2^53), got {}",
                 self.generation
             )));
         }
@@ -146,11 +149,13 @@ impl ComponentRef {
     }
 }
 
-fn is_uid(uid: &str) -> bool {
-    (1..=MAX_UID_LEN).contains(&uid.len())
-        && uid
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+/// An RFC 4122 UUID in canonical form: hex groups of 8, 4, 4, 4 and 12 lowercase digits.
+pub fn is_uid(uid: &str) -> bool {
+    uid.len() == UID_LEN
+        && uid.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_digit() || (b'a'..=b'f').contains(&b),
+        })
 }
 
 /// `text` quoted for an error message: escaped (no line breaks reach a log or a header) and cut

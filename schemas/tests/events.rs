@@ -21,6 +21,9 @@ fn config() -> HelmConfig {
     .unwrap()
 }
 
+/// A uid as Kubernetes writes one.
+const UID: &str = "6f1c2b1e-3d4a-4b5c-8d6e-7f8091a2b3c4";
+
 fn component(uid: Option<&str>, generation: i64) -> ComponentRef {
     ComponentRef {
         namespace: "default".into(),
@@ -37,7 +40,7 @@ fn at() -> jiff::Timestamp {
 fn job_json() -> Value {
     serde_json::to_value(JobEvent::new(
         JobAction::Apply,
-        component(Some("u-1"), 4),
+        component(Some(UID), 4),
         config(),
         600,
         at(),
@@ -49,13 +52,16 @@ fn job_json() -> Value {
 fn a_job_round_trips_and_its_id_is_its_dedupe_id() {
     let job = JobEvent::new(
         JobAction::Apply,
-        component(Some("u-1"), 4),
+        component(Some(UID), 4),
         config(),
         600,
         at(),
     );
-    assert_eq!(job.id, "u-1:4:apply");
-    assert_eq!(job.dedupe_id(), "u-1:4:apply");
+    assert_eq!(job.id, "6f1c2b1e-3d4a-4b5c-8d6e-7f8091a2b3c4:4:apply");
+    assert_eq!(
+        job.dedupe_id(),
+        "6f1c2b1e-3d4a-4b5c-8d6e-7f8091a2b3c4:4:apply"
+    );
     let decoded = JobEvent::decode(&job.encode()).unwrap();
     assert_eq!(decoded, job);
     let wire: Value = serde_json::from_slice(&job.encode()).unwrap();
@@ -172,7 +178,27 @@ fn bad_job_payloads_are_rejected_with_the_reason() {
         (
             "uid with CR/LF",
             with(&|v| v["component"]["uid"] = json!("u\r\nX: y")),
-            r#"malformed helmq.job/v1 payload: component.uid must be 1 to 128 letters, digits, '-', '_', '.' or ':', got "u\r\nX: y""#,
+            r#"malformed helmq.job/v1 payload: component.uid must be an RFC 4122 UUID (8-4-4-4-12 lowercase hex digits, as in metadata.uid), got "u\r\nX: y""#,
+        ),
+        (
+            "uid that is no UUID",
+            with(&|v| v["component"]["uid"] = json!("uid-1")),
+            r#"malformed helmq.job/v1 payload: component.uid must be an RFC 4122 UUID (8-4-4-4-12 lowercase hex digits, as in metadata.uid), got "uid-1""#,
+        ),
+        (
+            "uid in braces",
+            with(&|v| v["component"]["uid"] = json!("{6f1c2b1e-3d4a-4b5c-8d6e-7f8091a2b3c4}")),
+            r#"malformed helmq.job/v1 payload: component.uid must be an RFC 4122 UUID (8-4-4-4-12 lowercase hex digits, as in metadata.uid), got "{6f1c2b1e-3d4a-4b5c-8d6e-7f8091a2b3c4}""#,
+        ),
+        (
+            "uid with a non-hex digit",
+            with(&|v| v["component"]["uid"] = json!("6f1c2b1e-3d4a-4b5c-8d6e-7f8091a2b3cg")),
+            r#"malformed helmq.job/v1 payload: component.uid must be an RFC 4122 UUID (8-4-4-4-12 lowercase hex digits, as in metadata.uid), got "6f1c2b1e-3d4a-4b5c-8d6e-7f8091a2b3cg""#,
+        ),
+        (
+            "uid with a hyphen out of place",
+            with(&|v| v["component"]["uid"] = json!("6f1c2b1e3-d4a-4b5c-8d6e-7f8091a2b3c4")),
+            r#"malformed helmq.job/v1 payload: component.uid must be an RFC 4122 UUID (8-4-4-4-12 lowercase hex digits, as in metadata.uid), got "6f1c2b1e3-d4a-4b5c-8d6e-7f8091a2b3c4""#,
         ),
         (
             "id with CR/LF",
@@ -268,15 +294,15 @@ fn the_component_of_a_rejected_job_can_still_be_named() {
     assert!(JobEvent::decode(&payload).is_err());
     assert_eq!(
         JobEvent::component_hint(&payload),
-        Some(component(Some("u-1"), 4))
+        Some(component(Some(UID), 4))
     );
     assert_eq!(JobEvent::component_hint(b"garbage"), None);
 }
 
 fn status(phase: StatusPhase, attempt: u32, generation: i64) -> StatusEvent {
     StatusEvent::new(
-        "u-1:4:apply",
-        component(Some("u-1"), generation),
+        "6f1c2b1e-3d4a-4b5c-8d6e-7f8091a2b3c4:4:apply",
+        component(Some(UID), generation),
         phase,
         "",
         attempt,
@@ -383,6 +409,21 @@ fn bad_status_payloads_are_rejected_with_the_reason() {
             r#"malformed helmq.status/v1 payload: component.name must be a DNS subdomain (lowercase letters, digits, '-' and '.', at most 253 characters), got "a b""#,
         ),
         (
+            "uid that is no UUID",
+            with(&|v| v["component"]["uid"] = json!("uid-1")),
+            r#"malformed helmq.status/v1 payload: component.uid must be an RFC 4122 UUID (8-4-4-4-12 lowercase hex digits, as in metadata.uid), got "uid-1""#,
+        ),
+        (
+            "namespace with a control character",
+            with(&|v| v["component"]["namespace"] = json!("team\u{7f}a")),
+            r#"malformed helmq.status/v1 payload: component.namespace must be a DNS label (lowercase letters, digits and '-', at most 63 characters), got "team\u{7f}a""#,
+        ),
+        (
+            "generation above 2^53",
+            with(&|v| v["component"]["generation"] = json!((1_i64 << 53) + 1)),
+            "malformed helmq.status/v1 payload: component.generation must be between 1 and 9007199254740992 (2^53), got 9007199254740993",
+        ),
+        (
             "worker with a line break",
             with(&|v| v["worker"] = json!("w\r\nX-Evil: 1")),
             r#"malformed helmq.status/v1 payload: worker must not contain control characters, got "w\r\nX-Evil: 1""#,
@@ -402,7 +443,7 @@ fn bad_status_payloads_are_rejected_with_the_reason() {
         (
             "generation past 2^53",
             with(&|v| v["component"]["generation"] = json!(9_007_199_254_740_993_i64)),
-            "malformed helmq.status/v1 payload: component.generation must be between 0 and 9007199254740992 (2^53), got 9007199254740993",
+            "malformed helmq.status/v1 payload: component.generation must be between 1 and 9007199254740992 (2^53), got 9007199254740993",
         ),
         (
             "no component",
@@ -441,7 +482,10 @@ fn phase_wire_names_are_the_serialized_names() {
     let event = status(StatusPhase::TerminationFailed, 2, 3);
     assert_eq!(
         event.dedupe_id(),
-        format!("u-1:3:{}:TerminationFailed", event.order)
+        format!(
+            "6f1c2b1e-3d4a-4b5c-8d6e-7f8091a2b3c4:3:{}:TerminationFailed",
+            event.order
+        )
     );
 }
 
@@ -485,7 +529,7 @@ fn long_messages_are_cut_when_the_event_is_made() {
     let long = "é".repeat(10_000);
     let event = StatusEvent::new(
         "j",
-        component(Some("u-1"), 1),
+        component(Some(UID), 1),
         StatusPhase::Failed,
         long,
         1,

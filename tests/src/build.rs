@@ -6,6 +6,23 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::Value;
 
+/// A uid as Kubernetes writes one (an RFC 4122 version 4 UUID), the same for the same `label`:
+/// tests name their objects' uids by a label and compare what comes back.
+pub fn uid(label: &str) -> String {
+    // FNV-1a, 64 bits: a stable spread of the label over the UUID's digits.
+    let hash = label.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!(
+        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        hash >> 32,
+        (hash >> 16) & 0xffff,
+        hash & 0xfff,
+        (hash >> 52) & 0xfff,
+        hash & 0xffff_ffff_ffff
+    )
+}
+
 /// A Component named `name` in namespace `default` for the `helm` handler, without config,
 /// uid, generation or status: what a user creates (see [`ComponentBuilder`] for the rest).
 pub fn component(name: &str) -> ComponentBuilder {

@@ -17,7 +17,7 @@ use helmq_schemas::component::{Component, ComponentSpec, Phase};
 use helmq_schemas::event::{ComponentRef, JobAction, JobEvent, StatusEvent, StatusPhase};
 use helmq_schemas::subject::{job_subject, status_subject};
 use helmq_telemetry::Readiness;
-use helmq_worker::policy::Allowlist;
+use helmq_worker::allowlist::Allowlist;
 use helmq_worker::{MemoryDriver, Settings};
 use serde_json::{Value, json};
 
@@ -74,7 +74,7 @@ fn job_json() -> Value {
         ComponentRef {
             namespace: NS.into(),
             name: "bad".into(),
-            uid: Some("uid-bad".into()),
+            uid: Some(helmq_tests::build::uid("bad")),
             generation: 1,
         },
         config,
@@ -91,7 +91,7 @@ fn status_json() -> Value {
         ComponentRef {
             namespace: NS.into(),
             name: "bad".into(),
-            uid: Some("uid-bad".into()),
+            uid: Some(helmq_tests::build::uid("bad")),
             generation: 1,
         },
         StatusPhase::Ready,
@@ -223,7 +223,7 @@ fn corpus() -> Vec<Case> {
         job_case(
             "uid of 200 characters",
             spoil(job(), |v| v["component"]["uid"] = json!("u".repeat(200))),
-            &format!("{malformed_job}component.uid must be 1 to 128"),
+            &format!("{malformed_job}component.uid must be an RFC 4122 UUID"),
         ),
         job_case(
             "generation 2^63-1",
@@ -258,6 +258,22 @@ fn corpus() -> Vec<Case> {
                 v["config"]["source"]["repository"]["url"] = json!("https://evil.example.com/")
             }),
             "chart source https://evil.example.com/ is not allowed",
+        ),
+        job_case(
+            "an allowed host as userinfo in front of another host",
+            spoil(job(), |v| {
+                v["config"]["source"]["repository"]["url"] =
+                    json!("https://charts.example.com:x@evil.example/")
+            }),
+            "chart source \"https://charts.example.com:x@evil.example/\" must not carry userinfo",
+        ),
+        job_case(
+            "a dot-dot path out of the allowed prefix",
+            spoil(job(), |v| {
+                v["config"]["source"]["repository"]["url"] =
+                    json!("https://charts.example.com/%2e%2e/private")
+            }),
+            "chart source \"https://charts.example.com/%2e%2e/private\" must not hold",
         ),
         job_case(
             "namespace outside the allowlist",
@@ -303,6 +319,23 @@ fn corpus() -> Vec<Case> {
             spoil(status(), |v| v["component"]["name"] = json!("a b")),
             &format!("{malformed_status}component.name must be a DNS subdomain"),
         ),
+        Case {
+            name: "job naming default/bad on another namespace's subject",
+            subject: job_subject("team-b", "bad"),
+            payload: serde_json::to_vec(&job()).unwrap(),
+            reason: "job for component default/bad was published on subject helmq.jobs.team-b.bad, not on helmq.jobs.default.bad".into(),
+        },
+        Case {
+            name: "status event naming default/bad on another namespace's subject",
+            subject: status_subject("team-b", "bad"),
+            payload: serde_json::to_vec(&status()).unwrap(),
+            reason: "status event for component default/bad was published on subject helmq.status.team-b.bad, not on helmq.status.default.bad".into(),
+        },
+        status_case(
+            "status uid that is no UUID",
+            spoil(status(), |v| v["component"]["uid"] = json!("uid-1")),
+            &format!("{malformed_status}component.uid must be an RFC 4122 UUID"),
+        ),
         status_case(
             "status not JSON",
             b"Ready".to_vec(),
@@ -328,7 +361,7 @@ fn corpus() -> Vec<Case> {
             spoil(status(), |v| {
                 v["component"]["generation"] = json!(9_007_199_254_740_993_i64)
             }),
-            &format!("{malformed_status}component.generation must be between 0 and"),
+            &format!("{malformed_status}component.generation must be between 1 and"),
         ),
         status_case(
             "status release name of 54 characters",
@@ -350,10 +383,8 @@ async fn hostile_messages_are_dead_lettered_and_every_good_job_still_deploys() {
     let mut settings = Settings::new("corpus-worker");
     settings.concurrency = 4;
     settings.fetch_expires = Duration::from_millis(300);
-    settings.allowlist = Allowlist {
-        sources: vec!["https://charts.example.com/".into()],
-        namespaces: vec!["apps".into()],
-    };
+    settings.allowlist =
+        Allowlist::new(Some(&["https://charts.example.com/"]), Some(&["apps"])).unwrap();
     settings.health = health.clone();
     let pipeline = Pipeline::start(&driver, settings).await;
     let (js, store, metrics) = (&pipeline.js, &pipeline.store, &pipeline.metrics);

@@ -196,6 +196,7 @@ fn a_real_nats_server_accepts_the_account_config() {
             ("HELMQ_PRODUCER_PASSWORD", "p"),
             ("HELMQ_WORKER_PASSWORD", "w"),
             ("HELMQ_ORCHESTRATOR_PASSWORD", "o"),
+            ("HELMQ_ORCHESTRATOR_TEAM_A_PASSWORD", "t"),
         ])
         .output()
         .unwrap();

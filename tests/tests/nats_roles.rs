@@ -36,9 +36,10 @@ const ADMIN: &str = "helmq-admin";
 const PRODUCER: &str = "helmq-producer";
 const WORKER: &str = "helmq-worker";
 const ORCHESTRATOR: &str = "helmq-orchestrator";
+const TEAM_A: &str = "helmq-orchestrator-team-a";
 
 /// User, the environment variable the accounts file reads its password from, the password.
-const USERS: [(&str, &str, &str); 4] = [
+const USERS: [(&str, &str, &str); 5] = [
     (ADMIN, "HELMQ_ADMIN_PASSWORD", "admin-pw-1"),
     (PRODUCER, "HELMQ_PRODUCER_PASSWORD", "producer-pw-2"),
     (WORKER, "HELMQ_WORKER_PASSWORD", "worker-pw-3"),
@@ -47,6 +48,7 @@ const USERS: [(&str, &str, &str); 4] = [
         "HELMQ_ORCHESTRATOR_PASSWORD",
         "orchestrator-pw-4",
     ),
+    (TEAM_A, "HELMQ_ORCHESTRATOR_TEAM_A_PASSWORD", "team-a-pw-5"),
 ];
 
 /// Generous: CI may be busy.
@@ -238,7 +240,7 @@ fn orchestrator_job(name: &str, generation: i64, release: &str) -> JobEvent {
         ComponentRef {
             namespace: "team".into(),
             name: name.into(),
-            uid: Some(format!("uid-{name}")),
+            uid: Some(helmq_tests::build::uid(name)),
             generation,
         },
         config,
@@ -719,5 +721,128 @@ async fn each_role_does_its_work_and_nothing_else_with_the_account_permissions()
             .map(|s| s.as_str())
             .collect::<Vec<_>>()
             .join("\n")
+    );
+}
+
+/// An orchestrator's job (no uid) for Component `namespace/name`, released into `namespace`.
+fn namespaced_job(namespace: &str, name: &str) -> JobEvent {
+    let config = HelmConfig::parse(
+        Some(&serde_json::json!({
+            "releaseName": name,
+            "releaseNamespace": namespace,
+            "source": {"type": "http",
+                "repository": {"url": "https://charts.example.com/stable", "name": "example"},
+                "chart": {"name": "nginx", "version": "1.2.3"}},
+        })),
+        namespace,
+        name,
+    )
+    .expect("valid config");
+    JobEvent::new(
+        JobAction::Apply,
+        ComponentRef {
+            namespace: namespace.into(),
+            name: name.into(),
+            uid: None,
+            generation: 1,
+        },
+        config,
+        30,
+        jiff::Timestamp::now(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_orchestrator_limited_to_one_namespace_cannot_reach_another() {
+    let server = Server::start();
+    let url = server.url.clone();
+    let (_admin_client, admin) = connect_as(&url, ADMIN).await;
+    Topology::default().ensure(&admin).await.unwrap();
+
+    let (worker_client, worker_js) = connect_as(&url, WORKER).await;
+    let driver = MemoryDriver::new();
+    let mut settings = Settings::new("worker-a");
+    settings.fetch_expires = Duration::from_millis(500);
+    settings.drain_deadline = Duration::from_secs(5);
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = helmq_worker::Metrics::register(&mut registry);
+    let stop = CancellationToken::new();
+    let pool = tokio::spawn(helmq_worker::run_pool(
+        worker_js.clone(),
+        worker_client,
+        Arc::new(driver.clone()),
+        JetStreamStatus::new(worker_js.clone()),
+        settings,
+        metrics.clone(),
+        stop.clone(),
+    ));
+
+    let (team_a_client, _) = connect_as(&url, TEAM_A).await;
+    let team_a = impatient(&team_a_client);
+    let jobs = JetStreamQueue::new(team_a.clone());
+    // Its own namespace: stored and run.
+    jobs.publish_job(&namespaced_job("team-a", "web"))
+        .await
+        .expect("team-a publishes a job for its own namespace");
+    // Another namespace's subject: the server refuses it.
+    assert!(
+        jobs.publish_job(&namespaced_job("team-b", "web"))
+            .await
+            .is_err(),
+        "team-a published on team-b's subject"
+    );
+    // A payload naming team-b on team-a's own subject: stored, then dead-lettered by the worker
+    // with the rule, and team-b's Component is not told anything.
+    let smuggled = namespaced_job("team-b", "db");
+    team_a
+        .publish(job_subject("team-a", "db"), smuggled.encode().into())
+        .await
+        .expect("team-a may publish on its own subject")
+        .await
+        .expect("stored");
+
+    eventually("team-a/web deployed", async || {
+        driver
+            .calls()
+            .iter()
+            .any(|c| c.op == "apply" && c.release == "web" && c.namespace == "team-a")
+            .then_some(())
+    })
+    .await;
+    let letter = eventually("the smuggled job dead-lettered", async || {
+        dead_letters(&url)
+            .await
+            .into_iter()
+            .find(|l| l["subject"] == "helmq.jobs.team-a.db")
+    })
+    .await;
+    assert_eq!(
+        letter["reason"],
+        "job for component team-b/db was published on subject helmq.jobs.team-a.db, not on helmq.jobs.team-b.db: a job must come on its component's subject",
+        "{letter}"
+    );
+    assert!(
+        !driver.calls().iter().any(|c| c.namespace == "team-b"),
+        "helm never ran for team-b"
+    );
+    let team_b_statuses = admin
+        .get_stream(STATUS_STREAM)
+        .await
+        .unwrap()
+        .get_last_raw_message_by_subject(&status_subject("team-b", "db"))
+        .await;
+    assert!(team_b_statuses.is_err(), "a status reached team-b/db");
+
+    stop.cancel();
+    pool.await.unwrap().expect("the pool ran to the end");
+    let violations = eventually("the refusal in the server log", async || {
+        let v = server.violations();
+        (!v.is_empty()).then_some(v)
+    })
+    .await;
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    assert!(
+        violations[0].contains("helmq.jobs.team-b.web"),
+        "{violations:?}"
     );
 }

@@ -7,8 +7,9 @@ use std::time::Duration;
 use clap::Parser;
 use helmq_schemas::component::parse_duration_flag;
 
+use crate::allowlist::{Allowlist, Refusal};
 use crate::driver::HelmCliSettings;
-use crate::policy::{Allowlist, RetryPolicy};
+use crate::policy::RetryPolicy;
 use crate::pool::Settings;
 
 /// Pulls Helm jobs from JetStream, runs `helm upgrade --install` / `helm uninstall` and
@@ -71,17 +72,34 @@ pub struct Args {
     /// Chart cache and Helm home directory, shared by all jobs of this process.
     #[arg(long, env = "HELMQ_CACHE_DIR", default_value = "/tmp/helmq-cache")]
     pub cache_dir: PathBuf,
-    /// Allowed chart sources: prefixes of repository URLs or OCI references, comma-separated
-    /// (empty: any).
+    /// Allowed chart sources, comma-separated: `http(s)://host[:port]/path` or
+    /// `oci://registry[:port]/path` prefixes, matched on scheme, host, port and whole path
+    /// segments. Required unless `--allow-any-source`.
     #[arg(long, env = "HELMQ_ALLOWED_SOURCES", value_delimiter = ',')]
     pub allowed_sources: Vec<String>,
-    /// Allowed release namespaces, comma-separated (empty: any).
+    /// Allow charts from any source (not recommended: whoever can publish a job chooses the
+    /// chart). Logged as a warning and shown in `/metrics` (`helmq_worker_allow_any`).
+    #[arg(
+        long,
+        env = "HELMQ_ALLOW_ANY_SOURCE",
+        conflicts_with = "allowed_sources"
+    )]
+    pub allow_any_source: bool,
+    /// Allowed release namespaces, comma-separated. Required unless `--allow-any-namespace`.
     #[arg(long, env = "HELMQ_ALLOWED_NAMESPACES", value_delimiter = ',')]
     pub allowed_namespaces: Vec<String>,
     /// Bound of the chart cache in bytes: least recently used charts no job uses are deleted
     /// beyond it. Keep it well below the cache volume's size.
     #[arg(long, env = "HELMQ_CHART_CACHE_MAX_BYTES", default_value_t = crate::driver::helm_cli::DEFAULT_CHART_CACHE_MAX_BYTES)]
     pub chart_cache_max_bytes: u64,
+    /// Allow releases in any namespace (not recommended). Logged as a warning and shown in
+    /// `/metrics` (`helmq_worker_allow_any`).
+    #[arg(
+        long,
+        env = "HELMQ_ALLOW_ANY_NAMESPACE",
+        conflicts_with = "allowed_namespaces"
+    )]
+    pub allow_any_namespace: bool,
     /// Namespaces whose Secrets any job may name for an OCI registry login, besides the job's
     /// own (the Component's namespace; the release namespace for a job without a uid).
     /// Default: none.
@@ -101,8 +119,36 @@ impl Args {
         })
     }
 
-    /// The pool settings these flags describe.
-    pub fn settings(&self) -> Settings {
+    /// The allowlist these flags describe: explicit lists, or "any" only where the operator
+    /// said so.
+    ///
+    /// # Errors
+    ///
+    /// [`Refusal`] when a list is missing without its `--allow-any-*` flag, or an entry cannot be
+    /// compared with.
+    pub fn allowlist(&self) -> Result<Allowlist, Refusal> {
+        let sources = non_empty(&self.allowed_sources);
+        let namespaces = non_empty(&self.allowed_namespaces);
+        if sources.is_empty() && !self.allow_any_source {
+            return Err(Refusal::Missing {
+                list: "--allowed-sources",
+                any: "--allow-any-source",
+            });
+        }
+        if namespaces.is_empty() && !self.allow_any_namespace {
+            return Err(Refusal::Missing {
+                list: "--allowed-namespaces",
+                any: "--allow-any-namespace",
+            });
+        }
+        Allowlist::new(
+            (!self.allow_any_source).then_some(sources.as_slice()),
+            (!self.allow_any_namespace).then_some(namespaces.as_slice()),
+        )
+    }
+
+    /// The pool settings these flags describe, with `allowlist` (from [`Args::allowlist`]).
+    pub fn settings(&self, allowlist: Allowlist) -> Settings {
         Settings {
             concurrency: usize::from(self.concurrency),
             max_attempts: self.max_attempts,
@@ -111,10 +157,7 @@ impl Args {
                 max: self.retry_max_delay.max(self.retry_min_delay),
                 jitter: true,
             },
-            allowlist: Allowlist {
-                sources: non_empty(&self.allowed_sources),
-                namespaces: non_empty(&self.allowed_namespaces),
-            },
+            allowlist,
             drain_deadline: self.drain_deadline,
             lease_wait: self.lease_wait,
             max_timeout: self.max_timeout.min(Duration::from_secs(
@@ -171,16 +214,93 @@ mod tests {
             "3s",
         ])
         .unwrap();
-        let settings = args.settings();
+        let settings = args.settings(args.allowlist().unwrap());
         assert_eq!(settings.concurrency, 8);
         assert_eq!(settings.worker_id, "w1");
-        assert_eq!(settings.allowlist.sources.len(), 2);
-        assert_eq!(settings.allowlist.namespaces, ["apps"]);
+        assert!(!settings.allowlist.any_source() && !settings.allowlist.any_namespace());
         assert_eq!(settings.retry.min, Duration::from_secs(2));
         assert_eq!(args.helm().kubectl_bin, None);
         assert_eq!(args.helm().grace, Duration::from_secs(3));
         let defaults = Args::try_parse_from(["helmq-worker"]).unwrap();
         assert_eq!(defaults.helm().grace, Duration::from_secs(10));
         assert!(Args::try_parse_from(["helmq-worker", "--concurrency", "0"]).is_err());
+    }
+
+    #[test]
+    fn allowlists_are_required_unless_any_is_explicit() {
+        let parse = |flags: &[&str]| {
+            let mut argv = vec!["helmq-worker"];
+            argv.extend_from_slice(flags);
+            Args::try_parse_from(argv).unwrap().allowlist()
+        };
+        let cases: &[(&[&str], Result<(bool, bool), &str>)] = &[
+            (&[], Err("no --allowed-sources")),
+            (
+                &["--allowed-namespaces", "apps"],
+                Err("no --allowed-sources"),
+            ),
+            (
+                &["--allowed-sources", "https://c.example/"],
+                Err("no --allowed-namespaces"),
+            ),
+            (
+                &["--allowed-sources", " , ", "--allowed-namespaces", "apps"],
+                Err("no --allowed-sources"),
+            ),
+            (
+                &[
+                    "--allowed-sources",
+                    "https://c.example/",
+                    "--allowed-namespaces",
+                    "apps",
+                ],
+                Ok((false, false)),
+            ),
+            (
+                &["--allow-any-source", "--allowed-namespaces", "apps"],
+                Ok((true, false)),
+            ),
+            (
+                &[
+                    "--allowed-sources",
+                    "https://c.example/",
+                    "--allow-any-namespace",
+                ],
+                Ok((false, true)),
+            ),
+            (
+                &["--allow-any-source", "--allow-any-namespace"],
+                Ok((true, true)),
+            ),
+            (
+                &[
+                    "--allowed-sources",
+                    "c.example",
+                    "--allowed-namespaces",
+                    "apps",
+                ],
+                Err("--allowed-sources entry \"c.example\" is invalid"),
+            ),
+        ];
+        for (flags, want) in cases {
+            let got = parse(flags)
+                .map(|a| (a.any_source(), a.any_namespace()))
+                .map_err(|e| e.to_string());
+            match (got, want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, *want, "{flags:?}"),
+                (Err(got), Err(want)) => assert!(got.contains(want), "{flags:?}: {got}"),
+                (got, want) => panic!("{flags:?}: got {got:?}, want {want:?}"),
+            }
+        }
+        // A list and "any" for the same thing contradict each other.
+        assert!(
+            Args::try_parse_from([
+                "helmq-worker",
+                "--allowed-sources",
+                "https://c.example/",
+                "--allow-any-source"
+            ])
+            .is_err()
+        );
     }
 }

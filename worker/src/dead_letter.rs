@@ -59,6 +59,17 @@ pub(crate) async fn reject<D, S: StatusSink>(
     {
         let _ = shared.publish(&status).await;
     }
+    reject_silently(ctx, message, delivery, reason).await
+}
+
+/// Bad input that must not reach the Component it names (a job on another Component's
+/// subject): dead-letter it once with the reason and Term it, publishing no status.
+pub(crate) async fn reject_silently(
+    ctx: &Context,
+    message: &Message,
+    delivery: Delivery,
+    reason: String,
+) -> JobOutcome {
     match bury(ctx, message, delivery, reason).await {
         JobOutcome::Failed => JobOutcome::Rejected,
         other => other,

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use helmq_queue::{PublishError, StatusSink};
 use helmq_schemas::event::{JobAction, JobEvent, ReleaseInfo, StatusEvent, StatusPhase};
-use helmq_schemas::subject::component_key;
+use helmq_schemas::subject::{component_key, job_subject};
 
 use crate::dead_letter;
 use crate::driver::{
@@ -89,9 +89,17 @@ pub(crate) async fn handle<D: HelmDriver, S: StatusSink>(
     span: &tracing::Span,
 ) -> JobOutcome {
     let ctx = &shared.ctx;
-    let job = match admit(&ctx.settings, &message.payload) {
+    let job = match admit(&ctx.settings, &message.subject, &message.payload) {
         Ok(job) => job,
-        Err(reason) => return dead_letter::reject(shared, message, delivery, reason).await,
+        Err(Refused::Payload(reason)) => {
+            return dead_letter::reject(shared, message, delivery, reason).await;
+        }
+        Err(Refused::Subject(reason)) => {
+            // Not told to the Component the payload names: that may be another tenant's, and
+            // the publisher may not speak for it.
+            warn!(%reason, "rejecting a job published on another Component's subject");
+            return dead_letter::reject_silently(&shared.ctx, message, delivery, reason).await;
+        }
     };
     span.record("job_id", job.id.as_str());
     let key = intent_key(&job.component);
@@ -181,9 +189,39 @@ async fn take_release<D, S: StatusSink>(
     }
 }
 
-/// Decodes a payload and checks it against the allowlist; the error is the dead-letter reason.
-fn admit(settings: &Settings, payload: &[u8]) -> Result<JobEvent, String> {
-    let job = JobEvent::decode(payload).map_err(|e| e.to_string())?;
+/// Why a delivered job is refused; each holds the dead-letter reason.
+#[derive(Debug, Clone, PartialEq)]
+enum Refused {
+    /// The payload breaks a rule: the Component it names is told (`Failed`).
+    Payload(String),
+    /// The subject is not the one of the Component the payload names: nobody is told.
+    Subject(String),
+}
+
+/// Decodes a payload, checks that it came on its Component's subject (per-namespace publish
+/// permissions in NATS then bound what a publisher can name), and checks it against the
+/// allowlist and the timeout limit.
+fn admit(settings: &Settings, subject: &str, payload: &[u8]) -> Result<JobEvent, Refused> {
+    let job = JobEvent::decode(payload).map_err(|e| Refused::Payload(e.to_string()))?;
+    check_subject(subject, &job).map_err(Refused::Subject)?;
+    allowed(settings, job).map_err(Refused::Payload)
+}
+
+/// The job's subject must be `helmq.jobs.<namespace>.<name>` of the Component it names.
+fn check_subject(subject: &str, job: &JobEvent) -> Result<(), String> {
+    let (namespace, name) = (&job.component.namespace, &job.component.name);
+    let expected = job_subject(namespace, name);
+    if subject == expected {
+        Ok(())
+    } else {
+        Err(format!(
+            "job for component {namespace}/{name} was published on subject {subject}, not on {expected}: a job must come on its component's subject"
+        ))
+    }
+}
+
+/// The allowlist and the timeout limit.
+fn allowed(settings: &Settings, job: JobEvent) -> Result<JobEvent, String> {
     settings
         .allowlist
         .check(&job.config)
@@ -714,5 +752,77 @@ impl Context {
         if let Err(e) = self.leases.release(lease).await {
             warn!(error = %e, "cannot release the lease; it will expire");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use helmq_schemas::event::ComponentRef;
+
+    #[test]
+    fn a_job_must_come_on_its_components_subject() {
+        let mut job = JobEvent::new(
+            JobAction::Apply,
+            ComponentRef {
+                namespace: "team-a".into(),
+                name: "web.v2".into(),
+                uid: None,
+                generation: 1,
+            },
+            helmq_schemas::HelmConfig::parse(
+                Some(&serde_json::json!({
+                    "repository": {"url": "https://charts.example.com", "name": "x"},
+                    "chart": {"name": "nginx", "version": "1.0.0"}
+                })),
+                "team-a",
+                "web.v2",
+            )
+            .unwrap(),
+            60,
+            jiff::Timestamp::UNIX_EPOCH,
+        );
+        let cases = [
+            ("helmq.jobs.team-a.web_2Ev2", Ok(())),
+            // Another namespace's subject (what a per-namespace NATS user may publish to).
+            (
+                "helmq.jobs.team-b.web_2Ev2",
+                Err("subject helmq.jobs.team-b.web_2Ev2,"),
+            ),
+            (
+                "helmq.jobs.team-a.web",
+                Err("subject helmq.jobs.team-a.web,"),
+            ),
+            (
+                "helmq.jobs.team-a.web.v2",
+                Err("subject helmq.jobs.team-a.web.v2,"),
+            ),
+            (
+                "helmq.jobs.team-a.web_2ev2",
+                Err("subject helmq.jobs.team-a.web_2ev2,"),
+            ),
+        ];
+        for (subject, want) in cases {
+            let got = check_subject(subject, &job);
+            match (&got, want) {
+                (Ok(()), Ok(())) => {}
+                (Err(reason), Err(part)) => {
+                    assert!(reason.contains(part), "{subject}: {reason}");
+                    assert!(
+                        reason.contains("component team-a/web.v2")
+                            && reason.contains("not on helmq.jobs.team-a.web_2Ev2"),
+                        "{reason}"
+                    );
+                }
+                _ => panic!("{subject}: {got:?}"),
+            }
+        }
+        // A payload naming another namespace, on the publisher's own subject.
+        job.component.namespace = "team-b".into();
+        let reason = check_subject("helmq.jobs.team-a.web_2Ev2", &job).unwrap_err();
+        assert_eq!(
+            reason,
+            "job for component team-b/web.v2 was published on subject helmq.jobs.team-a.web_2Ev2, not on helmq.jobs.team-b.web_2Ev2: a job must come on its component's subject"
+        );
     }
 }

@@ -2,11 +2,13 @@
 //! pull jobs one at a time from the shared durable consumer on `HELMQ_JOBS`, run Helm through
 //! a [`driver::HelmDriver`] with a lease per release, and publish status events.
 //!
-//! Modules: [`args`] (flags), [`policy`] (pure decisions), [`driver`] (the Helm seam,
+//! Modules: [`args`] (flags), [`allowlist`] (chart sources and namespaces), [`policy`] (pure
+//! decisions), [`driver`] (the Helm seam,
 //! [`driver::HelmCli`] and `driver::MemoryDriver`), [`exclusivity`] (leases and latest intent
 //! on KV), [`pool`] (slots and drain), `job` (one job from delivery to settlement),
 //! `dead_letter` (rejects, final failures, jobs past `max_deliver`), [`metrics`].
 
+pub mod allowlist;
 pub mod args;
 mod dead_letter;
 pub mod driver;
@@ -21,7 +23,7 @@ use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use helmq_queue::{ConnectError, Connection, JetStreamStatus, Topology, TopologyError};
 use helmq_telemetry::Readiness;
@@ -41,6 +43,9 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Errors that stop the worker.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// The allowlist flags are missing or invalid.
+    #[error(transparent)]
+    Allowlist(#[from] allowlist::Refusal),
     /// Cannot connect to NATS.
     #[error(transparent)]
     Connect(#[from] ConnectError),
@@ -68,6 +73,13 @@ pub async fn run<D: HelmDriver>(
     driver: D,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
+    let allowlist = args.allowlist()?;
+    if allowlist.any_source() {
+        warn!("--allow-any-source: jobs may install charts from any repository or registry");
+    }
+    if allowlist.any_namespace() {
+        warn!("--allow-any-namespace: jobs may install releases into any namespace");
+    }
     let worker_id = args.worker_id();
     let connection = Connection::open(&args.nats, &format!("helmq-worker {worker_id}")).await?;
     let client = connection.client().clone();
@@ -80,6 +92,7 @@ pub async fn run<D: HelmDriver>(
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
+    metrics.allow_any(&allowlist);
     let readiness = Readiness::default();
     let http_stop = CancellationToken::new();
     let listener = tokio::net::TcpListener::bind(args.http.listen)
@@ -104,7 +117,7 @@ pub async fn run<D: HelmDriver>(
 
     let settings = Settings {
         health: readiness.clone(),
-        ..args.settings()
+        ..args.settings(allowlist)
     };
     let result = run_pool(
         js.clone(),

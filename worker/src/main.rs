@@ -8,6 +8,11 @@ use helmq_worker::{Args, HelmCli};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Err(refusal) = args.allowlist() {
+        // Like a clap usage error: one line, exit code 2, before anything starts.
+        eprintln!("helmq-worker: {refusal}");
+        std::process::exit(2);
+    }
     helmq_telemetry::init_tracing(&args.log);
     let driver = HelmCli::new(args.helm())?;
     let shutdown = CancellationToken::new();

@@ -1,5 +1,5 @@
 //! The worker's Prometheus metrics: jobs by outcome, job and Helm durations, jobs in flight,
-//! retries, dead letters, lease waits and NATS operations retried.
+//! retries, dead letters, lease waits, NATS operations retried and open allowlists.
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -64,6 +64,9 @@ pub struct Metrics {
     pub nats_retries: Counter,
     /// Jobs whose handling panicked (each dead-lettered with reason `panic: ...`).
     pub panics: Counter,
+    /// 1 for each allowlist the operator opened with `--allow-any-*` (`what`: `source`,
+    /// `namespace`), else 0.
+    allow_any: Family<Labels, Gauge>,
 }
 
 impl Metrics {
@@ -79,6 +82,7 @@ impl Metrics {
             lease_waits: Counter::default(),
             nats_retries: Counter::default(),
             panics: Counter::default(),
+            allow_any: Family::default(),
         };
         let sub = registry.sub_registry_with_prefix("helmq_worker");
         sub.register("jobs", "Jobs (deliveries) by outcome", metrics.jobs.clone());
@@ -122,7 +126,24 @@ impl Metrics {
             "Jobs whose handling panicked; each was dead-lettered",
             metrics.panics.clone(),
         );
+        sub.register(
+            "allow_any",
+            "1 where the operator allowed any chart source or namespace (--allow-any-*)",
+            metrics.allow_any.clone(),
+        );
         metrics
+    }
+
+    /// Shows in `helmq_worker_allow_any` which allowlists are open.
+    pub fn allow_any(&self, allowlist: &crate::allowlist::Allowlist) {
+        for (what, open) in [
+            ("source", allowlist.any_source()),
+            ("namespace", allowlist.any_namespace()),
+        ] {
+            self.allow_any
+                .get_or_create(&vec![("what", what)])
+                .set(i64::from(open));
+        }
     }
 
     /// Counts a finished job.

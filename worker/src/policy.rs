@@ -1,12 +1,11 @@
 //! The worker's decisions as pure functions: how a Helm failure is classified, how long to wait
 //! before a retry, whether a job still matches the latest intent of its Component, what to do
-//! after an attempt, and whether a job's chart source and namespace are allowed.
+//! after an attempt (the allowlist is in [`crate::allowlist`]).
 
 use std::time::Duration;
 
 use backon::BackoffBuilder as _;
 use helmq_schemas::event::{JobAction, JobEvent, StatusEvent};
-use helmq_schemas::{ChartSource, HelmConfig};
 use serde::{Deserialize, Serialize};
 
 /// Whether a failed Helm run can succeed when tried again.
@@ -305,68 +304,6 @@ pub fn after_failure(
         Failure::Transient if attempt < max_attempts => AfterFailure::Retry(retry.delay(attempt)),
         _ => AfterFailure::GiveUp,
     }
-}
-
-/// Chart sources and target namespaces a worker accepts; empty lists allow everything.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Allowlist {
-    /// Prefixes of repository URLs or OCI references, e.g. `https://charts.example.com/`.
-    pub sources: Vec<String>,
-    /// Release namespaces.
-    pub namespaces: Vec<String>,
-}
-
-/// Why a job is outside the allowlist.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AllowlistError {
-    /// The chart source matches no allowed prefix.
-    #[error("chart source {chart_source} is not allowed (allowed sources: {allowed})")]
-    Source {
-        /// The repository URL or OCI reference.
-        chart_source: String,
-        /// The allowed prefixes.
-        allowed: String,
-    },
-    /// The release namespace is not allowed.
-    #[error("release namespace {namespace} is not allowed (allowed namespaces: {allowed})")]
-    Namespace {
-        /// The release namespace.
-        namespace: String,
-        /// The allowed namespaces.
-        allowed: String,
-    },
-}
-
-impl Allowlist {
-    /// Checks a job's chart source and release namespace.
-    pub fn check(&self, config: &HelmConfig) -> Result<(), AllowlistError> {
-        let source = match &config.source {
-            ChartSource::Http { repository, .. } => repository.url.as_str(),
-            ChartSource::Oci { chart, .. } => chart.as_str(),
-        };
-        if !self.sources.is_empty() && !self.sources.iter().any(|p| source_matches(p, source)) {
-            return Err(AllowlistError::Source {
-                chart_source: source.to_owned(),
-                allowed: self.sources.join(", "),
-            });
-        }
-        if !self.namespaces.is_empty() && !self.namespaces.contains(&config.release_namespace) {
-            return Err(AllowlistError::Namespace {
-                namespace: config.release_namespace.clone(),
-                allowed: self.namespaces.join(", "),
-            });
-        }
-        Ok(())
-    }
-}
-
-/// A prefix matches the source itself or anything below it: `https://charts.example.com`
-/// allows `https://charts.example.com/stable` but not `https://charts.example.com.evil.io`.
-fn source_matches(prefix: &str, source: &str) -> bool {
-    let Some(rest) = source.strip_prefix(prefix) else {
-        return false;
-    };
-    prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/') || rest.starts_with(':')
 }
 
 #[cfg(test)]
@@ -741,79 +678,6 @@ mod tests {
         assert_eq!(
             after_failure(Failure::Permanent, 1, 3, &policy),
             AfterFailure::GiveUp
-        );
-    }
-
-    fn config(source: ChartSource, namespace: &str) -> HelmConfig {
-        HelmConfig {
-            release_name: "web".into(),
-            release_namespace: namespace.into(),
-            manage_namespace: true,
-            source,
-            values: Default::default(),
-        }
-    }
-
-    fn http(url: &str) -> ChartSource {
-        ChartSource::Http {
-            repository: helmq_schemas::config::Repository {
-                url: url.into(),
-                name: "repo".into(),
-            },
-            chart: helmq_schemas::config::ChartRef {
-                name: "nginx".into(),
-                version: "1.0.0".into(),
-            },
-        }
-    }
-
-    fn oci(reference: &str) -> ChartSource {
-        ChartSource::Oci {
-            chart: reference.into(),
-            authentication: None,
-        }
-    }
-
-    #[test]
-    fn allowlists_match_prefixes_and_namespaces() {
-        let open = Allowlist::default();
-        assert_eq!(
-            open.check(&config(http("https://anything.io"), "x")),
-            Ok(())
-        );
-        let list = Allowlist {
-            sources: vec![
-                "https://charts.example.com".into(),
-                "oci://registry.example.com/".into(),
-            ],
-            namespaces: vec!["apps".into(), "web".into()],
-        };
-        for ok in [
-            http("https://charts.example.com"),
-            http("https://charts.example.com/stable"),
-            oci("oci://registry.example.com/charts/nginx:1.0.0"),
-        ] {
-            assert_eq!(list.check(&config(ok, "apps")), Ok(()));
-        }
-        for bad in [
-            http("https://charts.example.com.evil.io"),
-            http("http://charts.example.com"),
-            oci("oci://registry.example.org/nginx:1"),
-        ] {
-            let err = list.check(&config(bad, "apps")).unwrap_err();
-            assert!(matches!(err, AllowlistError::Source { .. }), "{err}");
-        }
-        assert_eq!(
-            list.check(&config(http("https://charts.example.com"), "kube-system"))
-                .unwrap_err()
-                .to_string(),
-            "release namespace kube-system is not allowed (allowed namespaces: apps, web)"
-        );
-        assert_eq!(
-            list.check(&config(oci("oci://evil.io/x:1"), "apps"))
-                .unwrap_err()
-                .to_string(),
-            "chart source oci://evil.io/x:1 is not allowed (allowed sources: https://charts.example.com, oci://registry.example.com/)"
         );
     }
 }

@@ -21,12 +21,13 @@ use helmq_queue::StatusSink;
 use helmq_queue::topology::{JOBS_STREAM, WORKERS_CONSUMER};
 use helmq_telemetry::Readiness;
 
+use crate::allowlist::Allowlist;
 use crate::dead_letter::{self, watch_advisories};
 use crate::driver::HelmDriver;
 use crate::exclusivity::{Intents, KvError, Leases};
 use crate::job::{Context, Delivery, Shared, handle};
 use crate::metrics::Metrics;
-use crate::policy::{Allowlist, RetryPolicy};
+use crate::policy::RetryPolicy;
 
 /// Subject of the advisory JetStream sends when a job reached `max_deliver`.
 pub fn max_deliveries_subject() -> String {
@@ -44,7 +45,8 @@ pub struct Settings {
     pub max_attempts: u32,
     /// Delays between attempts.
     pub retry: RetryPolicy,
-    /// Allowed chart sources and namespaces.
+    /// Allowed chart sources and namespaces (any, by default: the binary always sets it from
+    /// its required flags).
     pub allowlist: Allowlist,
     /// Time running jobs get to finish after shutdown starts.
     pub drain_deadline: Duration,
@@ -70,7 +72,7 @@ impl Settings {
             concurrency: 4,
             max_attempts: 5,
             retry: RetryPolicy::default(),
-            allowlist: Allowlist::default(),
+            allowlist: Allowlist::any(),
             drain_deadline: Duration::from_secs(60),
             lease_wait: Duration::from_secs(60),
             fetch_expires: Duration::from_secs(2),

@@ -322,8 +322,11 @@ async fn bad_input_is_dead_lettered_once_with_its_reason() {
     let env = Env::start(fast_topology()).await;
     let driver = MemoryDriver::new();
     let mut s = settings("w");
-    s.allowlist.sources = vec!["https://charts.example.com/".into()];
-    s.allowlist.namespaces = vec!["apps".into()];
+    s.allowlist = helmq_worker::allowlist::Allowlist::new(
+        Some(&["https://charts.example.com/"]),
+        Some(&["apps"]),
+    )
+    .unwrap();
     let pool = env.pool(driver.clone(), s).await;
 
     let valid = apply("schema", 1, "schema");

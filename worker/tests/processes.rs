@@ -54,6 +54,8 @@ fn spawn_worker(env: &Env, dir: &Path, id: &str, extra: &[&str], sleep: &str) ->
         .arg("--cache-dir")
         .arg(dir.join(format!("cache-{id}")))
         .args(["--retry-min-delay", "100ms", "--retry-max-delay", "1s"])
+        .args(["--allowed-sources", "https://charts.example.com/stable"])
+        .args(["--allowed-namespaces", "apps"])
         .args(extra)
         .env("HELMQ_WORKER_ID", id)
         .env("RUST_LOG", "info,helmq_worker=debug")
@@ -343,9 +345,133 @@ async fn sigterm_lets_running_jobs_finish_within_the_deadline_and_serves_operati
         metrics.contains("helmq_worker_helm_duration_seconds"),
         "{metrics}"
     );
+    for what in ["source", "namespace"] {
+        let line = format!("helmq_worker_allow_any{{what=\"{what}\"}} 0");
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
     let exit = terminate(&mut worker).await;
     assert!(exit.success());
     // The two running jobs finished; the two never pulled are still queued.
     assert_eq!(ready_count(&env).await, 2);
     assert_eq!(env.jobs_left().await, 2);
+}
+
+/// Runs the worker binary with `flags` (and no allowlist flags of `spawn_worker`'s) against a
+/// server, its stderr in `dir`; returns its exit status (`None` if still running after `wait`) and its stderr.
+fn run_bare(
+    env: &Env,
+    dir: &Path,
+    flags: &[&str],
+    wait: Duration,
+) -> (Option<std::process::ExitStatus>, String, Child) {
+    let log = dir.join("stderr");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_helmq-worker"))
+        .args(["--nats-url", env.server.url(), "--helm-bin"])
+        .arg(fake_helm())
+        .args(flags)
+        .env_remove("HELMQ_ALLOWED_SOURCES")
+        .env_remove("HELMQ_ALLOWED_NAMESPACES")
+        .env_remove("HELMQ_ALLOW_ANY_SOURCE")
+        .env_remove("HELMQ_ALLOW_ANY_NAMESPACE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + wait;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (
+        status,
+        std::fs::read_to_string(&log).unwrap_or_default(),
+        child,
+    )
+}
+
+#[tokio::test]
+async fn the_worker_refuses_to_start_without_allowlists_unless_any_is_explicit() {
+    let env = Env::start(fast_topology()).await;
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[],
+            "helmq-worker: no --allowed-sources given: name the allowed ones, or pass --allow-any-source to allow any (not recommended)\n",
+        ),
+        (
+            &["--allowed-sources", "https://charts.example.com/"],
+            "helmq-worker: no --allowed-namespaces given: name the allowed ones, or pass --allow-any-namespace to allow any (not recommended)\n",
+        ),
+        (
+            &["--allow-any-source"],
+            "helmq-worker: no --allowed-namespaces given",
+        ),
+        (
+            &[
+                "--allowed-sources",
+                "https://u:p@charts.example.com/",
+                "--allowed-namespaces",
+                "apps",
+            ],
+            "helmq-worker: --allowed-sources entry \"https://u:p@charts.example.com/\" is invalid",
+        ),
+    ];
+    for (flags, want) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let (status, stderr, _child) = run_bare(&env, dir.path(), flags, Duration::from_secs(20));
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(2),
+            "{flags:?}: {stderr}"
+        );
+        assert!(stderr.starts_with(want), "{flags:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{flags:?}: one line: {stderr}");
+    }
+
+    // Explicitly open: it starts, warns, and says so in /metrics.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let flags = [
+        "--allow-any-source",
+        "--allowed-namespaces",
+        "apps",
+        "--listen",
+        &listen,
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let (status, _, child) = run_bare(&env, dir.path(), &flags, Duration::from_millis(300));
+    let mut worker = Worker {
+        id: "open".into(),
+        child,
+    };
+    assert_eq!(status, None, "still running");
+    let metrics = eventually(Duration::from_secs(20), "/metrics", || async {
+        http_get(port, "/metrics")
+            .await
+            .filter(|r| r.starts_with("HTTP/1.1 200"))
+    })
+    .await;
+    assert!(
+        metrics.contains("helmq_worker_allow_any{what=\"source\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("helmq_worker_allow_any{what=\"namespace\"} 0"),
+        "{metrics}"
+    );
+    assert!(terminate(&mut worker).await.success());
+    let log = std::fs::read_to_string(dir.path().join("stderr")).unwrap();
+    assert!(
+        log.contains("--allow-any-source: jobs may install charts from any repository or registry"),
+        "{log}"
+    );
 }

@@ -17,11 +17,11 @@ use helmq_worker::MemoryDriver;
 use helmq_worker::exclusivity::intent_key;
 use helmq_worker::metrics::JobOutcome;
 
-/// A job for the Component `web` in `team` as the object with `uid`; every object installs the
+/// A job for the Component `web` in `team` as the object whose uid is labelled `uid`; every object installs the
 /// same release `team-web` (the MVP shape's `<namespace>-<name>`).
 fn job_of(uid: &str, generation: i64, action: JobAction) -> JobEvent {
     let mut job = job("web", generation, action, config("team-web", "apps"));
-    job.component.uid = Some(uid.into());
+    job.component.uid = Some(helmq_tests::build::uid(uid));
     job.id = job.dedupe_id();
     job
 }
@@ -31,7 +31,7 @@ async fn phases_of(env: &Env, uid: &str, phase: StatusPhase) -> Vec<StatusEvent>
     env.statuses()
         .await
         .into_iter()
-        .filter(|s| s.component.uid.as_deref() == Some(uid) && s.phase == phase)
+        .filter(|s| s.component.uid == Some(helmq_tests::build::uid(uid)) && s.phase == phase)
         .collect()
 }
 

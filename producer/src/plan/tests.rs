@@ -2,7 +2,7 @@
 
 use super::*;
 use helmq_schemas::component::HandlerStatus;
-use helmq_tests::build::{component, nginx_config};
+use helmq_tests::build::{component, nginx_config, uid};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 const OTHER: &str = "rds.deployment-orchestrator.io/lifecycle";
@@ -80,7 +80,7 @@ impl Fixture {
         let mut c = component("web")
             .handler(self.handler)
             .config(self.config.clone())
-            .uid("uid-1")
+            .uid(&uid("1"))
             .generation(self.generation)
             .resource_version("7")
             .finalizers(&self.finalizers);
@@ -304,7 +304,7 @@ fn the_apply_job_names_the_component_generation_config_and_timeout() {
     };
     assert_eq!(job.action, JobAction::Apply);
     assert_eq!(job.component.generation, 4);
-    assert_eq!(job.component.uid.as_deref(), Some("uid-1"));
+    assert_eq!(job.component.uid, Some(uid("1")));
     assert_eq!(
         (
             job.component.namespace.as_str(),
@@ -314,7 +314,7 @@ fn the_apply_job_names_the_component_generation_config_and_timeout() {
     );
     assert_eq!(job.config.release_name, "web");
     assert_eq!(job.timeout_seconds, 480);
-    assert_eq!(job.id, "uid-1:4:apply");
+    assert_eq!(job.id, format!("{}:4:apply", uid("1")));
     assert_eq!(job.requested_at, now());
 }
 
@@ -515,7 +515,7 @@ fn the_delete_job_targets_the_recorded_release() {
     assert_eq!(job.action, JobAction::Delete);
     assert_eq!(job.config.release_name, "web-recorded");
     assert_eq!(job.config.release_namespace, "apps-recorded");
-    assert_eq!(job.id, "uid-1:1:delete");
+    assert_eq!(job.id, format!("{}:1:delete", uid("1")));
     assert_eq!(job.timeout_seconds, 300);
     // Without a record, the config's release.
     let f = fixture().fin(&[HELM_FINALIZER]).deleting();

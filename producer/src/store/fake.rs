@@ -131,7 +131,8 @@ impl FakeComponentStore {
             state.last_uid += 1;
             state.last_rv += 1;
             let meta = &mut component.metadata;
-            meta.uid = Some(format!("uid-{}", state.last_uid));
+            // Kubernetes uids are UUIDs, and events carrying anything else are refused.
+            meta.uid = Some(format!("00000000-0000-4000-8000-{:012x}", state.last_uid));
             meta.resource_version = Some(state.last_rv.to_string());
             meta.generation = Some(1);
             meta.creation_timestamp = Some(Time(jiff::Timestamp::now()));

@@ -162,7 +162,7 @@ mod tests {
             ComponentRef {
                 namespace: "default".into(),
                 name: "web".into(),
-                uid: Some("uid-1".into()),
+                uid: Some("6f1c2b1e-3d4a-4b5c-8d6e-7f8091a2b3c4".into()),
                 generation,
             },
             phase,

@@ -17,7 +17,8 @@
 //! - a permanent error (a request that cannot be built, 400/403/422, ...) dead-letters the
 //!   event with the reason and acks it.
 //!
-//! Payloads that are not status events are dead-lettered with the reason and acked.
+//! Payloads that are not status events, and events published on another Component's subject,
+//! are dead-lettered with the reason and acked.
 
 pub mod apply;
 
@@ -32,6 +33,7 @@ use helmq_queue::dlq::{DeadLetter, dead_letter};
 use helmq_queue::topology::{STATUS_STREAM, WRITER_CONSUMER};
 use helmq_schemas::component::HELM_FINALIZER;
 use helmq_schemas::event::StatusEvent;
+use helmq_schemas::subject::status_subject;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -189,6 +191,10 @@ impl<S: ComponentStore> Writer<S> {
                 return;
             }
         };
+        if let Err(reason) = check_subject(&message.subject, &event) {
+            self.dead_letter(&message, delivery, reason).await;
+            return;
+        }
         let span = tracing::info_span!(
             "status",
             namespace = %event.component.namespace,
@@ -333,6 +339,19 @@ impl<S: ComponentStore> Writer<S> {
             Ok(_) | Err(StoreError::Unreadable(_)) => Ok(Outcome::Applied),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// A status event must come on `helmq.status.<namespace>.<name>` of the Component it names.
+pub fn check_subject(subject: &str, event: &StatusEvent) -> Result<(), String> {
+    let (namespace, name) = (&event.component.namespace, &event.component.name);
+    let expected = status_subject(namespace, name);
+    if subject == expected {
+        Ok(())
+    } else {
+        Err(format!(
+            "status event for component {namespace}/{name} was published on subject {subject}, not on {expected}: an event must come on its component's subject"
+        ))
     }
 }
 

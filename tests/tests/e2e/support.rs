@@ -488,7 +488,8 @@ impl Stack {
         self.spawn(format!("helmq-producer-{i}"), command);
     }
 
-    /// Starts one more worker (`helmq-worker-<n>`) and returns its name.
+    /// Starts one more worker (`helmq-worker-<n>`) with explicit allowlists (the stack's chart
+    /// repository, the release namespaces of the cases) and returns its name.
     pub(crate) fn start_worker(&mut self) -> String {
         self.workers_started += 1;
         let i = self.workers_started;
@@ -507,6 +508,10 @@ impl Stack {
             &format!("e2e-{}-{i}", self.options.tag),
             "--cache-dir",
             cache.to_str().expect("utf-8 path"),
+            "--allowed-sources",
+            &self.repo_url,
+            "--allowed-namespaces",
+            &release_namespaces(&self.namespace),
         ]);
         if let Some(kubeconfig) = &self.options.worker_kubeconfig {
             command.arg("--kubeconfig").arg(kubeconfig);
@@ -867,4 +872,12 @@ impl Drop for Stack {
             self.namespace
         );
     }
+}
+
+/// The release namespaces the cases use, all derived from the stack's namespace: the workers'
+/// `--allowed-namespaces` (the worker does not start without one).
+fn release_namespaces(namespace: &str) -> String {
+    ["", "-app", "-rel", "-test-nginx", "-try-webapp"]
+        .map(|suffix| format!("{namespace}{suffix}"))
+        .join(",")
 }

@@ -224,7 +224,7 @@ pub fn job(name: &str, generation: i64, action: JobAction, config: HelmConfig) -
         ComponentRef {
             namespace: "team".into(),
             name: name.into(),
-            uid: Some(format!("uid-{name}")),
+            uid: Some(helmq_tests::build::uid(name)),
             generation,
         },
         config,
