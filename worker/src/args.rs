@@ -233,7 +233,9 @@ mod tests {
             argv.extend_from_slice(flags);
             Args::try_parse_from(argv).unwrap().allowlist()
         };
-        let cases: &[(&[&str], Result<(bool, bool), &str>)] = &[
+        // Flags, then (any source, any namespace) or the start of the error.
+        type Case<'a> = (&'a [&'a str], Result<(bool, bool), &'a str>);
+        let cases: &[Case<'_>] = &[
             (&[], Err("no --allowed-sources")),
             (
                 &["--allowed-namespaces", "apps"],
