@@ -33,7 +33,7 @@ fn nested(depth: usize) -> Value {
 
 fn object(name: &str, values: Value) -> Value {
     let built = component(name)
-        .uid(&format!("uid-{name}"))
+        .uid(&helmq_tests::build::uid(name))
         .generation(1)
         .resource_version("1")
         .config(nginx_config(json!({})))
@@ -236,7 +236,7 @@ async fn a_component_nested_200_deep_fails_alone_while_the_others_are_claimed_an
         );
         assert_eq!(
             failed[0].component.uid.as_deref(),
-            Some(format!("uid-{name}").as_str())
+            Some(helmq_tests::build::uid(name).as_str())
         );
     }
     assert_eq!(jobs().await.len(), 3);
