@@ -562,13 +562,18 @@ async fn guard<T>(
                 break Stop::LeaseLost;
             }
             _ = progress.tick() => {
-                if let Err(e) = message.ack_with(AckKind::Progress).await {
-                    warn!(error = %e, "cannot send a progress ack");
+                // Bounded by the lease deadline: no branch may hold the loop past it.
+                let ack = message.ack_with(AckKind::Progress);
+                match tokio::time::timeout_at(renewed_at + unrenewed_limit, ack).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => warn!(error = %e, "cannot send a progress ack"),
+                    Err(_) => warn!("sending a progress ack timed out"),
                 }
             }
             _ = renew.tick() => {
                 let renewal = ctx.leases.renew(&lease, &ctx.settings.worker_id);
-                match tokio::time::timeout(renew_every, renewal).await {
+                let give_up = (tokio::time::Instant::now() + renew_every).min(renewed_at + unrenewed_limit);
+                match tokio::time::timeout_at(give_up, renewal).await {
                     Ok(Ok(renewed)) => {
                         lease = renewed;
                         renewed_at = tokio::time::Instant::now();
