@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use helmq_worker::driver::{
-    Apply, DriverError, HelmDriver, HelmStatus, NamespaceDeletion, Release, Revision, Tool,
+    Apply, DriverError, HelmDriver, HelmStatus, NamespaceDeletion, Release, Revision, Tenant, Tool,
     Uninstalled,
 };
+use helmq_worker::tenancy::ReleaseOwner;
 use tokio_util::sync::CancellationToken;
 
 use crate::jobs::index_of;
@@ -66,11 +67,22 @@ impl HelmDriver for BenchDriver {
         })
     }
 
+    async fn release_owner(
+        &self,
+        _release: &str,
+        _namespace: &str,
+        _tenant: Tenant<'_>,
+        _cancel: &CancellationToken,
+    ) -> Result<ReleaseOwner, DriverError> {
+        Ok(ReleaseOwner::MineOrAbsent)
+    }
+
     async fn uninstall(
         &self,
         _release: &str,
         _namespace: &str,
         _timeout: Duration,
+        _tenant: Tenant<'_>,
         _cancel: &CancellationToken,
     ) -> Result<Uninstalled, DriverError> {
         Ok(Uninstalled::NotFound)
@@ -80,6 +92,7 @@ impl HelmDriver for BenchDriver {
         &self,
         _release: &str,
         _namespace: &str,
+        _tenant: Tenant<'_>,
         _cancel: &CancellationToken,
     ) -> Result<Option<Release>, DriverError> {
         Ok(None)
@@ -89,6 +102,7 @@ impl HelmDriver for BenchDriver {
         &self,
         _release: &str,
         _namespace: &str,
+        _tenant: Tenant<'_>,
         _cancel: &CancellationToken,
     ) -> Result<Vec<Revision>, DriverError> {
         Ok(Vec::new())
@@ -100,6 +114,7 @@ impl HelmDriver for BenchDriver {
         _namespace: &str,
         _revision: i64,
         _timeout: Duration,
+        _tenant: Tenant<'_>,
         _cancel: &CancellationToken,
     ) -> Result<(), DriverError> {
         Ok(())
@@ -108,6 +123,7 @@ impl HelmDriver for BenchDriver {
     async fn delete_namespace(
         &self,
         _namespace: &str,
+        _tenant: Tenant<'_>,
         _cancel: &CancellationToken,
     ) -> Result<NamespaceDeletion, DriverError> {
         Ok(NamespaceDeletion::Deleted)

@@ -49,6 +49,7 @@ pub fn config(name: &str) -> HelmConfig {
             },
         },
         values,
+        service_account_name: None,
     }
 }
 
