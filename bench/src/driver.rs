@@ -7,10 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use helmq_worker::driver::{
-    Apply, DriverError, HelmDriver, HelmStatus, NamespaceDeletion, Release, Revision, Tenant, Tool,
+    Apply, DriverError, HelmDriver, HelmStatus, NamespaceDeletion, Release, Revision, Tool,
     Uninstalled,
 };
-use helmq_worker::tenancy::ReleaseOwner;
 use tokio_util::sync::CancellationToken;
 
 use crate::jobs::index_of;
@@ -67,22 +66,11 @@ impl HelmDriver for BenchDriver {
         })
     }
 
-    async fn release_owner(
-        &self,
-        _release: &str,
-        _namespace: &str,
-        _tenant: Tenant<'_>,
-        _cancel: &CancellationToken,
-    ) -> Result<ReleaseOwner, DriverError> {
-        Ok(ReleaseOwner::MineOrAbsent)
-    }
-
     async fn uninstall(
         &self,
         _release: &str,
         _namespace: &str,
         _timeout: Duration,
-        _tenant: Tenant<'_>,
         _cancel: &CancellationToken,
     ) -> Result<Uninstalled, DriverError> {
         Ok(Uninstalled::NotFound)
@@ -92,7 +80,6 @@ impl HelmDriver for BenchDriver {
         &self,
         _release: &str,
         _namespace: &str,
-        _tenant: Tenant<'_>,
         _cancel: &CancellationToken,
     ) -> Result<Option<Release>, DriverError> {
         Ok(None)
@@ -102,7 +89,6 @@ impl HelmDriver for BenchDriver {
         &self,
         _release: &str,
         _namespace: &str,
-        _tenant: Tenant<'_>,
         _cancel: &CancellationToken,
     ) -> Result<Vec<Revision>, DriverError> {
         Ok(Vec::new())
@@ -114,7 +100,6 @@ impl HelmDriver for BenchDriver {
         _namespace: &str,
         _revision: i64,
         _timeout: Duration,
-        _tenant: Tenant<'_>,
         _cancel: &CancellationToken,
     ) -> Result<(), DriverError> {
         Ok(())
@@ -123,7 +108,6 @@ impl HelmDriver for BenchDriver {
     async fn delete_namespace(
         &self,
         _namespace: &str,
-        _tenant: Tenant<'_>,
         _cancel: &CancellationToken,
     ) -> Result<NamespaceDeletion, DriverError> {
         Ok(NamespaceDeletion::Deleted)

@@ -49,7 +49,6 @@ pub fn config(name: &str) -> HelmConfig {
             },
         },
         values,
-        service_account_name: None,
     }
 }
 

@@ -27,8 +27,6 @@ fn worker_flags(url: &str, label: &str, slots: usize) -> Vec<String> {
         crate::jobs::REPOSITORY,
         "--allowed-namespaces",
         crate::jobs::RELEASE_NAMESPACE,
-        "--allowed-foreign-release-namespaces",
-        crate::jobs::RELEASE_NAMESPACE,
         "--log",
         "warn",
     ]

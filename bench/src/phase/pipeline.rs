@@ -60,7 +60,6 @@ impl InProcess {
             let js = async_nats::jetstream::new(client.clone());
             let mut settings = Settings::new(format!("bench-{pool}"));
             settings.concurrency = ctx.slots;
-            settings.tenancy.foreign_namespaces = vec![crate::jobs::RELEASE_NAMESPACE.to_owned()];
             let driver = BenchDriver::default().with_probe(probe.clone());
             let metrics = Metrics::register(&mut Registry::default());
             let run = helmq_worker::run_pool(
