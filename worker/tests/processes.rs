@@ -39,21 +39,9 @@ fn spawn_worker(env: &Env, dir: &Path, id: &str, extra: &[&str], sleep: &str) ->
         ),
     )
     .unwrap();
-    let kubectl = dir.join(format!("kubectl-{id}"));
-    std::fs::write(
-        &kubectl,
-        format!(
-            "#!/bin/sh\nexport FAKE_KUBECTL_NAMESPACES='{}'\nexec '{}' \"$@\"\n",
-            dir.join("namespaces").display(),
-            fake_helm().with_file_name("fake-kubectl").display()
-        ),
-    )
-    .unwrap();
-    for script in [&helm, &kubectl] {
-        let mut perms = std::fs::metadata(script).unwrap().permissions();
-        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
-        std::fs::set_permissions(script, perms).unwrap();
-    }
+    let mut perms = std::fs::metadata(&helm).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&helm, perms).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_helmq-worker"))
         .args(["--nats-url", env.server.url()])
         .args(if extra.contains(&"--listen") {
@@ -70,7 +58,8 @@ fn spawn_worker(env: &Env, dir: &Path, id: &str, extra: &[&str], sleep: &str) ->
         .args(["--allowed-namespaces", "apps"])
         .args(["--allowed-foreign-release-namespaces", "apps"])
         .arg("--kubectl-bin")
-        .arg(&kubectl)
+        .arg(fake_helm().with_file_name("fake-kubectl"))
+        .env("FAKE_KUBECTL_NAMESPACES", dir.join("namespaces"))
         .args(extra)
         .env("HELMQ_WORKER_ID", id)
         .env("RUST_LOG", "info,helmq_worker=debug")
