@@ -52,11 +52,6 @@ pub struct HelmConfig {
     /// Chart values: an arbitrary nested JSON object; empty when absent.
     #[serde(default)]
     pub values: Map<String, Value>,
-    /// A ServiceAccount in the release namespace that helm runs as (impersonated), so the chart
-    /// can create only what that account may; the worker's `--default-service-account` when
-    /// absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub service_account_name: Option<String>,
 }
 
 /// Where a chart comes from.
@@ -216,14 +211,6 @@ pub enum ConfigError {
         /// The rejected value.
         value: String,
     },
-    /// An invalid ServiceAccount name.
-    #[error("{field} must be a DNS-1123 subdomain of at most 253 characters, got {value}")]
-    ServiceAccountName {
-        /// Field path.
-        field: &'static str,
-        /// The rejected value.
-        value: String,
-    },
     /// An invalid namespace.
     #[error("{field} must be a DNS-1123 label of at most 63 characters, got {value}")]
     Namespace {
@@ -302,9 +289,6 @@ impl HelmConfig {
         check_release_name("releaseName", &self.release_name)?;
         check_required("releaseNamespace", &self.release_namespace)?;
         check_namespace("releaseNamespace", &self.release_namespace)?;
-        if let Some(account) = &self.service_account_name {
-            check_service_account("serviceAccountName", account)?;
-        }
         check_values_size(&self.values)?;
         match &self.source {
             ChartSource::Http { repository, chart } => {
@@ -366,7 +350,6 @@ fn parse_source_form(obj: &Map<String, Value>) -> Result<HelmConfig, ConfigError
     let release_namespace = required_str(obj, "releaseNamespace")?;
     check_namespace("releaseNamespace", release_namespace)?;
     let manage_namespace = optional_bool(obj, "manageNamespace")?.unwrap_or(true);
-    let service_account_name = parse_service_account(obj)?;
     let values = parse_values(obj)?;
     let source = match get(obj, "source") {
         None => return Err(ConfigError::SourceRequired),
@@ -379,7 +362,6 @@ fn parse_source_form(obj: &Map<String, Value>) -> Result<HelmConfig, ConfigError
         manage_namespace,
         source,
         values,
-        service_account_name,
     })
 }
 
@@ -469,7 +451,6 @@ fn parse_mvp_form(
         .unwrap_or_else(|| namespace.is_some_and(|ns| ns != component_namespace));
     let release_name = format!("{component_namespace}-{component_name}");
     check_release_name("releaseName", &release_name)?;
-    let service_account_name = parse_service_account(obj)?;
     Ok(HelmConfig {
         release_name,
         release_namespace: release_namespace.to_owned(),
@@ -485,18 +466,7 @@ fn parse_mvp_form(
             },
         },
         values,
-        service_account_name,
     })
-}
-
-/// Top-level `serviceAccountName` of either form: absent or null is none, otherwise a
-/// DNS-1123 subdomain (a ServiceAccount's name).
-fn parse_service_account(obj: &Map<String, Value>) -> Result<Option<String>, ConfigError> {
-    let Some(account) = optional_str(obj, "serviceAccountName")? else {
-        return Ok(None);
-    };
-    check_service_account("serviceAccountName", account)?;
-    Ok(Some(account.to_owned()))
 }
 
 /// Top-level `values`: absent or null is empty, otherwise an object within the size limit.
@@ -641,18 +611,6 @@ fn check_namespace(field: &'static str, value: &str) -> Result<(), ConfigError> 
     }
 }
 
-/// A ServiceAccount name: a DNS-1123 subdomain.
-fn check_service_account(field: &'static str, value: &str) -> Result<(), ConfigError> {
-    if dns::is_subdomain(value) {
-        Ok(())
-    } else {
-        Err(ConfigError::ServiceAccountName {
-            field,
-            value: value.to_owned(),
-        })
-    }
-}
-
 /// An http or https URL with a host.
 fn check_repository_url(field: &'static str, value: &str) -> Result<(), ConfigError> {
     let url = url::Url::parse(value).map_err(|e| ConfigError::InvalidUrl {
@@ -783,7 +741,6 @@ mod tests {
             manage_namespace,
             source,
             values: object(values),
-            service_account_name: None,
         }
     }
 

@@ -386,8 +386,6 @@ async fn hostile_messages_are_dead_lettered_and_every_good_job_still_deploys() {
     settings.allowlist =
         Allowlist::new(Some(&["https://charts.example.com/"]), Some(&["apps"])).unwrap();
     settings.health = health.clone();
-    // Components elsewhere install into `apps`, as the operator allows.
-    settings.tenancy.foreign_namespaces = vec!["apps".into()];
     let pipeline = Pipeline::start(&driver, settings).await;
     let (js, store, metrics) = (&pipeline.js, &pipeline.store, &pipeline.metrics);
 

@@ -336,8 +336,6 @@ async fn each_role_does_its_work_and_nothing_else_with_the_account_permissions()
     settings.retry.jitter = false;
     settings.fetch_expires = Duration::from_millis(500);
     settings.drain_deadline = Duration::from_secs(5);
-    // Components elsewhere install into `apps`, as the operator allows.
-    settings.tenancy.foreign_namespaces = vec!["apps".into()];
     let mut registry = prometheus_client::registry::Registry::default();
     let worker_metrics = helmq_worker::Metrics::register(&mut registry);
     let worker_stop = CancellationToken::new();

@@ -48,8 +48,6 @@ async fn a_job_failed_at_attempt_5_and_replayed_leaves_its_component_ready() {
     settings.retry.min = Duration::from_millis(20);
     settings.retry.max = Duration::from_millis(50);
     settings.fetch_expires = Duration::from_millis(300);
-    // Components elsewhere install into `apps`, as the operator allows.
-    settings.tenancy.foreign_namespaces = vec!["apps".into()];
     let pipeline = Pipeline::start(&driver, settings).await;
     let (js, store) = (&pipeline.js, &pipeline.store);
 

@@ -11,7 +11,6 @@ use crate::allowlist::{Allowlist, Refusal};
 use crate::driver::HelmCliSettings;
 use crate::policy::RetryPolicy;
 use crate::pool::Settings;
-use crate::tenancy::Tenancy;
 
 /// Pulls Helm jobs from JetStream, runs `helm upgrade --install` / `helm uninstall` and
 /// publishes status events.
@@ -106,27 +105,6 @@ pub struct Args {
     /// Default: none.
     #[arg(long, env = "HELMQ_ALLOWED_SECRET_NAMESPACES", value_delimiter = ',')]
     pub allowed_secret_namespaces: Vec<String>,
-    /// Release namespaces a job may install into although they are not its object's own
-    /// namespace (a Component's, or the one an orchestrator's job names), comma-separated
-    /// (default: none, every release stays in its object's namespace).
-    #[arg(
-        long,
-        env = "HELMQ_ALLOWED_FOREIGN_RELEASE_NAMESPACES",
-        value_delimiter = ','
-    )]
-    pub allowed_foreign_release_namespaces: Vec<String>,
-    /// Take over (and label) releases that have no helmq owner label, e.g. made by a helmq
-    /// older than the owner labels; off: such a release is never upgraded or uninstalled.
-    #[arg(long, env = "HELMQ_ADOPT_UNLABELLED_RELEASES")]
-    pub adopt_unlabelled_releases: bool,
-    /// ServiceAccount (in the release namespace) helm and kubectl run as when a config names
-    /// no `serviceAccountName`.
-    #[arg(long, env = "HELMQ_DEFAULT_SERVICE_ACCOUNT")]
-    pub default_service_account: Option<String>,
-    /// Refuse jobs that would run helm with the worker's own credentials (no
-    /// `serviceAccountName` and no --default-service-account).
-    #[arg(long, env = "HELMQ_REQUIRE_IMPERSONATION")]
-    pub require_impersonation: bool,
     /// Worker id in status events and leases (default: hostname-pid).
     #[arg(long, env = "HELMQ_WORKER_ID")]
     pub worker_id: Option<String>,
@@ -180,17 +158,6 @@ impl Args {
                 jitter: true,
             },
             allowlist,
-            tenancy: Tenancy {
-                foreign_namespaces: non_empty(&self.allowed_foreign_release_namespaces),
-                adopt_unlabelled: self.adopt_unlabelled_releases,
-                default_service_account: self
-                    .default_service_account
-                    .as_deref()
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned),
-                require_impersonation: self.require_impersonation,
-            },
             drain_deadline: self.drain_deadline,
             lease_wait: self.lease_wait,
             max_timeout: self.max_timeout.min(Duration::from_secs(

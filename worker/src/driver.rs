@@ -21,7 +21,6 @@ pub use helm_cli::{CredentialsError, HelmCli, HelmCliSettings, OutputError};
 pub use memory::MemoryDriver;
 
 use crate::policy::{Failure, classify, classify_kubectl};
-use crate::tenancy::{Impersonation, Owner, ReleaseOwner};
 
 /// Why a driver call did not succeed. An error built on another keeps it as its
 /// [`source`](std::error::Error::source) and also says it in its own text, which is what
@@ -110,13 +109,6 @@ pub enum DriverError {
         #[source]
         reason: CredentialsError,
     },
-    /// The job must not touch the release or namespace it names (another object owns it);
-    /// permanent.
-    #[error("refused: {reason}")]
-    Refused {
-        /// Why, naming the owner.
-        reason: String,
-    },
     /// The release is `pending-*` and its record is too recent to prove that no one is still
     /// working on it: reported and retried, never rolled back under a live operation.
     #[error(
@@ -147,13 +139,6 @@ impl DriverError {
         }
     }
 
-    /// Whether Helm refused to work on the release because its last record is `pending-*`
-    /// (another operation, live or dead, holds it).
-    pub fn is_release_busy(&self) -> bool {
-        matches!(self, DriverError::Helm { stderr, .. }
-            if stderr.contains("another operation (install/upgrade/rollback) is in progress"))
-    }
-
     /// Whether retrying can help. Helm's and kubectl's failures are classified by their own
     /// stderr tables.
     pub fn failure(&self) -> Failure {
@@ -164,9 +149,7 @@ impl DriverError {
             DriverError::Kubectl {
                 exit_code, stderr, ..
             } => classify_kubectl(*exit_code, stderr),
-            DriverError::RegistryCredentials { .. } | DriverError::Refused { .. } => {
-                Failure::Permanent
-            }
+            DriverError::RegistryCredentials { .. } => Failure::Permanent,
             DriverError::TimedOut { .. }
             | DriverError::StillPending { .. }
             | DriverError::Cancelled { .. }
@@ -208,16 +191,6 @@ pub enum KubectlAction {
         /// The namespace.
         namespace: String,
     },
-    /// `kubectl create` of a namespace helmq manages.
-    CreateNamespace {
-        /// The namespace.
-        namespace: String,
-    },
-    /// `kubectl get secrets` of a release's records, to name its owner.
-    ReadReleaseLabels {
-        /// `namespace/name` of the release.
-        release: String,
-    },
 }
 
 impl fmt::Display for KubectlAction {
@@ -226,12 +199,6 @@ impl fmt::Display for KubectlAction {
             KubectlAction::ReadSecret { secret } => write!(f, "read registry secret {secret}"),
             KubectlAction::DeleteNamespace { namespace } => {
                 write!(f, "delete namespace {namespace}")
-            }
-            KubectlAction::CreateNamespace { namespace } => {
-                write!(f, "create namespace {namespace}")
-            }
-            KubectlAction::ReadReleaseLabels { release } => {
-                write!(f, "read the labels of release {release}")
             }
         }
     }
@@ -368,16 +335,6 @@ pub enum NamespaceDeletion {
     Skipped(String),
 }
 
-/// Whom a Helm call is for: the object that owns the release (helmq labels what it creates
-/// with it) and the account helm and kubectl run as (`None`: the worker's own credentials).
-#[derive(Debug, Clone, Copy)]
-pub struct Tenant<'a> {
-    /// The release's owner.
-    pub owner: &'a Owner,
-    /// The ServiceAccount to impersonate.
-    pub identity: Option<&'a Impersonation>,
-}
-
 /// An apply request: everything `helm upgrade --install` needs.
 #[derive(Debug, Clone, Copy)]
 pub struct Apply<'a> {
@@ -389,9 +346,6 @@ pub struct Apply<'a> {
     /// allowlist: the Component's own, or the release namespace for an orchestrator job
     /// without a uid.
     pub own_namespace: &'a str,
-    /// Whom it is for: the release is labelled with the owner, a managed namespace that does
-    /// not exist yet is created with the owner's labels.
-    pub tenant: Tenant<'a>,
 }
 
 /// The Helm operations a worker needs. Every call takes a cancellation token: cancelling it
@@ -404,22 +358,12 @@ pub trait HelmDriver: Send + Sync + 'static {
         cancel: &CancellationToken,
     ) -> impl Future<Output = Result<Release, DriverError>> + Send;
 
-    /// Who owns a release, from its Helm labels (one `helm list` with a label selector).
-    fn release_owner(
-        &self,
-        release: &str,
-        namespace: &str,
-        tenant: Tenant<'_>,
-        cancel: &CancellationToken,
-    ) -> impl Future<Output = Result<ReleaseOwner, DriverError>> + Send;
-
     /// `helm uninstall` and wait for the resources to go; a missing release is success.
     fn uninstall(
         &self,
         release: &str,
         namespace: &str,
         timeout: Duration,
-        tenant: Tenant<'_>,
         cancel: &CancellationToken,
     ) -> impl Future<Output = Result<Uninstalled, DriverError>> + Send;
 
@@ -428,7 +372,6 @@ pub trait HelmDriver: Send + Sync + 'static {
         &self,
         release: &str,
         namespace: &str,
-        tenant: Tenant<'_>,
         cancel: &CancellationToken,
     ) -> impl Future<Output = Result<Option<Release>, DriverError>> + Send;
 
@@ -437,7 +380,6 @@ pub trait HelmDriver: Send + Sync + 'static {
         &self,
         release: &str,
         namespace: &str,
-        tenant: Tenant<'_>,
         cancel: &CancellationToken,
     ) -> impl Future<Output = Result<Vec<Revision>, DriverError>> + Send;
 
@@ -448,16 +390,13 @@ pub trait HelmDriver: Send + Sync + 'static {
         namespace: &str,
         revision: i64,
         timeout: Duration,
-        tenant: Tenant<'_>,
         cancel: &CancellationToken,
     ) -> impl Future<Output = Result<(), DriverError>> + Send;
 
-    /// Deletes a managed namespace if helmq created it for this tenant's owner
-    /// ([`crate::tenancy::namespace_fate`]); a namespace helmq found is kept.
+    /// Deletes a namespace helmq manages.
     fn delete_namespace(
         &self,
         namespace: &str,
-        tenant: Tenant<'_>,
         cancel: &CancellationToken,
     ) -> impl Future<Output = Result<NamespaceDeletion, DriverError>> + Send;
 }

@@ -21,14 +21,13 @@ use helmq_schemas::subject::{component_key, job_subject};
 
 use crate::dead_letter;
 use crate::driver::{
-    Apply, DriverError, HelmDriver, NamespaceDeletion, Recovery, Tenant, Uninstalled, is_pending,
+    Apply, DriverError, HelmDriver, NamespaceDeletion, Recovery, Uninstalled, is_pending,
     pending_age, provably_stale, recovery_plan,
 };
 use crate::exclusivity::{Intents, KvError, Lease, Leases, intent_key};
 use crate::metrics::{JobOutcome, Metrics};
 use crate::policy::{AfterFailure, Decision, Outcome, Position, after_failure, decide};
 use crate::pool::{Settings, pause};
-use crate::tenancy::{Owner, Takeover, takeover};
 
 /// Shortest Progress/renewal period (a zero period would make `interval` panic).
 const MIN_TICK: Duration = Duration::from_millis(100);
@@ -227,7 +226,6 @@ fn allowed(settings: &Settings, job: JobEvent) -> Result<JobEvent, String> {
         .allowlist
         .check(&job.config)
         .map_err(|e| e.to_string())?;
-    settings.tenancy.check(&job).map_err(|e| e.to_string())?;
     let max = settings.max_timeout.as_secs();
     if job.timeout_seconds > max {
         return Err(format!(
@@ -376,9 +374,7 @@ async fn stopped(ctx: &Context, message: &Message, stop: Stop) -> JobOutcome {
     }
 }
 
-/// The Helm work of a job, with the lease held. Before touching the release it checks who
-/// owns it (one `helm list`); a release Helm reports busy (`pending-*`) is recovered once it is
-/// provably stale and the apply runs again, so no `helm status` precedes every apply.
+/// The Helm work of a job, with the lease held.
 async fn execute<D: HelmDriver, S>(
     shared: &Shared<D, S>,
     job: &JobEvent,
@@ -388,64 +384,50 @@ async fn execute<D: HelmDriver, S>(
     let (name, namespace) = (&config.release_name, &config.release_namespace);
     let timeout = Duration::from_secs(job.timeout_seconds.max(1));
     let driver = &shared.driver;
-    let tenancy = &shared.ctx.settings.tenancy;
-    let owner = Owner::of(&job.component);
-    let identity = tenancy.identity(config);
-    let tenant = Tenant {
-        owner: &owner,
-        identity: identity.as_ref(),
-    };
     let mut notes = Vec::new();
-    let found = driver
-        .release_owner(name, namespace, tenant, cancel)
-        .await?;
-    let refused = match takeover(name, namespace, &found, tenancy.adopt_unlabelled) {
-        Takeover::Proceed => None,
-        Takeover::Adopt(note) => {
-            notes.push(note);
-            None
-        }
-        Takeover::Refuse(reason) => Some(reason),
-    };
     match job.action {
         JobAction::Apply => {
-            if let Some(reason) = refused {
-                return Err(DriverError::Refused { reason });
+            if let Some(current) = driver.status(name, namespace, cancel).await?
+                && is_pending(&current.status)
+            {
+                let history = driver.history(name, namespace, cancel).await?;
+                let age = pending_age(&history, jiff::Timestamp::now());
+                if !provably_stale(age, shared.ctx.leases.ttl()) {
+                    return Err(DriverError::StillPending {
+                        release: name.clone(),
+                        status: current.status,
+                        age: age.map_or_else(
+                            || "at an unknown time".to_owned(),
+                            |age| format!("{}s ago", age.as_secs()),
+                        ),
+                    });
+                }
+                if let Some(plan) = recovery_plan(&current.status, &history) {
+                    warn!(release = %name, from = %current.status, "recovering a stuck release");
+                    match &plan {
+                        Recovery::Rollback { revision, .. } => {
+                            driver
+                                .rollback(name, namespace, *revision, timeout, cancel)
+                                .await?;
+                        }
+                        Recovery::Uninstall { .. } => {
+                            driver.uninstall(name, namespace, timeout, cancel).await?;
+                        }
+                    }
+                    notes.push(plan.describe(name));
+                }
             }
             let own_namespace = if job.component.uid.is_some() {
                 &job.component.namespace
             } else {
                 namespace
             };
-            let request = Apply {
+            let apply = Apply {
                 config,
                 timeout,
                 own_namespace,
-                tenant,
             };
-            let release = match driver.apply(request, cancel).await {
-                Err(busy) if busy.is_release_busy() => {
-                    let ttl = shared.ctx.leases.ttl();
-                    // Only a release that was stuck and is now unlocked is applied again;
-                    // otherwise Helm's answer stands (retried later, as any transient failure).
-                    let Some(note) = recover(
-                        driver.as_ref(),
-                        name,
-                        namespace,
-                        tenant,
-                        timeout,
-                        ttl,
-                        cancel,
-                    )
-                    .await?
-                    else {
-                        return Err(busy);
-                    };
-                    notes.push(note);
-                    driver.apply(request, cancel).await?
-                }
-                other => other?,
-            };
+            let release = driver.apply(apply, cancel).await?;
             notes.push(format!(
                 "release {name} revision {} is {} (chart {} {})",
                 release.revision,
@@ -470,31 +452,24 @@ async fn execute<D: HelmDriver, S>(
             })
         }
         JobAction::Delete => {
-            // Another object's release (also: a late delete of an object whose name a new
-            // object took) is left alone, and so is its namespace; this object can still go.
-            let helm_status = if let Some(reason) = refused {
-                notes.push(format!("release {name} was not uninstalled: {reason}"));
-                None
-            } else {
-                notes.push(
-                    match driver
-                        .uninstall(name, namespace, timeout, tenant, cancel)
-                        .await?
-                    {
-                        Uninstalled::Removed => format!("release {name} uninstalled"),
-                        Uninstalled::NotFound => format!("release {name} was already gone"),
-                    },
-                );
-                if config.manage_namespace {
-                    notes.push(
-                        match driver.delete_namespace(namespace, tenant, cancel).await? {
-                            NamespaceDeletion::Deleted => format!("namespace {namespace} deleted"),
-                            NamespaceDeletion::Skipped(why) => why,
-                        },
-                    );
+            notes.push(
+                match driver.uninstall(name, namespace, timeout, cancel).await? {
+                    Uninstalled::Removed => format!("release {name} uninstalled"),
+                    Uninstalled::NotFound => format!("release {name} was already gone"),
+                },
+            );
+            if config.manage_namespace {
+                if *namespace == job.component.namespace {
+                    notes.push(format!(
+                        "namespace {namespace} was not deleted: it is the Component's own namespace"
+                    ));
+                } else {
+                    notes.push(match driver.delete_namespace(namespace, cancel).await? {
+                        NamespaceDeletion::Deleted => format!("namespace {namespace} deleted"),
+                        NamespaceDeletion::Skipped(why) => why,
+                    });
                 }
-                Some("uninstalled".to_owned())
-            };
+            }
             Ok(Done {
                 phase: StatusPhase::Terminated,
                 outcome: Outcome::Terminated,
@@ -504,60 +479,11 @@ async fn execute<D: HelmDriver, S>(
                     namespace: namespace.clone(),
                     revision: None,
                     chart_version: None,
-                    helm_status,
+                    helm_status: Some("uninstalled".into()),
                 },
             })
         }
     }
-}
-
-/// Unlocks a release Helm reported busy: when it is `pending-*` and its newest record is older
-/// than the lease TTL (no live run can hold it), rolls it back (or uninstalls a never-deployed
-/// one) and says so; a younger pending record is [`DriverError::StillPending`] (retried later).
-async fn recover<D: HelmDriver>(
-    driver: &D,
-    name: &str,
-    namespace: &str,
-    tenant: Tenant<'_>,
-    timeout: Duration,
-    stale_after: Duration,
-    cancel: &CancellationToken,
-) -> Result<Option<String>, DriverError> {
-    let Some(current) = driver.status(name, namespace, tenant, cancel).await? else {
-        return Ok(None);
-    };
-    if !is_pending(&current.status) {
-        return Ok(None);
-    }
-    let history = driver.history(name, namespace, tenant, cancel).await?;
-    let age = pending_age(&history, jiff::Timestamp::now());
-    if !provably_stale(age, stale_after) {
-        return Err(DriverError::StillPending {
-            release: name.to_owned(),
-            status: current.status,
-            age: age.map_or_else(
-                || "at an unknown time".to_owned(),
-                |age| format!("{}s ago", age.as_secs()),
-            ),
-        });
-    }
-    let Some(plan) = recovery_plan(&current.status, &history) else {
-        return Ok(None);
-    };
-    warn!(release = %name, from = %current.status, "recovering a stuck release");
-    match &plan {
-        Recovery::Rollback { revision, .. } => {
-            driver
-                .rollback(name, namespace, *revision, timeout, tenant, cancel)
-                .await?;
-        }
-        Recovery::Uninstall { .. } => {
-            driver
-                .uninstall(name, namespace, timeout, tenant, cancel)
-                .await?;
-        }
-    }
-    Ok(Some(plan.describe(name)))
 }
 
 enum Acquired {

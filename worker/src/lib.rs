@@ -6,8 +6,7 @@
 //! decisions), [`driver`] (the Helm seam,
 //! [`driver::HelmCli`] and `driver::MemoryDriver`), [`exclusivity`] (leases and latest intent
 //! on KV), [`pool`] (slots and drain), `job` (one job from delivery to settlement),
-//! `dead_letter` (rejects, final failures, jobs past `max_deliver`), [`metrics`], [`tenancy`]
-//! (release namespaces, owners, impersonation).
+//! `dead_letter` (rejects, final failures, jobs past `max_deliver`), [`metrics`].
 
 pub mod allowlist;
 pub mod args;
@@ -18,7 +17,6 @@ mod job;
 pub mod metrics;
 pub mod policy;
 pub mod pool;
-pub mod tenancy;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -28,7 +28,6 @@ use crate::exclusivity::{Intents, KvError, Leases};
 use crate::job::{Context, Delivery, Shared, handle};
 use crate::metrics::Metrics;
 use crate::policy::RetryPolicy;
-use crate::tenancy::Tenancy;
 
 /// Subject of the advisory JetStream sends when a job reached `max_deliver`.
 pub fn max_deliveries_subject() -> String {
@@ -49,8 +48,6 @@ pub struct Settings {
     /// Allowed chart sources and namespaces (any, by default: the binary always sets it from
     /// its required flags).
     pub allowlist: Allowlist,
-    /// Foreign release namespaces, release adoption and impersonation.
-    pub tenancy: Tenancy,
     /// Time running jobs get to finish after shutdown starts.
     pub drain_deadline: Duration,
     /// Longest wait for a release lease before the job is given back with a short delay.
@@ -76,7 +73,6 @@ impl Settings {
             max_attempts: 5,
             retry: RetryPolicy::default(),
             allowlist: Allowlist::any(),
-            tenancy: Tenancy::default(),
             drain_deadline: Duration::from_secs(60),
             lease_wait: Duration::from_secs(60),
             fetch_expires: Duration::from_secs(2),

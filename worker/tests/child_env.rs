@@ -7,8 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use helmq_worker::HelmCli;
-use helmq_worker::driver::{HelmCliSettings, HelmDriver, Tenant};
-use helmq_worker::tenancy::Owner;
+use helmq_worker::driver::{HelmCliSettings, HelmDriver};
 use tokio_util::sync::CancellationToken;
 
 /// Set in the child run: the directory the fakes dump their environments into.
@@ -43,20 +42,8 @@ async fn run_children(dir: &Path) {
     settings.kubectl_bin = Some(dumper(dir, "kubectl"));
     let cli = HelmCli::new(settings).unwrap();
     let cancel = CancellationToken::new();
-    let owner = Owner {
-        namespace: "team".into(),
-        name: "web".into(),
-        uid: None,
-    };
-    let tenant = Tenant {
-        owner: &owner,
-        identity: None,
-    };
-    assert_eq!(
-        cli.status("web", "apps", tenant, &cancel).await.unwrap(),
-        None
-    );
-    let _ = cli.delete_namespace("apps", tenant, &cancel).await;
+    assert_eq!(cli.status("web", "apps", &cancel).await.unwrap(), None);
+    let _ = cli.delete_namespace("apps", &cancel).await;
 }
 
 fn read_env(path: &Path) -> Vec<(String, String)> {

@@ -10,11 +10,10 @@ use std::time::Duration;
 use common::{config, eventually, fake_helm};
 use helmq_worker::HelmCli;
 use helmq_worker::driver::{
-    Apply, DriverError, HelmCliSettings, HelmDriver, NamespaceDeletion, Recovery, Release, Tenant,
+    Apply, DriverError, HelmCliSettings, HelmDriver, NamespaceDeletion, Recovery, Release,
     Uninstalled, recovery_plan,
 };
 use helmq_worker::policy::Failure;
-use helmq_worker::tenancy::Owner;
 use tokio_util::sync::CancellationToken;
 
 struct Fixture {
@@ -37,7 +36,6 @@ impl Fixture {
                     config,
                     timeout: T,
                     own_namespace: "team",
-                    tenant: tenant(),
                 },
                 cancel,
             )
@@ -93,21 +91,6 @@ fn control(state: &Path, release: &str, value: serde_json::Value) {
 
 const T: Duration = Duration::from_secs(30);
 
-/// The owner of every release here: a Component `apps/web`.
-static OWNER: std::sync::LazyLock<Owner> = std::sync::LazyLock::new(|| Owner {
-    namespace: "team".into(),
-    name: "web".into(),
-    uid: Some("u1".into()),
-});
-
-/// Helm runs with the worker's own credentials for [`OWNER`].
-fn tenant() -> Tenant<'static> {
-    Tenant {
-        owner: &OWNER,
-        identity: None,
-    }
-}
-
 #[tokio::test]
 async fn apply_installs_from_a_cached_package_with_values_in_a_private_file() {
     let f = fixture();
@@ -137,18 +120,9 @@ async fn apply_installs_from_a_cached_package_with_values_in_a_private_file() {
     let leftovers = std::fs::read_dir(f.cache.join("tmp")).unwrap().count();
     assert_eq!(leftovers, 0);
 
-    let status = f
-        .cli
-        .status("web", "apps", tenant(), &cancel)
-        .await
-        .unwrap()
-        .unwrap();
+    let status = f.cli.status("web", "apps", &cancel).await.unwrap().unwrap();
     assert_eq!((status.revision, status.status.as_str()), (2, "deployed"));
-    let history = f
-        .cli
-        .history("web", "apps", tenant(), &cancel)
-        .await
-        .unwrap();
+    let history = f.cli.history("web", "apps", &cancel).await.unwrap();
     let statuses: Vec<_> = history.iter().map(|r| r.status.as_str()).collect();
     assert_eq!(statuses, ["superseded", "deployed"]);
 }
@@ -157,42 +131,25 @@ async fn apply_installs_from_a_cached_package_with_values_in_a_private_file() {
 async fn missing_releases_are_not_errors() {
     let f = fixture();
     let cancel = CancellationToken::new();
-    assert_eq!(
-        f.cli
-            .status("nope", "apps", tenant(), &cancel)
-            .await
-            .unwrap(),
-        None
-    );
+    assert_eq!(f.cli.status("nope", "apps", &cancel).await.unwrap(), None);
     assert!(
         f.cli
-            .history("nope", "apps", tenant(), &cancel)
+            .history("nope", "apps", &cancel)
             .await
             .unwrap()
             .is_empty()
     );
     assert_eq!(
-        f.cli
-            .uninstall("nope", "apps", T, tenant(), &cancel)
-            .await
-            .unwrap(),
+        f.cli.uninstall("nope", "apps", T, &cancel).await.unwrap(),
         Uninstalled::NotFound
     );
     let cfg = config("web", "apps");
     f.apply(&cfg, &cancel).await.unwrap();
     assert_eq!(
-        f.cli
-            .uninstall("web", "apps", T, tenant(), &cancel)
-            .await
-            .unwrap(),
+        f.cli.uninstall("web", "apps", T, &cancel).await.unwrap(),
         Uninstalled::Removed
     );
-    match f
-        .cli
-        .delete_namespace("apps", tenant(), &cancel)
-        .await
-        .unwrap()
-    {
+    match f.cli.delete_namespace("apps", &cancel).await.unwrap() {
         NamespaceDeletion::Skipped(why) => {
             assert!(
                 why.starts_with("namespace apps was not deleted: cannot run"),
@@ -221,17 +178,8 @@ async fn a_stuck_release_is_rolled_back_through_helm() {
 
     let err = f.apply(&cfg, &cancel).await.unwrap_err();
     assert_eq!(err.failure(), Failure::Transient, "{err}");
-    let status = f
-        .cli
-        .status("web", "apps", tenant(), &cancel)
-        .await
-        .unwrap()
-        .unwrap();
-    let history = f
-        .cli
-        .history("web", "apps", tenant(), &cancel)
-        .await
-        .unwrap();
+    let status = f.cli.status("web", "apps", &cancel).await.unwrap().unwrap();
+    let history = f.cli.history("web", "apps", &cancel).await.unwrap();
     let plan = recovery_plan(&status.status, &history).unwrap();
     assert_eq!(
         plan,
@@ -240,10 +188,7 @@ async fn a_stuck_release_is_rolled_back_through_helm() {
             revision: 1
         }
     );
-    f.cli
-        .rollback("web", "apps", 1, T, tenant(), &cancel)
-        .await
-        .unwrap();
+    f.cli.rollback("web", "apps", 1, T, &cancel).await.unwrap();
     let after = f.apply(&cfg, &cancel).await.unwrap();
     assert_eq!((after.revision, after.status.as_str()), (4, "deployed"));
 }
@@ -290,7 +235,6 @@ async fn cancelling_a_run_kills_the_helm_process() {
             config: &cfg,
             timeout: T,
             own_namespace: "team",
-            tenant: tenant(),
         },
         &cancel,
     );
@@ -386,12 +330,7 @@ async fn cancelling_a_run_sends_sigterm_first_and_helm_marks_the_release_failed(
     assert!(took < Duration::from_secs(5), "{took:?}");
     assert!(gone(pid));
     let cancel = CancellationToken::new();
-    let status = f
-        .cli
-        .status("web", "apps", tenant(), &cancel)
-        .await
-        .unwrap()
-        .unwrap();
+    let status = f.cli.status("web", "apps", &cancel).await.unwrap().unwrap();
     assert_eq!(status.status.as_str(), "failed", "not left pending-install");
 }
 
@@ -437,7 +376,6 @@ async fn a_time_limit_sends_sigterm_first() {
                 config: &cfg,
                 timeout: Duration::from_secs(2),
                 own_namespace: "team",
-                tenant: tenant(),
             },
             &cancel,
         )
@@ -447,12 +385,7 @@ async fn a_time_limit_sends_sigterm_first() {
         "{result:?}"
     );
     assert_eq!(terminations(&f.state), ["terminated"]);
-    let status = f
-        .cli
-        .status("web", "apps", tenant(), &cancel)
-        .await
-        .unwrap()
-        .unwrap();
+    let status = f.cli.status("web", "apps", &cancel).await.unwrap().unwrap();
     assert_eq!(status.status.as_str(), "failed");
 }
 

@@ -8,11 +8,8 @@ use std::time::Duration;
 use helmq_schemas::config::{OciAuthentication, SecretRef};
 use helmq_schemas::{ChartSource, HelmConfig};
 use helmq_worker::HelmCli;
-use helmq_worker::driver::{
-    Apply, DriverError, HelmCliSettings, HelmDriver, KubectlAction, Tenant,
-};
+use helmq_worker::driver::{Apply, DriverError, HelmCliSettings, HelmDriver, KubectlAction};
 use helmq_worker::policy::Failure;
-use helmq_worker::tenancy::Owner;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -155,15 +152,6 @@ impl Fixture {
                     config,
                     timeout: T,
                     own_namespace: "apps",
-                    // A Component in the release namespace: no namespace to create.
-                    tenant: Tenant {
-                        owner: &Owner {
-                            namespace: "apps".into(),
-                            name: "web".into(),
-                            uid: None,
-                        },
-                        identity: None,
-                    },
                 },
                 &CancellationToken::new(),
             )
@@ -238,7 +226,6 @@ fn oci_config(secret: Option<(&str, Option<&str>)>) -> HelmConfig {
             }),
         },
         values: serde_json::Map::new(),
-        service_account_name: None,
     }
 }
 

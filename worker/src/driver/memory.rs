@@ -4,7 +4,7 @@
 //! until the test lets it go on. Built only for this crate's tests and with the `testing`
 //! feature (which the integration tests turn on), never into a release binary.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -12,28 +12,14 @@ use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Apply, DriverError, HelmDriver, HelmStatus, NamespaceDeletion, Release, Revision, Tenant, Tool,
+    Apply, DriverError, HelmDriver, HelmStatus, NamespaceDeletion, Release, Revision, Tool,
     Uninstalled, is_pending,
 };
-use crate::tenancy::{self, NamespaceFate, OWNER, Owner, ReleaseOwner};
-
-/// Labels of a release or namespace.
-pub type Labels = BTreeMap<String, String>;
-
-/// `owner`'s labels as a map.
-fn owner_labels(owner: &Owner) -> Labels {
-    owner
-        .labels()
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect()
-}
 
 /// One call the driver received.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Call {
-    /// `apply`, `release-owner`, `uninstall`, `status`, `history`, `rollback` or
-    /// `delete-namespace`.
+    /// `apply`, `uninstall`, `status`, `history`, `rollback` or `delete-namespace`.
     pub op: &'static str,
     /// Release name (the namespace for `delete-namespace`).
     pub release: String,
@@ -61,10 +47,6 @@ pub enum Step {
 #[derive(Debug, Default)]
 struct State {
     releases: HashMap<(String, String), Vec<Revision>>,
-    /// Helm's release labels, as `--labels` leaves them (merged into the previous ones).
-    labels: HashMap<(String, String), Labels>,
-    /// Namespaces that exist, with their labels.
-    namespaces: HashMap<String, Labels>,
     running: HashMap<(String, String), usize>,
     overlaps: Vec<String>,
     calls: Vec<Call>,
@@ -138,32 +120,6 @@ impl MemoryDriver {
         self.state()
             .releases
             .insert((namespace.to_owned(), release.to_owned()), history);
-    }
-
-    /// Sets a release's labels, e.g. none for a release a person installed with `helm install`.
-    pub fn set_release_labels(&self, namespace: &str, release: &str, labels: Labels) {
-        self.state()
-            .labels
-            .insert((namespace.to_owned(), release.to_owned()), labels);
-    }
-
-    /// A release's labels (empty when it has none or does not exist).
-    pub fn release_labels(&self, namespace: &str, release: &str) -> Labels {
-        self.state()
-            .labels
-            .get(&(namespace.to_owned(), release.to_owned()))
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    /// Makes a namespace exist with these labels (empty: one helmq did not create).
-    pub fn add_namespace(&self, namespace: &str, labels: Labels) {
-        self.state().namespaces.insert(namespace.to_owned(), labels);
-    }
-
-    /// The namespaces that exist, with their labels.
-    pub fn namespaces(&self) -> BTreeMap<String, Labels> {
-        self.state().namespaces.clone().into_iter().collect()
     }
 
     /// The history of a release (oldest first).
@@ -313,8 +269,6 @@ impl HelmDriver for MemoryDriver {
         );
         let chart = format!("{}-{}", config.chart_name(), config.chart_version());
         let version = config.chart_version().to_owned();
-        let owner = request.tenant.owner.clone();
-        let manage = config.manage_namespace && config.release_namespace != owner.namespace;
         self.mutate(
             "apply",
             &config.release_namespace,
@@ -322,15 +276,7 @@ impl HelmDriver for MemoryDriver {
             config.values.clone(),
             cancel,
             move |state| {
-                // As HelmCli: a managed namespace that does not exist is created with the
-                // owner's labels; one that exists is left as found.
-                if manage {
-                    state
-                        .namespaces
-                        .entry(key.0.clone())
-                        .or_insert_with(|| owner_labels(&owner));
-                }
-                let history = state.releases.entry(key.clone()).or_default();
+                let history = state.releases.entry(key).or_default();
                 if history.last().is_some_and(|r| is_pending(&r.status)) {
                     return Err(DriverError::Helm {
                         command: "apply".into(),
@@ -339,12 +285,6 @@ impl HelmDriver for MemoryDriver {
                     });
                 }
                 let revision = push_revision(history, chart, "Upgrade complete");
-                // Helm merges `--labels` into the previous record's labels.
-                state
-                    .labels
-                    .entry(key)
-                    .or_default()
-                    .extend(owner_labels(&owner));
                 Ok(Release {
                     revision,
                     status: HelmStatus::Deployed,
@@ -355,33 +295,11 @@ impl HelmDriver for MemoryDriver {
         .await
     }
 
-    async fn release_owner(
-        &self,
-        release: &str,
-        namespace: &str,
-        tenant: Tenant<'_>,
-        _cancel: &CancellationToken,
-    ) -> Result<ReleaseOwner, DriverError> {
-        self.record("release-owner", namespace, release);
-        let key = (namespace.to_owned(), release.to_owned());
-        let state = self.state();
-        if !state.releases.contains_key(&key) {
-            return Ok(ReleaseOwner::MineOrAbsent);
-        }
-        let labels = state.labels.get(&key).cloned().unwrap_or_default();
-        Ok(match labels.get(OWNER) {
-            Some(key) if *key == tenant.owner.key() => ReleaseOwner::MineOrAbsent,
-            Some(_) => ReleaseOwner::Other(tenancy::describe_owner(&labels)),
-            None => ReleaseOwner::Unlabelled,
-        })
-    }
-
     async fn uninstall(
         &self,
         release: &str,
         namespace: &str,
         _timeout: Duration,
-        _tenant: Tenant<'_>,
         cancel: &CancellationToken,
     ) -> Result<Uninstalled, DriverError> {
         let key = (namespace.to_owned(), release.to_owned());
@@ -392,7 +310,6 @@ impl HelmDriver for MemoryDriver {
             Map::new(),
             cancel,
             move |state| {
-                state.labels.remove(&key);
                 Ok(match state.releases.remove(&key) {
                     Some(_) => Uninstalled::Removed,
                     None => Uninstalled::NotFound,
@@ -406,7 +323,6 @@ impl HelmDriver for MemoryDriver {
         &self,
         release: &str,
         namespace: &str,
-        _tenant: Tenant<'_>,
         _cancel: &CancellationToken,
     ) -> Result<Option<Release>, DriverError> {
         self.record("status", namespace, release);
@@ -421,7 +337,6 @@ impl HelmDriver for MemoryDriver {
         &self,
         release: &str,
         namespace: &str,
-        _tenant: Tenant<'_>,
         _cancel: &CancellationToken,
     ) -> Result<Vec<Revision>, DriverError> {
         self.record("history", namespace, release);
@@ -434,7 +349,6 @@ impl HelmDriver for MemoryDriver {
         namespace: &str,
         revision: i64,
         _timeout: Duration,
-        _tenant: Tenant<'_>,
         cancel: &CancellationToken,
     ) -> Result<(), DriverError> {
         let key = (namespace.to_owned(), release.to_owned());
@@ -468,20 +382,9 @@ impl HelmDriver for MemoryDriver {
     async fn delete_namespace(
         &self,
         namespace: &str,
-        tenant: Tenant<'_>,
         _cancel: &CancellationToken,
     ) -> Result<NamespaceDeletion, DriverError> {
         self.record("delete-namespace", namespace, namespace);
-        let mut state = self.state();
-        let fate = tenancy::own_namespace(namespace, tenant.owner).unwrap_or_else(|| {
-            tenancy::namespace_fate(namespace, state.namespaces.get(namespace), tenant.owner)
-        });
-        Ok(match fate {
-            NamespaceFate::Delete => {
-                state.namespaces.remove(namespace);
-                NamespaceDeletion::Deleted
-            }
-            NamespaceFate::Keep(why) => NamespaceDeletion::Skipped(why),
-        })
+        Ok(NamespaceDeletion::Deleted)
     }
 }

@@ -194,8 +194,6 @@ pub fn settings(id: &str) -> Settings {
     settings.retry.min = Duration::from_millis(100);
     settings.retry.max = Duration::from_secs(1);
     settings.fetch_expires = Duration::from_millis(500);
-    // The test Components live in `team` and install into `apps`, as an operator allows.
-    settings.tenancy.foreign_namespaces = vec!["apps".into()];
     settings
 }
 
@@ -217,7 +215,6 @@ pub fn config(release: &str, namespace: &str) -> HelmConfig {
             },
         },
         values,
-        service_account_name: None,
     }
 }
 
@@ -238,15 +235,6 @@ pub fn job(name: &str, generation: i64, action: JobAction, config: HelmConfig) -
 
 pub fn apply(name: &str, generation: i64, release: &str) -> JobEvent {
     job(name, generation, JobAction::Apply, config(release, "apps"))
-}
-
-/// The labels helmq writes on the release of `job` (as `helm upgrade --labels` leaves them).
-pub fn owner_labels(job: &JobEvent) -> std::collections::BTreeMap<String, String> {
-    helmq_worker::tenancy::Owner::of(&job.component)
-        .labels()
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect()
 }
 
 pub fn fake_helm() -> std::path::PathBuf {

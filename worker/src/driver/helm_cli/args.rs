@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use helmq_schemas::{ChartSource, HelmConfig, oci};
 
-use crate::tenancy::{Impersonation, Owner};
-
 fn os(args: &[&str]) -> Vec<OsString> {
     args.iter().map(OsString::from).collect()
 }
@@ -28,52 +26,19 @@ pub(super) fn with_kubeconfig(mut args: Vec<OsString>, kubeconfig: Option<&Path>
     args
 }
 
-/// Appends helm's impersonation flags for `identity` (`--kube-as-user` and the account's two
-/// groups), when there is one.
-pub(super) fn as_tenant(
-    mut args: Vec<OsString>,
-    identity: Option<&Impersonation>,
-) -> Vec<OsString> {
-    if let Some(identity) = identity {
-        args.extend(os(&["--kube-as-user", &identity.user()]));
-        for group in identity.groups() {
-            args.extend(os(&["--kube-as-group", &group]));
-        }
-    }
-    args
-}
-
-/// Appends kubectl's impersonation flags for `identity` (`--as` and `--as-group`).
-pub(super) fn kubectl_as(
-    mut args: Vec<OsString>,
-    identity: Option<&Impersonation>,
-) -> Vec<OsString> {
-    if let Some(identity) = identity {
-        args.push(format!("--as={}", identity.user()).into());
-        for group in identity.groups() {
-            args.push(format!("--as-group={group}").into());
-        }
-    }
-    args
-}
-
-/// `helm upgrade --install` from a local package with values from a file, labelled with its
-/// owner; `--create-namespace` only when helmq cannot create the namespace itself (no kubectl).
+/// `helm upgrade --install` from a local package with values from a file.
 pub(super) fn upgrade_args(
     config: &HelmConfig,
     chart: &Path,
     values: &Path,
     timeout: Duration,
-    owner: &Owner,
-    create_namespace: bool,
 ) -> Vec<OsString> {
     let mut args = os(&["upgrade", "--install", &config.release_name]);
     args.push(chart.into());
     args.extend(os(&["--namespace", &config.release_namespace]));
-    if create_namespace {
+    if config.manage_namespace {
         args.push("--create-namespace".into());
     }
-    args.extend(os(&["--labels", &owner.labels_flag()]));
     if !config.chart_version().is_empty() {
         args.extend(os(&["--version", config.chart_version()]));
     }
@@ -116,23 +81,6 @@ pub(super) fn uninstall_args(release: &str, namespace: &str, timeout: Duration) 
         "--wait",
         "--timeout",
         &secs(timeout),
-    ])
-}
-
-/// `helm list` of release `release` (every status) whose labels match `selector`.
-pub(super) fn list_args(release: &str, namespace: &str, selector: &str) -> Vec<OsString> {
-    let filter = format!("^{}$", release.replace('.', "\\."));
-    os(&[
-        "list",
-        "--all",
-        "--namespace",
-        namespace,
-        "--filter",
-        &filter,
-        "--selector",
-        selector,
-        "-o",
-        "json",
     ])
 }
 
@@ -187,82 +135,16 @@ pub(super) fn registry_login_args(host: &str, username: &str) -> Vec<OsString> {
     ])
 }
 
-/// `kubectl get secrets` of a release's records (Helm's Secret storage), printing each one's
-/// labels as a JSON object on a line of its own (never the records' data).
-pub(super) fn kubectl_release_labels_args(
-    release: &str,
+/// `kubectl delete namespace`, without waiting for the namespace to go.
+pub(super) fn kubectl_delete_namespace_args(
     namespace: &str,
-    kubeconfig: Option<&Path>,
-) -> Vec<OsString> {
-    with_kubeconfig(
-        os(&[
-            "get",
-            "secrets",
-            "-n",
-            namespace,
-            "--selector",
-            &format!("owner=helm,name={release}"),
-            "-o",
-            "jsonpath={range .items[*]}{.metadata.labels}{\"\\n\"}{end}",
-        ]),
-        kubeconfig,
-    )
-}
-
-/// `kubectl create -f -` of a namespace given on stdin (fails with AlreadyExists when it is
-/// there: helmq never labels a namespace it did not create).
-pub(super) fn kubectl_create_args(kubeconfig: Option<&Path>) -> Vec<OsString> {
-    with_kubeconfig(os(&["create", "-f", "-", "-o", "name"]), kubeconfig)
-}
-
-/// The manifest of a namespace helmq creates for `owner`.
-pub(super) fn namespace_manifest(namespace: &str, owner: &Owner) -> String {
-    let labels: serde_json::Map<String, serde_json::Value> = owner
-        .labels()
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.into()))
-        .collect();
-    serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Namespace",
-        "metadata": {"name": namespace, "labels": labels},
-    })
-    .to_string()
-}
-
-/// `kubectl get namespace -o json`, printing nothing when it does not exist.
-pub(super) fn kubectl_get_namespace_args(
-    namespace: &str,
-    kubeconfig: Option<&Path>,
-) -> Vec<OsString> {
-    with_kubeconfig(
-        os(&[
-            "get",
-            "namespace",
-            namespace,
-            "-o",
-            "json",
-            "--ignore-not-found",
-        ]),
-        kubeconfig,
-    )
-}
-
-/// `kubectl delete namespace` of `namespace` only while it carries `owner`'s labels (the API
-/// server checks them again at delete time), without waiting for it to go.
-pub(super) fn kubectl_delete_owned_namespace_args(
-    namespace: &str,
-    owner: &Owner,
     kubeconfig: Option<&Path>,
 ) -> Vec<OsString> {
     with_kubeconfig(
         os(&[
             "delete",
             "namespace",
-            "--selector",
-            &owner.mine_selector(),
-            "--field-selector",
-            &format!("metadata.name={namespace}"),
+            namespace,
             "--ignore-not-found",
             "--wait=false",
         ]),
@@ -313,94 +195,39 @@ mod tests {
                 },
             },
             values,
-            service_account_name: None,
-        }
-    }
-
-    fn owner() -> Owner {
-        Owner {
-            namespace: "team".into(),
-            name: "web".into(),
-            uid: None,
         }
     }
 
     #[test]
-    fn upgrade_installs_from_the_cached_package_with_values_in_a_file_and_owner_labels() {
-        let labels = owner().labels_flag();
-        let upgrade = |create_namespace: bool, timeout: Duration| {
+    fn upgrade_installs_from_the_cached_package_with_values_in_a_file() {
+        let upgrade = |manage: bool, timeout: Duration| {
             line(&upgrade_args(
-                &http_config(true),
+                &http_config(manage),
                 Path::new("/c/nginx-15.4.2.tgz"),
                 Path::new("/t/values-1.json"),
                 timeout,
-                &owner(),
-                create_namespace,
             ))
         };
         let cases = [
-            // No kubectl: helm creates the namespace (unlabelled, so never deleted).
             (
                 true,
                 Duration::from_secs(300),
-                format!(
-                    "upgrade --install web /c/nginx-15.4.2.tgz --namespace apps --create-namespace \
-                     --labels {labels} --version 15.4.2 --values /t/values-1.json --wait \
-                     --timeout 300s -o json"
-                ),
+                "upgrade --install web /c/nginx-15.4.2.tgz --namespace apps --create-namespace \
+                 --version 15.4.2 --values /t/values-1.json --wait --timeout 300s -o json",
             ),
-            // Created by helmq with its labels (or not managed); a timeout is at least 1s.
+            // Unmanaged namespace; a timeout is at least 1s.
             (
                 false,
                 Duration::from_millis(10),
-                format!(
-                    "upgrade --install web /c/nginx-15.4.2.tgz --namespace apps --labels {labels} \
-                     --version 15.4.2 --values /t/values-1.json --wait --timeout 1s -o json"
-                ),
+                "upgrade --install web /c/nginx-15.4.2.tgz --namespace apps --version 15.4.2 \
+                 --values /t/values-1.json --wait --timeout 1s -o json",
             ),
         ];
-        for (create_namespace, timeout, want) in cases {
-            let got = upgrade(create_namespace, timeout);
+        for (manage, timeout, want) in cases {
+            let got = upgrade(manage, timeout);
             assert_eq!(got, want);
             assert!(!got.contains("s3cret"), "values never on the command line");
         }
-    }
-
-    #[test]
-    fn helm_and_kubectl_impersonate_the_tenants_service_account() {
-        let identity = Impersonation {
-            namespace: "apps".into(),
-            service_account: "deployer".into(),
-        };
-        assert_eq!(
-            line(&as_tenant(status_args("web", "apps"), Some(&identity))),
-            "status web --namespace apps -o json --kube-as-user system:serviceaccount:apps:deployer \
-             --kube-as-group system:serviceaccounts --kube-as-group system:serviceaccounts:apps"
-        );
-        assert_eq!(
-            line(&as_tenant(status_args("web", "apps"), None)),
-            "status web --namespace apps -o json"
-        );
-        assert_eq!(
-            line(&kubectl_as(
-                kubectl_get_namespace_args("apps", None),
-                Some(&identity)
-            )),
-            "get namespace apps -o json --ignore-not-found \
-             --as=system:serviceaccount:apps:deployer --as-group=system:serviceaccounts \
-             --as-group=system:serviceaccounts:apps"
-        );
-        let manifest: serde_json::Value =
-            serde_json::from_str(&namespace_manifest("apps", &owner())).unwrap();
-        assert_eq!(manifest["metadata"]["name"], "apps");
-        assert_eq!(
-            manifest["metadata"]["labels"]["helmq.io/owner"],
-            owner().key()
-        );
-        assert_eq!(
-            manifest["metadata"]["labels"]["helmq.io/managed-by"],
-            "helmq"
-        );
     }
 
     #[test]
@@ -462,22 +289,12 @@ mod tests {
                 "status web --namespace apps -o json --kubeconfig /k",
             ),
             (
-                kubectl_delete_owned_namespace_args("apps", &owner(), k),
-                &format!(
-                    "delete namespace --selector helmq.io/managed-by=helmq,helmq.io/owner={} \
-                     --field-selector metadata.name=apps --ignore-not-found --wait=false \
-                     --kubeconfig /k",
-                    owner().key()
-                ),
+                kubectl_delete_namespace_args("apps", k),
+                "delete namespace apps --ignore-not-found --wait=false --kubeconfig /k",
             ),
             (
-                list_args("web.v2", "apps", "helmq.io/owner!=abc"),
-                r"list --all --namespace apps --filter ^web\.v2$ --selector helmq.io/owner!=abc -o json",
-            ),
-            (kubectl_create_args(None), "create -f - -o name"),
-            (
-                kubectl_release_labels_args("web", "apps", None),
-                r#"get secrets -n apps --selector owner=helm,name=web -o jsonpath={range .items[*]}{.metadata.labels}{"\n"}{end}"#,
+                kubectl_delete_namespace_args("apps", None),
+                "delete namespace apps --ignore-not-found --wait=false",
             ),
             (
                 kubectl_get_secret_args("creds", "apps", k),

@@ -41,18 +41,16 @@ pub use output::OutputError;
 pub use registry::CredentialsError;
 
 use self::args::{
-    as_tenant, history_args, kubectl_as, kubectl_create_args, kubectl_delete_owned_namespace_args,
-    kubectl_get_namespace_args, kubectl_release_labels_args, list_args, namespace_manifest,
-    rollback_args, status_args, uninstall_args, upgrade_args, with_kubeconfig,
+    history_args, kubectl_delete_namespace_args, rollback_args, status_args, uninstall_args,
+    upgrade_args, with_kubeconfig,
 };
 use self::cache::{CacheIndex, KeyLocks};
-use self::output::{is_not_found, parse_history, parse_labels, parse_list, parse_release};
+use self::output::{is_not_found, parse_history, parse_release};
 use self::process::{Exit, Limits, Stdout};
 use super::{
-    Apply, DriverError, HelmDriver, KubectlAction, NamespaceDeletion, Release, Revision, Tenant,
-    Tool, Uninstalled,
+    Apply, DriverError, HelmDriver, KubectlAction, NamespaceDeletion, Release, Revision, Tool,
+    Uninstalled,
 };
-use crate::tenancy::{self, NamespaceFate, OWNER, ReleaseOwner};
 
 /// The chart cache's default bound: 512 MiB, half the deployed cache volume's 1 GiB limit
 /// (Helm's own cache and temporary files share that volume).
@@ -209,24 +207,12 @@ impl HelmCli {
         action: KubectlAction,
         cancel: &CancellationToken,
     ) -> Result<Stdout, DriverError> {
-        self.kubectl_with(kubectl, args, None, action, cancel).await
-    }
-
-    /// [`kubectl`](Self::kubectl) with `input` on its stdin.
-    async fn kubectl_with(
-        &self,
-        kubectl: &Path,
-        args: Vec<OsString>,
-        input: Option<&[u8]>,
-        action: KubectlAction,
-        cancel: &CancellationToken,
-    ) -> Result<Stdout, DriverError> {
         let mut command = process::command(Tool::Kubectl, kubectl);
         command.args(args);
         match process::run(
             command,
             Tool::Kubectl,
-            input,
+            None,
             &[],
             self.limits(self.settings.short_timeout),
             cancel,
@@ -250,68 +236,6 @@ impl HelmCli {
         }
     }
 
-    /// Creates a managed namespace labelled with the tenant's owner, unless it exists (a
-    /// namespace helmq finds stays unlabelled, so it is never deleted). `true` when helm must
-    /// create it instead (no kubectl on this worker: helm's `--create-namespace`, unlabelled).
-    async fn create_namespace(
-        &self,
-        namespace: &str,
-        tenant: Tenant<'_>,
-        cancel: &CancellationToken,
-    ) -> Result<bool, DriverError> {
-        let Some(kubectl) = &self.settings.kubectl_bin else {
-            return Ok(true);
-        };
-        let args = kubectl_as(
-            kubectl_create_args(self.settings.kubeconfig.as_deref()),
-            tenant.identity,
-        );
-        let manifest = namespace_manifest(namespace, tenant.owner);
-        let action = KubectlAction::CreateNamespace {
-            namespace: namespace.to_owned(),
-        };
-        match self
-            .kubectl_with(kubectl, args, Some(manifest.as_bytes()), action, cancel)
-            .await
-        {
-            Ok(_) => Ok(false),
-            Err(DriverError::Kubectl { stderr, .. }) if stderr.contains("AlreadyExists") => {
-                Ok(false)
-            }
-            Err(DriverError::Spawn { .. }) => Ok(true),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// The owner helmq's labels on a release's newest record name, read with kubectl (only to
-    /// say who owns a release helmq refuses to touch); `None` when that cannot be read.
-    async fn describe_release_owner(
-        &self,
-        release: &str,
-        namespace: &str,
-        tenant: Tenant<'_>,
-        cancel: &CancellationToken,
-    ) -> Option<String> {
-        let kubectl = self.settings.kubectl_bin.as_ref()?;
-        let args = kubectl_as(
-            kubectl_release_labels_args(release, namespace, self.settings.kubeconfig.as_deref()),
-            tenant.identity,
-        );
-        let action = KubectlAction::ReadReleaseLabels {
-            release: format!("{namespace}/{release}"),
-        };
-        let stdout = self.kubectl(kubectl, args, action, cancel).await.ok()?;
-        let newest = parse_labels(&stdout.text)
-            .into_iter()
-            .max_by_key(|labels| {
-                labels
-                    .get("version")
-                    .and_then(|v| v.parse::<i64>().ok())
-                    .unwrap_or(0)
-            })?;
-        tenancy::describe_owner(&newest)
-    }
-
     /// The values of `config` in a new 0600 file (tempfile's mode), deleted when dropped.
     fn values_file(&self, config: &HelmConfig) -> Result<tempfile::NamedTempFile, DriverError> {
         let mut file = tempfile::Builder::new()
@@ -333,26 +257,13 @@ impl HelmDriver for HelmCli {
         request: Apply<'_>,
         cancel: &CancellationToken,
     ) -> Result<Release, DriverError> {
-        let config = request.config;
-        let tenant = request.tenant;
-        let chart = self.chart(config, request.own_namespace, cancel).await?;
-        let values = self.values_file(config)?;
-        let helm_creates_namespace = config.manage_namespace
-            && config.release_namespace != tenant.owner.namespace
-            && self
-                .create_namespace(&config.release_namespace, tenant, cancel)
-                .await?;
-        let args = upgrade_args(
-            config,
-            &chart.path,
-            values.path(),
-            request.timeout,
-            tenant.owner,
-            helm_creates_namespace,
-        );
+        let chart = self
+            .chart(request.config, request.own_namespace, cancel)
+            .await?;
+        let values = self.values_file(request.config)?;
         let stdout = self
             .helm(
-                as_tenant(args, tenant.identity),
+                upgrade_args(request.config, &chart.path, values.path(), request.timeout),
                 self.long_limit(request.timeout),
                 cancel,
             )
@@ -360,44 +271,16 @@ impl HelmDriver for HelmCli {
         parse_release("upgrade", &stdout)
     }
 
-    async fn release_owner(
-        &self,
-        release: &str,
-        namespace: &str,
-        tenant: Tenant<'_>,
-        cancel: &CancellationToken,
-    ) -> Result<ReleaseOwner, DriverError> {
-        let list = |selector: String| {
-            let args = as_tenant(list_args(release, namespace, &selector), tenant.identity);
-            async move {
-                let stdout = self.helm(args, self.settings.short_timeout, cancel).await?;
-                parse_list(&stdout)
-            }
-        };
-        // One helm process when the release is absent or ours (the usual case).
-        if list(tenant.owner.not_mine_selector()).await? == 0 {
-            return Ok(ReleaseOwner::MineOrAbsent);
-        }
-        if list(OWNER.to_owned()).await? == 0 {
-            return Ok(ReleaseOwner::Unlabelled);
-        }
-        Ok(ReleaseOwner::Other(
-            self.describe_release_owner(release, namespace, tenant, cancel)
-                .await,
-        ))
-    }
-
     async fn uninstall(
         &self,
         release: &str,
         namespace: &str,
         timeout: Duration,
-        tenant: Tenant<'_>,
         cancel: &CancellationToken,
     ) -> Result<Uninstalled, DriverError> {
         match self
             .helm(
-                as_tenant(uninstall_args(release, namespace, timeout), tenant.identity),
+                uninstall_args(release, namespace, timeout),
                 self.long_limit(timeout),
                 cancel,
             )
@@ -413,12 +296,11 @@ impl HelmDriver for HelmCli {
         &self,
         release: &str,
         namespace: &str,
-        tenant: Tenant<'_>,
         cancel: &CancellationToken,
     ) -> Result<Option<Release>, DriverError> {
         match self
             .helm(
-                as_tenant(status_args(release, namespace), tenant.identity),
+                status_args(release, namespace),
                 self.settings.short_timeout,
                 cancel,
             )
@@ -434,12 +316,11 @@ impl HelmDriver for HelmCli {
         &self,
         release: &str,
         namespace: &str,
-        tenant: Tenant<'_>,
         cancel: &CancellationToken,
     ) -> Result<Vec<Revision>, DriverError> {
         match self
             .helm(
-                as_tenant(history_args(release, namespace), tenant.identity),
+                history_args(release, namespace),
                 self.settings.short_timeout,
                 cancel,
             )
@@ -457,14 +338,10 @@ impl HelmDriver for HelmCli {
         namespace: &str,
         revision: i64,
         timeout: Duration,
-        tenant: Tenant<'_>,
         cancel: &CancellationToken,
     ) -> Result<(), DriverError> {
         self.helm(
-            as_tenant(
-                rollback_args(release, namespace, revision, timeout),
-                tenant.identity,
-            ),
+            rollback_args(release, namespace, revision, timeout),
             self.long_limit(timeout),
             cancel,
         )
@@ -475,7 +352,6 @@ impl HelmDriver for HelmCli {
     async fn delete_namespace(
         &self,
         namespace: &str,
-        tenant: Tenant<'_>,
         cancel: &CancellationToken,
     ) -> Result<NamespaceDeletion, DriverError> {
         let Some(kubectl) = &self.settings.kubectl_bin else {
@@ -483,56 +359,17 @@ impl HelmDriver for HelmCli {
                 "namespace {namespace} was not deleted: namespace deletion is disabled on this worker"
             )));
         };
-        if let Some(NamespaceFate::Keep(why)) = tenancy::own_namespace(namespace, tenant.owner) {
-            return Ok(NamespaceDeletion::Skipped(why));
-        }
-        let kubeconfig = self.settings.kubeconfig.as_deref();
-        let skipped = |source: std::io::Error| {
-            NamespaceDeletion::Skipped(format!(
-                "namespace {namespace} was not deleted: cannot run {}: {source}",
-                kubectl.display()
-            ))
-        };
+        let args = kubectl_delete_namespace_args(namespace, self.settings.kubeconfig.as_deref());
         let action = KubectlAction::DeleteNamespace {
             namespace: namespace.to_owned(),
         };
-        let args = kubectl_as(
-            kubectl_get_namespace_args(namespace, kubeconfig),
-            tenant.identity,
-        );
-        let found = match self.kubectl(kubectl, args, action.clone(), cancel).await {
-            Ok(stdout) => stdout,
-            Err(DriverError::Spawn { source, .. }) => return Ok(skipped(source)),
-            Err(e) => return Err(e),
-        };
-        let labels = parse_namespace_labels(&found.text);
-        match tenancy::namespace_fate(namespace, labels.as_ref(), tenant.owner) {
-            NamespaceFate::Keep(why) => return Ok(NamespaceDeletion::Skipped(why)),
-            NamespaceFate::Delete => {}
-        }
-        let args = kubectl_as(
-            kubectl_delete_owned_namespace_args(namespace, tenant.owner, kubeconfig),
-            tenant.identity,
-        );
         match self.kubectl(kubectl, args, action, cancel).await {
             Ok(_) => Ok(NamespaceDeletion::Deleted),
-            Err(DriverError::Spawn { source, .. }) => Ok(skipped(source)),
+            Err(DriverError::Spawn { source, .. }) => Ok(NamespaceDeletion::Skipped(format!(
+                "namespace {namespace} was not deleted: cannot run {}: {source}",
+                kubectl.display()
+            ))),
             Err(e) => Err(e),
         }
     }
-}
-
-/// The labels of `kubectl get namespace -o json --ignore-not-found` (`None` for no output: the
-/// namespace is gone; an unreadable document counts as unlabelled, so it is kept).
-fn parse_namespace_labels(text: &str) -> Option<std::collections::BTreeMap<String, String>> {
-    if text.trim().is_empty() {
-        return None;
-    }
-    let value: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
-    Some(
-        value
-            .pointer("/metadata/labels")
-            .and_then(|labels| serde_json::from_value(labels.clone()).ok())
-            .unwrap_or_default(),
-    )
 }

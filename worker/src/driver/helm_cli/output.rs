@@ -67,23 +67,6 @@ pub(super) fn parse_history(stdout: &Stdout) -> Result<Vec<Revision>, DriverErro
     })
 }
 
-/// How many releases `helm list -o json` printed.
-pub(super) fn parse_list(stdout: &Stdout) -> Result<usize, DriverError> {
-    json::<Vec<Value>>(stdout)
-        .map(|releases| releases.len())
-        .map_err(|reason| DriverError::Output {
-            command: "list".into(),
-            reason,
-        })
-}
-
-/// The label sets kubectl printed, one JSON object a line (lines that are not one are skipped).
-pub(super) fn parse_labels(text: &str) -> Vec<std::collections::BTreeMap<String, String>> {
-    text.lines()
-        .filter_map(|line| serde_json::from_str(line.trim()).ok())
-        .collect()
-}
-
 /// The JSON document in `stdout`; one that fails to parse after being cut says so.
 fn json<T: serde::de::DeserializeOwned>(stdout: &Stdout) -> Result<T, OutputError> {
     serde_json::from_str(&stdout.text).map_err(|source| {
