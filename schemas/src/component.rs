@@ -51,7 +51,12 @@ pub enum ComponentError {
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Handler","type":"string","jsonPath":".spec.handler"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    // `-o wide` only (priority 1): the release record and what happened last.
+    printcolumn = r#"{"name":"Release","type":"string","priority":1,"jsonPath":".status.handlerStatus.releaseName"}"#,
+    printcolumn = r#"{"name":"Revision","type":"integer","priority":1,"jsonPath":".status.handlerStatus.revision"}"#,
+    printcolumn = r#"{"name":"Chart-Version","type":"string","priority":1,"jsonPath":".status.handlerStatus.chartVersion"}"#,
+    printcolumn = r#"{"name":"Message","type":"string","priority":1,"jsonPath":".status.message"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ComponentSpec {

@@ -98,15 +98,42 @@ fn the_crd_matches_the_original_resource() {
     assert_eq!(version["storage"], true);
     assert_eq!(version["subresources"]["status"], serde_json::json!({}));
 
-    let columns: Vec<&str> = version["additionalPrinterColumns"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(columns, ["Phase", "Ready", "Handler", "Age"]);
+    let columns = version["additionalPrinterColumns"].as_array().unwrap();
+    let shown = |wide: bool| -> Vec<&str> {
+        columns
+            .iter()
+            .filter(|c| c.get("priority").is_some_and(|p| p != 0) == wide)
+            .map(|c| c["name"].as_str().unwrap())
+            .collect()
+    };
+    assert_eq!(shown(false), ["Phase", "Ready", "Handler", "Age"]);
+    // `kubectl get components -o wide` adds these.
+    assert_eq!(
+        shown(true),
+        ["Release", "Revision", "Chart-Version", "Message"]
+    );
 
     let props = &version["schema"]["openAPIV3Schema"]["properties"];
+    // Every column's simple path names a field of the schema, with the column's type.
+    for column in columns {
+        let path = column["jsonPath"].as_str().unwrap();
+        if path.contains('[') || path.starts_with(".metadata") {
+            continue;
+        }
+        let mut node = &version["schema"]["openAPIV3Schema"];
+        for field in path.trim_start_matches('.').split('.') {
+            node = &node["properties"][field];
+            assert!(
+                !node.is_null(),
+                "column {column}: no field {field} in the schema"
+            );
+        }
+        let want = match column["type"].as_str().unwrap() {
+            "date" => "string",
+            other => other,
+        };
+        assert_eq!(node["type"], want, "column {column}");
+    }
     let spec = &props["spec"]["properties"];
     assert_eq!(spec["config"]["x-kubernetes-preserve-unknown-fields"], true);
     assert_eq!(
