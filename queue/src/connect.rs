@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use async_nats::{Client, ConnectOptions};
+use async_nats::{Client, ConnectOptions, ServerAddr};
 
 /// Oldest nats-server helmq runs against: async-nats cannot create KV buckets on 2.9, and 2.9
 /// silently ignores 2.10 stream features.
@@ -34,6 +34,14 @@ pub enum ConnectError {
     /// `--nats-user` without `--nats-password` or the other way round.
     #[error("--nats-user and --nats-password go together")]
     PartialUserPassword,
+    /// `--nats-url` names no server, or one of its comma-separated URLs cannot be read.
+    #[error("invalid --nats-url {url:?}: {reason}")]
+    InvalidUrl {
+        /// The flag's value.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The server could not be reached or refused the connection.
     #[error("cannot connect to NATS at {url}: {source}")]
     Connect {
@@ -74,7 +82,8 @@ pub enum ConnectError {
 /// NATS connection flags, shared by every binary through `#[command(flatten)]`.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct NatsArgs {
-    /// NATS server URL(s), comma-separated.
+    /// NATS server URL(s), comma-separated: the nodes of a cluster, any of which will do; the
+    /// client reconnects to another one when its node goes away.
     #[arg(
         long = "nats-url",
         env = "NATS_URL",
@@ -109,6 +118,28 @@ pub struct NatsArgs {
 }
 
 impl NatsArgs {
+    /// The server addresses `--nats-url` lists (comma-separated, blanks around commas ignored).
+    pub fn server_addrs(&self) -> Result<Vec<ServerAddr>, ConnectError> {
+        let invalid = |reason: String| ConnectError::InvalidUrl {
+            url: self.url.clone(),
+            reason,
+        };
+        let addrs = self
+            .url
+            .split(',')
+            .map(str::trim)
+            .filter(|part| !part.is_empty())
+            .map(|part| {
+                part.parse::<ServerAddr>()
+                    .map_err(|e| invalid(format!("{part:?}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if addrs.is_empty() {
+            return Err(invalid("no server URL given".into()));
+        }
+        Ok(addrs)
+    }
+
     /// Flags for a plain connection to `url`.
     pub fn with_url(url: impl Into<String>) -> Self {
         NatsArgs {
@@ -257,6 +288,8 @@ impl Connection {
     /// Connects with `args` (auth, TLS), naming the connection `client_name`, and refuses
     /// servers that are too old or lack JetStream.
     pub async fn open(args: &NatsArgs, client_name: &str) -> Result<Connection, ConnectError> {
+        // async-nats reads a single string as one URL: the list is split here.
+        let servers = args.server_addrs()?;
         let (closed_tx, closed) = tokio::sync::watch::channel(false);
         let options = args
             .options(client_name)
@@ -276,14 +309,13 @@ impl Connection {
                     }
                 }
             });
-        let client =
-            options
-                .connect(args.url.as_str())
-                .await
-                .map_err(|source| ConnectError::Connect {
-                    url: args.url.clone(),
-                    source,
-                })?;
+        let client = options
+            .connect(servers)
+            .await
+            .map_err(|source| ConnectError::Connect {
+                url: args.url.clone(),
+                source,
+            })?;
         let info = client.server_info();
         check_server(&args.url, &info.version, info.jetstream)?;
         Ok(Connection { client, closed })
@@ -355,6 +387,33 @@ mod tests {
             Err(ConnectError::UnreadableVersion { .. })
         ));
         assert!(check_server("u", "2.12.0", true).is_ok());
+    }
+
+    #[test]
+    fn url_lists_are_split_on_commas() {
+        let args = NatsArgs::with_url("nats://a:4222, b:4223,tls://c:4224,");
+        let addrs: Vec<String> = args
+            .server_addrs()
+            .unwrap()
+            .iter()
+            .map(|a| format!("{}:{}", a.host(), a.port()))
+            .collect();
+        assert_eq!(addrs, ["a:4222", "b:4223", "c:4224"]);
+        assert_eq!(
+            NatsArgs::with_url(" , ")
+                .server_addrs()
+                .unwrap_err()
+                .to_string(),
+            "invalid --nats-url \" , \": no server URL given"
+        );
+        let err = NatsArgs::with_url("nats://a:4222,http://b")
+            .server_addrs()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("invalid --nats-url \"nats://a:4222,http://b\": \"http://b\": "),
+            "{err}"
+        );
     }
 
     #[tokio::test]

@@ -7,11 +7,16 @@
 //! external server instead of starting one (it must be disposable: tests create and delete the
 //! `HELMQ_*` streams, so run them with `--test-threads 1`).
 //!
+//! [`cluster::NatsCluster`] starts three of them routed into one JetStream cluster.
+//!
 //! Also shared: [`wait`] (poll until a condition holds) and [`build`] (Components and Helm
 //! configs for tests).
 
 pub mod build;
+pub mod cluster;
 pub mod wait;
+
+pub use cluster::NatsCluster;
 
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
@@ -126,20 +131,14 @@ impl NatsServer {
         // A free port can be taken by someone else between probing and binding: try a few.
         for _ in 0..5 {
             let port = port.unwrap_or_else(free_port);
-            let child = Command::new(&self.binary)
+            let mut command = Command::new(&self.binary);
+            command
                 .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
                 .arg(store.join("js"))
                 .arg("-l")
                 .arg(&log)
-                .args(&self.args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn();
-            let mut child = match child {
-                Ok(c) => c,
-                Err(e) => panic!("cannot run {}: {e}; {INSTALL_HINT}", self.binary.display()),
-            };
+                .args(&self.args);
+            let mut child = spawn_quiet(command, &self.binary);
             match wait_ready(&mut child, port) {
                 Ok(()) => {
                     self.child = Some(child);
@@ -219,6 +218,17 @@ pub fn binary_version(binary: &Path) -> Option<String> {
     let text = String::from_utf8_lossy(&out.stdout);
     let version = text.trim().rsplit(' ').next()?.trim_start_matches('v');
     Some(version.to_owned())
+}
+
+/// Runs a server `command` of `binary` with no standard streams (it logs to a file); panics
+/// with the install hint when the binary cannot run.
+fn spawn_quiet(mut command: Command, binary: &Path) -> Child {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}; {INSTALL_HINT}", binary.display()))
 }
 
 fn free_port() -> u16 {
