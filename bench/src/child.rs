@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use helmq_producer::store::fake::{FakeComponentStore, FakeLeaseStore};
+use helmq_producer::store::fake::{FakeComponentStore, FakeEventStore, FakeLeaseStore};
 use helmq_queue::Connection;
 use helmq_schemas::component::parse_duration_flag;
 use tokio_util::sync::CancellationToken;
@@ -64,6 +64,7 @@ pub async fn producer(args: ProducerArgs) -> anyhow::Result<()> {
         &args.producer,
         store,
         FakeLeaseStore::new(),
+        FakeEventStore::new(),
         nats.jetstream(),
         shutdown,
     )

@@ -15,8 +15,9 @@ use tracing::Instrument;
 use crate::args::Args;
 use crate::leader::LeaderElector;
 use crate::metrics::Metrics;
-use crate::store::{ComponentStore, LeaseStore};
+use crate::store::{ComponentStore, EventStore, LeaseStore};
 use crate::watcher::{Watcher, WatcherError};
+use crate::writer::EventRecorder;
 use crate::writer::{Writer, WriterError};
 
 /// How often readiness re-checks the topology.
@@ -52,11 +53,12 @@ pub enum AppError {
 
 /// Runs what `args.mode` asks for until `shutdown` is cancelled or a loop fails; then stops
 /// every loop (each finishes the item in hand) and returns. `leases` is used for
-/// `--leader-elect` only.
-pub async fn run<S: ComponentStore + Clone, L: LeaseStore>(
+/// `--leader-elect` only; `events` by the writer, for the Events it records on Components.
+pub async fn run<S: ComponentStore + Clone, L: LeaseStore, E: EventStore>(
     args: &Args,
     store: S,
     leases: L,
+    events: E,
     js: jetstream::Context,
     shutdown: CancellationToken,
 ) -> Result<(), AppError> {
@@ -118,7 +120,8 @@ pub async fn run<S: ComponentStore + Clone, L: LeaseStore>(
         );
     }
     if args.mode.writer() {
-        let writer = Writer::new(store, js, args.writer_config(), metrics);
+        let recorder = EventRecorder::new(events, args.replica_name());
+        let writer = Writer::new(store, recorder, js, args.writer_config(), metrics);
         let token = shutdown.clone();
         tasks.spawn(
             async move { Ok(writer.run(token).await?) }.instrument(tracing::info_span!("writer")),

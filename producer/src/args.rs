@@ -128,17 +128,22 @@ impl Args {
 
     /// The leader election settings: identity `<name>_<per-process suffix>`.
     pub fn election_config(&self) -> ElectionConfig {
-        let name = self
-            .leader_identity
-            .clone()
-            .filter(|name| !name.is_empty())
-            .unwrap_or_else(|| helmq_telemetry::instance_name("helmq-producer"));
+        let name = self.replica_name();
         ElectionConfig::new(
             self.lease_namespace.clone(),
             self.lease_name.clone(),
             format!("{name}_{}", process_suffix()),
             self.lease_duration,
         )
+    }
+
+    /// This replica's name (`--leader-identity`, default the host name, i.e. the pod name):
+    /// its identity in the Lease, and the `reportingInstance` of the Events the writer records.
+    pub fn replica_name(&self) -> String {
+        self.leader_identity
+            .clone()
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| helmq_telemetry::instance_name("helmq-producer"))
     }
 
     /// The writer's settings.

@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use helmq_producer::Args;
-use helmq_producer::store::{KubeComponentStore, KubeLeaseStore};
+use helmq_producer::store::{KubeComponentStore, KubeEventStore, KubeLeaseStore};
 use helmq_queue::Connection;
 use tokio_util::sync::CancellationToken;
 
@@ -17,11 +17,12 @@ async fn main() -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot configure the kubernetes client: {e}"))?;
     let store = KubeComponentStore::new(kube.clone(), args.namespaces.clone());
-    let leases = KubeLeaseStore::new(kube);
+    let leases = KubeLeaseStore::new(kube.clone());
+    let events = KubeEventStore::new(kube);
     let nats = Connection::open(&args.nats, "helmq-producer").await?;
     let js = nats.jetstream();
 
-    let result = helmq_producer::run(&args, store, leases, js, shutdown).await;
+    let result = helmq_producer::run(&args, store, leases, events, js, shutdown).await;
     nats.drain(args.drain_deadline).await;
     Ok(result?)
 }

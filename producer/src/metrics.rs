@@ -33,6 +33,10 @@ pub struct Metrics {
     pub dead_letters: Counter,
     /// Status events put back for a later delivery after a transient API error.
     pub status_retries: Counter,
+    /// Kubernetes Events the writer recorded on Components (created, or a repeat counted).
+    pub events_recorded: Counter,
+    /// Kubernetes Events the writer failed to record (logged; the status write stands).
+    pub event_failures: Counter,
     /// Watch (re)starts, including the first listing.
     pub watch_restarts: Counter,
     /// Watch errors (the watcher backs off and resumes).
@@ -83,6 +87,16 @@ impl Metrics {
             "helmq_writer_status_retries",
             "status events put back for a later delivery after a transient API error",
             m.status_retries.clone(),
+        );
+        registry.register(
+            "helmq_writer_events_recorded",
+            "kubernetes events recorded on components (created or counted as a repeat)",
+            m.events_recorded.clone(),
+        );
+        registry.register(
+            "helmq_writer_event_failures",
+            "kubernetes events that could not be recorded (the status write is not affected)",
+            m.event_failures.clone(),
         );
         registry.register(
             "helmq_producer_watch_restarts",

@@ -7,7 +7,11 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use helmq_producer::leader::{ElectionConfig, LeaderElector, Round};
 use helmq_producer::store::{
-    ComponentStore, ErrorClass, KubeComponentStore, KubeLeaseStore, LeaseStore, StoreError,
+    ComponentStore, ErrorClass, KubeComponentStore, KubeEventStore, KubeLeaseStore, LeaseStore,
+    StoreError,
+};
+use helmq_producer::writer::events::{
+    EventRecorder, EventType, JOB_ID_ANNOTATION, PhaseEvent, Recorded, regarding,
 };
 use helmq_schemas::component::{
     COORDINATION_FINALIZER, Component, ComponentStatus, HELM_FINALIZER, Phase,
@@ -365,4 +369,103 @@ async fn an_absent_lease_is_created_and_conflicts_map_to_conflict() {
             if namespace == "helmq-system" && name == "helmq-producer"),
         "{err:?}"
     );
+}
+
+fn failed(note: &str, job: &str) -> PhaseEvent {
+    PhaseEvent {
+        type_: EventType::Warning,
+        reason: "Failed",
+        action: "Apply",
+        note: note.into(),
+        job_id: job.into(),
+    }
+}
+
+#[tokio::test]
+async fn events_are_created_then_their_series_patched_and_re_created_when_expired() {
+    let expired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gone = expired.clone();
+    let (client, seen) = mock_client(Box::new(move |seen| {
+        if seen.method == "PATCH" && gone.load(std::sync::atomic::Ordering::SeqCst) {
+            (StatusCode::NOT_FOUND, api_status(404, "NotFound"))
+        } else {
+            (StatusCode::OK, seen.body.clone())
+        }
+    }));
+    let recorder = EventRecorder::new(KubeEventStore::new(client), "producer-0");
+    let about = regarding(&web(&[HELM_FINALIZER], "42"));
+    let t0 = jiff::Timestamp::from_second(1_700_000_000).unwrap();
+    let at = |secs| t0 + jiff::SignedDuration::from_secs(secs);
+    let steps = [
+        (failed("chart not found", "j1"), at(0), Recorded::Created),
+        (
+            failed("chart not found", "j2"),
+            at(10),
+            Recorded::Repeated(2),
+        ),
+        (failed("another reason", "j3"), at(20), Recorded::Created),
+    ];
+    for (event, now, want) in &steps {
+        assert_eq!(recorder.record(&about, event, *now).await.unwrap(), *want);
+    }
+    expired.store(true, std::sync::atomic::Ordering::SeqCst);
+    let again = recorder
+        .record(&about, &failed("chart not found", "j4"), at(30))
+        .await;
+    assert_eq!(again.unwrap(), Recorded::Created);
+
+    let seen = seen.lock().unwrap();
+    let calls: Vec<(&str, &str)> = seen
+        .iter()
+        .map(|s| (s.method.as_str(), s.path.split('?').next().unwrap()))
+        .collect();
+    let events = "/apis/events.k8s.io/v1/namespaces/default/events";
+    let first_name = seen[0].body["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let first = format!("{events}/{first_name}");
+    assert_eq!(
+        calls,
+        [
+            ("POST", events),
+            ("PATCH", first.as_str()),
+            ("POST", events),
+            ("PATCH", first.as_str()),
+            ("POST", events),
+        ]
+    );
+    assert!(first_name.starts_with("web."), "{first_name}");
+    let created = &seen[0].body;
+    assert_eq!(created["type"], "Warning");
+    assert_eq!(created["reason"], "Failed");
+    assert_eq!(created["action"], "Apply");
+    assert_eq!(created["note"], "chart not found");
+    assert_eq!(created["reportingController"], "helmq-producer");
+    assert_eq!(created["reportingInstance"], "producer-0");
+    assert_eq!(created["metadata"]["annotations"][JOB_ID_ANNOTATION], "j1");
+    assert_eq!(created["metadata"]["namespace"], "default");
+    assert_eq!(
+        created["regarding"],
+        serde_json::json!({
+            "apiVersion": "deployment-orchestrator.io/v1alpha1", "kind": "Component",
+            "namespace": "default", "name": "web", "uid": "uid-1",
+        })
+    );
+    assert!(created["eventTime"].is_string(), "{created}");
+    assert!(created.get("series").is_none(), "{created}");
+    assert_eq!(seen[1].content_type, "application/merge-patch+json");
+    assert_eq!(
+        seen[1].body,
+        serde_json::json!({
+            "metadata": {"annotations": {JOB_ID_ANNOTATION: "j2"}},
+            "series": {"count": 2, "lastObservedTime": "2023-11-14T22:13:30.000000Z"},
+        })
+    );
+    assert_eq!(seen[2].body["note"], "another reason");
+    assert_eq!(
+        seen[4].body["metadata"]["annotations"][JOB_ID_ANNOTATION],
+        "j4"
+    );
+    assert_ne!(seen[4].body["metadata"]["name"], first_name.as_str());
 }

@@ -9,9 +9,10 @@ use futures::StreamExt;
 use helmq_producer::leader::{ElectionConfig, LeaderElector, Leadership};
 use helmq_producer::metrics::{Metrics, PublishLabels};
 use helmq_producer::store::ErrorClass;
-use helmq_producer::store::fake::{FakeComponentStore, FakeLeaseStore};
+use helmq_producer::store::fake::{FakeComponentStore, FakeEventStore, FakeLeaseStore};
 use helmq_producer::watcher::{Watcher, WatcherConfig};
-use helmq_producer::writer::{Writer, WriterConfig};
+use helmq_producer::writer::events::JOB_ID_ANNOTATION;
+use helmq_producer::writer::{EventRecorder, Writer, WriterConfig};
 use helmq_queue::topology::{DLQ_STREAM, JOBS_STREAM, STATUS_STREAM, WORKERS_CONSUMER};
 use helmq_queue::{JetStreamQueue, JetStreamStatus, StatusSink, Topology};
 use helmq_schemas::component::{COORDINATION_FINALIZER, Component, HELM_FINALIZER, Phase};
@@ -36,6 +37,7 @@ struct Rig {
     _server: NatsServer,
     js: jetstream::Context,
     store: FakeComponentStore,
+    events: FakeEventStore,
     token: CancellationToken,
     metrics: Metrics,
 }
@@ -65,6 +67,7 @@ impl Rig {
             _server: server,
             js,
             store: FakeComponentStore::new(),
+            events: FakeEventStore::new(),
             token: CancellationToken::new(),
             metrics: Metrics::default(),
         }
@@ -111,6 +114,7 @@ impl Rig {
     fn spawn_writer(&self) {
         let writer = Writer::new(
             self.store.clone(),
+            EventRecorder::new(self.events.clone(), "producer-test"),
             self.js.clone(),
             WriterConfig {
                 fetch_wait: Duration::from_millis(200),
@@ -180,11 +184,30 @@ impl Rig {
         attempt: u32,
         release: Option<ReleaseInfo>,
     ) {
+        self.report_with(
+            job,
+            phase,
+            attempt,
+            release,
+            &format!("{phase:?} by the test worker"),
+        )
+        .await;
+    }
+
+    /// Publishes a status event with `message` as a worker would.
+    async fn report_with(
+        &self,
+        job: &JobEvent,
+        phase: StatusPhase,
+        attempt: u32,
+        release: Option<ReleaseInfo>,
+        message: &str,
+    ) {
         let mut event = StatusEvent::new(
             job.id.clone(),
             job.component.clone(),
             phase,
-            format!("{phase:?} by the test worker"),
+            message,
             attempt,
             "worker-test",
             jiff::Timestamp::now(),
@@ -1051,4 +1074,165 @@ async fn a_claim_refused_for_good_is_reported_once_and_not_retried_until_the_com
 
 fn claimed_by_us(rig: &Rig, name: &str) -> bool {
     finalizers(rig.store.snapshot("default", name).as_ref()).contains(&HELM_FINALIZER.to_owned())
+}
+
+/// `(type, reason, note, count, job id)` of the Events on `default/name`, oldest first.
+fn events_on(rig: &Rig, name: &str) -> Vec<(String, String, String, i32, String)> {
+    rig.events
+        .regarding("default", name)
+        .into_iter()
+        .map(|e| {
+            let job = e
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(JOB_ID_ANNOTATION).cloned())
+                .unwrap_or_default();
+            (
+                e.type_.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.note.unwrap_or_default(),
+                e.series.map_or(1, |s| s.count),
+                job,
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_writer_records_events_for_deploy_fail_fix_delete_and_counts_repeated_failures() {
+    let rig = Rig::new(Topology::default()).await;
+    rig.spawn_watcher(fast_watcher());
+    rig.spawn_writer();
+    rig.store.create(deployable("web")).unwrap();
+    let deploy = rig.next_job().await;
+    rig.report(&deploy, StatusPhase::Deploying, 1, None).await;
+    rig.report(&deploy, StatusPhase::Ready, 1, Some(release(1)))
+        .await;
+    rig.wait_for("web", "Ready", |c| phase(c) == Some(Phase::Ready))
+        .await;
+
+    // Two generations fail the same way (the second failure is counted, not added), then a
+    // third one fixes it.
+    let failure = "chart nginx version 99.0.0 not found in https://charts.example";
+    let mut failed_jobs = Vec::new();
+    for (generation, replicas) in [(2, 5), (3, 6)] {
+        rig.store
+            .edit_spec("default", "web", |s| {
+                s.config = Some(nginx_config(serde_json::json!({"replicaCount": replicas})))
+            })
+            .unwrap();
+        let job = rig.next_job().await;
+        rig.report(&job, StatusPhase::Deploying, 1, None).await;
+        rig.report_with(&job, StatusPhase::Failed, 1, None, failure)
+            .await;
+        rig.wait_for("web", "Failed", |c| {
+            phase(c) == Some(Phase::Failed) && observed(c) == Some(generation)
+        })
+        .await;
+        failed_jobs.push(job.id);
+    }
+    rig.store
+        .edit_spec("default", "web", |s| {
+            s.config = Some(nginx_config(serde_json::json!({"replicaCount": 1})))
+        })
+        .unwrap();
+    let fix = rig.next_job().await;
+    rig.report(&fix, StatusPhase::Deploying, 1, None).await;
+    rig.report(&fix, StatusPhase::Ready, 1, Some(release(2)))
+        .await;
+    rig.wait_for("web", "Ready again", |c| {
+        phase(c) == Some(Phase::Ready) && observed(c) == Some(4)
+    })
+    .await;
+
+    rig.store.delete("default", "web").unwrap();
+    let delete = rig.next_job().await;
+    assert_eq!(delete.action, JobAction::Delete);
+    rig.report(&delete, StatusPhase::Terminating, 1, None).await;
+    rig.report(&delete, StatusPhase::Terminated, 1, None).await;
+    rig.wait_for("web", "the object to be gone", |c| c.is_none())
+        .await;
+
+    let owned = |s: &str| s.to_owned();
+    assert_eq!(
+        events_on(&rig, "web"),
+        [
+            (
+                owned("Normal"),
+                owned("Claimed"),
+                owned("Claimed by helm handler"),
+                1,
+                owned("")
+            ),
+            (
+                owned("Normal"),
+                owned("Deploying"),
+                owned("Deploying by the test worker"),
+                4,
+                fix.id.clone()
+            ),
+            (
+                owned("Normal"),
+                owned("Ready"),
+                owned("Ready by the test worker"),
+                2,
+                fix.id.clone()
+            ),
+            (
+                owned("Warning"),
+                owned("Failed"),
+                owned(failure),
+                2,
+                failed_jobs[1].clone()
+            ),
+            (
+                owned("Normal"),
+                owned("Terminating"),
+                owned("Terminating by the test worker"),
+                1,
+                delete.id.clone()
+            ),
+        ]
+    );
+    // Claimed, 4 Deploying, 2 Ready, 2 Failed, Terminating: five objects, five patches.
+    assert_eq!(rig.events.writes(), (5, 5));
+    assert_eq!(rig.metrics.events_recorded.get(), 10);
+    assert_eq!(rig.metrics.event_failures.get(), 0);
+}
+
+#[tokio::test]
+async fn an_events_api_outage_never_holds_up_or_fails_a_status_write() {
+    let rig = Rig::new(Topology::default()).await;
+    rig.events.set_unavailable(true);
+    rig.spawn_watcher(fast_watcher());
+    rig.spawn_writer();
+    rig.store.create(deployable("web")).unwrap();
+    let job = rig.next_job().await;
+    rig.report(&job, StatusPhase::Deploying, 1, None).await;
+    rig.report(&job, StatusPhase::Ready, 1, Some(release(1)))
+        .await;
+    rig.wait_for("web", "Ready", |c| phase(c) == Some(Phase::Ready))
+        .await;
+    // Claimed, Deploying, Ready: each written once, each Event counted as failed.
+    assert_eq!(rig.metrics.statuses_applied.get(), 3);
+    assert_eq!(rig.metrics.status_retries.get(), 0);
+    assert_eq!(rig.metrics.event_failures.get(), 3);
+    assert!(events_on(&rig, "web").is_empty());
+    assert!(dead_letters(&rig).await.is_empty());
+
+    // Back: the next phase is recorded.
+    rig.events.set_unavailable(false);
+    rig.store.delete("default", "web").unwrap();
+    let delete = rig.next_job().await;
+    rig.report(&delete, StatusPhase::Terminating, 1, None).await;
+    eventually(DEADLINE, "the Terminating event", async || {
+        let events = events_on(&rig, "web");
+        if events.iter().any(|e| e.1 == "Terminating") {
+            Ok(())
+        } else {
+            Err(events)
+        }
+    })
+    .await;
 }

@@ -31,6 +31,10 @@ pub const MAX_ID_LEN: usize = 256;
 pub const MAX_MESSAGE_LEN: usize = 8 * 1024;
 /// Longest Helm release name (Helm's own limit).
 pub const MAX_RELEASE_NAME_LEN: usize = 53;
+/// How the message of a `Ready` event starts when the worker first recovered a release that a
+/// crashed run left pending (`recovered release <name> from <status> by ...`, then `; ` and the
+/// rest); the writer records a `Recovered` Kubernetes Event for it.
+pub const RECOVERED_PREFIX: &str = "recovered release ";
 /// Timeout of a job that names none: the original's 5 minute default.
 pub const DEFAULT_TIMEOUT_SECONDS: u64 = 300;
 

@@ -18,9 +18,9 @@ use async_nats::jetstream::{self, Context};
 use clap::Parser as _;
 use futures::StreamExt as _;
 use helmq_producer::metrics::Metrics as ProducerMetrics;
-use helmq_producer::store::fake::FakeComponentStore;
+use helmq_producer::store::fake::{FakeComponentStore, FakeEventStore};
 use helmq_producer::watcher::{Watcher, WatcherConfig};
-use helmq_producer::writer::{Writer, WriterConfig};
+use helmq_producer::writer::{EventRecorder, Writer, WriterConfig};
 use helmq_queue::topology::{JOBS_STREAM, STATUS_STREAM, WRITER_CONSUMER};
 use helmq_queue::{JetStreamQueue, JetStreamStatus, JobQueue, NatsArgs, StatusSink, Topology};
 use helmq_schemas::HelmConfig;
@@ -372,6 +372,7 @@ async fn each_role_does_its_work_and_nothing_else_with_the_account_permissions()
     let watcher = tokio::spawn(watcher.run(producer_stop.clone()));
     let writer = Writer::new(
         store.clone(),
+        EventRecorder::new(FakeEventStore::new(), "producer-test"),
         producer_js.clone(),
         WriterConfig {
             fetch_wait: Duration::from_millis(200),

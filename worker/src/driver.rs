@@ -13,6 +13,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use helmq_schemas::HelmConfig;
+use helmq_schemas::event::RECOVERED_PREFIX;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
@@ -424,11 +425,11 @@ impl Recovery {
         match self {
             Recovery::Rollback { from, revision } => {
                 format!(
-                    "recovered release {release} from {from} by rolling back to revision {revision}"
+                    "{RECOVERED_PREFIX}{release} from {from} by rolling back to revision {revision}"
                 )
             }
             Recovery::Uninstall { from } => format!(
-                "recovered release {release} from {from} by uninstalling it (no revision was ever deployed)"
+                "{RECOVERED_PREFIX}{release} from {from} by uninstalling it (no revision was ever deployed)"
             ),
         }
     }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use helmq_producer::metrics::Metrics as ProducerMetrics;
-use helmq_producer::store::fake::FakeComponentStore;
-use helmq_producer::writer::{Writer, WriterConfig};
+use helmq_producer::store::fake::{FakeComponentStore, FakeEventStore};
+use helmq_producer::writer::{EventRecorder, Writer, WriterConfig};
 use helmq_queue::JetStreamStatus;
 use helmq_schemas::JobEvent;
 use helmq_worker::{Metrics, Settings};
@@ -81,6 +81,7 @@ impl InProcess {
         let client = env.connect().await?;
         let writer = Writer::new(
             TimedStore::new(fake, probe.clone()),
+            EventRecorder::new(FakeEventStore::new(), "helmq-bench"),
             async_nats::jetstream::new(client.clone()),
             WriterConfig::default(),
             ProducerMetrics::default(),

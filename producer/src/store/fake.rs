@@ -25,6 +25,7 @@ use helmq_schemas::component::{Component, ComponentSpec, ComponentStatus, HELM_F
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tokio::sync::broadcast;
 
+pub use super::fake_events::FakeEventStore;
 pub use super::fake_lease::FakeLeaseStore;
 use super::{Change, ComponentStore, ErrorClass, Listing, StoreError, key_of};
 

@@ -2,6 +2,9 @@
 //! API about `Component` resources, with the real adapter ([`KubeComponentStore`]) and an
 //! in-memory fake (`fake::FakeComponentStore`) that behaves like the API server for tests.
 //!
+//! The [`EventStore`] seam does the same for the `events.k8s.io/v1` Events the writer
+//! records ([`KubeEventStore`], `fake::FakeEventStore`).
+//!
 //! The [`LeaseStore`] seam does the same for the `coordination.k8s.io/v1` Lease of leader
 //! election ([`KubeLeaseStore`], `fake::FakeLeaseStore`).
 //!
@@ -17,8 +20,11 @@
 //! server answered 400/403/404/422 and the like), a conflict (re-read and decide again) or
 //! transient (429, 5xx, transport: retry later with a capped backoff).
 
+mod events;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
+#[cfg(any(test, feature = "testing"))]
+mod fake_events;
 #[cfg(any(test, feature = "testing"))]
 mod fake_lease;
 mod kube_lease;
@@ -31,6 +37,7 @@ use std::future::Future;
 use futures::stream::BoxStream;
 use helmq_schemas::component::{Component, ComponentStatus};
 
+pub use events::{EventStore, KubeEventStore};
 pub use kube_lease::KubeLeaseStore;
 pub use kube_store::KubeComponentStore;
 pub use lease::LeaseStore;

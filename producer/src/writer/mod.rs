@@ -19,8 +19,13 @@
 //!
 //! Payloads that are not status events, and events published on another Component's subject,
 //! are dead-lettered with the reason and acked.
+//!
+//! Each status write is followed by the Kubernetes Events it produces ([`events`]): recorded
+//! after the write, bounded by [`EVENT_TIMEOUT`], and a failure is logged and counted
+//! (`helmq_writer_event_failures`) but never fails, retries or delays the status write.
 
 pub mod apply;
+pub mod events;
 
 use std::time::Duration;
 
@@ -38,8 +43,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::metrics::Metrics;
-use crate::store::{ComponentStore, ErrorClass, StoreError};
+use crate::store::{ComponentStore, ErrorClass, EventStore, StoreError};
 pub use apply::{StatusPatch, apply};
+pub use events::{EventRecorder, phase_events};
+
+/// The longest the writer waits for one Kubernetes Event to be recorded before it moves on.
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Delay before the second delivery of an event whose write failed transiently; it doubles
 /// with each delivery up to [`WriterConfig::max_retry_delay`].
@@ -95,10 +104,11 @@ pub enum Outcome {
     Orphan,
 }
 
-/// The writer over a store and a JetStream context.
+/// The writer over a store, an event recorder and a JetStream context.
 #[derive(Debug)]
-pub struct Writer<S> {
+pub struct Writer<S, E> {
     store: S,
+    events: EventRecorder<E>,
     js: jetstream::Context,
     config: WriterConfig,
     metrics: Metrics,
@@ -121,11 +131,18 @@ impl Delivery {
     }
 }
 
-impl<S: ComponentStore> Writer<S> {
+impl<S: ComponentStore, E: EventStore> Writer<S, E> {
     /// A writer; nothing happens until [`Writer::run`].
-    pub fn new(store: S, js: jetstream::Context, config: WriterConfig, metrics: Metrics) -> Self {
+    pub fn new(
+        store: S,
+        events: EventRecorder<E>,
+        js: jetstream::Context,
+        config: WriterConfig,
+        metrics: Metrics,
+    ) -> Self {
         Writer {
             store,
+            events,
             js,
             config,
             metrics,
@@ -336,8 +353,40 @@ impl<S: ComponentStore> Writer<S> {
         }
         match self.store.patch_status(&component, &patch.status).await {
             // Written; the object it answered with is not readable.
-            Ok(_) | Err(StoreError::Unreadable(_)) => Ok(Outcome::Applied),
+            Ok(_) | Err(StoreError::Unreadable(_)) => {
+                self.record_events(&component, event).await;
+                Ok(Outcome::Applied)
+            }
             Err(e) => Err(e),
+        }
+    }
+
+    /// Records the Kubernetes Events of a status event just written; failures are logged and
+    /// counted, never returned.
+    async fn record_events(
+        &self,
+        component: &helmq_schemas::component::Component,
+        event: &StatusEvent,
+    ) {
+        let regarding = events::regarding(component);
+        for phase_event in phase_events(event) {
+            let record = self
+                .events
+                .record(&regarding, &phase_event, jiff::Timestamp::now());
+            match tokio::time::timeout(EVENT_TIMEOUT, record).await {
+                Ok(Ok(recorded)) => {
+                    self.metrics.events_recorded.inc();
+                    tracing::debug!(reason = phase_event.reason, ?recorded, "event recorded");
+                }
+                Ok(Err(error)) => {
+                    self.metrics.event_failures.inc();
+                    tracing::warn!(%error, reason = phase_event.reason, "cannot record the event");
+                }
+                Err(_) => {
+                    self.metrics.event_failures.inc();
+                    tracing::warn!(reason = phase_event.reason, timeout = ?EVENT_TIMEOUT, "recording the event timed out");
+                }
+            }
         }
     }
 }

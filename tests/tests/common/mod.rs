@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use helmq_producer::metrics::Metrics as ProducerMetrics;
-use helmq_producer::store::fake::FakeComponentStore;
-use helmq_producer::writer::{Writer, WriterConfig};
+use helmq_producer::store::fake::{FakeComponentStore, FakeEventStore};
+use helmq_producer::writer::{EventRecorder, Writer, WriterConfig};
 use helmq_queue::{JetStreamStatus, Topology};
 use helmq_tests::NatsServer;
 use helmq_worker::{MemoryDriver, Settings};
@@ -48,6 +48,7 @@ impl Pipeline {
         let store = FakeComponentStore::new();
         let writer = Writer::new(
             store.clone(),
+            EventRecorder::new(FakeEventStore::new(), "producer-test"),
             js.clone(),
             WriterConfig {
                 fetch_wait: Duration::from_millis(200),
