@@ -13,12 +13,15 @@
 //! The extra methods (`create`, `edit_spec`, `delete`, foreign finalizers) play the user and
 //! the Composition controller. [`FakeComponentStore::set_unavailable`] simulates an API server
 //! outage; [`FakeComponentStore::fail_component`] makes the writes of one Component fail
-//! (permanently, transiently or with a conflict) while the others go on.
+//! (permanently, transiently or with a conflict) while the others go on;
+//! [`FakeComponentStore::set_random_faults`] fails a share of all calls at random (a seeded,
+//! repeatable sequence) with 409, 429, 500 or a timeout.
 //!
 //! [`FakeLeaseStore`] does the same for the Leases of leader election.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use futures::stream::{BoxStream, StreamExt};
 use helmq_schemas::component::{Component, ComponentSpec, ComponentStatus, HELM_FINALIZER};
@@ -53,6 +56,64 @@ struct State {
     unavailable: bool,
     /// Components whose client writes fail, and how.
     failing: BTreeMap<(String, String), ErrorClass>,
+    /// Random failures of every call, when set.
+    random: Option<Random>,
+    /// Failures injected by [`FakeComponentStore::set_random_faults`] so far, by kind.
+    injected: InjectedFaults,
+}
+
+/// Random failures of API calls: what [`FakeComponentStore::set_random_faults`] takes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RandomFaults {
+    /// Seed of the random sequence: the same seed fails the same calls of the same sequence.
+    pub seed: u64,
+    /// Share of calls that fail, from 0 to 1.
+    pub rate: f64,
+    /// How long a timed-out call hangs before it fails as a transport error.
+    pub hang: Duration,
+}
+
+/// Failures [`FakeComponentStore::set_random_faults`] injected, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InjectedFaults {
+    /// 409 Conflict (writes only).
+    pub conflicts: u64,
+    /// 429 Too Many Requests.
+    pub throttled: u64,
+    /// 500 Internal Server Error.
+    pub server_errors: u64,
+    /// Calls that hung and failed as a transport error; for writes, half of them were carried
+    /// out before the answer was lost (as when a connection drops after the server acted).
+    pub timeouts: u64,
+}
+
+impl InjectedFaults {
+    /// Every injected failure.
+    pub fn total(&self) -> u64 {
+        self.conflicts + self.throttled + self.server_errors + self.timeouts
+    }
+}
+
+#[derive(Debug)]
+struct Random {
+    faults: RandomFaults,
+    rng: fastrand::Rng,
+}
+
+/// What the random fault mode decided for one call.
+enum Draw {
+    /// The call goes through.
+    Pass,
+    /// The call fails at once with this error.
+    Fail(StoreError),
+    /// The call hangs for this long, then fails as a transport error; `applied`: a write is
+    /// carried out first.
+    Hang { hang: Duration, applied: bool },
+}
+
+/// The error of a timed-out call.
+fn timed_out() -> StoreError {
+    StoreError::Unavailable("request timed out (injected)".into())
 }
 
 impl Default for FakeComponentStore {
@@ -96,6 +157,106 @@ impl FakeComponentStore {
     /// again), like an API server that is down.
     pub fn set_unavailable(&self, unavailable: bool) {
         self.state().unavailable = unavailable;
+    }
+
+    /// Fails `faults.rate` of every [`ComponentStore`] call from now on (`None`: none), each
+    /// failure drawn at random from a 409 (writes only), a 429, a 500 and a timeout. The watch
+    /// is not affected. Replaces the sequence of an earlier call.
+    pub fn set_random_faults(&self, faults: Option<RandomFaults>) {
+        self.state().random = faults.map(|faults| Random {
+            faults,
+            rng: fastrand::Rng::with_seed(faults.seed),
+        });
+    }
+
+    /// The failures the random fault mode injected so far.
+    pub fn injected_faults(&self) -> InjectedFaults {
+        self.state().injected
+    }
+
+    /// Draws the fate of one call from the random fault mode.
+    fn draw(&self, write: bool) -> Draw {
+        let mut state = self.state();
+        let Some(random) = state.random.as_mut() else {
+            return Draw::Pass;
+        };
+        if random.rng.f64() >= random.faults.rate {
+            return Draw::Pass;
+        }
+        // Reads have no resourceVersion to conflict with: they get the other three.
+        let kinds = if write { 4 } else { 3 };
+        let (kind, applied, hang) = (
+            random.rng.u8(..kinds),
+            random.rng.bool(),
+            random.faults.hang,
+        );
+        let injected = &mut state.injected;
+        match kind {
+            0 => {
+                injected.throttled += 1;
+                Draw::Fail(StoreError::Rejected {
+                    code: 429,
+                    message: "too many requests (injected)".into(),
+                })
+            }
+            1 => {
+                injected.server_errors += 1;
+                Draw::Fail(StoreError::Rejected {
+                    code: 500,
+                    message: "internal error (injected)".into(),
+                })
+            }
+            2 => {
+                injected.timeouts += 1;
+                Draw::Hang {
+                    hang,
+                    applied: write && applied,
+                }
+            }
+            _ => {
+                injected.conflicts += 1;
+                Draw::Fail(StoreError::Conflict {
+                    namespace: String::new(),
+                    name: String::new(),
+                })
+            }
+        }
+    }
+
+    /// A read through the random fault mode.
+    async fn read_faults(&self) -> Result<(), StoreError> {
+        match self.draw(false) {
+            Draw::Pass => Ok(()),
+            Draw::Fail(error) => Err(error),
+            Draw::Hang { hang, .. } => {
+                tokio::time::sleep(hang).await;
+                Err(timed_out())
+            }
+        }
+    }
+
+    /// A client write through the random fault mode, then [`Self::checked_write`].
+    async fn write_with_faults(
+        &self,
+        component: &Component,
+        change: impl FnOnce(&mut Component) -> Result<(), StoreError>,
+    ) -> Result<Option<Component>, StoreError> {
+        match self.draw(true) {
+            Draw::Pass => self.checked_write(component, change),
+            Draw::Fail(StoreError::Conflict { .. }) => {
+                let (namespace, name) = key_of(component);
+                Err(StoreError::Conflict { namespace, name })
+            }
+            Draw::Fail(error) => Err(error),
+            Draw::Hang { hang, applied } => {
+                if applied {
+                    // The server acts; only its answer is lost.
+                    let _ = self.checked_write(component, change);
+                }
+                tokio::time::sleep(hang).await;
+                Err(timed_out())
+            }
+        }
     }
 
     /// Makes every client write (claim, finalizer removal, status) of `namespace/name` fail
@@ -346,11 +507,13 @@ struct WatchState {
 impl ComponentStore for FakeComponentStore {
     async fn get(&self, namespace: &str, name: &str) -> Result<Option<Component>, StoreError> {
         self.check_available()?;
+        self.read_faults().await?;
         Ok(self.snapshot(namespace, name))
     }
 
     async fn list(&self) -> Result<Listing, StoreError> {
         self.check_available()?;
+        self.read_faults().await?;
         Ok(Listing {
             components: self.state().objects.values().cloned().collect(),
             unreadable: Vec::new(),
@@ -384,7 +547,8 @@ impl ComponentStore for FakeComponentStore {
 
     async fn add_finalizer(&self, component: &Component) -> Result<Component, StoreError> {
         let (namespace, name) = key_of(component);
-        self.checked_write(component, |c| add_finalizer_checked(c, HELM_FINALIZER))?
+        self.write_with_faults(component, |c| add_finalizer_checked(c, HELM_FINALIZER))
+            .await?
             .ok_or_else(|| not_found(&namespace, &name))
     }
 
@@ -392,12 +556,13 @@ impl ComponentStore for FakeComponentStore {
         &self,
         component: &Component,
     ) -> Result<Option<Component>, StoreError> {
-        self.checked_write(component, |c| {
+        self.write_with_faults(component, |c| {
             if let Some(list) = c.metadata.finalizers.as_mut() {
                 list.retain(|f| f != HELM_FINALIZER);
             }
             Ok(())
         })
+        .await
     }
 
     async fn patch_status(
@@ -407,10 +572,11 @@ impl ComponentStore for FakeComponentStore {
     ) -> Result<Component, StoreError> {
         let (namespace, name) = key_of(component);
         let status = status.clone();
-        self.checked_write(component, move |c| {
+        self.write_with_faults(component, move |c| {
             c.status = Some(status);
             Ok(())
-        })?
+        })
+        .await?
         .ok_or_else(|| not_found(&namespace, &name))
     }
 }
@@ -524,6 +690,99 @@ mod tests {
         assert!(store.add_finalizer(&b).await.is_ok());
         store.clear_failure("default", "a");
         assert!(store.add_finalizer(&a).await.is_ok());
+    }
+
+    /// Runs 400 claims of fresh Components and 400 reads under 30% random faults with `seed`;
+    /// returns which calls failed (and how) and what was injected.
+    async fn faulty_calls(seed: u64) -> (Vec<String>, InjectedFaults, FakeComponentStore) {
+        let store = FakeComponentStore::new();
+        let hang = Duration::from_secs(5);
+        store.set_random_faults(Some(RandomFaults {
+            seed,
+            rate: 0.3,
+            hang,
+        }));
+        let mut outcomes = Vec::new();
+        for i in 0..400 {
+            let created = store.create(component(&format!("c{i}"))).unwrap();
+            let started = tokio::time::Instant::now();
+            let outcome = match store.add_finalizer(&created).await {
+                Ok(_) => "ok".to_owned(),
+                Err(StoreError::Unavailable(e)) => {
+                    assert_eq!(started.elapsed(), hang, "a timeout hangs first");
+                    format!("unavailable: {e}")
+                }
+                Err(StoreError::Rejected { code, .. }) => code.to_string(),
+                Err(StoreError::Conflict { name, .. }) => {
+                    assert_eq!(name, format!("c{i}"));
+                    "409".to_owned()
+                }
+                Err(other) => panic!("unexpected {other}"),
+            };
+            outcomes.push(outcome);
+            let read = match store.get("default", &format!("c{i}")).await {
+                Ok(found) => {
+                    assert!(found.is_some());
+                    "ok".to_owned()
+                }
+                Err(StoreError::Rejected { code, .. }) => code.to_string(),
+                Err(StoreError::Unavailable(e)) => format!("unavailable: {e}"),
+                Err(other) => panic!("a read cannot fail with {other}"),
+            };
+            outcomes.push(read);
+        }
+        (outcomes, store.injected_faults(), store)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn random_faults_fail_a_share_of_calls_in_a_repeatable_sequence() {
+        let (outcomes, injected, store) = faulty_calls(7).await;
+        let failed = outcomes.iter().filter(|o| *o != "ok").count() as u64;
+        assert_eq!(failed, injected.total());
+        // 30% of 800 calls, give or take what chance allows.
+        assert!((170..=310).contains(&failed), "{failed} of 800 failed");
+        for kind in [
+            injected.conflicts,
+            injected.throttled,
+            injected.server_errors,
+            injected.timeouts,
+        ] {
+            assert!(kind > 0, "every kind occurs: {injected:?}");
+        }
+        assert_eq!(
+            outcomes.iter().filter(|o| *o == "409").count() as u64,
+            injected.conflicts
+        );
+        // Some timed-out claims were carried out anyway (the answer was lost), some not.
+        let timed_out_claims: Vec<usize> = outcomes
+            .iter()
+            .step_by(2)
+            .enumerate()
+            .filter(|(_, o)| o.starts_with("unavailable"))
+            .map(|(i, _)| i)
+            .collect();
+        let applied = timed_out_claims
+            .iter()
+            .filter(|i| {
+                store
+                    .snapshot("default", &format!("c{i}"))
+                    .and_then(|c| c.metadata.finalizers)
+                    .is_some_and(|f| f.contains(&HELM_FINALIZER.to_owned()))
+            })
+            .count();
+        assert!(
+            applied > 0 && applied < timed_out_claims.len(),
+            "{applied} of {}",
+            timed_out_claims.len()
+        );
+
+        let (again, _, _) = faulty_calls(7).await;
+        assert_eq!(again, outcomes, "the same seed fails the same calls");
+        let (other, _, _) = faulty_calls(8).await;
+        assert_ne!(other, outcomes, "another seed, another sequence");
+
+        store.set_random_faults(None);
+        assert!(store.get("default", "c0").await.is_ok());
     }
 
     #[tokio::test]
