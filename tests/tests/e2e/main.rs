@@ -14,6 +14,7 @@ mod support;
 
 mod cancel;
 mod crash;
+mod events;
 mod examples;
 mod failures;
 mod leader;
