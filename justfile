@@ -28,13 +28,16 @@ bench *args: setup
     cargo build --release -q -p helmq-worker -p helmq-bench --bin helmq-worker --bin helmq-bench
     target/release/helmq-bench run --nats-server {{nats_newest}} {{args}}
 
-# Regenerate the CRD and the JSON Schemas from the Rust types.
+# Regenerate the CRD (deploy/crds/ and the chart's template) and the JSON Schemas from the Rust types, and deploy/kubernetes + deploy/rbac from the chart.
 generate:
     cargo run -q -p helmq-schemas --bin schemagen
+    scripts/render-deploy.sh
 
-# Formatting, lints and generated files.
+# Formatting, lints and generated files; the Helm chart (helm lint, helm template, the manifests rendered from it) and the dashboard and alert rules (promtool).
 lint:
     scripts/validate-deploy.sh
+    scripts/lint-chart.sh
+    scripts/lint-monitoring.sh
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
     cargo run -q -p helmq-schemas --bin schemagen -- --check
