@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser as _;
-use helmq_producer::store::fake::{FakeComponentStore, FakeLeaseStore};
+use helmq_producer::store::fake::{FakeComponentStore, FakeEventStore, FakeLeaseStore};
 use helmq_tests::build::{component, nginx_config};
 use helmq_tests::{NatsServer, workspace_root};
 use serde_json::{Value, json};
@@ -248,7 +248,15 @@ async fn live_exposition(nats: &NatsServer) -> String {
         .expect("create a Component");
     let token = shutdown.clone();
     let producer = tokio::spawn(async move {
-        helmq_producer::run(&producer_args, store, FakeLeaseStore::new(), js, token).await
+        helmq_producer::run(
+            &producer_args,
+            store,
+            FakeLeaseStore::new(),
+            FakeEventStore::new(),
+            js,
+            token,
+        )
+        .await
     });
     if producer.is_finished() {
         panic!("the producer stopped: {:?}", producer.await);
