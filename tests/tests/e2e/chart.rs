@@ -2,7 +2,8 @@
 //! for each RBAC profile, `helm install --wait` succeeds, the setup Job (a pre-install hook)
 //! completes, the producer and worker Deployments become Available, the workers carry the
 //! allowlists of the values, and the ServiceAccounts get what the profile grants and no more
-//! (SubjectAccessReviews for each account); `helm uninstall` removes it all, cluster-wide RBAC
+//! (SubjectAccessReviews for each account); `helm upgrade` runs the setup hook again and rolls
+//! the workers out with the new value; `helm uninstall` removes it all, cluster-wide RBAC
 //! included.
 //!
 //! The CRD stays out (`crds.install=false`): every case installs it with `helmqctl preflight`,
@@ -254,6 +255,70 @@ async fn install_and_check(profile: Profile) {
             .is_some(),
         cluster_wide
     );
+
+    // An upgrade runs the setup hook again (the previous Job is replaced) and rolls the workers
+    // out with the new value.
+    let setup_uid = |job: Job| job.metadata.uid.expect("a Job uid");
+    let first_setup = setup_uid(
+        jobs.get(&format!("{fullname}-setup"))
+            .await
+            .expect("setup Job"),
+    );
+    run_ok(
+        &helm,
+        &[
+            "upgrade",
+            &release,
+            chart.to_str().expect("utf-8 path"),
+            "-n",
+            &namespace,
+            "-f",
+            values.to_str().expect("utf-8 path"),
+            "--set",
+            "worker.concurrency=8",
+            "--wait",
+            "--timeout",
+            "3m",
+        ],
+    )
+    .await;
+    let setup = jobs
+        .get(&format!("{fullname}-setup"))
+        .await
+        .expect("the setup Job of the upgrade");
+    assert_eq!(setup.status.clone().and_then(|s| s.succeeded), Some(1));
+    assert_ne!(
+        setup_uid(setup),
+        first_setup,
+        "the upgrade ran a new setup Job"
+    );
+    let name = format!("{fullname}-worker");
+    eventually(
+        AVAILABLE_WITHIN,
+        &format!("{name} rolled out"),
+        async || {
+            let d = deployments.get(&name).await.map_err(|e| e.to_string())?;
+            let status = d.status.clone().unwrap_or_default();
+            let env = d.spec.unwrap().template.spec.unwrap().containers[0]
+                .env
+                .clone()
+                .unwrap_or_default();
+            let concurrency = env
+                .iter()
+                .find(|e| e.name == "HELMQ_CONCURRENCY")
+                .and_then(|e| e.value.clone());
+            let current = status.updated_replicas == status.replicas
+                && status.observed_generation == d.metadata.generation;
+            if concurrency.as_deref() == Some("8") && current {
+                available(&deployments, &name).await.map(|_| ())
+            } else {
+                Err(format!(
+                    "concurrency {concurrency:?}, rolled out: {current}"
+                ))
+            }
+        },
+    )
+    .await;
 
     run_ok(&helm, &["uninstall", &release, "-n", &namespace, "--wait"]).await;
     for role in ["producer", "worker"] {
