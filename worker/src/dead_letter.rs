@@ -18,6 +18,7 @@ use helmq_schemas::event::{JobAction, JobEvent, MAX_ID_LEN, StatusEvent, StatusP
 
 use crate::job::{Context, Delivery, Shared};
 use crate::metrics::JobOutcome;
+use crate::readable::readable;
 
 /// Copies a delivered job to the dead-letter stream, then terminates it.
 pub(crate) async fn bury(
@@ -54,8 +55,9 @@ pub(crate) async fn reject<D, S: StatusSink>(
 ) -> JobOutcome {
     warn!(%reason, "rejecting a job");
     let ctx = &shared.ctx;
+    let told = readable(reason.clone(), &reason);
     if let Some(status) =
-        rejection_status(&message.payload, &reason, delivery, &ctx.settings.worker_id)
+        rejection_status(&message.payload, &told, delivery, &ctx.settings.worker_id)
     {
         let _ = shared.publish(&status).await;
     }

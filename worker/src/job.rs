@@ -28,6 +28,7 @@ use crate::exclusivity::{Intents, KvError, Lease, Leases, intent_key};
 use crate::metrics::{JobOutcome, Metrics};
 use crate::policy::{AfterFailure, Decision, Outcome, Position, after_failure, decide};
 use crate::pool::{Settings, pause};
+use crate::readable::readable;
 
 /// Shortest Progress/renewal period (a zero period would make `interval` panic).
 const MIN_TICK: Duration = Duration::from_millis(100);
@@ -330,7 +331,10 @@ async fn fail<D: HelmDriver, S: StatusSink>(
             JobOutcome::Retried
         }
         AfterFailure::GiveUp => {
-            let reason = format!("{error} (attempt {run} of {})", settings.max_attempts);
+            let reason = readable(
+                format!("{error} (attempt {run} of {})", settings.max_attempts),
+                &error.to_string(),
+            );
             warn!(%error, "job failed for good");
             let phase = match job.action {
                 JobAction::Apply => StatusPhase::Failed,

@@ -6,7 +6,8 @@
 //! decisions), [`driver`] (the Helm seam,
 //! [`driver::HelmCli`] and `driver::MemoryDriver`), [`exclusivity`] (leases and latest intent
 //! on KV), [`pool`] (slots and drain), `job` (one job from delivery to settlement),
-//! `dead_letter` (rejects, final failures, jobs past `max_deliver`), [`metrics`].
+//! `dead_letter` (rejects, final failures, jobs past `max_deliver`), [`readable`] (status
+//! messages that say what to do next), [`metrics`].
 
 pub mod allowlist;
 pub mod args;
@@ -17,6 +18,7 @@ mod job;
 pub mod metrics;
 pub mod policy;
 pub mod pool;
+pub mod readable;
 
 use std::sync::Arc;
 use std::time::Duration;

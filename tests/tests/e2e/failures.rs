@@ -72,6 +72,13 @@ async fn never_ready_pods_time_out_back_off_fail_with_one_dead_letter_then_a_fix
     );
     assert_eq!(status.handler_status.unwrap().attempts, Some(ATTEMPTS));
     eprintln!("e2e[never-ready]: Failed: {message}");
+    // The next step names the resource that was not ready.
+    assert!(
+        message.contains(&format!(
+            "; next: Deployment {ns}/stuck-webapp did not become ready in time"
+        )),
+        "{message}"
+    );
 
     // The attempts, from the workers' Deploying events: each starts after the previous one's
     // full wait plus the backoff delay, min × 2^(n-1) up to twice that, capped at max.

@@ -84,6 +84,12 @@ async fn components_deploy_upgrade_fail_and_delete_on_a_real_cluster() {
         .unwrap();
     let message = failed.status.unwrap().message.unwrap_or_default();
     assert!(message.contains("9.9.9"), "{message}");
+    // What happened, then what to do about it.
+    assert!(
+        message.contains("; next: check spec.config's chart name and version"),
+        "{message}"
+    );
+    eprintln!("e2e[hello]: missing chart version: {message}");
     assert_eq!(stack.dead_letters().await, 1, "one dead letter");
 
     for name in ["broken", "missing"] {
