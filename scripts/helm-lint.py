@@ -3,8 +3,11 @@ pkg/action.Lint, v4.2.3, reached through helm-python-sdk: the test cluster's hel
 command). Run with the rig's venv Python: helm-lint.py CHART VALUES-FILE...
 
 Lints the chart with each values file (strict: warnings fail, except the "icon is recommended"
-note), then checks that a typo'd key and a wrongly typed value are refused by values.schema.json.
+note), then checks that a typo'd key and a wrongly typed value are refused by values.schema.json,
+and that every object of the schema that lists properties forbids others.
 """
+import json
+import os
 import sys
 
 import helm_python
@@ -21,9 +24,26 @@ def lint(chart: str, values: dict) -> list[str]:
     return problems + [e.strip() for e in report["errors"] if not any(e.strip() in p for p in problems)]
 
 
+def open_objects(schema: dict, path: str = "") -> list[str]:
+    """Where the schema lists properties but allows others (a typo there would pass)."""
+    found = []
+    if schema.get("properties") and schema.get("additionalProperties") is not False:
+        found.append(path or "/")
+    for key, sub in schema.get("properties", {}).items():
+        found += open_objects(sub, f"{path}/{key}")
+    if isinstance(schema.get("items"), dict):
+        found += open_objects(schema["items"], f"{path}[]")
+    return found
+
+
 def main() -> int:
     chart, files = sys.argv[1], sys.argv[2:]
     failed = False
+    with open(os.path.join(chart, "values.schema.json")) as f:
+        schema = json.load(f)
+    open_ = open_objects(schema)
+    print(f"values.schema.json: {'every object closed' if not open_ else 'OPEN at ' + ', '.join(open_)}")
+    failed |= bool(open_)
     for path in files:
         with open(path) as f:
             values = yaml.safe_load(f) or {}

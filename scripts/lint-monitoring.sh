@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Checks deploy/monitoring/: the Grafana dashboard is JSON with a PromQL expression in every
 # target and unique panel ids; the alert rules and every dashboard expression parse as PromQL
-# (`promtool check rules`; the dashboard's expressions as recording rules of a scratch file).
-# That each metric they name exists is tests/tests/monitoring.rs's job.
+# (`promtool check rules`; the dashboard's expressions as recording rules of a scratch file), and
+# the alerts' unit tests pass (`promtool test rules deploy/monitoring/alerts.test.yaml`). That each
+# metric they name exists is tests/tests/monitoring.rs's job.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -35,3 +36,4 @@ with open(sys.argv[2], "w") as out:
 print(f"helmq-dashboard.json: {len(ids)} panels, {len(exprs)} expressions")
 PY
 "$promtool" check rules "$root/deploy/monitoring/alerts.yaml" "$tmp/dashboard-rules.yaml"
+(cd "$root/deploy/monitoring" && "$promtool" test rules alerts.test.yaml)
