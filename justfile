@@ -1,4 +1,4 @@
-# helmq developer commands. CI (.ci/run) calls `just lint`, `just test` and, where the test
+# helmq developer commands. CI (.ci/run) calls `just lint`, `just test`, `just faults` and, where the test
 # cluster ../shared/rig exists, `just e2e-rig`: the same recipes.
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
@@ -22,6 +22,13 @@ test: setup
     @echo "== tests against $({{nats_oldest}} --version)"
     HELMQ_NATS_SERVER={{nats_oldest}} cargo nextest run --workspace --no-fail-fast
     cargo test --workspace --doc
+
+# The fault-injection suite (issue 13), one scenario at a time, then docs/RELIABILITY.md from its rows (target/faults/rows/). Extra arguments filter scenarios.
+faults *filters: setup
+    cargo build --bins
+    if [ -z "{{filters}}" ]; then rm -f target/faults/rows/0[1-8].json; fi
+    HELMQ_NATS_SERVER={{nats_newest}} cargo nextest run -p helmq-tests --test faults --run-ignored all --test-threads 1 --no-fail-fast --no-capture {{filters}}
+    HELMQ_NATS_SERVER={{nats_newest}} cargo run -q -p helmq-tests --bin faults-report
 
 # Measure helmq on this machine (docs/BENCHMARKS.md): raw JetStream, pipeline throughput, dispatch latency, scaling, HelmCli, memory. Prints a table, writes target/bench/summary.json. A program, not a test; not in CI.
 bench *args: setup

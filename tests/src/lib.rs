@@ -10,10 +10,11 @@
 //! [`cluster::NatsCluster`] starts three of them routed into one JetStream cluster.
 //!
 //! Also shared: [`wait`] (poll until a condition holds) and [`build`] (Components and Helm
-//! configs for tests).
+//! configs for tests), and [`faults`] (the fault suite's rows and invariant checks).
 
 pub mod build;
 pub mod cluster;
+pub mod faults;
 pub mod wait;
 
 pub use cluster::NatsCluster;

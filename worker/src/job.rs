@@ -26,7 +26,9 @@ use crate::driver::{
 };
 use crate::exclusivity::{Intents, KvError, Lease, Leases, intent_key};
 use crate::metrics::{JobOutcome, Metrics};
-use crate::policy::{AfterFailure, Decision, Outcome, Position, after_failure, decide};
+use crate::policy::{
+    AfterFailure, Decision, Outcome, Position, after_failure, decide, republished,
+};
 use crate::pool::{Settings, pause};
 use crate::readable::readable;
 
@@ -626,6 +628,7 @@ async fn skip_unless_run<D, S: StatusSink>(
         }
         Decision::AlreadyDone(status) => {
             info!(phase = ?status.phase, "already done; publishing its status again");
+            let status = republished(&status, delivery.attempt, delivery.sequence);
             match shared.publish(&status).await {
                 Published::Stored => {}
                 Published::GaveUp => return Some(ctx.give_back(message, None).await),

@@ -284,6 +284,23 @@ pub fn latest<'a>(live: Option<&'a Intent>, tombstone: Option<&'a Intent>) -> Op
     }
 }
 
+/// The terminal status of a finished job, published again for a later delivery of it (a
+/// redelivery, or a copy published under another id): stamped with that delivery's attempt and
+/// job sequence when that orders it higher. The delivery may have published its own
+/// `Deploying` before it learned the job was done (it waited for the release lease meanwhile),
+/// and that start must not outrank the outcome, or the Component would show `Deploying` for
+/// ever.
+pub fn republished(status: &StatusEvent, attempt: u32, sequence: u64) -> StatusEvent {
+    let mut again = status.clone();
+    again.attempt = attempt;
+    let again = again.for_job_sequence(sequence);
+    if again.order > status.order {
+        again
+    } else {
+        status.clone()
+    }
+}
+
 /// What to do with the message after an attempt failed.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum AfterFailure {
@@ -560,6 +577,44 @@ mod tests {
                 "w",
                 jiff::Timestamp::UNIX_EPOCH,
             )),
+        }
+    }
+
+    #[test]
+    fn a_finished_status_published_again_orders_above_the_later_deliverys_start() {
+        let done = intent(1, JobAction::Apply, Outcome::Ready)
+            .last_status
+            .unwrap()
+            .for_job_sequence(10);
+        // (attempt, sequence of the later delivery, (attempt, sequence) of what is published)
+        let cases = [
+            (2, 10, (2, 10)), // redelivered: its second attempt
+            (1, 12, (1, 12)), // a copy stored later in the stream
+            (3, 12, (3, 12)), // the copy's third attempt
+            (1, 10, (1, 10)), // the same delivery: unchanged
+            (1, 9, (1, 10)),  // an earlier copy: never lowered
+        ];
+        for (attempt, sequence, want) in cases {
+            let again = republished(&done, attempt, sequence);
+            assert_eq!(
+                (again.attempt, again.job_sequence),
+                want,
+                "{attempt} {sequence}"
+            );
+            assert!(again.order >= done.order);
+            assert_eq!(again.phase, done.phase);
+            // Above the Deploying that delivery published before it found the job done.
+            let start = StatusEvent::new(
+                "j",
+                done.component.clone(),
+                StatusPhase::Deploying,
+                "",
+                attempt,
+                "w",
+                jiff::Timestamp::UNIX_EPOCH,
+            )
+            .for_job_sequence(sequence);
+            assert!(again.position() > start.position(), "{attempt} {sequence}");
         }
     }
 

@@ -59,6 +59,46 @@ async fn two_pools_never_run_two_jobs_for_one_release_at_once_and_finish_every_j
 }
 
 #[tokio::test]
+async fn a_copy_that_started_while_the_job_ran_ends_with_the_outcome_above_its_start() {
+    // Found by the fault suite (issue 13, duplicates): a copy of a job published under another
+    // id published `Deploying`, waited for the lease, found the job done and published the
+    // stored `Ready` again, ordered below its own `Deploying`: the Component stayed Deploying.
+    let env = Env::start(fast_topology()).await;
+    let driver = MemoryDriver::new();
+    driver.close_gate();
+    let pool = env.pool(driver.clone(), settings("w")).await;
+    let job = apply("web", 1, "web");
+    env.publish_raw(&job_subject("team", "web"), job.encode())
+        .await;
+    eventually(
+        Duration::from_secs(20),
+        "the first copy runs helm",
+        || async { (!driver.calls().is_empty()).then_some(()) },
+    )
+    .await;
+    env.publish_raw(&job_subject("team", "web"), job.encode())
+        .await;
+    eventually(Duration::from_secs(20), "the copy starts", || async {
+        (env.phases("web", StatusPhase::Deploying).await.len() == 2).then_some(())
+    })
+    .await;
+    driver.open_gate();
+    eventually(Duration::from_secs(20), "both copies settled", || async {
+        (pool.metrics.jobs_with(JobOutcome::Duplicate) == 1).then_some(())
+    })
+    .await;
+    let newest = env
+        .statuses()
+        .await
+        .into_iter()
+        .max_by_key(|s| s.position())
+        .unwrap();
+    assert_eq!(newest.phase, StatusPhase::Ready, "{newest:?}");
+    assert_eq!(driver.calls().iter().filter(|c| c.op == "apply").count(), 1);
+    pool.stop().await;
+}
+
+#[tokio::test]
 async fn older_generations_are_skipped_and_finished_ones_are_not_rerun() {
     let env = Env::start(fast_topology()).await;
     let driver = MemoryDriver::new();

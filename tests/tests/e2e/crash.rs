@@ -113,6 +113,8 @@ async fn a_worker_killed_with_helm_mid_wait_leaves_a_pending_release_that_anothe
         "a killed helm leaves the release pending"
     );
 
+    let killed_at = Instant::now();
+
     // The obstacle goes; no one touches the release. Another worker gets the job back.
     quotas
         .delete("one-pod", &DeleteParams::default())
@@ -153,6 +155,23 @@ async fn a_worker_killed_with_helm_mid_wait_leaves_a_pending_release_that_anothe
     let deployment = deployments.get("web-webapp").await.unwrap();
     assert_eq!(deployment.status.unwrap().ready_replicas, Some(2));
 
+    let recovered = killed_at.elapsed();
+
     stack.delete_and_wait_gone("web").await;
     stack.stop().await;
+    // The fault suite's row 09 (docs/RELIABILITY.md), written only when the case passed.
+    helmq_tests::faults::write_row(&helmq_tests::faults::Row {
+        scenario: 9,
+        name: "Crash during `--wait` on a real cluster".into(),
+        injected: "SIGKILL of a worker and its helm child while `helm upgrade --wait` waits on a Deployment (real kube-apiserver and Helm); release left pending-upgrade".into(),
+        jobs: 3,
+        releases: 1,
+        lost: 0,
+        overlapping_runs: 0,
+        duplicated_runs: 1,
+        duplicated_why: "the killed upgrade, run again by another worker after a rollback to revision 1".into(),
+        recovery: format!("Ready {:.0} s after the kill (ack_wait and lease TTL {} s)", recovered.as_secs_f64(), ACK_WAIT.as_secs()),
+        test: "e2e::crash::a_worker_killed_with_helm_mid_wait_leaves_a_pending_release_that_another_worker_recovers".into(),
+        ..Default::default()
+    });
 }
