@@ -130,6 +130,12 @@ async fn a_worker_killed_with_helm_mid_wait_leaves_a_pending_release_that_anothe
             .contains("recovered release web from pending-upgrade by rolling back to revision 1"),
         "{message}"
     );
+    // Told as a Kubernetes Event too, before the Ready one.
+    let recovered = stack.wait_event("web", "Recovered").await;
+    assert_eq!(
+        recovered,
+        "recovered release web from pending-upgrade by rolling back to revision 1"
+    );
     let last = stack
         .helm_json(&["history", "web", "-n", &ns])
         .await

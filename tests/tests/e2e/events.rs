@@ -4,8 +4,7 @@
 //! `kubectl get components -o wide`.
 
 use helmq_schemas::Phase;
-use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use serde_json::json;
 
 use crate::support::{GONE_WITHIN, Stack, gate, kubectl, run_ok};
@@ -13,27 +12,6 @@ use crate::support::{GONE_WITHIN, Stack, gate, kubectl, run_ok};
 /// A finalizer of the test's own that keeps the deleted Component visible after helmq is done,
 /// so that `kubectl describe` still shows its deletion Events.
 const HOLD: &str = "e2e.helmq.test/hold";
-
-/// `(reason, count, note)` of the Events regarding `name`, oldest first.
-async fn events(stack: &Stack, name: &str) -> Vec<(String, i32, String)> {
-    let api: Api<Event> = Api::namespaced(stack.client().clone(), stack.namespace());
-    let mut events = api
-        .list(&ListParams::default().fields(&format!("regarding.name={name}")))
-        .await
-        .expect("list events")
-        .items;
-    events.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
-    events
-        .into_iter()
-        .map(|e| {
-            (
-                e.reason.unwrap_or_default(),
-                e.series.map_or(1, |s| s.count),
-                e.note.unwrap_or_default(),
-            )
-        })
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "end-to-end: needs a cluster and helm; `just e2e` runs it (with HELMQ_E2E=1)"]
@@ -121,7 +99,7 @@ async fn kubectl_describe_shows_the_events_of_deploy_upgrade_fail_fix_delete() {
         .await;
     assert_eq!(stack.release_status(name, &ns).await, None);
 
-    let recorded = events(&stack, name).await;
+    let recorded = stack.events(name).await;
     eprintln!("e2e[events]: events: {recorded:#?}");
     let count =
         |reason: &str| -> i32 { recorded.iter().filter(|e| e.0 == reason).map(|e| e.1).sum() };

@@ -231,29 +231,18 @@ async fn service_account_tokens_bound_to_deploy_rbac_run_the_protocols_and_nothi
         .wait_for("least", CLAIM_WITHIN, "claimed", claimed)
         .await;
     let ready = stack.wait_phase("least", Phase::Ready, 1).await;
-    // The writer, on the producer's token, records its Events (create, and patch on repeats).
-    let events: Api<k8s_openapi::api::events::v1::Event> =
-        Api::namespaced(admin.clone(), stack.namespace());
-    let mut reasons = Vec::new();
-    for _ in 0..40 {
-        reasons = events
-            .list(&kube::api::ListParams::default().fields("regarding.name=least"))
-            .await
-            .expect("list events")
-            .items
-            .into_iter()
-            .filter_map(|e| e.reason)
-            .collect::<Vec<_>>();
-        if reasons.iter().any(|r| r == "Ready") {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-    }
-    assert!(
-        ["Claimed", "Deploying", "Ready"]
-            .iter()
-            .all(|r| reasons.iter().any(|have| have == r)),
-        "events recorded on the producer's token: {reasons:?}"
+    // The writer, on the producer's token, records its Events.
+    stack.wait_event("least", "Ready").await;
+    let reasons: Vec<String> = stack
+        .events("least")
+        .await
+        .into_iter()
+        .map(|e| e.0)
+        .collect();
+    assert_eq!(
+        reasons,
+        ["Claimed", "Deploying", "Ready"],
+        "Events recorded on the producer's token"
     );
     assert_eq!(
         ready.status.unwrap().handler_status.unwrap().revision,

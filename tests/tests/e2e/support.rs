@@ -22,8 +22,9 @@ use helmq_schemas::subject::status_subject;
 use helmq_schemas::{Component, ComponentSpec, Phase};
 use helmq_tests::{NatsServer, workspace_root};
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
@@ -773,6 +774,45 @@ impl Stack {
             .await
             .expect("jobs stream");
         jobs.info().await.expect("jobs info").state.last_sequence
+    }
+
+    /// `(reason, count, note)` of the Kubernetes Events regarding Component `name`, oldest
+    /// first.
+    pub(crate) async fn events(&self, name: &str) -> Vec<(String, i32, String)> {
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &self.namespace);
+        let mut events = api
+            .list(&ListParams::default().fields(&format!("regarding.name={name}")))
+            .await
+            .expect("list events")
+            .items;
+        events.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+        events
+            .into_iter()
+            .map(|e| {
+                (
+                    e.reason.unwrap_or_default(),
+                    e.series.map_or(1, |s| s.count),
+                    e.note.unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    /// Waits (up to 10 s: the writer records an Event right after the status write) for an
+    /// Event with `reason` on Component `name`; returns its note.
+    pub(crate) async fn wait_event(&self, name: &str, reason: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let events = self.events(name).await;
+            if let Some(event) = events.iter().find(|e| e.0 == reason) {
+                return event.2.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}: no {reason} Event; recorded: {events:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     /// Every status event of one Component so far, oldest first.

@@ -86,6 +86,9 @@ async fn a_component_nested_200_deep_fails_alone_while_the_others_deploy() {
         "{message}"
     );
     assert_eq!(read("{.status.observedGeneration}").await, "1");
+    // The writer records the failure on it as on any Component.
+    let note = stack.wait_event("deep", "Failed").await;
+    assert!(note.contains("recursion limit"), "{note}");
     assert_eq!(
         read("{.metadata.finalizers}").await,
         r#"["helm.deployment-orchestrator.io/lifecycle"]"#
