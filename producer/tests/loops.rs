@@ -560,6 +560,9 @@ async fn status_events_out_of_order_never_regress_the_status() {
     assert_eq!(status.observed_generation, Some(2));
     assert_eq!(status.handler_status.unwrap().revision, Some(2));
     assert_eq!(rig.metrics.statuses_applied.get(), 1);
+    // Only the applied event is told as a Kubernetes Event: no stale Failed, no orphan's.
+    let reasons: Vec<String> = events_on(&rig, "web").into_iter().map(|e| e.1).collect();
+    assert_eq!(reasons, ["Ready"]);
 }
 
 #[tokio::test]
