@@ -11,4 +11,6 @@
 
 mod support;
 
+mod api_faults;
 mod duplicates;
+mod failover;

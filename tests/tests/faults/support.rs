@@ -345,6 +345,8 @@ pub struct Stack {
     pub server: NatsServer,
     pub js: Context,
     pub store: FakeComponentStore,
+    /// The writer's counters (shared by every writer started), for the scenarios to print.
+    pub metrics: ProducerMetrics,
     writer: Option<(CancellationToken, JoinHandle<()>)>,
     positions: Positions,
     watch: JoinHandle<()>,
@@ -385,6 +387,7 @@ impl Stack {
             server,
             js,
             store,
+            metrics: ProducerMetrics::default(),
             writer: None,
             positions,
             watch,
@@ -406,7 +409,7 @@ impl Stack {
                 max_retry_delay: Duration::from_millis(500),
                 ..WriterConfig::default()
             },
-            ProducerMetrics::default(),
+            self.metrics.clone(),
         );
         let stop = CancellationToken::new();
         let token = stop.clone();
@@ -506,7 +509,8 @@ impl Stack {
     pub async fn not_converged(&self, want: &HashMap<String, i64>) -> Vec<String> {
         let mut out = Vec::new();
         for (name, generation) in want {
-            let component = self.store.get(NAMESPACE, name).await.ok().flatten();
+            // Read past any injected API fault: this is the test looking, not a client.
+            let component = self.store.snapshot(NAMESPACE, name);
             let status = component.and_then(|c| c.status);
             let ok = status.as_ref().is_some_and(|s| {
                 s.phase == Some(Phase::Ready)
