@@ -14,3 +14,7 @@ mod support;
 mod api_faults;
 mod duplicates;
 mod failover;
+mod nats_restart;
+mod partition;
+mod worker_crash;
+mod writer_down;

@@ -465,11 +465,20 @@ impl Stack {
     /// A user edits a Component's spec: its generation goes up by one.
     pub fn bump(&self, component: &Component) -> Component {
         let name = component.metadata.name.clone().unwrap_or_default();
-        self.store
+        // A value no earlier generation had: an unchanged spec would keep the generation.
+        let next = component.metadata.generation.unwrap_or(1) + 1;
+        let edited = self
+            .store
             .edit_spec(NAMESPACE, &name, |spec| {
-                spec.deployment_timeout = Some(format!("{}m", fastrand::u8(1..100)));
+                spec.deployment_timeout = Some(format!("{next}m"));
             })
-            .expect("edit a Component")
+            .expect("edit a Component");
+        assert_eq!(
+            edited.metadata.generation,
+            Some(next),
+            "the edit bumped the generation"
+        );
+        edited
     }
 
     /// Publishes a job as the producer does (with its dedupe id).
