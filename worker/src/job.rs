@@ -628,7 +628,15 @@ async fn skip_unless_run<D, S: StatusSink>(
         }
         Decision::AlreadyDone(status) => {
             info!(phase = ?status.phase, "already done; publishing its status again");
-            let status = republished(&status, delivery.attempt, delivery.sequence);
+            // Holding the lease: this delivery published its start; a later attempt: an
+            // earlier one may have.
+            let may_have_started = lease.is_some() || delivery.attempt > 1;
+            let status = republished(
+                &status,
+                delivery.attempt,
+                delivery.sequence,
+                may_have_started,
+            );
             match shared.publish(&status).await {
                 Published::Stored => {}
                 Published::GaveUp => return Some(ctx.give_back(message, None).await),

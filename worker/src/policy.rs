@@ -285,12 +285,21 @@ pub fn latest<'a>(live: Option<&'a Intent>, tombstone: Option<&'a Intent>) -> Op
 }
 
 /// The terminal status of a finished job, published again for a later delivery of it (a
-/// redelivery, or a copy published under another id): stamped with that delivery's attempt and
-/// job sequence when that orders it higher. The delivery may have published its own
-/// `Deploying` before it learned the job was done (it waited for the release lease meanwhile),
-/// and that start must not outrank the outcome, or the Component would show `Deploying` for
-/// ever.
-pub fn republished(status: &StatusEvent, attempt: u32, sequence: u64) -> StatusEvent {
+/// redelivery, or a copy published under another id). When that delivery may have published
+/// its own `Deploying`/`Terminating` first (`may_have_started`: it did, then waited for the
+/// release lease and learned the job was done; or an earlier attempt of it did), the status is
+/// stamped with the delivery's attempt and job sequence when that orders it higher, so that
+/// start cannot outrank the outcome and leave the Component `Deploying` for ever. Otherwise it
+/// goes out unchanged, with its dedupe id, and the status stream keeps the one event.
+pub fn republished(
+    status: &StatusEvent,
+    attempt: u32,
+    sequence: u64,
+    may_have_started: bool,
+) -> StatusEvent {
+    if !may_have_started {
+        return status.clone();
+    }
     let mut again = status.clone();
     again.attempt = attempt;
     let again = again.for_job_sequence(sequence);
@@ -595,7 +604,7 @@ mod tests {
             (1, 9, (1, 10)),  // an earlier copy: never lowered
         ];
         for (attempt, sequence, want) in cases {
-            let again = republished(&done, attempt, sequence);
+            let again = republished(&done, attempt, sequence, true);
             assert_eq!(
                 (again.attempt, again.job_sequence),
                 want,
@@ -616,6 +625,8 @@ mod tests {
             .for_job_sequence(sequence);
             assert!(again.position() > start.position(), "{attempt} {sequence}");
         }
+        // A first delivery that published nothing yet: unchanged, so its dedupe id holds.
+        assert_eq!(republished(&done, 1, 12, false), done);
     }
 
     #[test]
