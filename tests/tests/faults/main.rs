@@ -12,6 +12,7 @@
 mod support;
 
 mod api_faults;
+mod cluster;
 mod duplicates;
 mod failover;
 mod nats_restart;

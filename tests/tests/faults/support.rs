@@ -299,7 +299,8 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Starts a pool connected to `url` over `driver`, publishing status events through `sink`
+    /// Starts a pool connected to `url` (one URL or a comma-separated list of a cluster's nodes)
+    /// over `driver`, publishing status events through `sink`
     /// (`None`: to `HELMQ_STATUS`).
     pub async fn start<D: HelmDriver, S: StatusSink + 'static>(
         url: &str,
@@ -307,7 +308,9 @@ impl Pool {
         settings: Settings,
         sink: impl FnOnce(Context) -> S,
     ) -> Pool {
-        let client = async_nats::connect(url).await.expect("connect the pool");
+        let client = helmq_queue::connect(&helmq_queue::NatsArgs::with_url(url), "faults pool")
+            .await
+            .expect("connect the pool");
         let js = jetstream::new(client.clone());
         let mut registry = prometheus_client::registry::Registry::default();
         let metrics = Metrics::register(&mut registry);
@@ -329,6 +332,35 @@ impl Pool {
         self.shutdown.cancel();
         self.task.await.expect("pool task").expect("pool");
     }
+}
+
+/// Starts the status writer over `store` on `js` with the suite's short fetches and retries;
+/// cancel the token to stop it.
+pub fn spawn_writer(
+    store: FakeComponentStore,
+    js: Context,
+    metrics: ProducerMetrics,
+) -> (CancellationToken, JoinHandle<()>) {
+    let writer = Writer::new(
+        store,
+        EventRecorder::new(FakeEventStore::new(), "faults"),
+        js,
+        WriterConfig {
+            fetch_wait: Duration::from_millis(200),
+            max_retry_delay: Duration::from_millis(500),
+            ..WriterConfig::default()
+        },
+        metrics,
+    );
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    let task = tokio::spawn(async move {
+        writer
+            .run(token)
+            .await
+            .expect("the writer stopped with an error");
+    });
+    (stop, task)
 }
 
 /// The status sink on JetStream, for [`Pool::start`].
@@ -400,25 +432,11 @@ impl Stack {
         let client = async_nats::connect(self.server.url())
             .await
             .expect("connect the writer");
-        let writer = Writer::new(
+        let (stop, task) = spawn_writer(
             self.store.clone(),
-            EventRecorder::new(FakeEventStore::new(), "faults"),
             jetstream::new(client),
-            WriterConfig {
-                fetch_wait: Duration::from_millis(200),
-                max_retry_delay: Duration::from_millis(500),
-                ..WriterConfig::default()
-            },
             self.metrics.clone(),
         );
-        let stop = CancellationToken::new();
-        let token = stop.clone();
-        let task = tokio::spawn(async move {
-            writer
-                .run(token)
-                .await
-                .expect("the writer stopped with an error");
-        });
         self.writer = Some((stop, task));
     }
 
