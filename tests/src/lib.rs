@@ -213,6 +213,28 @@ pub fn binaries_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target/debug"))
 }
 
+/// Writes an executable `helm` wrapper at `path` that runs `fake_helm` with `HELMQ_WORKER_ID`,
+/// `FAKE_HELM_STATE` and `FAKE_HELM_SLEEP` set: workers run helm with a cleared environment,
+/// so the fake's settings go through a wrapper.
+pub fn write_fake_helm_wrapper(
+    path: &Path,
+    fake_helm: &Path,
+    worker: &str,
+    state: &Path,
+    sleep: &str,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(
+        path,
+        format!(
+            "#!/bin/sh\nexport HELMQ_WORKER_ID='{worker}' FAKE_HELM_STATE='{}' FAKE_HELM_SLEEP='{sleep}'\nexec '{}' \"$@\"\n",
+            state.display(),
+            fake_helm.display()
+        ),
+    )?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+}
+
 /// `nats-server --version`, e.g. `2.10.27`.
 pub fn binary_version(binary: &Path) -> Option<String> {
     let out = Command::new(binary).arg("--version").output().ok()?;

@@ -30,18 +30,7 @@ fn spawn_worker(env: &Env, dir: &Path, id: &str, extra: &[&str], sleep: &str) ->
     let log = std::fs::File::create(dir.join(format!("{id}.log"))).unwrap();
     // helm runs with a cleared environment: the fake's settings come from a wrapper.
     let helm = dir.join(format!("helm-{id}"));
-    std::fs::write(
-        &helm,
-        format!(
-            "#!/bin/sh\nexport HELMQ_WORKER_ID='{id}' FAKE_HELM_STATE='{}' FAKE_HELM_SLEEP='{sleep}'\nexec '{}' \"$@\"\n",
-            state.display(),
-            fake_helm().display()
-        ),
-    )
-    .unwrap();
-    let mut perms = std::fs::metadata(&helm).unwrap().permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
-    std::fs::set_permissions(&helm, perms).unwrap();
+    helmq_tests::write_fake_helm_wrapper(&helm, &fake_helm(), id, &state, sleep).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_helmq-worker"))
         .args(["--nats-url", env.server.url()])
         .args(if extra.contains(&"--listen") {

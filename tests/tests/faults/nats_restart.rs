@@ -54,11 +54,12 @@ async fn nothing_is_lost_when_nats_restarts_twice_under_load() {
         load.stack.server.kill();
         tokio::time::sleep(OUTAGE).await;
         load.stack.server.restart();
-        // Back once the status stream answers again.
-        while load.stack.statuses().await.is_none() {
+        let up = now();
+        // The test's own client answers again once it has reconnected.
+        while load.stack.dead_letters().await.is_none() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        outages.push((down, now()));
+        outages.push((down, up, now()));
     }
     let settled = load.settle(Duration::from_secs(240)).await;
     let elapsed = now() - started;
@@ -128,9 +129,10 @@ async fn nothing_is_lost_when_nats_restarts_twice_under_load() {
             terminal.repeated
         ),
         recovery: format!(
-            "all settled {:.0} s after the second restart; outages {}",
+            "all settled {:.0} s after the second restart; server down {}; a client answering again {} after the restart",
             settled,
-            spread(outages.iter().map(|(d, u)| u - d).collect())
+            spread(outages.iter().map(|(d, u, _)| u - d).collect()),
+            spread(outages.iter().map(|(_, u, a)| a - u).collect())
         ),
         test: TEST.into(),
         figures: BTreeMap::from([

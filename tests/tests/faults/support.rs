@@ -675,18 +675,8 @@ impl WorkerProcess {
         std::fs::create_dir_all(state.join("control")).expect("helm state dir");
         // helm runs with a cleared environment: the fake's settings go through a wrapper.
         let helm = dir.join(format!("helm-{id}"));
-        std::fs::write(
-            &helm,
-            format!(
-                "#!/bin/sh\nexport HELMQ_WORKER_ID='{id}' FAKE_HELM_STATE='{}' FAKE_HELM_SLEEP='{sleep}'\nexec '{}' \"$@\"\n",
-                state.display(),
-                fake_helm().display()
-            ),
-        )
-        .expect("helm wrapper");
-        let mut perms = std::fs::metadata(&helm).expect("wrapper").permissions();
-        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
-        std::fs::set_permissions(&helm, perms).expect("chmod wrapper");
+        helmq_tests::write_fake_helm_wrapper(&helm, &fake_helm(), id, &state, sleep)
+            .expect("helm wrapper");
         let log = std::fs::File::create(dir.join(format!("{id}.log"))).expect("worker log");
         let child = Command::new(helmq_tests::binaries_dir().join("helmq-worker"))
             .args(["--nats-url", url, "--listen", "127.0.0.1:0"])
@@ -789,13 +779,16 @@ pub fn fake_helm_runs(state: &Path, killed: &HashMap<String, f64>) -> Vec<Run> {
             .collect()
     };
     // A run is its pid and start (pids are reused over a long run).
-    // A run that stopped because its worker died did not run to its end.
+    // A run that stopped because its worker died or stopped it did not run to its end.
     let ends: HashMap<(i64, u64), (f64, bool)> = read("timeline.log")
         .iter()
         .filter_map(|r| {
             Some((
                 (r["pid"].as_i64()?, r["start"].as_f64()?.to_bits()),
-                (r["end"].as_f64()?, r["parent_died"] != Value::Bool(true)),
+                (
+                    r["end"].as_f64()?,
+                    r["parent_died"] != Value::Bool(true) && r["terminated"] != Value::Bool(true),
+                ),
             ))
         })
         .collect();
