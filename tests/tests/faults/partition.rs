@@ -135,7 +135,8 @@ async fn a_partitioned_workers_run_is_cancelled_before_the_job_runs_elsewhere() 
     let terminal = terminal_statuses(&job_keys(std::slice::from_ref(&job)), &events);
     let overlaps = overlapping_runs(&runs);
     let regressed = regressions(&stack.positions());
-    let applies: Vec<_> = runs.iter().filter(|r| r.action == "apply").collect();
+    let mut applies: Vec<_> = runs.iter().filter(|r| r.action == "apply").collect();
+    applies.sort_by(|a, b| a.start.total_cmp(&b.start));
     let stored = stack
         .store
         .snapshot(NAMESPACE, &job.component.name)
