@@ -589,6 +589,12 @@ impl StatusEvent {
     }
 }
 
+/// The job message sequence (with the deletion bit) and the phase rank an order key was made
+/// from, without the attempt: two keys with the same first part come from deliveries of one job.
+pub fn order_job_and_rank(order: u64) -> (u64, u64) {
+    (order >> 22, order & 0xff)
+}
+
 /// Deletion phases sort above apply phases (bit 62); then later job messages above earlier ones
 /// (the sequence, 40 bits), later attempts above earlier ones (14 bits), ends above starts (the
 /// phase's rank, 8 bits). Sequence and attempt saturate at their widths. The key stays below

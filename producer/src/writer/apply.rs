@@ -3,10 +3,11 @@
 //!
 //! Never regress: the status remembers the position `(generation, order)` of the last event
 //! applied (`handlerStatus.eventGeneration/eventOrder`); an event at or below it, or for a
-//! generation older than `observedGeneration`, is dropped.
+//! generation older than `observedGeneration`, is dropped. One exception ([`outranks`]): within
+//! one job, its success outranks a start of any attempt.
 
 use helmq_schemas::component::{ComponentStatus, Phase};
-use helmq_schemas::event::{StatusEvent, StatusPhase};
+use helmq_schemas::event::{StatusEvent, StatusPhase, order_job_and_rank};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 /// What to write for one event.
@@ -24,13 +25,57 @@ pub fn stored_position(status: &ComponentStatus) -> Option<(i64, u64)> {
     Some((h.event_generation?, h.event_order?))
 }
 
+/// Whether `event` comes after the stored one (at `stored`, which produced `current`).
+///
+/// Positions compare as `(generation, order)`, except within one job message: there the job's
+/// success (`Ready`, `Terminated`) outranks its start (`Deploying`, `Terminating`) of any
+/// attempt, both ways. A second delivery of a job that is still running (a redelivery after
+/// `ack_wait`, or one a restarted server handed out again) publishes its start at a higher
+/// attempt, waits for the release, and may then give the job back while the first delivery's
+/// ack removes the message: nothing would ever publish above that start, and the Component
+/// would show `Deploying` (or keep its finalizer) for ever.
+pub fn outranks(current: &ComponentStatus, stored: (i64, u64), event: &StatusEvent) -> bool {
+    let position = event.position();
+    let (job, rank) = order_job_and_rank(position.1);
+    let (stored_job, stored_rank) = order_job_and_rank(stored.1);
+    if position.0 != stored.0 || job != stored_job {
+        return position > stored;
+    }
+    let success = matches!(event.phase, StatusPhase::Ready | StatusPhase::Terminated);
+    let start = matches!(
+        event.phase,
+        StatusPhase::Deploying | StatusPhase::Terminating
+    );
+    // The stored rank tells Ready from a start but not from Failed (same rank): the phase does.
+    let stored_success = match stored_rank {
+        2 => current.phase == Some(Phase::Ready),
+        4 => current.phase == Some(Phase::Terminating),
+        _ => false,
+    };
+    let stored_start = matches!(stored_rank, 1 | 3) && rank == stored_rank + 1;
+    if success && stored_start {
+        return true;
+    }
+    if start && stored_success && stored_rank == rank + 1 {
+        return false;
+    }
+    position > stored
+}
+
 /// The status after `event`, or `None` when `event` is stale. `handler` goes into
 /// `claimedBy`.
 pub fn apply(current: &ComponentStatus, event: &StatusEvent, handler: &str) -> Option<StatusPatch> {
     let position = event.position();
-    if stored_position(current).is_some_and(|stored| position <= stored) {
+    let stored = stored_position(current);
+    if stored.is_some_and(|stored| !outranks(current, stored, event)) {
         return None;
     }
+    // Kept monotonic: a success applied over a later attempt's start is stored at that start's
+    // order with the success's rank, so it still reads as the job's success and never goes back.
+    let position = match stored {
+        Some(stored) if stored > position => (stored.0, (stored.1 & !0xff) | (position.1 & 0xff)),
+        _ => position,
+    };
     if current
         .observed_generation
         .is_some_and(|observed| position.0 < observed)
@@ -293,6 +338,57 @@ mod tests {
                 vec![true, false],
             ),
             (
+                "a later attempt's start after the job's success",
+                vec![
+                    event(1, StatusPhase::Ready, 1, 5),
+                    event(1, StatusPhase::Deploying, 2, 6),
+                ],
+                vec![true, false],
+            ),
+            (
+                "the job's success after a later attempt's start",
+                vec![
+                    event(1, StatusPhase::Deploying, 2, 5),
+                    event(1, StatusPhase::Ready, 1, 6),
+                    event(1, StatusPhase::Deploying, 2, 7),
+                    event(1, StatusPhase::Deploying, 3, 8),
+                    event(1, StatusPhase::Ready, 3, 9),
+                ],
+                vec![true, true, false, false, true],
+            ),
+            (
+                "a later attempt's start after a failure is newer",
+                vec![
+                    event(1, StatusPhase::Failed, 1, 5),
+                    event(1, StatusPhase::Deploying, 2, 6),
+                ],
+                vec![true, true],
+            ),
+            (
+                "a failure does not outrank a later attempt's start",
+                vec![
+                    event(1, StatusPhase::Deploying, 2, 5),
+                    event(1, StatusPhase::Failed, 1, 6),
+                ],
+                vec![true, false],
+            ),
+            (
+                "Terminated after a later attempt's Terminating",
+                vec![
+                    event(1, StatusPhase::Terminating, 2, 5),
+                    event(1, StatusPhase::Terminated, 1, 6),
+                ],
+                vec![true, true],
+            ),
+            (
+                "a success of another job message does not outrank",
+                vec![
+                    event(1, StatusPhase::Deploying, 2, 5).for_job_sequence(9),
+                    event(1, StatusPhase::Ready, 1, 6).for_job_sequence(8),
+                ],
+                vec![true, false],
+            ),
+            (
                 "apply phase after deletion started",
                 vec![
                     event(1, StatusPhase::Terminating, 1, 5),
@@ -321,6 +417,19 @@ mod tests {
             let (_, applied) = run(events);
             assert_eq!(&applied, want, "{name}");
         }
+        // The stored position never goes back, also where a success outranks a later start.
+        let mut status = ComponentStatus::default();
+        let mut last = None;
+        for e in [
+            event(1, StatusPhase::Deploying, 2, 5),
+            event(1, StatusPhase::Ready, 1, 6),
+        ] {
+            status = apply(&status, &e, "helm").unwrap().status;
+            let now = stored_position(&status);
+            assert!(now > last, "{now:?} after {last:?}");
+            last = now;
+        }
+        assert_eq!(status.phase, Some(Phase::Ready));
     }
 
     #[test]
