@@ -23,10 +23,10 @@ test: setup
     HELMQ_NATS_SERVER={{nats_oldest}} cargo nextest run --workspace --no-fail-fast
     cargo test --workspace --doc
 
-# The fault-injection suite (issue 13), one scenario at a time, then docs/RELIABILITY.md from its rows (target/faults/rows/). Extra arguments filter scenarios.
+# The fault-injection suite (issues 13 and 19), one scenario at a time, then docs/RELIABILITY.md from its rows (target/faults/rows/). Extra arguments filter scenarios.
 faults *filters: setup
     cargo build --bins
-    if [ -z "{{filters}}" ]; then rm -f target/faults/rows/0[1-8].json; fi
+    if [ -z "{{filters}}" ]; then rm -f target/faults/rows/0[1-8].json target/faults/rows/10.json; fi
     HELMQ_NATS_SERVER={{nats_newest}} cargo nextest run -p helmq-tests --test faults --run-ignored all --test-threads 1 --no-fail-fast --no-capture {{filters}}
     HELMQ_NATS_SERVER={{nats_newest}} cargo run -q -p helmq-tests --bin faults-report
 

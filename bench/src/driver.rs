@@ -42,6 +42,10 @@ impl BenchDriver {
 }
 
 impl HelmDriver for BenchDriver {
+    fn grace(&self) -> Duration {
+        Duration::ZERO
+    }
+
     async fn apply(
         &self,
         request: Apply<'_>,

@@ -39,7 +39,7 @@ pub enum RowError {
 /// One scenario's result, as `docs/RELIABILITY.md` shows it.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Row {
-    /// The scenario's number in issue 13 (1..=9).
+    /// The scenario's number (1..=10).
     pub scenario: u32,
     /// Its short name, e.g. `Worker crashes`.
     pub name: String,
@@ -64,9 +64,6 @@ pub struct Row {
     /// Other figures the scenario printed.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub figures: BTreeMap<String, String>,
-    /// Why the scenario could not run on this machine (it then proved nothing).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub skipped: Option<String>,
 }
 
 /// Where rows go: `<workspace>/target/faults/rows/`.
@@ -100,18 +97,6 @@ pub fn write_row(row: &Row) {
         Ok(path) => eprintln!("faults: row written to {}", path.display()),
         Err(e) => panic!("{e}"),
     }
-}
-
-/// Writes a row saying the scenario was skipped, and prints `SKIP: reason`.
-pub fn skip(scenario: u32, name: &str, test: &str, reason: &str) {
-    eprintln!("SKIP: {reason}");
-    write_row(&Row {
-        scenario,
-        name: name.into(),
-        test: test.into(),
-        skipped: Some(reason.into()),
-        ..Row::default()
-    });
 }
 
 /// Every row in `dir`, by scenario number (a missing directory has none).
@@ -339,8 +324,8 @@ pub fn regressions(writes: &BTreeMap<String, Vec<(i64, u64)>>) -> Vec<Regression
     out
 }
 
-/// The scenarios of issue 13: number, name and the command that runs it.
-pub const SCENARIOS: [(u32, &str, &str); 9] = [
+/// The scenarios of issues 13 and 19: number, name and the command that runs it.
+pub const SCENARIOS: [(u32, &str, &str); 10] = [
     (1, "Worker crashes", "just faults"),
     (2, "NATS restarts", "just faults"),
     (3, "3-node JetStream cluster", "just faults"),
@@ -354,6 +339,7 @@ pub const SCENARIOS: [(u32, &str, &str); 9] = [
         "Crash during `--wait` on a real cluster",
         "just e2e-rig (or HELMQ_E2E=1 just e2e crash)",
     ),
+    (10, "Stall between lease and Helm", "just faults"),
 ];
 
 /// `docs/RELIABILITY.md` from the rows; `machine` and `when` say where and when they were made.
@@ -376,12 +362,6 @@ pub fn render(rows: &BTreeMap<u32, Row>, machine: &str, when: &str) -> String {
     );
     for (number, name, command) in SCENARIOS {
         let line = match rows.get(&number) {
-            Some(row) if row.skipped.is_some() => format!(
-                "| {number} | {} | skipped: {} | | | | | | | `{}` |\n",
-                cell(&row.name),
-                cell(row.skipped.as_deref().unwrap_or_default()),
-                cell(&row.test),
-            ),
             Some(row) => format!(
                 "| {number} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | `{}` |\n",
                 cell(&row.name),
@@ -640,7 +620,7 @@ mod tests {
     }
 
     #[test]
-    fn rows_round_trip_and_render_with_missing_and_skipped_scenarios() {
+    fn rows_round_trip_and_render_with_missing_scenarios() {
         let dir = tempfile::tempdir().unwrap();
         let row = Row {
             scenario: 1,
@@ -656,23 +636,12 @@ mod tests {
             ..Row::default()
         };
         write_row_to(dir.path(), &row).unwrap();
-        write_row_to(
-            dir.path(),
-            &Row {
-                scenario: 3,
-                name: "3-node JetStream cluster".into(),
-                test: "faults::cluster::t".into(),
-                skipped: Some("no nats-server".into()),
-                ..Row::default()
-            },
-        )
-        .unwrap();
         let rows = read_rows(dir.path()).unwrap();
         assert_eq!(rows[&1], row);
         let doc = render(&rows, "test machine", "today");
         assert!(doc.contains("| 1 | Worker crashes | SIGKILL \\| 12 kills | 500 | 200 | 0 | 0 | 3 (redelivered after a crash) | 4.2 s | `faults::worker_crash::t` |"), "{doc}");
         assert!(
-            doc.contains("| 3 | 3-node JetStream cluster | skipped: no nats-server |"),
+            doc.contains("| 3 | 3-node JetStream cluster | not run: `just faults` runs it |"),
             "{doc}"
         );
         assert!(

@@ -110,6 +110,21 @@ pub enum DriverError {
         #[source]
         reason: CredentialsError,
     },
+    /// The release is `pending-*` and its record was written under a lease revision not older
+    /// than the one this run holds: never undone by an older holder.
+    #[error(
+        "release {release} is {status}, written under release lease revision {stamp}, not older than this run's ({held}): not recovering it"
+    )]
+    Fenced {
+        /// The release.
+        release: String,
+        /// Its pending status.
+        status: HelmStatus,
+        /// The lease revision stamped on its newest record.
+        stamp: u64,
+        /// The lease revision this run holds.
+        held: u64,
+    },
     /// The release is `pending-*` and its record is too recent to prove that no one is still
     /// working on it: reported and retried, never rolled back under a live operation.
     #[error(
@@ -153,6 +168,7 @@ impl DriverError {
             DriverError::RegistryCredentials { .. } => Failure::Permanent,
             DriverError::TimedOut { .. }
             | DriverError::StillPending { .. }
+            | DriverError::Fenced { .. }
             | DriverError::Cancelled { .. }
             | DriverError::Spawn { .. }
             | DriverError::Output { .. }
@@ -187,6 +203,13 @@ pub enum KubectlAction {
         /// `namespace/name` of the Secret.
         secret: String,
     },
+    /// `kubectl get secret` of a release record, for its lease stamp.
+    ReadReleaseRecord {
+        /// `namespace/name` of the release.
+        release: String,
+        /// The revision.
+        revision: i64,
+    },
     /// `kubectl delete namespace` of a namespace helmq manages.
     DeleteNamespace {
         /// The namespace.
@@ -198,6 +221,9 @@ impl fmt::Display for KubectlAction {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             KubectlAction::ReadSecret { secret } => write!(f, "read registry secret {secret}"),
+            KubectlAction::ReadReleaseRecord { release, revision } => {
+                write!(f, "read revision {revision} of release {release}")
+            }
             KubectlAction::DeleteNamespace { namespace } => {
                 write!(f, "delete namespace {namespace}")
             }
@@ -307,7 +333,16 @@ pub struct Revision {
     /// When the revision was last written (`None` when Helm's text cannot be read).
     #[serde(default, deserialize_with = "lenient_time")]
     pub updated: Option<jiff::Timestamp>,
+    /// The release lease revision the run that wrote it held ([`LEASE_LABEL`] on its storage
+    /// object; not in `helm history`): read for the newest revision when it is pending, `None`
+    /// when unknown (written before helmq stamped releases, or unreadable).
+    #[serde(skip)]
+    pub lease_revision: Option<u64>,
 }
+
+/// The label on a release record (Helm's `--labels`, kept on its storage object) that holds the
+/// release lease revision of the run that wrote it: the fence recovery checks.
+pub const LEASE_LABEL: &str = "helmq.io/lease-revision";
 
 /// Helm's `updated` (Go's RFC 3339 with nanoseconds); anything unreadable counts as unknown
 /// rather than failing the whole history.
@@ -347,11 +382,17 @@ pub struct Apply<'a> {
     /// allowlist: the Component's own, or the release namespace for an orchestrator job
     /// without a uid.
     pub own_namespace: &'a str,
+    /// The release lease revision the run holds, stamped on the release ([`LEASE_LABEL`]).
+    pub lease_revision: u64,
 }
 
 /// The Helm operations a worker needs. Every call takes a cancellation token: cancelling it
 /// must stop the operation (and kill any process it started) promptly.
 pub trait HelmDriver: Send + Sync + 'static {
+    /// How long an operation may go on after its cancellation token is cancelled (for `helm`:
+    /// `--helm-grace`, between SIGTERM and SIGKILL). Lease deadlines leave room for it.
+    fn grace(&self) -> Duration;
+
     /// `helm upgrade --install` and wait for readiness.
     fn apply(
         &self,
@@ -450,11 +491,40 @@ pub fn pending_age(history: &[Revision], now: jiff::Timestamp) -> Option<std::ti
     now.duration_since(updated).try_into().ok()
 }
 
-/// Whether a pending release is provably left behind by a dead run: its newest record is at
-/// least `stale_after` (the release lease's TTL: no live holder has gone that long without
-/// renewing) old. An unknown age proves nothing.
-pub fn provably_stale(age: Option<std::time::Duration>, stale_after: std::time::Duration) -> bool {
-    age.is_some_and(|age| age >= stale_after)
+/// What may be done with a release whose newest record is pending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pending {
+    /// Provably left behind by a dead run: recover it.
+    Stale,
+    /// Written too recently (or at an unknown time) to prove that no run is still on it.
+    Recent(Option<std::time::Duration>),
+    /// Stamped under a lease revision not older than the one held: a run under a newer lease
+    /// wrote it, so it is not ours to undo.
+    Fenced(u64),
+}
+
+/// Judges a pending release for the holder of lease revision `held`, at `now`: stale only when
+/// its newest record is at least `stale_after` old (the lease TTL plus the run's grace: no run
+/// under a live lease goes that long unrenewed) and was stamped under an older lease than
+/// `held` (an unstamped record was written before helmq stamped releases: its age decides).
+pub fn judge_pending(
+    history: &[Revision],
+    now: jiff::Timestamp,
+    stale_after: std::time::Duration,
+    held: u64,
+) -> Pending {
+    let age = pending_age(history, now);
+    if age.is_none_or(|age| age < stale_after) {
+        return Pending::Recent(age);
+    }
+    match history
+        .iter()
+        .max_by_key(|r| r.revision)
+        .and_then(|r| r.lease_revision)
+    {
+        Some(stamp) if stamp >= held => Pending::Fenced(stamp),
+        _ => Pending::Stale,
+    }
 }
 
 /// The recovery of a release whose current status is `status`, from its history; `None` when
@@ -488,11 +558,12 @@ mod tests {
             chart: "web-1.0.0".into(),
             description: String::new(),
             updated: None,
+            lease_revision: None,
         }
     }
 
     #[test]
-    fn only_a_pending_record_older_than_the_lease_ttl_is_provably_stale() {
+    fn only_an_old_pending_record_stamped_under_an_older_lease_is_stale() {
         let now: jiff::Timestamp = "2026-11-29T12:00:00Z".parse().unwrap();
         let at = |text: &str| Some(text.parse::<jiff::Timestamp>().unwrap());
         let history = [
@@ -507,11 +578,50 @@ mod tests {
         ];
         let age = pending_age(&history, now);
         assert_eq!(age, Some(std::time::Duration::from_secs(10)));
-        let ttl = std::time::Duration::from_secs(30);
-        assert!(!provably_stale(age, ttl), "10 s old, the lease lives 30 s");
-        assert!(provably_stale(Some(ttl), ttl));
-        assert!(!provably_stale(None, ttl), "an unknown age proves nothing");
-        assert_eq!(pending_age(&[rev(1, "pending-install")], now), None);
+        let secs = std::time::Duration::from_secs;
+        // TTL 30 s + grace 10 s; this worker holds lease revision 100.
+        let stale_after = secs(40);
+        assert_eq!(
+            judge_pending(&history, now, stale_after, 100),
+            Pending::Recent(Some(secs(10))),
+            "10 s old"
+        );
+        let stamped = |age: &str, stamp: Option<u64>| {
+            let mut history = history.clone();
+            history[1].updated = at(age);
+            history[1].lease_revision = stamp;
+            judge_pending(&history, now, stale_after, 100)
+        };
+        assert_eq!(
+            stamped("2026-11-29T11:59:21Z", Some(7)),
+            Pending::Recent(Some(secs(39)))
+        );
+        assert_eq!(
+            stamped("2026-11-29T11:59:20Z", Some(7)),
+            Pending::Stale,
+            "40 s old, older lease"
+        );
+        assert_eq!(stamped("2026-11-29T11:00:00Z", Some(99)), Pending::Stale);
+        assert_eq!(
+            stamped("2026-11-29T11:00:00Z", None),
+            Pending::Stale,
+            "unstamped: its age decides"
+        );
+        assert_eq!(
+            stamped("2026-11-29T11:00:00Z", Some(100)),
+            Pending::Fenced(100)
+        );
+        assert_eq!(
+            stamped("2026-11-29T11:00:00Z", Some(250)),
+            Pending::Fenced(250)
+        );
+        let unknown = [rev(1, "pending-install")];
+        assert_eq!(pending_age(&unknown, now), None);
+        assert_eq!(
+            judge_pending(&unknown, now, stale_after, 100),
+            Pending::Recent(None),
+            "an unknown age proves nothing"
+        );
         // Helm's own text (Go's RFC 3339 with nanoseconds and an offset) and junk.
         let parsed: Vec<Revision> = serde_json::from_str(
             r#"[{"revision":1,"status":"pending-install","updated":"2026-11-29T11:59:59.123456789+00:00"},

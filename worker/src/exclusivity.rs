@@ -3,7 +3,10 @@
 //! - [`Leases`] (`helmq_leases`): one key per release. Acquire = `create` (fails while someone
 //!   holds it), renew = `update` at the revision we hold, release = purge at that revision. The
 //!   bucket's `max_age` is the lease lifetime: a dead worker's lease expires and another worker
-//!   takes it over with a plain `create`.
+//!   takes it over with a plain `create`. A lease's clock starts when its last write was sent
+//!   ([`Lease::written_at`]), never later: the server stores the write after that, so the lease
+//!   cannot expire before `written_at + ttl`. [`Leases::keep`] runs work under a lease by the
+//!   deadlines of [`LeaseTiming`] (see `docs/RELIABILITY.md`, "Exclusivity").
 //! - [`Intents`] (`helmq_intents`): one key per Component object ([`intent_key`]: namespace,
 //!   name and uid, so an object deleted and created again under the same name starts afresh)
 //!   holding the newest job seen and how it ended, updated with compare-and-set;
@@ -11,11 +14,15 @@
 //!   final intent moves to `helmq_tombstones`, whose `max_age` expires it: a late copy of one of
 //!   its jobs (redelivered, retried, replayed) is skipped meanwhile, and nothing is kept for ever.
 
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use async_nats::jetstream::Context;
 use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
 use futures::StreamExt as _;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 use helmq_queue::topology::{INTENTS_BUCKET, LEASES_BUCKET, TOMBSTONES_BUCKET};
 use helmq_schemas::event::{ComponentRef, JobEvent, StatusEvent};
@@ -88,6 +95,79 @@ pub struct Lease {
     pub key: String,
     /// The revision we wrote last.
     pub revision: u64,
+    /// When that write was sent (taken before sending): the lease lives at least until
+    /// `written_at + ttl`, and every deadline of work under it counts from here.
+    pub written_at: Instant,
+}
+
+/// The lease was taken over, or could not be renewed before work under it had to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseLost;
+
+/// When work under a lease renews it and when it must stop. A run is cancelled at
+/// [`LeaseTiming::cancel_at`] (`ttl - grace - margin` after the lease's last write) and is
+/// gone `grace` later at most, `margin` before the lease can expire; renewals come every
+/// `renew_every`, so a healthy run is never cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseTiming {
+    /// The lease's lifetime without renewal (the bucket's `max_age`).
+    pub ttl: Duration,
+    /// Time between renewals: a fifth of the TTL.
+    pub renew_every: Duration,
+    /// How long a cancelled run may go on (`--helm-grace` for `helm`, between SIGTERM and SIGKILL).
+    pub grace: Duration,
+    /// Slack for scheduling delays and reaping a killed process: a tenth of the TTL.
+    pub margin: Duration,
+}
+
+/// A lease TTL too short for the renewal period, the run's grace and the margin.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the release lease TTL ({ttl:?}, max_age of the {LEASES_BUCKET} bucket) must exceed the renewal period ({renew_every:?}) + --helm-grace ({grace:?}) + a margin of a tenth of the TTL ({margin:?}): lower --helm-grace or re-create the bucket with a longer max_age"
+)]
+pub struct TimingError {
+    ttl: Duration,
+    renew_every: Duration,
+    grace: Duration,
+    margin: Duration,
+}
+
+/// Shortest renewal period (a zero period would spin).
+const MIN_RENEWAL: Duration = Duration::from_millis(50);
+/// Pause before another attempt at a renewal that failed (not lost).
+const RENEW_RETRY: Duration = Duration::from_millis(200);
+
+impl LeaseTiming {
+    /// The timing of leases that live `ttl`, for runs that end within `grace` of being
+    /// cancelled; refused when the run could outlive the lease.
+    ///
+    /// # Errors
+    ///
+    /// [`TimingError`] unless `ttl > renew_every + grace + margin`.
+    pub fn new(ttl: Duration, grace: Duration) -> Result<LeaseTiming, TimingError> {
+        let timing = LeaseTiming {
+            ttl,
+            renew_every: (ttl / 5).max(MIN_RENEWAL),
+            grace,
+            margin: ttl / 10,
+        };
+        if timing.renew_every + timing.grace + timing.margin < timing.ttl {
+            Ok(timing)
+        } else {
+            Err(TimingError {
+                ttl,
+                renew_every: timing.renew_every,
+                grace,
+                margin: timing.margin,
+            })
+        }
+    }
+
+    /// When work under a lease written at `written_at` must be cancelled unless the lease was
+    /// renewed meanwhile.
+    pub fn cancel_at(&self, written_at: Instant) -> Instant {
+        written_at + self.ttl - self.grace - self.margin
+    }
 }
 
 impl Leases {
@@ -123,10 +203,12 @@ impl Leases {
 
     /// Takes the lease on `key`; `None` while someone else holds it.
     pub async fn try_acquire(&self, key: &str, holder: &str) -> Result<Option<Lease>, KvError> {
+        let written_at = Instant::now();
         match self.kv.create(key, holder.to_owned().into()).await {
             Ok(revision) => Ok(Some(Lease {
                 key: key.to_owned(),
                 revision,
+                written_at,
             })),
             Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Ok(None),
             Err(e) => Err(request("create", key)(e)),
@@ -135,6 +217,7 @@ impl Leases {
 
     /// Extends the lease; [`KvError::LeaseLost`] when someone else took it.
     pub async fn renew(&self, lease: &Lease, holder: &str) -> Result<Lease, KvError> {
+        let written_at = Instant::now();
         match self
             .kv
             .update(&lease.key, holder.to_owned().into(), lease.revision)
@@ -143,11 +226,85 @@ impl Leases {
             Ok(revision) => Ok(Lease {
                 key: lease.key.clone(),
                 revision,
+                written_at,
             }),
             Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
                 Err(KvError::LeaseLost(lease.key.clone()))
             }
             Err(e) => Err(request("update", &lease.key)(e)),
+        }
+    }
+
+    /// Runs `run` under `lease`. Before `run` is first polled the lease is renewed with
+    /// compare-and-set: when that fails (taken over, or not renewed before its cancel deadline),
+    /// `run` never starts. Then it is renewed every [`LeaseTiming::renew_every`]; when it is
+    /// taken over or cannot be renewed before [`LeaseTiming::cancel_at`], `cancel` is cancelled
+    /// and `run` awaited to its end (its process killed within the grace). Returns `run`'s output
+    /// or [`LeaseLost`], with the lease as last written.
+    pub async fn keep<T>(
+        &self,
+        lease: Lease,
+        holder: &str,
+        timing: &LeaseTiming,
+        cancel: &CancellationToken,
+        run: impl Future<Output = T>,
+    ) -> (Result<T, LeaseLost>, Lease) {
+        let held = Mutex::new(lease);
+        let current =
+            |held: &Mutex<Lease>| held.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        if let Err(lost) = self.renew_before_deadline(&held, holder, timing).await {
+            return (Err(lost), current(&held));
+        }
+        let renewals = async {
+            loop {
+                let next = current(&held).written_at + timing.renew_every;
+                tokio::time::sleep_until(next).await;
+                if let Err(lost) = self.renew_before_deadline(&held, holder, timing).await {
+                    return lost;
+                }
+            }
+        };
+        tokio::pin!(run, renewals);
+        let result = tokio::select! {
+            biased;
+            value = &mut run => Ok(value),
+            lost = &mut renewals => Err(lost),
+        };
+        if result.is_err() {
+            cancel.cancel();
+            // The run's process must be gone before anyone else may take the release.
+            let _ = run.await;
+        }
+        (result, current(&held))
+    }
+
+    /// Renews the lease in `held`, retrying until its cancel deadline.
+    async fn renew_before_deadline(
+        &self,
+        held: &Mutex<Lease>,
+        holder: &str,
+        timing: &LeaseTiming,
+    ) -> Result<(), LeaseLost> {
+        let lease = held.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let deadline = timing.cancel_at(lease.written_at);
+        loop {
+            match tokio::time::timeout_at(deadline, self.renew(&lease, holder)).await {
+                Ok(Ok(renewed)) => {
+                    *held.lock().unwrap_or_else(PoisonError::into_inner) = renewed;
+                    return Ok(());
+                }
+                Ok(Err(KvError::LeaseLost(key))) => {
+                    warn!(lease = %key, "release lease taken over");
+                    return Err(LeaseLost);
+                }
+                Ok(Err(e)) => warn!(error = %e, "cannot renew the release lease; retrying"),
+                Err(_) => {}
+            }
+            if Instant::now() + RENEW_RETRY >= deadline {
+                warn!(lease = %lease.key, "cannot renew the release lease before it may expire");
+                return Err(LeaseLost);
+            }
+            tokio::time::sleep(RENEW_RETRY).await;
         }
     }
 

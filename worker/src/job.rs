@@ -21,10 +21,10 @@ use helmq_schemas::subject::{component_key, job_subject};
 
 use crate::dead_letter;
 use crate::driver::{
-    Apply, DriverError, HelmDriver, NamespaceDeletion, Recovery, Uninstalled, is_pending,
-    pending_age, provably_stale, recovery_plan,
+    Apply, DriverError, HelmDriver, NamespaceDeletion, Pending, Recovery, Uninstalled, is_pending,
+    judge_pending, recovery_plan,
 };
-use crate::exclusivity::{Intents, KvError, Lease, Leases, intent_key};
+use crate::exclusivity::{Intents, Lease, LeaseLost, LeaseTiming, Leases, intent_key};
 use crate::metrics::{JobOutcome, Metrics};
 use crate::policy::{
     AfterFailure, Decision, Outcome, Position, after_failure, decide, republished,
@@ -32,7 +32,7 @@ use crate::policy::{
 use crate::pool::{Settings, pause};
 use crate::readable::readable;
 
-/// Shortest Progress/renewal period (a zero period would make `interval` panic).
+/// Shortest Progress period (a zero period would make `interval` panic).
 const MIN_TICK: Duration = Duration::from_millis(100);
 /// Delay before a job given back for a busy or lost lease comes again.
 const LEASE_RETRY: Duration = Duration::from_secs(1);
@@ -45,6 +45,8 @@ pub(crate) struct Context {
     pub(crate) metrics: Metrics,
     pub(crate) leases: Leases,
     pub(crate) intents: Intents,
+    /// When runs renew their release lease and when they must stop.
+    pub(crate) timing: LeaseTiming,
     /// The workers' consumer's `ack_wait`: Progress acks go out every third of it.
     pub(crate) ack_wait: Duration,
     /// Cancelled when the drain deadline passes: running jobs stop and are Nak'ed.
@@ -127,7 +129,7 @@ pub(crate) async fn handle<D: HelmDriver, S: StatusSink>(
     };
     let cancel = ctx.hard_stop.child_token();
     let helm_started = Instant::now();
-    let run = execute(shared, &job, &cancel);
+    let run = execute(shared, &job, lease.revision, &cancel);
     let (result, lease) = guard(ctx, message, lease, &key, position, &cancel, run).await;
     ctx.metrics
         .helm_duration
@@ -380,10 +382,12 @@ async fn stopped(ctx: &Context, message: &Message, stop: Stop) -> JobOutcome {
     }
 }
 
-/// The Helm work of a job, with the lease held.
+/// The Helm work of a job, with the lease held (at `lease_revision` when it was taken: every
+/// revision a later holder writes is higher).
 async fn execute<D: HelmDriver, S>(
     shared: &Shared<D, S>,
     job: &JobEvent,
+    lease_revision: u64,
     cancel: &CancellationToken,
 ) -> Result<Done, DriverError> {
     let config = &job.config;
@@ -397,16 +401,32 @@ async fn execute<D: HelmDriver, S>(
                 && is_pending(&current.status)
             {
                 let history = driver.history(name, namespace, cancel).await?;
-                let age = pending_age(&history, jiff::Timestamp::now());
-                if !provably_stale(age, shared.ctx.leases.ttl()) {
-                    return Err(DriverError::StillPending {
-                        release: name.clone(),
-                        status: current.status,
-                        age: age.map_or_else(
-                            || "at an unknown time".to_owned(),
-                            |age| format!("{}s ago", age.as_secs()),
-                        ),
-                    });
+                let stale_after = shared.ctx.timing.ttl + shared.ctx.timing.grace;
+                match judge_pending(
+                    &history,
+                    jiff::Timestamp::now(),
+                    stale_after,
+                    lease_revision,
+                ) {
+                    Pending::Stale => {}
+                    Pending::Recent(age) => {
+                        return Err(DriverError::StillPending {
+                            release: name.clone(),
+                            status: current.status,
+                            age: age.map_or_else(
+                                || "at an unknown time".to_owned(),
+                                |age| format!("{}s ago", age.as_secs()),
+                            ),
+                        });
+                    }
+                    Pending::Fenced(stamp) => {
+                        return Err(DriverError::Fenced {
+                            release: name.clone(),
+                            status: current.status,
+                            stamp,
+                            held: lease_revision,
+                        });
+                    }
                 }
                 if let Some(plan) = recovery_plan(&current.status, &history) {
                     warn!(release = %name, from = %current.status, "recovering a stuck release");
@@ -432,6 +452,7 @@ async fn execute<D: HelmDriver, S>(
                 config,
                 timeout,
                 own_namespace,
+                lease_revision,
             };
             let release = driver.apply(apply, cancel).await?;
             notes.push(format!(
@@ -530,74 +551,62 @@ async fn acquire(ctx: &Context, message: &Message, key: &str) -> Acquired {
     }
 }
 
-/// Runs `run` while keeping its job alive: Progress acks every `ack_wait/3` and lease renewal
-/// every `ttl/3`. A newer intent for the object, a lost lease or the hard stop cancels `cancel`
-/// and waits for the run to end (its process killed) before reporting why. Gives back the lease
-/// as last renewed.
+/// Runs `run` while keeping its job alive: the release lease is kept by [`Leases::keep`]
+/// (renewed with compare-and-set before `run` starts, so a lease lost meanwhile means it never
+/// starts) and Progress acks go out every `ack_wait/3`. A newer intent for the object, a lost
+/// lease or the hard stop cancels `cancel` and waits for the run to end (its process killed)
+/// before reporting why. Gives back the lease as last renewed.
 async fn guard<T>(
     ctx: &Context,
     message: &Message,
-    mut lease: Lease,
+    lease: Lease,
     intent_key: &str,
     position: Position,
     cancel: &CancellationToken,
     run: impl Future<Output = T>,
 ) -> (Result<T, Stop>, Lease) {
-    let mut progress = tokio::time::interval((ctx.ack_wait / 3).max(MIN_TICK));
-    let renew_every = (ctx.leases.ttl() / 3).max(MIN_TICK);
-    let mut renew = tokio::time::interval(renew_every);
+    let progress_every = (ctx.ack_wait / 3).max(MIN_TICK);
+    let mut progress = tokio::time::interval(progress_every);
     progress.tick().await;
-    renew.tick().await;
+    let kept = ctx
+        .leases
+        .keep(lease, &ctx.settings.worker_id, &ctx.timing, cancel, run);
     let newer = ctx.intents.newer_than(intent_key, position);
-    tokio::pin!(run, newer);
-    // Unrenewed, the lease expires after its TTL and another worker may take the release: stop
-    // the run once it went unrenewed for 2/3 of the TTL, whatever the renewals are doing.
-    let unrenewed_limit = ctx.leases.ttl() * 2 / 3;
-    let mut renewed_at = tokio::time::Instant::now();
-    let stop = loop {
+    tokio::pin!(kept, newer);
+    let mut stop = None;
+    loop {
         tokio::select! {
             biased;
-            value = &mut run => return (Ok(value), lease),
-            () = ctx.hard_stop.cancelled() => break Stop::Shutdown,
-            by = &mut newer => {
-                info!(newer_generation = by.generation, "newer intent recorded; cancelling this run");
-                break Stop::Superseded(by);
+            (result, lease) = &mut kept => {
+                let result = match (result, stop) {
+                    (_, Some(stop)) => Err(stop),
+                    (Ok(value), None) => Ok(value),
+                    (Err(LeaseLost), None) => {
+                        warn!("release lease lost or not renewed in time; the run was stopped or never started");
+                        Err(Stop::LeaseLost)
+                    }
+                };
+                return (result, lease);
             }
-            () = tokio::time::sleep_until(renewed_at + unrenewed_limit) => {
-                warn!(unrenewed_for = ?renewed_at.elapsed(), "cannot renew the release lease before it may expire; cancelling this run");
-                break Stop::LeaseLost;
+            () = ctx.hard_stop.cancelled(), if stop.is_none() => {
+                stop = Some(Stop::Shutdown);
+                cancel.cancel();
+            }
+            by = &mut newer, if stop.is_none() => {
+                info!(newer_generation = by.generation, "newer intent recorded; cancelling this run");
+                stop = Some(Stop::Superseded(by));
+                cancel.cancel();
             }
             _ = progress.tick() => {
-                // Bounded by the lease deadline: no branch may hold the loop past it.
-                let ack = message.ack_with(AckKind::Progress);
-                match tokio::time::timeout_at(renewed_at + unrenewed_limit, ack).await {
+                // Bounded: the loop must come back to the run and the lease.
+                match tokio::time::timeout(progress_every, message.ack_with(AckKind::Progress)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => warn!(error = %e, "cannot send a progress ack"),
                     Err(_) => warn!("sending a progress ack timed out"),
                 }
             }
-            _ = renew.tick() => {
-                let renewal = ctx.leases.renew(&lease, &ctx.settings.worker_id);
-                let give_up = (tokio::time::Instant::now() + renew_every).min(renewed_at + unrenewed_limit);
-                match tokio::time::timeout_at(give_up, renewal).await {
-                    Ok(Ok(renewed)) => {
-                        lease = renewed;
-                        renewed_at = tokio::time::Instant::now();
-                    }
-                    Ok(Err(KvError::LeaseLost(key))) => {
-                        warn!(lease = %key, "release lease taken over; cancelling this run");
-                        break Stop::LeaseLost;
-                    }
-                    Ok(Err(e)) => warn!(error = %e, "cannot renew the release lease; retrying"),
-                    Err(_) => warn!("renewing the release lease timed out; retrying"),
-                }
-            }
         }
-    };
-    cancel.cancel();
-    // The run's process must be gone before anyone else may take the release.
-    let _ = run.await;
-    (Err(stop), lease)
+    }
 }
 
 /// Settles a job the intent says not to run — superseded (ack) or already done (publish its

@@ -24,7 +24,7 @@ use helmq_telemetry::Readiness;
 use crate::allowlist::Allowlist;
 use crate::dead_letter::{self, watch_advisories};
 use crate::driver::HelmDriver;
-use crate::exclusivity::{Intents, KvError, Leases};
+use crate::exclusivity::{Intents, KvError, LeaseTiming, Leases, TimingError};
 use crate::job::{Context, Delivery, Shared, handle};
 use crate::metrics::Metrics;
 use crate::policy::RetryPolicy;
@@ -94,6 +94,9 @@ pub enum PoolError {
     /// A KV bucket is missing or unreachable.
     #[error(transparent)]
     Kv(#[from] KvError),
+    /// The lease TTL leaves a cancelled Helm run no time to end before its lease may expire.
+    #[error(transparent)]
+    LeaseTiming(#[from] TimingError),
     /// The advisory subscription failed.
     #[error("cannot subscribe to the MAX_DELIVERIES advisory: {0}")]
     Advisory(String),
@@ -127,6 +130,7 @@ where
         .map(|i| i.config.ack_wait)
         .map_err(|e| PoolError::Consumer(e.to_string()))?;
     let leases = Leases::open(&js).await?;
+    let timing = LeaseTiming::new(leases.ttl(), driver.grace())?;
     let intents = Intents::open(&js).await?;
     let advisories = client
         .subscribe(max_deliveries_subject())
@@ -140,6 +144,7 @@ where
             metrics,
             leases,
             intents,
+            timing,
             ack_wait,
             hard_stop: CancellationToken::new(),
         },
@@ -152,6 +157,8 @@ where
         concurrency = ctx.settings.concurrency,
         ack_wait = ?ack_wait,
         lease_ttl = ?ctx.leases.ttl(),
+        lease_renewal = ?ctx.timing.renew_every,
+        helm_grace = ?ctx.timing.grace,
         "worker pool started"
     );
 

@@ -36,6 +36,7 @@ impl Fixture {
                     config,
                     timeout: T,
                     own_namespace: "team",
+                    lease_revision: 1,
                 },
                 cancel,
             )
@@ -235,6 +236,7 @@ async fn cancelling_a_run_kills_the_helm_process() {
             config: &cfg,
             timeout: T,
             own_namespace: "team",
+            lease_revision: 1,
         },
         &cancel,
     );
@@ -376,6 +378,7 @@ async fn a_time_limit_sends_sigterm_first() {
                 config: &cfg,
                 timeout: Duration::from_secs(2),
                 own_namespace: "team",
+                lease_revision: 1,
             },
             &cancel,
         )

@@ -152,6 +152,7 @@ impl Fixture {
                     config,
                     timeout: T,
                     own_namespace: "apps",
+                    lease_revision: 1,
                 },
                 &CancellationToken::new(),
             )

@@ -462,6 +462,7 @@ async fn a_pending_release_written_within_the_lease_ttl_is_reported_and_not_roll
         chart: "nginx-1.2.2".into(),
         description: String::new(),
         updated: Some(jiff::Timestamp::now()),
+        lease_revision: None,
     };
     driver.set_history(
         "apps",
@@ -507,6 +508,7 @@ async fn a_stuck_release_is_recovered_before_the_job_runs() {
         chart: "nginx-1.2.2".into(),
         description: String::new(),
         updated: Some(an_hour_ago),
+        lease_revision: None,
     };
     driver.set_history(
         "apps",

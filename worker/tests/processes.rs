@@ -45,6 +45,12 @@ fn spawn_worker(env: &Env, dir: &Path, id: &str, extra: &[&str], sleep: &str) ->
         .args(["--retry-min-delay", "100ms", "--retry-max-delay", "1s"])
         .args(["--allowed-sources", "https://charts.example.com/stable"])
         .args(["--allowed-namespaces", "apps"])
+        // The test topologies' leases live a few seconds: a cancelled helm gets one.
+        .args(if extra.contains(&"--helm-grace") {
+            &[][..]
+        } else {
+            &["--helm-grace", "1s"][..]
+        })
         .args(extra)
         .env("HELMQ_WORKER_ID", id)
         .env("RUST_LOG", "info,helmq_worker=debug")
@@ -422,6 +428,28 @@ async fn the_worker_refuses_to_start_without_allowlists_unless_any_is_explicit()
         assert_eq!(stderr.lines().count(), 1, "{flags:?}: one line: {stderr}");
     }
 
+    // A helm grace the lease cannot cover (TTL 3 s: renewal 600 ms + margin 300 ms + 10 s):
+    // refused at start with one line, before any job.
+    let dir = tempfile::tempdir().unwrap();
+    let flags = [
+        "--allow-any-source",
+        "--allow-any-namespace",
+        "--listen",
+        "127.0.0.1:0",
+        "--helm-grace",
+        "10s",
+    ];
+    let (status, stderr, _child) = run_bare(&env, dir.path(), &flags, Duration::from_secs(20));
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{stderr}");
+    let refusal: Vec<_> = stderr.lines().filter(|l| l.contains("lease TTL")).collect();
+    assert_eq!(
+        refusal,
+        [
+            "Error: the release lease TTL (3s, max_age of the helmq_leases bucket) must exceed the renewal period (600ms) + --helm-grace (10s) + a margin of a tenth of the TTL (300ms): lower --helm-grace or re-create the bucket with a longer max_age"
+        ],
+        "{stderr}"
+    );
+
     // Explicitly open: it starts, warns, and says so in /metrics.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -435,6 +463,8 @@ async fn the_worker_refuses_to_start_without_allowlists_unless_any_is_explicit()
         "apps",
         "--listen",
         &listen,
+        "--helm-grace",
+        "1s",
     ];
     let dir = tempfile::tempdir().unwrap();
     let (status, _, child) = run_bare(&env, dir.path(), &flags, Duration::from_millis(300));

@@ -24,6 +24,8 @@ async fn a_worker_killed_with_helm_mid_wait_leaves_a_pending_release_that_anothe
     gate!();
     let mut stack = Stack::start_with(Options {
         workers: 1,
+        // The lease lives ACK_WAIT: a cancelled helm gets a second of it.
+        worker_args: ["--helm-grace", "1s"].map(str::to_owned).to_vec(),
         charts: vec!["webapp"],
         topology: Some(Topology {
             ack_wait: ACK_WAIT,

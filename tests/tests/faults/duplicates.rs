@@ -236,7 +236,6 @@ async fn jobs_and_status_events_thrice_and_shuffled_end_at_the_newest_generation
             ("job copies".into(), copies.len().to_string()),
             ("status copies".into(), statuses.len().to_string()),
         ]),
-        skipped: None,
     });
     stack.stop().await;
 }

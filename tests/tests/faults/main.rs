@@ -17,5 +17,6 @@ mod duplicates;
 mod failover;
 mod nats_restart;
 mod partition;
+mod stall;
 mod worker_crash;
 mod writer_down;

@@ -7,32 +7,19 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use helmq_queue::Topology;
-use helmq_tests::faults::{Row, extra_runs, overlapping_runs, regressions, skip, write_row};
+use helmq_tests::faults::{Row, extra_runs, overlapping_runs, regressions, write_row};
 
 use crate::support::{ProcessLoad, Stack, now, processes_unavailable, spread};
 
 const TEST: &str = "faults::nats_restart::nothing_is_lost_when_nats_restarts_twice_under_load";
 /// How long each outage lasts.
 const OUTAGE: Duration = Duration::from_secs(3);
-/// Set to run this scenario although it is known to fail.
-const RUN_KNOWN_FAILURE: &str = "HELMQ_FAULTS_RUN_KNOWN_FAILURES";
-/// Why it does not run by default: what it found, unfixed (issue 13 stays open for it).
-const KNOWN_FAILURE: &str = "known failure, not fixed: in CI on 2026-11-30 this scenario found 1 \
-    overlapping Helm run on one release after a nats-server restart (500 jobs, 502 upgrades, \
-    nothing lost, nothing regressed); an earlier CI run found a Component left Deploying, fixed \
-    in the writer since. Until the overlap is explained and fixed it does not run in CI; run it \
-    with HELMQ_FAULTS_RUN_KNOWN_FAILURES=1 just faults nats_restart";
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "fault suite: just faults"]
 async fn nothing_is_lost_when_nats_restarts_twice_under_load() {
-    if std::env::var_os(RUN_KNOWN_FAILURE).is_none() {
-        skip(2, "NATS restarts", TEST, KNOWN_FAILURE);
-        return;
-    }
+    // Not a pass that did nothing: a scenario that cannot run here fails with the reason.
     if let Some(reason) = processes_unavailable() {
-        skip(2, "NATS restarts", TEST, &reason);
-        return;
+        panic!("scenario 2 cannot run here: {reason}");
     }
     let topology = Topology {
         ack_wait: Duration::from_secs(10),
@@ -152,7 +139,6 @@ async fn nothing_is_lost_when_nats_restarts_twice_under_load() {
             ("dead letters".into(), dead_letters.to_string()),
             ("wall time".into(), format!("{elapsed:.0} s")),
         ]),
-        skipped: None,
     });
     load.stack.stop().await;
 }

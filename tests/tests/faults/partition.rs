@@ -217,7 +217,6 @@ async fn a_partitioned_workers_run_is_cancelled_before_the_job_runs_elsewhere() 
         ),
         test: TEST.into(),
         figures: BTreeMap::new(),
-        skipped: None,
     });
     stack.stop().await;
 }

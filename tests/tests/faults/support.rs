@@ -176,6 +176,10 @@ impl RecordingDriver {
 }
 
 impl HelmDriver for RecordingDriver {
+    fn grace(&self) -> Duration {
+        self.inner.grace()
+    }
+
     async fn apply(
         &self,
         request: Apply<'_>,
@@ -688,6 +692,8 @@ impl WorkerProcess {
             .args(["--allowed-sources", REPOSITORY])
             .args(["--allowed-namespaces", RELEASE_NAMESPACE])
             .args(["--concurrency", "8"])
+            // The scenarios' leases live a few seconds: a cancelled helm gets one.
+            .args(["--helm-grace", "1s"])
             .env("HELMQ_WORKER_ID", id)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -863,8 +869,15 @@ impl ProcessLoad {
         stack.start_writer().await;
         let dir = tempfile::Builder::new()
             .prefix("helmq-faults-")
+            // HELMQ_FAULTS_KEEP keeps the workers' logs and the fake helm's records for a look
+            // after the run.
+            .disable_cleanup(std::env::var_os("HELMQ_FAULTS_KEEP").is_some())
             .tempdir()
             .expect("temp dir");
+        eprintln!(
+            "faults: worker logs and helm records in {}",
+            dir.path().display()
+        );
         let workers = (1..=workers)
             .map(|n| {
                 WorkerProcess::spawn(

@@ -147,7 +147,6 @@ async fn components_converge_after_the_writer_was_down_for_60_s() {
             ("backlog".into(), backlog.to_string()),
             ("drain rate".into(), format!("{rate:.0} events/s")),
         ]),
-        skipped: None,
     });
     stack.stop().await;
 }

@@ -239,7 +239,12 @@ impl MemoryDriver {
 }
 
 /// Appends a `deployed` revision; the one deployed before is `superseded`.
-fn push_revision(history: &mut Vec<Revision>, chart: String, description: &str) -> i64 {
+fn push_revision(
+    history: &mut Vec<Revision>,
+    chart: String,
+    description: &str,
+    lease_revision: Option<u64>,
+) -> i64 {
     for old in history.iter_mut() {
         if old.status == HelmStatus::Deployed {
             old.status = HelmStatus::Superseded;
@@ -252,11 +257,17 @@ fn push_revision(history: &mut Vec<Revision>, chart: String, description: &str) 
         chart,
         description: description.into(),
         updated: Some(jiff::Timestamp::now()),
+        lease_revision,
     });
     revision
 }
 
 impl HelmDriver for MemoryDriver {
+    fn grace(&self) -> Duration {
+        // Cancelled runs stop at once.
+        Duration::ZERO
+    }
+
     async fn apply(
         &self,
         request: Apply<'_>,
@@ -269,6 +280,7 @@ impl HelmDriver for MemoryDriver {
         );
         let chart = format!("{}-{}", config.chart_name(), config.chart_version());
         let version = config.chart_version().to_owned();
+        let stamp = request.lease_revision;
         self.mutate(
             "apply",
             &config.release_namespace,
@@ -284,7 +296,7 @@ impl HelmDriver for MemoryDriver {
                         stderr: "Error: UPGRADE FAILED: another operation (install/upgrade/rollback) is in progress".into(),
                     });
                 }
-                let revision = push_revision(history, chart, "Upgrade complete");
+                let revision = push_revision(history, chart, "Upgrade complete", Some(stamp));
                 Ok(Release {
                     revision,
                     status: HelmStatus::Deployed,
@@ -372,7 +384,12 @@ impl HelmDriver for MemoryDriver {
                         r.status = HelmStatus::Failed;
                     }
                 }
-                push_revision(history, target.chart, &format!("Rollback to {revision}"));
+                push_revision(
+                    history,
+                    target.chart,
+                    &format!("Rollback to {revision}"),
+                    target.lease_revision,
+                );
                 Ok(())
             },
         )

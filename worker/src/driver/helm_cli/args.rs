@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use helmq_schemas::{ChartSource, HelmConfig, oci};
 
+use crate::driver::LEASE_LABEL;
+
 fn os(args: &[&str]) -> Vec<OsString> {
     args.iter().map(OsString::from).collect()
 }
@@ -32,6 +34,7 @@ pub(super) fn upgrade_args(
     chart: &Path,
     values: &Path,
     timeout: Duration,
+    lease_revision: u64,
 ) -> Vec<OsString> {
     let mut args = os(&["upgrade", "--install", &config.release_name]);
     args.push(chart.into());
@@ -44,7 +47,15 @@ pub(super) fn upgrade_args(
     }
     args.push("--values".into());
     args.push(values.into());
-    args.extend(os(&["--wait", "--timeout", &secs(timeout), "-o", "json"]));
+    args.extend(os(&[
+        "--labels",
+        &format!("{LEASE_LABEL}={lease_revision}"),
+        "--wait",
+        "--timeout",
+        &secs(timeout),
+        "-o",
+        "json",
+    ]));
     args
 }
 
@@ -152,6 +163,34 @@ pub(super) fn kubectl_delete_namespace_args(
     )
 }
 
+/// The name of the Secret that stores `revision` of `release` (Helm's storage driver
+/// `secret`, its default).
+pub(super) fn release_record_secret(release: &str, revision: i64) -> String {
+    format!("sh.helm.release.v1.{release}.v{revision}")
+}
+
+/// `kubectl get secret` of a release record, printing only its labels (as a JSON map).
+pub(super) fn kubectl_get_labels_args(
+    release: &str,
+    revision: i64,
+    namespace: &str,
+    kubeconfig: Option<&Path>,
+) -> Vec<OsString> {
+    let secret = release_record_secret(release, revision);
+    with_kubeconfig(
+        os(&[
+            "get",
+            "secret",
+            &secret,
+            "-n",
+            namespace,
+            "-o",
+            "jsonpath={.metadata.labels}",
+        ]),
+        kubeconfig,
+    )
+}
+
 /// `kubectl get secret -o json` of a registry login's Secret.
 pub(super) fn kubectl_get_secret_args(
     name: &str,
@@ -206,6 +245,7 @@ mod tests {
                 Path::new("/c/nginx-15.4.2.tgz"),
                 Path::new("/t/values-1.json"),
                 timeout,
+                42,
             ))
         };
         let cases = [
@@ -213,14 +253,14 @@ mod tests {
                 true,
                 Duration::from_secs(300),
                 "upgrade --install web /c/nginx-15.4.2.tgz --namespace apps --create-namespace \
-                 --version 15.4.2 --values /t/values-1.json --wait --timeout 300s -o json",
+                 --version 15.4.2 --values /t/values-1.json --labels helmq.io/lease-revision=42 --wait --timeout 300s -o json",
             ),
             // Unmanaged namespace; a timeout is at least 1s.
             (
                 false,
                 Duration::from_millis(10),
                 "upgrade --install web /c/nginx-15.4.2.tgz --namespace apps --version 15.4.2 \
-                 --values /t/values-1.json --wait --timeout 1s -o json",
+                 --values /t/values-1.json --labels helmq.io/lease-revision=42 --wait --timeout 1s -o json",
             ),
         ];
         for (manage, timeout, want) in cases {

@@ -41,15 +41,15 @@ pub use output::OutputError;
 pub use registry::CredentialsError;
 
 use self::args::{
-    history_args, kubectl_delete_namespace_args, rollback_args, status_args, uninstall_args,
-    upgrade_args, with_kubeconfig,
+    history_args, kubectl_delete_namespace_args, kubectl_get_labels_args, rollback_args,
+    status_args, uninstall_args, upgrade_args, with_kubeconfig,
 };
 use self::cache::{CacheIndex, KeyLocks};
 use self::output::{is_not_found, parse_history, parse_release};
 use self::process::{Exit, Limits, Stdout};
 use super::{
-    Apply, DriverError, HelmDriver, KubectlAction, NamespaceDeletion, Release, Revision, Tool,
-    Uninstalled,
+    Apply, DriverError, HelmDriver, KubectlAction, LEASE_LABEL, NamespaceDeletion, Release,
+    Revision, Tool, Uninstalled, is_pending,
 };
 
 /// The chart cache's default bound: 512 MiB, half the deployed cache volume's 1 GiB limit
@@ -251,7 +251,52 @@ impl HelmCli {
     }
 }
 
+impl HelmCli {
+    /// The lease revision stamped on a release record ([`LEASE_LABEL`] on its Secret); `None`
+    /// when it has none, kubectl is disabled or the Secret cannot be read (then the record's
+    /// age alone decides whether it may be recovered).
+    async fn lease_stamp(
+        &self,
+        release: &str,
+        revision: i64,
+        namespace: &str,
+        cancel: &CancellationToken,
+    ) -> Option<u64> {
+        let kubectl = self.settings.kubectl_bin.as_ref()?;
+        let args = kubectl_get_labels_args(
+            release,
+            revision,
+            namespace,
+            self.settings.kubeconfig.as_deref(),
+        );
+        let action = KubectlAction::ReadReleaseRecord {
+            release: format!("{namespace}/{release}"),
+            revision,
+        };
+        match self.kubectl(kubectl, args, action, cancel).await {
+            Ok(stdout) => lease_stamp(&stdout.text),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the lease stamp of a pending release; its age decides");
+                None
+            }
+        }
+    }
+}
+
+/// The [`LEASE_LABEL`] in a `{.metadata.labels}` JSON map (empty when there are none).
+fn lease_stamp(labels: &str) -> Option<u64> {
+    serde_json::from_str::<std::collections::HashMap<String, String>>(labels)
+        .ok()?
+        .get(LEASE_LABEL)?
+        .parse()
+        .ok()
+}
+
 impl HelmDriver for HelmCli {
+    fn grace(&self) -> Duration {
+        self.settings.grace
+    }
+
     async fn apply(
         &self,
         request: Apply<'_>,
@@ -263,7 +308,13 @@ impl HelmDriver for HelmCli {
         let values = self.values_file(request.config)?;
         let stdout = self
             .helm(
-                upgrade_args(request.config, &chart.path, values.path(), request.timeout),
+                upgrade_args(
+                    request.config,
+                    &chart.path,
+                    values.path(),
+                    request.timeout,
+                    request.lease_revision,
+                ),
                 self.long_limit(request.timeout),
                 cancel,
             )
@@ -326,7 +377,17 @@ impl HelmDriver for HelmCli {
             )
             .await
         {
-            Ok(stdout) => parse_history(&stdout),
+            Ok(stdout) => {
+                let mut history = parse_history(&stdout)?;
+                if let Some(newest) = history.iter_mut().max_by_key(|r| r.revision)
+                    && is_pending(&newest.status)
+                {
+                    newest.lease_revision = self
+                        .lease_stamp(release, newest.revision, namespace, cancel)
+                        .await;
+                }
+                Ok(history)
+            }
             Err(e) if is_not_found(&e) => Ok(Vec::new()),
             Err(e) => Err(e),
         }
