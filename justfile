@@ -30,6 +30,10 @@ faults *filters: setup
     HELMQ_NATS_SERVER={{nats_newest}} cargo nextest run -p helmq-tests --test faults --run-ignored all --test-threads 1 --no-fail-fast --no-capture {{filters}}
     HELMQ_NATS_SERVER={{nats_newest}} cargo run -q -p helmq-tests --bin faults-report
 
+# Run one fault scenario N times in a row and count the failures (not in CI), e.g. `just faults-repeat 20 nats_restart`.
+faults-repeat runs filter: setup
+    scripts/faults-repeat.sh {{runs}} {{filter}}
+
 # Measure helmq on this machine (docs/BENCHMARKS.md): raw JetStream, pipeline throughput, dispatch latency, scaling, HelmCli, memory. Prints a table, writes target/bench/summary.json. A program, not a test; not in CI.
 bench *args: setup
     cargo build --release -q -p helmq-worker -p helmq-bench --bin helmq-worker --bin helmq-bench

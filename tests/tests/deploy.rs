@@ -225,6 +225,11 @@ fn the_nats_cluster_example_routes_its_three_pods_and_a_real_server_accepts_its_
         .as_str()
         .unwrap()
         .to_owned();
+    // What docs/RELIABILITY.md recommends: fsync before every acknowledgement.
+    assert!(
+        config.contains("sync_interval: always"),
+        "{rel}: no sync_interval: always"
+    );
     let set = one(rel, "StatefulSet");
     let replicas = set["spec"]["replicas"].as_u64().unwrap();
     assert_eq!(replicas, 3);

@@ -138,6 +138,9 @@ pub enum DriverError {
         /// How long ago its newest record was written, as text (`at an unknown time` when Helm
         /// did not say).
         age: String,
+        /// When the record will be old enough to recover, when its age is known: the retry
+        /// waits that long instead of spending attempts that cannot succeed before.
+        stale_in: Option<Duration>,
     },
 }
 
@@ -147,6 +150,14 @@ fn purpose(action: Option<&KubectlAction>) -> String {
 }
 
 impl DriverError {
+    /// The shortest wait before a retry can succeed, when the error knows it.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            DriverError::StillPending { stale_in, .. } => *stale_in,
+            _ => None,
+        }
+    }
+
     /// A [`DriverError::Local`]: `what` failed because of `source`.
     pub fn local(what: impl Into<String>, source: std::io::Error) -> DriverError {
         DriverError::Local {

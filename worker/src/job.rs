@@ -34,6 +34,9 @@ use crate::readable::readable;
 
 /// Shortest Progress period (a zero period would make `interval` panic).
 const MIN_TICK: Duration = Duration::from_millis(100);
+/// Added to the wait for a pending release to become recoverable (clock steps, Helm's
+/// one-second timestamps).
+const STALE_SLACK: Duration = Duration::from_millis(500);
 /// Delay before a job given back for a busy or lost lease comes again.
 const LEASE_RETRY: Duration = Duration::from_secs(1);
 
@@ -329,6 +332,13 @@ async fn fail<D: HelmDriver, S: StatusSink>(
     let settings = &ctx.settings;
     match after_failure(error.failure(), run, settings.max_attempts, &settings.retry) {
         AfterFailure::Retry(delay) => {
+            // A pending release left by a dead run becomes recoverable at a known time: retrying
+            // sooner would only spend the attempt budget (and end the job Failed under load).
+            let delay = delay.max(
+                error
+                    .retry_after()
+                    .map_or(Duration::ZERO, |d| d + STALE_SLACK),
+            );
             warn!(%error, retry_in = ?delay, "transient failure; will retry");
             ctx.metrics.retries.inc();
             ctx.settle(message, AckKind::Nak(Some(delay))).await;
@@ -417,6 +427,7 @@ async fn execute<D: HelmDriver, S>(
                                 || "at an unknown time".to_owned(),
                                 |age| format!("{}s ago", age.as_secs()),
                             ),
+                            stale_in: age.map(|age| stale_after.saturating_sub(age)),
                         });
                     }
                     Pending::Fenced(stamp) => {

@@ -451,11 +451,8 @@ async fn bad_input_is_dead_lettered_once_with_its_reason() {
     pool.stop().await;
 }
 
-#[tokio::test]
-async fn a_pending_release_written_within_the_lease_ttl_is_reported_and_not_rolled_back() {
-    let env = Env::start(fast_topology()).await;
-    let driver = MemoryDriver::new();
-    // Someone's `helm upgrade` is under way: its record was written a moment ago.
+/// Release apps/web: revision 1 deployed, revision 2 `pending-upgrade` written just now.
+fn pending_since_now(driver: &MemoryDriver) {
     let rev = |revision, status: &str| Revision {
         revision,
         status: status.into(),
@@ -469,6 +466,14 @@ async fn a_pending_release_written_within_the_lease_ttl_is_reported_and_not_roll
         "web",
         vec![rev(1, "deployed"), rev(2, "pending-upgrade")],
     );
+}
+
+#[tokio::test]
+async fn a_pending_release_written_within_the_lease_ttl_is_reported_and_not_rolled_back() {
+    let env = Env::start(fast_topology()).await;
+    let driver = MemoryDriver::new();
+    // Someone's `helm upgrade` is under way: its record was written a moment ago.
+    pending_since_now(&driver);
     let mut s = settings("w");
     s.max_attempts = 1;
     let pool = env.pool(driver.clone(), s).await;
@@ -493,6 +498,35 @@ async fn a_pending_release_written_within_the_lease_ttl_is_reported_and_not_roll
         touched.is_empty(),
         "nothing ran on the release: {touched:#?}"
     );
+    pool.stop().await;
+}
+
+#[tokio::test]
+async fn a_fresh_pending_release_is_retried_when_it_can_be_recovered_not_before() {
+    let env = Env::start(fast_topology()).await;
+    let driver = MemoryDriver::new();
+    // Left pending a moment ago by a run that died: recoverable once older than the lease TTL
+    // (3 s) plus the grace (0 for this driver).
+    pending_since_now(&driver);
+    // Two attempts: the first finds the record too young; the retry must wait until it is old
+    // enough instead of spending the last attempt at once.
+    let mut s = settings("w");
+    s.max_attempts = 2;
+    let pool = env.pool(driver.clone(), s).await;
+    env.publish(&apply("web", 1, "web")).await;
+    let ready = eventually(Duration::from_secs(30), "Ready", || async {
+        env.phases("web", StatusPhase::Ready).await.pop()
+    })
+    .await;
+    assert_eq!(ready.attempt, 2, "{}", ready.message);
+    assert!(
+        ready.message.starts_with(
+            "recovered release web from pending-upgrade by rolling back to revision 1; "
+        ),
+        "{}",
+        ready.message
+    );
+    assert!(env.phases("web", StatusPhase::Failed).await.is_empty());
     pool.stop().await;
 }
 

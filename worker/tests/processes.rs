@@ -51,6 +51,8 @@ fn spawn_worker(env: &Env, dir: &Path, id: &str, extra: &[&str], sleep: &str) ->
         } else {
             &["--helm-grace", "1s"][..]
         })
+        // No kubectl: the fake helm's releases have no Secrets to read a lease stamp from.
+        .args(["--kubectl-bin", ""])
         .args(extra)
         .env("HELMQ_WORKER_ID", id)
         .env("RUST_LOG", "info,helmq_worker=debug")

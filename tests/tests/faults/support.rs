@@ -694,6 +694,8 @@ impl WorkerProcess {
             .args(["--concurrency", "8"])
             // The scenarios' leases live a few seconds: a cancelled helm gets one.
             .args(["--helm-grace", "1s"])
+            // No kubectl: the fake helm's releases have no Secrets to read a lease stamp from.
+            .args(["--kubectl-bin", ""])
             .env("HELMQ_WORKER_ID", id)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

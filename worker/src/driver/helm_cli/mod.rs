@@ -45,11 +45,11 @@ use self::args::{
     status_args, uninstall_args, upgrade_args, with_kubeconfig,
 };
 use self::cache::{CacheIndex, KeyLocks};
-use self::output::{is_not_found, parse_history, parse_release};
+use self::output::{is_not_found, parse_history, parse_lease_stamp, parse_release};
 use self::process::{Exit, Limits, Stdout};
 use super::{
-    Apply, DriverError, HelmDriver, KubectlAction, LEASE_LABEL, NamespaceDeletion, Release,
-    Revision, Tool, Uninstalled, is_pending,
+    Apply, DriverError, HelmDriver, KubectlAction, NamespaceDeletion, Release, Revision, Tool,
+    Uninstalled, is_pending,
 };
 
 /// The chart cache's default bound: 512 MiB, half the deployed cache volume's 1 GiB limit
@@ -252,7 +252,7 @@ impl HelmCli {
 }
 
 impl HelmCli {
-    /// The lease revision stamped on a release record ([`LEASE_LABEL`] on its Secret); `None`
+    /// The lease revision stamped on a release record ([`super::LEASE_LABEL`] on its Secret); `None`
     /// when it has none, kubectl is disabled or the Secret cannot be read (then the record's
     /// age alone decides whether it may be recovered).
     async fn lease_stamp(
@@ -274,22 +274,13 @@ impl HelmCli {
             revision,
         };
         match self.kubectl(kubectl, args, action, cancel).await {
-            Ok(stdout) => lease_stamp(&stdout.text),
+            Ok(stdout) => parse_lease_stamp(&stdout.text),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the lease stamp of a pending release; its age decides");
                 None
             }
         }
     }
-}
-
-/// The [`LEASE_LABEL`] in a `{.metadata.labels}` JSON map (empty when there are none).
-fn lease_stamp(labels: &str) -> Option<u64> {
-    serde_json::from_str::<std::collections::HashMap<String, String>>(labels)
-        .ok()?
-        .get(LEASE_LABEL)?
-        .parse()
-        .ok()
 }
 
 impl HelmDriver for HelmCli {

@@ -6,7 +6,7 @@
 use serde_json::Value;
 
 use super::process::{STDOUT_CAP, Stdout};
-use crate::driver::{DriverError, HelmStatus, Release, Revision};
+use crate::driver::{DriverError, HelmStatus, LEASE_LABEL, Release, Revision};
 
 /// What is wrong with Helm's output.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +65,16 @@ pub(super) fn parse_history(stdout: &Stdout) -> Result<Vec<Revision>, DriverErro
         command: "history".into(),
         reason,
     })
+}
+
+/// The [`LEASE_LABEL`] in kubectl's `{.metadata.labels}` of a release record (a JSON map, or
+/// nothing when the object has no labels); `None` when absent or not a number.
+pub(super) fn parse_lease_stamp(labels: &str) -> Option<u64> {
+    serde_json::from_str::<std::collections::HashMap<String, String>>(labels)
+        .ok()?
+        .get(LEASE_LABEL)?
+        .parse()
+        .ok()
 }
 
 /// The JSON document in `stdout`; one that fails to parse after being cut says so.
@@ -199,6 +209,22 @@ pub(super) fn is_not_found(error: &DriverError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lease_stamp_is_read_from_the_records_labels() {
+        let labels = r#"{"createdAt":"1764000000","helmq.io/lease-revision":"4711","name":"web","owner":"helm","status":"pending-upgrade","version":"3"}"#;
+        assert_eq!(parse_lease_stamp(labels), Some(4711));
+        // Written before helmq stamped releases; no labels at all; junk.
+        assert_eq!(
+            parse_lease_stamp(r#"{"owner":"helm","status":"pending-install"}"#),
+            None
+        );
+        assert_eq!(parse_lease_stamp(""), None);
+        assert_eq!(
+            parse_lease_stamp(r#"{"helmq.io/lease-revision":"x"}"#),
+            None
+        );
+    }
 
     fn out(text: &str) -> Stdout {
         Stdout {
