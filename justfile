@@ -78,7 +78,7 @@ chart-repo:
 down:
     scripts/down.sh
 
-# End-to-end suite against a real cluster and helm (needs HELMQ_E2E=1; KUBECONFIG, HELM_BIN; HELMQ_E2E_SCALE=N adds a scale run). Extra arguments filter tests.
+# End-to-end suite against a real cluster and helm (needs HELMQ_E2E=1; KUBECONFIG, HELM_BIN; the scale case creates HELMQ_E2E_SCALE Components, 20 by default). Extra arguments filter tests.
 e2e *filters: setup setup-kubectl
     cargo build --bins
     cargo nextest run -p helmq-tests --test e2e --run-ignored all --no-capture {{filters}}

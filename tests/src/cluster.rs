@@ -18,7 +18,7 @@ use crate::{INSTALL_HINT, default_binary, spawn_quiet, wait_ready};
 pub const NODES: usize = 3;
 
 /// How long a node or the cluster gets to come up.
-const START_DEADLINE: Duration = Duration::from_secs(30);
+const START_DEADLINE: Duration = Duration::from_secs(90);
 /// How long all running nodes must name the same meta leader when it does not (yet) report
 /// its peers current.
 const AGREED_ENOUGH: Duration = Duration::from_secs(3);

@@ -12,7 +12,8 @@ use helmq_queue::{Connection, NatsArgs};
 use helmq_tests::NatsCluster;
 use helmq_tests::wait::eventually;
 
-const DEADLINE: Duration = Duration::from_secs(30);
+/// Generous: raft groups form slowly on a loaded 2-core machine, and a wait ends as soon as it holds.
+const DEADLINE: Duration = Duration::from_secs(120);
 
 /// Replicas of a stream or consumer as the cluster reports them: the leader and its peers.
 fn replicas(cluster: Option<&async_nats::jetstream::stream::ClusterInfo>) -> usize {

@@ -1,5 +1,8 @@
 //! The `helmq-worker` binary as operators run it: several processes on one stream, with the
 //! fake `helm` from tests/fixtures keeping release state in a shared directory.
+//!
+//! Waits are generous (120 s): every helm run starts a Python process, which takes seconds on
+//! a loaded 2-core machine, and a wait ends as soon as its condition holds.
 
 mod common;
 
@@ -155,7 +158,7 @@ async fn a_job_of_a_killed_worker_is_redelivered_and_its_stuck_release_recovered
         spawn_worker(&env, dir.path(), "b", &["--concurrency", "1"], "0"),
     ];
     env.publish(&apply("web", 1, "web")).await;
-    eventually(Duration::from_secs(30), "generation 1 Ready", || async {
+    eventually(Duration::from_secs(120), "generation 1 Ready", || async {
         (!env.phases("web", StatusPhase::Ready).await.is_empty()).then_some(())
     })
     .await;
@@ -163,7 +166,7 @@ async fn a_job_of_a_killed_worker_is_redelivered_and_its_stuck_release_recovered
     let state = dir.path().join("helm-state");
     std::fs::write(state.join("control/web.json"), r#"{"hang": 1}"#).unwrap();
     env.publish(&apply("web", 2, "web")).await;
-    let victim = eventually(Duration::from_secs(30), "the second upgrade", || async {
+    let victim = eventually(Duration::from_secs(120), "the second upgrade", || async {
         lines(state.join("calls.log"))
             .iter()
             .filter(|c| c["argv"][0] == "upgrade")
@@ -177,7 +180,7 @@ async fn a_job_of_a_killed_worker_is_redelivered_and_its_stuck_release_recovered
     killed.child.wait().unwrap();
     let survivor = workers[0].id.clone();
 
-    let ready = eventually(Duration::from_secs(60), "generation 2 Ready", || async {
+    let ready = eventually(Duration::from_secs(120), "generation 2 Ready", || async {
         env.phases("web", StatusPhase::Ready)
             .await
             .into_iter()
@@ -204,7 +207,7 @@ async fn a_job_of_a_killed_worker_is_redelivered_and_its_stuck_release_recovered
         .map(|r| r["status"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(statuses, ["superseded", "failed", "superseded", "deployed"]);
-    eventually(Duration::from_secs(10), "queue empty", || async {
+    eventually(Duration::from_secs(120), "queue empty", || async {
         (env.jobs_left().await == 0).then_some(())
     })
     .await;
@@ -255,7 +258,7 @@ async fn sigterm_with_jobs_in_flight_loses_none() {
 
     // A fresh worker finishes all six (recovering the releases the interrupted runs left pending).
     let _next = spawn_worker(&env, dir.path(), "b", &["--concurrency", "3"], "0");
-    eventually(Duration::from_secs(60), "all six Ready", || async {
+    eventually(Duration::from_secs(120), "all six Ready", || async {
         (ready_count(&env).await == 6).then_some(())
     })
     .await;
@@ -314,18 +317,22 @@ async fn sigterm_lets_running_jobs_finish_within_the_deadline_and_serves_operati
         ],
         "1",
     );
-    eventually(Duration::from_secs(20), "/readyz to answer 200", || async {
-        http_get(port, "/readyz")
-            .await
-            .filter(|r| r.starts_with("HTTP/1.1 200"))
-    })
+    eventually(
+        Duration::from_secs(120),
+        "/readyz to answer 200",
+        || async {
+            http_get(port, "/readyz")
+                .await
+                .filter(|r| r.starts_with("HTTP/1.1 200"))
+        },
+    )
     .await;
     for i in 0..4 {
         env.publish(&apply(&format!("c{i}"), 1, &format!("r{i}")))
             .await;
     }
     let state = dir.path().join("helm-state");
-    eventually(Duration::from_secs(30), "two upgrades running", || async {
+    eventually(Duration::from_secs(120), "two upgrades running", || async {
         let upgrades = lines(state.join("calls.log"))
             .iter()
             .filter(|c| c["argv"][0] == "upgrade")
@@ -475,7 +482,7 @@ async fn the_worker_refuses_to_start_without_allowlists_unless_any_is_explicit()
         child,
     };
     assert_eq!(status, None, "still running");
-    let metrics = eventually(Duration::from_secs(20), "/metrics", || async {
+    let metrics = eventually(Duration::from_secs(120), "/metrics", || async {
         http_get(port, "/metrics")
             .await
             .filter(|r| r.starts_with("HTTP/1.1 200"))

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use helmq_queue::Topology;
 use helmq_schemas::Phase;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::ResourceQuota;
+use k8s_openapi::api::core::v1::{ResourceQuota, Secret};
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 
@@ -113,6 +113,23 @@ async fn a_worker_killed_with_helm_mid_wait_leaves_a_pending_release_that_anothe
         stack.release_status("web", &ns).await.as_deref(),
         Some("pending-upgrade"),
         "a killed helm leaves the release pending"
+    );
+    // The fence: the pending record carries the lease revision its run held (issue 19), which
+    // recovery compares with the lease the next worker holds.
+    let records: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let pending = records
+        .get("sh.helm.release.v1.web.v2")
+        .await
+        .expect("the pending record's Secret");
+    let stamp = pending
+        .metadata
+        .labels
+        .unwrap_or_default()
+        .get("helmq.io/lease-revision")
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(
+        stamp.is_some(),
+        "the pending record is stamped with a lease revision"
     );
 
     let killed_at = Instant::now();
