@@ -111,8 +111,8 @@ pub struct OciAuthentication {
 pub struct SecretRef {
     /// Secret name.
     pub name: String,
-    /// Secret namespace; the job's own namespace when absent (the Component's; the release
-    /// namespace for a job without a uid). Another namespace needs the worker's
+    /// Secret namespace; the job's own namespace when absent (its subject's and Component's,
+    /// also for a job without a uid). Another namespace needs the worker's
     /// `--allowed-secret-namespaces`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
@@ -211,6 +211,26 @@ pub enum ConfigError {
         /// The rejected value.
         value: String,
     },
+    /// A chart name that cannot be one (it would reach `helm pull` as a flag or a path).
+    #[error(
+        "{field} must be a chart name: letters, digits, '.', '_' and '-', starting with a letter or digit, without '..', at most {MAX_CHART_NAME_LEN} characters; got {value:?}"
+    )]
+    ChartName {
+        /// Field path.
+        field: &'static str,
+        /// The rejected value (cut to 64 characters).
+        value: String,
+    },
+    /// A chart version that is neither a version nor a version range.
+    #[error(
+        "{field} must be a chart version or range: letters, digits, spaces and . + - ^ ~ < > = * | , !, starting with a letter, a digit or one of ^ ~ < > = *, at most {MAX_CHART_VERSION_LEN} characters; got {value:?}"
+    )]
+    ChartVersion {
+        /// Field path.
+        field: &'static str,
+        /// The rejected value (cut to 64 characters).
+        value: String,
+    },
     /// An invalid namespace.
     #[error("{field} must be a DNS-1123 label of at most 63 characters, got {value}")]
     Namespace {
@@ -296,7 +316,9 @@ impl HelmConfig {
                 check_repository_url("source.repository.url", &repository.url)?;
                 check_required("source.repository.name", &repository.name)?;
                 check_required("source.chart.name", &chart.name)?;
+                check_chart_name("source.chart.name", &chart.name)?;
                 check_required("source.chart.version", &chart.version)?;
+                check_chart_version("source.chart.version", &chart.version)?;
             }
             ChartSource::Oci {
                 chart,
@@ -382,7 +404,9 @@ fn parse_source(source: &Map<String, Value>) -> Result<ChartSource, ConfigError>
             let repository_name = required_str(repository, "source.repository.name")?;
             let chart = required_object(source, "source.chart")?;
             let chart_name = required_str(chart, "source.chart.name")?;
+            check_chart_name("source.chart.name", chart_name)?;
             let chart_version = required_str(chart, "source.chart.version")?;
+            check_chart_version("source.chart.version", chart_version)?;
             Ok(ChartSource::Http {
                 repository: Repository {
                     url: url.to_owned(),
@@ -441,7 +465,9 @@ fn parse_mvp_form(
     let repository_name = required_str(repository, "repository.name")?;
     let chart = required_object(obj, "chart")?;
     let chart_name = required_str(chart, "chart.name")?;
+    check_chart_name("chart.name", chart_name)?;
     let chart_version = required_str(chart, "chart.version")?;
+    check_chart_version("chart.version", chart_version)?;
     let values = parse_values(obj)?;
     let namespace = optional_str(obj, "namespace")?;
     let release_namespace = namespace.unwrap_or(component_namespace);
@@ -594,6 +620,58 @@ fn check_release_name(field: &'static str, value: &str) -> Result<(), ConfigErro
         Err(ConfigError::ReleaseName {
             field,
             value: value.to_owned(),
+        })
+    }
+}
+
+/// Longest chart name accepted.
+pub const MAX_CHART_NAME_LEN: usize = 128;
+/// Longest chart version (or version range) accepted.
+pub const MAX_CHART_VERSION_LEN: usize = 64;
+
+/// The first 64 characters of a rejected value, for an error message.
+fn cut(value: &str) -> String {
+    value.chars().take(64).collect()
+}
+
+/// A chart name: `[A-Za-z0-9._-]`, starting alphanumeric (so never a flag), no `..` (so never a
+/// path out of a directory), at most [`MAX_CHART_NAME_LEN`] characters.
+fn check_chart_name(field: &'static str, value: &str) -> Result<(), ConfigError> {
+    let valid = value.len() <= MAX_CHART_NAME_LEN
+        && value.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && !value.contains("..");
+    if valid {
+        Ok(())
+    } else {
+        Err(ConfigError::ChartName {
+            field,
+            value: cut(value),
+        })
+    }
+}
+
+/// A chart version or a version range as `helm --version` takes them (`1.2.3`, `v1.2.3`,
+/// `^1.2`, `>=1.0 <2.0`, `1.x`): never starting with `-`, at most [`MAX_CHART_VERSION_LEN`]
+/// characters of a small set.
+fn check_chart_version(field: &'static str, value: &str) -> Result<(), ConfigError> {
+    let valid = value.len() <= MAX_CHART_VERSION_LEN
+        && value.starts_with(|c: char| c.is_ascii_alphanumeric() || "^~<>=*".contains(c))
+        && value.chars().all(|c| {
+            c.is_ascii_alphanumeric()
+                || matches!(
+                    c,
+                    ' ' | '.' | '+' | '-' | '^' | '~' | '<' | '>' | '=' | '*' | '|' | ',' | '!'
+                )
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(ConfigError::ChartVersion {
+            field,
+            value: cut(value),
         })
     }
 }
@@ -1352,7 +1430,40 @@ mod tests {
     fn broken_cases() -> Vec<Broken> {
         let big = "x".repeat(300 * 1024);
         let big_size = 300 * 1024 + r#"{"blob":""}"#.len();
+        let name_rule = "must be a chart name: letters, digits, '.', '_' and '-', starting with a letter or digit, without '..', at most 128 characters; got";
+        let version_rule = "must be a chart version or range: letters, digits, spaces and . + - ^ ~ < > = * | , !, starting with a letter, a digit or one of ^ ~ < > = *, at most 64 characters; got";
         vec![
+            // Chart names and versions that would reach helm as a flag or a path (issue 20).
+            broken(
+                "chart name is a flag",
+                source_form(json!({"source": {"chart": {"name": "--version"}}})),
+                format!("source.chart.name {name_rule} \"--version\""),
+            ),
+            broken(
+                "chart name is a path",
+                source_form(json!({"source": {"chart": {"name": "../../../../etc/passwd"}}})),
+                format!("source.chart.name {name_rule} \"../../../../etc/passwd\""),
+            ),
+            broken(
+                "chart name too long",
+                source_form(json!({"source": {"chart": {"name": "a".repeat(129)}}})),
+                format!("source.chart.name {name_rule} \"{}\"", "a".repeat(64)),
+            ),
+            broken(
+                "chart name with a slash",
+                mvp_form(json!({"chart": {"name": "stable/nginx"}})),
+                format!("chart.name {name_rule} \"stable/nginx\""),
+            ),
+            broken(
+                "chart version is a flag",
+                source_form(json!({"source": {"chart": {"version": "--set=a=b"}}})),
+                format!("source.chart.version {version_rule} \"--set=a=b\""),
+            ),
+            broken(
+                "chart version with a shell substitution",
+                mvp_form(json!({"chart": {"version": "1.0$(id)"}})),
+                format!("chart.version {version_rule} \"1.0$(id)\""),
+            ),
             // Whole config.
             Broken {
                 name: "config absent",

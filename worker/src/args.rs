@@ -101,7 +101,7 @@ pub struct Args {
     )]
     pub allow_any_namespace: bool,
     /// Namespaces whose Secrets any job may name for an OCI registry login, besides the job's
-    /// own (the Component's namespace; the release namespace for a job without a uid).
+    /// own (the namespace of its subject and Component, also for a job without a uid).
     /// Default: none.
     #[arg(long, env = "HELMQ_ALLOWED_SECRET_NAMESPACES", value_delimiter = ',')]
     pub allowed_secret_namespaces: Vec<String>,

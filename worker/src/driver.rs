@@ -390,8 +390,8 @@ pub struct Apply<'a> {
     /// `--timeout` of the run.
     pub timeout: Duration,
     /// The namespace whose Secrets the job may use for a registry login without an operator
-    /// allowlist: the Component's own, or the release namespace for an orchestrator job
-    /// without a uid.
+    /// allowlist: the tenant's, i.e. the namespace of the job's subject and Component (for an
+    /// orchestrator job too), never the release namespace.
     pub own_namespace: &'a str,
     /// The release lease revision the run holds, stamped on the release ([`LEASE_LABEL`]).
     pub lease_revision: u64,

@@ -454,11 +454,9 @@ async fn execute<D: HelmDriver, S>(
                     notes.push(plan.describe(name));
                 }
             }
-            let own_namespace = if job.component.uid.is_some() {
-                &job.component.namespace
-            } else {
-                namespace
-            };
+            // The tenant is the subject's namespace (checked on admission to equal the
+            // payload's Component namespace), never the release namespace a publisher picks.
+            let own_namespace = &job.component.namespace;
             let apply = Apply {
                 config,
                 timeout,

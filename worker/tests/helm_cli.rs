@@ -107,8 +107,12 @@ async fn apply_installs_from_a_cached_package_with_values_in_a_private_file() {
     let log = std::fs::read_to_string(f.state.join("calls.log")).unwrap();
     assert!(!log.contains("hunter2"), "values never on the command line");
     let upgrade = &calls(&f.state)[1]["argv"];
+    // Release and chart after `--`: never read as flags.
+    let argv = upgrade.as_array().unwrap();
+    let end = argv.iter().position(|a| a == "--").expect("--");
+    assert_eq!(argv[end + 1], "web", "{upgrade}");
     assert!(
-        upgrade[3].as_str().unwrap().ends_with("nginx-1.2.3.tgz"),
+        argv[end + 2].as_str().unwrap().ends_with("nginx-1.2.3.tgz"),
         "{upgrade}"
     );
     assert!(

@@ -265,14 +265,14 @@ async fn a_private_chart_is_pulled_after_a_login_with_a_token() {
     assert_eq!(
         login.join(" "),
         format!(
-            "registry login {REGISTRY} --username helmq --password-stdin --kubeconfig {}",
+            "registry login --username=helmq --password-stdin --kubeconfig {} -- {REGISTRY}",
             f.kubeconfig.display()
         )
     );
     assert_eq!(
         f.kubectl_calls(),
         [format!(
-            "get secret creds -n apps -o json --kubeconfig {}",
+            "get secret --namespace=apps -o json --kubeconfig {} -- creds",
             f.kubeconfig.display()
         )]
     );
@@ -306,7 +306,7 @@ async fn a_private_chart_is_pulled_after_a_login_with_username_and_password() {
         .unwrap();
     assert_eq!(f.subcommands(), ["registry", "pull", "upgrade"]);
     assert_eq!(f.logins()[0]["username"], "robot");
-    assert!(f.kubectl_calls()[0].starts_with("get secret creds -n shared -o json"));
+    assert!(f.kubectl_calls()[0].starts_with("get secret --namespace=shared -o json"));
     let all = f.all_files_text();
     assert!(all.contains("--password-stdin"), "the calls were recorded");
     assert!(!all.contains("hunter2-pw"));

@@ -379,6 +379,9 @@ async fn bad_input_is_dead_lettered_once_with_its_reason() {
         repository.url = "https://charts.evil.io".into();
     }
     let outside_namespace = job("ns", 1, JobAction::Apply, config("ns", "kube-system"));
+    // A chart name that helm would read as a flag (issue 20): refused before helm runs.
+    let mut flag_chart = serde_json::to_value(apply("flag", 1, "flag")).unwrap();
+    flag_chart["config"]["source"]["chart"]["name"] = "--version".into();
     let mut oversized = serde_json::to_value(apply("big", 1, "big")).unwrap();
     oversized["padding"] = "x".repeat(helmq_schemas::event::MAX_EVENT_BYTES).into();
 
@@ -409,6 +412,12 @@ async fn bad_input_is_dead_lettered_once_with_its_reason() {
             true,
         ),
         (
+            "flag",
+            serde_json::to_vec(&flag_chart).unwrap(),
+            "invalid helm config: source.chart.name must be a chart name",
+            true,
+        ),
+        (
             "big",
             serde_json::to_vec(&oversized).unwrap(),
             "over the 524288 byte limit",
@@ -419,10 +428,14 @@ async fn bad_input_is_dead_lettered_once_with_its_reason() {
         env.publish_raw(&job_subject("team", name), payload.clone())
             .await;
     }
-    let letters = eventually(Duration::from_secs(20), "six dead letters", || async {
-        let letters = env.dead_letters().await;
-        (letters.len() >= cases.len()).then_some(letters)
-    })
+    let letters = eventually(
+        Duration::from_secs(20),
+        "a dead letter per case",
+        || async {
+            let letters = env.dead_letters().await;
+            (letters.len() >= cases.len()).then_some(letters)
+        },
+    )
     .await;
     assert_eq!(
         letters.len(),
@@ -447,7 +460,7 @@ async fn bad_input_is_dead_lettered_once_with_its_reason() {
     }
     assert!(driver.calls().is_empty(), "helm never ran");
     assert_eq!(env.jobs_left().await, 0);
-    assert_eq!(pool.metrics.jobs_with(JobOutcome::Rejected), 6);
+    assert_eq!(pool.metrics.jobs_with(JobOutcome::Rejected), 7);
     pool.stop().await;
 }
 
@@ -579,6 +592,28 @@ async fn a_stuck_release_is_recovered_before_the_job_runs() {
         ]
     );
     assert_eq!(ready.release.unwrap().revision, Some(5));
+    pool.stop().await;
+}
+
+#[tokio::test]
+async fn an_orchestrator_jobs_registry_namespace_is_its_subjects_not_the_release_namespace() {
+    let env = Env::start(fast_topology()).await;
+    let driver = MemoryDriver::new();
+    let pool = env.pool(driver.clone(), settings("w")).await;
+    // No uid (an orchestrator's job) on team's subject, releasing into apps: a registry Secret
+    // without a namespace is team's, never the namespace the publisher chose for the release.
+    let mut orchestrated = apply("orch", 1, "orch");
+    orchestrated.component.uid = None;
+    env.publish(&orchestrated).await;
+    eventually(Duration::from_secs(20), "Ready", || async {
+        env.phases("orch", StatusPhase::Ready).await.pop()
+    })
+    .await;
+    assert_eq!(
+        orchestrated.config.release_namespace, "apps",
+        "the release is elsewhere"
+    );
+    assert_eq!(driver.tenants(), [("orch".to_owned(), "team".to_owned())]);
     pool.stop().await;
 }
 

@@ -50,6 +50,8 @@ struct State {
     running: HashMap<(String, String), usize>,
     overlaps: Vec<String>,
     calls: Vec<Call>,
+    /// `(release, own_namespace)` of every apply: the namespace registry Secrets would come from.
+    tenants: Vec<(String, String)>,
     script: HashMap<String, VecDeque<Step>>,
     delay: Duration,
     gate_closed: bool,
@@ -113,6 +115,12 @@ impl MemoryDriver {
             .entry(release.to_owned())
             .or_default()
             .extend(steps);
+    }
+
+    /// `(release, own namespace)` of every apply so far: the namespace a registry Secret
+    /// without a namespace would be read from.
+    pub fn tenants(&self) -> Vec<(String, String)> {
+        self.state().tenants.clone()
     }
 
     /// Puts a release in a given state, e.g. `pending-upgrade` after a crash.
@@ -281,6 +289,10 @@ impl HelmDriver for MemoryDriver {
         let chart = format!("{}-{}", config.chart_name(), config.chart_version());
         let version = config.chart_version().to_owned();
         let stamp = request.lease_revision;
+        self.state().tenants.push((
+            config.release_name.clone(),
+            request.own_namespace.to_owned(),
+        ));
         self.mutate(
             "apply",
             &config.release_namespace,

@@ -1,7 +1,7 @@
 //! The argument lists of every `helm` and `kubectl` command the driver runs, as pure functions.
 //! Values and passwords never appear here: values go in a file, passwords on stdin.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::path::Path;
 use std::time::Duration;
 
@@ -18,14 +18,28 @@ fn secs(timeout: Duration) -> String {
     format!("{}s", timeout.as_secs().max(1))
 }
 
-/// Appends `--kubeconfig <path>` when there is one (in-cluster config otherwise); helm and
-/// kubectl take it alike.
+/// Adds `--kubeconfig <path>` when there is one (in-cluster config otherwise), before the `--`
+/// that ends the flags; helm and kubectl take it alike.
 pub(super) fn with_kubeconfig(mut args: Vec<OsString>, kubeconfig: Option<&Path>) -> Vec<OsString> {
     if let Some(path) = kubeconfig {
-        args.push("--kubeconfig".into());
-        args.push(path.into());
+        let at = args.iter().position(|a| a == "--").unwrap_or(args.len());
+        args.splice(at..at, [OsString::from("--kubeconfig"), path.into()]);
     }
     args
+}
+
+/// `flags`, then `--` and `positionals`: after `--` nothing is read as a flag, whatever a job
+/// named. Values a job chooses go in flags as `--flag=value`, never as the next argument.
+fn command(flags: Vec<OsString>, positionals: &[&OsStr]) -> Vec<OsString> {
+    let mut args = flags;
+    args.push("--".into());
+    args.extend(positionals.iter().map(|p| (*p).to_owned()));
+    args
+}
+
+/// `--name=value`.
+fn flag(name: &str, value: &str) -> OsString {
+    format!("--{name}={value}").into()
 }
 
 /// `helm upgrade --install` from a local package with values from a file.
@@ -36,82 +50,98 @@ pub(super) fn upgrade_args(
     timeout: Duration,
     lease_revision: u64,
 ) -> Vec<OsString> {
-    let mut args = os(&["upgrade", "--install", &config.release_name]);
-    args.push(chart.into());
-    args.extend(os(&["--namespace", &config.release_namespace]));
+    let mut flags = os(&["upgrade", "--install"]);
+    flags.push(flag("namespace", &config.release_namespace));
     if config.manage_namespace {
-        args.push("--create-namespace".into());
+        flags.push("--create-namespace".into());
     }
     if !config.chart_version().is_empty() {
-        args.extend(os(&["--version", config.chart_version()]));
+        flags.push(flag("version", config.chart_version()));
     }
-    args.push("--values".into());
-    args.push(values.into());
-    args.extend(os(&[
-        "--labels",
-        &format!("{LEASE_LABEL}={lease_revision}"),
-        "--wait",
-        "--timeout",
-        &secs(timeout),
-        "-o",
-        "json",
-    ]));
-    args
+    let mut values_flag = OsString::from("--values=");
+    values_flag.push(values);
+    flags.push(values_flag);
+    flags.push(flag("labels", &format!("{LEASE_LABEL}={lease_revision}")));
+    flags.extend(os(&["--wait", "--timeout", &secs(timeout), "-o", "json"]));
+    command(
+        flags,
+        &[OsStr::new(&config.release_name), chart.as_os_str()],
+    )
 }
 
 /// `helm pull` of an HTTP repository chart or an OCI reference into `destination`.
 pub(super) fn pull_args(source: &ChartSource, destination: &Path) -> Vec<OsString> {
-    let mut args = match source {
-        ChartSource::Http { repository, chart } => os(&[
-            "pull",
-            &chart.name,
-            "--repo",
-            &repository.url,
-            "--version",
-            &chart.version,
-        ]),
+    let mut destination_flag = OsString::from("--destination=");
+    destination_flag.push(destination);
+    match source {
+        ChartSource::Http { repository, chart } => command(
+            vec![
+                "pull".into(),
+                flag("repo", &repository.url),
+                flag("version", &chart.version),
+                destination_flag,
+            ],
+            &[OsStr::new(&chart.name)],
+        ),
         ChartSource::Oci { chart, .. } => match oci::Reference::parse(chart) {
-            Ok(reference) => os(&["pull", reference.repository(), "--version", reference.tag()]),
+            Ok(reference) => command(
+                vec![
+                    "pull".into(),
+                    flag("version", reference.tag()),
+                    destination_flag,
+                ],
+                &[OsStr::new(reference.repository())],
+            ),
             // Jobs are validated before they reach a driver; should one slip through, helm
             // gets the reference as written and says what is wrong with it.
-            Err(_) => os(&["pull", chart]),
+            Err(_) => command(
+                vec!["pull".into(), destination_flag],
+                &[OsStr::new(chart.as_str())],
+            ),
         },
-    };
-    args.push("--destination".into());
-    args.push(destination.into());
-    args
+    }
 }
 
 /// `helm uninstall`.
 pub(super) fn uninstall_args(release: &str, namespace: &str, timeout: Duration) -> Vec<OsString> {
-    os(&[
-        "uninstall",
-        release,
-        "--namespace",
-        namespace,
-        "--wait",
-        "--timeout",
-        &secs(timeout),
-    ])
+    command(
+        vec![
+            "uninstall".into(),
+            flag("namespace", namespace),
+            "--wait".into(),
+            "--timeout".into(),
+            secs(timeout).into(),
+        ],
+        &[OsStr::new(release)],
+    )
 }
 
 /// `helm status -o json`.
 pub(super) fn status_args(release: &str, namespace: &str) -> Vec<OsString> {
-    os(&["status", release, "--namespace", namespace, "-o", "json"])
+    command(
+        vec![
+            "status".into(),
+            flag("namespace", namespace),
+            "-o".into(),
+            "json".into(),
+        ],
+        &[OsStr::new(release)],
+    )
 }
 
 /// `helm history -o json --max 20`.
 pub(super) fn history_args(release: &str, namespace: &str) -> Vec<OsString> {
-    os(&[
-        "history",
-        release,
-        "--namespace",
-        namespace,
-        "-o",
-        "json",
-        "--max",
-        "20",
-    ])
+    command(
+        vec![
+            "history".into(),
+            flag("namespace", namespace),
+            "-o".into(),
+            "json".into(),
+            "--max".into(),
+            "20".into(),
+        ],
+        &[OsStr::new(release)],
+    )
 }
 
 /// `helm rollback <release> <revision>`.
@@ -121,29 +151,31 @@ pub(super) fn rollback_args(
     revision: i64,
     timeout: Duration,
 ) -> Vec<OsString> {
-    os(&[
-        "rollback",
-        release,
-        &revision.to_string(),
-        "--namespace",
-        namespace,
-        "--wait",
-        "--timeout",
-        &secs(timeout),
-    ])
+    let revision = revision.to_string();
+    command(
+        vec![
+            "rollback".into(),
+            flag("namespace", namespace),
+            "--wait".into(),
+            "--timeout".into(),
+            secs(timeout).into(),
+        ],
+        &[OsStr::new(release), OsStr::new(&revision)],
+    )
 }
 
 /// `helm registry login <host> --username <user> --password-stdin`: the password never goes on
 /// the command line.
 pub(super) fn registry_login_args(host: &str, username: &str) -> Vec<OsString> {
-    os(&[
-        "registry",
-        "login",
-        host,
-        "--username",
-        username,
-        "--password-stdin",
-    ])
+    command(
+        vec![
+            "registry".into(),
+            "login".into(),
+            flag("username", username),
+            "--password-stdin".into(),
+        ],
+        &[OsStr::new(host)],
+    )
 }
 
 /// `kubectl delete namespace`, without waiting for the namespace to go.
@@ -152,13 +184,10 @@ pub(super) fn kubectl_delete_namespace_args(
     kubeconfig: Option<&Path>,
 ) -> Vec<OsString> {
     with_kubeconfig(
-        os(&[
-            "delete",
-            "namespace",
-            namespace,
-            "--ignore-not-found",
-            "--wait=false",
-        ]),
+        command(
+            os(&["delete", "namespace", "--ignore-not-found", "--wait=false"]),
+            &[OsStr::new(namespace)],
+        ),
         kubeconfig,
     )
 }
@@ -177,16 +206,10 @@ pub(super) fn kubectl_get_labels_args(
     kubeconfig: Option<&Path>,
 ) -> Vec<OsString> {
     let secret = release_record_secret(release, revision);
-    with_kubeconfig(
-        os(&[
-            "get",
-            "secret",
-            &secret,
-            "-n",
-            namespace,
-            "-o",
-            "jsonpath={.metadata.labels}",
-        ]),
+    kubectl_get_secret(
+        &secret,
+        namespace,
+        "jsonpath={.metadata.labels}",
         kubeconfig,
     )
 }
@@ -197,8 +220,27 @@ pub(super) fn kubectl_get_secret_args(
     namespace: &str,
     kubeconfig: Option<&Path>,
 ) -> Vec<OsString> {
+    kubectl_get_secret(name, namespace, "json", kubeconfig)
+}
+
+/// `kubectl get secret -o <output>`.
+fn kubectl_get_secret(
+    name: &str,
+    namespace: &str,
+    output: &str,
+    kubeconfig: Option<&Path>,
+) -> Vec<OsString> {
     with_kubeconfig(
-        os(&["get", "secret", name, "-n", namespace, "-o", "json"]),
+        command(
+            vec![
+                "get".into(),
+                "secret".into(),
+                flag("namespace", namespace),
+                "-o".into(),
+                output.into(),
+            ],
+            &[OsStr::new(name)],
+        ),
         kubeconfig,
     )
 }
@@ -252,15 +294,17 @@ mod tests {
             (
                 true,
                 Duration::from_secs(300),
-                "upgrade --install web /c/nginx-15.4.2.tgz --namespace apps --create-namespace \
-                 --version 15.4.2 --values /t/values-1.json --labels helmq.io/lease-revision=42 --wait --timeout 300s -o json",
+                "upgrade --install --namespace=apps --create-namespace --version=15.4.2 \
+                 --values=/t/values-1.json --labels=helmq.io/lease-revision=42 --wait --timeout 300s \
+                 -o json -- web /c/nginx-15.4.2.tgz",
             ),
             // Unmanaged namespace; a timeout is at least 1s.
             (
                 false,
                 Duration::from_millis(10),
-                "upgrade --install web /c/nginx-15.4.2.tgz --namespace apps --version 15.4.2 \
-                 --values /t/values-1.json --labels helmq.io/lease-revision=42 --wait --timeout 1s -o json",
+                "upgrade --install --namespace=apps --version=15.4.2 --values=/t/values-1.json \
+                 --labels=helmq.io/lease-revision=42 --wait --timeout 1s -o json -- web \
+                 /c/nginx-15.4.2.tgz",
             ),
         ];
         for (manage, timeout, want) in cases {
@@ -280,18 +324,18 @@ mod tests {
         let cases = [
             (
                 http_config(true).source,
-                "pull nginx --repo https://charts.example.com/stable/ --version 15.4.2 \
-                 --destination /cache/charts/.pull-1",
+                "pull --repo=https://charts.example.com/stable/ --version=15.4.2 \
+                 --destination=/cache/charts/.pull-1 -- nginx",
             ),
             (
                 oci("oci://registry.example.com:5000/charts/nginx:1.2.3"),
-                "pull oci://registry.example.com:5000/charts/nginx --version 1.2.3 \
-                 --destination /cache/charts/.pull-1",
+                "pull --version=1.2.3 --destination=/cache/charts/.pull-1 -- \
+                 oci://registry.example.com:5000/charts/nginx",
             ),
             (
                 oci("oci://registry.example.com:5000/charts/nginx"),
-                "pull oci://registry.example.com:5000/charts/nginx \
-                 --destination /cache/charts/.pull-1",
+                "pull --destination=/cache/charts/.pull-1 -- \
+                 oci://registry.example.com:5000/charts/nginx",
             ),
         ];
         for (source, want) in cases {
@@ -306,39 +350,48 @@ mod tests {
         let cases = [
             (
                 uninstall_args("web", "apps", t),
-                "uninstall web --namespace apps --wait --timeout 60s",
+                "uninstall --namespace=apps --wait --timeout 60s -- web",
             ),
             (
                 status_args("web", "apps"),
-                "status web --namespace apps -o json",
+                "status --namespace=apps -o json -- web",
             ),
             (
                 history_args("web", "apps"),
-                "history web --namespace apps -o json --max 20",
+                "history --namespace=apps -o json --max 20 -- web",
             ),
             (
                 rollback_args("web", "apps", 3, t),
-                "rollback web 3 --namespace apps --wait --timeout 60s",
+                "rollback --namespace=apps --wait --timeout 60s -- web 3",
             ),
             (
                 registry_login_args("registry.example.com:5000", "robot"),
-                "registry login registry.example.com:5000 --username robot --password-stdin",
+                "registry login --username=robot --password-stdin -- registry.example.com:5000",
             ),
             (
                 with_kubeconfig(status_args("web", "apps"), k),
-                "status web --namespace apps -o json --kubeconfig /k",
+                "status --namespace=apps -o json --kubeconfig /k -- web",
             ),
             (
                 kubectl_delete_namespace_args("apps", k),
-                "delete namespace apps --ignore-not-found --wait=false --kubeconfig /k",
+                "delete namespace --ignore-not-found --wait=false --kubeconfig /k -- apps",
             ),
             (
                 kubectl_delete_namespace_args("apps", None),
-                "delete namespace apps --ignore-not-found --wait=false",
+                "delete namespace --ignore-not-found --wait=false -- apps",
+            ),
+            (
+                kubectl_get_labels_args("web", 2, "apps", None),
+                "get secret --namespace=apps -o jsonpath={.metadata.labels} -- sh.helm.release.v1.web.v2",
+            ),
+            // A name that looks like a flag stays a positional argument.
+            (
+                status_args("--all", "apps"),
+                "status --namespace=apps -o json -- --all",
             ),
             (
                 kubectl_get_secret_args("creds", "apps", k),
-                "get secret creds -n apps -o json --kubeconfig /k",
+                "get secret --namespace=apps -o json --kubeconfig /k -- creds",
             ),
         ];
         for (args, want) in cases {
