@@ -245,6 +245,50 @@ pub fn extra_runs(runs: &[Run], published: &HashMap<(String, i64), usize>) -> Ve
         .collect()
 }
 
+/// A completed run of a job that ran again although nothing explains it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnexplainedRepeat {
+    /// The completed run that was not the job's last.
+    pub completed: Run,
+    /// The completed run of the same job after it.
+    pub next: Run,
+}
+
+/// Per job (uid, generation, published once), every completed run followed by another
+/// completed run of the same job, unless the worker that completed the first was killed after
+/// it ended (`killed`: worker id to kill time) and before the next one started. A finished job
+/// runs again only when its worker died before it recorded the result: anything else is a
+/// lost acknowledgement or intent, and a bug. Rollbacks and runs without a uid do not count.
+pub fn unexplained_repeats(runs: &[Run], killed: &HashMap<String, f64>) -> Vec<UnexplainedRepeat> {
+    let mut by_job: BTreeMap<(&str, i64), Vec<&Run>> = BTreeMap::new();
+    for run in runs
+        .iter()
+        .filter(|r| r.completed && !r.uid.is_empty() && r.action != "rollback")
+    {
+        by_job
+            .entry((&run.uid, run.generation))
+            .or_default()
+            .push(run);
+    }
+    let mut out = Vec::new();
+    for mut completed in by_job.into_values() {
+        completed.sort_by(|a, b| a.start.total_cmp(&b.start));
+        for pair in completed.windows(2) {
+            let (first, next) = (pair[0], pair[1]);
+            let explained = killed
+                .get(&first.worker)
+                .is_some_and(|at| *at >= first.end && *at <= next.start);
+            if !explained {
+                out.push(UnexplainedRepeat {
+                    completed: first.clone(),
+                    next: next.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
 /// Whether a status phase ends a job.
 pub fn is_terminal(phase: StatusPhase) -> bool {
     matches!(
@@ -621,6 +665,39 @@ mod tests {
             let writes = BTreeMap::from([("c".to_owned(), positions.clone())]);
             assert_eq!(regressions(&writes).len(), want, "{positions:?}");
         }
+    }
+
+    #[test]
+    fn a_finished_job_may_run_again_only_after_its_worker_died() {
+        let run = |worker: &str, start: f64, end: f64, completed: bool| Run {
+            release: "apps/r".into(),
+            uid: "u".into(),
+            generation: 1,
+            action: "apply".into(),
+            worker: worker.into(),
+            start,
+            end,
+            completed,
+        };
+        let killed = HashMap::from([("w1".to_owned(), 2.5), ("w2".to_owned(), 9.0)]);
+        // w1 finished at 2, died at 2.5; w2 ran it again at 5 and died at 9; w3 ran it at 10.
+        let twice_killed = [
+            run("w1", 1.0, 2.0, true),
+            run("w2", 5.0, 6.0, true),
+            run("w3", 10.0, 11.0, true),
+        ];
+        assert!(unexplained_repeats(&twice_killed, &killed).is_empty());
+        // w3 finished it and lived, yet w4 ran it again: unexplained.
+        let lost_ack = [run("w3", 1.0, 2.0, true), run("w4", 5.0, 6.0, true)];
+        let found = unexplained_repeats(&lost_ack, &killed);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].completed.worker, "w3");
+        // Killed before it finished, or only after the next run had started: unexplained.
+        let killed_late = [run("w2", 1.0, 2.0, true), run("w3", 5.0, 6.0, true)];
+        assert_eq!(unexplained_repeats(&killed_late, &killed).len(), 1);
+        // Interrupted runs and rollbacks never count.
+        let interrupted = [run("w3", 1.0, 2.0, false), run("w4", 5.0, 6.0, true)];
+        assert!(unexplained_repeats(&interrupted, &killed).is_empty());
     }
 
     #[test]

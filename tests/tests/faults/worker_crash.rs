@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use helmq_queue::Topology;
-use helmq_tests::faults::{Row, extra_runs, overlapping_runs, regressions, write_row};
+use helmq_tests::faults::{
+    Row, extra_runs, overlapping_runs, regressions, unexplained_repeats, write_row,
+};
 
 use crate::support::{ProcessLoad, Stack, now, processes_unavailable, spread};
 
@@ -99,13 +101,12 @@ async fn five_hundred_jobs_finish_while_workers_are_sigkilled_every_few_seconds(
         "{terminal:?}"
     );
     assert!(regressed.is_empty(), "statuses went back: {regressed:?}");
-    let too_many: Vec<_> = extra
-        .iter()
-        .filter(|e| e.completed > e.published + 1)
-        .collect();
+    // A finished job runs again only when the worker that finished it died before recording
+    // it (a job can be that unlucky more than once: in CI one was, twice in a row).
+    let unexplained = unexplained_repeats(&runs, &load.killed);
     assert!(
-        too_many.is_empty(),
-        "jobs applied more than once more than published: {too_many:?}"
+        unexplained.is_empty(),
+        "finished jobs ran again although their worker lived: {unexplained:#?}"
     );
     assert!(kills >= 3, "too few kills to prove anything: {kills}");
 
