@@ -255,10 +255,12 @@ pub struct UnexplainedRepeat {
 }
 
 /// Per job (uid, generation, published once), every completed run followed by another
-/// completed run of the same job, unless the worker that completed the first was killed after
-/// it ended (`killed`: worker id to kill time) and before the next one started. A finished job
-/// runs again only when its worker died before it recorded the result: anything else is a
-/// lost acknowledgement or intent, and a bug. Rollbacks and runs without a uid do not count.
+/// completed run of the same job, unless the worker that ran the first was killed after that
+/// run began (`killed`: worker id to kill time) and before the next one started. A finished
+/// job runs again only when its worker died before it recorded the result: anything else is a
+/// lost acknowledgement or intent, and a bug. (A kill may land while the run ends: a helm the
+/// kill missed by milliseconds still writes its end, after its worker's death.) Rollbacks and
+/// runs without a uid do not count.
 pub fn unexplained_repeats(runs: &[Run], killed: &HashMap<String, f64>) -> Vec<UnexplainedRepeat> {
     let mut by_job: BTreeMap<(&str, i64), Vec<&Run>> = BTreeMap::new();
     for run in runs
@@ -277,7 +279,7 @@ pub fn unexplained_repeats(runs: &[Run], killed: &HashMap<String, f64>) -> Vec<U
             let (first, next) = (pair[0], pair[1]);
             let explained = killed
                 .get(&first.worker)
-                .is_some_and(|at| *at >= first.end && *at <= next.start);
+                .is_some_and(|at| *at >= first.start && *at <= next.start);
             if !explained {
                 out.push(UnexplainedRepeat {
                     completed: first.clone(),
@@ -692,9 +694,14 @@ mod tests {
         let found = unexplained_repeats(&lost_ack, &killed);
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].completed.worker, "w3");
-        // Killed before it finished, or only after the next run had started: unexplained.
+        // Killed while its run was ending (the run wrote its end after the kill): explained.
+        let killed_at_the_end = [run("w1", 2.0, 2.6, true), run("w3", 5.0, 6.0, true)];
+        assert!(unexplained_repeats(&killed_at_the_end, &killed).is_empty());
+        // Killed only after the next run had started, or before its run began: unexplained.
         let killed_late = [run("w2", 1.0, 2.0, true), run("w3", 5.0, 6.0, true)];
         assert_eq!(unexplained_repeats(&killed_late, &killed).len(), 1);
+        let killed_before = [run("w1", 3.0, 4.0, true), run("w3", 5.0, 6.0, true)];
+        assert_eq!(unexplained_repeats(&killed_before, &killed).len(), 1);
         // Interrupted runs and rollbacks never count.
         let interrupted = [run("w3", 1.0, 2.0, false), run("w4", 5.0, 6.0, true)];
         assert!(unexplained_repeats(&interrupted, &killed).is_empty());

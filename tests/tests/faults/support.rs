@@ -728,6 +728,20 @@ impl WorkerProcess {
         use nix::sys::signal::{Signal, killpg};
         use nix::unistd::Pid;
         let worker = self.child.id();
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            // Already reaped (killed before, or dropped after a kill): its pid may belong to
+            // another process by now.
+            return now();
+        }
+        // Frozen first, so that it cannot start a helm between the scan below and its own
+        // death: a helm forked in that gap would outlive it and run on, orphaned (found by CI:
+        // an upgrade "of" a worker that had died 2 s before it started), which a pod's death
+        // never allows.
+        let _ = nix::sys::signal::kill(Pid::from_raw(worker as i32), Signal::SIGSTOP);
+        let deadline = std::time::Instant::now() + Duration::from_millis(500);
+        while !is_stopped(worker) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         for pid in descendants(worker) {
             let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
             let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
@@ -736,6 +750,15 @@ impl WorkerProcess {
         let _ = self.child.wait();
         now()
     }
+}
+
+/// Whether `pid` is stopped (state `T` in `/proc/<pid>/stat`) or gone.
+fn is_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "T" || state == "t")
+    })
 }
 
 /// Every process below `root` (children, their children, ...), from `/proc`.

@@ -106,7 +106,8 @@ async fn five_hundred_jobs_finish_while_workers_are_sigkilled_every_few_seconds(
     let unexplained = unexplained_repeats(&runs, &load.killed);
     assert!(
         unexplained.is_empty(),
-        "finished jobs ran again although their worker lived: {unexplained:#?}"
+        "finished jobs ran again although their worker lived: {unexplained:#?}; kills: {:?}",
+        load.killed
     );
     assert!(kills >= 3, "too few kills to prove anything: {kills}");
 
