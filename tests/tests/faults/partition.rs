@@ -109,19 +109,7 @@ async fn a_partitioned_workers_run_is_cancelled_before_the_job_runs_elsewhere() 
     // Settled: the job is acked, the writer has read everything, and the partitioned worker
     // has reconnected and had its say.
     let want = HashMap::from([(job.component.name.clone(), 1)]);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let jobs_left = stack.jobs_and_deliveries().await.map(|(left, _)| left);
-        let converged = stack.not_converged(&want).await;
-        if jobs_left == Some(0) && converged.is_empty() && stack.writer_idle().await {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not settled: jobs {jobs_left:?}, {converged:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    stack.settled(&want, Duration::from_secs(120)).await;
     // Give the partitioned worker's late publications time to reach the writer.
     tokio::time::sleep(Duration::from_secs(5)).await;
     while !stack.writer_idle().await {

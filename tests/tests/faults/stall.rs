@@ -173,19 +173,7 @@ async fn a_worker_stalled_between_its_lease_and_helm_never_starts_helm() {
     let released_at = now();
 
     let want = HashMap::from([(job.component.name.clone(), 1)]);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let jobs_left = stack.jobs_and_deliveries().await.map(|(left, _)| left);
-        let converged = stack.not_converged(&want).await;
-        if jobs_left == Some(0) && converged.is_empty() && stack.writer_idle().await {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not settled: jobs {jobs_left:?}, {converged:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    stack.settled(&want, Duration::from_secs(120)).await;
     other.stop().await;
     stalled.stop().await;
 

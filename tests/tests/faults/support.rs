@@ -571,6 +571,24 @@ impl Stack {
         Some((c.num_pending, c.num_ack_pending, c.num_redelivered))
     }
 
+    /// Waits until no job is left in the stream, every Component in `want` shows its
+    /// generation and the writer has read everything; panics after `limit`.
+    pub async fn settled(&self, want: &HashMap<String, i64>, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let jobs_left = self.jobs_and_deliveries().await.map(|(left, _)| left);
+            let converged = self.not_converged(want).await;
+            if jobs_left == Some(0) && converged.is_empty() && self.writer_idle().await {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not settled: jobs {jobs_left:?}, {converged:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Whether the writer has nothing left to read or ack.
     pub async fn writer_idle(&self) -> bool {
         self.writer_state()
