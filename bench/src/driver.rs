@@ -3,13 +3,15 @@
 //! `MemoryDriver` it keeps no call log, so a long run does not grow the worker's memory.
 //! With a [`Probe`] it records when each apply starts and returns.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use helmq_worker::driver::{
-    Apply, DriverError, HelmDriver, HelmStatus, NamespaceDeletion, Release, Revision, Tool,
+    Apply, DriverError, HelmDriver, HelmStatus, NamespaceDeletion, Release, Revision, Target, Tool,
     Uninstalled,
 };
+use helmq_worker::ownership::{Identity, Owner};
 use tokio_util::sync::CancellationToken;
 
 use crate::jobs::index_of;
@@ -72,8 +74,7 @@ impl HelmDriver for BenchDriver {
 
     async fn uninstall(
         &self,
-        _release: &str,
-        _namespace: &str,
+        _target: Target<'_>,
         _timeout: Duration,
         _cancel: &CancellationToken,
     ) -> Result<Uninstalled, DriverError> {
@@ -82,17 +83,25 @@ impl HelmDriver for BenchDriver {
 
     async fn status(
         &self,
-        _release: &str,
-        _namespace: &str,
+        _target: Target<'_>,
         _cancel: &CancellationToken,
     ) -> Result<Option<Release>, DriverError> {
         Ok(None)
     }
 
+    async fn labels(
+        &self,
+        _target: Target<'_>,
+        _revision: i64,
+        _cancel: &CancellationToken,
+    ) -> Result<BTreeMap<String, String>, DriverError> {
+        // Never asked: every release is new, so there is no record to read.
+        Ok(BTreeMap::new())
+    }
+
     async fn history(
         &self,
-        _release: &str,
-        _namespace: &str,
+        _target: Target<'_>,
         _cancel: &CancellationToken,
     ) -> Result<Vec<Revision>, DriverError> {
         Ok(Vec::new())
@@ -100,8 +109,7 @@ impl HelmDriver for BenchDriver {
 
     async fn rollback(
         &self,
-        _release: &str,
-        _namespace: &str,
+        _target: Target<'_>,
         _revision: i64,
         _timeout: Duration,
         _cancel: &CancellationToken,
@@ -112,6 +120,8 @@ impl HelmDriver for BenchDriver {
     async fn delete_namespace(
         &self,
         _namespace: &str,
+        _identity: &Identity,
+        _owner: &Owner,
         _cancel: &CancellationToken,
     ) -> Result<NamespaceDeletion, DriverError> {
         Ok(NamespaceDeletion::Deleted)

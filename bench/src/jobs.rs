@@ -49,6 +49,8 @@ pub fn config(name: &str) -> HelmConfig {
             },
         },
         values,
+        service_account_name: None,
+        adopt: false,
     }
 }
 

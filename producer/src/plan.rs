@@ -224,7 +224,7 @@ fn plan_apply(
             }
         }
         Ok(_) if up_to_date => Action::Nothing("status reflects this generation"),
-        Ok((config, timeout)) => {
+        Ok((mut config, timeout)) => {
             if still_pending(
                 last_activity(&status, generation, ctx.published.apply),
                 timeout,
@@ -232,6 +232,7 @@ fn plan_apply(
             ) {
                 return Action::Nothing("apply job published; waiting for the worker");
             }
+            adopt_recorded(&mut config, &status);
             Action::PublishApply(Box::new(JobEvent::new(
                 JobAction::Apply,
                 component_ref(component),
@@ -240,6 +241,19 @@ fn plan_apply(
                 ctx.now,
             )))
         }
+    }
+}
+
+/// Lets the job take over the release its Component's status records when that release has no
+/// owner labels: one this Component deployed before helmq labelled releases, which an upgrade of
+/// helmq must not strand. A release another owner labelled stays refused (the worker decides).
+fn adopt_recorded(config: &mut HelmConfig, status: &ComponentStatus) {
+    let recorded = status.handler_status.as_ref().is_some_and(|h| {
+        h.release_name.as_deref() == Some(config.release_name.as_str())
+            && h.release_namespace.as_deref() == Some(config.release_namespace.as_str())
+    });
+    if recorded {
+        config.adopt = true;
     }
 }
 
@@ -296,6 +310,7 @@ fn plan_delete(
                 config.release_name = name;
                 config.release_namespace = namespace;
             }
+            adopt_recorded(&mut config, &status);
             Action::PublishDelete(Box::new(JobEvent::new(
                 JobAction::Delete,
                 component_ref(component),

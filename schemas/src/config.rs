@@ -52,6 +52,14 @@ pub struct HelmConfig {
     /// Chart values: an arbitrary nested JSON object; empty when absent.
     #[serde(default)]
     pub values: Map<String, Value>,
+    /// The ServiceAccount, in the Component's own namespace, that every Kubernetes call of the
+    /// job runs as (impersonated); the worker's `--default-service-account` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    /// Take over a release that carries no helmq owner labels (one installed by hand or by
+    /// another tool). A release owned by another Component or job is never taken over.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopt: bool,
 }
 
 /// Where a chart comes from.
@@ -231,6 +239,16 @@ pub enum ConfigError {
         /// The rejected value (cut to 64 characters).
         value: String,
     },
+    /// An invalid ServiceAccount name.
+    #[error(
+        "{field} must be a ServiceAccount name (a DNS-1123 subdomain of at most 253 characters), got {value:?}"
+    )]
+    ServiceAccountName {
+        /// Field path.
+        field: &'static str,
+        /// The rejected value (cut to 64 characters).
+        value: String,
+    },
     /// An invalid namespace.
     #[error("{field} must be a DNS-1123 label of at most 63 characters, got {value}")]
     Namespace {
@@ -310,6 +328,9 @@ impl HelmConfig {
         check_required("releaseNamespace", &self.release_namespace)?;
         check_namespace("releaseNamespace", &self.release_namespace)?;
         check_values_size(&self.values)?;
+        if let Some(account) = &self.service_account_name {
+            check_service_account("serviceAccountName", account)?;
+        }
         match &self.source {
             ChartSource::Http { repository, chart } => {
                 check_required("source.repository.url", &repository.url)?;
@@ -378,12 +399,15 @@ fn parse_source_form(obj: &Map<String, Value>) -> Result<HelmConfig, ConfigError
         Some(Value::Object(source)) => parse_source(source)?,
         Some(other) => return Err(wrong_type("source", AN_OBJECT, other)),
     };
+    let (service_account_name, adopt) = parse_tenancy(obj)?;
     Ok(HelmConfig {
         release_name: release_name.to_owned(),
         release_namespace: release_namespace.to_owned(),
         manage_namespace,
         source,
         values,
+        service_account_name,
+        adopt,
     })
 }
 
@@ -477,6 +501,7 @@ fn parse_mvp_form(
         .unwrap_or_else(|| namespace.is_some_and(|ns| ns != component_namespace));
     let release_name = format!("{component_namespace}-{component_name}");
     check_release_name("releaseName", &release_name)?;
+    let (service_account_name, adopt) = parse_tenancy(obj)?;
     Ok(HelmConfig {
         release_name,
         release_namespace: release_namespace.to_owned(),
@@ -492,7 +517,19 @@ fn parse_mvp_form(
             },
         },
         values,
+        service_account_name,
+        adopt,
     })
+}
+
+/// `serviceAccountName` and `adopt`, the same in both forms.
+fn parse_tenancy(obj: &Map<String, Value>) -> Result<(Option<String>, bool), ConfigError> {
+    let account = optional_str(obj, "serviceAccountName")?;
+    if let Some(account) = account {
+        check_service_account("serviceAccountName", account)?;
+    }
+    let adopt = optional_bool(obj, "adopt")?.unwrap_or(false);
+    Ok((account.map(str::to_owned), adopt))
 }
 
 /// Top-level `values`: absent or null is empty, otherwise an object within the size limit.
@@ -689,6 +726,19 @@ fn check_namespace(field: &'static str, value: &str) -> Result<(), ConfigError> 
     }
 }
 
+/// A ServiceAccount name: a DNS-1123 subdomain (it becomes part of the impersonated user
+/// `system:serviceaccount:<namespace>:<name>`, so nothing else may reach that string).
+fn check_service_account(field: &'static str, value: &str) -> Result<(), ConfigError> {
+    if dns::is_subdomain(value) {
+        Ok(())
+    } else {
+        Err(ConfigError::ServiceAccountName {
+            field,
+            value: value.chars().take(64).collect(),
+        })
+    }
+}
+
 /// An http or https URL with a host.
 fn check_repository_url(field: &'static str, value: &str) -> Result<(), ConfigError> {
     let url = url::Url::parse(value).map_err(|e| ConfigError::InvalidUrl {
@@ -819,6 +869,8 @@ mod tests {
             manage_namespace,
             source,
             values: object(values),
+            service_account_name: None,
+            adopt: false,
         }
     }
 
@@ -1308,6 +1360,38 @@ mod tests {
                     ),
                     json!({}),
                 ),
+                probes: vec![],
+            },
+            Valid {
+                name: "a tenant's ServiceAccount and adoption",
+                component: ("team-a", "web"),
+                config: json!({
+                    "releaseName": "web",
+                    "releaseNamespace": "team-a",
+                    "serviceAccountName": "helmq-deployer",
+                    "adopt": true,
+                    "source": {
+                        "type": "http",
+                        "repository": {"url": "http://charts.internal:8080/stable", "name": "internal"},
+                        "chart": {"name": "nginx", "version": "18.2.0"}
+                    }
+                }),
+                expected: HelmConfig {
+                    service_account_name: Some("helmq-deployer".into()),
+                    adopt: true,
+                    ..expected(
+                        "web",
+                        "team-a",
+                        true,
+                        http(
+                            "http://charts.internal:8080/stable",
+                            "internal",
+                            "nginx",
+                            "18.2.0",
+                        ),
+                        json!({}),
+                    )
+                },
                 probes: vec![],
             },
         ]
@@ -1865,6 +1949,26 @@ mod tests {
                 "MVP manageNamespace string",
                 mvp_form(json!({"manageNamespace": "true"})),
                 "manageNamespace must be a boolean, got string",
+            ),
+            broken(
+                "serviceAccountName with a colon (would name another user)",
+                source_form(json!({"serviceAccountName": "x:y"})),
+                "serviceAccountName must be a ServiceAccount name (a DNS-1123 subdomain of at most 253 characters), got \"x:y\"",
+            ),
+            broken(
+                "serviceAccountName number",
+                source_form(json!({"serviceAccountName": 7})),
+                "serviceAccountName must be a string, got number",
+            ),
+            broken(
+                "MVP serviceAccountName uppercase",
+                mvp_form(json!({"serviceAccountName": "Deployer"})),
+                "serviceAccountName must be a ServiceAccount name (a DNS-1123 subdomain of at most 253 characters), got \"Deployer\"",
+            ),
+            broken(
+                "adopt string",
+                source_form(json!({"adopt": "yes"})),
+                "adopt must be a boolean, got string",
             ),
             Broken {
                 name: "MVP derived release name too long",

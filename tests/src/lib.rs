@@ -223,13 +223,37 @@ pub fn write_fake_helm_wrapper(
     state: &Path,
     sleep: &str,
 ) -> std::io::Result<()> {
+    let exports = format!(
+        "HELMQ_WORKER_ID='{worker}' FAKE_HELM_STATE='{}' FAKE_HELM_SLEEP='{sleep}'",
+        state.display()
+    );
+    write_wrapper(path, &exports, fake_helm)
+}
+
+/// Writes an executable `kubectl` wrapper at `path` that runs `fake_kubectl` on the fake helm's
+/// state `helm_state`: release records are read from it (their labels: owner and lease stamp),
+/// namespaces are kept in `helm_state/kubectl`, and every call is logged to
+/// `helm_state/kubectl.log`.
+pub fn write_fake_kubectl_wrapper(
+    path: &Path,
+    fake_kubectl: &Path,
+    helm_state: &Path,
+) -> std::io::Result<()> {
+    let exports = format!(
+        "FAKE_HELM_STATE='{0}' FAKE_KUBECTL_STATE='{0}/kubectl' FAKE_KUBECTL_LOG='{0}/kubectl.log'",
+        helm_state.display()
+    );
+    write_wrapper(path, &exports, fake_kubectl)
+}
+
+/// An executable shell script at `path` that exports `exports` and runs `program`.
+fn write_wrapper(path: &Path, exports: &str, program: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::write(
         path,
         format!(
-            "#!/bin/sh\nexport HELMQ_WORKER_ID='{worker}' FAKE_HELM_STATE='{}' FAKE_HELM_SLEEP='{sleep}'\nexec '{}' \"$@\"\n",
-            state.display(),
-            fake_helm.display()
+            "#!/bin/sh\nexport {exports}\nexec '{}' \"$@\"\n",
+            program.display()
         ),
     )?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))

@@ -105,9 +105,32 @@ pub struct Args {
     /// Default: none.
     #[arg(long, env = "HELMQ_ALLOWED_SECRET_NAMESPACES", value_delimiter = ',')]
     pub allowed_secret_namespaces: Vec<String>,
+    /// The ServiceAccount every job without `config.serviceAccountName` runs as, in the job's
+    /// Component namespace (impersonated: helm's `--kube-as-user`, kubectl's `--as`). Without
+    /// it such jobs run Helm with the worker's own rights: single-tenant mode, logged as a
+    /// warning and shown in `/metrics` (`helmq_worker_single_tenant`).
+    #[arg(long, env = "HELMQ_DEFAULT_SERVICE_ACCOUNT", value_parser = parse_service_account)]
+    pub default_service_account: Option<String>,
+    /// Let jobs act on releases another Component or job owns, or that helmq never installed
+    /// (not recommended: one tenant could then upgrade or uninstall another's release). For
+    /// setups where several Components deliberately share a release. Logged as a warning and
+    /// shown in `/metrics` (`helmq_worker_allow_any{what="shared-releases"}`).
+    #[arg(long, env = "HELMQ_ALLOW_SHARED_RELEASES")]
+    pub allow_shared_releases: bool,
     /// Worker id in status events and leases (default: hostname-pid).
     #[arg(long, env = "HELMQ_WORKER_ID")]
     pub worker_id: Option<String>,
+}
+
+/// A ServiceAccount name: a DNS-1123 subdomain.
+fn parse_service_account(text: &str) -> Result<String, String> {
+    if helmq_schemas::dns::is_subdomain(text) {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "{text:?} is not a ServiceAccount name (a DNS-1123 subdomain)"
+        ))
+    }
 }
 
 impl Args {
@@ -164,6 +187,8 @@ impl Args {
                 helmq_schemas::event::MAX_TIMEOUT_SECONDS,
             )),
             nats_patience: self.nats_patience,
+            default_service_account: self.default_service_account.clone(),
+            allow_shared_releases: self.allow_shared_releases,
             ..Settings::new(self.worker_id())
         }
     }
@@ -224,6 +249,26 @@ mod tests {
         let defaults = Args::try_parse_from(["helmq-worker"]).unwrap();
         assert_eq!(defaults.helm().grace, Duration::from_secs(10));
         assert!(Args::try_parse_from(["helmq-worker", "--concurrency", "0"]).is_err());
+        // Single-tenant, exclusive releases unless told otherwise.
+        let defaults = defaults.settings(Allowlist::any());
+        assert_eq!(defaults.default_service_account, None);
+        assert!(!defaults.allow_shared_releases);
+    }
+
+    #[test]
+    fn the_default_service_account_must_be_a_service_account_name() {
+        let parse = |name: &str| {
+            Args::try_parse_from(["helmq-worker", "--default-service-account", name])
+                .map(|args| args.settings(Allowlist::any()).default_service_account)
+        };
+        assert_eq!(
+            parse("helmq-deployer").unwrap().as_deref(),
+            Some("helmq-deployer")
+        );
+        // It becomes part of `system:serviceaccount:<ns>:<name>`: nothing else may reach it.
+        for bad in ["x:y", "Deployer", "", "-x"] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod helm_cli;
 #[cfg(any(test, feature = "testing"))]
 pub mod memory;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::time::Duration;
@@ -21,6 +22,7 @@ pub use helm_cli::{CredentialsError, HelmCli, HelmCliSettings, OutputError};
 #[cfg(any(test, feature = "testing"))]
 pub use memory::MemoryDriver;
 
+use crate::ownership::{Identity, Owner, OwnershipError};
 use crate::policy::{Failure, classify, classify_kubectl};
 
 /// Why a driver call did not succeed. An error built on another keeps it as its
@@ -142,6 +144,10 @@ pub enum DriverError {
         /// waits that long instead of spending attempts that cannot succeed before.
         stale_in: Option<Duration>,
     },
+    /// The release belongs to another owner, has none, or its owner cannot be read: no Helm
+    /// action runs.
+    #[error(transparent)]
+    Ownership(#[from] OwnershipError),
 }
 
 /// ` (needed to <action>)`, or nothing.
@@ -176,7 +182,9 @@ impl DriverError {
             DriverError::Kubectl {
                 exit_code, stderr, ..
             } => classify_kubectl(*exit_code, stderr),
-            DriverError::RegistryCredentials { .. } => Failure::Permanent,
+            DriverError::RegistryCredentials { .. } | DriverError::Ownership(_) => {
+                Failure::Permanent
+            }
             DriverError::TimedOut { .. }
             | DriverError::StillPending { .. }
             | DriverError::Fenced { .. }
@@ -214,12 +222,22 @@ pub enum KubectlAction {
         /// `namespace/name` of the Secret.
         secret: String,
     },
-    /// `kubectl get secret` of a release record, for its lease stamp.
+    /// `kubectl get secret` of a release record, for its owner and lease stamp.
     ReadReleaseRecord {
         /// `namespace/name` of the release.
         release: String,
         /// The revision.
         revision: i64,
+    },
+    /// `kubectl create` of a namespace helmq manages, with its owner labels.
+    CreateNamespace {
+        /// The namespace.
+        namespace: String,
+    },
+    /// `kubectl get namespace` of a namespace helmq manages, for its owner labels.
+    ReadNamespace {
+        /// The namespace.
+        namespace: String,
     },
     /// `kubectl delete namespace` of a namespace helmq manages.
     DeleteNamespace {
@@ -234,6 +252,12 @@ impl fmt::Display for KubectlAction {
             KubectlAction::ReadSecret { secret } => write!(f, "read registry secret {secret}"),
             KubectlAction::ReadReleaseRecord { release, revision } => {
                 write!(f, "read revision {revision} of release {release}")
+            }
+            KubectlAction::CreateNamespace { namespace } => {
+                write!(f, "create namespace {namespace}")
+            }
+            KubectlAction::ReadNamespace { namespace } => {
+                write!(f, "read namespace {namespace}")
             }
             KubectlAction::DeleteNamespace { namespace } => {
                 write!(f, "delete namespace {namespace}")
@@ -378,6 +402,9 @@ pub enum Uninstalled {
 pub enum NamespaceDeletion {
     /// Deletion requested.
     Deleted,
+    /// Not deleted: helmq did not create it for this owner (it existed before, or another
+    /// Component's job created it).
+    NotOwned,
     /// Not done, with the reason for the status message (e.g. no `kubectl` on this worker).
     Skipped(String),
 }
@@ -395,16 +422,40 @@ pub struct Apply<'a> {
     pub own_namespace: &'a str,
     /// The release lease revision the run holds, stamped on the release ([`LEASE_LABEL`]).
     pub lease_revision: u64,
+    /// Whose rights every Kubernetes call of the apply uses.
+    pub identity: &'a Identity,
+    /// The owner stamped on the release and on a namespace the apply creates.
+    pub owner: &'a Owner,
+}
+
+/// The release a call acts on, and whose rights the call uses.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// The release name.
+    pub release: &'a str,
+    /// Its namespace.
+    pub namespace: &'a str,
+    /// Whose rights the call uses.
+    pub identity: &'a Identity,
+}
+
+impl Target<'_> {
+    /// `namespace/release`, for messages.
+    pub fn describe(&self) -> String {
+        format!("{}/{}", self.namespace, self.release)
+    }
 }
 
 /// The Helm operations a worker needs. Every call takes a cancellation token: cancelling it
-/// must stop the operation (and kill any process it started) promptly.
+/// must stop the operation (and kill any process it started) promptly. Every Kubernetes call
+/// runs with the rights of the [`Identity`] it is given.
 pub trait HelmDriver: Send + Sync + 'static {
     /// How long an operation may go on after its cancellation token is cancelled (for `helm`:
     /// `--helm-grace`, between SIGTERM and SIGKILL). Lease deadlines leave room for it.
     fn grace(&self) -> Duration;
 
-    /// `helm upgrade --install` and wait for readiness.
+    /// `helm upgrade --install` and wait for readiness, the release labelled with its owner and
+    /// the lease revision; a managed namespace is created with its owner's labels.
     fn apply(
         &self,
         request: Apply<'_>,
@@ -414,8 +465,7 @@ pub trait HelmDriver: Send + Sync + 'static {
     /// `helm uninstall` and wait for the resources to go; a missing release is success.
     fn uninstall(
         &self,
-        release: &str,
-        namespace: &str,
+        target: Target<'_>,
         timeout: Duration,
         cancel: &CancellationToken,
     ) -> impl Future<Output = Result<Uninstalled, DriverError>> + Send;
@@ -423,33 +473,44 @@ pub trait HelmDriver: Send + Sync + 'static {
     /// `helm status`; `None` when there is no such release.
     fn status(
         &self,
-        release: &str,
-        namespace: &str,
+        target: Target<'_>,
         cancel: &CancellationToken,
     ) -> impl Future<Output = Result<Option<Release>, DriverError>> + Send;
+
+    /// The labels of `revision`'s record (Helm's own and those of `--labels`).
+    ///
+    /// # Errors
+    ///
+    /// [`DriverError::Ownership`] when they cannot be read at all on this worker.
+    fn labels(
+        &self,
+        target: Target<'_>,
+        revision: i64,
+        cancel: &CancellationToken,
+    ) -> impl Future<Output = Result<BTreeMap<String, String>, DriverError>> + Send;
 
     /// `helm history` (newest 20 revisions); empty when there is no such release.
     fn history(
         &self,
-        release: &str,
-        namespace: &str,
+        target: Target<'_>,
         cancel: &CancellationToken,
     ) -> impl Future<Output = Result<Vec<Revision>, DriverError>> + Send;
 
     /// `helm rollback` to `revision`.
     fn rollback(
         &self,
-        release: &str,
-        namespace: &str,
+        target: Target<'_>,
         revision: i64,
         timeout: Duration,
         cancel: &CancellationToken,
     ) -> impl Future<Output = Result<(), DriverError>> + Send;
 
-    /// Deletes a namespace helmq manages.
+    /// Deletes a managed namespace, only when its owner labels name `owner`.
     fn delete_namespace(
         &self,
         namespace: &str,
+        identity: &Identity,
+        owner: &Owner,
         cancel: &CancellationToken,
     ) -> impl Future<Output = Result<NamespaceDeletion, DriverError>> + Send;
 }

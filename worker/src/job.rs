@@ -21,11 +21,12 @@ use helmq_schemas::subject::{component_key, job_subject};
 
 use crate::dead_letter;
 use crate::driver::{
-    Apply, DriverError, HelmDriver, NamespaceDeletion, Pending, Recovery, Uninstalled, is_pending,
-    judge_pending, recovery_plan,
+    Apply, DriverError, HelmDriver, NamespaceDeletion, Pending, Recovery, Target, Uninstalled,
+    is_pending, judge_pending, recovery_plan,
 };
 use crate::exclusivity::{Intents, Lease, LeaseLost, LeaseTiming, Leases, intent_key};
 use crate::metrics::{JobOutcome, Metrics};
+use crate::ownership::{self, Identity, Owner, Ownership};
 use crate::policy::{
     AfterFailure, Decision, Outcome, Position, after_failure, decide, republished,
 };
@@ -404,13 +405,34 @@ async fn execute<D: HelmDriver, S>(
     let (name, namespace) = (&config.release_name, &config.release_namespace);
     let timeout = Duration::from_secs(job.timeout_seconds.max(1));
     let driver = &shared.driver;
+    let identity = Identity::for_job(job, shared.ctx.settings.default_service_account.as_deref());
+    let owner = Owner::of(job);
+    let target = Target {
+        release: name,
+        namespace,
+        identity: &identity,
+    };
     let mut notes = Vec::new();
+    // Whose release it is comes before any Helm action, recovery included.
+    let current = driver.status(target, cancel).await?;
+    if let Some(current) = &current {
+        let labels = driver.labels(target, current.revision, cancel).await?;
+        match ownership::judge(&target.describe(), &labels, &owner, config.adopt) {
+            Ok(Ownership::Ours) => {}
+            Ok(Ownership::Adopted) => {
+                info!(release = %target.describe(), "adopting a release without owner labels");
+                notes.push(format!("release {name} adopted"));
+            }
+            Err(refused) if shared.ctx.settings.allow_shared_releases => {
+                info!(%refused, "acting anyway: --allow-shared-releases");
+            }
+            Err(refused) => return Err(refused.into()),
+        }
+    }
     match job.action {
         JobAction::Apply => {
-            if let Some(current) = driver.status(name, namespace, cancel).await?
-                && is_pending(&current.status)
-            {
-                let history = driver.history(name, namespace, cancel).await?;
+            if let Some(current) = current.filter(|c| is_pending(&c.status)) {
+                let history = driver.history(target, cancel).await?;
                 let stale_after = shared.ctx.timing.ttl + shared.ctx.timing.grace;
                 match judge_pending(
                     &history,
@@ -443,12 +465,10 @@ async fn execute<D: HelmDriver, S>(
                     warn!(release = %name, from = %current.status, "recovering a stuck release");
                     match &plan {
                         Recovery::Rollback { revision, .. } => {
-                            driver
-                                .rollback(name, namespace, *revision, timeout, cancel)
-                                .await?;
+                            driver.rollback(target, *revision, timeout, cancel).await?;
                         }
                         Recovery::Uninstall { .. } => {
-                            driver.uninstall(name, namespace, timeout, cancel).await?;
+                            driver.uninstall(target, timeout, cancel).await?;
                         }
                     }
                     notes.push(plan.describe(name));
@@ -462,6 +482,8 @@ async fn execute<D: HelmDriver, S>(
                 timeout,
                 own_namespace,
                 lease_revision,
+                identity: &identity,
+                owner: &owner,
             };
             let release = driver.apply(apply, cancel).await?;
             notes.push(format!(
@@ -488,22 +510,32 @@ async fn execute<D: HelmDriver, S>(
             })
         }
         JobAction::Delete => {
-            notes.push(
-                match driver.uninstall(name, namespace, timeout, cancel).await? {
+            notes.push(if current.is_none() {
+                format!("release {name} was already gone")
+            } else {
+                match driver.uninstall(target, timeout, cancel).await? {
                     Uninstalled::Removed => format!("release {name} uninstalled"),
                     Uninstalled::NotFound => format!("release {name} was already gone"),
-                },
-            );
+                }
+            });
             if config.manage_namespace {
                 if *namespace == job.component.namespace {
                     notes.push(format!(
                         "namespace {namespace} was not deleted: it is the Component's own namespace"
                     ));
                 } else {
-                    notes.push(match driver.delete_namespace(namespace, cancel).await? {
-                        NamespaceDeletion::Deleted => format!("namespace {namespace} deleted"),
-                        NamespaceDeletion::Skipped(why) => why,
-                    });
+                    notes.push(
+                        match driver
+                            .delete_namespace(namespace, &identity, &owner, cancel)
+                            .await?
+                        {
+                            NamespaceDeletion::Deleted => format!("namespace {namespace} deleted"),
+                            NamespaceDeletion::NotOwned => format!(
+                                "namespace {namespace} was not deleted: helmq did not create it for this Component"
+                            ),
+                            NamespaceDeletion::Skipped(why) => why,
+                        },
+                    );
                 }
             }
             Ok(Done {

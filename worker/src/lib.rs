@@ -16,6 +16,7 @@ pub mod driver;
 pub mod exclusivity;
 mod job;
 pub mod metrics;
+pub mod ownership;
 pub mod policy;
 pub mod pool;
 pub mod readable;
@@ -82,6 +83,14 @@ pub async fn run<D: HelmDriver>(
     if allowlist.any_namespace() {
         warn!("--allow-any-namespace: jobs may install releases into any namespace");
     }
+    if args.allow_shared_releases {
+        warn!("--allow-shared-releases: jobs may act on releases other Components own");
+    }
+    if args.default_service_account.is_none() {
+        warn!(
+            "single-tenant mode: no --default-service-account, so jobs without config.serviceAccountName run Helm with this worker's own rights"
+        );
+    }
     let worker_id = args.worker_id();
     let connection = Connection::open(&args.nats, &format!("helmq-worker {worker_id}")).await?;
     let client = connection.client().clone();
@@ -94,7 +103,8 @@ pub async fn run<D: HelmDriver>(
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
-    metrics.allow_any(&allowlist);
+    metrics.allow_any(&allowlist, args.allow_shared_releases);
+    metrics.single_tenant(args.default_service_account.as_deref());
     let readiness = Readiness::default();
     let http_stop = CancellationToken::new();
     let listener = tokio::net::TcpListener::bind(args.http.listen)

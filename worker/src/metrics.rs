@@ -65,8 +65,11 @@ pub struct Metrics {
     /// Jobs whose handling panicked (each dead-lettered with reason `panic: ...`).
     pub panics: Counter,
     /// 1 for each allowlist the operator opened with `--allow-any-*` (`what`: `source`,
-    /// `namespace`), else 0.
+    /// `namespace`) and for `--allow-shared-releases` (`shared-releases`), else 0.
     allow_any: Family<Labels, Gauge>,
+    /// 1 when jobs without `config.serviceAccountName` run Helm with the worker's own rights
+    /// (no `--default-service-account`), else 0.
+    single_tenant: Gauge,
 }
 
 impl Metrics {
@@ -83,6 +86,7 @@ impl Metrics {
             nats_retries: Counter::default(),
             panics: Counter::default(),
             allow_any: Family::default(),
+            single_tenant: Gauge::default(),
         };
         let sub = registry.sub_registry_with_prefix("helmq_worker");
         sub.register("jobs", "Jobs (deliveries) by outcome", metrics.jobs.clone());
@@ -128,17 +132,30 @@ impl Metrics {
         );
         sub.register(
             "allow_any",
-            "1 where the operator allowed any chart source or namespace (--allow-any-*)",
+            "1 where the operator allowed any chart source or namespace (--allow-any-*) or shared releases (--allow-shared-releases)",
             metrics.allow_any.clone(),
+        );
+        sub.register(
+            "single_tenant",
+            "1 when jobs without config.serviceAccountName run Helm with the worker's own rights (no --default-service-account)",
+            metrics.single_tenant.clone(),
         );
         metrics
     }
 
-    /// Shows in `helmq_worker_allow_any` which allowlists are open.
-    pub fn allow_any(&self, allowlist: &crate::allowlist::Allowlist) {
+    /// Shows in `helmq_worker_single_tenant` whether jobs may run as the worker itself.
+    pub fn single_tenant(&self, default_service_account: Option<&str>) {
+        self.single_tenant
+            .set(i64::from(default_service_account.is_none()));
+    }
+
+    /// Shows in `helmq_worker_allow_any` which allowlists are open, and whether releases may
+    /// be shared (`--allow-shared-releases`).
+    pub fn allow_any(&self, allowlist: &crate::allowlist::Allowlist, shared_releases: bool) {
         for (what, open) in [
             ("source", allowlist.any_source()),
             ("namespace", allowlist.any_namespace()),
+            ("shared-releases", shared_releases),
         ] {
             self.allow_any
                 .get_or_create(&vec![("what", what)])

@@ -62,6 +62,14 @@ pub struct Settings {
     /// Where the pool reports that it cannot work any more (a slot or the advisory task ended
     /// on its own): `/readyz` turns red.
     pub health: Readiness,
+    /// The ServiceAccount, in each job's Component namespace, that jobs without
+    /// `config.serviceAccountName` run as (`--default-service-account`); `None` with no
+    /// such field runs Helm with the worker's own rights (single-tenant mode).
+    pub default_service_account: Option<String>,
+    /// Act on releases whatever their owner labels say (`--allow-shared-releases`): several
+    /// Components may then share one release, as the original controller allowed. Off by
+    /// default: a job acts only on a release its own Component (or subject) owns.
+    pub allow_shared_releases: bool,
 }
 
 impl Settings {
@@ -79,6 +87,8 @@ impl Settings {
             max_timeout: Duration::from_secs(3600),
             nats_patience: Duration::from_secs(120),
             health: Readiness::default(),
+            default_service_account: None,
+            allow_shared_releases: false,
         }
     }
 }

@@ -42,8 +42,19 @@ async fn run_children(dir: &Path) {
     settings.kubectl_bin = Some(dumper(dir, "kubectl"));
     let cli = HelmCli::new(settings).unwrap();
     let cancel = CancellationToken::new();
-    assert_eq!(cli.status("web", "apps", &cancel).await.unwrap(), None);
-    let _ = cli.delete_namespace("apps", &cancel).await;
+    let worker = helmq_worker::ownership::Identity::Worker;
+    let target = helmq_worker::driver::Target {
+        release: "web",
+        namespace: "apps",
+        identity: &worker,
+    };
+    assert_eq!(cli.status(target, &cancel).await.unwrap(), None);
+    let owner = helmq_worker::ownership::Owner {
+        namespace: "team".into(),
+        name: "web".into(),
+        uid: String::new(),
+    };
+    let _ = cli.delete_namespace("apps", &worker, &owner, &cancel).await;
 }
 
 fn read_env(path: &Path) -> Vec<(String, String)> {

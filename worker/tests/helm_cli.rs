@@ -7,12 +7,14 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{config, eventually, fake_helm};
+use common::{WORKER, config, eventually, fake_helm, owner, target};
 use helmq_worker::HelmCli;
+use helmq_worker::driver::Target;
 use helmq_worker::driver::{
     Apply, DriverError, HelmCliSettings, HelmDriver, NamespaceDeletion, Recovery, Release,
     Uninstalled, recovery_plan,
 };
+use helmq_worker::ownership::{Identity, Owner};
 use helmq_worker::policy::Failure;
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +26,15 @@ struct Fixture {
 }
 
 impl Fixture {
+    /// `helm status` of release apps/web, which exists.
+    async fn web_status(&self, cancel: &CancellationToken) -> Release {
+        self.cli
+            .status(target("web", "apps"), cancel)
+            .await
+            .unwrap()
+            .expect("release apps/web")
+    }
+
     /// `HelmCli::apply` of `config` with the test timeout.
     async fn apply(
         &self,
@@ -37,6 +48,8 @@ impl Fixture {
                     timeout: T,
                     own_namespace: "team",
                     lease_revision: 1,
+                    identity: &WORKER,
+                    owner: &owner(),
                 },
                 cancel,
             )
@@ -125,9 +138,9 @@ async fn apply_installs_from_a_cached_package_with_values_in_a_private_file() {
     let leftovers = std::fs::read_dir(f.cache.join("tmp")).unwrap().count();
     assert_eq!(leftovers, 0);
 
-    let status = f.cli.status("web", "apps", &cancel).await.unwrap().unwrap();
+    let status = f.web_status(&cancel).await;
     assert_eq!((status.revision, status.status.as_str()), (2, "deployed"));
-    let history = f.cli.history("web", "apps", &cancel).await.unwrap();
+    let history = f.cli.history(target("web", "apps"), &cancel).await.unwrap();
     let statuses: Vec<_> = history.iter().map(|r| r.status.as_str()).collect();
     assert_eq!(statuses, ["superseded", "deployed"]);
 }
@@ -136,25 +149,39 @@ async fn apply_installs_from_a_cached_package_with_values_in_a_private_file() {
 async fn missing_releases_are_not_errors() {
     let f = fixture();
     let cancel = CancellationToken::new();
-    assert_eq!(f.cli.status("nope", "apps", &cancel).await.unwrap(), None);
+    assert_eq!(
+        f.cli.status(target("nope", "apps"), &cancel).await.unwrap(),
+        None
+    );
     assert!(
         f.cli
-            .history("nope", "apps", &cancel)
+            .history(target("nope", "apps"), &cancel)
             .await
             .unwrap()
             .is_empty()
     );
     assert_eq!(
-        f.cli.uninstall("nope", "apps", T, &cancel).await.unwrap(),
+        f.cli
+            .uninstall(target("nope", "apps"), T, &cancel)
+            .await
+            .unwrap(),
         Uninstalled::NotFound
     );
     let cfg = config("web", "apps");
     f.apply(&cfg, &cancel).await.unwrap();
     assert_eq!(
-        f.cli.uninstall("web", "apps", T, &cancel).await.unwrap(),
+        f.cli
+            .uninstall(target("web", "apps"), T, &cancel)
+            .await
+            .unwrap(),
         Uninstalled::Removed
     );
-    match f.cli.delete_namespace("apps", &cancel).await.unwrap() {
+    match f
+        .cli
+        .delete_namespace("apps", &WORKER, &owner(), &cancel)
+        .await
+        .unwrap()
+    {
         NamespaceDeletion::Skipped(why) => {
             assert!(
                 why.starts_with("namespace apps was not deleted: cannot run"),
@@ -183,8 +210,8 @@ async fn a_stuck_release_is_rolled_back_through_helm() {
 
     let err = f.apply(&cfg, &cancel).await.unwrap_err();
     assert_eq!(err.failure(), Failure::Transient, "{err}");
-    let status = f.cli.status("web", "apps", &cancel).await.unwrap().unwrap();
-    let history = f.cli.history("web", "apps", &cancel).await.unwrap();
+    let status = f.web_status(&cancel).await;
+    let history = f.cli.history(target("web", "apps"), &cancel).await.unwrap();
     let plan = recovery_plan(&status.status, &history).unwrap();
     assert_eq!(
         plan,
@@ -193,7 +220,10 @@ async fn a_stuck_release_is_rolled_back_through_helm() {
             revision: 1
         }
     );
-    f.cli.rollback("web", "apps", 1, T, &cancel).await.unwrap();
+    f.cli
+        .rollback(target("web", "apps"), 1, T, &cancel)
+        .await
+        .unwrap();
     let after = f.apply(&cfg, &cancel).await.unwrap();
     assert_eq!((after.revision, after.status.as_str()), (4, "deployed"));
 }
@@ -235,12 +265,15 @@ async fn cancelling_a_run_kills_the_helm_process() {
     let cancel = CancellationToken::new();
     let cfg = config("web", "apps");
     let cli = &f.cli;
+    let owner = owner();
     let run = cli.apply(
         Apply {
             config: &cfg,
             timeout: T,
             own_namespace: "team",
             lease_revision: 1,
+            identity: &WORKER,
+            owner: &owner,
         },
         &cancel,
     );
@@ -336,7 +369,7 @@ async fn cancelling_a_run_sends_sigterm_first_and_helm_marks_the_release_failed(
     assert!(took < Duration::from_secs(5), "{took:?}");
     assert!(gone(pid));
     let cancel = CancellationToken::new();
-    let status = f.cli.status("web", "apps", &cancel).await.unwrap().unwrap();
+    let status = f.web_status(&cancel).await;
     assert_eq!(status.status.as_str(), "failed", "not left pending-install");
 }
 
@@ -383,6 +416,8 @@ async fn a_time_limit_sends_sigterm_first() {
                 timeout: Duration::from_secs(2),
                 own_namespace: "team",
                 lease_revision: 1,
+                identity: &WORKER,
+                owner: &owner(),
             },
             &cancel,
         )
@@ -392,7 +427,7 @@ async fn a_time_limit_sends_sigterm_first() {
         "{result:?}"
     );
     assert_eq!(terminations(&f.state), ["terminated"]);
-    let status = f.cli.status("web", "apps", &cancel).await.unwrap().unwrap();
+    let status = f.web_status(&cancel).await;
     assert_eq!(status.status.as_str(), "failed");
 }
 
@@ -478,4 +513,151 @@ async fn the_chart_cache_keeps_to_its_bound_by_evicting_the_least_recently_used(
     };
     let _cli = HelmCli::new(settings).unwrap();
     assert_eq!(entries(&f.cache).len(), 1);
+}
+
+/// A fixture whose kubectl is the fake one, reading the fake helm's records.
+fn fixture_with_kubectl() -> Fixture {
+    fixture_with(|settings| {
+        let state = settings.cache_dir.join("helm/data/fake-helm-state");
+        let wrapper = settings.cache_dir.with_file_name("kubectl");
+        helmq_tests::write_fake_kubectl_wrapper(&wrapper, &common::fake_kubectl(), &state).unwrap();
+        settings.kubectl_bin = Some(wrapper);
+    })
+}
+
+fn kubectl_argv(state: &Path) -> Vec<String> {
+    std::fs::read_to_string(state.join("kubectl.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let call: serde_json::Value = serde_json::from_str(l).unwrap();
+            let argv: Vec<&str> = call["argv"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap())
+                .collect();
+            argv.join(" ")
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_tenants_apply_runs_as_its_account_and_labels_the_release_and_its_namespace() {
+    let f = fixture_with_kubectl();
+    let cancel = CancellationToken::new();
+    let cfg = config("web", "apps");
+    let tenant = Identity::User("system:serviceaccount:team:deployer".into());
+    let owner = owner();
+    let apply = |identity| Apply {
+        config: &cfg,
+        timeout: T,
+        own_namespace: "team",
+        lease_revision: 7,
+        identity,
+        owner: &owner,
+    };
+    f.cli.apply(apply(&tenant), &cancel).await.unwrap();
+
+    // helm as the tenant, without --create-namespace: kubectl created the namespace, as the
+    // tenant, with the owner's labels.
+    let upgrade = calls(&f.state)
+        .into_iter()
+        .find(|c| c["argv"][0] == "upgrade")
+        .unwrap();
+    let argv: Vec<&str> = upgrade["argv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        argv.contains(&"--kube-as-user=system:serviceaccount:team:deployer"),
+        "{argv:?}"
+    );
+    assert!(!argv.contains(&"--create-namespace"), "{argv:?}");
+    assert_eq!(
+        kubectl_argv(&f.state),
+        ["create -o name -f - --as=system:serviceaccount:team:deployer"]
+    );
+    let namespace: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(f.state.join("kubectl/namespaces/apps.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        namespace["metadata"]["labels"]["helmq.io/owner-uid"],
+        owner.uid.as_str()
+    );
+
+    // The release record carries the owner and the lease stamp.
+    let web = Target {
+        release: "web",
+        namespace: "apps",
+        identity: &tenant,
+    };
+    let labels = f.cli.labels(web, 1, &cancel).await.unwrap();
+    assert_eq!(Owner::from_labels(&labels), Some(owner.clone()));
+    assert_eq!(
+        labels.get("helmq.io/lease-revision").map(String::as_str),
+        Some("7")
+    );
+    assert_eq!(labels.get("owner").map(String::as_str), Some("helm"));
+
+    // A second apply finds the namespace and leaves it alone.
+    f.cli.apply(apply(&tenant), &cancel).await.unwrap();
+    // The namespace goes only for its owner.
+    let stranger = Owner {
+        uid: "someone-else".into(),
+        ..owner.clone()
+    };
+    assert_eq!(
+        f.cli
+            .delete_namespace("apps", &tenant, &stranger, &cancel)
+            .await
+            .unwrap(),
+        NamespaceDeletion::NotOwned
+    );
+    assert_eq!(
+        f.cli
+            .delete_namespace("apps", &tenant, &owner, &cancel)
+            .await
+            .unwrap(),
+        NamespaceDeletion::Deleted
+    );
+    let kubectl = kubectl_argv(&f.state);
+    assert_eq!(
+        kubectl.last().map(String::as_str),
+        Some(
+            "delete namespace --ignore-not-found --wait=false --as=system:serviceaccount:team:deployer -- apps"
+        )
+    );
+    assert!(
+        kubectl
+            .iter()
+            .all(|c| c.contains("--as=system:serviceaccount:team:deployer")),
+        "{kubectl:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_namespace_that_existed_before_is_never_claimed() {
+    let f = fixture_with_kubectl();
+    let cancel = CancellationToken::new();
+    // Made by someone else, before helmq.
+    let dir = f.state.join("kubectl/namespaces");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("apps.json"),
+        r#"{"kind":"Namespace","metadata":{"name":"apps","labels":{"team":"b"}}}"#,
+    )
+    .unwrap();
+    f.apply(&config("web", "apps"), &cancel).await.unwrap();
+    assert_eq!(
+        f.cli
+            .delete_namespace("apps", &WORKER, &owner(), &cancel)
+            .await
+            .unwrap(),
+        NamespaceDeletion::NotOwned
+    );
+    assert!(dir.join("apps.json").exists());
 }

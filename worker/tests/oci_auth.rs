@@ -9,6 +9,7 @@ use helmq_schemas::config::{OciAuthentication, SecretRef};
 use helmq_schemas::{ChartSource, HelmConfig};
 use helmq_worker::HelmCli;
 use helmq_worker::driver::{Apply, DriverError, HelmCliSettings, HelmDriver, KubectlAction};
+use helmq_worker::ownership::{Identity, Owner};
 use helmq_worker::policy::Failure;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -146,6 +147,11 @@ impl Fixture {
     }
 
     async fn apply(&self, config: &HelmConfig) -> Result<(), DriverError> {
+        let owner = Owner {
+            namespace: "apps".into(),
+            name: "web".into(),
+            uid: String::new(),
+        };
         self.cli
             .apply(
                 Apply {
@@ -153,6 +159,8 @@ impl Fixture {
                     timeout: T,
                     own_namespace: "apps",
                     lease_revision: 1,
+                    identity: &Identity::Worker,
+                    owner: &owner,
                 },
                 &CancellationToken::new(),
             )
@@ -215,7 +223,8 @@ fn oci_config(secret: Option<(&str, Option<&str>)>) -> HelmConfig {
     HelmConfig {
         release_name: "web".into(),
         release_namespace: "apps".into(),
-        manage_namespace: true,
+        // The kubectl calls here are the registry Secret's only.
+        manage_namespace: false,
         source: ChartSource::Oci {
             chart: CHART.into(),
             authentication: secret.map(|(name, namespace)| OciAuthentication {
@@ -227,6 +236,8 @@ fn oci_config(secret: Option<(&str, Option<&str>)>) -> HelmConfig {
             }),
         },
         values: serde_json::Map::new(),
+        service_account_name: None,
+        adopt: false,
     }
 }
 

@@ -130,7 +130,9 @@ async fn an_outage_while_a_job_waits_for_its_lease_runs_both_jobs_once_each() {
     let mut env = Env::start(topology()).await;
     let driver = MemoryDriver::new();
     driver.close_gate();
-    let pool = env.pool(driver.clone(), settings("w")).await;
+    let mut s = settings("w");
+    s.allow_shared_releases = true;
+    let pool = env.pool(driver.clone(), s).await;
     // Two Components sharing one release: the second waits for the first's lease.
     env.publish(&apply("first", 1, "shared")).await;
     eventually(

@@ -24,6 +24,8 @@ async fn two_pools_never_run_two_jobs_for_one_release_at_once_and_finish_every_j
     driver.set_delay(Duration::from_millis(40));
     let mut a = settings("pool-a");
     a.concurrency = 4;
+    // Components sharing releases: contention for each release's lease.
+    a.allow_shared_releases = true;
     let b = Settings {
         worker_id: "pool-b".into(),
         ..a.clone()
@@ -230,6 +232,8 @@ async fn deliveries_given_back_while_waiting_for_the_lease_do_not_spend_the_budg
     s.concurrency = 2;
     s.max_attempts = 2;
     s.lease_wait = Duration::from_millis(200);
+    // Two Components sharing one release, so that one waits for the other's lease.
+    s.allow_shared_releases = true;
     s.retry.min = Duration::from_millis(100);
     s.retry.jitter = false;
     let pool = env.pool(driver.clone(), s).await;
@@ -479,6 +483,7 @@ fn pending_since_now(driver: &MemoryDriver) {
         "web",
         vec![rev(1, "deployed"), rev(2, "pending-upgrade")],
     );
+    driver.set_labels("apps", "web", owner_labels(&apply("web", 1, "web")));
 }
 
 #[tokio::test]
@@ -566,6 +571,7 @@ async fn a_stuck_release_is_recovered_before_the_job_runs() {
             rev(3, "pending-upgrade"),
         ],
     );
+    driver.set_labels("apps", "web", owner_labels(&apply("web", 5, "web")));
     let pool = env.pool(driver.clone(), settings("w")).await;
     env.publish(&apply("web", 5, "web")).await;
     let ready = eventually(Duration::from_secs(20), "Ready", || async {

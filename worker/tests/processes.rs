@@ -34,6 +34,8 @@ fn spawn_worker(env: &Env, dir: &Path, id: &str, extra: &[&str], sleep: &str) ->
     // helm runs with a cleared environment: the fake's settings come from a wrapper.
     let helm = dir.join(format!("helm-{id}"));
     helmq_tests::write_fake_helm_wrapper(&helm, &fake_helm(), id, &state, sleep).unwrap();
+    let kubectl = dir.join(format!("kubectl-{id}"));
+    helmq_tests::write_fake_kubectl_wrapper(&kubectl, &fake_kubectl(), &state).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_helmq-worker"))
         .args(["--nats-url", env.server.url()])
         .args(if extra.contains(&"--listen") {
@@ -54,8 +56,9 @@ fn spawn_worker(env: &Env, dir: &Path, id: &str, extra: &[&str], sleep: &str) ->
         } else {
             &["--helm-grace", "1s"][..]
         })
-        // No kubectl: the fake helm's releases have no Secrets to read a lease stamp from.
-        .args(["--kubectl-bin", ""])
+        // The fake kubectl reads the fake helm's records: owner labels and lease stamps.
+        .arg("--kubectl-bin")
+        .arg(&kubectl)
         .args(extra)
         .env("HELMQ_WORKER_ID", id)
         .env("RUST_LOG", "info,helmq_worker=debug")
@@ -112,8 +115,10 @@ async fn ready_count(env: &Env) -> usize {
 async fn two_worker_processes_never_overlap_on_a_release_and_finish_every_job() {
     let env = Env::start(fast_topology()).await;
     let dir = tempfile::tempdir().unwrap();
-    let _a = spawn_worker(&env, dir.path(), "a", &["--concurrency", "3"], "0.15");
-    let _b = spawn_worker(&env, dir.path(), "b", &["--concurrency", "3"], "0.15");
+    // Components sharing releases: contention for each release's lease.
+    let extra = ["--concurrency", "3", "--allow-shared-releases"];
+    let _a = spawn_worker(&env, dir.path(), "a", &extra, "0.15");
+    let _b = spawn_worker(&env, dir.path(), "b", &extra, "0.15");
     // 18 Components on 3 releases.
     for i in 0..18 {
         env.publish(&apply(&format!("c{i}"), 1, &format!("r{}", i % 3)))

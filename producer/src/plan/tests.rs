@@ -689,3 +689,49 @@ fn a_component_asking_for_too_long_a_timeout_fails_like_an_invalid_config() {
         }
     );
 }
+
+#[test]
+fn a_job_may_adopt_only_the_release_its_components_status_records() {
+    let recorded = |release: &str, namespace: &str| {
+        let mut c = fixture()
+            .fin(&[HELM_FINALIZER])
+            .at(Phase::Ready, Some(1))
+            .generation(2)
+            .build();
+        c.status.as_mut().expect("status").handler_status = Some(HandlerStatus {
+            release_name: Some(release.into()),
+            release_namespace: Some(namespace.into()),
+            ..Default::default()
+        });
+        c
+    };
+    let apply_adopts = |c: &Component| match plan(c, &ctx(Published::default())) {
+        Action::PublishApply(job) => job.config.adopt,
+        other => panic!("expected an apply job, got {}", kind(&other)),
+    };
+    // Deployed by this Component before helmq labelled releases: taken over, not stranded.
+    assert!(apply_adopts(&recorded("web", "apps")));
+    // Another release, or nothing recorded: only what spec.config says (here: no).
+    assert!(!apply_adopts(&recorded("web", "other")));
+    assert!(!apply_adopts(&recorded("db", "apps")));
+    let fresh = fixture().fin(&[HELM_FINALIZER]).build();
+    assert!(!apply_adopts(&fresh));
+    // The delete of a recorded release may uninstall it; without a record it may not adopt.
+    let deleting = fixture()
+        .fin(&[HELM_FINALIZER])
+        .at(Phase::Ready, Some(1))
+        .with_record()
+        .deleting();
+    let Action::PublishDelete(job) = plan(&deleting.build(), &ctx(Published::default())) else {
+        panic!("expected a delete job");
+    };
+    assert!(job.config.adopt);
+    let unrecorded = fixture()
+        .fin(&[HELM_FINALIZER])
+        .at(Phase::Ready, Some(1))
+        .deleting();
+    let Action::PublishDelete(job) = plan(&unrecorded.build(), &ctx(Published::default())) else {
+        panic!("expected a delete job");
+    };
+    assert!(!job.config.adopt);
+}

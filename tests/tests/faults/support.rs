@@ -29,8 +29,9 @@ use helmq_schemas::event::{ComponentRef, JobAction, JobEvent, StatusEvent};
 use helmq_tests::NatsServer;
 use helmq_tests::faults::Run;
 use helmq_worker::driver::{
-    Apply, DriverError, HelmDriver, NamespaceDeletion, Release, Revision, Uninstalled,
+    Apply, DriverError, HelmDriver, NamespaceDeletion, Release, Revision, Target, Uninstalled,
 };
+use helmq_worker::ownership::{Identity, Owner};
 use helmq_worker::{MemoryDriver, Metrics, Settings};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
@@ -200,54 +201,58 @@ impl HelmDriver for RecordingDriver {
 
     async fn uninstall(
         &self,
-        release: &str,
-        namespace: &str,
+        target: Target<'_>,
         timeout: Duration,
         cancel: &CancellationToken,
     ) -> Result<Uninstalled, DriverError> {
         self.recorded(
             "uninstall",
-            format!("{namespace}/{release}"),
+            target.describe(),
             (String::new(), 0),
             cancel,
-            self.inner.uninstall(release, namespace, timeout, cancel),
+            self.inner.uninstall(target, timeout, cancel),
         )
         .await
     }
 
     async fn status(
         &self,
-        release: &str,
-        namespace: &str,
+        target: Target<'_>,
         cancel: &CancellationToken,
     ) -> Result<Option<Release>, DriverError> {
-        self.inner.status(release, namespace, cancel).await
+        self.inner.status(target, cancel).await
+    }
+
+    async fn labels(
+        &self,
+        target: Target<'_>,
+        revision: i64,
+        cancel: &CancellationToken,
+    ) -> Result<BTreeMap<String, String>, DriverError> {
+        self.inner.labels(target, revision, cancel).await
     }
 
     async fn history(
         &self,
-        release: &str,
-        namespace: &str,
+        target: Target<'_>,
         cancel: &CancellationToken,
     ) -> Result<Vec<Revision>, DriverError> {
-        self.inner.history(release, namespace, cancel).await
+        self.inner.history(target, cancel).await
     }
 
     async fn rollback(
         &self,
-        release: &str,
-        namespace: &str,
+        target: Target<'_>,
         revision: i64,
         timeout: Duration,
         cancel: &CancellationToken,
     ) -> Result<(), DriverError> {
         self.recorded(
             "rollback",
-            format!("{namespace}/{release}"),
+            target.describe(),
             (String::new(), 0),
             cancel,
-            self.inner
-                .rollback(release, namespace, revision, timeout, cancel),
+            self.inner.rollback(target, revision, timeout, cancel),
         )
         .await
     }
@@ -255,9 +260,13 @@ impl HelmDriver for RecordingDriver {
     async fn delete_namespace(
         &self,
         namespace: &str,
+        identity: &Identity,
+        owner: &Owner,
         cancel: &CancellationToken,
     ) -> Result<NamespaceDeletion, DriverError> {
-        self.inner.delete_namespace(namespace, cancel).await
+        self.inner
+            .delete_namespace(namespace, identity, owner, cancel)
+            .await
     }
 }
 
@@ -292,6 +301,8 @@ pub fn settings(id: &str) -> Settings {
     settings.retry.min = Duration::from_millis(100);
     settings.retry.max = Duration::from_secs(1);
     settings.fetch_expires = Duration::from_millis(500);
+    // The scenarios' Components share releases, to contend for their leases.
+    settings.allow_shared_releases = true;
     settings
 }
 
@@ -699,6 +710,10 @@ impl WorkerProcess {
         let helm = dir.join(format!("helm-{id}"));
         helmq_tests::write_fake_helm_wrapper(&helm, &fake_helm(), id, &state, sleep)
             .expect("helm wrapper");
+        let kubectl = dir.join(format!("kubectl-{id}"));
+        let fake_kubectl = helmq_tests::workspace_root().join("tests/fixtures/fake-kubectl");
+        helmq_tests::write_fake_kubectl_wrapper(&kubectl, &fake_kubectl, &state)
+            .expect("kubectl wrapper");
         let log = std::fs::File::create(dir.join(format!("{id}.log"))).expect("worker log");
         let child = Command::new(helmq_tests::binaries_dir().join("helmq-worker"))
             .args(["--nats-url", url, "--listen", "127.0.0.1:0"])
@@ -710,10 +725,13 @@ impl WorkerProcess {
             .args(["--allowed-sources", REPOSITORY])
             .args(["--allowed-namespaces", RELEASE_NAMESPACE])
             .args(["--concurrency", "8"])
+            // The scenarios' Components share releases, to contend for their leases.
+            .arg("--allow-shared-releases")
             // The scenarios' leases live a few seconds: a cancelled helm gets one.
             .args(["--helm-grace", "1s"])
-            // No kubectl: the fake helm's releases have no Secrets to read a lease stamp from.
-            .args(["--kubectl-bin", ""])
+            // The fake kubectl reads the fake helm's records: owner labels and lease stamps.
+            .arg("--kubectl-bin")
+            .arg(&kubectl)
             .env("HELMQ_WORKER_ID", id)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

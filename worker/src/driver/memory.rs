@@ -4,7 +4,7 @@
 //! until the test lets it go on. Built only for this crate's tests and with the `testing`
 //! feature (which the integration tests turn on), never into a release binary.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -12,9 +12,10 @@ use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Apply, DriverError, HelmDriver, HelmStatus, NamespaceDeletion, Release, Revision, Tool,
+    Apply, DriverError, HelmDriver, HelmStatus, NamespaceDeletion, Release, Revision, Target, Tool,
     Uninstalled, is_pending,
 };
+use crate::ownership::{Identity, Owner};
 
 /// One call the driver received.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,6 +30,8 @@ pub struct Call {
     pub values: Map<String, Value>,
     /// Whether the call was cancelled before it finished.
     pub cancelled: bool,
+    /// The impersonated user it ran as (`None`: the worker's own account).
+    pub user: Option<String>,
     /// When the call started.
     pub at: std::time::Instant,
 }
@@ -47,6 +50,11 @@ pub enum Step {
 #[derive(Debug, Default)]
 struct State {
     releases: HashMap<(String, String), Vec<Revision>>,
+    /// The labels of each release's newest record (merged over upgrades, as Helm does).
+    labels: HashMap<(String, String), BTreeMap<String, String>>,
+    /// Namespaces that exist, with the owner helmq created them for (`None`: not created by
+    /// helmq).
+    namespaces: HashMap<String, Option<Owner>>,
     running: HashMap<(String, String), usize>,
     overlaps: Vec<String>,
     calls: Vec<Call>,
@@ -130,6 +138,23 @@ impl MemoryDriver {
             .insert((namespace.to_owned(), release.to_owned()), history);
     }
 
+    /// Sets the labels of a release's newest record (e.g. another owner's, or none).
+    pub fn set_labels(&self, namespace: &str, release: &str, labels: BTreeMap<String, String>) {
+        self.state()
+            .labels
+            .insert((namespace.to_owned(), release.to_owned()), labels);
+    }
+
+    /// Makes a namespace exist that helmq did not create.
+    pub fn add_namespace(&self, namespace: &str) {
+        self.state().namespaces.insert(namespace.to_owned(), None);
+    }
+
+    /// Whether a namespace exists.
+    pub fn has_namespace(&self, namespace: &str) -> bool {
+        self.state().namespaces.contains_key(namespace)
+    }
+
     /// The history of a release (oldest first).
     pub fn history_of(&self, namespace: &str, release: &str) -> Vec<Revision> {
         self.state()
@@ -152,10 +177,10 @@ impl MemoryDriver {
     fn begin(
         &self,
         op: &'static str,
-        namespace: &str,
-        release: &str,
+        target: Target<'_>,
         values: Map<String, Value>,
     ) -> (usize, Option<Step>, Duration) {
+        let (namespace, release) = (target.namespace, target.release);
         let mut state = self.state();
         let key = (namespace.to_owned(), release.to_owned());
         let running = state.running.entry(key).or_default();
@@ -172,6 +197,7 @@ impl MemoryDriver {
             values,
             cancelled: false,
             at: std::time::Instant::now(),
+            user: target.identity.user().map(str::to_owned),
         });
         let index = state.calls.len() - 1;
         (index, step, state.delay)
@@ -194,13 +220,13 @@ impl MemoryDriver {
     async fn mutate<T>(
         &self,
         op: &'static str,
-        namespace: &str,
-        release: &str,
+        target: Target<'_>,
         values: Map<String, Value>,
         cancel: &CancellationToken,
         work: impl FnOnce(&mut State) -> Result<T, DriverError>,
     ) -> Result<T, DriverError> {
-        let (index, step, delay) = self.begin(op, namespace, release, values);
+        let (namespace, release) = (target.namespace, target.release);
+        let (index, step, delay) = self.begin(op, target, values);
         let delay = match &step {
             Some(Step::Delay(d)) => delay.max(*d),
             _ => delay,
@@ -234,14 +260,15 @@ impl MemoryDriver {
         result
     }
 
-    fn record(&self, op: &'static str, namespace: &str, release: &str) {
+    fn record(&self, op: &'static str, target: Target<'_>) {
         self.state().calls.push(Call {
             op,
-            release: release.to_owned(),
-            namespace: namespace.to_owned(),
+            release: target.release.to_owned(),
+            namespace: target.namespace.to_owned(),
             values: Map::new(),
             cancelled: false,
             at: std::time::Instant::now(),
+            user: target.identity.user().map(str::to_owned),
         });
     }
 }
@@ -289,17 +316,34 @@ impl HelmDriver for MemoryDriver {
         let chart = format!("{}-{}", config.chart_name(), config.chart_version());
         let version = config.chart_version().to_owned();
         let stamp = request.lease_revision;
+        let owner = request.owner.clone();
         self.state().tenants.push((
             config.release_name.clone(),
             request.own_namespace.to_owned(),
         ));
+        let target = Target {
+            release: &config.release_name,
+            namespace: &config.release_namespace,
+            identity: request.identity,
+        };
+        let manage = config.manage_namespace;
         self.mutate(
             "apply",
-            &config.release_namespace,
-            &config.release_name,
+            target,
             config.values.clone(),
             cancel,
             move |state| {
+                if manage {
+                    state
+                        .namespaces
+                        .entry(key.0.clone())
+                        .or_insert_with(|| Some(owner.clone()));
+                }
+                let labels = state.labels.entry(key.clone()).or_default();
+                labels.insert(super::LEASE_LABEL.to_owned(), stamp.to_string());
+                for (k, v) in owner.labels() {
+                    labels.insert(k.to_owned(), v.to_owned());
+                }
                 let history = state.releases.entry(key).or_default();
                 if history.last().is_some_and(|r| is_pending(&r.status)) {
                     return Err(DriverError::Helm {
@@ -321,99 +365,109 @@ impl HelmDriver for MemoryDriver {
 
     async fn uninstall(
         &self,
-        release: &str,
-        namespace: &str,
+        target: Target<'_>,
         _timeout: Duration,
         cancel: &CancellationToken,
     ) -> Result<Uninstalled, DriverError> {
-        let key = (namespace.to_owned(), release.to_owned());
-        self.mutate(
-            "uninstall",
-            namespace,
-            release,
-            Map::new(),
-            cancel,
-            move |state| {
-                Ok(match state.releases.remove(&key) {
-                    Some(_) => Uninstalled::Removed,
-                    None => Uninstalled::NotFound,
-                })
-            },
-        )
+        let key = (target.namespace.to_owned(), target.release.to_owned());
+        self.mutate("uninstall", target, Map::new(), cancel, move |state| {
+            state.labels.remove(&key);
+            Ok(match state.releases.remove(&key) {
+                Some(_) => Uninstalled::Removed,
+                None => Uninstalled::NotFound,
+            })
+        })
         .await
     }
 
     async fn status(
         &self,
-        release: &str,
-        namespace: &str,
+        target: Target<'_>,
         _cancel: &CancellationToken,
     ) -> Result<Option<Release>, DriverError> {
-        self.record("status", namespace, release);
-        Ok(self.history_of(namespace, release).last().map(|r| Release {
+        self.record("status", target);
+        let history = self.history_of(target.namespace, target.release);
+        Ok(history.last().map(|r| Release {
             revision: r.revision,
             status: r.status.clone(),
             chart_version: r.chart.rsplit_once('-').map(|(_, v)| v.to_owned()),
         }))
     }
 
+    async fn labels(
+        &self,
+        target: Target<'_>,
+        _revision: i64,
+        _cancel: &CancellationToken,
+    ) -> Result<BTreeMap<String, String>, DriverError> {
+        self.record("labels", target);
+        let key = (target.namespace.to_owned(), target.release.to_owned());
+        Ok(self.state().labels.get(&key).cloned().unwrap_or_default())
+    }
+
     async fn history(
         &self,
-        release: &str,
-        namespace: &str,
+        target: Target<'_>,
         _cancel: &CancellationToken,
     ) -> Result<Vec<Revision>, DriverError> {
-        self.record("history", namespace, release);
-        Ok(self.history_of(namespace, release))
+        self.record("history", target);
+        Ok(self.history_of(target.namespace, target.release))
     }
 
     async fn rollback(
         &self,
-        release: &str,
-        namespace: &str,
+        target: Target<'_>,
         revision: i64,
         _timeout: Duration,
         cancel: &CancellationToken,
     ) -> Result<(), DriverError> {
-        let key = (namespace.to_owned(), release.to_owned());
-        self.mutate(
-            "rollback",
-            namespace,
-            release,
-            Map::new(),
-            cancel,
-            move |state| {
-                let history = state.releases.entry(key).or_default();
-                let Some(target) = history.iter().find(|r| r.revision == revision).cloned() else {
-                    return Err(DriverError::Helm {
-                        command: "rollback".into(),
-                        exit_code: Some(1),
-                        stderr: format!("Error: release has no {revision} version"),
-                    });
-                };
-                for r in history.iter_mut() {
-                    if is_pending(&r.status) {
-                        r.status = HelmStatus::Failed;
-                    }
+        let key = (target.namespace.to_owned(), target.release.to_owned());
+        self.mutate("rollback", target, Map::new(), cancel, move |state| {
+            let history = state.releases.entry(key).or_default();
+            let Some(target) = history.iter().find(|r| r.revision == revision).cloned() else {
+                return Err(DriverError::Helm {
+                    command: "rollback".into(),
+                    exit_code: Some(1),
+                    stderr: format!("Error: release has no {revision} version"),
+                });
+            };
+            for r in history.iter_mut() {
+                if is_pending(&r.status) {
+                    r.status = HelmStatus::Failed;
                 }
-                push_revision(
-                    history,
-                    target.chart,
-                    &format!("Rollback to {revision}"),
-                    target.lease_revision,
-                );
-                Ok(())
-            },
-        )
+            }
+            push_revision(
+                history,
+                target.chart,
+                &format!("Rollback to {revision}"),
+                target.lease_revision,
+            );
+            Ok(())
+        })
         .await
     }
 
     async fn delete_namespace(
         &self,
         namespace: &str,
+        identity: &Identity,
+        owner: &Owner,
         _cancel: &CancellationToken,
     ) -> Result<NamespaceDeletion, DriverError> {
-        self.record("delete-namespace", namespace, namespace);
-        Ok(NamespaceDeletion::Deleted)
+        let target = Target {
+            release: namespace,
+            namespace,
+            identity,
+        };
+        self.record("delete-namespace", target);
+        let mut state = self.state();
+        Ok(match state.namespaces.get(namespace) {
+            None => NamespaceDeletion::Deleted,
+            Some(Some(created_for)) if created_for == owner => {
+                state.namespaces.remove(namespace);
+                NamespaceDeletion::Deleted
+            }
+            Some(_) => NamespaceDeletion::NotOwned,
+        })
     }
 }

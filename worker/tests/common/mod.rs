@@ -215,6 +215,8 @@ pub fn config(release: &str, namespace: &str) -> HelmConfig {
             },
         },
         values,
+        service_account_name: None,
+        adopt: false,
     }
 }
 
@@ -240,4 +242,40 @@ pub fn apply(name: &str, generation: i64, release: &str) -> JobEvent {
 pub fn fake_helm() -> std::path::PathBuf {
     // This crate's own manifest dir: the fixture belongs to this checkout.
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/fake-helm")
+}
+
+/// The fake kubectl of tests/fixtures.
+pub fn fake_kubectl() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/fake-kubectl")
+}
+
+/// The worker's own identity (single-tenant mode), for driver calls in tests.
+pub static WORKER: helmq_worker::ownership::Identity = helmq_worker::ownership::Identity::Worker;
+
+/// `release` in `namespace`, called with the worker's own rights.
+pub fn target<'a>(release: &'a str, namespace: &'a str) -> helmq_worker::driver::Target<'a> {
+    helmq_worker::driver::Target {
+        release,
+        namespace,
+        identity: &WORKER,
+    }
+}
+
+/// The owner the driver tests stamp on what they create.
+pub fn owner() -> helmq_worker::ownership::Owner {
+    helmq_worker::ownership::Owner {
+        namespace: "team".into(),
+        name: "web".into(),
+        uid: "00000000-0000-4000-8000-000000000001".into(),
+    }
+}
+
+/// The owner labels `job` stamps on its release: a release set up by hand with them is one
+/// the job's Component installed.
+pub fn owner_labels(job: &JobEvent) -> std::collections::BTreeMap<String, String> {
+    helmq_worker::ownership::Owner::of(job)
+        .labels()
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
 }

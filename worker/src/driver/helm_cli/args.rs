@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use helmq_schemas::{ChartSource, HelmConfig, oci};
 
-use crate::driver::LEASE_LABEL;
+use crate::driver::{LEASE_LABEL, Tool};
+use crate::ownership::{Identity, Owner};
 
 fn os(args: &[&str]) -> Vec<OsString> {
     args.iter().map(OsString::from).collect()
@@ -18,13 +19,27 @@ fn secs(timeout: Duration) -> String {
     format!("{}s", timeout.as_secs().max(1))
 }
 
-/// Adds `--kubeconfig <path>` when there is one (in-cluster config otherwise), before the `--`
-/// that ends the flags; helm and kubectl take it alike.
-pub(super) fn with_kubeconfig(mut args: Vec<OsString>, kubeconfig: Option<&Path>) -> Vec<OsString> {
+/// Adds, before the `--` that ends the flags, `--kubeconfig <path>` when there is one
+/// (in-cluster config otherwise) and the impersonated user when the identity is not the
+/// worker's own: helm's `--kube-as-user`, kubectl's `--as`.
+pub(super) fn with_access(
+    mut args: Vec<OsString>,
+    tool: Tool,
+    kubeconfig: Option<&Path>,
+    identity: &Identity,
+) -> Vec<OsString> {
+    let mut access = Vec::new();
     if let Some(path) = kubeconfig {
-        let at = args.iter().position(|a| a == "--").unwrap_or(args.len());
-        args.splice(at..at, [OsString::from("--kubeconfig"), path.into()]);
+        access.extend([OsString::from("--kubeconfig"), path.into()]);
     }
+    if let Some(user) = identity.user() {
+        access.push(match tool {
+            Tool::Helm => flag("kube-as-user", user),
+            Tool::Kubectl => flag("as", user),
+        });
+    }
+    let at = args.iter().position(|a| a == "--").unwrap_or(args.len());
+    args.splice(at..at, access);
     args
 }
 
@@ -42,17 +57,29 @@ fn flag(name: &str, value: &str) -> OsString {
     format!("--{name}={value}").into()
 }
 
+/// What `helm upgrade --install` stamps on the release and whether helm creates the namespace.
+pub(super) struct Stamp<'a> {
+    /// The release lease revision the run holds.
+    pub lease_revision: u64,
+    /// The release's owner.
+    pub owner: &'a Owner,
+    /// `--create-namespace`: only when the driver could not create the namespace with its
+    /// owner labels itself (no kubectl), so that helmq never claims a namespace it did not
+    /// create.
+    pub create_namespace: bool,
+}
+
 /// `helm upgrade --install` from a local package with values from a file.
 pub(super) fn upgrade_args(
     config: &HelmConfig,
     chart: &Path,
     values: &Path,
     timeout: Duration,
-    lease_revision: u64,
+    stamp: &Stamp<'_>,
 ) -> Vec<OsString> {
     let mut flags = os(&["upgrade", "--install"]);
     flags.push(flag("namespace", &config.release_namespace));
-    if config.manage_namespace {
+    if stamp.create_namespace {
         flags.push("--create-namespace".into());
     }
     if !config.chart_version().is_empty() {
@@ -61,7 +88,11 @@ pub(super) fn upgrade_args(
     let mut values_flag = OsString::from("--values=");
     values_flag.push(values);
     flags.push(values_flag);
-    flags.push(flag("labels", &format!("{LEASE_LABEL}={lease_revision}")));
+    let mut labels = format!("{LEASE_LABEL}={}", stamp.lease_revision);
+    for (key, value) in stamp.owner.labels() {
+        labels.push_str(&format!(",{key}={value}"));
+    }
+    flags.push(flag("labels", &labels));
     flags.extend(os(&["--wait", "--timeout", &secs(timeout), "-o", "json"]));
     command(
         flags,
@@ -179,17 +210,25 @@ pub(super) fn registry_login_args(host: &str, username: &str) -> Vec<OsString> {
 }
 
 /// `kubectl delete namespace`, without waiting for the namespace to go.
-pub(super) fn kubectl_delete_namespace_args(
-    namespace: &str,
-    kubeconfig: Option<&Path>,
-) -> Vec<OsString> {
-    with_kubeconfig(
-        command(
-            os(&["delete", "namespace", "--ignore-not-found", "--wait=false"]),
-            &[OsStr::new(namespace)],
-        ),
-        kubeconfig,
+pub(super) fn kubectl_delete_namespace_args(namespace: &str) -> Vec<OsString> {
+    command(
+        os(&["delete", "namespace", "--ignore-not-found", "--wait=false"]),
+        &[OsStr::new(namespace)],
     )
+}
+
+/// `kubectl get namespace -o jsonpath={.metadata.labels}`: its labels as a JSON map.
+pub(super) fn kubectl_namespace_labels_args(namespace: &str) -> Vec<OsString> {
+    command(
+        os(&["get", "namespace", "-o", "jsonpath={.metadata.labels}"]),
+        &[OsStr::new(namespace)],
+    )
+}
+
+/// `kubectl create -f -`: creates the object read from stdin (a namespace with its owner
+/// labels); fails with `AlreadyExists` when it exists.
+pub(super) fn kubectl_create_stdin_args() -> Vec<OsString> {
+    os(&["create", "-o", "name", "-f", "-"])
 }
 
 /// The name of the Secret that stores `revision` of `release` (Helm's storage driver
@@ -203,45 +242,27 @@ pub(super) fn kubectl_get_labels_args(
     release: &str,
     revision: i64,
     namespace: &str,
-    kubeconfig: Option<&Path>,
 ) -> Vec<OsString> {
     let secret = release_record_secret(release, revision);
-    kubectl_get_secret(
-        &secret,
-        namespace,
-        "jsonpath={.metadata.labels}",
-        kubeconfig,
-    )
+    kubectl_get_secret(&secret, namespace, "jsonpath={.metadata.labels}")
 }
 
 /// `kubectl get secret -o json` of a registry login's Secret.
-pub(super) fn kubectl_get_secret_args(
-    name: &str,
-    namespace: &str,
-    kubeconfig: Option<&Path>,
-) -> Vec<OsString> {
-    kubectl_get_secret(name, namespace, "json", kubeconfig)
+pub(super) fn kubectl_get_secret_args(name: &str, namespace: &str) -> Vec<OsString> {
+    kubectl_get_secret(name, namespace, "json")
 }
 
 /// `kubectl get secret -o <output>`.
-fn kubectl_get_secret(
-    name: &str,
-    namespace: &str,
-    output: &str,
-    kubeconfig: Option<&Path>,
-) -> Vec<OsString> {
-    with_kubeconfig(
-        command(
-            vec![
-                "get".into(),
-                "secret".into(),
-                flag("namespace", namespace),
-                "-o".into(),
-                output.into(),
-            ],
-            &[OsStr::new(name)],
-        ),
-        kubeconfig,
+fn kubectl_get_secret(name: &str, namespace: &str, output: &str) -> Vec<OsString> {
+    command(
+        vec![
+            "get".into(),
+            "secret".into(),
+            flag("namespace", namespace),
+            "-o".into(),
+            output.into(),
+        ],
+        &[OsStr::new(name)],
     )
 }
 
@@ -276,18 +297,33 @@ mod tests {
                 },
             },
             values,
+            service_account_name: None,
+            adopt: false,
+        }
+    }
+
+    fn owner(uid: &str) -> Owner {
+        Owner {
+            namespace: "team-a".into(),
+            name: "web".into(),
+            uid: uid.into(),
         }
     }
 
     #[test]
     fn upgrade_installs_from_the_cached_package_with_values_in_a_file() {
-        let upgrade = |manage: bool, timeout: Duration| {
+        let owner = owner("u-1");
+        let upgrade = |create_namespace: bool, timeout: Duration| {
             line(&upgrade_args(
-                &http_config(manage),
+                &http_config(create_namespace),
                 Path::new("/c/nginx-15.4.2.tgz"),
                 Path::new("/t/values-1.json"),
                 timeout,
-                42,
+                &Stamp {
+                    lease_revision: 42,
+                    owner: &owner,
+                    create_namespace,
+                },
             ))
         };
         let cases = [
@@ -295,16 +331,18 @@ mod tests {
                 true,
                 Duration::from_secs(300),
                 "upgrade --install --namespace=apps --create-namespace --version=15.4.2 \
-                 --values=/t/values-1.json --labels=helmq.io/lease-revision=42 --wait --timeout 300s \
-                 -o json -- web /c/nginx-15.4.2.tgz",
+                 --values=/t/values-1.json --labels=helmq.io/lease-revision=42,\
+                 helmq.io/owner-namespace=team-a,helmq.io/owner-name=web,helmq.io/owner-uid=u-1 \
+                 --wait --timeout 300s -o json -- web /c/nginx-15.4.2.tgz",
             ),
-            // Unmanaged namespace; a timeout is at least 1s.
+            // The namespace is not created by helm; a timeout is at least 1s.
             (
                 false,
                 Duration::from_millis(10),
                 "upgrade --install --namespace=apps --version=15.4.2 --values=/t/values-1.json \
-                 --labels=helmq.io/lease-revision=42 --wait --timeout 1s -o json -- web \
-                 /c/nginx-15.4.2.tgz",
+                 --labels=helmq.io/lease-revision=42,helmq.io/owner-namespace=team-a,\
+                 helmq.io/owner-name=web,helmq.io/owner-uid=u-1 --wait --timeout 1s -o json -- \
+                 web /c/nginx-15.4.2.tgz",
             ),
         ];
         for (manage, timeout, want) in cases {
@@ -344,9 +382,11 @@ mod tests {
     }
 
     #[test]
-    fn other_commands_take_release_namespace_timeout_and_kubeconfig() {
+    fn other_commands_take_release_namespace_timeout_kubeconfig_and_identity() {
         let t = Duration::from_secs(60);
         let k = Some(Path::new("/k"));
+        let tenant = Identity::User("system:serviceaccount:team-a:deployer".into());
+        let worker = Identity::Worker;
         let cases = [
             (
                 uninstall_args("web", "apps", t),
@@ -369,19 +409,43 @@ mod tests {
                 "registry login --username=robot --password-stdin -- registry.example.com:5000",
             ),
             (
-                with_kubeconfig(status_args("web", "apps"), k),
+                with_access(status_args("web", "apps"), Tool::Helm, k, &worker),
                 "status --namespace=apps -o json --kubeconfig /k -- web",
             ),
             (
-                kubectl_delete_namespace_args("apps", k),
-                "delete namespace --ignore-not-found --wait=false --kubeconfig /k -- apps",
+                with_access(status_args("web", "apps"), Tool::Helm, k, &tenant),
+                "status --namespace=apps -o json --kubeconfig /k \
+                 --kube-as-user=system:serviceaccount:team-a:deployer -- web",
             ),
             (
-                kubectl_delete_namespace_args("apps", None),
+                with_access(
+                    kubectl_delete_namespace_args("apps"),
+                    Tool::Kubectl,
+                    k,
+                    &tenant,
+                ),
+                "delete namespace --ignore-not-found --wait=false --kubeconfig /k \
+                 --as=system:serviceaccount:team-a:deployer -- apps",
+            ),
+            (
+                with_access(
+                    kubectl_delete_namespace_args("apps"),
+                    Tool::Kubectl,
+                    None,
+                    &worker,
+                ),
                 "delete namespace --ignore-not-found --wait=false -- apps",
             ),
             (
-                kubectl_get_labels_args("web", 2, "apps", None),
+                kubectl_namespace_labels_args("apps"),
+                "get namespace -o jsonpath={.metadata.labels} -- apps",
+            ),
+            (
+                with_access(kubectl_create_stdin_args(), Tool::Kubectl, None, &tenant),
+                "create -o name -f - --as=system:serviceaccount:team-a:deployer",
+            ),
+            (
+                kubectl_get_labels_args("web", 2, "apps"),
                 "get secret --namespace=apps -o jsonpath={.metadata.labels} -- sh.helm.release.v1.web.v2",
             ),
             // A name that looks like a flag stays a positional argument.
@@ -390,7 +454,12 @@ mod tests {
                 "status --namespace=apps -o json -- --all",
             ),
             (
-                kubectl_get_secret_args("creds", "apps", k),
+                with_access(
+                    kubectl_get_secret_args("creds", "apps"),
+                    Tool::Kubectl,
+                    k,
+                    &worker,
+                ),
                 "get secret --namespace=apps -o json --kubeconfig /k -- creds",
             ),
         ];

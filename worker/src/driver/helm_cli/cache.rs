@@ -22,6 +22,7 @@ use super::args::pull_args;
 use super::output::OutputError;
 use super::registry::SecretName;
 use crate::driver::DriverError;
+use crate::ownership::Identity;
 
 /// One async lock per cache key: two jobs never pull the same chart at once. A key's entry
 /// lives only while someone holds or waits for its lock, so the map does not grow with every
@@ -275,6 +276,7 @@ impl HelmCli {
         &self,
         config: &HelmConfig,
         own_namespace: &str,
+        identity: &Identity,
         cancel: &CancellationToken,
     ) -> Result<ChartPackage, DriverError> {
         // The Secret is resolved and checked first: it is part of the cache key.
@@ -320,7 +322,7 @@ impl HelmCli {
         }
         let login = match (&config.source, &secret) {
             (ChartSource::Oci { chart, .. }, Some(secret)) => {
-                Some(self.registry_login(chart, secret, cancel).await?)
+                Some(self.registry_login(chart, secret, identity, cancel).await?)
             }
             _ => None,
         };
@@ -334,6 +336,7 @@ impl HelmCli {
             .map_err(|e| DriverError::local("cannot create a pull directory", e))?;
         self.helm_with(
             pull_args(&config.source, fresh.path()),
+            &Identity::Worker,
             registry_config.as_deref(),
             None,
             &secrets,

@@ -29,6 +29,7 @@ mod output;
 mod process;
 mod registry;
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -41,16 +42,18 @@ pub use output::OutputError;
 pub use registry::CredentialsError;
 
 use self::args::{
-    history_args, kubectl_delete_namespace_args, kubectl_get_labels_args, rollback_args,
-    status_args, uninstall_args, upgrade_args, with_kubeconfig,
+    Stamp, history_args, kubectl_create_stdin_args, kubectl_delete_namespace_args,
+    kubectl_get_labels_args, kubectl_namespace_labels_args, rollback_args, status_args,
+    uninstall_args, upgrade_args, with_access,
 };
 use self::cache::{CacheIndex, KeyLocks};
-use self::output::{is_not_found, parse_history, parse_lease_stamp, parse_release};
+use self::output::{is_not_found, parse_history, parse_labels, parse_release};
 use self::process::{Exit, Limits, Stdout};
 use super::{
-    Apply, DriverError, HelmDriver, KubectlAction, NamespaceDeletion, Release, Revision, Tool,
-    Uninstalled, is_pending,
+    Apply, DriverError, HelmDriver, KubectlAction, LEASE_LABEL, NamespaceDeletion, Release,
+    Revision, Target, Tool, Uninstalled, is_pending,
 };
+use crate::ownership::{Identity, Owner, OwnershipError};
 
 /// The chart cache's default bound: 512 MiB, half the deployed cache volume's 1 GiB limit
 /// (Helm's own cache and temporary files share that volume).
@@ -147,18 +150,22 @@ impl HelmCli {
     async fn helm(
         &self,
         args: Vec<OsString>,
+        identity: &Identity,
         limit: Duration,
         cancel: &CancellationToken,
     ) -> Result<Stdout, DriverError> {
-        self.helm_with(args, None, None, &[], limit, cancel).await
+        self.helm_with(args, identity, None, None, &[], limit, cancel)
+            .await
     }
 
-    /// Runs helm with `args` (plus `--kubeconfig`) in the worker's own Helm home, an optional
-    /// registry config file and optional stdin, and returns its stdout. `input` and `secrets`
-    /// are redacted from its errors.
+    /// Runs helm with `args` (plus `--kubeconfig` and the identity's `--kube-as-user`) in the
+    /// worker's own Helm home, an optional registry config file and optional stdin, and returns
+    /// its stdout. `input` and `secrets` are redacted from its errors.
+    #[allow(clippy::too_many_arguments)]
     async fn helm_with(
         &self,
         args: Vec<OsString>,
+        identity: &Identity,
         registry_config: Option<&Path>,
         input: Option<&[u8]>,
         secrets: &[&[u8]],
@@ -168,7 +175,12 @@ impl HelmCli {
         let home = &self.settings.cache_dir;
         let mut command = process::command(Tool::Helm, &self.settings.helm_bin);
         command
-            .args(with_kubeconfig(args, self.settings.kubeconfig.as_deref()))
+            .args(with_access(
+                args,
+                Tool::Helm,
+                self.settings.kubeconfig.as_deref(),
+                identity,
+            ))
             .env("HELM_CACHE_HOME", home.join("helm/cache"))
             .env("HELM_CONFIG_HOME", home.join("helm/config"))
             .env("HELM_DATA_HOME", home.join("helm/data"));
@@ -198,21 +210,29 @@ impl HelmCli {
         }
     }
 
-    /// Runs `kubectl` with `args` for `action` and returns its stdout; its failures are
-    /// [`DriverError::Kubectl`], and one to start it says what it was needed for.
+    /// Runs `kubectl` with `args` (plus `--kubeconfig` and the identity's `--as`) and optional
+    /// stdin for `action`, and returns its stdout; its failures are [`DriverError::Kubectl`],
+    /// and one to start it says what it was needed for.
     async fn kubectl(
         &self,
         kubectl: &Path,
         args: Vec<OsString>,
         action: KubectlAction,
+        identity: &Identity,
+        input: Option<&[u8]>,
         cancel: &CancellationToken,
     ) -> Result<Stdout, DriverError> {
         let mut command = process::command(Tool::Kubectl, kubectl);
-        command.args(args);
+        command.args(with_access(
+            args,
+            Tool::Kubectl,
+            self.settings.kubeconfig.as_deref(),
+            identity,
+        ));
         match process::run(
             command,
             Tool::Kubectl,
-            None,
+            input,
             &[],
             self.limits(self.settings.short_timeout),
             cancel,
@@ -252,33 +272,53 @@ impl HelmCli {
 }
 
 impl HelmCli {
-    /// The lease revision stamped on a release record ([`super::LEASE_LABEL`] on its Secret); `None`
-    /// when it has none, kubectl is disabled or the Secret cannot be read (then the record's
-    /// age alone decides whether it may be recovered).
-    async fn lease_stamp(
+    /// Creates the managed namespace of an apply, as the job's identity, with its owner's
+    /// labels; one that exists already is left as it is (and so never counts as created by
+    /// helmq). `false` when kubectl is disabled or cannot run: helm's `--create-namespace` then
+    /// creates it, without labels.
+    async fn create_namespace(
         &self,
-        release: &str,
-        revision: i64,
         namespace: &str,
+        identity: &Identity,
+        owner: &Owner,
         cancel: &CancellationToken,
-    ) -> Option<u64> {
-        let kubectl = self.settings.kubectl_bin.as_ref()?;
-        let args = kubectl_get_labels_args(
-            release,
-            revision,
-            namespace,
-            self.settings.kubeconfig.as_deref(),
-        );
-        let action = KubectlAction::ReadReleaseRecord {
-            release: format!("{namespace}/{release}"),
-            revision,
+    ) -> Result<bool, DriverError> {
+        let Some(kubectl) = &self.settings.kubectl_bin else {
+            return Ok(false);
         };
-        match self.kubectl(kubectl, args, action, cancel).await {
-            Ok(stdout) => parse_lease_stamp(&stdout.text),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the lease stamp of a pending release; its age decides");
-                None
+        let labels: serde_json::Map<String, serde_json::Value> = owner
+            .labels()
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).into()))
+            .collect();
+        let manifest = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": namespace, "labels": labels},
+        });
+        let action = KubectlAction::CreateNamespace {
+            namespace: namespace.to_owned(),
+        };
+        match self
+            .kubectl(
+                kubectl,
+                kubectl_create_stdin_args(),
+                action,
+                identity,
+                Some(manifest.to_string().as_bytes()),
+                cancel,
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(DriverError::Kubectl { stderr, .. }) if stderr.contains("AlreadyExists") => {
+                Ok(true)
             }
+            Err(DriverError::Spawn { source, .. }) => {
+                tracing::warn!(error = %source, %namespace, "cannot run kubectl; helm creates the namespace, without owner labels, so helmq never deletes it");
+                Ok(false)
+            }
+            Err(e) => Err(e),
         }
     }
 }
@@ -294,9 +334,28 @@ impl HelmDriver for HelmCli {
         cancel: &CancellationToken,
     ) -> Result<Release, DriverError> {
         let chart = self
-            .chart(request.config, request.own_namespace, cancel)
+            .chart(
+                request.config,
+                request.own_namespace,
+                request.identity,
+                cancel,
+            )
             .await?;
         let values = self.values_file(request.config)?;
+        let created = request.config.manage_namespace
+            && self
+                .create_namespace(
+                    &request.config.release_namespace,
+                    request.identity,
+                    request.owner,
+                    cancel,
+                )
+                .await?;
+        let stamp = Stamp {
+            lease_revision: request.lease_revision,
+            owner: request.owner,
+            create_namespace: request.config.manage_namespace && !created,
+        };
         let stdout = self
             .helm(
                 upgrade_args(
@@ -304,8 +363,9 @@ impl HelmDriver for HelmCli {
                     &chart.path,
                     values.path(),
                     request.timeout,
-                    request.lease_revision,
+                    &stamp,
                 ),
+                request.identity,
                 self.long_limit(request.timeout),
                 cancel,
             )
@@ -315,14 +375,14 @@ impl HelmDriver for HelmCli {
 
     async fn uninstall(
         &self,
-        release: &str,
-        namespace: &str,
+        target: Target<'_>,
         timeout: Duration,
         cancel: &CancellationToken,
     ) -> Result<Uninstalled, DriverError> {
         match self
             .helm(
-                uninstall_args(release, namespace, timeout),
+                uninstall_args(target.release, target.namespace, timeout),
+                target.identity,
                 self.long_limit(timeout),
                 cancel,
             )
@@ -336,13 +396,13 @@ impl HelmDriver for HelmCli {
 
     async fn status(
         &self,
-        release: &str,
-        namespace: &str,
+        target: Target<'_>,
         cancel: &CancellationToken,
     ) -> Result<Option<Release>, DriverError> {
         match self
             .helm(
-                status_args(release, namespace),
+                status_args(target.release, target.namespace),
+                target.identity,
                 self.settings.short_timeout,
                 cancel,
             )
@@ -354,15 +414,43 @@ impl HelmDriver for HelmCli {
         }
     }
 
+    async fn labels(
+        &self,
+        target: Target<'_>,
+        revision: i64,
+        cancel: &CancellationToken,
+    ) -> Result<BTreeMap<String, String>, DriverError> {
+        let unknown = |reason: String| OwnershipError::Unknown {
+            release: target.describe(),
+            reason,
+        };
+        let Some(kubectl) = self.settings.kubectl_bin.as_ref() else {
+            return Err(unknown(
+                "kubectl is disabled on this worker (set --kubectl-bin / HELMQ_KUBECTL_BIN)".into(),
+            )
+            .into());
+        };
+        let args = kubectl_get_labels_args(target.release, revision, target.namespace);
+        let action = KubectlAction::ReadReleaseRecord {
+            release: target.describe(),
+            revision,
+        };
+        let stdout = self
+            .kubectl(kubectl, args, action, target.identity, None, cancel)
+            .await?;
+        parse_labels(&stdout.text)
+            .ok_or_else(|| unknown("its record's labels are not a JSON map".into()).into())
+    }
+
     async fn history(
         &self,
-        release: &str,
-        namespace: &str,
+        target: Target<'_>,
         cancel: &CancellationToken,
     ) -> Result<Vec<Revision>, DriverError> {
         match self
             .helm(
-                history_args(release, namespace),
+                history_args(target.release, target.namespace),
+                target.identity,
                 self.settings.short_timeout,
                 cancel,
             )
@@ -373,9 +461,15 @@ impl HelmDriver for HelmCli {
                 if let Some(newest) = history.iter_mut().max_by_key(|r| r.revision)
                     && is_pending(&newest.status)
                 {
-                    newest.lease_revision = self
-                        .lease_stamp(release, newest.revision, namespace, cancel)
-                        .await;
+                    // Unreadable: the record's age alone decides whether it may be recovered.
+                    newest.lease_revision = match self.labels(target, newest.revision, cancel).await
+                    {
+                        Ok(labels) => labels.get(LEASE_LABEL).and_then(|v| v.parse().ok()),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot read the lease stamp of a pending release; its age decides");
+                            None
+                        }
+                    };
                 }
                 Ok(history)
             }
@@ -386,14 +480,14 @@ impl HelmDriver for HelmCli {
 
     async fn rollback(
         &self,
-        release: &str,
-        namespace: &str,
+        target: Target<'_>,
         revision: i64,
         timeout: Duration,
         cancel: &CancellationToken,
     ) -> Result<(), DriverError> {
         self.helm(
-            rollback_args(release, namespace, revision, timeout),
+            rollback_args(target.release, target.namespace, revision, timeout),
+            target.identity,
             self.long_limit(timeout),
             cancel,
         )
@@ -404,6 +498,8 @@ impl HelmDriver for HelmCli {
     async fn delete_namespace(
         &self,
         namespace: &str,
+        identity: &Identity,
+        owner: &Owner,
         cancel: &CancellationToken,
     ) -> Result<NamespaceDeletion, DriverError> {
         let Some(kubectl) = &self.settings.kubectl_bin else {
@@ -411,16 +507,50 @@ impl HelmDriver for HelmCli {
                 "namespace {namespace} was not deleted: namespace deletion is disabled on this worker"
             )));
         };
-        let args = kubectl_delete_namespace_args(namespace, self.settings.kubeconfig.as_deref());
+        let skipped = |source: std::io::Error| {
+            NamespaceDeletion::Skipped(format!(
+                "namespace {namespace} was not deleted: cannot run {}: {source}",
+                kubectl.display()
+            ))
+        };
+        let action = KubectlAction::ReadNamespace {
+            namespace: namespace.to_owned(),
+        };
+        let labels = match self
+            .kubectl(
+                kubectl,
+                kubectl_namespace_labels_args(namespace),
+                action,
+                identity,
+                None,
+                cancel,
+            )
+            .await
+        {
+            Ok(stdout) => parse_labels(&stdout.text).unwrap_or_default(),
+            Err(e) if is_not_found(&e) => return Ok(NamespaceDeletion::Deleted),
+            Err(DriverError::Spawn { source, .. }) => return Ok(skipped(source)),
+            Err(e) => return Err(e),
+        };
+        if Owner::from_labels(&labels).as_ref() != Some(owner) {
+            return Ok(NamespaceDeletion::NotOwned);
+        }
         let action = KubectlAction::DeleteNamespace {
             namespace: namespace.to_owned(),
         };
-        match self.kubectl(kubectl, args, action, cancel).await {
+        match self
+            .kubectl(
+                kubectl,
+                kubectl_delete_namespace_args(namespace),
+                action,
+                identity,
+                None,
+                cancel,
+            )
+            .await
+        {
             Ok(_) => Ok(NamespaceDeletion::Deleted),
-            Err(DriverError::Spawn { source, .. }) => Ok(NamespaceDeletion::Skipped(format!(
-                "namespace {namespace} was not deleted: cannot run {}: {source}",
-                kubectl.display()
-            ))),
+            Err(DriverError::Spawn { source, .. }) => Ok(skipped(source)),
             Err(e) => Err(e),
         }
     }

@@ -3,10 +3,12 @@
 //! status texts become [`HelmStatus`] here, once. And what helm and kubectl print on failure,
 //! made fit to go anywhere ([`readable_stderr`]).
 
+use std::collections::BTreeMap;
+
 use serde_json::Value;
 
 use super::process::{STDOUT_CAP, Stdout};
-use crate::driver::{DriverError, HelmStatus, LEASE_LABEL, Release, Revision};
+use crate::driver::{DriverError, HelmStatus, Release, Revision};
 
 /// What is wrong with Helm's output.
 #[derive(Debug, thiserror::Error)]
@@ -67,14 +69,13 @@ pub(super) fn parse_history(stdout: &Stdout) -> Result<Vec<Revision>, DriverErro
     })
 }
 
-/// The [`LEASE_LABEL`] in kubectl's `{.metadata.labels}` of a release record (a JSON map, or
-/// nothing when the object has no labels); `None` when absent or not a number.
-pub(super) fn parse_lease_stamp(labels: &str) -> Option<u64> {
-    serde_json::from_str::<std::collections::HashMap<String, String>>(labels)
-        .ok()?
-        .get(LEASE_LABEL)?
-        .parse()
-        .ok()
+/// kubectl's `{.metadata.labels}` of an object: a JSON map, or nothing when it has no labels;
+/// `None` when it is something else.
+pub(super) fn parse_labels(text: &str) -> Option<BTreeMap<String, String>> {
+    if text.trim().is_empty() {
+        return Some(BTreeMap::new());
+    }
+    serde_json::from_str(text).ok()
 }
 
 /// The JSON document in `stdout`; one that fails to parse after being cut says so.
@@ -203,7 +204,12 @@ fn is_error_line(line: &str) -> bool {
 
 /// Whether helm failed because the release does not exist.
 pub(super) fn is_not_found(error: &DriverError) -> bool {
-    matches!(error, DriverError::Helm { stderr, .. } if stderr.to_lowercase().contains("release: not found"))
+    match error {
+        DriverError::Helm { stderr, .. } => stderr.to_lowercase().contains("release: not found"),
+        // `Error from server (NotFound): namespaces "x" not found`
+        DriverError::Kubectl { stderr, .. } => stderr.contains("(NotFound)"),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -211,19 +217,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_lease_stamp_is_read_from_the_records_labels() {
-        let labels = r#"{"createdAt":"1764000000","helmq.io/lease-revision":"4711","name":"web","owner":"helm","status":"pending-upgrade","version":"3"}"#;
-        assert_eq!(parse_lease_stamp(labels), Some(4711));
-        // Written before helmq stamped releases; no labels at all; junk.
+    fn labels_are_read_as_kubectl_prints_them() {
+        let text = r#"{"createdAt":"1764000000","helmq.io/lease-revision":"4711","name":"web","owner":"helm","status":"pending-upgrade","version":"3"}"#;
+        let labels = parse_labels(text).expect("a map");
         assert_eq!(
-            parse_lease_stamp(r#"{"owner":"helm","status":"pending-install"}"#),
-            None
+            labels.get(crate::driver::LEASE_LABEL).map(String::as_str),
+            Some("4711")
         );
-        assert_eq!(parse_lease_stamp(""), None);
-        assert_eq!(
-            parse_lease_stamp(r#"{"helmq.io/lease-revision":"x"}"#),
-            None
-        );
+        assert_eq!(labels.len(), 6);
+        // No labels at all prints nothing; anything but a map of strings is unreadable.
+        assert_eq!(parse_labels(""), Some(BTreeMap::new()));
+        assert_eq!(parse_labels("[1]"), None);
+        assert_eq!(parse_labels(r#"{"a":1}"#), None);
     }
 
     fn out(text: &str) -> Stdout {

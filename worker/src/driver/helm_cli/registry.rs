@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::HelmCli;
 use super::args::{kubectl_get_secret_args, registry_login_args};
 use crate::driver::{DriverError, KubectlAction};
+use crate::ownership::Identity;
 
 /// The user name helm logs in with when the Secret holds only a token; registries that take a
 /// token as the password ignore it.
@@ -108,6 +109,7 @@ impl HelmCli {
         &self,
         chart: &str,
         secret: &SecretName,
+        identity: &Identity,
         cancel: &CancellationToken,
     ) -> Result<Login, DriverError> {
         let credentials_error = |registry: &str, reason| DriverError::RegistryCredentials {
@@ -128,14 +130,12 @@ impl HelmCli {
         let json = self
             .kubectl(
                 kubectl,
-                kubectl_get_secret_args(
-                    &secret.name,
-                    &secret.namespace,
-                    self.settings.kubeconfig.as_deref(),
-                ),
+                kubectl_get_secret_args(&secret.name, &secret.namespace),
                 KubectlAction::ReadSecret {
                     secret: secret.to_string(),
                 },
+                identity,
+                None,
                 cancel,
             )
             .await?;
@@ -150,6 +150,7 @@ impl HelmCli {
         // The password goes on stdin, which is redacted from helm's errors.
         self.helm_with(
             registry_login_args(registry, &credentials.username),
+            &Identity::Worker,
             Some(&config),
             Some(&credentials.password),
             &[],
