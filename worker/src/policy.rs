@@ -33,6 +33,10 @@ const RENDERING: &[&str] = &[
     "unknown flag",
 ];
 
+/// The API server refused the job's account (RBAC): only a change to its grants helps. Checked
+/// first, since the refused object's name can be any word.
+const FORBIDDEN: &[&str] = &[" is forbidden: user "];
+
 /// Texts that mean "try again later": the cluster, the network or another operation.
 const TRANSIENT: &[&str] = &[
     "connection refused",
@@ -76,7 +80,7 @@ pub fn classify(exit_code: Option<i32>, stderr: &str) -> Failure {
     let text = stderr
         .to_lowercase()
         .replace("is not a valid chart repository", "chart repository");
-    if RENDERING.iter().any(|t| text.contains(t)) {
+    if FORBIDDEN.iter().chain(RENDERING).any(|t| text.contains(t)) {
         return Failure::Permanent;
     }
     if TRANSIENT.iter().any(|t| text.contains(t)) || has_5xx(&text) {
@@ -399,6 +403,17 @@ mod tests {
                 Some(1),
                 "Error: UPGRADE FAILED: another operation (install/upgrade/rollback) is in progress",
                 Failure::Transient,
+            ),
+            // A tenant's account refused by RBAC, whatever the object is called.
+            (
+                Some(1),
+                "Error: clusterrolebindings.rbac.authorization.k8s.io \"eof-timeout\" is forbidden: User \"system:serviceaccount:team-a:helmq-deployer\" cannot create resource \"clusterrolebindings\" in API group \"rbac.authorization.k8s.io\" at the cluster scope",
+                Failure::Permanent,
+            ),
+            (
+                Some(1),
+                "Error: query: failed to query with labels: secrets is forbidden: User \"system:serviceaccount:team-a:helmq-deployer\" cannot list resource \"secrets\" in API group \"\" in the namespace \"team-b\"",
+                Failure::Permanent,
             ),
             (
                 Some(1),

@@ -23,4 +23,5 @@ mod lifecycle;
 mod rbac;
 mod recreate;
 mod scale;
+mod tenancy;
 mod unreadable;

@@ -816,7 +816,13 @@ impl Stack {
 
     /// Every status event of one Component so far, oldest first.
     pub(crate) async fn status_events(&self, name: &str) -> Vec<StatusEvent> {
-        let subject = status_subject(&self.namespace, name);
+        self.status_events_in(&self.namespace, name).await
+    }
+
+    /// Every status event published for `namespace/name` so far, oldest first (also for
+    /// orchestrator jobs, which name no Component).
+    pub(crate) async fn status_events_in(&self, namespace: &str, name: &str) -> Vec<StatusEvent> {
+        let subject = status_subject(namespace, name);
         let mut stream = self
             .jetstream()
             .await

@@ -326,7 +326,7 @@ impl HelmDriver for MemoryDriver {
             namespace: &config.release_namespace,
             identity: request.identity,
         };
-        let manage = config.manage_namespace;
+        let manage = config.manage_namespace && config.release_namespace != request.own_namespace;
         self.mutate(
             "apply",
             target,

@@ -314,6 +314,23 @@ impl HelmCli {
             Err(DriverError::Kubectl { stderr, .. }) if stderr.contains("AlreadyExists") => {
                 Ok(true)
             }
+            // Creating namespaces is cluster-scoped: a tenant may lack the right and still be
+            // allowed to see that its namespace exists, which is all the apply needs.
+            Err(error @ DriverError::Kubectl { .. })
+                if error.to_string().contains("(Forbidden)") =>
+            {
+                let action = KubectlAction::ReadNamespace {
+                    namespace: namespace.to_owned(),
+                };
+                let args = kubectl_namespace_labels_args(namespace);
+                match self
+                    .kubectl(kubectl, args, action, identity, None, cancel)
+                    .await
+                {
+                    Ok(_) => Ok(true),
+                    Err(_) => Err(error),
+                }
+            }
             Err(DriverError::Spawn { source, .. }) => {
                 tracing::warn!(error = %source, %namespace, "cannot run kubectl; helm creates the namespace, without owner labels, so helmq never deletes it");
                 Ok(false)
@@ -342,7 +359,10 @@ impl HelmDriver for HelmCli {
             )
             .await?;
         let values = self.values_file(request.config)?;
-        let created = request.config.manage_namespace
+        // The Component's own namespace exists (the Component lives there) and is never managed.
+        let manage = request.config.manage_namespace
+            && request.config.release_namespace != request.own_namespace;
+        let created = manage
             && self
                 .create_namespace(
                     &request.config.release_namespace,
@@ -354,7 +374,7 @@ impl HelmDriver for HelmCli {
         let stamp = Stamp {
             lease_revision: request.lease_revision,
             owner: request.owner,
-            create_namespace: request.config.manage_namespace && !created,
+            create_namespace: manage && !created,
         };
         let stdout = self
             .helm(
