@@ -103,12 +103,19 @@ for i in $(seq 1 "$workers"); do
   started "helmq-worker-$i" $!
 done
 
+# The workers read HELMQ_DEFAULT_SERVICE_ACCOUNT from this environment.
+if [ -n "${HELMQ_DEFAULT_SERVICE_ACCOUNT:-}" ]; then
+  run_as="system:serviceaccount:<Component namespace>:$HELMQ_DEFAULT_SERVICE_ACCOUNT (multi-tenant)"
+else
+  run_as="this kube context's user (single-tenant; set HELMQ_DEFAULT_SERVICE_ACCOUNT for tenants)"
+fi
 cat <<MSG
 helmq is up (NATS at $NATS_URL, helm $helm_version, KUBECONFIG=${KUBECONFIG:-~/.kube/config})
   producer + writer  log $run/logs/producer.log   metrics http://127.0.0.1:$http_base/metrics
   workers ($workers)        logs $run/logs/worker-N.log   metrics http://127.0.0.1:$((http_base + 1))/metrics ...
     allowed sources     $allowed_sources
     allowed namespaces  $allowed_namespaces
+    jobs run as         $run_as
   NATS               log $run/logs/nats.log
 Try:  kubectl apply -f deploy/examples/nginx.yaml && kubectl get components -w
 Queue: $bin/helmqctl --nats-url $NATS_URL status
