@@ -331,11 +331,21 @@ async fn two_producers_racing_to_claim_one_component_claim_it_once() {
         assert_eq!(claims.len(), 1, "{name}: {claims:#?}");
         let claim = &claims[0];
         assert_eq!(claim.message, "Claimed by helm handler");
-        assert_eq!(
-            (claim.job_id.as_str(), claim.attempt, claim.worker.as_str()),
-            ("", 0, "producer")
-        );
+        assert_eq!((claim.attempt, claim.worker.as_str()), (0, "producer"));
         assert_eq!(claim.component.uid, c.metadata.uid);
+        // The claim answers the apply job recorded as issued, which the job carries too.
+        let issued = c
+            .status
+            .as_ref()
+            .and_then(|s| s.handler_status.as_ref())
+            .and_then(|h| h.issued_job.clone())
+            .unwrap();
+        assert_eq!(claim.job_id, issued.id, "{name}");
+        let uid = c.metadata.uid.clone().unwrap();
+        assert!(
+            issued.id.starts_with(&format!("{uid}:1:apply:")),
+            "{issued:?}"
+        );
     }
     // One apply job per (uid, generation) on the stream, whoever published it.
     assert_eq!(rig.messages_in(JOBS_STREAM).await, 2);
@@ -537,7 +547,9 @@ async fn status_events_out_of_order_never_regress_the_status() {
         .await;
     rig.wait_for("web", "Ready at 2", |c| observed(c) == Some(2))
         .await;
-    // Older generation, then an earlier phase of the same generation, then another uid.
+    // No watcher here, so no issued job is recorded: the writer takes the default job id of the
+    // current generation (a Component of an older helmq). An older generation's events answer
+    // no job it accepts; an earlier phase of the same generation is stale; then another uid.
     rig.report(&job(1), StatusPhase::Ready, 1, Some(release(1)))
         .await;
     rig.report(&job(1), StatusPhase::Failed, 3, None).await;
@@ -546,8 +558,12 @@ async fn status_events_out_of_order_never_regress_the_status() {
     foreign.component.uid = Some(helmq_tests::build::uid("a deleted namesake"));
     rig.report(&foreign, StatusPhase::Failed, 1, None).await;
 
-    eventually(DEADLINE, "3 stale events dropped", async || {
-        rig.metrics.stale_events_dropped.get() == 3
+    eventually(DEADLINE, "1 stale event dropped", async || {
+        rig.metrics.stale_events_dropped.get() == 1
+    })
+    .await;
+    eventually(DEADLINE, "2 unissued events dropped", async || {
+        rig.metrics.unissued_events_dropped.get() == 2
     })
     .await;
     eventually(DEADLINE, "1 orphan event dropped", async || {
@@ -1166,7 +1182,8 @@ async fn the_writer_records_events_for_deploy_fail_fix_delete_and_counts_repeate
                 owned("Claimed"),
                 owned("Claimed by helm handler"),
                 1,
-                owned("")
+                // The claim answers the first apply job, issued before it was told.
+                deploy.id.clone()
             ),
             (
                 owned("Normal"),
