@@ -862,42 +862,37 @@ mod tests {
         let mut delete = web_job();
         delete.action = JobAction::Delete;
         let payload = |v: &serde_json::Value| serde_json::to_vec(v).unwrap();
-        // (name, subject, payload, refused as, the phase told)
-        let cases: Vec<(&str, &str, Vec<u8>, Option<&str>, Option<StatusPhase>)> = vec![
+        // (name, payload on team-a's own subject, refused as, the phase told)
+        let cases: Vec<(&str, Vec<u8>, &str, Option<StatusPhase>)> = vec![
             (
                 "another schema naming team-b/db at 2^53, on team-a's subject",
-                own,
                 payload(&undecodable),
-                Some("undecodable"),
+                "undecodable",
                 None,
             ),
             (
                 "a generation over 2^53 on its own subject",
-                own,
                 payload(&bad_generation),
-                Some("undecodable"),
+                "undecodable",
                 None,
             ),
-            ("not JSON", own, b"{".to_vec(), Some("undecodable"), None),
+            ("not JSON", b"{".to_vec(), "undecodable", None),
             (
                 "a valid job naming team-b, on team-a's subject",
-                own,
                 elsewhere.encode(),
-                Some("subject"),
+                "subject",
                 None,
             ),
             (
                 "a valid apply over the timeout limit",
-                own,
                 web_job().encode(),
-                Some("policy"),
+                "policy",
                 Some(StatusPhase::Failed),
             ),
             (
                 "a valid delete over the timeout limit",
-                own,
                 delete.encode(),
-                Some("policy"),
+                "policy",
                 Some(StatusPhase::TerminationFailed),
             ),
         ];
@@ -905,14 +900,14 @@ mod tests {
             attempt: 1,
             sequence: 9,
         };
-        for (name, subject, payload, want, phase) in cases {
-            let refused = admit(&settings, subject, &payload).unwrap_err();
+        for (name, payload, want, phase) in cases {
+            let refused = admit(&settings, own, &payload).unwrap_err();
             let kind = match &refused {
                 Refused::Undecodable(_) => "undecodable",
                 Refused::Subject(_) => "subject",
                 Refused::Policy(..) => "policy",
             };
-            assert_eq!(Some(kind), want, "{name}: {}", refused.reason());
+            assert_eq!(kind, want, "{name}: {}", refused.reason());
             let told = refused
                 .told()
                 .map(|job| dead_letter::rejection_status(job, "r", delivery, "w"));
