@@ -198,6 +198,31 @@ fn issued_then(
     }
 }
 
+/// Publish the `action` job of `component` under the id recorded as issued, or
+/// [`Action::Issue`] first.
+fn publish_job(
+    component: &Component,
+    ctx: &Context<'_>,
+    action: JobAction,
+    config: HelmConfig,
+    timeout: Duration,
+) -> Action {
+    issued_then(component, ctx, action, |id| {
+        let mut job = JobEvent::new(
+            action,
+            component_ref(component),
+            config,
+            timeout.as_secs().max(1),
+            ctx.now,
+        );
+        job.id = id;
+        match action {
+            JobAction::Apply => Action::PublishApply(Box::new(job)),
+            JobAction::Delete => Action::PublishDelete(Box::new(job)),
+        }
+    })
+}
+
 /// The reference to `component` (namespace, name, uid, generation) that its jobs and status
 /// events carry.
 pub fn component_ref(component: &Component) -> ComponentRef {
@@ -286,17 +311,7 @@ fn plan_apply(
             ) {
                 return Action::Nothing("apply job published; waiting for the worker");
             }
-            issued_then(component, ctx, JobAction::Apply, |id| {
-                let mut job = JobEvent::new(
-                    JobAction::Apply,
-                    component_ref(component),
-                    config,
-                    timeout.as_secs().max(1),
-                    ctx.now,
-                );
-                job.id = id;
-                Action::PublishApply(Box::new(job))
-            })
+            publish_job(component, ctx, JobAction::Apply, config, timeout)
         }
     }
 }
@@ -354,17 +369,7 @@ fn plan_delete(
                 config.release_name = name;
                 config.release_namespace = namespace;
             }
-            issued_then(component, ctx, JobAction::Delete, |id| {
-                let mut job = JobEvent::new(
-                    JobAction::Delete,
-                    component_ref(component),
-                    config,
-                    timeout.as_secs().max(1),
-                    ctx.now,
-                );
-                job.id = id;
-                Action::PublishDelete(Box::new(job))
-            })
+            publish_job(component, ctx, JobAction::Delete, config, timeout)
         }
         Err(message) => match record {
             None => issued_then(component, ctx, JobAction::Delete, |_| {

@@ -521,9 +521,7 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
                         }
                         Err(StoreError::Conflict { .. }) => {
                             // Someone else wrote first: re-read and decide again, never overwrite.
-                            self.metrics.conflicts.inc();
-                            tracing::debug!("claim conflict; re-reading");
-                            match self.reread(&namespace, &name).await? {
+                            match self.reread(&namespace, &name, "claim").await? {
                                 Some(fresh) => (component, unreadable) = fresh,
                                 None => return Ok(()),
                             }
@@ -542,8 +540,7 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
                                 Err(StoreError::Conflict { .. }) => {
                                     // Planned again, the job is issued; only `Claimed` is not
                                     // told (the writer still sets claimedBy from the next event).
-                                    self.metrics.conflicts.inc();
-                                    match self.reread(&namespace, &name).await? {
+                                    match self.reread(&namespace, &name, "issue").await? {
                                         Some(fresh) => (component, unreadable) = fresh,
                                         None => return Ok(()),
                                     }
@@ -574,9 +571,7 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
                             unreadable = error.or(unreadable);
                         }
                         Err(StoreError::Conflict { .. }) => {
-                            self.metrics.conflicts.inc();
-                            tracing::debug!("conflict recording the issued job; re-reading");
-                            match self.reread(&namespace, &name).await? {
+                            match self.reread(&namespace, &name, "issue").await? {
                                 Some(fresh) => (component, unreadable) = fresh,
                                 None => return Ok(()),
                             }
@@ -616,13 +611,16 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
         Err(WatcherError::TooManyRounds(format!("{namespace}/{name}")))
     }
 
-    /// Re-reads `namespace/name` after a conflict: the object and, when it cannot be read as a
-    /// Component, why; `None` when it is gone.
+    /// Counts a conflict of a `write` (`claim`, `issue`) and re-reads `namespace/name`: the
+    /// object and, when it cannot be read as a Component, why; `None` when it is gone.
     async fn reread(
         &self,
         namespace: &str,
         name: &str,
+        write: &str,
     ) -> Result<Option<(Component, Option<String>)>, StoreError> {
+        self.metrics.conflicts.inc();
+        tracing::debug!("{write} conflict; re-reading");
         match self.store.get(namespace, name).await {
             Ok(fresh) => Ok(fresh.map(|c| (c, None))),
             Err(StoreError::Unreadable(fresh)) => Ok(Some((fresh.component, Some(fresh.error)))),
