@@ -222,7 +222,7 @@ pub struct JobEvent {
     pub schema: String,
     /// Job id. The producer's: `<uid>:<generation>:<action>:<nonce>`, the one it recorded in
     /// the Component's `status.handlerStatus.issuedJob`; without an issued job, by convention
-    /// `<uid>:<generation>:<action>` ([`default_job_id`]).
+    /// `<uid>:<generation>:<action>`.
     #[schemars(length(min = 1, max = 256))]
     pub id: String,
     /// Apply or delete.
