@@ -23,7 +23,7 @@ use async_nats::jetstream::{self, Context};
 use clap::{Parser, Subcommand};
 use helmq_queue::dlq::{self, DlqError};
 use helmq_queue::{JetStreamQueue, JobQueue, NatsArgs, Topology};
-use helmq_schemas::event::{JOB_SCHEMA, JobEvent};
+use helmq_schemas::event::{JOB_SCHEMA, JobEvent, default_job_id};
 use serde_json::Value;
 
 pub use render::Output;
@@ -287,8 +287,9 @@ pub fn load_job(path: &Path) -> Result<JobEvent, CtlError> {
     object
         .entry("requestedAt")
         .or_insert_with(|| Value::String(jiff::Timestamp::now().to_string()));
-    // Without an id, the job gets the one the producer would give it (its dedupe id), once
-    // decoding has checked the fields it is made of.
+    // Without an id, the job gets the default one, `<uid>:<generation>:<action>`, once decoding
+    // has checked the fields it is made of. (The producer's own jobs add a nonce it records in
+    // the Component's status; a Component changes only on answers to those.)
     let without_id = !object.contains_key("id");
     if without_id {
         object.insert("id".into(), Value::String("-".into()));
@@ -296,7 +297,7 @@ pub fn load_job(path: &Path) -> Result<JobEvent, CtlError> {
     let bytes = serde_json::to_vec(&value).map_err(|e| invalid(e.into()))?;
     let mut job = JobEvent::decode(&bytes).map_err(|e| invalid(e.into()))?;
     if without_id {
-        job.id = job.dedupe_id();
+        job.id = default_job_id(&job.component, job.action);
     }
     Ok(job)
 }

@@ -28,6 +28,9 @@ pub struct Metrics {
     pub stale_events_dropped: Counter,
     /// Status events dropped because their Component is gone or has another uid.
     pub orphan_events_dropped: Counter,
+    /// Status events dropped because they answer no job the producer issued for their
+    /// Component (no uid, another job id, a generation not reached, the other action's phase).
+    pub unissued_events_dropped: Counter,
     /// Status events dead-lettered (not JSON, unknown schema, refused for good by the API
     /// server, still failing at the last delivery).
     pub dead_letters: Counter,
@@ -77,6 +80,11 @@ impl Metrics {
             "helmq_writer_orphan_events_dropped",
             "status events for Components that are gone or were re-created",
             m.orphan_events_dropped.clone(),
+        );
+        registry.register(
+            "helmq_writer_unissued_events_dropped",
+            "status events that answer no job the producer issued for their Component",
+            m.unissued_events_dropped.clone(),
         );
         registry.register(
             "helmq_writer_dead_letters",

@@ -2,15 +2,20 @@
 //! this producer already published for it) and says what to do, following the original
 //! handler's claiming, creation and deletion protocols (DESIGN.md §3). The watch loop only
 //! carries the [`Action`] out.
+//!
+//! Nothing is published for a (generation, action) before the job is recorded as issued in the
+//! Component's status (`status.handlerStatus.issuedJob`, [`Action::Issue`]): the writer applies
+//! only status events that answer it. Every later publish for it, by this producer or one that
+//! takes over, reuses the recorded id, so JetStream drops the duplicates.
 
 use std::time::Duration;
 
 use helmq_schemas::component::{
-    COORDINATION_FINALIZER, Component, ComponentStatus, HELM_FINALIZER, LIFECYCLE_FINALIZER_SUFFIX,
-    Phase,
+    COORDINATION_FINALIZER, Component, ComponentStatus, HELM_FINALIZER, IssuedJob,
+    LIFECYCLE_FINALIZER_SUFFIX, Phase,
 };
 use helmq_schemas::config::HelmConfig;
-use helmq_schemas::event::{ComponentRef, JobAction, JobEvent};
+use helmq_schemas::event::{ComponentRef, JobAction, JobEvent, issued_job_id};
 use jiff::Timestamp;
 
 /// Prefix of the Composition controller's finalizers, which never mean "claimed".
@@ -48,6 +53,9 @@ pub struct Context<'a> {
     /// The longest `deploymentTimeout`/`terminationTimeout` accepted (`--max-timeout`); a
     /// Component asking for more fails like an invalid config.
     pub max_timeout: Duration,
+    /// A fresh random nonce, for the id of a job issued now ([`Action::Issue`]); unused when
+    /// the job is already recorded.
+    pub nonce: &'a str,
 }
 
 /// What to do with one Component.
@@ -60,11 +68,17 @@ pub enum Action {
         /// The other handler's finalizer.
         finalizer: String,
     },
-    /// Add our finalizer (optimistic concurrency), then publish a `Claimed` event.
+    /// Add our finalizer (optimistic concurrency), record the apply job of this generation as
+    /// issued, then publish a `Claimed` event answering it.
     Claim,
+    /// Record this job as issued in `status.handlerStatus.issuedJob` (optimistic concurrency),
+    /// then plan again: the actions that publish something for a (generation, action) come only
+    /// once it is recorded, and their jobs and events carry its id.
+    Issue(IssuedJob),
     /// Publish this apply job.
     PublishApply(Box<JobEvent>),
-    /// `spec.config` is invalid: publish a `Failed` event with the parser's message.
+    /// `spec.config` is invalid: publish a `Failed` event with the parser's message, answering
+    /// the apply job recorded as issued ([`recorded_job`]).
     ConfigFailed {
         /// The parser's message.
         message: String,
@@ -74,13 +88,15 @@ pub enum Action {
     /// Publish this delete job.
     PublishDelete(Box<JobEvent>),
     /// Being deleted, the config is invalid and no release was ever recorded: nothing was
-    /// installed, so publish `Terminated` directly and let the writer remove our finalizer.
+    /// installed, so publish `Terminated` directly (answering the delete job recorded as
+    /// issued) and let the writer remove our finalizer.
     FinishDeleteWithoutRelease {
         /// Why nothing needs uninstalling.
         message: String,
     },
     /// Being deleted with a release recorded, but the config is invalid so no delete job can
-    /// be built: publish `TerminationFailed` (the finalizer stays until the spec is fixed).
+    /// be built: publish `TerminationFailed` answering the delete job recorded as issued (the
+    /// finalizer stays until the spec is fixed).
     DeleteBlocked {
         /// Why.
         message: String,
@@ -143,6 +159,67 @@ fn other_handler_finalizer(finalizers: &[String]) -> Option<&str> {
         *f != HELM_FINALIZER
             && f.ends_with(LIFECYCLE_FINALIZER_SUFFIX)
             && !f.starts_with(COMPOSITION_PREFIX)
+    })
+}
+
+/// The job recorded as issued for `component`'s current generation and `action`, if any.
+pub fn recorded_job(component: &Component, action: JobAction) -> Option<&IssuedJob> {
+    let generation = component.metadata.generation.unwrap_or(0);
+    component
+        .status
+        .as_ref()?
+        .handler_status
+        .as_ref()?
+        .issued_job
+        .as_ref()
+        .filter(|job| job.generation == generation && job.action == action)
+}
+
+/// A job to issue for `component`'s current generation and `action`, its id made with `nonce`.
+pub fn new_issued_job(component: &Component, action: JobAction, nonce: &str) -> IssuedJob {
+    let target = component_ref(component);
+    IssuedJob {
+        id: issued_job_id(&target, action, nonce),
+        generation: target.generation,
+        action,
+    }
+}
+
+/// `publish(id)` with the id of the job recorded for `action`, or [`Action::Issue`] of a new one.
+fn issued_then(
+    component: &Component,
+    ctx: &Context<'_>,
+    action: JobAction,
+    publish: impl FnOnce(String) -> Action,
+) -> Action {
+    match recorded_job(component, action) {
+        Some(job) => publish(job.id.clone()),
+        None => Action::Issue(new_issued_job(component, action, ctx.nonce)),
+    }
+}
+
+/// Publish the `action` job of `component` under the id recorded as issued, or
+/// [`Action::Issue`] first.
+fn publish_job(
+    component: &Component,
+    ctx: &Context<'_>,
+    action: JobAction,
+    config: HelmConfig,
+    timeout: Duration,
+) -> Action {
+    issued_then(component, ctx, action, |id| {
+        let mut job = JobEvent::new(
+            action,
+            component_ref(component),
+            config,
+            timeout.as_secs().max(1),
+            ctx.now,
+        );
+        job.id = id;
+        match action {
+            JobAction::Apply => Action::PublishApply(Box::new(job)),
+            JobAction::Delete => Action::PublishDelete(Box::new(job)),
+        }
     })
 }
 
@@ -220,7 +297,9 @@ fn plan_apply(
             } else if ctx.published.failed {
                 Action::Nothing("config failure published; waiting for the writer")
             } else {
-                Action::ConfigFailed { message }
+                issued_then(component, ctx, JobAction::Apply, |_| Action::ConfigFailed {
+                    message,
+                })
             }
         }
         Ok(_) if up_to_date => Action::Nothing("status reflects this generation"),
@@ -233,13 +312,7 @@ fn plan_apply(
                 return Action::Nothing("apply job published; waiting for the worker");
             }
             adopt_recorded(&mut config, &status);
-            Action::PublishApply(Box::new(JobEvent::new(
-                JobAction::Apply,
-                component_ref(component),
-                config,
-                timeout.as_secs().max(1),
-                ctx.now,
-            )))
+            publish_job(component, ctx, JobAction::Apply, config, timeout)
         }
     }
 }
@@ -311,26 +384,24 @@ fn plan_delete(
                 config.release_namespace = namespace;
             }
             adopt_recorded(&mut config, &status);
-            Action::PublishDelete(Box::new(JobEvent::new(
-                JobAction::Delete,
-                component_ref(component),
-                config,
-                timeout.as_secs().max(1),
-                ctx.now,
-            )))
+            publish_job(component, ctx, JobAction::Delete, config, timeout)
         }
         Err(message) => match record {
-            None => Action::FinishDeleteWithoutRelease {
-                message: format!("nothing to uninstall (no release was installed: {message})"),
-            },
+            None => issued_then(component, ctx, JobAction::Delete, |_| {
+                Action::FinishDeleteWithoutRelease {
+                    message: format!("nothing to uninstall (no release was installed: {message})"),
+                }
+            }),
             Some(_) if ctx.published.termination_failed => {
                 Action::Nothing("termination failure published; waiting for a spec change")
             }
-            Some((name, namespace)) => Action::DeleteBlocked {
-                message: format!(
-                    "cannot uninstall release {namespace}/{name}: {message}; fix spec.config to retry"
-                ),
-            },
+            Some((name, namespace)) => issued_then(component, ctx, JobAction::Delete, |_| {
+                Action::DeleteBlocked {
+                    message: format!(
+                        "cannot uninstall release {namespace}/{name}: {message}; fix spec.config to retry"
+                    ),
+                }
+            }),
         },
     }
 }

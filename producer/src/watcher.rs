@@ -1,7 +1,10 @@
 //! The watch loop: follows Components through the [`ComponentStore`], asks [`plan`] what to do
 //! with each and does it — claim (our finalizer only), publish apply/delete jobs, publish the
 //! producer's own status events (`Claimed`, `Failed` for an invalid config, `Terminated` when
-//! nothing was installed). It never writes status itself: the writer does, from the events.
+//! nothing was installed). Of the status it writes one field, before it publishes anything for a
+//! (generation, action): the job it issues (`status.handlerStatus.issuedJob`, with a random
+//! nonce in its id), so that the writer applies only events answering it; everything else in
+//! the status the writer writes, from the events.
 //!
 //! What was published is remembered per (uid, generation) so that the many watch events of one
 //! Component do not re-publish; a periodic resync re-lists and re-publishes what the status
@@ -28,15 +31,17 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use helmq_queue::{JobQueue, PRODUCER_WORKER, PublishError, PublishOutcome, StatusSink};
-use helmq_schemas::component::Component;
-use helmq_schemas::event::{JobEvent, StatusEvent, StatusPhase};
+use helmq_schemas::component::{Component, IssuedJob};
+use helmq_schemas::event::{JobAction, JobEvent, StatusEvent, StatusPhase};
 use jiff::Timestamp;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
-use crate::plan::{Action, Context, Published, component_ref, plan, plan_unreadable};
+use crate::plan::{
+    Action, Context, Published, component_ref, new_issued_job, plan, plan_unreadable, recorded_job,
+};
 use crate::store::{Change, ComponentStore, ErrorClass, StoreError, Unreadable, key_of};
 
 /// Message of the `Claimed` event, as the original handler wrote it.
@@ -90,6 +95,9 @@ pub enum WatcherError {
     /// Leader election stopped while the watcher waited for leadership.
     #[error("leader election ended")]
     ElectionEnded,
+    /// The system's random source failed: no job id can be issued.
+    #[error("cannot draw a job id nonce: {0}")]
+    Random(getrandom::Error),
 }
 
 impl WatcherError {
@@ -99,9 +107,10 @@ impl WatcherError {
             WatcherError::Store(e) => e.class(),
             WatcherError::Publish(e) if e.is_permanent() => ErrorClass::Permanent,
             WatcherError::TooManyRounds(_) => ErrorClass::Conflict,
-            WatcherError::Publish(_) | WatcherError::WatchEnded | WatcherError::ElectionEnded => {
-                ErrorClass::Transient
-            }
+            WatcherError::Publish(_)
+            | WatcherError::WatchEnded
+            | WatcherError::ElectionEnded
+            | WatcherError::Random(_) => ErrorClass::Transient,
         }
     }
 }
@@ -479,12 +488,14 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
                 return Ok(());
             }
             let now = Timestamp::now();
+            let nonce = nonce()?;
             let ctx = Context {
                 handler: &self.config.handler,
                 now,
                 published: self.published_for(&component),
                 resync_grace: self.config.resync_grace,
                 max_timeout: self.config.max_timeout,
+                nonce: &nonce,
             };
             let action = match &unreadable {
                 Some(error) => plan_unreadable(&component, error, &ctx),
@@ -501,56 +512,73 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
                     tracing::debug!("deletion waits for the coordination finalizer");
                     return Ok(());
                 }
-                Action::Claim => match self.store.add_finalizer(&component).await {
-                    // Claimed; the object it answered with is (or became) unreadable.
-                    Err(StoreError::Unreadable(claimed)) => {
-                        let Unreadable {
-                            component: claimed,
-                            error,
-                        } = *claimed;
-                        tracing::info!("claimed");
-                        let event = self.event(
-                            &claimed,
-                            StatusPhase::Claimed,
-                            claimed_message(&self.config.handler),
-                            now,
-                        );
-                        self.publish_status(&claimed, Kind::Claimed, &event, now)
-                            .await?;
-                        component = claimed;
-                        unreadable = Some(error);
-                    }
-                    Ok(claimed) => {
-                        tracing::info!("claimed");
-                        let event = self.event(
-                            &claimed,
-                            StatusPhase::Claimed,
-                            claimed_message(&self.config.handler),
-                            now,
-                        );
-                        self.publish_status(&claimed, Kind::Claimed, &event, now)
-                            .await?;
-                        component = claimed;
-                    }
-                    Err(StoreError::Conflict { .. }) => {
-                        // Someone else wrote first: re-read and decide again, never overwrite.
-                        self.metrics.conflicts.inc();
-                        tracing::debug!("claim conflict; re-reading");
-                        match self.store.get(&namespace, &name).await {
-                            Ok(Some(fresh)) => {
-                                component = fresh;
-                                unreadable = None;
-                            }
-                            Ok(None) => return Ok(()),
-                            Err(StoreError::Unreadable(fresh)) => {
-                                component = fresh.component;
-                                unreadable = Some(fresh.error);
-                            }
-                            Err(e) => return Err(e.into()),
+                Action::Claim => {
+                    let claimed = match self.store.add_finalizer(&component).await {
+                        Ok(claimed) => (claimed, None),
+                        // Claimed; the object it answered with is (or became) unreadable.
+                        Err(StoreError::Unreadable(claimed)) => {
+                            (claimed.component, Some(claimed.error))
                         }
+                        Err(StoreError::Conflict { .. }) => {
+                            // Someone else wrote first: re-read and decide again, never overwrite.
+                            match self.reread(&namespace, &name, "claim").await? {
+                                Some(fresh) => (component, unreadable) = fresh,
+                                None => return Ok(()),
+                            }
+                            continue;
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
+                    tracing::info!("claimed");
+                    // The `Claimed` event answers this generation's apply job: issued first.
+                    let (claimed, error) = match recorded_job(&claimed.0, JobAction::Apply) {
+                        Some(_) => claimed,
+                        None => {
+                            let job = new_issued_job(&claimed.0, JobAction::Apply, &nonce);
+                            match self.record_issued(&claimed.0, job).await {
+                                Ok(issued) => issued,
+                                Err(StoreError::Conflict { .. }) => {
+                                    // Planned again, the job is issued; only `Claimed` is not
+                                    // told (the writer still sets claimedBy from the next event).
+                                    match self.reread(&namespace, &name, "issue").await? {
+                                        Some(fresh) => (component, unreadable) = fresh,
+                                        None => return Ok(()),
+                                    }
+                                    continue;
+                                }
+                                Err(e) => return Err(e.into()),
+                            }
+                        }
+                    };
+                    let event = self.event(
+                        &claimed,
+                        StatusPhase::Claimed,
+                        claimed_message(&self.config.handler),
+                        now,
+                    );
+                    self.publish_status(&claimed, Kind::Claimed, &event, now)
+                        .await?;
+                    component = claimed;
+                    unreadable = error.or(unreadable);
+                }
+                Action::Issue(job) => {
+                    let id = job.id.clone();
+                    match self.record_issued(&component, job).await {
+                        Ok(issued) => {
+                            tracing::info!(job = %id, "job issued");
+                            let error;
+                            (component, error) = issued;
+                            unreadable = error.or(unreadable);
+                        }
+                        Err(StoreError::Conflict { .. }) => {
+                            match self.reread(&namespace, &name, "issue").await? {
+                                Some(fresh) => (component, unreadable) = fresh,
+                                None => return Ok(()),
+                            }
+                        }
+                        Err(e) => return Err(e.into()),
                     }
-                    Err(e) => return Err(e.into()),
-                },
+                }
                 Action::PublishApply(job) => {
                     return self.publish_job(&component, Kind::Apply, &job, now).await;
                 }
@@ -583,6 +611,44 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
         Err(WatcherError::TooManyRounds(format!("{namespace}/{name}")))
     }
 
+    /// Counts a conflict of a `write` (`claim`, `issue`) and re-reads `namespace/name`: the
+    /// object and, when it cannot be read as a Component, why; `None` when it is gone.
+    async fn reread(
+        &self,
+        namespace: &str,
+        name: &str,
+        write: &str,
+    ) -> Result<Option<(Component, Option<String>)>, StoreError> {
+        self.metrics.conflicts.inc();
+        tracing::debug!("{write} conflict; re-reading");
+        match self.store.get(namespace, name).await {
+            Ok(fresh) => Ok(fresh.map(|c| (c, None))),
+            Err(StoreError::Unreadable(fresh)) => Ok(Some((fresh.component, Some(fresh.error)))),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Records `job` as issued in `component`'s status, on the condition that it is unchanged
+    /// since it was read: the updated object and, when it cannot be read as a Component, why.
+    async fn record_issued(
+        &self,
+        component: &Component,
+        job: IssuedJob,
+    ) -> Result<(Component, Option<String>), StoreError> {
+        let mut status = component.status.clone().unwrap_or_default();
+        status
+            .handler_status
+            .get_or_insert_with(Default::default)
+            .issued_job = Some(job);
+        match self.store.patch_status(component, &status).await {
+            Ok(updated) => Ok((updated, None)),
+            Err(StoreError::Unreadable(updated)) => Ok((updated.component, Some(updated.error))),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The producer's own event: it answers the job recorded as issued for the phase's action
+    /// (the plan asks for the event only once it is recorded).
     fn event(
         &self,
         component: &Component,
@@ -590,8 +656,14 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
         message: String,
         now: Timestamp,
     ) -> StatusEvent {
+        let action = if phase.is_deletion() {
+            JobAction::Delete
+        } else {
+            JobAction::Apply
+        };
+        let job_id = recorded_job(component, action).map_or("", |job| job.id.as_str());
         StatusEvent::new(
-            "",
+            job_id,
             component_ref(component),
             phase,
             message,
@@ -628,6 +700,13 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
         self.record(component, kind, now);
         Ok(())
     }
+}
+
+/// A fresh nonce for an issued job id: 128 bits from the system's random source, in hex.
+fn nonce() -> Result<String, WatcherError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(WatcherError::Random)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 #[cfg(test)]

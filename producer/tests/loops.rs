@@ -12,12 +12,14 @@ use helmq_producer::store::ErrorClass;
 use helmq_producer::store::fake::{FakeComponentStore, FakeEventStore, FakeLeaseStore};
 use helmq_producer::watcher::{Watcher, WatcherConfig};
 use helmq_producer::writer::events::JOB_ID_ANNOTATION;
-use helmq_producer::writer::{EventRecorder, Writer, WriterConfig};
+use helmq_producer::writer::{EventRecorder, Outcome, Unissued, Writer, WriterConfig};
 use helmq_queue::topology::{DLQ_STREAM, JOBS_STREAM, STATUS_STREAM, WORKERS_CONSUMER};
 use helmq_queue::{JetStreamQueue, JetStreamStatus, StatusSink, Topology};
-use helmq_schemas::component::{COORDINATION_FINALIZER, Component, HELM_FINALIZER, Phase};
+use helmq_schemas::component::{
+    COORDINATION_FINALIZER, Component, HELM_FINALIZER, IssuedJob, Phase,
+};
 use helmq_schemas::event::{
-    ComponentRef, JobAction, JobEvent, ReleaseInfo, StatusEvent, StatusPhase,
+    ComponentRef, JobAction, JobEvent, ReleaseInfo, StatusEvent, StatusPhase, default_job_id,
 };
 use helmq_tests::NatsServer;
 use helmq_tests::build::{component, nginx_config};
@@ -111,8 +113,8 @@ impl Rig {
         leadership
     }
 
-    fn spawn_writer(&self) {
-        let writer = Writer::new(
+    fn writer(&self) -> Writer<FakeComponentStore, FakeEventStore> {
+        Writer::new(
             self.store.clone(),
             EventRecorder::new(self.events.clone(), "producer-test"),
             self.js.clone(),
@@ -122,8 +124,11 @@ impl Rig {
                 ..WriterConfig::default()
             },
             self.metrics.clone(),
-        );
-        tokio::spawn(writer.run(self.token.clone()));
+        )
+    }
+
+    fn spawn_writer(&self) {
+        tokio::spawn(self.writer().run(self.token.clone()));
     }
 
     /// The next job, taken (and acked) from the workers' consumer as a worker would.
@@ -331,11 +336,21 @@ async fn two_producers_racing_to_claim_one_component_claim_it_once() {
         assert_eq!(claims.len(), 1, "{name}: {claims:#?}");
         let claim = &claims[0];
         assert_eq!(claim.message, "Claimed by helm handler");
-        assert_eq!(
-            (claim.job_id.as_str(), claim.attempt, claim.worker.as_str()),
-            ("", 0, "producer")
-        );
+        assert_eq!((claim.attempt, claim.worker.as_str()), (0, "producer"));
         assert_eq!(claim.component.uid, c.metadata.uid);
+        // The claim answers the apply job recorded as issued, which the job carries too.
+        let issued = c
+            .status
+            .as_ref()
+            .and_then(|s| s.handler_status.as_ref())
+            .and_then(|h| h.issued_job.clone())
+            .unwrap();
+        assert_eq!(claim.job_id, issued.id, "{name}");
+        let uid = c.metadata.uid.clone().unwrap();
+        assert!(
+            issued.id.starts_with(&format!("{uid}:1:apply:")),
+            "{issued:?}"
+        );
     }
     // One apply job per (uid, generation) on the stream, whoever published it.
     assert_eq!(rig.messages_in(JOBS_STREAM).await, 2);
@@ -537,7 +552,9 @@ async fn status_events_out_of_order_never_regress_the_status() {
         .await;
     rig.wait_for("web", "Ready at 2", |c| observed(c) == Some(2))
         .await;
-    // Older generation, then an earlier phase of the same generation, then another uid.
+    // No watcher here, so no issued job is recorded: the writer takes the default job id of the
+    // current generation (a Component of an older helmq). An older generation's events answer
+    // no job it accepts; an earlier phase of the same generation is stale; then another uid.
     rig.report(&job(1), StatusPhase::Ready, 1, Some(release(1)))
         .await;
     rig.report(&job(1), StatusPhase::Failed, 3, None).await;
@@ -546,8 +563,12 @@ async fn status_events_out_of_order_never_regress_the_status() {
     foreign.component.uid = Some(helmq_tests::build::uid("a deleted namesake"));
     rig.report(&foreign, StatusPhase::Failed, 1, None).await;
 
-    eventually(DEADLINE, "3 stale events dropped", async || {
-        rig.metrics.stale_events_dropped.get() == 3
+    eventually(DEADLINE, "1 stale event dropped", async || {
+        rig.metrics.stale_events_dropped.get() == 1
+    })
+    .await;
+    eventually(DEADLINE, "2 unissued events dropped", async || {
+        rig.metrics.unissued_events_dropped.get() == 2
     })
     .await;
     eventually(DEADLINE, "1 orphan event dropped", async || {
@@ -1166,7 +1187,8 @@ async fn the_writer_records_events_for_deploy_fail_fix_delete_and_counts_repeate
                 owned("Claimed"),
                 owned("Claimed by helm handler"),
                 1,
-                owned("")
+                // The claim answers the first apply job, issued before it was told.
+                deploy.id.clone()
             ),
             (
                 owned("Normal"),
@@ -1238,4 +1260,233 @@ async fn an_events_api_outage_never_holds_up_or_fails_a_status_write() {
         }
     })
     .await;
+}
+
+/// The job recorded as issued in `component`'s status.
+fn issued(component: &Component) -> IssuedJob {
+    component
+        .status
+        .as_ref()
+        .and_then(|s| s.handler_status.as_ref())
+        .and_then(|h| h.issued_job.clone())
+        .expect("an issued job recorded in the status")
+}
+
+/// An event for `target` reporting `phase` of job `job_id`, as a worker (or a forger) would.
+fn answer(job_id: &str, target: &ComponentRef, phase: StatusPhase) -> StatusEvent {
+    StatusEvent::new(
+        job_id,
+        target.clone(),
+        phase,
+        format!("{phase:?}"),
+        1,
+        "worker-test",
+        jiff::Timestamp::now(),
+    )
+}
+
+#[tokio::test]
+async fn the_writer_changes_a_component_only_on_answers_to_the_job_issued_for_it() {
+    use StatusPhase::{Claimed, Deploying, Ready, Terminated, Terminating, TerminationFailed};
+    let rig = Rig::new(Topology::default()).await;
+    let writer = rig.writer();
+    let mut watcher = rig.watcher(fast_watcher(), Metrics::default());
+    watcher
+        .handle(rig.store.create(deployable("web")).unwrap())
+        .await
+        .unwrap();
+    let apply = rig.next_job().await;
+    let claimed = rig.store.snapshot("default", "web").unwrap();
+    assert_eq!(apply.id, issued(&claimed).id);
+    let real = apply.component.clone();
+    let uid = real.uid.clone().unwrap();
+
+    // Forgeries and strays change nothing: neither the status nor the finalizers.
+    let forged = [
+        (
+            "the real uid, another job id",
+            answer(&format!("{uid}:1:apply:guessed"), &real, Ready),
+            Unissued::NotIssued {
+                generation: 1,
+                action: "apply",
+            },
+        ),
+        (
+            "the real uid, the id helmq gave before issued jobs",
+            answer(&default_job_id(&real, JobAction::Apply), &real, Ready),
+            Unissued::NotIssued {
+                generation: 1,
+                action: "apply",
+            },
+        ),
+        (
+            "no uid (an orchestrator's job naming the Component)",
+            answer(
+                &apply.id,
+                &ComponentRef {
+                    uid: None,
+                    ..real.clone()
+                },
+                Ready,
+            ),
+            Unissued::NoUid,
+        ),
+        (
+            "a generation above metadata.generation",
+            answer(
+                &apply.id,
+                &ComponentRef {
+                    generation: 1 << 53,
+                    ..real.clone()
+                },
+                TerminationFailed,
+            ),
+            Unissued::FutureGeneration {
+                event: 1 << 53,
+                live: 1,
+            },
+        ),
+        (
+            "Terminated for an object that is not being deleted",
+            answer(&apply.id, &real, Terminated),
+            Unissued::WrongPhase {
+                phase: "Terminated",
+                action: "apply",
+            },
+        ),
+    ];
+    for (name, event, reason) in &forged {
+        assert_eq!(
+            writer.write(event).await.unwrap(),
+            Outcome::Unissued(*reason),
+            "{name}"
+        );
+        assert_eq!(
+            rig.store.snapshot("default", "web").as_ref(),
+            Some(&claimed),
+            "{name}"
+        );
+    }
+
+    // The protocol: the producer's Claimed and the worker's answers to the issued job.
+    for phase in [Claimed, Deploying, Ready] {
+        let event = answer(&apply.id, &real, phase).with_release(release(1));
+        assert_eq!(
+            writer.write(&event).await.unwrap(),
+            Outcome::Applied,
+            "{phase:?}"
+        );
+    }
+    let ready = rig.store.snapshot("default", "web").unwrap();
+    assert_eq!(phase(Some(&ready)), Some(Phase::Ready));
+    assert_eq!(observed(Some(&ready)), Some(1));
+
+    // Being deleted: before the delete job is issued, no Terminated removes the finalizer,
+    // not even one with the id a tenant could compute.
+    rig.store.delete("default", "web").unwrap();
+    let deleting = rig.store.snapshot("default", "web").unwrap();
+    for (name, job_id) in [
+        ("the apply job's id", apply.id.clone()),
+        (
+            "the default delete id",
+            default_job_id(&real, JobAction::Delete),
+        ),
+    ] {
+        let outcome = writer
+            .write(&answer(&job_id, &real, Terminated))
+            .await
+            .unwrap();
+        assert!(
+            matches!(outcome, Outcome::Unissued(_)),
+            "{name}: {outcome:?}"
+        );
+        assert_eq!(
+            rig.store.snapshot("default", "web").as_ref(),
+            Some(&deleting),
+            "{name}"
+        );
+    }
+    watcher.handle(deleting).await.unwrap();
+    let delete = rig.next_job().await;
+    assert_eq!(delete.action, JobAction::Delete);
+    let recorded = issued(&rig.store.snapshot("default", "web").unwrap());
+    assert_eq!(
+        (delete.id.as_str(), recorded.action),
+        (recorded.id.as_str(), JobAction::Delete)
+    );
+    assert!(
+        delete.id.starts_with(&format!("{uid}:1:delete:")),
+        "{}",
+        delete.id
+    );
+    assert_ne!(delete.id, apply.id);
+    let event = answer(&delete.id, &real, Terminating);
+    assert_eq!(writer.write(&event).await.unwrap(), Outcome::Applied);
+    assert_eq!(
+        finalizers(rig.store.snapshot("default", "web").as_ref()),
+        [HELM_FINALIZER]
+    );
+    let event = answer(&delete.id, &real, Terminated);
+    assert_eq!(writer.write(&event).await.unwrap(), Outcome::Applied);
+    assert!(
+        rig.store.snapshot("default", "web").is_none(),
+        "finalizer removed, object gone"
+    );
+}
+
+#[tokio::test]
+async fn the_issued_job_is_recorded_before_it_is_published_and_reused_by_a_producer_taking_over() {
+    let rig = Rig::new(Topology::default()).await;
+    // Claimed earlier (our finalizer is on it): the next step is the apply job.
+    let created = rig
+        .store
+        .create(
+            component("web")
+                .config(nginx_config(serde_json::json!({})))
+                .finalizers(&[HELM_FINALIZER])
+                .build(),
+        )
+        .unwrap();
+    // The status cannot be written: the job is not issued, so nothing is published.
+    rig.store
+        .fail_component("default", "web", ErrorClass::Transient);
+    let first_metrics = Metrics::default();
+    let mut first = rig.watcher(fast_watcher(), first_metrics.clone());
+    assert!(first.handle(created).await.is_err());
+    assert_eq!(rig.messages_in(JOBS_STREAM).await, 0);
+    let unrecorded = rig.store.snapshot("default", "web").unwrap();
+    assert!(unrecorded.status.is_none(), "{unrecorded:?}");
+
+    rig.store.clear_failure("default", "web");
+    first.handle(unrecorded).await.unwrap();
+    let recorded = issued(&rig.store.snapshot("default", "web").unwrap());
+    assert_eq!(rig.messages_in(JOBS_STREAM).await, 1);
+
+    // Another producer, which never published anything (a new leader): the same job, whose
+    // duplicate the server drops.
+    let second_metrics = Metrics::default();
+    let mut second = rig.watcher(fast_watcher(), second_metrics.clone());
+    second
+        .handle(rig.store.snapshot("default", "web").unwrap())
+        .await
+        .unwrap();
+    let duplicates = second_metrics
+        .events_published
+        .get_or_create(&PublishLabels {
+            kind: "apply".into(),
+            outcome: "duplicate".into(),
+        })
+        .get();
+    assert_eq!(duplicates, 1);
+    assert_eq!(rig.messages_in(JOBS_STREAM).await, 1);
+    assert_eq!(
+        issued(&rig.store.snapshot("default", "web").unwrap()),
+        recorded,
+        "the record is not replaced"
+    );
+    let job = rig.next_job().await;
+    assert_eq!(
+        (job.id.as_str(), job.dedupe_id()),
+        (recorded.id.as_str(), recorded.id.clone())
+    );
 }

@@ -79,13 +79,24 @@ async fn answer(api: Arc<Mutex<Api>>, request: Request<kube::client::Body>) -> S
     let (parts, body) = request.into_parts();
     let body = body.collect().await.unwrap().to_bytes();
     let path = parts.uri.path().to_owned();
-    let name = path.rsplit('/').next().unwrap_or_default().to_owned();
+    // `.../components/<name>` or, for the status subresource, `.../components/<name>/status`.
+    let object_path = path.strip_suffix("/status").unwrap_or(&path);
+    let name = object_path
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     let watches = {
         let mut api = api.lock().unwrap();
         if parts.method == http::Method::PATCH {
             let patch: Value = serde_json::from_slice(&body).unwrap();
+            let object = api.objects.get_mut(&name).unwrap();
             if let Some(finalizers) = patch["metadata"].get("finalizers") {
-                api.objects.get_mut(&name).unwrap()["metadata"]["finalizers"] = finalizers.clone();
+                object["metadata"]["finalizers"] = finalizers.clone();
+            }
+            // The producer records the job it issues: the whole status, as the writer writes it.
+            if let Some(status) = patch.get("status") {
+                object["status"] = status.clone();
             }
             return api.bump(&name).to_string();
         }
@@ -243,6 +254,7 @@ async fn a_component_nested_200_deep_fails_alone_while_the_others_are_claimed_an
     assert_eq!(metrics.unreadable_components.get(), 2);
     token.cancel();
     running.await.unwrap().unwrap();
+    let published = jobs().await;
     let api = api.lock().unwrap();
     for name in ["a", "b", "late", "deep", "late-deep"] {
         assert_eq!(
@@ -251,8 +263,23 @@ async fn a_component_nested_200_deep_fails_alone_while_the_others_are_claimed_an
             "{name} claimed"
         );
     }
+    // Each job, and each Failed event, answers the job recorded as issued in the status.
+    for job in published {
+        let issued = &api.objects[&job.component.name]["status"]["handlerStatus"]["issuedJob"];
+        assert_eq!(issued["id"], json!(job.id), "{}", job.component.name);
+    }
+    for name in ["deep", "late-deep"] {
+        let issued = &api.objects[name]["status"]["handlerStatus"]["issuedJob"];
+        let failed = events
+            .iter()
+            .find(|e| e.component.name == name && e.phase == StatusPhase::Failed)
+            .unwrap();
+        assert_eq!(issued["id"], json!(failed.job_id), "{name}");
+        assert_eq!(issued["action"], "apply", "{name}");
+    }
     // Watch from the first list's version (3 objects), resume from the bookmark (after 3
-    // claims and 2 objects: 9), and after the 410 from a fresh list's (2 more claims: 11).
+    // claims, 3 issued jobs recorded and 2 objects: 12), and after the 410 from a fresh list's
+    // (2 more claims and issued jobs: 16).
     let watches: Vec<&str> = api
         .requests
         .iter()
@@ -261,7 +288,7 @@ async fn a_component_nested_200_deep_fails_alone_while_the_others_are_claimed_an
         .collect();
     assert_eq!(
         watches,
-        ["watch@3", "watch@9", "watch@11"],
+        ["watch@3", "watch@12", "watch@16"],
         "{:?}",
         api.requests
     );

@@ -8,6 +8,8 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::event::JobAction;
+
 /// API group of the `Component` resource.
 pub const GROUP: &str = "deployment-orchestrator.io";
 /// The handler name this system answers to by default (`spec.handler`).
@@ -233,6 +235,29 @@ pub struct HandlerStatus {
     /// Order key of the last status event applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_order: Option<u64>,
+    /// The job the producer issued last (recorded before it publishes the job): the writer
+    /// applies only status events that answer it. Absent on Components an older helmq wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_job: Option<IssuedJob>,
+}
+
+/// A job the producer issued for one generation and action of a Component
+/// (`status.handlerStatus.issuedJob`).
+///
+/// Its `id` is the job's `id` and `Nats-Msg-Id`: `<uid>:<generation>:<action>:<nonce>`, the
+/// nonce random and drawn once, when the job is first recorded. A producer that retries or takes
+/// over reads it here and publishes the same id, so JetStream drops the duplicate; another
+/// tenant, who cannot read this status, cannot guess it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuedJob {
+    /// The job id.
+    #[schemars(length(min = 1, max = 256))]
+    pub id: String,
+    /// `metadata.generation` the job is for.
+    pub generation: i64,
+    /// `apply` or `delete`.
+    pub action: JobAction,
 }
 
 impl Component {

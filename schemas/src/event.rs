@@ -220,7 +220,9 @@ pub struct JobEvent {
     /// Always `helmq.job/v1`.
     #[schemars(extend("const" = JOB_SCHEMA))]
     pub schema: String,
-    /// Job id; by convention the dedupe id of (uid, generation, action).
+    /// Job id. The producer's: `<uid>:<generation>:<action>:<nonce>`, the one it recorded in
+    /// the Component's `status.handlerStatus.issuedJob`; without an issued job, by convention
+    /// `<uid>:<generation>:<action>`.
     #[schemars(length(min = 1, max = 256))]
     pub id: String,
     /// Apply or delete.
@@ -243,7 +245,7 @@ fn default_timeout_seconds() -> u64 {
 }
 
 impl JobEvent {
-    /// A job whose `id` is its dedupe id.
+    /// A job whose `id` is [`default_job_id`] (set `id` to an issued one where there is one).
     pub fn new(
         action: JobAction,
         component: ComponentRef,
@@ -251,7 +253,7 @@ impl JobEvent {
         timeout_seconds: u64,
         requested_at: Timestamp,
     ) -> Self {
-        let id = dedupe_id(&component, action);
+        let id = default_job_id(&component, action);
         JobEvent {
             schema: JOB_SCHEMA.to_owned(),
             id,
@@ -263,10 +265,17 @@ impl JobEvent {
         }
     }
 
-    /// The `Nats-Msg-Id`: stable per (uid, generation, action), whoever publishes, so a
-    /// republish of the same intent inside the duplicate window is dropped by the server.
+    /// The `Nats-Msg-Id`: stable per (uid, generation, action), so a republish of the same
+    /// intent inside the duplicate window is dropped by the server. It is the job's `id` when
+    /// that is [`default_job_id`] or an id issued for it (`<default id>:<nonce>`), so a job
+    /// another tenant publishes cannot take the id of one the producer issued; otherwise (an
+    /// orchestrator's own id) it is [`default_job_id`].
     pub fn dedupe_id(&self) -> String {
-        dedupe_id(&self.component, self.action)
+        let default = default_job_id(&self.component, self.action);
+        match self.id.strip_prefix(default.as_str()) {
+            Some(rest) if rest.is_empty() || rest.starts_with(':') => self.id.clone(),
+            _ => default,
+        }
     }
 
     /// Decodes and validates a payload: size, JSON, schema version, fields, Helm config.
@@ -311,25 +320,24 @@ impl JobEvent {
     pub fn encode(&self) -> Vec<u8> {
         encode(self)
     }
-
-    /// Best effort: the Component a payload names even when the payload as a whole is
-    /// rejected, so a `Failed` status can still reach it.
-    pub fn component_hint(payload: &[u8]) -> Option<ComponentRef> {
-        let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
-        let component =
-            serde_json::from_value::<ComponentRef>(value.get("component")?.clone()).ok()?;
-        component.check(JOB_SCHEMA).ok()?;
-        Some(component)
-    }
 }
 
-fn dedupe_id(component: &ComponentRef, action: JobAction) -> String {
+/// The id of a job for `component` and `action` when nobody issued one:
+/// `<uid>:<generation>:<action>` (`<namespace>/<name>:…` without a uid). helmq before issued jobs
+/// gave every job this id; the writer still accepts it for a Component whose status records no
+/// issued job.
+pub fn default_job_id(component: &ComponentRef, action: JobAction) -> String {
     format!(
         "{}:{}:{}",
         component.identity(),
         component.generation,
         action.as_str()
     )
+}
+
+/// The id of a job the producer issues: [`default_job_id`], then `:` and `nonce`.
+pub fn issued_job_id(component: &ComponentRef, action: JobAction, nonce: &str) -> String {
+    format!("{}:{nonce}", default_job_id(component, action))
 }
 
 /// The phase a [`StatusEvent`] reports: the Component phases plus `Terminated`.
@@ -439,7 +447,9 @@ pub struct StatusEvent {
     /// Always `helmq.status/v1`.
     #[schemars(extend("const" = STATUS_SCHEMA))]
     pub schema: String,
-    /// The job this event reports on (empty for the producer's `Claimed`).
+    /// The job this event reports on: the id of the job it answers; the producer's own
+    /// events (`Claimed`, `Failed` for an invalid config, ...) carry the id of the job it issued
+    /// for that generation and action. The writer applies only events answering the issued job.
     #[schemars(length(max = 256))]
     pub job_id: String,
     /// The Component and generation.

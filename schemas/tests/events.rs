@@ -4,7 +4,7 @@
 use helmq_schemas::HelmConfig;
 use helmq_schemas::event::{
     ComponentRef, EventError, JobAction, JobEvent, MAX_EVENT_BYTES, ReleaseInfo, StatusEvent,
-    StatusPhase,
+    StatusPhase, default_job_id, issued_job_id,
 };
 use serde_json::{Value, json};
 
@@ -287,16 +287,37 @@ fn oversized_payloads_are_rejected_before_parsing() {
 }
 
 #[test]
-fn the_component_of_a_rejected_job_can_still_be_named() {
-    let mut v = job_json();
-    v["schema"] = json!("helmq.job/v9");
-    let payload = serde_json::to_vec(&v).unwrap();
-    assert!(JobEvent::decode(&payload).is_err());
-    assert_eq!(
-        JobEvent::component_hint(&payload),
-        Some(component(Some(UID), 4))
-    );
-    assert_eq!(JobEvent::component_hint(b"garbage"), None);
+fn an_issued_job_is_deduplicated_on_its_own_id_and_any_other_id_on_the_default_one() {
+    let target = component(Some(UID), 4);
+    let mut job = JobEvent::new(JobAction::Apply, target.clone(), config(), 600, at());
+    let default = "6f1c2b1e-3d4a-4b5c-8d6e-7f8091a2b3c4:4:apply";
+    assert_eq!(default_job_id(&target, JobAction::Apply), default);
+    let issued = issued_job_id(&target, JobAction::Apply, "n0nce");
+    assert_eq!(issued, format!("{default}:n0nce"));
+    let cases = [
+        ("the default id", default.to_owned(), default.to_owned()),
+        ("an issued id", issued.clone(), issued.clone()),
+        ("an orchestrator's own id", "job-1".into(), default.into()),
+        (
+            "an issued id of another generation",
+            issued_job_id(&component(Some(UID), 5), JobAction::Apply, "n"),
+            default.into(),
+        ),
+        (
+            "an issued id of the other action",
+            issued_job_id(&target, JobAction::Delete, "n"),
+            default.into(),
+        ),
+        (
+            "the default id with a suffix",
+            format!("{default}x"),
+            default.into(),
+        ),
+    ];
+    for (name, id, want) in cases {
+        job.id = id;
+        assert_eq!(job.dedupe_id(), want, "{name}");
+    }
 }
 
 fn status(phase: StatusPhase, attempt: u32, generation: i64) -> StatusEvent {

@@ -1,22 +1,26 @@
-//! Dead-lettering jobs: bad input ([`reject`]: dead-lettered once with the reason, and the
-//! Component it names told), a final failure ([`bury`]), and jobs JetStream stopped delivering
-//! after `max_deliver` ([`watch_advisories`]). The copy is stored before the original is
-//! terminated or deleted, since both remove it from the work queue.
+//! Dead-lettering jobs: bad input ([`reject`]: dead-lettered once with the reason; the
+//! Component is told only when the payload is a valid job on its own subject), a final failure
+//! ([`bury`]), and jobs JetStream stopped delivering after `max_deliver`
+//! ([`watch_advisories`]). The copy is stored before the original is terminated or deleted,
+//! since both remove it from the work queue.
+//!
+//! A payload that cannot be decoded, or that names a Component other than its subject's, tells
+//! no Component: what it names cannot be believed, and a status for it would let any publisher
+//! write on another tenant's Component (at any generation, freezing it).
 
 use std::sync::Arc;
 
 use async_nats::jetstream::message::{AckKind, Message};
 use futures::StreamExt as _;
-use serde::Deserialize as _;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use helmq_queue::StatusSink;
 use helmq_queue::dlq::{DeadLetter, dead_letter};
 use helmq_queue::topology::JOBS_STREAM;
-use helmq_schemas::event::{JobAction, JobEvent, MAX_ID_LEN, StatusEvent, StatusPhase};
+use helmq_schemas::event::{JobAction, JobEvent, StatusEvent, StatusPhase};
 
-use crate::job::{Context, Delivery, Shared};
+use crate::job::{Context, Delivery, Refused, Shared, check_subject};
 use crate::metrics::JobOutcome;
 use crate::readable::readable;
 
@@ -46,74 +50,50 @@ pub(crate) async fn bury(
     JobOutcome::Failed
 }
 
-/// Bad input: dead-letter it once with the reason, tell the Component it names, and Term it.
+/// Bad input: dead-letter it once with the reason and Term it; tell the Component only what
+/// [`Refused::told`] allows (a valid job on its own subject that this worker refuses).
 pub(crate) async fn reject<D, S: StatusSink>(
     shared: &Shared<D, S>,
     message: &Message,
     delivery: Delivery,
-    reason: String,
+    refused: Refused,
 ) -> JobOutcome {
+    let reason = refused.reason().to_owned();
     warn!(%reason, "rejecting a job");
     let ctx = &shared.ctx;
-    let told = readable(reason.clone(), &reason);
-    if let Some(status) =
-        rejection_status(&message.payload, &told, delivery, &ctx.settings.worker_id)
-    {
+    if let Some(job) = refused.told() {
+        let told = readable(reason.clone(), &reason);
+        let status = rejection_status(job, &told, delivery, &ctx.settings.worker_id);
         let _ = shared.publish(&status).await;
     }
-    reject_silently(ctx, message, delivery, reason).await
-}
-
-/// Bad input that must not reach the Component it names (a job on another Component's
-/// subject): dead-letter it once with the reason and Term it, publishing no status.
-pub(crate) async fn reject_silently(
-    ctx: &Context,
-    message: &Message,
-    delivery: Delivery,
-    reason: String,
-) -> JobOutcome {
     match bury(ctx, message, delivery, reason).await {
         JobOutcome::Failed => JobOutcome::Rejected,
         other => other,
     }
 }
 
-/// The `Failed` (or `TerminationFailed` for a delete) status of a rejected payload in this
-/// delivery, when the payload names a Component.
+/// The `Failed` (or `TerminationFailed` for a delete) status of a refused `job` in this
+/// delivery, answering the job's id.
 pub(crate) fn rejection_status(
-    payload: &[u8],
+    job: &JobEvent,
     reason: &str,
     delivery: Delivery,
     worker: &str,
-) -> Option<StatusEvent> {
-    let component = JobEvent::component_hint(payload)?;
-    let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
-    // The id the payload claims, when it is one a status event may carry (the status must
-    // itself pass the writer's checks, or the Component never hears of the rejection).
-    let job_id = value
-        .get("id")
-        .and_then(|v| v.as_str())
-        .filter(|id| id.len() <= MAX_ID_LEN && !id.chars().any(char::is_control))
-        .unwrap_or_default();
-    let action = value
-        .get("action")
-        .and_then(|v| JobAction::deserialize(v).ok());
-    let phase = match action {
-        Some(JobAction::Delete) => StatusPhase::TerminationFailed,
-        _ => StatusPhase::Failed,
+) -> StatusEvent {
+    let phase = match job.action {
+        JobAction::Delete => StatusPhase::TerminationFailed,
+        JobAction::Apply => StatusPhase::Failed,
     };
-    Some(
-        StatusEvent::new(
-            job_id,
-            component,
-            phase,
-            format!("job rejected: {reason}"),
-            delivery.attempt,
-            worker,
-            jiff::Timestamp::now(),
-        )
-        .for_job_sequence(delivery.sequence),
+    StatusEvent::new(
+        job.id.clone(),
+        job.component.clone(),
+        phase,
+        format!("job rejected: {reason}"),
+        delivery.attempt,
+        worker,
+        jiff::Timestamp::now(),
     )
+    .for_job_sequence(delivery.sequence)
 }
 
 /// Moves jobs that reached `max_deliver` to the dead-letter stream: JetStream stops delivering
@@ -156,9 +136,11 @@ pub(crate) async fn watch_advisories<D, S: StatusSink>(
             attempt: u32::try_from(deliveries).unwrap_or(u32::MAX),
             sequence,
         };
-        if let Some(status) =
-            rejection_status(&stored.payload, &reason, delivery, &ctx.settings.worker_id)
+        // Told only for a valid job on its own subject, as in `reject`.
+        if let Ok(job) = JobEvent::decode(&stored.payload)
+            && check_subject(&stored.subject, &job).is_ok()
         {
+            let status = rejection_status(&job, &reason, delivery, &ctx.settings.worker_id);
             let _ = shared.publish(&status).await;
         }
         let letter = DeadLetter::of(
@@ -179,47 +161,5 @@ pub(crate) async fn watch_advisories<D, S: StatusSink>(
         if let Err(e) = ctx.stream.delete_message(sequence).await {
             debug!(sequence, error = %e, "cannot delete the job (another worker may have)");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rejected_payloads_that_name_a_component_get_a_failure_status() {
-        let payload = br#"{"schema":"helmq.job/v9","id":"j1","action":"delete","component":{"namespace":"ns","name":"web","generation":3}}"#;
-        let first = Delivery {
-            attempt: 1,
-            sequence: 9,
-        };
-        let status = rejection_status(payload, "unknown schema", first, "w").unwrap();
-        assert_eq!(status.phase, StatusPhase::TerminationFailed);
-        assert_eq!(status.job_id, "j1");
-        assert_eq!(status.component.generation, 3);
-        assert_eq!(status.message, "job rejected: unknown schema");
-        assert_eq!(status.job_sequence, 9);
-        let hostile_id = br#"{"id":"j\r\nX: 1","action":"apply","component":{"namespace":"ns","name":"web","generation":3}}"#;
-        let status = rejection_status(hostile_id, "x", first, "w").unwrap();
-        assert_eq!(
-            status.job_id, "",
-            "an id a status may not carry is left out"
-        );
-        assert!(StatusEvent::decode(&status.encode()).is_ok());
-        let apply = br#"{"id":"j2","action":"apply","component":{"namespace":"ns","name":"web","generation":3}}"#;
-        assert_eq!(
-            rejection_status(apply, "x", first, "w").unwrap().phase,
-            StatusPhase::Failed
-        );
-        assert!(rejection_status(b"not json", "x", first, "w").is_none());
-        assert!(
-            rejection_status(
-                br#"{"component":{"namespace":"","name":"x","generation":1}}"#,
-                "x",
-                first,
-                "w"
-            )
-            .is_none()
-        );
     }
 }

@@ -100,15 +100,7 @@ pub(crate) async fn handle<D: HelmDriver, S: StatusSink>(
     let ctx = &shared.ctx;
     let job = match admit(&ctx.settings, &message.subject, &message.payload) {
         Ok(job) => job,
-        Err(Refused::Payload(reason)) => {
-            return dead_letter::reject(shared, message, delivery, reason).await;
-        }
-        Err(Refused::Subject(reason)) => {
-            // Not told to the Component the payload names: that may be another tenant's, and
-            // the publisher may not speak for it.
-            warn!(%reason, "rejecting a job published on another Component's subject");
-            return dead_letter::reject_silently(&shared.ctx, message, delivery, reason).await;
-        }
+        Err(refused) => return dead_letter::reject(shared, message, delivery, refused).await,
     };
     span.record("job_id", job.id.as_str());
     let key = intent_key(&job.component);
@@ -200,24 +192,55 @@ async fn take_release<D, S: StatusSink>(
 
 /// Why a delivered job is refused; each holds the dead-letter reason.
 #[derive(Debug, Clone, PartialEq)]
-enum Refused {
-    /// The payload breaks a rule: the Component it names is told (`Failed`).
-    Payload(String),
-    /// The subject is not the one of the Component the payload names: nobody is told.
+pub(crate) enum Refused {
+    /// The payload is not a valid job: nobody is told. What it names cannot be believed (it
+    /// may name another tenant's Component, at any generation).
+    Undecodable(String),
+    /// The subject is not the one of the Component the payload names: nobody is told (that
+    /// may be another tenant's, and the publisher may not speak for it).
     Subject(String),
+    /// A valid job on its own subject that this worker refuses (allowlist, timeout limit): the
+    /// Component is told (`Failed` or `TerminationFailed`, answering the job's id).
+    Policy(Box<JobEvent>, String),
+}
+
+impl Refused {
+    /// The dead-letter reason.
+    pub(crate) fn reason(&self) -> &str {
+        match self {
+            Refused::Undecodable(reason)
+            | Refused::Subject(reason)
+            | Refused::Policy(_, reason) => reason,
+        }
+    }
+
+    /// The job whose Component is told of the refusal, if any.
+    pub(crate) fn told(&self) -> Option<&JobEvent> {
+        match self {
+            Refused::Policy(job, _) => Some(job),
+            Refused::Undecodable(_) | Refused::Subject(_) => None,
+        }
+    }
 }
 
 /// Decodes a payload, checks that it came on its Component's subject (per-namespace publish
 /// permissions in NATS then bound what a publisher can name), and checks it against the
 /// allowlist and the timeout limit.
-fn admit(settings: &Settings, subject: &str, payload: &[u8]) -> Result<JobEvent, Refused> {
-    let job = JobEvent::decode(payload).map_err(|e| Refused::Payload(e.to_string()))?;
+pub(crate) fn admit(
+    settings: &Settings,
+    subject: &str,
+    payload: &[u8],
+) -> Result<JobEvent, Refused> {
+    let job = JobEvent::decode(payload).map_err(|e| Refused::Undecodable(e.to_string()))?;
     check_subject(subject, &job).map_err(Refused::Subject)?;
-    allowed(settings, job).map_err(Refused::Payload)
+    match allowed(settings, &job) {
+        Ok(()) => Ok(job),
+        Err(reason) => Err(Refused::Policy(Box::new(job), reason)),
+    }
 }
 
 /// The job's subject must be `helmq.jobs.<namespace>.<name>` of the Component it names.
-fn check_subject(subject: &str, job: &JobEvent) -> Result<(), String> {
+pub(crate) fn check_subject(subject: &str, job: &JobEvent) -> Result<(), String> {
     let (namespace, name) = (&job.component.namespace, &job.component.name);
     let expected = job_subject(namespace, name);
     if subject == expected {
@@ -230,7 +253,7 @@ fn check_subject(subject: &str, job: &JobEvent) -> Result<(), String> {
 }
 
 /// The allowlist and the timeout limit.
-fn allowed(settings: &Settings, job: JobEvent) -> Result<JobEvent, String> {
+fn allowed(settings: &Settings, job: &JobEvent) -> Result<(), String> {
     settings
         .allowlist
         .check(&job.config)
@@ -242,7 +265,7 @@ fn allowed(settings: &Settings, job: JobEvent) -> Result<JobEvent, String> {
             job.timeout_seconds
         ));
     }
-    Ok(job)
+    Ok(())
 }
 
 /// The lease key of the release a job works on: the release, not the Component, is what two
@@ -830,9 +853,9 @@ mod tests {
     use super::*;
     use helmq_schemas::event::ComponentRef;
 
-    #[test]
-    fn a_job_must_come_on_its_components_subject() {
-        let mut job = JobEvent::new(
+    /// An apply job for `team-a/web.v2` at generation 1, timeout 60 s.
+    fn web_job() -> JobEvent {
+        JobEvent::new(
             JobAction::Apply,
             ComponentRef {
                 namespace: "team-a".into(),
@@ -851,7 +874,90 @@ mod tests {
             .unwrap(),
             60,
             jiff::Timestamp::UNIX_EPOCH,
+        )
+    }
+
+    #[test]
+    fn bad_input_tells_a_component_only_when_it_is_a_valid_job_on_its_own_subject() {
+        let mut settings = Settings::new("w");
+        settings.max_timeout = Duration::from_secs(30);
+        let own = "helmq.jobs.team-a.web_2Ev2";
+        let mut undecodable = serde_json::to_value(web_job()).unwrap();
+        undecodable["schema"] = serde_json::json!("helmq.job/v9");
+        undecodable["component"] = serde_json::json!(
+            {"namespace": "team-b", "name": "db", "uid": "6f1c2b1e-3d4a-4b5c-8d6e-7f8091a2b3c4", "generation": 1_i64 << 53}
         );
+        let mut bad_generation = serde_json::to_value(web_job()).unwrap();
+        bad_generation["component"]["generation"] = serde_json::json!((1_i64 << 53) + 1);
+        let mut elsewhere = web_job();
+        elsewhere.component.namespace = "team-b".into();
+        let mut delete = web_job();
+        delete.action = JobAction::Delete;
+        let payload = |v: &serde_json::Value| serde_json::to_vec(v).unwrap();
+        // (name, payload on team-a's own subject, refused as, the phase told)
+        let cases: Vec<(&str, Vec<u8>, &str, Option<StatusPhase>)> = vec![
+            (
+                "another schema naming team-b/db at 2^53, on team-a's subject",
+                payload(&undecodable),
+                "undecodable",
+                None,
+            ),
+            (
+                "a generation over 2^53 on its own subject",
+                payload(&bad_generation),
+                "undecodable",
+                None,
+            ),
+            ("not JSON", b"{".to_vec(), "undecodable", None),
+            (
+                "a valid job naming team-b, on team-a's subject",
+                elsewhere.encode(),
+                "subject",
+                None,
+            ),
+            (
+                "a valid apply over the timeout limit",
+                web_job().encode(),
+                "policy",
+                Some(StatusPhase::Failed),
+            ),
+            (
+                "a valid delete over the timeout limit",
+                delete.encode(),
+                "policy",
+                Some(StatusPhase::TerminationFailed),
+            ),
+        ];
+        let delivery = Delivery {
+            attempt: 1,
+            sequence: 9,
+        };
+        for (name, payload, want, phase) in cases {
+            let refused = admit(&settings, own, &payload).unwrap_err();
+            let kind = match &refused {
+                Refused::Undecodable(_) => "undecodable",
+                Refused::Subject(_) => "subject",
+                Refused::Policy(..) => "policy",
+            };
+            assert_eq!(kind, want, "{name}: {}", refused.reason());
+            let told = refused
+                .told()
+                .map(|job| dead_letter::rejection_status(job, "r", delivery, "w"));
+            assert_eq!(told.as_ref().map(|s| s.phase), phase, "{name}");
+            if let Some(status) = told {
+                let job = JobEvent::decode(&payload).unwrap();
+                assert_eq!(status.job_id, job.id, "{name}: answers the job's id");
+                assert_eq!(status.component, job.component, "{name}");
+                assert_eq!(status.job_sequence, 9, "{name}");
+            }
+        }
+        settings.max_timeout = Duration::from_secs(60);
+        assert_eq!(admit(&settings, own, &web_job().encode()), Ok(web_job()));
+    }
+
+    #[test]
+    fn a_job_must_come_on_its_components_subject() {
+        let mut job = web_job();
         let cases = [
             ("helmq.jobs.team-a.web_2Ev2", Ok(())),
             // Another namespace's subject (what a per-namespace NATS user may publish to).

@@ -1,7 +1,11 @@
 //! The protocol table: every phase, finalizer combination and deletion state.
+//!
+//! The tables plan as the watcher does: an [`Action::Issue`] is recorded in the status and the
+//! Component planned again (the local [`plan`] and [`plan_unreadable`]); the tests of issuing
+//! itself call [`super::plan`].
 
 use super::*;
-use helmq_schemas::component::HandlerStatus;
+use helmq_schemas::component::{HandlerStatus, IssuedJob};
 use helmq_tests::build::{component, nginx_config, uid};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
@@ -111,6 +115,36 @@ fn ctx(published: Published) -> Context<'static> {
         published,
         resync_grace: None,
         max_timeout: Duration::from_secs(3600),
+        nonce: NONCE,
+    }
+}
+
+const NONCE: &str = "n0nce";
+
+/// `component` with `job` recorded as issued, as the watcher records it.
+fn with_issued(component: &Component, job: IssuedJob) -> Component {
+    let mut c = component.clone();
+    let status = c.status.get_or_insert_with(Default::default);
+    status
+        .handler_status
+        .get_or_insert_with(Default::default)
+        .issued_job = Some(job);
+    c
+}
+
+/// [`super::plan`] as the watcher carries it out: an issued job is recorded, then planned again.
+fn plan(component: &Component, ctx: &Context<'_>) -> Action {
+    match super::plan(component, ctx) {
+        Action::Issue(job) => super::plan(&with_issued(component, job), ctx),
+        other => other,
+    }
+}
+
+/// [`super::plan_unreadable`] as the watcher carries it out.
+fn plan_unreadable(component: &Component, error: &str, ctx: &Context<'_>) -> Action {
+    match super::plan_unreadable(component, error, ctx) {
+        Action::Issue(job) => super::plan_unreadable(&with_issued(component, job), error, ctx),
+        other => other,
     }
 }
 
@@ -119,6 +153,7 @@ fn kind(action: &Action) -> &'static str {
         Action::Ignore => "Ignore",
         Action::SkipOtherHandler { .. } => "SkipOtherHandler",
         Action::Claim => "Claim",
+        Action::Issue(_) => "Issue",
         Action::PublishApply(_) => "PublishApply",
         Action::ConfigFailed { .. } => "ConfigFailed",
         Action::WaitCoordination => "WaitCoordination",
@@ -314,7 +349,7 @@ fn the_apply_job_names_the_component_generation_config_and_timeout() {
     );
     assert_eq!(job.config.release_name, "web");
     assert_eq!(job.timeout_seconds, 480);
-    assert_eq!(job.id, format!("{}:4:apply", uid("1")));
+    assert_eq!(job.id, format!("{}:4:apply:{NONCE}", uid("1")));
     assert_eq!(job.requested_at, now());
 }
 
@@ -515,7 +550,7 @@ fn the_delete_job_targets_the_recorded_release() {
     assert_eq!(job.action, JobAction::Delete);
     assert_eq!(job.config.release_name, "web-recorded");
     assert_eq!(job.config.release_namespace, "apps-recorded");
-    assert_eq!(job.id, format!("{}:1:delete", uid("1")));
+    assert_eq!(job.id, format!("{}:1:delete:{NONCE}", uid("1")));
     assert_eq!(job.timeout_seconds, 300);
     // Without a record, the config's release.
     let f = fixture().fin(&[HELM_FINALIZER]).deleting();
@@ -734,4 +769,121 @@ fn a_job_may_adopt_only_the_release_its_components_status_records() {
         panic!("expected a delete job");
     };
     assert!(!job.config.adopt);
+}
+
+#[test]
+fn a_job_is_issued_before_anything_is_published_for_it() {
+    let claimed = fixture().fin(&[HELM_FINALIZER]).at(Phase::Claimed, None);
+    let apply = |g: i64| IssuedJob {
+        id: format!("{}:{g}:apply:{NONCE}", uid("1")),
+        generation: g,
+        action: JobAction::Apply,
+    };
+    let delete = |g: i64| IssuedJob {
+        id: format!("{}:{g}:delete:{NONCE}", uid("1")),
+        generation: g,
+        action: JobAction::Delete,
+    };
+    let cases: Vec<(&str, Component, Action)> = vec![
+        (
+            "apply: nothing recorded",
+            claimed.build(),
+            Action::Issue(apply(1)),
+        ),
+        (
+            "invalid config: the Failed event answers an issued apply job",
+            claimed.clone().config(None).build(),
+            Action::Issue(apply(1)),
+        ),
+        (
+            "a new generation: the job of the last one does not count",
+            with_issued(&claimed.clone().generation(2).build(), apply(1)),
+            Action::Issue(apply(2)),
+        ),
+        (
+            "delete: the apply job of the generation does not count",
+            with_issued(&claimed.clone().deleting().build(), apply(1)),
+            Action::Issue(delete(1)),
+        ),
+        (
+            "delete with nothing installed: Terminated answers an issued delete job",
+            claimed.clone().config(None).deleting().build(),
+            Action::Issue(delete(1)),
+        ),
+        (
+            "delete blocked: TerminationFailed answers an issued delete job",
+            claimed
+                .clone()
+                .config(None)
+                .with_record()
+                .deleting()
+                .build(),
+            Action::Issue(delete(1)),
+        ),
+    ];
+    for (name, component, want) in cases {
+        assert_eq!(
+            super::plan(&component, &ctx(Published::default())),
+            want,
+            "{name}"
+        );
+    }
+    // Nothing to publish, nothing issued.
+    let ready = claimed.at(Phase::Ready, Some(1)).build();
+    assert_eq!(
+        kind(&super::plan(&ready, &ctx(Published::default()))),
+        "Nothing"
+    );
+}
+
+#[test]
+fn the_recorded_job_id_is_reused_by_retries_and_by_a_producer_taking_over() {
+    let recorded = IssuedJob {
+        id: format!("{}:3:apply:first-producers-nonce", uid("1")),
+        generation: 3,
+        action: JobAction::Apply,
+    };
+    let c = with_issued(
+        &fixture()
+            .fin(&[HELM_FINALIZER])
+            .at(Phase::Deploying, None)
+            .generation(3)
+            .build(),
+        recorded.clone(),
+    );
+    // The same producer after the grace period, and another one that never published: each
+    // draws another nonce, neither uses it.
+    let late = Published {
+        apply: Some(ago(3600)),
+        ..Default::default()
+    };
+    for (name, published, nonce) in [
+        ("retry after the grace period", late, "second-nonce"),
+        ("a new leader", Published::default(), "third-nonce"),
+    ] {
+        let mut ctx = ctx(published);
+        ctx.nonce = nonce;
+        let Action::PublishApply(job) = super::plan(&c, &ctx) else {
+            panic!("{name}: expected an apply job");
+        };
+        assert_eq!(job.id, recorded.id, "{name}");
+        assert_eq!(job.dedupe_id(), recorded.id, "{name}: the Nats-Msg-Id");
+    }
+    // Deleting: the delete job recorded is reused the same way.
+    let deleting = fixture()
+        .fin(&[HELM_FINALIZER])
+        .deleting()
+        .generation(3)
+        .build();
+    let Action::Issue(issued) = super::plan(&deleting, &ctx(Published::default())) else {
+        panic!("expected a delete job to issue");
+    };
+    let mut other = ctx(Published::default());
+    other.nonce = "another";
+    let Action::PublishDelete(job) = super::plan(&with_issued(&deleting, issued.clone()), &other)
+    else {
+        panic!("expected a delete job");
+    };
+    assert_eq!(job.id, issued.id);
+    assert_eq!(job.id, format!("{}:3:delete:{NONCE}", uid("1")));
 }

@@ -15,7 +15,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 pub struct StatusPatch {
     /// The whole new status.
     pub status: ComponentStatus,
-    /// `Terminated`: remove our finalizer (when the Component is being deleted).
+    /// `Terminated`: remove our finalizer (when the Component is being deleted and the event
+    /// answers the delete job issued for it, [`super::issued::answers_issued`]).
     pub remove_finalizer: bool,
 }
 

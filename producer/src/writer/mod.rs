@@ -18,7 +18,10 @@
 //!   event with the reason and acks it.
 //!
 //! Payloads that are not status events, and events published on another Component's subject,
-//! are dead-lettered with the reason and acked.
+//! are dead-lettered with the reason and acked. An event that answers no job the producer
+//! issued for its Component ([`issued::answers_issued`]: no uid, another job id, a generation
+//! the object has not reached, the other action's phase) changes nothing: it is logged at debug
+//! level with the reason, counted (`helmq_writer_unissued_events_dropped`) and acked.
 //!
 //! Each status write is followed by the Kubernetes Events it produces ([`events`]): recorded
 //! after the write, bounded by [`EVENT_TIMEOUT`], and a failure is logged and counted
@@ -26,6 +29,7 @@
 
 pub mod apply;
 pub mod events;
+pub mod issued;
 
 use std::time::Duration;
 
@@ -37,7 +41,7 @@ use futures::StreamExt;
 use helmq_queue::dlq::{DeadLetter, dead_letter};
 use helmq_queue::topology::{STATUS_STREAM, WRITER_CONSUMER};
 use helmq_schemas::component::HELM_FINALIZER;
-use helmq_schemas::event::StatusEvent;
+use helmq_schemas::event::{JobAction, StatusEvent};
 use helmq_schemas::subject::status_subject;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -46,6 +50,7 @@ use crate::metrics::Metrics;
 use crate::store::{ComponentStore, ErrorClass, EventStore, StoreError};
 pub use apply::{StatusPatch, apply};
 pub use events::{EventRecorder, phase_events};
+pub use issued::{Unissued, Verdict, answers_issued};
 
 /// The longest the writer waits for one Kubernetes Event to be recorded before it moves on.
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -102,6 +107,8 @@ pub enum Outcome {
     Stale,
     /// The Component is gone or is another object with the same name.
     Orphan,
+    /// The event answers no job the producer issued for the Component.
+    Unissued(Unissued),
 }
 
 /// The writer over a store, an event recorder and a JetStream context.
@@ -236,6 +243,11 @@ impl<S: ComponentStore, E: EventStore> Writer<S, E> {
                     tracing::debug!("event for a missing or re-created component dropped");
                     message.ack().await
                 }
+                Ok(Outcome::Unissued(reason)) => {
+                    self.metrics.unissued_events_dropped.inc();
+                    tracing::debug!(%reason, job_id = %event.job_id, "event answering no issued job dropped");
+                    message.ack().await
+                }
                 Err(error) if error.class() == ErrorClass::Permanent => {
                     let reason = format!("status write refused for good: {error}");
                     self.dead_letter(&message, delivery, reason).await;
@@ -319,11 +331,11 @@ impl<S: ComponentStore, E: EventStore> Writer<S, E> {
         let Some(mut component) = component else {
             return Ok(Outcome::Orphan);
         };
-        if let Some(uid) = target.uid.as_deref().filter(|u| !u.is_empty())
-            && component.metadata.uid.as_deref() != Some(uid)
-        {
-            return Ok(Outcome::Orphan);
-        }
+        let action = match answers_issued(&component, event) {
+            Verdict::Answers(action) => action,
+            Verdict::OtherObject => return Ok(Outcome::Orphan),
+            Verdict::Unissued(reason) => return Ok(Outcome::Unissued(reason)),
+        };
         let current = component.status.clone().unwrap_or_default();
         let Some(patch) = apply(&current, event, &self.config.handler) else {
             return Ok(Outcome::Stale);
@@ -334,7 +346,11 @@ impl<S: ComponentStore, E: EventStore> Writer<S, E> {
             .iter()
             .flatten()
             .any(|f| f == HELM_FINALIZER);
-        if patch.remove_finalizer && ours && component.metadata.deletion_timestamp.is_some() {
+        if patch.remove_finalizer
+            && action == JobAction::Delete
+            && ours
+            && component.metadata.deletion_timestamp.is_some()
+        {
             // Finalizer first: if the object then goes away, there is no status to write.
             let removed = match self.store.remove_finalizer(&component).await {
                 Err(StoreError::Unreadable(unreadable)) => Some(unreadable.component),
