@@ -12,14 +12,16 @@
 //! nothing; a second Component naming an owned release is `Failed` naming the owner.
 //!
 //! And in single-tenant mode (the worker's own rights): a namespace that existed before
-//! survives the deletion of a Component with `manageNamespace: true`.
+//! survives the deletion of a Component with `manageNamespace: true`; an invalid job naming
+//! another tenant's Component (on the wrong subject, or undecodable) and forged status events
+//! carrying its real uid leave it unchanged.
 
 use std::time::Duration;
 
 use base64::Engine as _;
 
-use helmq_schemas::event::{ComponentRef, JobAction, JobEvent, StatusPhase};
-use helmq_schemas::subject::job_subject;
+use helmq_schemas::event::{ComponentRef, JobAction, JobEvent, StatusEvent, StatusPhase};
+use helmq_schemas::subject::{job_subject, status_subject};
 use helmq_schemas::{HelmConfig, Phase};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
@@ -430,5 +432,105 @@ async fn a_namespace_that_existed_before_survives_its_components_deletion() {
     // The namespace helmq created for "made" carries its owner and is deleted with it.
     stack.wait_namespace_gone(&created).await;
     let _ = namespaces.delete(&existing, &Default::default()).await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "end-to-end: needs a cluster and helm; `just e2e` runs it (with HELMQ_E2E=1)"]
+async fn neither_an_invalid_job_nor_a_forged_status_event_changes_a_component() {
+    gate!();
+    let stack = Stack::start_with(Options {
+        workers: 1,
+        ..Options::new("forged")
+    })
+    .await;
+    let team_a = stack.namespace().to_owned();
+    let other = format!("{team_a}-app");
+    let config = stack.hello_config("victim", "0.1.0", "untouched");
+    stack.create("victim", config).await;
+    let ready = stack.wait_phase("victim", Phase::Ready, 1).await;
+    let uid = ready.metadata.uid.clone().expect("uid");
+    let before = ready.status.clone().expect("status");
+    let js = stack.jetstream().await;
+
+    // On another tenant's subject, a job naming the victim at generation 2^53; and a payload
+    // that cannot be decoded, naming it too.
+    let victim_ref = |generation| ComponentRef {
+        namespace: team_a.clone(),
+        name: "victim".into(),
+        uid: Some(uid.clone()),
+        generation,
+    };
+    let foreign = JobEvent::new(
+        JobAction::Delete,
+        victim_ref(1 << 53),
+        HelmConfig::parse(
+            Some(&stack.hello_config("victim", "0.1.0", "x")),
+            &team_a,
+            "victim",
+        )
+        .expect("config"),
+        60,
+        jiff::Timestamp::now(),
+    );
+    js.publish(job_subject(&other, "victim"), foreign.encode().into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    let broken = json!({"schema": "helmq.job/v1", "component": {"namespace": team_a, "name": "victim",
+                        "uid": uid, "generation": 9}, "action": "delete", "config": 7});
+    js.publish(
+        job_subject(&team_a, "victim"),
+        serde_json::to_vec(&broken).unwrap().into(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("stored");
+    // Forged status events with the victim's real uid: a failure, and a Terminated.
+    for phase in [StatusPhase::Failed, StatusPhase::Terminated] {
+        let forged = StatusEvent::new(
+            format!("{uid}:1:apply:forged"),
+            victim_ref(1),
+            phase,
+            "forged",
+            9,
+            "mallory",
+            jiff::Timestamp::now(),
+        );
+        js.publish(status_subject(&team_a, "victim"), forged.encode().into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+    }
+    // Both jobs reach the dead-letter stream; then the writer has had its chance.
+    let deadline = std::time::Instant::now() + READY_WITHIN;
+    while stack.dead_letters().await < 2 {
+        assert!(std::time::Instant::now() < deadline, "no dead letters");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = stack
+        .components()
+        .get("victim")
+        .await
+        .expect("the victim is still there");
+    let status = after.status.expect("status");
+    assert_eq!(status.phase, Some(Phase::Ready));
+    assert_eq!(status.observed_generation, Some(1));
+    assert_eq!(status.message, before.message);
+    assert!(after.metadata.finalizers.unwrap_or_default().len() == 1);
+    assert_eq!(
+        greeting(stack.client(), &team_a, "victim").await.as_deref(),
+        Some("untouched")
+    );
+    // Its owner still changes it.
+    stack
+        .patch_config("victim", stack.hello_config("victim", "0.1.0", "changed"))
+        .await;
+    stack.wait_phase("victim", Phase::Ready, 2).await;
+    stack.delete_and_wait_gone("victim").await;
     stack.stop().await;
 }
