@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 
 /// How long the API server gets to answer its version.
 const ANSWER_WITHIN: Duration = Duration::from_secs(10);
@@ -38,7 +38,8 @@ pub enum PreflightError {
 }
 
 /// Checks the cluster of the current kubeconfig and, with `install_crd`, creates the Component
-/// CRD when it is missing; says what it found in one line.
+/// CRD when it is missing or brings it up to this version's schema; says what it found in one
+/// line.
 pub async fn check(install_crd: bool) -> Result<String, PreflightError> {
     let kubeconfig =
         std::env::var("KUBECONFIG").unwrap_or_else(|_| "unset (~/.kube/config)".into());
@@ -58,9 +59,24 @@ pub async fn check(install_crd: bool) -> Result<String, PreflightError> {
     let crds: Api<CustomResourceDefinition> = Api::all(client);
     let crd = helmq_schemas::component::crd();
     let name = crd.metadata.name.clone().unwrap_or_default();
-    let present = crds.get_opt(&name).await.map_err(unreachable)?.is_some();
+    let current = crds.get_opt(&name).await.map_err(unreachable)?;
+    let present = current.is_some();
+    // An older CRD prunes the status fields this version writes (e.g. the issued job, without
+    // which the producer cannot issue a job): brought up to date on request, reported otherwise.
+    let up_to_date = current.is_some_and(|c| c.spec.versions == crd.spec.versions);
     let crd_state = match (present, install_crd) {
-        (true, _) => "present".to_owned(),
+        (true, _) if up_to_date => "present".to_owned(),
+        (true, true) => {
+            crds.patch(
+                &name,
+                &PatchParams::apply("helmqctl").force(),
+                &Patch::Apply(&crd),
+            )
+            .await
+            .map_err(unreachable)?;
+            "updated to this version's schema".to_owned()
+        }
+        (true, false) => "present but older than this version (run with --install-crd, or kubectl apply -f deploy/crds/)".to_owned(),
         (false, true) => {
             crds.create(&PostParams::default(), &crd)
                 .await

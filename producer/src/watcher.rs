@@ -98,6 +98,12 @@ pub enum WatcherError {
     /// The system's random source failed: no job id can be issued.
     #[error("cannot draw a job id nonce: {0}")]
     Random(getrandom::Error),
+    /// The API server dropped the issued job from the status it stored: the Component CRD in
+    /// the cluster is older than this producer and prunes the field.
+    #[error(
+        "the issued job {0} was not kept in the Component's status: the Component CRD is older than this producer (run helmqctl preflight --install-crd, or kubectl apply -f deploy/crds/)"
+    )]
+    IssuedJobPruned(String),
 }
 
 impl WatcherError {
@@ -107,6 +113,9 @@ impl WatcherError {
             WatcherError::Store(e) => e.class(),
             WatcherError::Publish(e) if e.is_permanent() => ErrorClass::Permanent,
             WatcherError::TooManyRounds(_) => ErrorClass::Conflict,
+            // Backs off (up to --max-retry-delay) and recovers by itself once the CRD is updated,
+            // which changes no Component.
+            WatcherError::IssuedJobPruned(_) => ErrorClass::Transient,
             WatcherError::Publish(_)
             | WatcherError::WatchEnded
             | WatcherError::ElectionEnded
@@ -562,13 +571,18 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
                     unreadable = error.or(unreadable);
                 }
                 Action::Issue(job) => {
-                    let id = job.id.clone();
+                    let (id, action) = (job.id.clone(), job.action);
                     match self.record_issued(&component, job).await {
                         Ok(issued) => {
-                            tracing::info!(job = %id, "job issued");
                             let error;
                             (component, error) = issued;
                             unreadable = error.or(unreadable);
+                            // Planning again on a status without it would issue another job,
+                            // for ever.
+                            if recorded_job(&component, action).is_none_or(|j| j.id != id) {
+                                return Err(WatcherError::IssuedJobPruned(id));
+                            }
+                            tracing::info!(job = %id, "job issued");
                         }
                         Err(StoreError::Conflict { .. }) => {
                             match self.reread(&namespace, &name, "issue").await? {

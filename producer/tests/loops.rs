@@ -1490,3 +1490,35 @@ async fn the_issued_job_is_recorded_before_it_is_published_and_reused_by_a_produ
         (recorded.id.as_str(), recorded.id.clone())
     );
 }
+
+#[tokio::test]
+async fn a_crd_that_prunes_the_issued_job_stops_issuing_instead_of_looping() {
+    let rig = Rig::new(Topology::default()).await;
+    let created = rig
+        .store
+        .create(
+            component("web")
+                .config(nginx_config(serde_json::json!({})))
+                .finalizers(&[HELM_FINALIZER])
+                .build(),
+        )
+        .unwrap();
+    // The cluster's CRD predates `issuedJob`: the API server drops it from every status write.
+    rig.store.set_old_crd(true);
+    let mut watcher = rig.watcher(fast_watcher(), Metrics::default());
+    let error = watcher.handle(created).await.unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("the Component CRD is older than this producer"),
+        "{error}"
+    );
+    assert_eq!(rig.messages_in(JOBS_STREAM).await, 0, "nothing published");
+    // Once the CRD is brought up to date, the same Component goes on.
+    rig.store.set_old_crd(false);
+    watcher
+        .handle(rig.store.snapshot("default", "web").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(rig.messages_in(JOBS_STREAM).await, 1);
+}

@@ -60,6 +60,8 @@ struct State {
     random: Option<Random>,
     /// Failures injected by [`FakeComponentStore::set_random_faults`] so far, by kind.
     injected: InjectedFaults,
+    /// Status writes lose `handlerStatus.issuedJob`, as with a CRD older than the producer.
+    old_crd: bool,
 }
 
 /// Random failures of API calls: what [`FakeComponentStore::set_random_faults`] takes.
@@ -151,6 +153,12 @@ impl FakeComponentStore {
     fn notify(&self, change: Change) {
         // No receiver is fine: nobody watches yet.
         let _ = self.inner.events.send(change);
+    }
+
+    /// Makes status writes drop `handlerStatus.issuedJob` (or keep it again), as an API server
+    /// does whose Component CRD is older than the producer: it prunes fields its schema lacks.
+    pub fn set_old_crd(&self, old: bool) {
+        self.state().old_crd = old;
     }
 
     /// Makes every [`ComponentStore`] call fail with [`StoreError::Unavailable`] (or work
@@ -571,7 +579,12 @@ impl ComponentStore for FakeComponentStore {
         status: &ComponentStatus,
     ) -> Result<Component, StoreError> {
         let (namespace, name) = key_of(component);
-        let status = status.clone();
+        let mut status = status.clone();
+        if self.state().old_crd
+            && let Some(handler) = status.handler_status.as_mut()
+        {
+            handler.issued_job = None;
+        }
         self.write_with_faults(component, move |c| {
             c.status = Some(status);
             Ok(())
