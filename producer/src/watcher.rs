@@ -143,8 +143,11 @@ pub struct WatcherConfig {
     /// How long a published job may go unanswered before resync re-publishes it; `None`: the
     /// Component's own timeout plus a minute.
     pub resync_grace: Option<Duration>,
-    /// How often Components whose handling failed are retried.
+    /// How often Components whose handling failed are retried (the first time; doubled per
+    /// failure in a row).
     pub retry_interval: Duration,
+    /// The longest wait between two retries of a Component ([`MAX_RETRY_DELAY`] by default).
+    pub max_retry_delay: Duration,
     /// The longest `deploymentTimeout`/`terminationTimeout` accepted (`--max-timeout`); more
     /// fails the Component like an invalid config.
     pub max_timeout: Duration,
@@ -157,6 +160,7 @@ impl Default for WatcherConfig {
             resync_interval: Duration::from_secs(300),
             resync_grace: None,
             retry_interval: Duration::from_secs(5),
+            max_retry_delay: MAX_RETRY_DELAY,
             max_timeout: Duration::from_secs(3600),
         }
     }
@@ -434,7 +438,12 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
             .saturating_add(1);
         let class = error.class();
         self.metrics.handling_failures.inc();
-        match retry_after(class, failures, self.config.retry_interval, MAX_RETRY_DELAY) {
+        match retry_after(
+            class,
+            failures,
+            self.config.retry_interval,
+            self.config.max_retry_delay,
+        ) {
             Retry::GiveUp => {
                 tracing::warn!(%namespace, %name, %error, "handling failed for good; not retried until the component changes");
                 self.retry.remove(&key);

@@ -92,6 +92,11 @@ async fn api_faults() {
             // A failed claim or publish is retried after this (5 s by default), doubled per
             // failure in a row: at 30% faults some Components fail 8 times in a row.
             retry_interval: Duration::from_millis(250),
+            // Every status write is a chance of failure, and a claim now takes two (the
+            // finalizer, then the issued job): ten failures in a row happen to one of 300
+            // Components in a run or two, and doubled up to the 5-minute default they would
+            // outlast the deadline. Capped, the unlucky one is retried every few seconds.
+            max_retry_delay: Duration::from_secs(4),
             ..WatcherConfig::default()
         },
         stack.metrics.clone(),
