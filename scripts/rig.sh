@@ -6,8 +6,14 @@
 #   scripts/rig.sh up     set it up and start it with an empty cluster (`just rig-up`); then
 #                         `source .tools/rig/env.sh` for KUBECONFIG and the rig's helm
 #   scripts/rig.sh down   stop it (`just rig-down`)
-#   scripts/rig.sh e2e    what CI runs (`just e2e-rig`): up, the end-to-end suite, a scale run of
-#                         HELMQ_E2E_SCALE Components (default 200), and down on every exit path
+#   scripts/rig.sh e2e    what CI runs (`just e2e-rig`): up, the end-to-end suite (in both worker
+#                         RBAC profiles, HELMQ_E2E_PROFILE single and tenants), a scale run of
+#                         HELMQ_E2E_SCALE Components (default 200, release build, against bare
+#                         helm), and down on every exit path
+#   scripts/rig.sh bench [N...]
+#                         `just bench-rig`: up, the scale run against bare helm for each N
+#                         (default 200 1000), release builds, then down; figures in
+#                         target/bench/rig-scale-N.json
 #
 # Its ports are fixed (the API server is https://127.0.0.1:16443), so one rig runs at a time:
 # when this checkout's rig is already running it is used as it is (not wiped) and left running;
@@ -58,6 +64,26 @@ up() {
   esac
 }
 
+# Up (stopped again on exit when this call started it), and the rig's KUBECONFIG and helm.
+enter() {
+  up
+  if [ "$STARTED" = 1 ]; then
+    trap 'say "stopping the rig"; "$HELMQ_RIG/down.sh"' EXIT
+    trap 'exit 130' INT TERM
+  fi
+  # shellcheck source=/dev/null
+  source "$HELMQ_RIG/env.sh"
+  export HELM_BIN=$HELMQ_RIG/helm HELMQ_E2E=1
+}
+
+# The scale run of $1 Components against bare helm, with release builds of every binary.
+scale() {
+  echo "== scale run on the rig: $1 Components, release build, against bare helm"
+  (cd "$root" && cargo build --release --bins -q \
+    && HELMQ_E2E_SCALE=$1 HELMQ_E2E_SCALE_BARE=1 cargo nextest run --release -p helmq-tests --test e2e \
+         --run-ignored all --no-capture scale::)
+}
+
 case "${1:-}" in
   up)
     up
@@ -67,24 +93,27 @@ case "${1:-}" in
     "$HELMQ_RIG/down.sh"
     ;;
   e2e)
-    scale=${HELMQ_E2E_SCALE:-200}
-    up
-    if [ "$STARTED" = 1 ]; then
-      trap 'say "stopping the rig"; "$HELMQ_RIG/down.sh"' EXIT
-      trap 'exit 130' INT TERM
-    fi
-    # shellcheck source=/dev/null
-    source "$HELMQ_RIG/env.sh"
-    export HELM_BIN=$HELMQ_RIG/helm HELMQ_E2E=1
+    count=${HELMQ_E2E_SCALE:-200}
+    enter
     server=$(curl -fsS --cacert "$HELMQ_RIG/pki/ca.crt" -H "Authorization: Bearer rig-admin-token" \
       https://127.0.0.1:16443/version | sed -n 's/.*"gitVersion": *"\([^"]*\)".*/\1/p')
     echo "== end-to-end suite on the rig (Kubernetes $server, helm $(helm version --short))"
     (cd "$root" && env -u HELMQ_E2E_SCALE just e2e)
-    echo "== scale run on the rig: $scale Components"
-    (cd "$root" && HELMQ_E2E_SCALE=$scale just e2e scale::)
+    # The same cases with the workers in the multi-tenant RBAC profile; those that set up
+    # their own profile (least privilege, tenancy, the chart) ran above.
+    echo "== end-to-end suite on the rig, workers in the multi-tenant profile"
+    (cd "$root" && env -u HELMQ_E2E_SCALE HELMQ_E2E_PROFILE=tenants just e2e -- --skip rbac:: --skip tenancy:: --skip chart::)
+    scale "$count"
+    ;;
+  bench)
+    shift
+    sizes=("$@")
+    [ "${#sizes[@]}" -gt 0 ] || sizes=(200 1000)
+    enter
+    for n in "${sizes[@]}"; do scale "$n"; done
     ;;
   *)
-    echo "usage: scripts/rig.sh up|down|e2e" >&2
+    echo "usage: scripts/rig.sh up|down|e2e|bench [N...]" >&2
     exit 2
     ;;
 esac

@@ -19,7 +19,7 @@ helm_bin=${HELM_BIN:-helm}
 nats_port=${NATS_PORT:-4222}
 http_base=${HELMQ_HTTP_BASE:-9090}
 allowed_sources=${ALLOWED_SOURCES:-https://repo.broadcom.com/bitnami-files,oci://registry-1.docker.io/bitnamicharts,http://127.0.0.1:8879}
-allowed_namespaces=${ALLOWED_NAMESPACES:-default,test-nginx,web-oci,databases,try-webapp}
+allowed_namespaces=${ALLOWED_NAMESPACES:-default,test-nginx,web-oci,databases,try-webapp,team-a}
 kubectl_bin=${KUBECTL_BIN:-kubectl}
 if [ -z "${KUBECTL_BIN:-}" ] && ! command -v kubectl >/dev/null && [ -x "$root/.tools/kubectl/kubectl" ]; then
   kubectl_bin=$root/.tools/kubectl/kubectl

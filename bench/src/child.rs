@@ -125,12 +125,12 @@ impl Proc {
 
     /// Its peak resident memory so far, in MiB.
     pub fn peak_rss_mib(&self) -> f64 {
-        crate::procfs::peak_rss_mib(self.pid()).unwrap_or(f64::NAN)
+        helmq_tests::procfs::peak_rss_mib(self.pid()).unwrap_or(f64::NAN)
     }
 
     /// Its CPU time so far.
     pub fn cpu(&self) -> Duration {
-        crate::procfs::cpu_time(self.pid()).unwrap_or_default()
+        helmq_tests::procfs::cpu_time(self.pid()).unwrap_or_default()
     }
 
     /// SIGTERM, and SIGKILL if it has not exited within `grace`.

@@ -266,10 +266,10 @@ impl CpuMeter {
     pub fn start(server_pid: u32) -> CpuMeter {
         CpuMeter {
             started: Instant::now(),
-            machine: crate::procfs::machine_busy().unwrap_or_default(),
-            server: crate::procfs::cpu_time(server_pid).unwrap_or_default(),
+            machine: helmq_tests::procfs::machine_busy().unwrap_or_default(),
+            server: helmq_tests::procfs::cpu_time(server_pid).unwrap_or_default(),
             server_pid,
-            bench: crate::procfs::cpu_time(std::process::id()).unwrap_or_default(),
+            bench: helmq_tests::procfs::cpu_time(std::process::id()).unwrap_or_default(),
         }
     }
 
@@ -277,13 +277,13 @@ impl CpuMeter {
     /// (their whole lives: they were started in the phase), and everything else on the
     /// machine (other users: the contention).
     pub fn finish(&self, children: Duration) -> serde_json::Value {
-        let machine = crate::procfs::machine_busy()
+        let machine = helmq_tests::procfs::machine_busy()
             .unwrap_or_default()
             .saturating_sub(self.machine);
-        let server = crate::procfs::cpu_time(self.server_pid)
+        let server = helmq_tests::procfs::cpu_time(self.server_pid)
             .unwrap_or_default()
             .saturating_sub(self.server);
-        let bench = crate::procfs::cpu_time(std::process::id())
+        let bench = helmq_tests::procfs::cpu_time(std::process::id())
             .unwrap_or_default()
             .saturating_sub(self.bench);
         let others = machine.saturating_sub(server + bench + children);

@@ -58,6 +58,11 @@ impl Probe {
         }
     }
 
+    /// The time since the probe's start, as its marks count it.
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+
     /// When `mark` of job `index` happened, after the probe's start.
     pub fn at(&self, index: usize, mark: Mark) -> Option<Duration> {
         let nanos = self

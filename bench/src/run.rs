@@ -16,7 +16,7 @@ pub async fn run(ctx: &Context) -> anyhow::Result<Report> {
     let mut report = Report::default();
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
     let version = helmq_tests::binary_version(&ctx.nats_server).unwrap_or_default();
-    let load = crate::procfs::load_average().unwrap_or(f64::NAN);
+    let load = helmq_tests::procfs::load_average().unwrap_or(f64::NAN);
     report.set("nats_server_version", version.clone());
     report.set("cores", cores);
     report.set("load_average_1m_at_start", load);
@@ -46,8 +46,18 @@ pub async fn run(ctx: &Context) -> anyhow::Result<Report> {
         ">= 0.2",
         Some(ratio >= 0.2),
     );
+    let same = pipeline / raw.consume_slots_per_s;
+    report.set("pipeline_vs_raw_same_protocol", round3(same));
+    report.row(
+        "pipeline / raw with the pipeline's protocol",
+        format!("{same:.3}"),
+        "",
+        None,
+    );
     eprintln!("bench: dispatch latency");
     phase::pipeline::latency(ctx, &mut report).await?;
+    eprintln!("bench: NATS round trips per job");
+    phase::round_trips::run(ctx, &mut report).await?;
     eprintln!("bench: scaling");
     let mut workers = phase::scaling::run(ctx, &mut report).await?;
     eprintln!("bench: HelmCli");

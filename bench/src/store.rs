@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use futures::stream::BoxStream;
 use helmq_producer::store::fake::FakeComponentStore;
-use helmq_producer::store::{Change, ComponentStore, Listing, StoreError};
+use helmq_producer::store::{Change, ComponentStore, Listing, Observed, StoreError};
 use helmq_schemas::component::{Component, ComponentStatus, Phase};
 
 use crate::jobs::index_of;
@@ -26,7 +26,7 @@ impl TimedStore {
 }
 
 impl ComponentStore for TimedStore {
-    async fn get(&self, namespace: &str, name: &str) -> Result<Option<Component>, StoreError> {
+    async fn get(&self, namespace: &str, name: &str) -> Result<Option<Observed>, StoreError> {
         self.inner.get(namespace, name).await
     }
 
@@ -38,14 +38,14 @@ impl ComponentStore for TimedStore {
         self.inner.changes()
     }
 
-    async fn add_finalizer(&self, component: &Component) -> Result<Component, StoreError> {
+    async fn add_finalizer(&self, component: &Component) -> Result<Observed, StoreError> {
         self.inner.add_finalizer(component).await
     }
 
     async fn remove_finalizer(
         &self,
         component: &Component,
-    ) -> Result<Option<Component>, StoreError> {
+    ) -> Result<Option<Observed>, StoreError> {
         self.inner.remove_finalizer(component).await
     }
 
@@ -53,7 +53,7 @@ impl ComponentStore for TimedStore {
         &self,
         component: &Component,
         status: &ComponentStatus,
-    ) -> Result<Component, StoreError> {
+    ) -> Result<Observed, StoreError> {
         let updated = self.inner.patch_status(component, status).await?;
         if status.phase == Some(Phase::Ready)
             && let Some(index) = component.metadata.name.as_deref().and_then(index_of)

@@ -8,6 +8,8 @@
 //! command line ([`Args`]), reading job files ([`load_job`]), the queue report
 //! ([`status::QueueStatus`]), following status events ([`watch`]), the Kubernetes check
 //! ([`preflight`]) and the output (tables or JSON, [`Output`]).
+// No production function over 80 lines of code (clippy.toml); tests may be longer tables.
+#![cfg_attr(not(test), warn(clippy::too_many_lines))]
 
 pub mod preflight;
 mod render;
@@ -23,7 +25,7 @@ use async_nats::jetstream::{self, Context};
 use clap::{Parser, Subcommand};
 use helmq_queue::dlq::{self, DlqError};
 use helmq_queue::{JetStreamQueue, JobQueue, NatsArgs, Topology};
-use helmq_schemas::event::{JOB_SCHEMA, JobEvent, default_job_id};
+use helmq_schemas::event::{JOB_SCHEMA, JobEvent, default_job_id, issued_job_id, job_nonce};
 use serde_json::Value;
 
 pub use render::Output;
@@ -288,8 +290,12 @@ pub fn load_job(path: &Path) -> Result<JobEvent, CtlError> {
         .entry("requestedAt")
         .or_insert_with(|| Value::String(jiff::Timestamp::now().to_string()));
     // Without an id, the job gets the default one, `<uid>:<generation>:<action>`, once decoding
-    // has checked the fields it is made of. (The producer's own jobs add a nonce it records in
-    // the Component's status; a Component changes only on answers to those.)
+    // has checked the fields it is made of: publishing it again inside the duplicate window is
+    // dropped. Without a uid the default id (`<namespace>/<name>:…`) could be guessed, and a
+    // message another tenant published first with it as `Nats-Msg-Id` would make the server drop
+    // this job: such jobs get a random nonce too (`<default id>:<nonce>`). (The producer's own
+    // jobs add a nonce it records in the Component's status; a Component changes only on
+    // answers to those.)
     let without_id = !object.contains_key("id");
     if without_id {
         object.insert("id".into(), Value::String("-".into()));
@@ -297,7 +303,14 @@ pub fn load_job(path: &Path) -> Result<JobEvent, CtlError> {
     let bytes = serde_json::to_vec(&value).map_err(|e| invalid(e.into()))?;
     let mut job = JobEvent::decode(&bytes).map_err(|e| invalid(e.into()))?;
     if without_id {
-        job.id = default_job_id(&job.component, job.action);
+        job.id = match job.component.uid {
+            Some(_) => default_job_id(&job.component, job.action),
+            None => issued_job_id(
+                &job.component,
+                job.action,
+                &job_nonce().map_err(|e| invalid(e.to_string().into()))?,
+            ),
+        };
     }
     Ok(job)
 }

@@ -156,16 +156,16 @@ pub(crate) fn status(
 fn letter_json(letter: &StoredDeadLetter, with_payload: bool) -> Value {
     let mut value = json!({
         "dlqSequence": letter.dlq_sequence,
-        "subject": letter.subject,
-        "stream": letter.stream,
-        "streamSequence": letter.sequence,
-        "attempts": letter.attempts,
-        "reason": letter.reason,
-        "at": letter.at,
+        "subject": letter.letter.subject,
+        "stream": letter.letter.stream,
+        "streamSequence": letter.letter.sequence,
+        "attempts": letter.letter.attempts,
+        "reason": letter.letter.reason,
+        "at": letter.at.map(|at| at.to_string()),
     });
     if with_payload {
-        value["payload"] = serde_json::from_slice(&letter.payload).unwrap_or_else(|_| {
-            Value::String(String::from_utf8_lossy(&letter.payload).into_owned())
+        value["payload"] = serde_json::from_slice(&letter.letter.payload).unwrap_or_else(|_| {
+            Value::String(String::from_utf8_lossy(&letter.letter.payload).into_owned())
         });
     }
     value
@@ -189,10 +189,10 @@ pub(crate) fn dead_letters(
         .map(|l| {
             vec![
                 l.dlq_sequence.to_string(),
-                l.subject.clone(),
-                l.attempts.to_string(),
-                l.at.clone(),
-                short(&l.reason, 80),
+                l.letter.subject.clone(),
+                l.letter.attempts.to_string(),
+                l.at.map_or_else(|| "-".to_owned(), |at| at.to_string()),
+                short(&l.letter.reason, 80),
             ]
         })
         .collect();
@@ -209,11 +209,21 @@ pub(crate) fn dead_letter(
         return json_out(out, &value);
     }
     writeln!(out, "sequence:  {}", letter.dlq_sequence)?;
-    writeln!(out, "subject:   {}", letter.subject)?;
-    writeln!(out, "source:    {} #{}", letter.stream, letter.sequence)?;
-    writeln!(out, "attempts:  {}", letter.attempts)?;
-    writeln!(out, "at:        {}", letter.at)?;
-    writeln!(out, "reason:    {}", letter.reason)?;
+    writeln!(out, "subject:   {}", letter.letter.subject)?;
+    writeln!(
+        out,
+        "source:    {} #{}",
+        letter.letter.stream, letter.letter.sequence
+    )?;
+    writeln!(out, "attempts:  {}", letter.letter.attempts)?;
+    writeln!(
+        out,
+        "at:        {}",
+        letter
+            .at
+            .map_or_else(|| "-".to_owned(), |at| at.to_string())
+    )?;
+    writeln!(out, "reason:    {}", letter.letter.reason)?;
     writeln!(out, "payload:")?;
     writeln!(
         out,

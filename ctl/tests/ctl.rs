@@ -352,7 +352,38 @@ fn the_example_orchestrator_job_is_valid() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../deploy/examples/jobs/nginx-apply.yaml");
     let job = load_job(&path).unwrap();
-    assert_eq!(job.id, "shop/storefront:1:apply");
+    assert!(
+        job.id.starts_with("shop/storefront:1:apply:"),
+        "the default id and a nonce: {}",
+        job.id
+    );
     assert_eq!(job.config.release_name, "storefront");
     assert_eq!(job.timeout_seconds, 300);
+}
+
+#[test]
+fn a_job_without_uid_or_id_gets_an_id_nobody_can_guess() {
+    let without_uid = JOB_YAML.replace("uid: 6f1c2b1e-3d4a-4b5c-8d6e-7f8091a2b3c4, ", "");
+    let yaml = file(&without_uid, ".yaml");
+    let ids: Vec<String> = (0..2).map(|_| load_job(yaml.path()).unwrap().id).collect();
+    for id in &ids {
+        let nonce = id
+            .strip_prefix("shop/web:3:apply:")
+            .unwrap_or_else(|| panic!("{id} is not the default id and a nonce"));
+        assert!(
+            nonce.len() == 32 && nonce.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{id}"
+        );
+    }
+    assert_ne!(ids[0], ids[1], "each publish draws its own nonce");
+    // The server's duplicate detection still sees one job per id.
+    let job = load_job(yaml.path()).unwrap();
+    assert_eq!(job.dedupe_id(), job.id);
+
+    // With a uid (unguessable already) the default id stays, so a repeat is dropped.
+    let with_uid = file(JOB_YAML, ".yaml");
+    assert_eq!(
+        load_job(with_uid.path()).unwrap().id,
+        "6f1c2b1e-3d4a-4b5c-8d6e-7f8091a2b3c4:3:apply"
+    );
 }

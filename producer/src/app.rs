@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::args::Args;
-use crate::leader::LeaderElector;
+use crate::leader::{LeaderElector, Leadership};
 use crate::metrics::Metrics;
 use crate::store::{ComponentStore, EventStore, LeaseStore};
 use crate::watcher::{Watcher, WatcherError};
@@ -94,29 +94,14 @@ pub async fn run<S: ComponentStore + Clone, L: LeaseStore, E: EventStore>(
         );
     }
     if args.mode.watcher() {
-        let mut watcher = Watcher::new(
+        spawn_watcher(
+            &mut tasks,
+            args,
             store.clone(),
-            JetStreamQueue::new(js.clone()),
-            JetStreamStatus::new(js.clone()),
-            args.watcher_config(),
-            metrics.clone(),
-        );
-        // Only the watcher is gated: writers share one durable consumer, so several are safe.
-        if args.leader_elect {
-            let elector = LeaderElector::new(leases, args.election_config());
-            watcher = watcher.with_leadership(elector.leadership());
-            let token = shutdown.clone();
-            tasks.spawn(
-                async move {
-                    elector.run(token).await;
-                    Ok(())
-                }
-                .instrument(tracing::info_span!("leader")),
-            );
-        }
-        let token = shutdown.clone();
-        tasks.spawn(
-            async move { Ok(watcher.run(token).await?) }.instrument(tracing::info_span!("watcher")),
+            leases,
+            &js,
+            &metrics,
+            &shutdown,
         );
     }
     if args.mode.writer() {
@@ -145,6 +130,74 @@ pub async fn run<S: ComponentStore + Clone, L: LeaseStore, E: EventStore>(
     }
 }
 
+/// Spawns the watcher into `tasks`, behind leader election with `--leader-elect`, and keeps
+/// `helmq_producer_leader` current.
+fn spawn_watcher<S: ComponentStore, L: LeaseStore>(
+    tasks: &mut JoinSet<Result<(), AppError>>,
+    args: &Args,
+    store: S,
+    leases: L,
+    js: &jetstream::Context,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) {
+    let mut watcher = Watcher::new(
+        store,
+        JetStreamQueue::new(js.clone()),
+        JetStreamStatus::new(js.clone()),
+        args.watcher_config(),
+        metrics.clone(),
+    );
+    // Only the watcher is gated: writers share one durable consumer, so several are safe.
+    if args.leader_elect {
+        let elector = LeaderElector::new(leases, args.election_config());
+        watcher = watcher.with_leadership(elector.leadership());
+        tasks.spawn(show_leadership(
+            elector.leadership(),
+            metrics.leader.clone(),
+            shutdown.clone(),
+        ));
+        let token = shutdown.clone();
+        tasks.spawn(
+            async move {
+                elector.run(token).await;
+                Ok(())
+            }
+            .instrument(tracing::info_span!("leader")),
+        );
+    } else {
+        metrics.leader.set(1);
+    }
+    let token = shutdown.clone();
+    tasks.spawn(
+        async move { Ok(watcher.run(token).await?) }.instrument(tracing::info_span!("watcher")),
+    );
+}
+
+/// Keeps `gauge` at 1 while `leadership` says this replica leads, else 0.
+async fn show_leadership(
+    mut leadership: Leadership,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+    shutdown: CancellationToken,
+) -> Result<(), AppError> {
+    loop {
+        let leading = leadership.is_leader();
+        gauge.set(i64::from(leading));
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            changed = leadership.wait_until(!leading) => {
+                if !changed && !leading {
+                    // The elector is gone (it stops at shutdown): it leads no more. Returning
+                    // now would end the process.
+                    gauge.set(0);
+                    shutdown.cancelled().await;
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
 /// Ready while the JetStream topology is in place.
 async fn check_readiness(
     js: jetstream::Context,
@@ -152,17 +205,9 @@ async fn check_readiness(
     shutdown: CancellationToken,
 ) {
     let topology = Topology::default();
-    loop {
-        match topology.check(&js).await {
-            Ok(()) => readiness.ready(),
-            Err(error) => readiness.not_ready(error.to_string()),
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => {
-                readiness.not_ready("shutting down");
-                return;
-            }
-            () = tokio::time::sleep(READINESS_INTERVAL) => {}
-        }
-    }
+    helmq_telemetry::keep_checking(&readiness, READINESS_INTERVAL, &shutdown, || async {
+        topology.check(&js).await.map_err(|e| e.to_string())
+    })
+    .await;
+    readiness.not_ready("shutting down");
 }

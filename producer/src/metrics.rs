@@ -3,6 +3,8 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// Label of [`Metrics::events_published`]: whether the server stored it or dropped a
@@ -50,17 +52,35 @@ pub struct Metrics {
     pub unreadable_components: Counter,
     /// Failures handling a Component (API or NATS), each retried by its class or given up.
     pub handling_failures: Counter,
+    /// Seconds from a status event's publication to its status write: how far the writer is
+    /// behind the status stream.
+    pub writer_lag: Lag,
+    /// 1 while this replica runs the watcher (it leads, or runs without leader election).
+    pub leader: Gauge,
+}
+
+/// [`Metrics::writer_lag`]: 5 ms to about 5 minutes.
+#[derive(Debug, Clone)]
+pub struct Lag(pub Histogram);
+
+impl Default for Lag {
+    fn default() -> Self {
+        Lag(Histogram::new(exponential_buckets(0.005, 2.5, 13)))
+    }
 }
 
 impl Metrics {
     /// Fresh counters, registered in `registry` under `helmq_`.
     pub fn register(registry: &mut Registry) -> Metrics {
         let m = Metrics::default();
-        registry.register(
-            "helmq_producer_events_published",
-            "jobs and status events published by the producer",
-            m.events_published.clone(),
-        );
+        m.register_writer(registry);
+        m.register_producer(registry);
+        m
+    }
+
+    /// The writer's metrics, `helmq_writer_*` (and `helmq_conflicts`, shared with the watcher).
+    fn register_writer(&self, registry: &mut Registry) {
+        let m = self;
         registry.register(
             "helmq_writer_statuses_applied",
             "status patches written",
@@ -107,6 +127,21 @@ impl Metrics {
             m.event_failures.clone(),
         );
         registry.register(
+            "helmq_writer_lag_seconds",
+            "time from a status event's publication to its status write",
+            m.writer_lag.0.clone(),
+        );
+    }
+
+    /// The watcher's metrics, `helmq_producer_*`.
+    fn register_producer(&self, registry: &mut Registry) {
+        let m = self;
+        registry.register(
+            "helmq_producer_events_published",
+            "jobs and status events published by the producer",
+            m.events_published.clone(),
+        );
+        registry.register(
             "helmq_producer_watch_restarts",
             "watch (re)starts with a full listing",
             m.watch_restarts.clone(),
@@ -127,7 +162,11 @@ impl Metrics {
             "failures handling a Component (retried with backoff, or given up when permanent)",
             m.handling_failures.clone(),
         );
-        m
+        registry.register(
+            "helmq_producer_leader",
+            "1 while this replica runs the watcher (it leads, or runs without leader election)",
+            m.leader.clone(),
+        );
     }
 
     /// Counts one publish.

@@ -1,7 +1,7 @@
 //! The producer's decisions as a pure function: [`plan`] looks at one Component (and at what
 //! this producer already published for it) and says what to do, following the original
-//! handler's claiming, creation and deletion protocols (DESIGN.md §3). The watch loop only
-//! carries the [`Action`] out.
+//! handler's claiming, creation and deletion protocols (`docs/ARCHITECTURE.md`, "Protocols").
+//! The watch loop only carries the [`Action`] out.
 //!
 //! Nothing is published for a (generation, action) before the job is recorded as issued in the
 //! Component's status (`status.handlerStatus.issuedJob`, [`Action::Issue`]): the writer applies

@@ -6,10 +6,11 @@
 //! nonce in its id), so that the writer applies only events answering it; everything else in
 //! the status the writer writes, from the events.
 //!
-//! What was published is remembered per (uid, generation) so that the many watch events of one
-//! Component do not re-publish; a periodic resync re-lists and re-publishes what the status
-//! still does not reflect after the grace period (a job lost in a purged stream or an outage).
-//! Components whose handling failed are retried by the class of the failure ([`retry_after`]):
+//! What was published is remembered per object, for its uid and generation (the `ledger`), so
+//! that the many watch events of one Component do not re-publish; a periodic resync re-lists
+//! and re-publishes what the status still does not reflect after the grace period (a job lost
+//! in a purged stream or an outage). Components whose handling failed are retried by the class
+//! of the failure ([`retry_after`]; one entry per object in the retry queue, `retries`):
 //! a permanent one (a request the API server refuses for good, a message NATS refuses) is
 //! reported once and not retried until the object changes; a conflict is re-read at the next
 //! retry tick; a transient one (429, 5xx, transport, NATS down) backs off, doubling up to
@@ -26,7 +27,11 @@
 //! after that, not even for the rest of a resync pass), and starts a fresh watch, which lists
 //! every Component, when it leads again.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+mod ledger;
+mod retries;
+
+use helmq_telemetry::retry::backoff;
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -40,9 +45,13 @@ use tracing::Instrument;
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::plan::{
-    Action, Context, Published, component_ref, new_issued_job, plan, plan_unreadable, recorded_job,
+    Action, Context, component_ref, new_issued_job, plan, plan_unreadable, recorded_job,
 };
-use crate::store::{Change, ComponentStore, ErrorClass, StoreError, Unreadable, key_of};
+use crate::store::{
+    Change, ComponentStore, ErrorClass, ObjectKey, Observed, StoreError, Unreadable,
+};
+use ledger::Ledger;
+use retries::Retries;
 
 /// Message of the `Claimed` event, as the original handler wrote it.
 pub fn claimed_message(handler: &str) -> String {
@@ -70,10 +79,7 @@ pub fn retry_after(class: ErrorClass, failures: u32, interval: Duration, max: Du
     match class {
         ErrorClass::Permanent => Retry::GiveUp,
         ErrorClass::Conflict => Retry::After(interval.min(max)),
-        ErrorClass::Transient => {
-            let doublings = failures.saturating_sub(1).min(20);
-            Retry::After(interval.saturating_mul(1 << doublings).min(max))
-        }
+        ErrorClass::Transient => Retry::After(backoff(interval, max, failures, false)),
     }
 }
 
@@ -124,15 +130,6 @@ impl WatcherError {
     }
 }
 
-/// A Component waiting for its retry.
-#[derive(Debug, Clone, Copy)]
-struct Pending {
-    /// Failures in a row.
-    failures: u32,
-    /// When to retry.
-    due: tokio::time::Instant,
-}
-
 /// Settings of the watch loop.
 #[derive(Debug, Clone)]
 pub struct WatcherConfig {
@@ -166,6 +163,10 @@ impl Default for WatcherConfig {
     }
 }
 
+/// What one step of [`Watcher::handle_as`] leaves: the Component as it is now and, when it
+/// cannot be read as one, why, to plan again; `None` when there is nothing more to do (gone).
+type Fresh = Option<(Component, Option<String>)>;
+
 /// Kinds of things published, for the in-memory record and the metrics.
 #[derive(Debug, Clone, Copy)]
 enum Kind {
@@ -198,15 +199,10 @@ pub struct Watcher<S, Q, T> {
     status: T,
     config: WatcherConfig,
     metrics: Metrics,
-    /// uid → (generation, what was published for it).
-    published: HashMap<String, (i64, Published)>,
-    /// Components to retry after a failure, with their backoff.
-    retry: BTreeMap<(String, String), Pending>,
-    /// Components given up after a permanent failure, with the resourceVersion that failed:
-    /// left alone until it changes.
-    given_up: HashMap<(String, String), Option<String>>,
-    /// uid → generation of the unreadable objects reported (each once per generation).
-    reported: HashMap<String, i64>,
+    /// What was published per object, and which unreadable generations were reported.
+    ledger: Ledger,
+    /// The objects whose handling failed: when to retry them, or the version given up at.
+    retries: Retries,
     /// `None`: always acts; otherwise only while leading.
     leadership: Option<Leadership>,
 }
@@ -238,10 +234,8 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
             status,
             config,
             metrics,
-            published: HashMap::new(),
-            retry: BTreeMap::new(),
-            given_up: HashMap::new(),
-            reported: HashMap::new(),
+            ledger: Ledger::default(),
+            retries: Retries::default(),
             leadership: None,
         }
     }
@@ -304,7 +298,7 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
                     Some(change) => self.on_change(change).await,
                 },
                 _ = resync.tick() => self.resync().await,
-                _ = retry.tick(), if !self.retry.is_empty() => self.retry_failed().await,
+                _ = retry.tick(), if self.retries.any_waiting() => self.retry_failed().await,
             }
         }
     }
@@ -314,12 +308,10 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
             Change::Applied(component) => self.handle_logged(*component).await,
             Change::Unreadable(unreadable) => self.unreadable_logged(*unreadable).await,
             Change::Deleted(component) => {
-                if let Some(uid) = &component.metadata.uid {
-                    self.published.remove(uid);
-                    self.reported.remove(uid);
+                if component.metadata.uid.is_some() {
+                    self.ledger.forget(&component);
                 }
-                self.retry.remove(&key_of(&component));
-                self.given_up.remove(&key_of(&component));
+                self.retries.remove(&ObjectKey::of(&component));
             }
             Change::Restarted => {
                 self.metrics.watch_restarts.inc();
@@ -343,8 +335,7 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
                     .chain(listing.unreadable.iter().map(|u| &u.component))
                     .filter_map(|c| c.metadata.uid.clone())
                     .collect();
-                self.published.retain(|uid, _| live.contains(uid));
-                self.reported.retain(|uid, _| live.contains(uid));
+                self.ledger.retain_live(&live);
                 for component in listing.components {
                     self.handle_logged(component).await;
                 }
@@ -357,25 +348,17 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
     }
 
     async fn retry_failed(&mut self) {
-        let now = tokio::time::Instant::now();
-        let due: Vec<(String, String)> = self
-            .retry
-            .iter()
-            .filter(|(_, p)| p.due <= now)
-            .map(|(key, _)| key.clone())
-            .collect();
-        for (namespace, name) in due {
-            match self.store.get(&namespace, &name).await {
-                Ok(Some(component)) => self.handle_logged(component).await,
-                Ok(None) => {
-                    self.retry.remove(&(namespace, name));
-                }
-                Err(StoreError::Unreadable(unreadable)) => {
+        for key in self.retries.due(tokio::time::Instant::now()) {
+            match self.store.get(&key.namespace, &key.name).await {
+                Ok(Some(Observed::Component(component))) => self.handle_logged(*component).await,
+                Ok(Some(Observed::Unreadable(unreadable))) => {
                     self.unreadable_logged(*unreadable).await;
                 }
+                Ok(None) => self.retries.remove(&key),
                 Err(error) => {
+                    let (namespace, name) = (&key.namespace, &key.name);
                     tracing::debug!(%error, %namespace, %name, "retry: cannot read component");
-                    self.failed((namespace, name), None, &WatcherError::Store(error));
+                    self.failed(key, None, &WatcherError::Store(error));
                 }
             }
         }
@@ -390,11 +373,9 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
         if !handler.is_empty() && !component.is_for(&self.config.handler) {
             return;
         }
-        let (namespace, name) = key_of(&component);
-        let uid = component.metadata.uid.clone().unwrap_or_default();
+        let ObjectKey { namespace, name } = ObjectKey::of(&component);
         let generation = component.metadata.generation.unwrap_or(0);
-        if self.reported.get(&uid) != Some(&generation) {
-            self.reported.insert(uid, generation);
+        if self.ledger.first_report(&component) {
             self.metrics.unreadable_components.inc();
             tracing::warn!(%namespace, %name, generation, %error, "component cannot be read; skipping it");
         }
@@ -412,30 +393,24 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
     }
 
     async fn handle_logged_as(&mut self, component: Component, unreadable: Option<String>) {
-        let key = key_of(&component);
+        let key = ObjectKey::of(&component);
         let version = component.metadata.resource_version.clone();
-        if self.given_up.get(&key).is_some_and(|v| *v == version) {
-            tracing::debug!(namespace = %key.0, name = %key.1, "failed for good at this resourceVersion; left alone");
+        let (namespace, name) = (&key.namespace, &key.name);
+        if self.retries.given_up_at(&key, version.as_ref()) {
+            tracing::debug!(%namespace, %name, "failed for good at this resourceVersion; left alone");
             return;
         }
-        let span = tracing::info_span!("component", namespace = %key.0, name = %key.1);
+        let span = tracing::info_span!("component", %namespace, %name);
         match self.handle_as(component, unreadable).instrument(span).await {
-            Ok(()) => {
-                self.retry.remove(&key);
-                self.given_up.remove(&key);
-            }
+            Ok(()) => self.retries.remove(&key),
             Err(error) => self.failed(key, version, &error),
         }
     }
 
     /// Reports a failure of `key` (at `version`) and schedules its retry by class.
-    fn failed(&mut self, key: (String, String), version: Option<String>, error: &WatcherError) {
-        let (namespace, name) = (&key.0, &key.1);
-        let failures = self
-            .retry
-            .get(&key)
-            .map_or(0, |p| p.failures)
-            .saturating_add(1);
+    fn failed(&mut self, key: ObjectKey, version: Option<String>, error: &WatcherError) {
+        let (namespace, name) = (&key.namespace, &key.name);
+        let failures = self.retries.failures(&key).saturating_add(1);
         let class = error.class();
         self.metrics.handling_failures.inc();
         match retry_after(
@@ -446,45 +421,25 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
         ) {
             Retry::GiveUp => {
                 tracing::warn!(%namespace, %name, %error, "handling failed for good; not retried until the component changes");
-                self.retry.remove(&key);
-                self.given_up.insert(key, version);
+                self.retries.give_up(key, version);
             }
             Retry::After(delay) => {
                 tracing::warn!(%namespace, %name, %error, ?class, ?delay, failures, "handling failed; will retry");
                 let due = tokio::time::Instant::now() + delay;
-                self.retry.insert(key, Pending { failures, due });
+                self.retries.retry_at(key, failures, due);
             }
         }
     }
 
-    fn published_for(&self, component: &Component) -> Published {
-        let uid = component.metadata.uid.as_deref().unwrap_or_default();
-        let generation = component.metadata.generation.unwrap_or(0);
-        match self.published.get(uid) {
-            Some((g, p)) if *g == generation => *p,
-            _ => Published::default(),
-        }
-    }
-
     fn record(&mut self, component: &Component, kind: Kind, now: Timestamp) {
-        let uid = component.metadata.uid.clone().unwrap_or_default();
-        let generation = component.metadata.generation.unwrap_or(0);
-        let entry = self
-            .published
-            .entry(uid)
-            .or_insert((generation, Published::default()));
-        if entry.0 != generation {
-            *entry = (generation, Published::default());
-        }
-        let p = &mut entry.1;
-        match kind {
+        self.ledger.record(component, |p| match kind {
             Kind::Claimed => {}
             Kind::Apply => p.apply = Some(now),
             Kind::Delete => p.delete = Some(now),
             Kind::Failed => p.failed = true,
             Kind::Terminated => p.terminated = true,
             Kind::TerminationFailed => p.termination_failed = true,
-        }
+        });
     }
 
     /// Plans and acts on one Component until there is nothing more to do for it now.
@@ -499,7 +454,7 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
         mut component: Component,
         mut unreadable: Option<String>,
     ) -> Result<(), WatcherError> {
-        let (namespace, name) = key_of(&component);
+        let key = ObjectKey::of(&component);
         for _ in 0..MAX_STEPS {
             if !self.leading() {
                 // The new leader's listing covers it.
@@ -510,7 +465,7 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
             let ctx = Context {
                 handler: &self.config.handler,
                 now,
-                published: self.published_for(&component),
+                published: self.ledger.published(&component),
                 resync_grace: self.config.resync_grace,
                 max_timeout: self.config.max_timeout,
                 nonce: &nonce,
@@ -530,78 +485,14 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
                     tracing::debug!("deletion waits for the coordination finalizer");
                     return Ok(());
                 }
-                Action::Claim => {
-                    let claimed = match self.store.add_finalizer(&component).await {
-                        Ok(claimed) => (claimed, None),
-                        // Claimed; the object it answered with is (or became) unreadable.
-                        Err(StoreError::Unreadable(claimed)) => {
-                            (claimed.component, Some(claimed.error))
-                        }
-                        Err(StoreError::Conflict { .. }) => {
-                            // Someone else wrote first: re-read and decide again, never overwrite.
-                            match self.reread(&namespace, &name, "claim").await? {
-                                Some(fresh) => (component, unreadable) = fresh,
-                                None => return Ok(()),
-                            }
-                            continue;
-                        }
-                        Err(e) => return Err(e.into()),
-                    };
-                    tracing::info!("claimed");
-                    // The `Claimed` event answers this generation's apply job: issued first.
-                    let (claimed, error) = match recorded_job(&claimed.0, JobAction::Apply) {
-                        Some(_) => claimed,
-                        None => {
-                            let job = new_issued_job(&claimed.0, JobAction::Apply, &nonce);
-                            match self.record_issued(&claimed.0, job).await {
-                                Ok(issued) => issued,
-                                Err(StoreError::Conflict { .. }) => {
-                                    // Planned again, the job is issued; only `Claimed` is not
-                                    // told (the writer still sets claimedBy from the next event).
-                                    match self.reread(&namespace, &name, "issue").await? {
-                                        Some(fresh) => (component, unreadable) = fresh,
-                                        None => return Ok(()),
-                                    }
-                                    continue;
-                                }
-                                Err(e) => return Err(e.into()),
-                            }
-                        }
-                    };
-                    let event = self.event(
-                        &claimed,
-                        StatusPhase::Claimed,
-                        claimed_message(&self.config.handler),
-                        now,
-                    );
-                    self.publish_status(&claimed, Kind::Claimed, &event, now)
-                        .await?;
-                    component = claimed;
-                    unreadable = error.or(unreadable);
-                }
-                Action::Issue(job) => {
-                    let (id, action) = (job.id.clone(), job.action);
-                    match self.record_issued(&component, job).await {
-                        Ok(issued) => {
-                            let error;
-                            (component, error) = issued;
-                            unreadable = error.or(unreadable);
-                            // Planning again on a status without it would issue another job,
-                            // for ever.
-                            if recorded_job(&component, action).is_none_or(|j| j.id != id) {
-                                return Err(WatcherError::IssuedJobPruned(id));
-                            }
-                            tracing::info!(job = %id, "job issued");
-                        }
-                        Err(StoreError::Conflict { .. }) => {
-                            match self.reread(&namespace, &name, "issue").await? {
-                                Some(fresh) => (component, unreadable) = fresh,
-                                None => return Ok(()),
-                            }
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                }
+                Action::Claim => match self.claim(component, unreadable, &nonce, now).await? {
+                    Some(fresh) => (component, unreadable) = fresh,
+                    None => return Ok(()),
+                },
+                Action::Issue(job) => match self.issue(component, unreadable, job).await? {
+                    Some(fresh) => (component, unreadable) = fresh,
+                    None => return Ok(()),
+                },
                 Action::PublishApply(job) => {
                     return self.publish_job(&component, Kind::Apply, &job, now).await;
                 }
@@ -610,45 +501,119 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
                 }
                 Action::ConfigFailed { message } => {
                     tracing::info!(%message, "invalid config; failing this generation");
-                    let event = self.event(&component, StatusPhase::Failed, message, now);
                     return self
-                        .publish_status(&component, Kind::Failed, &event, now)
+                        .tell(&component, Kind::Failed, StatusPhase::Failed, message, now)
                         .await;
                 }
                 Action::FinishDeleteWithoutRelease { message } => {
-                    let event = self.event(&component, StatusPhase::Terminated, message, now);
+                    let phase = StatusPhase::Terminated;
                     return self
-                        .publish_status(&component, Kind::Terminated, &event, now)
+                        .tell(&component, Kind::Terminated, phase, message, now)
                         .await;
                 }
                 Action::DeleteBlocked { message } => {
                     tracing::warn!(%message, "cannot build a delete job");
-                    let event =
-                        self.event(&component, StatusPhase::TerminationFailed, message, now);
+                    let phase = StatusPhase::TerminationFailed;
                     return self
-                        .publish_status(&component, Kind::TerminationFailed, &event, now)
+                        .tell(&component, Kind::TerminationFailed, phase, message, now)
                         .await;
                 }
             }
         }
-        Err(WatcherError::TooManyRounds(format!("{namespace}/{name}")))
+        Err(WatcherError::TooManyRounds(key.to_string()))
     }
 
-    /// Counts a conflict of a `write` (`claim`, `issue`) and re-reads `namespace/name`: the
-    /// object and, when it cannot be read as a Component, why; `None` when it is gone.
-    async fn reread(
-        &self,
-        namespace: &str,
-        name: &str,
-        write: &str,
-    ) -> Result<Option<(Component, Option<String>)>, StoreError> {
+    /// Claims `component` (the finalizer), issues its apply job unless one is recorded, and
+    /// tells `Claimed`; on a conflict, the object as it is now, to plan again.
+    async fn claim(
+        &mut self,
+        component: Component,
+        unreadable: Option<String>,
+        nonce: &str,
+        now: Timestamp,
+    ) -> Result<Fresh, WatcherError> {
+        let key = ObjectKey::of(&component);
+        let claimed = match self.store.add_finalizer(&component).await {
+            // Claimed, whether or not the object it answered with is readable.
+            Ok(claimed) => claimed.into_parts(),
+            // Someone else wrote first: re-read and decide again, never overwrite.
+            Err(StoreError::Conflict { .. }) => {
+                return Ok(self.reread(&key, "claim").await?);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        tracing::info!("claimed");
+        // The `Claimed` event answers this generation's apply job: issued first.
+        let (claimed, error) = match recorded_job(&claimed.0, JobAction::Apply) {
+            Some(_) => claimed,
+            None => {
+                let job = new_issued_job(&claimed.0, JobAction::Apply, nonce);
+                match self.record_issued(&claimed.0, job).await {
+                    Ok(issued) => issued,
+                    // Planned again, the job is issued; only `Claimed` is not told (the
+                    // writer still sets claimedBy from the next event).
+                    Err(StoreError::Conflict { .. }) => {
+                        return Ok(self.reread(&key, "issue").await?);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        let event = self.event(
+            &claimed,
+            StatusPhase::Claimed,
+            claimed_message(&self.config.handler),
+            now,
+        );
+        self.publish_status(&claimed, Kind::Claimed, &event, now)
+            .await?;
+        Ok(Some((claimed, error.or(unreadable))))
+    }
+
+    /// Records `job` as issued for `component`; the object as it is then, to plan again.
+    async fn issue(
+        &mut self,
+        component: Component,
+        unreadable: Option<String>,
+        job: IssuedJob,
+    ) -> Result<Fresh, WatcherError> {
+        let (id, action) = (job.id.clone(), job.action);
+        match self.record_issued(&component, job).await {
+            Ok((component, error)) => {
+                // Planning again on a status without it would issue another job, for ever.
+                if recorded_job(&component, action).is_none_or(|j| j.id != id) {
+                    return Err(WatcherError::IssuedJobPruned(id));
+                }
+                tracing::info!(job = %id, "job issued");
+                Ok(Some((component, error.or(unreadable))))
+            }
+            Err(StoreError::Conflict { .. }) => {
+                Ok(self.reread(&ObjectKey::of(&component), "issue").await?)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Publishes the status event `phase` (noted as `kind`) with `message` for `component`.
+    async fn tell(
+        &mut self,
+        component: &Component,
+        kind: Kind,
+        phase: StatusPhase,
+        message: String,
+        now: Timestamp,
+    ) -> Result<(), WatcherError> {
+        let event = self.event(component, phase, message, now);
+        self.publish_status(component, kind, &event, now).await
+    }
+
+    /// Counts a conflict of a `write` (`claim`, `issue`) and re-reads `key`: the object and,
+    /// when it cannot be read as a Component, why; `None` when it is gone.
+    async fn reread(&self, key: &ObjectKey, write: &str) -> Result<Fresh, StoreError> {
         self.metrics.conflicts.inc();
         tracing::debug!("{write} conflict; re-reading");
-        match self.store.get(namespace, name).await {
-            Ok(fresh) => Ok(fresh.map(|c| (c, None))),
-            Err(StoreError::Unreadable(fresh)) => Ok(Some((fresh.component, Some(fresh.error)))),
-            Err(e) => Err(e),
-        }
+        let fresh = self.store.get(&key.namespace, &key.name).await?;
+        Ok(fresh.map(Observed::into_parts))
     }
 
     /// Records `job` as issued in `component`'s status, on the condition that it is unchanged
@@ -663,11 +628,9 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
             .handler_status
             .get_or_insert_with(Default::default)
             .issued_job = Some(job);
-        match self.store.patch_status(component, &status).await {
-            Ok(updated) => Ok((updated, None)),
-            Err(StoreError::Unreadable(updated)) => Ok((updated.component, Some(updated.error))),
-            Err(e) => Err(e),
-        }
+        // Recorded, whether or not the object it answered with is readable.
+        let updated = self.store.patch_status(component, &status).await?;
+        Ok(updated.into_parts())
     }
 
     /// The producer's own event: it answers the job recorded as issued for the phase's action
@@ -725,11 +688,9 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
     }
 }
 
-/// A fresh nonce for an issued job id: 128 bits from the system's random source, in hex.
+/// A fresh nonce for an issued job id.
 fn nonce() -> Result<String, WatcherError> {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).map_err(WatcherError::Random)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    helmq_schemas::event::job_nonce().map_err(WatcherError::Random)
 }
 
 #[cfg(test)]

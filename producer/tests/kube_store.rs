@@ -96,7 +96,8 @@ async fn claim_is_a_merge_patch_carrying_the_resource_version() {
     let claimed = store
         .add_finalizer(&web(&[COORDINATION_FINALIZER], "42"))
         .await
-        .unwrap();
+        .unwrap()
+        .into_component();
     assert_eq!(claimed.metadata.resource_version.as_deref(), Some("43"));
 
     let seen = seen.lock().unwrap();
@@ -195,7 +196,8 @@ async fn status_goes_to_the_status_subresource_with_the_resource_version() {
     let updated = store
         .patch_status(&web(&[HELM_FINALIZER], "7"), &status)
         .await
-        .unwrap();
+        .unwrap()
+        .into_component();
     assert_eq!(updated.status, Some(status));
     let seen = seen.lock().unwrap();
     assert_eq!(seen[0].method, "PATCH");

@@ -113,7 +113,7 @@ impl Rig {
         leadership
     }
 
-    fn writer(&self) -> Writer<FakeComponentStore, FakeEventStore> {
+    fn writer(&self) -> Writer<FakeComponentStore> {
         Writer::new(
             self.store.clone(),
             EventRecorder::new(self.events.clone(), "producer-test"),
@@ -753,7 +753,8 @@ async fn bad_status_payloads_are_dead_lettered_with_the_reason() {
 
 /// An apply job of generation `generation` for `created`, as the producer would publish it.
 fn job_for(created: &Component, generation: i64) -> JobEvent {
-    let (namespace, name) = helmq_producer::store::key_of(created);
+    let helmq_producer::store::ObjectKey { namespace, name } =
+        helmq_producer::store::ObjectKey::of(created);
     JobEvent::new(
         JobAction::Apply,
         ComponentRef {
@@ -773,11 +774,11 @@ fn job_for(created: &Component, generation: i64) -> JobEvent {
     )
 }
 
-async fn dead_letters(rig: &Rig) -> Vec<helmq_queue::dlq::StoredDeadLetter> {
+async fn dead_letters(rig: &Rig) -> Vec<helmq_queue::dlq::DeadLetter> {
     rig.stored(DLQ_STREAM)
         .await
         .into_iter()
-        .map(|m| helmq_queue::dlq::read_stored(m.sequence, Some(&m.headers), m.payload))
+        .map(|m| helmq_queue::dlq::read_stored(m.sequence, Some(&m.headers), m.payload).letter)
         .collect()
 }
 
@@ -1177,6 +1178,14 @@ async fn the_writer_records_events_for_deploy_fail_fix_delete_and_counts_repeate
     rig.report(&delete, StatusPhase::Terminated, 1, None).await;
     rig.wait_for("web", "the object to be gone", |c| c.is_none())
         .await;
+    // Events are recorded off the status path, a moment after the status.
+    eventually(DEADLINE, "ten events recorded", async || {
+        match rig.metrics.events_recorded.get() {
+            10 => Ok(()),
+            n => Err(n),
+        }
+    })
+    .await;
 
     let owned = |s: &str| s.to_owned();
     assert_eq!(
@@ -1242,7 +1251,13 @@ async fn an_events_api_outage_never_holds_up_or_fails_a_status_write() {
     // Claimed, Deploying, Ready: each written once, each Event counted as failed.
     assert_eq!(rig.metrics.statuses_applied.get(), 3);
     assert_eq!(rig.metrics.status_retries.get(), 0);
-    assert_eq!(rig.metrics.event_failures.get(), 3);
+    eventually(DEADLINE, "three events failed", async || {
+        match rig.metrics.event_failures.get() {
+            3 => Ok(()),
+            n => Err(n),
+        }
+    })
+    .await;
     assert!(events_on(&rig, "web").is_empty());
     assert!(dead_letters(&rig).await.is_empty());
 
@@ -1521,4 +1536,27 @@ async fn a_crd_that_prunes_the_issued_job_stops_issuing_instead_of_looping() {
         .await
         .unwrap();
     assert_eq!(rig.messages_in(JOBS_STREAM).await, 1);
+}
+
+#[tokio::test]
+async fn a_writer_reading_a_lagging_cache_applies_every_event_and_drops_none() {
+    let rig = Rig::new(Topology::default()).await;
+    // Every cached read is one change behind: the writer must notice and read afresh.
+    rig.store.set_lagging_cache(true);
+    rig.spawn_watcher(fast_watcher());
+    rig.spawn_writer();
+    rig.store.create(deployable("web")).unwrap();
+    let job = rig.next_job().await;
+    rig.report(&job, StatusPhase::Deploying, 1, None).await;
+    rig.wait_for("web", "Deploying", |c| phase(c) == Some(Phase::Deploying))
+        .await;
+    rig.report(&job, StatusPhase::Ready, 1, Some(release(1)))
+        .await;
+    rig.wait_for("web", "Ready", |c| phase(c) == Some(Phase::Ready))
+        .await;
+    // The stale copies cost conflicts (re-read afresh), never a dropped event.
+    assert!(rig.metrics.conflicts.get() >= 1);
+    assert_eq!(rig.metrics.unissued_events_dropped.get(), 0);
+    assert_eq!(rig.metrics.orphan_events_dropped.get(), 0);
+    assert!(dead_letters(&rig).await.is_empty());
 }

@@ -277,7 +277,7 @@ pub async fn connect(args: &NatsArgs, client_name: &str) -> Result<Client, Conne
 
 /// A checked NATS connection that logs its events and knows when it has closed, so a process
 /// can drain it and wait for the end (`drain()` returns at once; exiting right after it loses
-/// messages, DESIGN §9).
+/// messages: `docs/ARCHITECTURE.md`, "JetStream behaviours helmq relies on").
 #[derive(Debug, Clone)]
 pub struct Connection {
     client: Client,

@@ -58,7 +58,7 @@ pub const AT_HEADER: &str = "Helmq-Dlq-At";
 const MAX_REASON: usize = 4096;
 
 /// A message to dead-letter.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DeadLetter {
     /// The original payload, unchanged.
     pub payload: Bytes,
@@ -101,20 +101,10 @@ impl DeadLetter {
 pub struct StoredDeadLetter {
     /// Sequence in `HELMQ_DLQ`.
     pub dlq_sequence: u64,
-    /// The original payload.
-    pub payload: Bytes,
-    /// The original subject.
-    pub subject: String,
-    /// Source stream.
-    pub stream: String,
-    /// Sequence in the source stream.
-    pub sequence: u64,
-    /// Deliveries made.
-    pub attempts: u64,
-    /// Why it is dead.
-    pub reason: String,
-    /// When it was dead-lettered.
-    pub at: String,
+    /// What was dead-lettered: the original message, where it came from and why.
+    pub letter: DeadLetter,
+    /// When it was dead-lettered; `None` when the header is missing or unreadable.
+    pub at: Option<jiff::Timestamp>,
 }
 
 /// The dead-letter subject of an original subject.
@@ -179,13 +169,15 @@ pub fn read_stored(
     };
     StoredDeadLetter {
         dlq_sequence,
-        payload,
-        subject: get(SUBJECT_HEADER),
-        stream: get(STREAM_HEADER),
-        sequence: get(SEQUENCE_HEADER).parse().unwrap_or(0),
-        attempts: get(ATTEMPTS_HEADER).parse().unwrap_or(0),
-        reason: get(REASON_HEADER),
-        at: get(AT_HEADER),
+        letter: DeadLetter {
+            payload,
+            subject: get(SUBJECT_HEADER),
+            stream: get(STREAM_HEADER),
+            sequence: get(SEQUENCE_HEADER).parse().unwrap_or(0),
+            attempts: get(ATTEMPTS_HEADER).parse().unwrap_or(0),
+            reason: get(REASON_HEADER),
+        },
+        at: get(AT_HEADER).parse().ok(),
     }
 }
 
@@ -264,7 +256,7 @@ pub async fn get(js: &Context, sequence: u64) -> Result<StoredDeadLetter, DlqErr
 /// Publishes the dead letter at `sequence` back to its original subject, unchanged, then
 /// deletes it from `HELMQ_DLQ`.
 pub async fn replay(js: &Context, sequence: u64) -> Result<Replayed, DlqError> {
-    let letter = get(js, sequence).await?;
+    let letter = get(js, sequence).await?.letter;
     if letter.subject.is_empty() {
         return Err(DlqError::NoSubject(sequence));
     }

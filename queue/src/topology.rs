@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, pull};
-use async_nats::jetstream::context::ConsumerInfoErrorKind;
+use async_nats::jetstream::context::{
+    ConsumerInfoErrorKind, CreateStreamError, CreateStreamErrorKind,
+};
 use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
 use async_nats::jetstream::{Context, kv};
 
@@ -78,6 +80,46 @@ pub enum TopologyError {
     /// A part of the topology is missing (from [`Topology::check`]).
     #[error("{0} is missing: run `helmqctl setup` (or start a producer or worker with --setup)")]
     Missing(String),
+}
+
+/// How long a creation refused for want of peers is tried again: a cluster whose meta leader
+/// was just elected may not know its other nodes yet ("no suitable peers for placement").
+const PLACEMENT_PATIENCE: Duration = Duration::from_secs(30);
+/// Pause between two such attempts.
+const PLACEMENT_PAUSE: Duration = Duration::from_millis(500);
+
+/// Runs `create` again while the server refuses it for want of peers, up to
+/// [`PLACEMENT_PATIENCE`]; any other outcome is returned as it is.
+async fn placed<T, E, F>(mut create: impl FnMut() -> F) -> Result<T, E>
+where
+    E: std::error::Error + 'static,
+    F: Future<Output = Result<T, E>>,
+{
+    let deadline = tokio::time::Instant::now() + PLACEMENT_PATIENCE;
+    loop {
+        match create().await {
+            Err(e) if lacks_peers(&e) && tokio::time::Instant::now() < deadline => {
+                tracing::info!(error = %e, "JetStream has no peers for placement yet, trying again");
+                tokio::time::sleep(PLACEMENT_PAUSE).await;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+/// Whether `error`, or an error it wraps, is the server's "no suitable peers for placement".
+fn lacks_peers(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(create) = e.downcast_ref::<CreateStreamError>()
+            && let CreateStreamErrorKind::JetStream(js) = create.kind()
+            && js.error_code() == async_nats::jetstream::ErrorCode::CLUSTER_NO_PEERS
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 fn request(action: impl Into<String>) -> impl FnOnce(String) -> TopologyError {
@@ -320,7 +362,7 @@ async fn ensure_stream(
 ) -> Result<(), TopologyError> {
     let label = format!("stream {name}");
     let Some(stream) = lookup_stream(js, name).await? else {
-        js.create_stream(wanted)
+        placed(|| js.create_stream(wanted.clone()))
             .await
             .map_err(|e| request(format!("create {label}"))(e.to_string()))?;
         report.created.push(label);
@@ -473,7 +515,7 @@ async fn ensure_bucket(
             report.existing.push(label);
         }
         None => {
-            js.create_key_value(wanted)
+            placed(|| js.create_key_value(wanted.clone()))
                 .await
                 .map_err(|e| request(format!("create {label}"))(e.to_string()))?;
             report.created.push(label);

@@ -8,7 +8,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::event::JobAction;
+use crate::event::{JobAction, Order};
 
 /// API group of the `Component` resource.
 pub const GROUP: &str = "deployment-orchestrator.io";
@@ -234,7 +234,7 @@ pub struct HandlerStatus {
     pub event_generation: Option<i64>,
     /// Order key of the last status event applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub event_order: Option<u64>,
+    pub event_order: Option<Order>,
     /// The job the producer issued last (recorded before it publishes the job): the writer
     /// applies only status events that answer it. Absent on Components an older helmq wrote.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -340,6 +340,14 @@ pub fn issued_job_id(component: &ComponentRef, action: JobAction, nonce: &str) -
     format!("{}:{nonce}", default_job_id(component, action))
 }
 
+/// A fresh nonce for a job id ([`issued_job_id`]): 128 bits from the system's random source, in
+/// hex, so nobody can guess the id (and pre-empt the job by publishing its `Nats-Msg-Id` first).
+pub fn job_nonce() -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// The phase a [`StatusEvent`] reports: the Component phases plus `Terminated`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum StatusPhase {
@@ -479,7 +487,7 @@ pub struct StatusEvent {
     /// Order inside one generation: compare `(component.generation, order)`; a consumer drops
     /// an event whose pair is lower than the one it already applied. Deletion phases above apply
     /// phases, then by job sequence, attempt and phase (starts before ends).
-    pub order: u64,
+    pub order: Order,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -508,7 +516,7 @@ impl StatusEvent {
             worker: worker.into(),
             at,
             job_sequence: 0,
-            order: order_key(phase, attempt, 0),
+            order: Order::new(phase, attempt, 0),
         }
         .with_message(message)
     }
@@ -516,7 +524,7 @@ impl StatusEvent {
     /// The same event for the job message at `sequence` in the jobs stream.
     pub fn for_job_sequence(mut self, sequence: u64) -> Self {
         self.job_sequence = sequence;
-        self.order = order_key(self.phase, self.attempt, sequence);
+        self.order = Order::new(self.phase, self.attempt, sequence);
         self
     }
 
@@ -542,8 +550,11 @@ impl StatusEvent {
     }
 
     /// `(generation, order)`, the key a consumer compares to drop stale events.
-    pub fn position(&self) -> (i64, u64) {
-        (self.component.generation, self.order)
+    pub fn position(&self) -> Position {
+        Position {
+            generation: self.component.generation,
+            order: self.order,
+        }
     }
 
     /// The `Nats-Msg-Id`: one per (job, attempt, phase), so republishing after a reconnect is
@@ -578,7 +589,7 @@ impl StatusEvent {
         if let Some(release) = &event.release {
             release.check()?;
         }
-        if event.order != order_key(event.phase, event.attempt, event.job_sequence) {
+        if event.order != Order::new(event.phase, event.attempt, event.job_sequence) {
             return Err(EventError::Malformed {
                 schema: STATUS_SCHEMA,
                 reason: format!(
@@ -599,24 +610,142 @@ impl StatusEvent {
     }
 }
 
-/// The job message sequence (with the deletion bit) and the phase rank an order key was made
-/// from, without the attempt: two keys with the same first part come from deliveries of one job.
-pub fn order_job_and_rank(order: u64) -> (u64, u64) {
-    (order >> 22, order & 0xff)
+/// The order key of a status event inside one generation: deletion phases above apply phases,
+/// then later job messages above earlier ones, later attempts above earlier ones, ends above
+/// starts.
+///
+/// On the wire and in `status.handlerStatus.eventOrder` it is one integer below 2^63 (Kubernetes
+/// stores it as an int64), packed from, most significant first: the deletion bit (62), the job
+/// message's stream sequence (bits 22–61, saturating), the attempt (bits 8–21, saturating) and
+/// the phase's rank in its job (bits 0–7, see [`Stage`]). Only this type knows that layout.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Order(u64);
+
+// The wire's schema: the plain integer, inlined where it is used (no definition of its own).
+impl JsonSchema for Order {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        u64::schema_name()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        u64::json_schema(generator)
+    }
 }
 
-/// Deletion phases sort above apply phases (bit 62); then later job messages above earlier ones
-/// (the sequence, 40 bits), later attempts above earlier ones (14 bits), ends above starts (the
-/// phase's rank, 8 bits). Sequence and attempt saturate at their widths. The key stays below
-/// 2^63: Kubernetes stores it as an int64 (`status.handlerStatus.eventOrder`).
-fn order_key(phase: StatusPhase, attempt: u32, sequence: u64) -> u64 {
-    const SEQUENCE_MAX: u64 = (1 << 40) - 1;
-    const ATTEMPT_MAX: u64 = (1 << 14) - 1;
-    let group = u64::from(phase.is_deletion());
-    (group << 62)
-        | (sequence.min(SEQUENCE_MAX) << 22)
-        | (u64::from(attempt).min(ATTEMPT_MAX) << 8)
-        | phase.rank()
+impl Order {
+    /// Largest job sequence the key tells apart; larger ones saturate to it.
+    pub const MAX_JOB_SEQUENCE: u64 = (1 << 40) - 1;
+    /// Largest attempt the key tells apart; larger ones saturate to it.
+    pub const MAX_ATTEMPT: u32 = (1 << 14) - 1;
+    const DELETION_SHIFT: u32 = 62;
+    const JOB_SEQUENCE_SHIFT: u32 = 22;
+    const ATTEMPT_SHIFT: u32 = 8;
+    const RANK_MASK: u64 = 0xff;
+
+    /// The key of `phase` at `attempt` of the job message at `job_sequence` (0 for the
+    /// producer's own events).
+    pub fn new(phase: StatusPhase, attempt: u32, job_sequence: u64) -> Order {
+        let deletion = u64::from(phase.is_deletion());
+        let attempt = attempt.min(Self::MAX_ATTEMPT);
+        Order(
+            (deletion << Self::DELETION_SHIFT)
+                | (job_sequence.min(Self::MAX_JOB_SEQUENCE) << Self::JOB_SEQUENCE_SHIFT)
+                | (u64::from(attempt) << Self::ATTEMPT_SHIFT)
+                | phase.rank(),
+        )
+    }
+
+    /// A key as stored or sent (`eventOrder`, `order`).
+    pub fn from_raw(raw: u64) -> Order {
+        Order(raw)
+    }
+
+    /// The integer stored and sent.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+
+    /// Whether the key belongs to a deletion phase.
+    pub fn is_deletion(self) -> bool {
+        (self.0 >> Self::DELETION_SHIFT) & 1 == 1
+    }
+
+    /// The job message's stream sequence (saturated at [`Self::MAX_JOB_SEQUENCE`]).
+    pub fn job_sequence(self) -> u64 {
+        (self.0 >> Self::JOB_SEQUENCE_SHIFT) & Self::MAX_JOB_SEQUENCE
+    }
+
+    /// The attempt (saturated at [`Self::MAX_ATTEMPT`]).
+    pub fn attempt(self) -> u32 {
+        // The mask keeps it within 14 bits, so the conversion cannot fail.
+        u32::try_from((self.0 >> Self::ATTEMPT_SHIFT) & u64::from(Self::MAX_ATTEMPT))
+            .unwrap_or(Self::MAX_ATTEMPT)
+    }
+
+    /// The phase's place in its job, or `None` for a rank no phase has (a key not made here).
+    pub fn stage(self) -> Option<Stage> {
+        Stage::of_rank(self.0 & Self::RANK_MASK)
+    }
+
+    /// Whether both keys come from deliveries of one job message (any attempt): the same
+    /// deletion bit and job sequence.
+    pub fn same_job_message(self, other: Order) -> bool {
+        self.0 >> Self::JOB_SEQUENCE_SHIFT == other.0 >> Self::JOB_SEQUENCE_SHIFT
+    }
+
+    /// This key with the stage of `other`: the job message and attempt of `self`.
+    #[must_use]
+    pub fn with_stage_of(self, other: Order) -> Order {
+        Order((self.0 & !Self::RANK_MASK) | (other.0 & Self::RANK_MASK))
+    }
+}
+
+impl std::fmt::Display for Order {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A phase's place in its job, the low bits of its [`Order`]: the claim, then the job's start,
+/// then its end (success or failure), ranked in that order and apply before delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// `Claimed`.
+    Claim,
+    /// `Deploying` or `Terminating`.
+    Start(JobAction),
+    /// `Ready` or `Failed`; `Terminated` or `TerminationFailed`.
+    End(JobAction),
+}
+
+impl Stage {
+    fn of_rank(rank: u64) -> Option<Stage> {
+        Some(match rank {
+            0 => Stage::Claim,
+            1 => Stage::Start(JobAction::Apply),
+            2 => Stage::End(JobAction::Apply),
+            3 => Stage::Start(JobAction::Delete),
+            4 => Stage::End(JobAction::Delete),
+            _ => return None,
+        })
+    }
+}
+
+/// Where a status event sits, `(generation, order)`: a consumer drops an event at or below the
+/// position it last applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position {
+    /// `component.generation`.
+    pub generation: i64,
+    /// The order key inside the generation.
+    pub order: Order,
 }
 
 fn decode<T: serde::de::DeserializeOwned>(
@@ -672,4 +801,128 @@ fn checked_value(payload: &[u8], schema: &'static str) -> Result<serde_json::Val
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     // Serializing these types cannot fail: every map key is a string and no Serialize impl errs.
     serde_json::to_vec(value).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PHASES: [StatusPhase; 7] = [
+        StatusPhase::Claimed,
+        StatusPhase::Deploying,
+        StatusPhase::Ready,
+        StatusPhase::Failed,
+        StatusPhase::Terminating,
+        StatusPhase::Terminated,
+        StatusPhase::TerminationFailed,
+    ];
+
+    fn stage_of(phase: StatusPhase) -> Stage {
+        match phase {
+            StatusPhase::Claimed => Stage::Claim,
+            StatusPhase::Deploying => Stage::Start(JobAction::Apply),
+            StatusPhase::Ready | StatusPhase::Failed => Stage::End(JobAction::Apply),
+            StatusPhase::Terminating => Stage::Start(JobAction::Delete),
+            StatusPhase::Terminated | StatusPhase::TerminationFailed => {
+                Stage::End(JobAction::Delete)
+            }
+        }
+    }
+
+    #[test]
+    fn every_field_round_trips() {
+        for phase in PHASES {
+            for attempt in [0, 1, 2, 77, Order::MAX_ATTEMPT] {
+                for sequence in [0, 1, 40, 1 << 39, Order::MAX_JOB_SEQUENCE] {
+                    let order = Order::new(phase, attempt, sequence);
+                    let fields = (
+                        order.is_deletion(),
+                        order.job_sequence(),
+                        order.attempt(),
+                        order.stage(),
+                    );
+                    let want = (
+                        phase.is_deletion(),
+                        sequence,
+                        attempt,
+                        Some(stage_of(phase)),
+                    );
+                    assert_eq!(fields, want, "{phase:?} {attempt} {sequence}");
+                    assert_eq!(Order::from_raw(order.get()), order);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sequence_and_attempt_saturate_and_the_key_fits_an_int64() {
+        let widest = Order::new(StatusPhase::TerminationFailed, u32::MAX, u64::MAX);
+        assert_eq!(widest.attempt(), Order::MAX_ATTEMPT);
+        assert_eq!(widest.job_sequence(), Order::MAX_JOB_SEQUENCE);
+        assert!(widest.is_deletion());
+        assert_eq!(widest.stage(), Some(Stage::End(JobAction::Delete)));
+        assert!(i64::try_from(widest.get()).is_ok(), "{widest}");
+        let narrowest = Order::new(StatusPhase::Claimed, 0, 0);
+        assert_eq!(narrowest.get(), 0);
+    }
+
+    #[test]
+    fn a_rank_no_phase_has_has_no_stage() {
+        for rank in [5, 6, 0xff] {
+            assert_eq!(Order::from_raw(rank).stage(), None, "{rank}");
+        }
+    }
+
+    #[test]
+    fn fields_order_deletion_then_sequence_then_attempt_then_stage() {
+        use StatusPhase::{Claimed, Deploying, Ready, Terminated, Terminating};
+        let ascending = [
+            Order::new(Claimed, 0, 0),
+            Order::new(Ready, 0, 0),
+            Order::new(Claimed, 1, 0),
+            Order::new(Ready, Order::MAX_ATTEMPT, 0),
+            Order::new(Claimed, 0, 1),
+            Order::new(Deploying, 3, 1),
+            Order::new(Ready, 3, 1),
+            Order::new(Ready, 0, Order::MAX_JOB_SEQUENCE),
+            Order::new(Terminating, 0, 0),
+            Order::new(Terminated, 0, 0),
+            Order::new(Terminating, 1, 0),
+            Order::new(Terminating, 0, 1),
+        ];
+        for pair in ascending.windows(2) {
+            assert!(pair[0] < pair[1], "{:?} < {:?}", pair[0], pair[1]);
+        }
+    }
+
+    #[test]
+    fn positions_compare_generation_first() {
+        let at = |generation, order| Position { generation, order };
+        let terminated = Order::new(StatusPhase::Terminated, 9, 9);
+        let claimed = Order::new(StatusPhase::Claimed, 0, 0);
+        assert!(at(1, terminated) < at(2, claimed));
+        assert!(at(2, claimed) < at(2, terminated));
+    }
+
+    #[test]
+    fn same_job_message_ignores_attempt_and_stage() {
+        let deploying = Order::new(StatusPhase::Deploying, 3, 17);
+        let ready = Order::new(StatusPhase::Ready, 1, 17);
+        assert!(deploying.same_job_message(ready));
+        assert!(!deploying.same_job_message(Order::new(StatusPhase::Ready, 1, 18)));
+        assert!(!deploying.same_job_message(Order::new(StatusPhase::Terminating, 3, 17)));
+        let kept = deploying.with_stage_of(ready);
+        assert_eq!(
+            (kept.job_sequence(), kept.attempt(), kept.stage()),
+            (17, 3, Some(Stage::End(JobAction::Apply)))
+        );
+    }
+
+    #[test]
+    fn the_wire_form_is_the_plain_integer() {
+        let order = Order::new(StatusPhase::Ready, 2, 40);
+        let json = serde_json::to_string(&order).unwrap();
+        assert_eq!(json, order.get().to_string());
+        assert_eq!(serde_json::from_str::<Order>(&json).unwrap(), order);
+    }
 }

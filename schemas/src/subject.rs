@@ -89,6 +89,24 @@ pub fn status_subject(namespace: &str, name: &str) -> String {
     component_subject(STATUS_PREFIX, namespace, name)
 }
 
+/// Checks that a message about `namespace/name` arrived on `expected`, its own subject (the
+/// subject is who may publish it: per-namespace permissions); the error names both. `what`
+/// names the message (`job`, `status event`).
+pub fn check_own_subject(
+    what: &str,
+    subject: &str,
+    expected: &str,
+    (namespace, name): (&str, &str),
+) -> Result<(), String> {
+    if subject == expected {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} for component {namespace}/{name} was published on subject {subject}, not on {expected}: a {what} must come on its component's subject"
+        ))
+    }
+}
+
 /// The dead-letter subject of a Component.
 pub fn dlq_subject(namespace: &str, name: &str) -> String {
     component_subject(DLQ_PREFIX, namespace, name)

@@ -537,7 +537,11 @@ fn a_replayed_jobs_events_order_above_the_earlier_runs_at_any_attempt() {
     );
     // Every key fits Kubernetes' int64, even at the widest sequence and attempt.
     let widest = status(StatusPhase::TerminationFailed, u32::MAX, 4).for_job_sequence(u64::MAX);
-    assert!(i64::try_from(widest.order).is_ok(), "{}", widest.order);
+    assert!(
+        i64::try_from(widest.order.get()).is_ok(),
+        "{}",
+        widest.order
+    );
     // The wire keeps the sequence and the decoder checks the order against it.
     let wire = replay_ready.encode();
     assert_eq!(StatusEvent::decode(&wire).unwrap(), replay_ready);

@@ -1,6 +1,11 @@
 //! Operations plumbing shared by the helmq binaries: tracing setup (text or JSON), the small
 //! HTTP server for `/metrics`, `/healthz` and `/readyz`, the shutdown token that SIGTERM
-//! and Ctrl-C cancel, and the name this process goes by ([`instance_name`]).
+//! and Ctrl-C cancel, the name this process goes by ([`instance_name`]), and waiting between
+//! attempts ([`retry`]).
+// No production function over 80 lines of code (clippy.toml); tests may be longer tables.
+#![cfg_attr(not(test), warn(clippy::too_many_lines))]
+
+pub mod retry;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -22,6 +27,28 @@ pub struct LogArgs {
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info,helmq_worker=debug`.
     #[arg(long = "log", env = "RUST_LOG", default_value = "info")]
     pub filter: String,
+}
+
+/// Runs `check` now and then every `interval` until `shutdown`, marking `readiness` ready when
+/// it passes and not ready, with the reason it gives, when it fails.
+pub async fn keep_checking<F, Fut>(
+    readiness: &Readiness,
+    interval: std::time::Duration,
+    shutdown: &CancellationToken,
+    mut check: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    loop {
+        match check().await {
+            Ok(()) => readiness.ready(),
+            Err(reason) => readiness.not_ready(reason),
+        }
+        if !retry::pause(shutdown, interval).await {
+            return;
+        }
+    }
 }
 
 /// Installs the global tracing subscriber described by `args`.

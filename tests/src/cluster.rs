@@ -19,6 +19,8 @@ pub const NODES: usize = 3;
 
 /// How long a node or the cluster gets to come up.
 const START_DEADLINE: Duration = Duration::from_secs(90);
+/// Attempts to start a cluster, each on fresh ports (see [`NatsCluster::start_binary`]).
+const START_ATTEMPTS: usize = 3;
 /// How long all running nodes must name the same meta leader when it does not (yet) report
 /// its peers current.
 const AGREED_ENOUGH: Duration = Duration::from_secs(3);
@@ -52,12 +54,29 @@ impl NatsCluster {
         NatsCluster::start_binary(&binary)
     }
 
-    /// Starts a cluster of `binary`.
+    /// Starts a cluster of `binary`. Its ports are free when chosen but not held, so another
+    /// process may take one before a node binds it: a node that exits while the cluster forms
+    /// makes it start again on fresh ports, up to three times.
     pub fn start_binary(binary: &Path) -> NatsCluster {
+        let mut failures = Vec::new();
+        for _ in 0..START_ATTEMPTS {
+            match NatsCluster::try_start(binary) {
+                Ok(cluster) => return cluster,
+                Err(why) => failures.push(why),
+            }
+        }
+        panic!(
+            "the cluster did not start in {START_ATTEMPTS} attempts:\n{}",
+            failures.join("\n")
+        );
+    }
+
+    /// One attempt of [`start_binary`](Self::start_binary).
+    fn try_start(binary: &Path) -> Result<NatsCluster, String> {
         let root = tempfile::Builder::new()
             .prefix("helmq-cluster-")
             .tempdir()
-            .unwrap_or_else(|e| panic!("cannot create a temp dir for the cluster: {e}"));
+            .map_err(|e| format!("cannot create a temp dir for the cluster: {e}"))?;
         let ports = free_ports(NODES * 3);
         let nodes: Vec<Node> = (0..NODES)
             .map(|i| Node {
@@ -96,10 +115,10 @@ impl NatsCluster {
             _root: root,
         };
         for i in 0..NODES {
-            cluster.boot(i);
+            cluster.boot(i)?;
         }
-        cluster.wait_for_meta_leader();
-        cluster
+        cluster.wait_for_meta_leader()?;
+        Ok(cluster)
     }
 
     /// The client URL of node `i`, e.g. `nats://127.0.0.1:4222`.
@@ -152,8 +171,9 @@ impl NatsCluster {
     /// until it accepts clients and sees a meta leader.
     pub fn restart(&mut self, i: usize) {
         self.kill(i);
-        self.boot(i);
-        self.wait_for_meta_leader();
+        if let Err(why) = self.boot(i).and_then(|()| self.wait_for_meta_leader()) {
+            panic!("{why}");
+        }
     }
 
     /// The `server_name` of the leader of `stream`, from its stream info (`cluster.leader`);
@@ -187,11 +207,18 @@ impl NatsCluster {
     /// peers yet), or until they have agreed on the leader for [`AGREED_ENOUGH`]: a 2.10 meta
     /// leader with nothing to replicate was seen (in CI, under load) not to report its peers
     /// current for 30 s while all three nodes named it.
-    fn wait_for_meta_leader(&self) {
+    fn wait_for_meta_leader(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + START_DEADLINE;
         let mut seen = Vec::new();
         let mut agreed_since: Option<(Option<String>, Instant)> = None;
         while Instant::now() < deadline {
+            let exited = self.exited();
+            if !exited.is_empty() {
+                return Err(format!(
+                    "node(s) {exited:?} exited while the cluster formed; logs:\n{}",
+                    self.logs()
+                ));
+            }
             let running: Vec<usize> = (0..NODES).filter(|&i| self.is_running(i)).collect();
             seen = running
                 .iter()
@@ -212,21 +239,34 @@ impl NatsCluster {
                 .as_ref()
                 .is_some_and(|(_, since)| since.elapsed() >= AGREED_ENOUGH)
             {
-                return;
+                return Ok(());
             }
             if agreed
                 && let Some(leader) = leader.and_then(|name| self.index_of(&name))
                 && self.peers_current(leader, &running)
             {
-                return;
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!(
+        Err(format!(
             "the cluster has no JetStream meta leader with current peers after {START_DEADLINE:?} \
              (leaders seen: {seen:?}); logs:\n{}",
             self.logs()
-        );
+        ))
+    }
+
+    /// The names of the nodes started and not killed whose process has exited.
+    fn exited(&mut self) -> Vec<String> {
+        let mut exited = Vec::new();
+        for node in &mut self.nodes {
+            if let Some(child) = node.child.as_mut()
+                && child.try_wait().is_ok_and(|status| status.is_some())
+            {
+                exited.push(node.name.clone());
+            }
+        }
+        exited
     }
 
     /// Whether the meta leader `leader` reports every other node of `running` as current.
@@ -245,7 +285,7 @@ impl NatsCluster {
         })
     }
 
-    fn boot(&mut self, i: usize) {
+    fn boot(&mut self, i: usize) -> Result<(), String> {
         let node = &self.nodes[i];
         let log = node.dir.join("server.log");
         let mut command = Command::new(&self.binary);
@@ -258,13 +298,14 @@ impl NatsCluster {
         if let Err(e) = wait_ready(&mut child, node.port) {
             let _ = child.kill();
             let _ = child.wait();
-            panic!(
+            return Err(format!(
                 "nats-server node {} did not start: {e}; log:\n{}",
                 node.name,
                 std::fs::read_to_string(&log).unwrap_or_default()
-            );
+            ));
         }
         self.nodes[i].child = Some(child);
+        Ok(())
     }
 
     fn logs(&self) -> String {

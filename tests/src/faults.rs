@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use helmq_schemas::event::{StatusEvent, StatusPhase};
+use helmq_schemas::event::{Position, StatusEvent, StatusPhase};
 use serde::{Deserialize, Serialize};
 
 /// Errors reading or writing rows.
@@ -348,13 +348,13 @@ pub struct Regression {
     /// The Component's name.
     pub component: String,
     /// The position before.
-    pub from: (i64, u64),
+    pub from: Position,
     /// The lower position written after it.
-    pub to: (i64, u64),
+    pub to: Position,
 }
 
 /// Every step back in each Component's positions, given in the order they were written.
-pub fn regressions(writes: &BTreeMap<String, Vec<(i64, u64)>>) -> Vec<Regression> {
+pub fn regressions(writes: &BTreeMap<String, Vec<Position>>) -> Vec<Regression> {
     let mut out = Vec::new();
     for (component, positions) in writes {
         for pair in positions.windows(2) {
@@ -476,6 +476,7 @@ fn cell(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use helmq_schemas::event::Order;
 
     fn run(release: &str, uid: &str, start: f64, end: f64, completed: bool) -> Run {
         Run {
@@ -664,7 +665,14 @@ mod tests {
             (vec![(2, 1), (1, 5), (2, 2)], 1),
         ];
         for (positions, want) in cases {
-            let writes = BTreeMap::from([("c".to_owned(), positions.clone())]);
+            let written = positions
+                .iter()
+                .map(|&(generation, order)| Position {
+                    generation,
+                    order: Order::from_raw(order),
+                })
+                .collect();
+            let writes = BTreeMap::from([("c".to_owned(), written)]);
             assert_eq!(regressions(&writes).len(), want, "{positions:?}");
         }
     }

@@ -10,11 +10,13 @@
 //! [`cluster::NatsCluster`] starts three of them routed into one JetStream cluster.
 //!
 //! Also shared: [`wait`] (poll until a condition holds) and [`build`] (Components and Helm
-//! configs for tests), and [`faults`] (the fault suite's rows and invariant checks).
+//! configs for tests), [`faults`] (the fault suite's rows and invariant checks) and [`procfs`]
+//! (what `/proc` says about a process and the machine, for the tests and the benchmark).
 
 pub mod build;
 pub mod cluster;
 pub mod faults;
+pub mod procfs;
 pub mod wait;
 
 pub use cluster::NatsCluster;

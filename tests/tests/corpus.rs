@@ -443,6 +443,7 @@ async fn hostile_messages_are_dead_lettered_and_every_good_job_still_deploys() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    let letters: Vec<_> = letters.into_iter().map(|l| l.letter).collect();
     for case in &cases {
         let found = letters
             .iter()
@@ -475,7 +476,7 @@ async fn hostile_messages_are_dead_lettered_and_every_good_job_still_deploys() {
     assert_eq!(health.get(), Ok(()), "the pool stays ready");
     assert_eq!(metrics.in_flight.get(), 0);
     assert_eq!(metrics.panics.get(), 0);
-    assert!(!pipeline.pool.is_finished(), "the pool keeps running");
+    assert!(!pipeline.pool.task.is_finished(), "the pool keeps running");
     assert!(!pipeline.writer.is_finished(), "the writer keeps running");
     let applies = driver.calls().iter().filter(|c| c.op == "apply").count();
     assert_eq!(applies, good.len(), "helm ran for the good jobs only");

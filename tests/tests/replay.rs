@@ -19,8 +19,9 @@ use helmq_worker::driver::memory::Step;
 use helmq_worker::{MemoryDriver, Settings};
 use serde_json::json;
 
-const TRANSIENT: &str =
-    "Error: UPGRADE FAILED: another operation (install/upgrade/rollback) is in progress";
+/// A failure a retry can help with (the API server away), which the worker does not handle
+/// itself as it does Helm's "another operation in progress".
+const TRANSIENT: &str = "Error: Kubernetes cluster unreachable: Get \"https://10.0.0.1:6443/version\": dial tcp 10.0.0.1:6443: connect: connection refused";
 
 async fn wait_phase(store: &FakeComponentStore, phase: Phase) -> Component {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

@@ -133,10 +133,7 @@ fn free_port() -> u16 {
 }
 
 fn alive(pid: &str) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .contains(") Z ")
+    pid.parse().is_ok_and(helmq_tests::procfs::is_alive)
 }
 
 /// `up` starts NATS, the producer and the workers and records them; `down` stops exactly

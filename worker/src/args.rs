@@ -10,7 +10,7 @@ use helmq_schemas::component::parse_duration_flag;
 use crate::allowlist::{Allowlist, Refusal};
 use crate::driver::HelmCliSettings;
 use crate::policy::RetryPolicy;
-use crate::pool::Settings;
+use crate::settings::Settings;
 
 /// Pulls Helm jobs from JetStream, runs `helm upgrade --install` / `helm uninstall` and
 /// publishes status events.

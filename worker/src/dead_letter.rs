@@ -1,8 +1,7 @@
-//! Dead-lettering jobs: bad input ([`reject`]: dead-lettered once with the reason; the
-//! Component is told only when the payload is a valid job on its own subject), a final failure
-//! ([`bury`]), and jobs JetStream stopped delivering after `max_deliver`
-//! ([`watch_advisories`]). The copy is stored before the original is terminated or deleted,
-//! since both remove it from the work queue.
+//! Dead-lettering: the dead letter of a delivered job ([`letter`], stored by [`store`] before
+//! `settle` terminates the job), and jobs JetStream stopped delivering after `max_deliver`
+//! ([`watch_advisories`]: stored, then deleted). The copy is stored before the original is
+//! terminated or deleted, since both remove it from the work queue.
 //!
 //! A payload that cannot be decoded, or that names a Component other than its subject's, tells
 //! no Component: what it names cannot be believed, and a status for it would let any publisher
@@ -10,7 +9,7 @@
 
 use std::sync::Arc;
 
-use async_nats::jetstream::message::{AckKind, Message};
+use async_nats::jetstream::message::Message;
 use futures::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -18,86 +17,38 @@ use tracing::{debug, warn};
 use helmq_queue::StatusSink;
 use helmq_queue::dlq::{DeadLetter, dead_letter};
 use helmq_queue::topology::JOBS_STREAM;
-use helmq_schemas::event::{JobAction, JobEvent, StatusEvent, StatusPhase};
+use helmq_schemas::event::JobEvent;
 
-use crate::job::{Context, Delivery, Refused, Shared, check_subject};
-use crate::metrics::JobOutcome;
-use crate::readable::readable;
+use crate::admission::{check_subject, rejection_status};
+use crate::context::{Context, Delivery, Shared};
 
-/// Copies a delivered job to the dead-letter stream, then terminates it.
-pub(crate) async fn bury(
-    ctx: &Context,
-    message: &Message,
-    delivery: Delivery,
-    reason: String,
-) -> JobOutcome {
-    let letter = DeadLetter::of(
+/// The dead letter of a delivered job: its subject and payload, where it was in the jobs
+/// stream, how often it was delivered and why it is dead.
+pub(crate) fn letter(message: &Message, delivery: Delivery, reason: &str) -> DeadLetter {
+    DeadLetter::of(
         &message.subject,
         message.payload.clone(),
         (JOBS_STREAM, delivery.sequence),
         u64::from(delivery.attempt),
         reason,
-    );
-    if ctx
-        .persist("dead-letter the job", || dead_letter(&ctx.js, &letter))
-        .await
-        .is_none()
-    {
-        return ctx.give_back(message, None).await;
-    }
-    ctx.metrics.dead_letters.inc();
-    ctx.settle(message, AckKind::Term).await;
-    JobOutcome::Failed
-}
-
-/// Bad input: dead-letter it once with the reason and Term it; tell the Component only what
-/// [`Refused::told`] allows (a valid job on its own subject that this worker refuses).
-pub(crate) async fn reject<D, S: StatusSink>(
-    shared: &Shared<D, S>,
-    message: &Message,
-    delivery: Delivery,
-    refused: Refused,
-) -> JobOutcome {
-    let reason = refused.reason().to_owned();
-    warn!(%reason, "rejecting a job");
-    let ctx = &shared.ctx;
-    if let Some(job) = refused.told() {
-        let told = readable(reason.clone(), &reason);
-        let status = rejection_status(job, &told, delivery, &ctx.settings.worker_id);
-        let _ = shared.publish(&status).await;
-    }
-    match bury(ctx, message, delivery, reason).await {
-        JobOutcome::Failed => JobOutcome::Rejected,
-        other => other,
-    }
-}
-
-/// The `Failed` (or `TerminationFailed` for a delete) status of a refused `job` in this
-/// delivery, answering the job's id.
-pub(crate) fn rejection_status(
-    job: &JobEvent,
-    reason: &str,
-    delivery: Delivery,
-    worker: &str,
-) -> StatusEvent {
-    let phase = match job.action {
-        JobAction::Delete => StatusPhase::TerminationFailed,
-        JobAction::Apply => StatusPhase::Failed,
-    };
-    StatusEvent::new(
-        job.id.clone(),
-        job.component.clone(),
-        phase,
-        format!("job rejected: {reason}"),
-        delivery.attempt,
-        worker,
-        jiff::Timestamp::now(),
     )
-    .for_job_sequence(delivery.sequence)
+}
+
+/// Stores a dead letter, retrying with [`Context::persist`]'s patience, and counts it; `false`
+/// when it could not be stored.
+pub(crate) async fn store(ctx: &Context, letter: &DeadLetter) -> bool {
+    let stored = ctx
+        .persist("dead-letter the job", || dead_letter(&ctx.js, letter))
+        .await
+        .is_some();
+    if stored {
+        ctx.metrics.dead_letters.inc();
+    }
+    stored
 }
 
 /// Moves jobs that reached `max_deliver` to the dead-letter stream: JetStream stops delivering
-/// them but keeps them in the work queue (DESIGN §9). Every worker hears the advisory; the
+/// them but keeps them in the work queue (docs/ARCHITECTURE.md, "JetStream behaviours helmq relies on"). Every worker hears the advisory; the
 /// dead letter's dedupe id (stream + sequence) makes handling it twice harmless.
 pub(crate) async fn watch_advisories<D, S: StatusSink>(
     shared: Arc<Shared<D, S>>,
@@ -150,14 +101,9 @@ pub(crate) async fn watch_advisories<D, S: StatusSink>(
             deliveries,
             reason,
         );
-        if ctx
-            .persist("dead-letter the job", || dead_letter(&ctx.js, &letter))
-            .await
-            .is_none()
-        {
+        if !store(ctx, &letter).await {
             continue;
         }
-        ctx.metrics.dead_letters.inc();
         if let Err(e) = ctx.stream.delete_message(sequence).await {
             debug!(sequence, error = %e, "cannot delete the job (another worker may have)");
         }

@@ -22,8 +22,9 @@ pub use helm_cli::{CredentialsError, HelmCli, HelmCliSettings, OutputError};
 #[cfg(any(test, feature = "testing"))]
 pub use memory::MemoryDriver;
 
+use crate::failure::{Cause, HelmFailure};
 use crate::ownership::{Identity, Owner, OwnershipError};
-use crate::policy::{Failure, classify, classify_kubectl};
+use crate::policy::Failure;
 
 /// Why a driver call did not succeed. An error built on another keeps it as its
 /// [`source`](std::error::Error::source) and also says it in its own text, which is what
@@ -31,27 +32,26 @@ use crate::policy::{Failure, classify, classify_kubectl};
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
     /// Helm ran and failed.
-    #[error("helm {command} failed: {stderr}")]
+    #[error("helm {command} failed: {failure}")]
     Helm {
         /// The subcommand (`upgrade`, `uninstall`, ...).
         command: String,
         /// Its exit code (`None` when killed by a signal).
         exit_code: Option<i32>,
-        /// Its stderr, the `Error:` line first, without Helm's log lines, control characters
-        /// or the secrets the driver used, cut at 4 KiB with a marker (never holds values:
-        /// they are passed in a file).
-        stderr: String,
+        /// What its stderr says: class, cause and readable text (never holds values: they are
+        /// passed in a file). Boxed: it is large, and errors travel in every `Result`.
+        failure: Box<HelmFailure>,
     },
     /// kubectl ran and failed.
-    #[error("cannot {action}: {stderr}")]
+    #[error("cannot {action}: {failure}")]
     Kubectl {
         /// What kubectl was asked to do.
         action: KubectlAction,
         /// kubectl's exit code (`None` when killed by a signal).
         exit_code: Option<i32>,
-        /// kubectl's stderr, made readable and cut at 4 KiB as helm's is (its errors never hold
-        /// a Secret's data).
-        stderr: String,
+        /// What its stderr says, read with kubectl's own table (its errors never hold a
+        /// Secret's data).
+        failure: Box<HelmFailure>,
     },
     /// The command ran longer than its own timeout and was killed.
     #[error("{tool} {command} did not finish within {limit:?} and was killed")]
@@ -164,6 +164,17 @@ impl DriverError {
         }
     }
 
+    /// The common failure helm or kubectl reported, if it is one (what the status message
+    /// advises on).
+    pub fn cause(&self) -> Option<&Cause> {
+        match self {
+            DriverError::Helm { failure, .. } | DriverError::Kubectl { failure, .. } => {
+                failure.cause.as_ref()
+            }
+            _ => None,
+        }
+    }
+
     /// A [`DriverError::Local`]: `what` failed because of `source`.
     pub fn local(what: impl Into<String>, source: std::io::Error) -> DriverError {
         DriverError::Local {
@@ -172,16 +183,13 @@ impl DriverError {
         }
     }
 
-    /// Whether retrying can help. Helm's and kubectl's failures are classified by their own
-    /// stderr tables.
+    /// Whether retrying can help. Helm's and kubectl's failures have the class read from their
+    /// stderr where they ran.
     pub fn failure(&self) -> Failure {
         match self {
-            DriverError::Helm {
-                exit_code, stderr, ..
-            } => classify(*exit_code, stderr),
-            DriverError::Kubectl {
-                exit_code, stderr, ..
-            } => classify_kubectl(*exit_code, stderr),
+            DriverError::Helm { failure, .. } | DriverError::Kubectl { failure, .. } => {
+                failure.class
+            }
             DriverError::RegistryCredentials { .. } | DriverError::Ownership(_) => {
                 Failure::Permanent
             }
@@ -426,6 +434,36 @@ pub struct Apply<'a> {
     pub identity: &'a Identity,
     /// The owner stamped on the release and on a namespace the apply creates.
     pub owner: &'a Owner,
+    /// `helm install`, which fails with [`Cause::NameInUse`]
+    /// when the release exists, instead of `helm upgrade --install`: for a release helmq has
+    /// no record of, whose owner is not yet checked.
+    pub install: bool,
+}
+
+/// A Helm release by namespace and name: the key under which releases are kept (by the fake
+/// driver), so a namespace and a release name can never be swapped.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReleaseRef {
+    /// Its namespace.
+    pub namespace: String,
+    /// The release name.
+    pub release: String,
+}
+
+impl ReleaseRef {
+    /// Release `release` in `namespace`.
+    pub fn new(namespace: &str, release: &str) -> ReleaseRef {
+        ReleaseRef {
+            namespace: namespace.to_owned(),
+            release: release.to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for ReleaseRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.release)
+    }
 }
 
 /// The release a call acts on, and whose rights the call uses.
@@ -440,9 +478,14 @@ pub struct Target<'a> {
 }
 
 impl Target<'_> {
+    /// The release it names.
+    pub fn release_ref(&self) -> ReleaseRef {
+        ReleaseRef::new(self.namespace, self.release)
+    }
+
     /// `namespace/release`, for messages.
     pub fn describe(&self) -> String {
-        format!("{}/{}", self.namespace, self.release)
+        self.release_ref().to_string()
     }
 }
 
@@ -454,8 +497,13 @@ pub trait HelmDriver: Send + Sync + 'static {
     /// `--helm-grace`, between SIGTERM and SIGKILL). Lease deadlines leave room for it.
     fn grace(&self) -> Duration;
 
-    /// `helm upgrade --install` and wait for readiness, the release labelled with its owner and
-    /// the lease revision; a managed namespace is created with its owner's labels.
+    /// Registers the driver's own metrics (for [`HelmCli`]: `helm_processes`) in the worker's
+    /// registry (prefix `helmq_worker`); none by default.
+    fn register_metrics(&self, _registry: &mut prometheus_client::registry::Registry) {}
+
+    /// `helm upgrade --install` (or `helm install`, see [`Apply::install`]) and wait for
+    /// readiness, the release labelled with its owner and the lease revision; a managed
+    /// namespace is created with its owner's labels.
     fn apply(
         &self,
         request: Apply<'_>,
@@ -796,7 +844,7 @@ mod tests {
         let helm = |stderr: &str| DriverError::Helm {
             command: "upgrade".into(),
             exit_code: Some(1),
-            stderr: stderr.into(),
+            failure: Box::new(helm_cli::helm_failure(Some(1), stderr.into())),
         };
         assert_eq!(
             helm(
@@ -821,7 +869,7 @@ mod tests {
         let kubectl = |action: KubectlAction, stderr: &str| DriverError::Kubectl {
             action,
             exit_code: Some(1),
-            stderr: stderr.into(),
+            failure: Box::new(helm_cli::kubectl_failure(Some(1), stderr.into())),
         };
         let secret = || KubectlAction::ReadSecret {
             secret: "apps/creds".into(),

@@ -13,13 +13,16 @@
 //!   [`Intents::claim`] decides whether a job still runs. When an object is terminated its
 //!   final intent moves to `helmq_tombstones`, whose `max_age` expires it: a late copy of one of
 //!   its jobs (redelivered, retried, replayed) is skipped meanwhile, and nothing is kept for ever.
+//!   The same bucket holds one owner record per release helmq deployed ([`owner_key`]): the
+//!   [`Owner`] of the last run that succeeded on it, so a worker that finds its own Component
+//!   there runs Helm at once instead of asking Helm and the API server first (see `Prior` in
+//!   `helm_run.rs`).
 
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use async_nats::jetstream::Context;
 use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
-use futures::StreamExt as _;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
@@ -28,7 +31,9 @@ use helmq_queue::topology::{INTENTS_BUCKET, LEASES_BUCKET, TOMBSTONES_BUCKET};
 use helmq_schemas::event::{ComponentRef, JobEvent, StatusEvent};
 use helmq_schemas::subject::{component_key, encode_token};
 
-use crate::policy::{Decision, Intent, Outcome, Position, decide, latest, records};
+use crate::driver::ReleaseRef;
+use crate::ownership::Owner;
+use crate::policy::{Decision, Intent, Outcome, Precedence, decide, latest, records};
 
 /// The intents key of a job's target: `<namespace>.<name>.<uid>` (encoded), or
 /// `<namespace>.<name>` for an orchestrator's job without a uid. Intents of two objects that
@@ -39,6 +44,15 @@ pub fn intent_key(component: &ComponentRef) -> String {
         Some(uid) => format!("{key}.{}", encode_token(uid)),
         None => key,
     }
+}
+
+/// The key of a release's owner record in the intents bucket: `_release.<namespace>.<name>`
+/// (encoded). An encoded token never starts with `_r`, so no Component's key is ever one.
+pub fn owner_key(release: &ReleaseRef) -> String {
+    format!(
+        "_release.{}",
+        component_key(&release.namespace, &release.release)
+    )
 }
 
 /// Errors talking to the KV buckets.
@@ -235,8 +249,9 @@ impl Leases {
         }
     }
 
-    /// Runs `run` under `lease`. Before `run` is first polled the lease is renewed with
-    /// compare-and-set: when that fails (taken over, or not renewed before its cancel deadline),
+    /// Runs `run` under `lease`. Unless the lease was written less than
+    /// [`LeaseTiming::renew_every`] ago, it is renewed with compare-and-set before `run` is
+    /// first polled: when that fails (taken over, or not renewed before its cancel deadline),
     /// `run` never starts. Then it is renewed every [`LeaseTiming::renew_every`]; when it is
     /// taken over or cannot be renewed before [`LeaseTiming::cancel_at`], `cancel` is cancelled
     /// and `run` awaited to its end (its process killed within the grace). Returns `run`'s output
@@ -252,7 +267,10 @@ impl Leases {
         let held = Mutex::new(lease);
         let current =
             |held: &Mutex<Lease>| held.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        if let Err(lost) = self.renew_before_deadline(&held, holder, timing).await {
+        // A lease written less than a renewal period ago cannot have expired, so nobody can
+        // have taken it over: the renewal would only cost a round trip before Helm starts.
+        let fresh = current(&held).written_at.elapsed() < timing.renew_every;
+        if !fresh && let Err(lost) = self.renew_before_deadline(&held, holder, timing).await {
             return (Err(lost), current(&held));
         }
         let renewals = async {
@@ -322,6 +340,15 @@ impl Leases {
     }
 }
 
+/// A Helm run of a job as counted in its intent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    /// Its number, from 1: the attempt the budget is measured by.
+    pub number: u32,
+    /// The intent's revision once the run was counted.
+    pub revision: u64,
+}
+
 /// The latest intent per Component object, and the final intents of terminated ones.
 #[derive(Debug, Clone)]
 pub struct Intents {
@@ -364,6 +391,11 @@ impl Intents {
         })
     }
 
+    /// The intents bucket, for the worker's shared watch.
+    pub(crate) fn bucket(&self) -> kv::Store {
+        self.kv.clone()
+    }
+
     /// The live intent under `key` and its revision.
     pub async fn get(&self, key: &str) -> Result<Option<(Intent, u64)>, KvError> {
         read(&self.kv, key).await
@@ -377,7 +409,7 @@ impl Intents {
     /// The intent a job under `key` is measured against: the live one, or the tombstone when
     /// that is at least as new (see [`latest`]). The tombstone is only read when the live intent
     /// alone would let the job run, so the common paths cost one read.
-    pub async fn current(&self, key: &str, job: Position) -> Result<Option<Intent>, KvError> {
+    pub async fn current(&self, key: &str, job: Precedence) -> Result<Option<Intent>, KvError> {
         let live = self.get(key).await?.map(|(i, _)| i);
         if decide(job, live.as_ref()) != Decision::Run {
             return Ok(live);
@@ -393,16 +425,27 @@ impl Intents {
         intent: &Intent,
         revision: Option<u64>,
     ) -> Result<bool, KvError> {
+        Ok(self.write_if(key, intent, revision).await?.is_some())
+    }
+
+    /// Writes `intent` if the key is still at `revision` (`None`: absent) and returns its new
+    /// revision; `None` on a conflict.
+    async fn write_if(
+        &self,
+        key: &str,
+        intent: &Intent,
+        revision: Option<u64>,
+    ) -> Result<Option<u64>, KvError> {
         let value = encode_intent(key, intent)?;
         match revision {
             None => match self.kv.create(key, value).await {
-                Ok(_) => Ok(true),
-                Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Ok(false),
+                Ok(revision) => Ok(Some(revision)),
+                Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Ok(None),
                 Err(e) => Err(request("create", key)(e)),
             },
             Some(revision) => match self.kv.update(key, value, revision).await {
-                Ok(_) => Ok(true),
-                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(false),
+                Ok(revision) => Ok(Some(revision)),
+                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(None),
                 Err(e) => Err(request("update", key)(e)),
             },
         }
@@ -410,7 +453,7 @@ impl Intents {
 
     /// Decides whether `job` runs, recording it as the newest intent when it is newer.
     pub async fn claim(&self, key: &str, job: &JobEvent) -> Result<Decision, KvError> {
-        let position = Position::of(job);
+        let position = Precedence::of(job);
         loop {
             let live = self.get(key).await?;
             let live_intent = live.as_ref().map(|(i, _)| i);
@@ -432,84 +475,138 @@ impl Intents {
     }
 
     /// Counts a Helm run of `job` and returns its number (from 1), the attempt its budget is
-    /// measured by; `None` when the live intent is no longer this job's (a newer one replaced
-    /// it, or it ended meanwhile).
-    pub async fn begin_run(&self, key: &str, job: &JobEvent) -> Result<Option<u32>, KvError> {
+    /// measured by, and the intent's revision after the count; `None` when the live intent is
+    /// no longer this job's (a newer one replaced it, or it ended meanwhile).
+    pub async fn begin_run(&self, key: &str, job: &JobEvent) -> Result<Option<Run>, KvError> {
         loop {
-            let Some((mut intent, revision)) = self.get(key).await? else {
+            let Some((intent, revision)) = self.get(key).await? else {
                 return Ok(None);
             };
-            if intent.position() != Position::of(job) || intent.outcome != Outcome::Running {
+            if intent.precedence() != Precedence::of(job) || intent.outcome != Outcome::Running {
                 return Ok(None);
             }
-            intent.runs = intent.runs.saturating_add(1);
-            if self.put_if(key, &intent, Some(revision)).await? {
-                return Ok(Some(intent.runs));
+            if let Some(run) = self.count_run(key, job, Some(&(intent, revision))).await? {
+                return Ok(Some(run));
             }
         }
     }
 
+    /// Records `job` as its object's running intent and counts a Helm run of it, in one
+    /// compare-and-set against `live` (the live intent as last read, `None`: there was none),
+    /// for a job [`decide`] lets run: a job newer than `live` (or rerunning a failed one) starts
+    /// at run 1, the job `live` already names counts one more. `None` when the intent changed
+    /// since it was read.
+    pub async fn count_run(
+        &self,
+        key: &str,
+        job: &JobEvent,
+        live: Option<&(Intent, u64)>,
+    ) -> Result<Option<Run>, KvError> {
+        let intent = match live {
+            Some((intent, _)) if !records(Precedence::of(job), Some(intent)) => Intent {
+                runs: intent.runs.saturating_add(1),
+                ..intent.clone()
+            },
+            _ => Intent {
+                runs: 1,
+                ..Intent::running(job)
+            },
+        };
+        let revision = self.write_if(key, &intent, live.map(|(_, r)| *r)).await?;
+        Ok(revision.map(|revision| Run {
+            number: intent.runs,
+            revision,
+        }))
+    }
+
     /// Records how `job` ended, unless a newer intent replaced it meanwhile. A terminated
-    /// object's final intent becomes its tombstone and its live intent is removed.
+    /// object's final intent becomes its tombstone and its live intent is removed. `run` is the
+    /// job's run as this worker counted it, when it did: while the intent is still at the
+    /// revision of that count (the common case) it is written without being read first.
     pub async fn finish(
         &self,
         key: &str,
         job: &JobEvent,
         outcome: Outcome,
         status: &StatusEvent,
+        run: Option<Run>,
     ) -> Result<(), KvError> {
         let mut done = Intent {
             outcome,
             last_status: Some(status.clone()),
             ..Intent::running(job)
         };
+        if let Some(run) = run {
+            done.runs = run.number;
+            if self.end_at(key, &done, Some(run.revision)).await? {
+                return Ok(());
+            }
+        }
         loop {
             let current = self.get(key).await?;
             if let Some((intent, _)) = &current {
-                if intent.position() != Position::of(job) {
+                if intent.precedence() != Precedence::of(job) {
                     return Ok(());
                 }
                 done.runs = intent.runs;
             }
-            if outcome == Outcome::Terminated {
-                // Tombstone first: a copy of the job that arrives between the two writes still
-                // finds a record of the object's end.
-                self.tombstones
-                    .put(key, encode_intent(key, &done)?)
-                    .await
-                    .map_err(|e| request("put tombstone", key)(e))?;
-                let Some((_, revision)) = current else {
-                    return Ok(());
-                };
-                match self.kv.purge_expect_revision(key, Some(revision)).await {
-                    Ok(()) => return Ok(()),
-                    // Changed meanwhile: look again.
-                    Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => continue,
-                    Err(e) => return Err(request("purge", key)(e)),
-                }
-            }
-            if self.put_if(key, &done, current.map(|(_, r)| r)).await? {
+            if self.end_at(key, &done, current.map(|(_, r)| r)).await? {
                 return Ok(());
             }
         }
     }
 
-    /// Resolves with the newer position once an intent newer than `position` is recorded.
-    /// Pends forever if the watch cannot be set up or ends (the job then simply runs on).
-    pub async fn newer_than(&self, key: &str, position: Position) -> Position {
-        match self.kv.watch_with_history(key).await {
-            Ok(mut watch) => {
-                while let Some(entry) = watch.next().await {
-                    let Ok(entry) = entry else { continue };
-                    if let Ok(intent) = serde_json::from_slice::<Intent>(&entry.value)
-                        && intent.position() > position
-                    {
-                        return intent.position();
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, key, "cannot watch the intent"),
+    /// Writes the end `done` over the live intent at `revision` (`None`: there is none): for a
+    /// terminated object the tombstone, then the live intent's removal; else one
+    /// compare-and-set. `false` when the live intent is no longer at that revision.
+    async fn end_at(
+        &self,
+        key: &str,
+        done: &Intent,
+        revision: Option<u64>,
+    ) -> Result<bool, KvError> {
+        if done.outcome != Outcome::Terminated {
+            return self.put_if(key, done, revision).await;
         }
-        std::future::pending().await
+        // Tombstone first: a copy of the job that arrives between the two writes still finds a
+        // record of the object's end.
+        self.tombstones
+            .put(key, encode_intent(key, done)?)
+            .await
+            .map_err(|e| request("put tombstone", key)(e))?;
+        let Some(revision) = revision else {
+            return Ok(true);
+        };
+        match self.kv.purge_expect_revision(key, Some(revision)).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(false),
+            Err(e) => Err(request("purge", key)(e)),
+        }
+    }
+
+    /// The owner helmq last deployed `release` for; `None` when there is no (readable) record.
+    pub async fn owner(&self, release: &ReleaseRef) -> Result<Option<Owner>, KvError> {
+        let key = owner_key(release);
+        let entry = self.kv.entry(&key).await.map_err(request("get", &key))?;
+        Ok(entry
+            .filter(|e| e.operation == Operation::Put)
+            .and_then(|e| serde_json::from_slice(&e.value).ok()))
+    }
+
+    /// Records that `release` was deployed for `owner`.
+    pub async fn record_owner(&self, release: &ReleaseRef, owner: &Owner) -> Result<(), KvError> {
+        let key = owner_key(release);
+        let value = serde_json::to_vec(owner).map_err(request("encode", &key))?;
+        self.kv
+            .put(&key, value.into())
+            .await
+            .map(drop)
+            .map_err(request("put", &key))
+    }
+
+    /// Forgets the owner of an uninstalled `release`.
+    pub async fn forget_owner(&self, release: &ReleaseRef) -> Result<(), KvError> {
+        let key = owner_key(release);
+        self.kv.purge(&key).await.map_err(request("purge", &key))
     }
 }

@@ -2,24 +2,42 @@
 //! pull jobs one at a time from the shared durable consumer on `HELMQ_JOBS`, run Helm through
 //! a [`driver::HelmDriver`] with a lease per release, and publish status events.
 //!
-//! Modules: [`args`] (flags), [`allowlist`] (chart sources and namespaces), [`policy`] (pure
-//! decisions), [`driver`] (the Helm seam,
+//! Modules: [`args`] (flags), [`settings`] (what the flags decide), [`allowlist`] (chart
+//! sources and namespaces), [`policy`] (pure decisions), [`failure`] (a failed helm or kubectl
+//! run: class, cause and readable text), [`driver`] (the Helm seam,
 //! [`driver::HelmCli`] and `driver::MemoryDriver`), [`exclusivity`] (leases and latest intent
-//! on KV), [`pool`] (slots and drain), `job` (one job from delivery to settlement),
-//! `dead_letter` (rejects, final failures, jobs past `max_deliver`), [`readable`] (status
-//! messages that say what to do next), [`metrics`].
+//! on KV), [`pool`] (slots and drain), `context` (what a pool's jobs share), `admission`
+//! (whether a payload is a job this worker takes), `job` (one job from delivery to the
+//! settlement it asks for), `helm_run` (a job's Helm work, lease held), `settle` (the one
+//! place a job's message is acked, Nak'ed or dead-lettered), `dead_letter` (dead letters and
+//! jobs past `max_deliver`), [`readable`] (status messages that say what to do next),
+//! [`metrics`].
+//!
+//! Who uses whom (a module uses only modules below it, never one above):
+//! `pool` → `job` → `helm_run` → `driver`; `pool`, `job` → `settle` → `dead_letter` →
+//! `admission` → `context` → `exclusivity`, `metrics`, `settings` → `policy`, `allowlist`;
+//! `driver`, `readable`, `admission` → `failure` → `policy`.
+// No production function over 80 lines of code (clippy.toml); tests may be longer tables.
+#![cfg_attr(not(test), warn(clippy::too_many_lines))]
 
+mod admission;
 pub mod allowlist;
 pub mod args;
+mod context;
 mod dead_letter;
 pub mod driver;
 pub mod exclusivity;
+pub mod failure;
+mod helm_run;
+mod intent_watch;
 mod job;
 pub mod metrics;
 pub mod ownership;
 pub mod policy;
 pub mod pool;
 pub mod readable;
+pub mod settings;
+mod settle;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,7 +54,10 @@ pub use args::Args;
 pub use driver::MemoryDriver;
 pub use driver::{HelmCli, HelmDriver};
 pub use metrics::Metrics;
-pub use pool::{Settings, run_pool};
+#[cfg(feature = "testing")]
+pub use pool::SpawnedPool;
+pub use pool::run_pool;
+pub use settings::Settings;
 
 /// How often `/readyz` re-checks the connection and the topology.
 const READINESS_INTERVAL: Duration = Duration::from_secs(5);
@@ -103,6 +124,7 @@ pub async fn run<D: HelmDriver>(
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
+    driver.register_metrics(registry.sub_registry_with_prefix("helmq_worker"));
     metrics.allow_any(&allowlist, args.allow_shared_releases);
     metrics.single_tenant(args.default_service_account.as_deref());
     let readiness = Readiness::default();
@@ -159,18 +181,11 @@ async fn watch_readiness(
     readiness: Readiness,
     shutdown: CancellationToken,
 ) {
-    loop {
+    helmq_telemetry::keep_checking(&readiness, READINESS_INTERVAL, &shutdown, || async {
         if client.connection_state() != async_nats::connection::State::Connected {
-            readiness.not_ready("not connected to NATS");
-        } else {
-            match topology.check(&js).await {
-                Ok(()) => readiness.ready(),
-                Err(e) => readiness.not_ready(e.to_string()),
-            }
+            return Err("not connected to NATS".to_owned());
         }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(READINESS_INTERVAL) => {}
-        }
-    }
+        topology.check(&js).await.map_err(|e| e.to_string())
+    })
+    .await;
 }

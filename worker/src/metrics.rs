@@ -1,5 +1,6 @@
-//! The worker's Prometheus metrics: jobs by outcome, job and Helm durations, jobs in flight,
-//! retries, dead letters, lease waits, NATS operations retried and open allowlists.
+//! The worker's Prometheus metrics: jobs by outcome, job and Helm durations, Helm failures by
+//! cause, jobs in flight, retries, dead letters, lease waits, NATS operations retried and open
+//! allowlists.
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -64,6 +65,8 @@ pub struct Metrics {
     pub nats_retries: Counter,
     /// Jobs whose handling panicked (each dead-lettered with reason `panic: ...`).
     pub panics: Counter,
+    /// Helm runs that failed, by cause (`other` when it is none of the common ones).
+    helm_failures: Family<Labels, Counter>,
     /// 1 for each allowlist the operator opened with `--allow-any-*` (`what`: `source`,
     /// `namespace`) and for `--allow-shared-releases` (`shared-releases`), else 0.
     allow_any: Family<Labels, Gauge>,
@@ -85,6 +88,7 @@ impl Metrics {
             lease_waits: Counter::default(),
             nats_retries: Counter::default(),
             panics: Counter::default(),
+            helm_failures: Family::default(),
             allow_any: Family::default(),
             single_tenant: Gauge::default(),
         };
@@ -130,6 +134,18 @@ impl Metrics {
             "Jobs whose handling panicked; each was dead-lettered",
             metrics.panics.clone(),
         );
+        // Every cause from the start, at 0: a panel or alert over them has a series to show.
+        for cause in crate::failure::Cause::LABELS.iter().chain(&["other"]) {
+            metrics
+                .helm_failures
+                .get_or_create(&vec![("cause", *cause)])
+                .inc_by(0);
+        }
+        sub.register(
+            "helm_failures",
+            "Helm runs that failed, by cause",
+            metrics.helm_failures.clone(),
+        );
         sub.register(
             "allow_any",
             "1 where the operator allowed any chart source or namespace (--allow-any-*) or shared releases (--allow-shared-releases)",
@@ -161,6 +177,14 @@ impl Metrics {
                 .get_or_create(&vec![("what", what)])
                 .set(i64::from(open));
         }
+    }
+
+    /// Counts a failed Helm run with this cause.
+    pub fn helm_failure(&self, cause: Option<&crate::failure::Cause>) {
+        let cause = cause.map_or("other", crate::failure::Cause::label);
+        self.helm_failures
+            .get_or_create(&vec![("cause", cause)])
+            .inc();
     }
 
     /// Counts a finished job.

@@ -58,7 +58,7 @@ pub enum OwnershipError {
 }
 
 /// The owner of what helmq creates for a job.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Owner {
     /// The Component's (or the orchestrator job subject's) namespace.
     pub namespace: String,

@@ -1,10 +1,11 @@
-//! The worker's decisions as pure functions: how a Helm failure is classified, how long to wait
-//! before a retry, whether a job still matches the latest intent of its Component, what to do
-//! after an attempt (the allowlist is in [`crate::allowlist`]).
+//! The worker's decisions as pure functions: whether a failure of a given class is retried (the
+//! driver reads the class from helm's or kubectl's output, into the `failure` module's
+//! `HelmFailure`), how long to wait before a retry, whether a job still matches the latest
+//! intent of its Component, what to do after an attempt (the allowlist is in
+//! [`crate::allowlist`]).
 
 use std::time::Duration;
 
-use backon::BackoffBuilder as _;
 use helmq_schemas::event::{JobAction, JobEvent, StatusEvent};
 use serde::{Deserialize, Serialize};
 
@@ -15,114 +16,6 @@ pub enum Failure {
     Permanent,
     /// The cluster, the network or another operation got in the way: retry later.
     Transient,
-}
-
-/// Rendering and validation errors: the chart and values cannot work, whatever else the text
-/// says (a template parse error can mention `unexpected EOF`).
-const RENDERING: &[&str] = &[
-    "parse error",
-    "template:",
-    "yaml parse error",
-    "yaml: line",
-    "unable to build kubernetes objects from release manifest",
-    "values don't meet the specifications of the schema",
-    "is not a valid chart",
-    "exists and cannot be imported into the current release",
-    "chart requires kubeversion",
-    "invalid chart reference",
-    "unknown flag",
-];
-
-/// The API server refused the job's account (RBAC): only a change to its grants helps. Checked
-/// first, since the refused object's name can be any word.
-const FORBIDDEN: &[&str] = &[" is forbidden: user "];
-
-/// Texts that mean "try again later": the cluster, the network or another operation.
-const TRANSIENT: &[&str] = &[
-    "connection refused",
-    "connection reset",
-    "i/o timeout",
-    "context deadline exceeded",
-    "timed out waiting for the condition",
-    "another operation (install/upgrade/rollback) is in progress",
-    "kubernetes cluster unreachable",
-    "tls handshake timeout",
-    "no such host",
-    "eof",
-    "500 internal server error",
-    "502 bad gateway",
-    "503 service unavailable",
-    "504 gateway timeout",
-    "too many requests",
-    "etcdserver",
-    "the server is currently unable to handle the request",
-    "http2: client connection lost",
-];
-
-/// Chart or version missing; checked after [`TRANSIENT`], since a 503 while fetching an index
-/// also says `failed to fetch`.
-const MISSING_CHART: &[&str] = &[
-    "not found in",
-    "failed to fetch",
-    "404 not found",
-    "no chart name found",
-    "no chart version found",
-];
-
-/// Classifies a failed Helm command by its exit code and stderr. Anything not known to be
-/// permanent is transient: the attempt budget bounds it.
-pub fn classify(exit_code: Option<i32>, stderr: &str) -> Failure {
-    if exit_code.is_none() {
-        // Killed by a signal (OOM, timeout): nothing about the job itself.
-        return Failure::Transient;
-    }
-    // "X is not a valid chart repository or cannot be reached" is about the repository.
-    let text = stderr
-        .to_lowercase()
-        .replace("is not a valid chart repository", "chart repository");
-    if FORBIDDEN.iter().chain(RENDERING).any(|t| text.contains(t)) {
-        return Failure::Permanent;
-    }
-    if TRANSIENT.iter().any(|t| text.contains(t)) || has_5xx(&text) {
-        return Failure::Transient;
-    }
-    if MISSING_CHART.iter().any(|t| text.contains(t)) {
-        return Failure::Permanent;
-    }
-    Failure::Transient
-}
-
-/// kubectl's texts for an object that does not exist (a registry Secret) or that the worker may
-/// not read or delete (RBAC): only a change to the cluster helps, not a retry.
-const KUBECTL_PERMANENT: &[&str] = &[
-    "error from server (notfound)",
-    "error from server (forbidden)",
-];
-
-/// Classifies a failed kubectl command (`get secret` of a registry login, `delete namespace`) by
-/// its exit code and stderr, never with Helm's table: a missing Secret or an object the worker
-/// may not touch is permanent; anything else (the API server unreachable, overloaded or
-/// failing, a conflict, expired credentials) is transient. The permanent texts are checked
-/// first since the object's name, which is in them, can be any word.
-pub fn classify_kubectl(exit_code: Option<i32>, stderr: &str) -> Failure {
-    if exit_code.is_none() {
-        return Failure::Transient;
-    }
-    let text = stderr.to_lowercase();
-    if KUBECTL_PERMANENT.iter().any(|t| text.contains(t)) {
-        Failure::Permanent
-    } else {
-        Failure::Transient
-    }
-}
-
-/// `status code 5xx` / `: 5xx ` in an HTTP error from a repository or registry.
-fn has_5xx(text: &str) -> bool {
-    text.match_indices("status code").any(|(i, m)| {
-        text[i + m.len()..]
-            .trim_start_matches([':', ' '])
-            .starts_with('5')
-    })
 }
 
 /// Delays between attempts: capped exponential backoff with jitter (backon).
@@ -150,32 +43,24 @@ impl RetryPolicy {
     /// The delay before the attempt after `attempt` (1-based): `min × 2^(attempt-1)`, plus up to
     /// the same again as jitter, never more than `max`.
     pub fn delay(&self, attempt: u32) -> Duration {
-        let mut builder = backon::ExponentialBuilder::default()
-            .with_min_delay(self.min)
-            .with_max_delay(self.max)
-            .with_factor(2.0)
-            .with_max_times(attempt.max(1) as usize);
-        if self.jitter {
-            builder = builder.with_jitter();
-        }
-        builder.build().last().unwrap_or(self.min).min(self.max)
+        helmq_telemetry::retry::backoff(self.min, self.max, attempt, self.jitter)
     }
 }
 
 /// What a job does, ordered inside one Component: a later generation wins, and at the same
 /// generation a delete (deletion does not bump the generation) wins over an apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Position {
+pub struct Precedence {
     /// `metadata.generation`.
     pub generation: i64,
     /// Apply, or delete (which orders after apply).
     pub action: JobAction,
 }
 
-impl Position {
+impl Precedence {
     /// The position of a job.
-    pub fn of(job: &JobEvent) -> Position {
-        Position {
+    pub fn of(job: &JobEvent) -> Precedence {
+        Precedence {
             generation: job.component.generation,
             action: job.action,
         }
@@ -231,8 +116,8 @@ impl Intent {
     }
 
     /// Its position.
-    pub fn position(&self) -> Position {
-        Position {
+    pub fn precedence(&self) -> Precedence {
+        Precedence {
             generation: self.generation,
             action: self.action,
         }
@@ -247,7 +132,7 @@ pub enum Decision {
     /// A newer generation (or a delete) was requested: ack without running Helm.
     Superseded {
         /// The newer position.
-        by: Position,
+        by: Precedence,
     },
     /// The same intent already succeeded: publish its terminal status again and ack.
     AlreadyDone(Box<StatusEvent>),
@@ -255,11 +140,11 @@ pub enum Decision {
 
 /// Compares a job with the latest intent. A failed intent is run again: a replayed dead letter
 /// must be able to retry the same generation.
-pub fn decide(job: Position, intent: Option<&Intent>) -> Decision {
+pub fn decide(job: Precedence, intent: Option<&Intent>) -> Decision {
     let Some(intent) = intent else {
         return Decision::Run;
     };
-    let latest = intent.position();
+    let latest = intent.precedence();
     if job < latest {
         return Decision::Superseded { by: latest };
     }
@@ -274,15 +159,17 @@ pub fn decide(job: Position, intent: Option<&Intent>) -> Decision {
 
 /// Whether a job that runs is recorded as its object's newest intent: when it is newer than the
 /// live intent (or there is none), or when it runs a failed intent again.
-pub fn records(job: Position, live: Option<&Intent>) -> bool {
-    live.is_none_or(|i| job > i.position() || (job == i.position() && i.outcome == Outcome::Failed))
+pub fn records(job: Precedence, live: Option<&Intent>) -> bool {
+    live.is_none_or(|i| {
+        job > i.precedence() || (job == i.precedence() && i.outcome == Outcome::Failed)
+    })
 }
 
 /// The intent a job is measured against, from the object's live intent and the tombstone of its
 /// end: whichever is newer, the tombstone at equal positions (it is the finished one).
 pub fn latest<'a>(live: Option<&'a Intent>, tombstone: Option<&'a Intent>) -> Option<&'a Intent> {
     match (live, tombstone) {
-        (Some(live), Some(tombstone)) if live.position() > tombstone.position() => Some(live),
+        (Some(live), Some(tombstone)) if live.precedence() > tombstone.precedence() => Some(live),
         (live, None) => live,
         (_, tombstone) => tombstone,
     }
@@ -342,208 +229,6 @@ mod tests {
     use helmq_schemas::event::{ComponentRef, StatusPhase};
 
     #[test]
-    fn helm_failures_are_classified_by_their_stderr() {
-        let cases: &[(Option<i32>, &str, Failure)] = &[
-            (
-                Some(1),
-                r#"Error: chart "nginx" version "9.9.9" not found in https://charts.example.com repository"#,
-                Failure::Permanent,
-            ),
-            (
-                Some(1),
-                "Error: failed to fetch https://charts.example.com/nginx-1.0.0.tgz : 404 Not Found",
-                Failure::Permanent,
-            ),
-            (
-                Some(1),
-                "Error: parse error at (nginx/templates/deployment.yaml:12): unexpected EOF",
-                Failure::Permanent,
-            ),
-            (
-                Some(1),
-                "Error: looks like \"https://x.io\" is not a valid chart repository or cannot be reached: failed to fetch https://x.io/index.yaml : 404 Not Found",
-                Failure::Permanent,
-            ),
-            (
-                Some(1),
-                "Error: template: nginx/templates/svc.yaml:3:4: executing \"x\" at <.Values.x>: nil pointer",
-                Failure::Permanent,
-            ),
-            (
-                Some(1),
-                "Error: YAML parse error on nginx/templates/cm.yaml: error converting YAML to JSON",
-                Failure::Permanent,
-            ),
-            (
-                Some(1),
-                "Error: UPGRADE FAILED: unable to build kubernetes objects from release manifest: resource mapping not found",
-                Failure::Permanent,
-            ),
-            (
-                Some(1),
-                "Error: values don't meet the specifications of the schema(s) in the following chart(s):\nnginx:\n- replicas: Invalid type",
-                Failure::Permanent,
-            ),
-            (
-                Some(1),
-                "Error: file '/tmp/x.tgz' is not a valid chart",
-                Failure::Permanent,
-            ),
-            (
-                Some(1),
-                "Error: rendered manifests contain a resource that already exists. Unable to continue with install: ConfigMap \"x\" in namespace \"y\" exists and cannot be imported into the current release",
-                Failure::Permanent,
-            ),
-            (
-                Some(1),
-                "Error: Kubernetes cluster unreachable: Get \"https://10.0.0.1:6443/version\": dial tcp 10.0.0.1:6443: connect: connection refused",
-                Failure::Transient,
-            ),
-            (
-                Some(1),
-                "Error: UPGRADE FAILED: another operation (install/upgrade/rollback) is in progress",
-                Failure::Transient,
-            ),
-            // A tenant's account refused by RBAC, whatever the object is called.
-            (
-                Some(1),
-                "Error: clusterrolebindings.rbac.authorization.k8s.io \"eof-timeout\" is forbidden: User \"system:serviceaccount:team-a:helmq-deployer\" cannot create resource \"clusterrolebindings\" in API group \"rbac.authorization.k8s.io\" at the cluster scope",
-                Failure::Permanent,
-            ),
-            (
-                Some(1),
-                "Error: query: failed to query with labels: secrets is forbidden: User \"system:serviceaccount:team-a:helmq-deployer\" cannot list resource \"secrets\" in API group \"\" in the namespace \"team-b\"",
-                Failure::Permanent,
-            ),
-            (
-                Some(1),
-                "Error: INSTALLATION FAILED: context deadline exceeded",
-                Failure::Transient,
-            ),
-            (
-                Some(1),
-                "Error: UPGRADE FAILED: timed out waiting for the condition",
-                Failure::Transient,
-            ),
-            (
-                Some(1),
-                "Error: looks like \"https://charts.example.com\" is not a valid chart repository or cannot be reached: Get \"https://charts.example.com/index.yaml\": dial tcp: lookup charts.example.com: no such host",
-                Failure::Transient,
-            ),
-            (
-                Some(1),
-                "Error: Get \"https://charts.example.com/index.yaml\": net/http: TLS handshake timeout",
-                Failure::Transient,
-            ),
-            (
-                Some(1),
-                "Error: failed to fetch https://charts.example.com/index.yaml : 503 Service Unavailable",
-                Failure::Transient,
-            ),
-            (
-                Some(1),
-                "Error: unexpected status code 502 from registry",
-                Failure::Transient,
-            ),
-            (
-                Some(1),
-                "Error: read tcp 10.0.0.2:5000->10.0.0.1:443: i/o timeout",
-                Failure::Transient,
-            ),
-            (Some(1), "Error: unexpected EOF", Failure::Transient),
-            (
-                Some(1),
-                "something nobody has seen before",
-                Failure::Transient,
-            ),
-            (None, "", Failure::Transient),
-        ];
-        for (code, stderr, want) in cases {
-            assert_eq!(classify(*code, stderr), *want, "{stderr}");
-        }
-    }
-
-    #[test]
-    fn kubectl_failures_are_classified_by_their_stderr() {
-        let cases: &[(Option<i32>, &str, Failure)] = &[
-            (
-                Some(1),
-                r#"Error from server (Forbidden): namespaces "apps" is forbidden: User "system:serviceaccount:helmq:worker" cannot delete resource "namespaces" in API group "" in the namespace "apps""#,
-                Failure::Permanent,
-            ),
-            (
-                Some(1),
-                r#"Error from server (Conflict): Operation cannot be fulfilled on namespaces "apps": The system is ensuring all content is removed from this namespace.  Upon completion, this namespace will automatically be purged by the system."#,
-                Failure::Transient,
-            ),
-            (
-                Some(1),
-                "Error from server (Timeout): the server was unable to return a response in the time allotted, but may still be processing the request (delete namespaces apps)",
-                Failure::Transient,
-            ),
-            (
-                Some(1),
-                r#"Error from server (NotFound): secrets "registry-creds" not found"#,
-                Failure::Permanent,
-            ),
-            (
-                Some(1),
-                r#"Error from server (NotFound): namespaces "nope" not found"#,
-                Failure::Permanent,
-            ),
-            (
-                Some(1),
-                r#"Error from server (NotFound): secrets "eof" not found"#,
-                Failure::Permanent,
-            ),
-            (
-                Some(1),
-                r#"Error from server (Forbidden): secrets "registry-creds" is forbidden: User "system:serviceaccount:helmq:worker" cannot get resource "secrets" in API group "" in the namespace "apps""#,
-                Failure::Permanent,
-            ),
-            (
-                Some(1),
-                "The connection to the server 10.0.0.1:6443 was refused - did you specify the right host or port?",
-                Failure::Transient,
-            ),
-            (
-                Some(1),
-                "Unable to connect to the server: dial tcp: lookup api.cluster.local: no such host",
-                Failure::Transient,
-            ),
-            (
-                Some(1),
-                "Unable to connect to the server: net/http: TLS handshake timeout",
-                Failure::Transient,
-            ),
-            (
-                Some(1),
-                "Error from server (ServiceUnavailable): the server is currently unable to handle the request",
-                Failure::Transient,
-            ),
-            (
-                Some(1),
-                "Error from server (InternalError): an error on the server (\"\") has prevented the request from succeeding",
-                Failure::Transient,
-            ),
-            (
-                Some(1),
-                "error: You must be logged in to the server (Unauthorized)",
-                Failure::Transient,
-            ),
-            (
-                Some(1),
-                "something nobody has seen before",
-                Failure::Transient,
-            ),
-            (None, "", Failure::Transient),
-        ];
-        for (code, stderr, want) in cases {
-            assert_eq!(classify_kubectl(*code, stderr), *want, "{stderr}");
-        }
-    }
-
-    #[test]
     fn retry_delays_grow_and_are_capped() {
         let policy = RetryPolicy {
             min: Duration::from_secs(1),
@@ -566,8 +251,8 @@ mod tests {
         }
     }
 
-    fn job(generation: i64, action: JobAction) -> Position {
-        Position { generation, action }
+    fn job(generation: i64, action: JobAction) -> Precedence {
+        Precedence { generation, action }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The worker pool: `concurrency` slots, each pulling one job at a time from the shared durable
-//! consumer and handing it to `job`, plus the MAX_DELIVERIES advisory watcher.
+//! consumer, handing it to `job` and having `settle` carry out what the job decided, plus the
+//! MAX_DELIVERIES advisory watcher.
 //!
 //! Shutdown: the `shutdown` token stops the slots from pulling; running jobs get
 //! `drain_deadline` to finish, then the hard-stop token cancels them and their messages are
@@ -12,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::Context as JetStream;
 use async_nats::jetstream::consumer::PullConsumer;
-use async_nats::jetstream::message::{AckKind, Message};
+use async_nats::jetstream::message::Message;
 use futures::{FutureExt as _, StreamExt as _};
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
@@ -21,76 +23,20 @@ use helmq_queue::StatusSink;
 use helmq_queue::topology::{JOBS_STREAM, WORKERS_CONSUMER};
 use helmq_telemetry::Readiness;
 
-use crate::allowlist::Allowlist;
-use crate::dead_letter::{self, watch_advisories};
+use crate::context::{Context, Delivery, Shared};
+use crate::dead_letter::watch_advisories;
 use crate::driver::HelmDriver;
 use crate::exclusivity::{Intents, KvError, LeaseTiming, Leases, TimingError};
-use crate::job::{Context, Delivery, Shared, handle};
+use crate::intent_watch::IntentWatch;
+use crate::job::handle;
 use crate::metrics::Metrics;
-use crate::policy::RetryPolicy;
+use crate::settings::Settings;
+use crate::settle::{Buried, Settlement, settle};
+use helmq_telemetry::retry::{backoff, pause};
 
 /// Subject of the advisory JetStream sends when a job reached `max_deliver`.
 pub fn max_deliveries_subject() -> String {
     format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{JOBS_STREAM}.{WORKERS_CONSUMER}")
-}
-
-/// How the pool behaves.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// Worker id in status events and lease values.
-    pub worker_id: String,
-    /// Jobs at once.
-    pub concurrency: usize,
-    /// Attempts (deliveries) per job before a transient failure becomes final.
-    pub max_attempts: u32,
-    /// Delays between attempts.
-    pub retry: RetryPolicy,
-    /// Allowed chart sources and namespaces (any, by default: the binary always sets it from
-    /// its required flags).
-    pub allowlist: Allowlist,
-    /// Time running jobs get to finish after shutdown starts.
-    pub drain_deadline: Duration,
-    /// Longest wait for a release lease before the job is given back with a short delay.
-    pub lease_wait: Duration,
-    /// How long one pull request waits for a job (also bounds how fast a slot notices shutdown).
-    pub fetch_expires: Duration,
-    /// Longest job timeout accepted; a job asking for more is rejected.
-    pub max_timeout: Duration,
-    /// How long a job keeps retrying one NATS operation (status publish, intent write,
-    /// dead letter, ack) before it gives up and leaves the message to be redelivered.
-    pub nats_patience: Duration,
-    /// Where the pool reports that it cannot work any more (a slot or the advisory task ended
-    /// on its own): `/readyz` turns red.
-    pub health: Readiness,
-    /// The ServiceAccount, in each job's Component namespace, that jobs without
-    /// `config.serviceAccountName` run as (`--default-service-account`); `None` with no
-    /// such field runs Helm with the worker's own rights (single-tenant mode).
-    pub default_service_account: Option<String>,
-    /// Act on releases whatever their owner labels say (`--allow-shared-releases`): several
-    /// Components may then share one release, as the original controller allowed. Off by
-    /// default: a job acts only on a release its own Component (or subject) owns.
-    pub allow_shared_releases: bool,
-}
-
-impl Settings {
-    /// Defaults for a worker called `worker_id`.
-    pub fn new(worker_id: impl Into<String>) -> Settings {
-        Settings {
-            worker_id: worker_id.into(),
-            concurrency: 4,
-            max_attempts: 5,
-            retry: RetryPolicy::default(),
-            allowlist: Allowlist::any(),
-            drain_deadline: Duration::from_secs(60),
-            lease_wait: Duration::from_secs(60),
-            fetch_expires: Duration::from_secs(2),
-            max_timeout: Duration::from_secs(3600),
-            nats_patience: Duration::from_secs(120),
-            health: Readiness::default(),
-            default_service_account: None,
-            allow_shared_releases: false,
-        }
-    }
 }
 
 /// Errors that stop the pool from starting.
@@ -126,6 +72,73 @@ where
     D: HelmDriver,
     S: StatusSink + 'static,
 {
+    let (ctx, consumer) = open(js, driver.grace(), settings, metrics).await?;
+    let advisories = client
+        .subscribe(max_deliveries_subject())
+        .await
+        .map_err(|e| PoolError::Advisory(e.to_string()))?;
+    let shared = Arc::new(Shared {
+        ctx,
+        driver,
+        status,
+    });
+    let ctx = &shared.ctx;
+    info!(
+        worker = %ctx.settings.worker_id,
+        concurrency = ctx.settings.concurrency,
+        ack_wait = ?ctx.ack_wait,
+        lease_ttl = ?ctx.leases.ttl(),
+        lease_renewal = ?ctx.timing.renew_every,
+        helm_grace = ?ctx.timing.grace,
+        "worker pool started"
+    );
+
+    let mut advisory_task = tokio::spawn(watch_advisories(
+        shared.clone(),
+        advisories,
+        shutdown.clone(),
+    ));
+    let mut slots = JoinSet::new();
+    for slot in 0..ctx.settings.concurrency.max(1) {
+        slots.spawn(run_slot(
+            shared.clone(),
+            consumer.clone(),
+            slot,
+            shutdown.clone(),
+        ));
+    }
+    watch_capacity(
+        &ctx.settings.health,
+        &mut slots,
+        &mut advisory_task,
+        &shutdown,
+    )
+    .await;
+    info!(deadline = ?ctx.settings.drain_deadline, "shutting down: finishing running jobs");
+    let drained = tokio::time::timeout(ctx.settings.drain_deadline, async {
+        while slots.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!("drain deadline passed: cancelling running jobs and returning them to the queue");
+        ctx.hard_stop.cancel();
+        while slots.join_next().await.is_some() {}
+    }
+    advisory_task.abort();
+    ctx.watch.stop();
+    info!("worker pool stopped");
+    Ok(())
+}
+
+/// Opens what the pool's jobs share: the jobs stream, the workers' consumer (and its
+/// `ack_wait`), the lease and intent buckets, and the lease timing for a driver whose cancelled
+/// runs take up to `grace` to end.
+async fn open(
+    js: JetStream,
+    grace: Duration,
+    settings: Settings,
+    metrics: Metrics,
+) -> Result<(Context, PullConsumer), PoolError> {
     let stream = js
         .get_stream(JOBS_STREAM)
         .await
@@ -140,92 +153,56 @@ where
         .map(|i| i.config.ack_wait)
         .map_err(|e| PoolError::Consumer(e.to_string()))?;
     let leases = Leases::open(&js).await?;
-    let timing = LeaseTiming::new(leases.ttl(), driver.grace())?;
+    let timing = LeaseTiming::new(leases.ttl(), grace)?;
     let intents = Intents::open(&js).await?;
-    let advisories = client
-        .subscribe(max_deliveries_subject())
-        .await
-        .map_err(|e| PoolError::Advisory(e.to_string()))?;
-    let shared = Arc::new(Shared {
-        ctx: Context {
-            js,
-            stream,
-            settings,
-            metrics,
-            leases,
-            intents,
-            timing,
-            ack_wait,
-            hard_stop: CancellationToken::new(),
-        },
-        driver,
-        status,
-    });
-    let ctx = &shared.ctx;
-    info!(
-        worker = %ctx.settings.worker_id,
-        concurrency = ctx.settings.concurrency,
-        ack_wait = ?ack_wait,
-        lease_ttl = ?ctx.leases.ttl(),
-        lease_renewal = ?ctx.timing.renew_every,
-        helm_grace = ?ctx.timing.grace,
-        "worker pool started"
-    );
+    let watch = IntentWatch::start(intents.bucket()).await?;
+    let ctx = Context {
+        js,
+        stream,
+        settings,
+        metrics,
+        leases,
+        intents,
+        watch,
+        timing,
+        ack_wait,
+        hard_stop: CancellationToken::new(),
+    };
+    Ok((ctx, consumer))
+}
 
-    let mut advisory_task = tokio::spawn(watch_advisories(
-        shared.clone(),
-        advisories,
-        shutdown.clone(),
-    ));
-    let mut slots = tokio::task::JoinSet::new();
-    for slot in 0..ctx.settings.concurrency.max(1) {
-        slots.spawn(run_slot(
-            shared.clone(),
-            consumer.clone(),
-            slot,
-            shutdown.clone(),
-        ));
-    }
-
-    // Until shutdown, a slot or the advisory task ending means this worker lost part of its
-    // capacity: say so on /readyz, so the orchestrator replaces the process.
+/// Waits for `shutdown`. Until then, a slot or the advisory task ending means this worker lost
+/// part of its capacity: say so on /readyz, so the orchestrator replaces the process.
+async fn watch_capacity(
+    health: &Readiness,
+    slots: &mut JoinSet<()>,
+    advisory_task: &mut JoinHandle<()>,
+    shutdown: &CancellationToken,
+) {
     loop {
         tokio::select! {
-            () = shutdown.cancelled() => break,
+            () = shutdown.cancelled() => return,
             ended = slots.join_next() => {
                 let why = match ended {
                     Some(Err(e)) => format!("a worker slot stopped: {e}"),
                     _ => "a worker slot stopped".to_owned(),
                 };
                 tracing::error!(%why, "worker pool degraded");
-                ctx.settings.health.broken(why);
+                health.broken(why);
                 if slots.is_empty() {
                     shutdown.cancelled().await;
-                    break;
+                    return;
                 }
             }
-            ended = &mut advisory_task => {
+            ended = &mut *advisory_task => {
                 let why = format!("the max-deliveries advisory watcher stopped: {ended:?}");
                 tracing::error!(%why, "worker pool degraded");
-                ctx.settings.health.broken(why);
+                health.broken(why);
                 shutdown.cancelled().await;
-                break;
+                return;
             }
         }
     }
-    info!(deadline = ?ctx.settings.drain_deadline, "shutting down: finishing running jobs");
-    let drained = tokio::time::timeout(ctx.settings.drain_deadline, async {
-        while slots.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        warn!("drain deadline passed: cancelling running jobs and returning them to the queue");
-        ctx.hard_stop.cancel();
-        while slots.join_next().await.is_some() {}
-    }
-    advisory_task.abort();
-    info!("worker pool stopped");
-    Ok(())
 }
 
 /// One slot: pull one job, process it, repeat until shutdown.
@@ -237,7 +214,7 @@ async fn run_slot<D: HelmDriver, S: StatusSink + 'static>(
 ) {
     let mut failures = 0u32;
     while !shutdown.is_cancelled() {
-        // One message per pull: a prefetched message would sit unacked at shutdown (DESIGN §9).
+        // One message per pull: a prefetched message would sit unacked at shutdown (docs/ARCHITECTURE.md, "JetStream behaviours helmq relies on").
         let batch = consumer
             .fetch()
             .max_messages(1)
@@ -267,7 +244,7 @@ async fn run_slot<D: HelmDriver, S: StatusSink + 'static>(
             failures = 0;
             if shutdown.is_cancelled() {
                 // Arrived after shutdown began: give it straight back.
-                shared.ctx.settle(&message, AckKind::Nak(None)).await;
+                settle(&shared.ctx, &message, Settlement::GIVE_BACK).await;
                 continue;
             }
             process(&shared, message).await;
@@ -277,55 +254,50 @@ async fn run_slot<D: HelmDriver, S: StatusSink + 'static>(
 
 /// Pause after `failures` failed NATS operations in a row: 200 ms doubling to 5 s.
 fn backoff_step(failures: u32) -> Duration {
-    Duration::from_millis(100u64.saturating_mul(1u64 << failures.min(6)).min(5000))
+    backoff(
+        Duration::from_millis(200),
+        Duration::from_secs(5),
+        failures,
+        false,
+    )
 }
 
-/// Sleeps for `delay`, or until `token` is cancelled.
-pub(crate) async fn pause(token: &CancellationToken, delay: Duration) {
-    tokio::select! {
-        () = token.cancelled() => {}
-        () = tokio::time::sleep(delay) => {}
-    }
-}
-
-/// Processes one delivery and records its metrics.
+/// Processes one delivery, settles it and records its metrics.
 async fn process<D: HelmDriver, S: StatusSink + 'static>(shared: &Shared<D, S>, message: Message) {
     let started = Instant::now();
-    let (attempt, sequence) = match message.info() {
-        Ok(info) => (
-            u32::try_from(info.delivered).unwrap_or(u32::MAX),
-            info.stream_sequence,
-        ),
+    let ctx = &shared.ctx;
+    let delivery = match Delivery::of(&message) {
+        Ok(delivery) => delivery,
         Err(e) => {
             warn!(error = %e, "message without JetStream metadata; returning it");
-            shared.ctx.settle(&message, AckKind::Nak(None)).await;
+            settle(ctx, &message, Settlement::GIVE_BACK).await;
             return;
         }
     };
-    let metrics = &shared.ctx.metrics;
+    let metrics = &ctx.metrics;
     metrics.in_flight.inc();
     let span = info_span!(
         "job",
         job_id = tracing::field::Empty,
-        seq = sequence,
-        attempt
+        seq = delivery.sequence,
+        attempt = delivery.attempt
     );
-    let delivery = Delivery { attempt, sequence };
     let job = AssertUnwindSafe(handle(shared, &message, delivery, &span).instrument(span.clone()))
         .catch_unwind()
         .await;
-    let outcome = match job {
-        Ok(outcome) => outcome,
-        Err(panic) => {
-            // A bug met by this job must not cost the slot: dead-letter the job and carry on.
-            let what = panic_text(panic.as_ref());
-            span.in_scope(|| tracing::error!(panic = %what, "job panicked; dead-lettering it"));
-            metrics.panics.inc();
-            dead_letter::bury(&shared.ctx, &message, delivery, format!("panic: {what}"))
-                .instrument(span.clone())
-                .await
+    let settlement = job.unwrap_or_else(|panic| {
+        // A bug met by this job must not cost the slot: dead-letter the job and carry on.
+        let what = panic_text(panic.as_ref());
+        span.in_scope(|| tracing::error!(panic = %what, "job panicked; dead-lettering it"));
+        metrics.panics.inc();
+        Settlement::Bury {
+            reason: format!("panic: {what}"),
+            cause: Buried::Failed,
         }
-    };
+    });
+    let outcome = settle(ctx, &message, settlement)
+        .instrument(span.clone())
+        .await;
     metrics.in_flight.dec();
     metrics.job(outcome);
     metrics
@@ -341,6 +313,68 @@ pub(crate) fn panic_text(panic: &(dyn Any + Send)) -> String {
         .map(|s| (*s).to_owned())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a panic without a message".to_owned())
+}
+
+/// An in-process pool on a task of its own (feature `testing`): the one way tests and the
+/// benchmark start a pool without the worker binary.
+#[cfg(feature = "testing")]
+#[derive(Debug)]
+pub struct SpawnedPool {
+    /// Cancel it to stop the pool (it drains first).
+    pub shutdown: CancellationToken,
+    /// The pool's task.
+    pub task: JoinHandle<Result<(), PoolError>>,
+    /// The pool's metrics.
+    pub metrics: Metrics,
+}
+
+#[cfg(feature = "testing")]
+impl SpawnedPool {
+    /// Starts a pool on `client` with `driver` and `settings`; `sink` builds where its status
+    /// events go from the pool's JetStream context.
+    pub fn spawn<D, S>(
+        client: async_nats::Client,
+        driver: D,
+        settings: Settings,
+        sink: impl FnOnce(JetStream) -> S,
+    ) -> SpawnedPool
+    where
+        D: HelmDriver,
+        S: StatusSink + 'static,
+    {
+        let js = async_nats::jetstream::new(client.clone());
+        let metrics = Metrics::register(&mut prometheus_client::registry::Registry::default());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run_pool(
+            js.clone(),
+            client,
+            Arc::new(driver),
+            sink(js),
+            settings,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+        SpawnedPool {
+            shutdown,
+            task,
+            metrics,
+        }
+    }
+
+    /// Stops the pool and waits for its drain. For tests: panics when the pool ended with an
+    /// error or panicked, so the test fails there.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        match self.task.await {
+            Ok(result) => result.expect("the pool ended with an error"),
+            // Aborted from outside: nothing more to report.
+            Err(join) => {
+                if let Ok(panic) = join.try_into_panic() {
+                    std::panic::resume_unwind(panic);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

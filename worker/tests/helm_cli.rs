@@ -50,6 +50,7 @@ impl Fixture {
                     lease_revision: 1,
                     identity: &WORKER,
                     owner: &owner(),
+                    install: false,
                 },
                 cancel,
             )
@@ -274,6 +275,7 @@ async fn cancelling_a_run_kills_the_helm_process() {
             lease_revision: 1,
             identity: &WORKER,
             owner: &owner,
+            install: false,
         },
         &cancel,
     );
@@ -298,9 +300,8 @@ async fn cancelling_a_run_kills_the_helm_process() {
         Duration::from_secs(10),
         "the helm process to be gone",
         || async {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
             // Gone, or a zombie about to be reaped.
-            stat.is_none_or(|s| s.contains(") Z ")).then_some(())
+            gone(pid).then_some(())
         },
     )
     .await;
@@ -319,7 +320,7 @@ async fn upgrade_pid(state: &Path) -> u64 {
 
 /// Whether process `pid` is gone (or a zombie about to be reaped).
 fn gone(pid: u64) -> bool {
-    !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+    u32::try_from(pid).is_ok_and(|pid| !helmq_tests::procfs::is_alive(pid))
 }
 
 /// The lines of the fake's terminated.log.
@@ -418,6 +419,7 @@ async fn a_time_limit_sends_sigterm_first() {
                 lease_revision: 1,
                 identity: &WORKER,
                 owner: &owner(),
+                install: false,
             },
             &cancel,
         )
@@ -556,6 +558,7 @@ async fn a_tenants_apply_runs_as_its_account_and_labels_the_release_and_its_name
         lease_revision: 7,
         identity,
         owner: &owner,
+        install: false,
     };
     f.cli.apply(apply(&tenant), &cancel).await.unwrap();
 

@@ -161,6 +161,7 @@ impl Fixture {
                     lease_revision: 1,
                     identity: &Identity::Worker,
                     owner: &owner,
+                    install: false,
                 },
                 &CancellationToken::new(),
             )

@@ -146,7 +146,7 @@ async fn two_worker_processes_never_overlap_on_a_release_and_finish_every_job() 
             assert!(pair[1].0 >= pair[0].1, "{release}: {pair:?} overlap");
         }
     }
-    assert_eq!(env.jobs_left().await, 0);
+    env.no_jobs_left().await;
 }
 
 #[tokio::test]
@@ -174,7 +174,7 @@ async fn a_job_of_a_killed_worker_is_redelivered_and_its_stuck_release_recovered
     let victim = eventually(Duration::from_secs(120), "the second upgrade", || async {
         lines(state.join("calls.log"))
             .iter()
-            .filter(|c| c["argv"][0] == "upgrade")
+            .filter(|c| matches!(c["argv"][0].as_str(), Some("install" | "upgrade")))
             .nth(1)
             .map(|c| c["worker"].as_str().unwrap().to_owned())
     })
@@ -247,7 +247,7 @@ async fn sigterm_with_jobs_in_flight_loses_none() {
         || async {
             let upgrades = lines(state.join("calls.log"))
                 .iter()
-                .filter(|c| c["argv"][0] == "upgrade")
+                .filter(|c| matches!(c["argv"][0].as_str(), Some("install" | "upgrade")))
                 .count();
             (upgrades == 3).then_some(())
         },
@@ -267,7 +267,7 @@ async fn sigterm_with_jobs_in_flight_loses_none() {
         (ready_count(&env).await == 6).then_some(())
     })
     .await;
-    assert_eq!(env.jobs_left().await, 0);
+    env.no_jobs_left().await;
     // The interrupted jobs come back (attempt 2, or later while the releases they left pending
     // are younger than the lease TTL and so not provably stale); the others ran once.
     let mut redelivered: Vec<_> = env
@@ -340,7 +340,7 @@ async fn sigterm_lets_running_jobs_finish_within_the_deadline_and_serves_operati
     eventually(Duration::from_secs(120), "two upgrades running", || async {
         let upgrades = lines(state.join("calls.log"))
             .iter()
-            .filter(|c| c["argv"][0] == "upgrade")
+            .filter(|c| matches!(c["argv"][0].as_str(), Some("install" | "upgrade")))
             .count();
         (upgrades == 2).then_some(())
     })
@@ -358,6 +358,12 @@ async fn sigterm_lets_running_jobs_finish_within_the_deadline_and_serves_operati
         let line = format!("helmq_worker_allow_any{{what=\"{what}\"}} 0");
         assert!(metrics.contains(&line), "{line} in {metrics}");
     }
+    // New releases: one `helm install` each and no `helm status` before it.
+    assert!(
+        metrics.contains("helmq_worker_helm_processes_total{subcommand=\"install\"} 2"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("subcommand=\"status\""), "{metrics}");
     let exit = terminate(&mut worker).await;
     assert!(exit.success());
     // The two running jobs finished; the two never pulled are still queued.

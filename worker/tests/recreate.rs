@@ -81,7 +81,7 @@ async fn a_component_deleted_and_created_again_under_the_same_name_deploys() {
         1,
         "the new object installed the release afresh"
     );
-    assert_eq!(env.jobs_left().await, 0);
+    env.no_jobs_left().await;
     pool.stop().await;
 }
 

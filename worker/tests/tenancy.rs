@@ -15,9 +15,21 @@ fn mutations(driver: &MemoryDriver) -> Vec<(&'static str, String)> {
     driver
         .calls()
         .into_iter()
-        .filter(|c| !matches!(c.op, "status" | "labels" | "history"))
+        .filter(|c| !matches!(c.op, "status" | "labels" | "history" | "refused"))
         .map(|c| (c.op, c.release))
         .collect()
+}
+
+/// A deployed revision without helmq's labels, as `helm install` by hand leaves it.
+fn deployed(revision: i64) -> helmq_worker::driver::Revision {
+    helmq_worker::driver::Revision {
+        revision,
+        status: "deployed".into(),
+        chart: "nginx-1.0.0".into(),
+        description: "Install complete".into(),
+        updated: Some(jiff::Timestamp::now()),
+        lease_revision: None,
+    }
 }
 
 #[tokio::test]
@@ -76,18 +88,7 @@ async fn a_release_without_owner_labels_is_taken_over_only_when_adopted() {
     let env = Env::start(fast_topology()).await;
     let driver = MemoryDriver::new();
     // Installed by hand: a release record without helmq's labels.
-    driver.set_history(
-        "apps",
-        "legacy",
-        vec![helmq_worker::driver::Revision {
-            revision: 1,
-            status: "deployed".into(),
-            chart: "nginx-1.0.0".into(),
-            description: "Install complete".into(),
-            updated: Some(jiff::Timestamp::now()),
-            lease_revision: None,
-        }],
-    );
+    driver.set_history("apps", "legacy", vec![deployed(1)]);
     let pool = env.pool(driver.clone(), settings("w")).await;
     env.publish(&apply("web", 1, "legacy")).await;
     let failed = eventually(Duration::from_secs(20), "Failed", || async {
@@ -172,8 +173,14 @@ async fn every_call_of_a_job_runs_as_the_tenants_service_account() {
     let driver = MemoryDriver::new();
     let mut s = settings("w");
     s.default_service_account = Some("helmq-deployer".into());
+    // A release helmq has no record of: the job reads it (status, owner labels) before it
+    // adopts it, so reads are among the calls too.
+    driver.set_history("apps", "web", vec![deployed(1)]);
     let pool = env.pool(driver.clone(), s).await;
-    env.publish(&apply("web", 1, "web")).await;
+    let mut adopting = config("web", "apps");
+    adopting.adopt = true;
+    env.publish(&job("web", 1, JobAction::Apply, adopting))
+        .await;
     let mut own = config("api", "apps");
     own.service_account_name = Some("api-deployer".into());
     env.publish(&job("api", 1, JobAction::Apply, own.clone()))
@@ -190,7 +197,20 @@ async fn every_call_of_a_job_runs_as_the_tenants_service_account() {
     })
     .await;
     let calls = driver.calls();
-    assert!(calls.len() >= 6, "{calls:?}");
+    let ops: std::collections::BTreeSet<_> = calls.iter().map(|c| c.op).collect();
+    assert_eq!(
+        ops,
+        [
+            "apply",
+            "delete-namespace",
+            "labels",
+            "refused",
+            "status",
+            "uninstall"
+        ]
+        .into(),
+        "{calls:?}"
+    );
     for call in &calls {
         // The tenant is the Component's namespace ("team"), never the release namespace.
         let want = match call.release.as_str() {

@@ -4,6 +4,7 @@ pub mod helmcli;
 pub mod memory;
 pub mod pipeline;
 pub mod raw;
+pub mod round_trips;
 pub mod scaling;
 
 use std::time::Duration;

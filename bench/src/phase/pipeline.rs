@@ -11,8 +11,7 @@ use helmq_producer::store::fake::{FakeComponentStore, FakeEventStore};
 use helmq_producer::writer::{EventRecorder, Writer, WriterConfig};
 use helmq_queue::JetStreamStatus;
 use helmq_schemas::JobEvent;
-use helmq_worker::{Metrics, Settings};
-use prometheus_client::registry::Registry;
+use helmq_worker::{Settings, SpawnedPool};
 use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -57,22 +56,15 @@ impl InProcess {
         let mut tasks = Vec::new();
         for pool in 0..ctx.pools {
             let client = env.connect().await?;
-            let js = async_nats::jetstream::new(client.clone());
             let mut settings = Settings::new(format!("bench-{pool}"));
             settings.concurrency = ctx.slots;
             let driver = BenchDriver::default().with_probe(probe.clone());
-            let metrics = Metrics::register(&mut Registry::default());
-            let run = helmq_worker::run_pool(
-                js.clone(),
-                client.clone(),
-                Arc::new(driver),
-                JetStreamStatus::new(js),
-                settings,
-                metrics,
-                stop.clone(),
-            );
+            let pool = SpawnedPool::spawn(client.clone(), driver, settings, JetStreamStatus::new);
+            let token = stop.clone();
             tasks.push(tokio::spawn(async move {
-                if let Err(error) = run.await {
+                token.cancelled().await;
+                pool.shutdown.cancel();
+                if let Ok(Err(error)) = pool.task.await {
                     eprintln!("worker pool stopped: {error}");
                 }
             }));

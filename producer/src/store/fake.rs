@@ -30,7 +30,7 @@ use tokio::sync::broadcast;
 
 pub use super::fake_events::FakeEventStore;
 pub use super::fake_lease::FakeLeaseStore;
-use super::{Change, ComponentStore, ErrorClass, Listing, StoreError, key_of};
+use super::{Change, ComponentStore, ErrorClass, Listing, ObjectKey, Observed, StoreError};
 
 /// Changes buffered per watcher before it is considered lagging (it then re-lists, as a real
 /// watch does after a "resource version too old").
@@ -50,18 +50,23 @@ struct Inner {
 
 #[derive(Debug, Default)]
 struct State {
-    objects: BTreeMap<(String, String), Component>,
+    objects: BTreeMap<ObjectKey, Component>,
     last_rv: u64,
     last_uid: u64,
     unavailable: bool,
     /// Components whose client writes fail, and how.
-    failing: BTreeMap<(String, String), ErrorClass>,
+    failing: BTreeMap<ObjectKey, ErrorClass>,
     /// Random failures of every call, when set.
     random: Option<Random>,
     /// Failures injected by [`FakeComponentStore::set_random_faults`] so far, by kind.
     injected: InjectedFaults,
     /// Status writes lose `handlerStatus.issuedJob`, as with a CRD older than the producer.
     old_crd: bool,
+    /// `get_cached` answers with the version before each object's last change (nothing for
+    /// an object changed only once), as a watch cache that lags one change behind.
+    lagging_cache: bool,
+    /// Each object's version before its last change (kept while `lagging_cache` is set).
+    previous: BTreeMap<ObjectKey, Component>,
 }
 
 /// Random failures of API calls: what [`FakeComponentStore::set_random_faults`] takes.
@@ -153,6 +158,11 @@ impl FakeComponentStore {
     fn notify(&self, change: Change) {
         // No receiver is fine: nobody watches yet.
         let _ = self.inner.events.send(change);
+    }
+
+    /// Makes `get_cached` lag one change behind every object (or answer like `get` again).
+    pub fn set_lagging_cache(&self, lagging: bool) {
+        self.state().lagging_cache = lagging;
     }
 
     /// Makes status writes drop `handlerStatus.issuedJob` (or keep it again), as an API server
@@ -252,7 +262,7 @@ impl FakeComponentStore {
         match self.draw(true) {
             Draw::Pass => self.checked_write(component, change),
             Draw::Fail(StoreError::Conflict { .. }) => {
-                let (namespace, name) = key_of(component);
+                let ObjectKey { namespace, name } = ObjectKey::of(component);
                 Err(StoreError::Conflict { namespace, name })
             }
             Draw::Fail(error) => Err(error),
@@ -273,29 +283,26 @@ impl FakeComponentStore {
     pub fn fail_component(&self, namespace: &str, name: &str, class: ErrorClass) {
         self.state()
             .failing
-            .insert((namespace.to_owned(), name.to_owned()), class);
+            .insert(ObjectKey::new(namespace, name), class);
     }
 
     /// Ends [`Self::fail_component`] for `namespace/name`.
     pub fn clear_failure(&self, namespace: &str, name: &str) {
         self.state()
             .failing
-            .remove(&(namespace.to_owned(), name.to_owned()));
+            .remove(&ObjectKey::new(namespace, name));
     }
 
     /// Creates `component` as a user would: assigns uid, resourceVersion, generation 1 and
     /// the creation timestamp. Refuses an existing name.
     pub fn create(&self, mut component: Component) -> Result<Component, StoreError> {
-        let (namespace, name) = key_of(&component);
+        let key = ObjectKey::of(&component);
         let created = {
             let mut state = self.state();
-            if state
-                .objects
-                .contains_key(&(namespace.clone(), name.clone()))
-            {
+            if state.objects.contains_key(&key) {
                 return Err(StoreError::Rejected {
                     code: 409,
-                    message: format!("components {name:?} already exists"),
+                    message: format!("components {:?} already exists", key.name),
                 });
             }
             state.last_uid += 1;
@@ -307,7 +314,7 @@ impl FakeComponentStore {
             meta.generation = Some(1);
             meta.creation_timestamp = Some(Time(jiff::Timestamp::now()));
             meta.deletion_timestamp = None;
-            state.objects.insert((namespace, name), component.clone());
+            state.objects.insert(key, component.clone());
             component
         };
         self.notify(Change::Applied(Box::new(created.clone())));
@@ -380,7 +387,7 @@ impl FakeComponentStore {
     pub fn snapshot(&self, namespace: &str, name: &str) -> Option<Component> {
         self.state()
             .objects
-            .get(&(namespace.to_owned(), name.to_owned()))
+            .get(&ObjectKey::new(namespace, name))
             .cloned()
     }
 
@@ -392,7 +399,7 @@ impl FakeComponentStore {
         name: &str,
         change: impl FnOnce(&mut Component) -> Result<(), StoreError>,
     ) -> Result<Option<Component>, StoreError> {
-        let key = (namespace.to_owned(), name.to_owned());
+        let key = ObjectKey::new(namespace, name);
         let outcome = {
             let mut state = self.state();
             let mut object = state
@@ -400,7 +407,11 @@ impl FakeComponentStore {
                 .get(&key)
                 .cloned()
                 .ok_or_else(|| not_found(namespace, name))?;
+            let before = state.lagging_cache.then(|| object.clone());
             change(&mut object)?;
+            if let Some(before) = before {
+                state.previous.insert(key.clone(), before);
+            }
             state.last_rv += 1;
             object.metadata.resource_version = Some(state.last_rv.to_string());
             let finalizers_empty = object
@@ -435,26 +446,27 @@ impl FakeComponentStore {
         component: &Component,
         change: impl FnOnce(&mut Component) -> Result<(), StoreError>,
     ) -> Result<Option<Component>, StoreError> {
-        let (namespace, name) = key_of(component);
+        let key = ObjectKey::of(component);
         {
             let state = self.state();
             if state.unavailable {
                 return Err(StoreError::Unavailable("connection refused".into()));
             }
-            if let Some(class) = state.failing.get(&(namespace.clone(), name.clone())) {
-                return Err(injected(*class, namespace, name));
+            if let Some(class) = state.failing.get(&key) {
+                return Err(injected(*class, key.namespace, key.name));
             }
             let stored = state
                 .objects
-                .get(&(namespace.clone(), name.clone()))
-                .ok_or_else(|| not_found(&namespace, &name))?;
+                .get(&key)
+                .ok_or_else(|| not_found(&key.namespace, &key.name))?;
             if let Some(rv) = &component.metadata.resource_version
                 && stored.metadata.resource_version.as_ref() != Some(rv)
             {
+                let ObjectKey { namespace, name } = key;
                 return Err(StoreError::Conflict { namespace, name });
             }
         }
-        self.mutate(&namespace, &name, change)
+        self.mutate(&key.namespace, &key.name, change)
     }
 
     fn check_available(&self) -> Result<(), StoreError> {
@@ -513,10 +525,27 @@ struct WatchState {
 }
 
 impl ComponentStore for FakeComponentStore {
-    async fn get(&self, namespace: &str, name: &str) -> Result<Option<Component>, StoreError> {
+    async fn get(&self, namespace: &str, name: &str) -> Result<Option<Observed>, StoreError> {
         self.check_available()?;
         self.read_faults().await?;
-        Ok(self.snapshot(namespace, name))
+        Ok(self.snapshot(namespace, name).map(Observed::from))
+    }
+
+    async fn get_cached(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Observed>, StoreError> {
+        self.check_available()?;
+        self.read_faults().await?;
+        let state = self.state();
+        let key = ObjectKey::new(namespace, name);
+        let copy = if state.lagging_cache {
+            state.previous.get(&key)
+        } else {
+            state.objects.get(&key)
+        };
+        Ok(copy.cloned().map(Observed::from))
     }
 
     async fn list(&self) -> Result<Listing, StoreError> {
@@ -553,32 +582,33 @@ impl ComponentStore for FakeComponentStore {
         .boxed()
     }
 
-    async fn add_finalizer(&self, component: &Component) -> Result<Component, StoreError> {
-        let (namespace, name) = key_of(component);
+    async fn add_finalizer(&self, component: &Component) -> Result<Observed, StoreError> {
+        let ObjectKey { namespace, name } = ObjectKey::of(component);
         self.write_with_faults(component, |c| add_finalizer_checked(c, HELM_FINALIZER))
             .await?
+            .map(Observed::from)
             .ok_or_else(|| not_found(&namespace, &name))
     }
 
     async fn remove_finalizer(
         &self,
         component: &Component,
-    ) -> Result<Option<Component>, StoreError> {
-        self.write_with_faults(component, |c| {
+    ) -> Result<Option<Observed>, StoreError> {
+        let removed = self.write_with_faults(component, |c| {
             if let Some(list) = c.metadata.finalizers.as_mut() {
                 list.retain(|f| f != HELM_FINALIZER);
             }
             Ok(())
-        })
-        .await
+        });
+        Ok(removed.await?.map(Observed::from))
     }
 
     async fn patch_status(
         &self,
         component: &Component,
         status: &ComponentStatus,
-    ) -> Result<Component, StoreError> {
-        let (namespace, name) = key_of(component);
+    ) -> Result<Observed, StoreError> {
+        let ObjectKey { namespace, name } = ObjectKey::of(component);
         let mut status = status.clone();
         if self.state().old_crd
             && let Some(handler) = status.handler_status.as_mut()
@@ -590,6 +620,7 @@ impl ComponentStore for FakeComponentStore {
             Ok(())
         })
         .await?
+        .map(Observed::from)
         .ok_or_else(|| not_found(&namespace, &name))
     }
 }
@@ -609,7 +640,11 @@ mod tests {
         let created = store.create(component("web")).unwrap();
         assert_eq!(created.metadata.generation, Some(1));
 
-        let claimed = store.add_finalizer(&created).await.unwrap();
+        let claimed = store
+            .add_finalizer(&created)
+            .await
+            .unwrap()
+            .into_component();
         assert_eq!(claimed.metadata.generation, Some(1));
         assert_ne!(
             claimed.metadata.resource_version,
@@ -625,7 +660,11 @@ mod tests {
             phase: Some(Phase::Claimed),
             ..Default::default()
         };
-        let with_status = store.patch_status(&claimed, &status).await.unwrap();
+        let with_status = store
+            .patch_status(&claimed, &status)
+            .await
+            .unwrap()
+            .into_component();
         assert_eq!(with_status.metadata.generation, Some(1));
         assert_eq!(with_status.spec, claimed.spec);
 
@@ -642,7 +681,11 @@ mod tests {
     async fn deletion_waits_for_every_finalizer() {
         let store = FakeComponentStore::new();
         let created = store.create(component("web")).unwrap();
-        let claimed = store.add_finalizer(&created).await.unwrap();
+        let claimed = store
+            .add_finalizer(&created)
+            .await
+            .unwrap()
+            .into_component();
         store
             .add_foreign_finalizer("default", "web", COORDINATION_FINALIZER)
             .unwrap();

@@ -2,7 +2,8 @@
 //!
 //! Reads (get, list, watch, and the objects writes answer with) take the raw JSON and decode
 //! it one object at a time ([`raw`](super::raw)): an object that is not a readable
-//! [`Component`] is [`Unreadable`] and never fails the listing or the watch of the others.
+//! [`Component`] is [`Unreadable`] and never fails the listing or the watch of the others;
+//! a read or a write answers with an [`Observed`], readable or not.
 //! The watch keeps the API server's resourceVersion semantics as kube-runtime's watcher does:
 //! list (in pages), watch from the list's resourceVersion with bookmarks, resume from the last
 //! version seen when the stream ends, list again on 410 Gone, and back off (capped) after
@@ -24,10 +25,10 @@ use kube::api::{GetParams, ListParams, Patch, PatchParams, WatchParams};
 use kube::core::Request;
 use serde_json::json;
 
-use super::raw::{self, Decoded, Event};
+use super::raw::{self, Event, Observed};
 use super::{
-    Change, ComponentStore, ErrorClass, Listing, StoreError, classify, finalizers_with_ours,
-    finalizers_without_ours,
+    Change, ComponentStore, ErrorClass, Listing, ObjectKey, StoreError, classify,
+    finalizers_with_ours, finalizers_without_ours,
 };
 
 /// Objects per list page.
@@ -56,6 +57,20 @@ impl std::fmt::Debug for KubeComponentStore {
 }
 
 impl KubeComponentStore {
+    /// GET of `namespace/name` with `params`; `None` when it does not exist.
+    async fn get_with(
+        &self,
+        namespace: &str,
+        name: &str,
+        params: &GetParams,
+    ) -> Result<Option<Observed>, StoreError> {
+        let request = Self::request(namespace).get(name, params);
+        match self.one(request, namespace, name).await {
+            Ok(observed) => Ok(Some(observed)),
+            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
     /// A store over `client`, watching all namespaces (`namespaces` empty) or only the ones
     /// listed.
     pub fn new(client: Client, namespaces: Vec<String>) -> Self {
@@ -90,7 +105,7 @@ impl KubeComponentStore {
         request: Result<http::Request<Vec<u8>>, kube::core::request::Error>,
         namespace: &str,
         name: &str,
-    ) -> Result<Component, StoreError> {
+    ) -> Result<Observed, StoreError> {
         let request =
             request.map_err(|e| map_error(kube::Error::BuildRequest(e), namespace, name))?;
         let text = self
@@ -98,10 +113,7 @@ impl KubeComponentStore {
             .request_text(request)
             .await
             .map_err(|e| map_error(e, namespace, name))?;
-        match raw::decode(&text) {
-            Decoded::Component(component) => Ok(*component),
-            Decoded::Unreadable(unreadable) => Err(StoreError::Unreadable(unreadable)),
-        }
+        Ok(raw::decode(&text))
     }
 
     async fn patch(
@@ -109,7 +121,7 @@ impl KubeComponentStore {
         component: &Component,
         patch: &serde_json::Value,
         subresource: Option<&str>,
-    ) -> Result<Component, StoreError> {
+    ) -> Result<Observed, StoreError> {
         let (namespace, name) = names(component);
         let params = PatchParams::default();
         let patch = Patch::Merge(patch);
@@ -137,7 +149,10 @@ async fn list_page(
 }
 
 /// Every object of `scope` and the resourceVersion to watch from.
-async fn list_all(client: &Client, scope: &Request) -> Result<(Vec<Decoded>, String), kube::Error> {
+async fn list_all(
+    client: &Client,
+    scope: &Request,
+) -> Result<(Vec<Observed>, String), kube::Error> {
     let mut page = list_page(client, scope, None).await?;
     let mut items = std::mem::take(&mut page.items);
     while let Some(token) = page.next.take() {
@@ -165,7 +180,7 @@ async fn open_watch(client: &Client, scope: &Request, version: &str) -> Result<L
 }
 
 /// Where one scope's watch stands.
-enum Position {
+enum WatchState {
     /// (Re)list everything, then watch.
     List,
     /// Watch from this resourceVersion; `Some`: the open stream.
@@ -176,7 +191,7 @@ enum Position {
 struct Follow {
     client: Client,
     scope: Request,
-    position: Position,
+    state: WatchState,
     /// Failures in a row, for the backoff.
     failures: u32,
 }
@@ -186,9 +201,7 @@ struct Follow {
 fn backoff(failures: u32) -> Duration {
     match failures {
         0 => Duration::ZERO,
-        n => FIRST_BACKOFF
-            .saturating_mul(1 << (n - 1).min(16))
-            .min(MAX_BACKOFF),
+        n => helmq_telemetry::retry::backoff(FIRST_BACKOFF, MAX_BACKOFF, n, false),
     }
 }
 
@@ -198,12 +211,12 @@ fn gone(error: &kube::Error) -> bool {
 }
 
 /// The change a decoded object makes; `Applied` or `Deleted`.
-fn change(decoded: Decoded, deleted: bool) -> Change {
+fn change(decoded: Observed, deleted: bool) -> Change {
     match (decoded, deleted) {
-        (Decoded::Component(c), false) => Change::Applied(c),
-        (Decoded::Component(c), true) => Change::Deleted(c),
-        (Decoded::Unreadable(u), false) => Change::Unreadable(u),
-        (Decoded::Unreadable(u), true) => Change::Deleted(Box::new(u.component)),
+        (Observed::Component(c), false) => Change::Applied(c),
+        (Observed::Component(c), true) => Change::Deleted(c),
+        (Observed::Unreadable(u), false) => Change::Unreadable(u),
+        (Observed::Unreadable(u), true) => Change::Deleted(Box::new(u.component)),
     }
 }
 
@@ -218,38 +231,38 @@ impl Follow {
         if self.failures > 0 {
             tokio::time::sleep(backoff(self.failures)).await;
         }
-        match &mut self.position {
-            Position::List => match list_all(&self.client, &self.scope).await {
+        match &mut self.state {
+            WatchState::List => match list_all(&self.client, &self.scope).await {
                 Ok((items, version)) => {
                     self.failures = 0;
-                    self.position = Position::Watch(version, None);
+                    self.state = WatchState::Watch(version, None);
                     std::iter::once(Change::Restarted)
                         .chain(items.into_iter().map(|d| change(d, false)))
                         .collect()
                 }
                 Err(error) => self.failed(&error),
             },
-            Position::Watch(version, stream @ None) => {
+            WatchState::Watch(version, stream @ None) => {
                 match open_watch(&self.client, &self.scope, version).await {
                     Ok(lines) => {
                         *stream = Some(lines);
                         Vec::new()
                     }
                     Err(error) if gone(&error) => {
-                        self.position = Position::List;
+                        self.state = WatchState::List;
                         Vec::new()
                     }
                     Err(error) => self.failed(&error),
                 }
             }
-            Position::Watch(version, Some(lines)) => match lines.next().await {
+            WatchState::Watch(version, Some(lines)) => match lines.next().await {
                 // The server closed the watch (its timeout): resume from the last version.
                 None => {
-                    self.position = Position::Watch(std::mem::take(version), None);
+                    self.state = WatchState::Watch(std::mem::take(version), None);
                     Vec::new()
                 }
                 Some(Err(error)) => {
-                    self.position = Position::Watch(std::mem::take(version), None);
+                    self.state = WatchState::Watch(std::mem::take(version), None);
                     self.failed(&kube::Error::ReadEvents(error))
                 }
                 Some(Ok(line)) => self.on_line(&line),
@@ -258,7 +271,7 @@ impl Follow {
     }
 
     fn on_line(&mut self, line: &str) -> Vec<Change> {
-        let Position::Watch(version, _) = &mut self.position else {
+        let WatchState::Watch(version, _) = &mut self.state else {
             return Vec::new();
         };
         let event = match raw::decode_event(line) {
@@ -267,7 +280,7 @@ impl Follow {
             Err(error) => return vec![Change::Error(format!("unreadable watch event: {error}"))],
         };
         self.failures = 0;
-        let mut seen = |d: &Decoded| {
+        let mut seen = |d: &Observed| {
             if let Some(v) = &d.meta().resource_version {
                 version.clone_from(v);
             }
@@ -286,12 +299,12 @@ impl Follow {
                 Vec::new()
             }
             Event::Error(status) if status.code == 410 => {
-                self.position = Position::List;
+                self.state = WatchState::List;
                 Vec::new()
             }
             Event::Error(status) => {
                 let error = kube::Error::Api(status);
-                self.position = Position::Watch(std::mem::take(version), None);
+                self.state = WatchState::Watch(std::mem::take(version), None);
                 self.failed(&error)
             }
         }
@@ -299,7 +312,8 @@ impl Follow {
 }
 
 fn names(component: &Component) -> (String, String) {
-    super::key_of(component)
+    let ObjectKey { namespace, name } = ObjectKey::of(component);
+    (namespace, name)
 }
 
 /// Maps a kube error by its [`classify`] class: 409 → conflict, 404 → not found, other API
@@ -336,13 +350,17 @@ fn resource_version(component: &Component) -> serde_json::Value {
 }
 
 impl ComponentStore for KubeComponentStore {
-    async fn get(&self, namespace: &str, name: &str) -> Result<Option<Component>, StoreError> {
-        let request = Self::request(namespace).get(name, &GetParams::default());
-        match self.one(request, namespace, name).await {
-            Ok(component) => Ok(Some(component)),
-            Err(StoreError::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
+    async fn get(&self, namespace: &str, name: &str) -> Result<Option<Observed>, StoreError> {
+        self.get_with(namespace, name, &GetParams::default()).await
+    }
+
+    async fn get_cached(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Observed>, StoreError> {
+        // resourceVersion=0: served from the API server's watch cache, not etcd.
+        self.get_with(namespace, name, &GetParams::any()).await
     }
 
     async fn list(&self) -> Result<Listing, StoreError> {
@@ -353,8 +371,8 @@ impl ComponentStore for KubeComponentStore {
                 .map_err(|e| map_error(e, "", ""))?;
             for item in items {
                 match item {
-                    Decoded::Component(c) => listing.components.push(*c),
-                    Decoded::Unreadable(u) => listing.unreadable.push(*u),
+                    Observed::Component(c) => listing.components.push(*c),
+                    Observed::Unreadable(u) => listing.unreadable.push(*u),
                 }
             }
         }
@@ -366,7 +384,7 @@ impl ComponentStore for KubeComponentStore {
             let follow = Follow {
                 client: self.client.clone(),
                 scope,
-                position: Position::List,
+                state: WatchState::List,
                 failures: 0,
             };
             futures::stream::unfold(follow, |mut follow| async move {
@@ -379,7 +397,7 @@ impl ComponentStore for KubeComponentStore {
         futures::stream::select_all(streams).boxed()
     }
 
-    async fn add_finalizer(&self, component: &Component) -> Result<Component, StoreError> {
+    async fn add_finalizer(&self, component: &Component) -> Result<Observed, StoreError> {
         let patch = json!({
             "metadata": {
                 "resourceVersion": resource_version(component),
@@ -392,7 +410,7 @@ impl ComponentStore for KubeComponentStore {
     async fn remove_finalizer(
         &self,
         component: &Component,
-    ) -> Result<Option<Component>, StoreError> {
+    ) -> Result<Option<Observed>, StoreError> {
         let patch = json!({
             "metadata": {
                 "resourceVersion": resource_version(component),
@@ -408,8 +426,7 @@ impl ComponentStore for KubeComponentStore {
                     .is_none_or(Vec::is_empty)
         };
         match self.patch(component, &patch, None).await {
-            Ok(updated) => Ok((!released(&updated)).then_some(updated)),
-            Err(StoreError::Unreadable(u)) if released(&u.component) => Ok(None),
+            Ok(updated) => Ok((!released(updated.component())).then_some(updated)),
             // Removing the last finalizer of a deleting object may race with its removal.
             Err(StoreError::NotFound { .. }) if component.metadata.deletion_timestamp.is_some() => {
                 Ok(None)
@@ -422,7 +439,7 @@ impl ComponentStore for KubeComponentStore {
         &self,
         component: &Component,
         status: &ComponentStatus,
-    ) -> Result<Component, StoreError> {
+    ) -> Result<Observed, StoreError> {
         let patch = json!({
             "metadata": { "resourceVersion": resource_version(component) },
             "status": status,

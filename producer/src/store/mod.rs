@@ -41,7 +41,7 @@ pub use events::{EventStore, KubeEventStore};
 pub use kube_lease::KubeLeaseStore;
 pub use kube_store::KubeComponentStore;
 pub use lease::LeaseStore;
-pub use raw::Unreadable;
+pub use raw::{Observed, Unreadable};
 
 /// Errors of [`ComponentStore`] operations.
 #[derive(Debug, thiserror::Error)]
@@ -77,11 +77,6 @@ pub enum StoreError {
     /// The API server could not be reached or failed; retrying later may succeed.
     #[error("api server unavailable: {0}")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
-    /// The request was carried out, but the object it answered with is not a readable
-    /// Component (nested too deep, a field of the wrong type); what could be read of it is
-    /// in the [`Unreadable`].
-    #[error("component {}/{} cannot be read: {}", .0.component.metadata.namespace.as_deref().unwrap_or_default(), .0.component.metadata.name.as_deref().unwrap_or_default(), .0.error)]
-    Unreadable(Box<Unreadable>),
 }
 
 /// What a failed API call calls for.
@@ -100,9 +95,7 @@ impl StoreError {
     pub fn class(&self) -> ErrorClass {
         match self {
             StoreError::Conflict { .. } => ErrorClass::Conflict,
-            StoreError::NotFound { .. } | StoreError::Invalid(_) | StoreError::Unreadable(_) => {
-                ErrorClass::Permanent
-            }
+            StoreError::NotFound { .. } | StoreError::Invalid(_) => ErrorClass::Permanent,
             StoreError::Rejected { code, .. } => classify_code(*code),
             StoreError::Unavailable(_) => ErrorClass::Transient,
         }
@@ -166,12 +159,24 @@ pub struct Listing {
 
 /// Access to `Component` resources, as the producer and the writer need it.
 pub trait ComponentStore: Send + Sync + 'static {
-    /// The Component `namespace/name`, or `None` when it does not exist.
+    /// The Component `namespace/name` (or the object there that cannot be read as one), or
+    /// `None` when it does not exist.
     fn get(
         &self,
         namespace: &str,
         name: &str,
-    ) -> impl Future<Output = Result<Option<Component>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Option<Observed>, StoreError>> + Send;
+
+    /// [`ComponentStore::get`] from a copy that may lag a little behind (the API server's
+    /// watch cache), for a read whose write is conditional on the object being unchanged: a
+    /// stale copy only costs a conflict. By default the same as `get`.
+    fn get_cached(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<Observed>, StoreError>> + Send {
+        self.get(namespace, name)
+    }
 
     /// Every Component in the store's scope (all namespaces or the configured ones), and the
     /// objects there that cannot be read as one.
@@ -183,34 +188,59 @@ pub trait ComponentStore: Send + Sync + 'static {
     fn changes(&self) -> BoxStream<'static, Change>;
 
     /// Adds our claim finalizer to `component`, on the condition that it is unchanged since
-    /// it was read (its `resourceVersion`). Returns the updated object.
+    /// it was read (its `resourceVersion`). Returns the updated object, readable or not.
     fn add_finalizer(
         &self,
         component: &Component,
-    ) -> impl Future<Output = Result<Component, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Observed, StoreError>> + Send;
 
     /// Removes our claim finalizer from `component` on the same condition. Returns the updated
-    /// object, or `None` when removing it let the API server delete the object.
+    /// object (readable or not), or `None` when removing it let the API server delete the object.
     fn remove_finalizer(
         &self,
         component: &Component,
-    ) -> impl Future<Output = Result<Option<Component>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Option<Observed>, StoreError>> + Send;
 
     /// Writes `status` through the status subresource, on the condition that `component` is
-    /// unchanged since it was read. Returns the updated object.
+    /// unchanged since it was read. Returns the updated object, readable or not.
     fn patch_status(
         &self,
         component: &Component,
         status: &ComponentStatus,
-    ) -> impl Future<Output = Result<Component, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Observed, StoreError>> + Send;
 }
 
-/// `namespace/name` of a Component (empty parts when the metadata lacks them).
-pub fn key_of(component: &Component) -> (String, String) {
-    (
-        component.metadata.namespace.clone().unwrap_or_default(),
-        component.metadata.name.clone().unwrap_or_default(),
-    )
+/// `namespace/name` of an object: the key it is retried and remembered by.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
+impl ObjectKey {
+    /// The key `namespace/name`.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> ObjectKey {
+        ObjectKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// The key of `component` (empty parts when its metadata lacks them).
+    pub fn of(component: &Component) -> ObjectKey {
+        ObjectKey::new(
+            component.metadata.namespace.clone().unwrap_or_default(),
+            component.metadata.name.clone().unwrap_or_default(),
+        )
+    }
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
 }
 
 /// The finalizers of `component` without ours.

@@ -26,22 +26,52 @@ pub struct Unreadable {
     pub error: String,
 }
 
-/// One object of a response.
+/// One object as the API server answered with it: a list item, a watch event's object, or
+/// the object a read or a write answered with. A write that answers with an unreadable object
+/// was still carried out.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Decoded {
+pub enum Observed {
     /// A Component.
     Component(Box<Component>),
     /// An object that is not one.
     Unreadable(Box<Unreadable>),
 }
 
-impl Decoded {
+impl Observed {
     /// Its metadata (a skeleton for an unreadable object).
     pub fn meta(&self) -> &ObjectMeta {
         match self {
-            Decoded::Component(c) => &c.metadata,
-            Decoded::Unreadable(u) => &u.component.metadata,
+            Observed::Component(c) => &c.metadata,
+            Observed::Unreadable(u) => &u.component.metadata,
         }
+    }
+
+    /// The Component, or what could be read of an unreadable object (see
+    /// [`Unreadable::component`]).
+    pub fn component(&self) -> &Component {
+        match self {
+            Observed::Component(c) => c,
+            Observed::Unreadable(u) => &u.component,
+        }
+    }
+
+    /// The Component (or what could be read of it) and, when it cannot be read as one, why.
+    pub fn into_parts(self) -> (Component, Option<String>) {
+        match self {
+            Observed::Component(c) => (*c, None),
+            Observed::Unreadable(u) => (u.component, Some(u.error)),
+        }
+    }
+
+    /// The Component, or what could be read of an unreadable object.
+    pub fn into_component(self) -> Component {
+        self.into_parts().0
+    }
+}
+
+impl From<Component> for Observed {
+    fn from(component: Component) -> Observed {
+        Observed::Component(Box::new(component))
     }
 }
 
@@ -49,7 +79,7 @@ impl Decoded {
 #[derive(Debug)]
 pub struct Page {
     /// Its objects, in order.
-    pub items: Vec<Decoded>,
+    pub items: Vec<Observed>,
     /// `metadata.resourceVersion` of the list: where a watch starts.
     pub resource_version: String,
     /// `metadata.continue`: the token of the next page, if any.
@@ -60,20 +90,20 @@ pub struct Page {
 #[derive(Debug)]
 pub enum Event {
     /// `ADDED` or `MODIFIED`.
-    Applied(Decoded),
+    Applied(Observed),
     /// `DELETED`.
-    Deleted(Decoded),
+    Deleted(Observed),
     /// `BOOKMARK`: the watch is at this resourceVersion.
     Bookmark(String),
     /// `ERROR`: the server's status (410: the resourceVersion is too old, list again).
     Error(Box<Status>),
 }
 
-/// Decodes one object; never fails: what cannot be read is [`Decoded::Unreadable`].
-pub fn decode(text: &str) -> Decoded {
+/// Decodes one object; never fails: what cannot be read is [`Observed::Unreadable`].
+pub fn decode(text: &str) -> Observed {
     match serde_json::from_str::<Component>(text) {
-        Ok(component) => Decoded::Component(Box::new(component)),
-        Err(error) => Decoded::Unreadable(Box::new(Unreadable {
+        Ok(component) => Observed::Component(Box::new(component)),
+        Err(error) => Observed::Unreadable(Box::new(Unreadable {
             component: skeleton(text),
             error: error.to_string(),
         })),
@@ -244,7 +274,7 @@ mod tests {
             .map(|d| {
                 (
                     d.meta().name.clone().unwrap(),
-                    matches!(d, Decoded::Component(_)),
+                    matches!(d, Observed::Component(_)),
                 )
             })
             .collect();
@@ -256,7 +286,7 @@ mod tests {
                 ("b".into(), true)
             ]
         );
-        let Decoded::Unreadable(u) = &page.items[1] else {
+        let Observed::Unreadable(u) = &page.items[1] else {
             unreachable!()
         };
         assert!(u.error.contains("recursion limit"), "{}", u.error);
@@ -294,7 +324,7 @@ mod tests {
             ("not an object", r#"[1]"#, ""),
         ];
         for (name, text, handler) in cases {
-            let Decoded::Unreadable(u) = decode(text) else {
+            let Observed::Unreadable(u) = decode(text) else {
                 panic!("{name}: decoded");
             };
             assert_eq!(u.component.spec.handler, handler, "{name}");
@@ -309,7 +339,7 @@ mod tests {
         // Far beyond any stack a recursive reader would need for it.
         let deep = nested(100_000);
         let line = format!(r#"{{"type":"ADDED","object":{}}}"#, object("deep", &deep));
-        let Some(Event::Applied(Decoded::Unreadable(u))) = decode_event(&line).unwrap() else {
+        let Some(Event::Applied(Observed::Unreadable(u))) = decode_event(&line).unwrap() else {
             panic!("not an unreadable apply");
         };
         assert_eq!(u.component.metadata.name.as_deref(), Some("deep"));
@@ -324,7 +354,7 @@ mod tests {
         let deleted = format!(r#"{{"object":{},"type":"DELETED"}}"#, object("a", "{}"));
         assert!(matches!(
             decode_event(&deleted).unwrap(),
-            Some(Event::Deleted(Decoded::Component(_)))
+            Some(Event::Deleted(Observed::Component(_)))
         ));
         assert!(
             decode_event(r#"{"type":"NEW","object":{}}"#)

@@ -7,7 +7,7 @@
 //! one job, its success outranks a start of any attempt.
 
 use helmq_schemas::component::{ComponentStatus, Phase};
-use helmq_schemas::event::{StatusEvent, StatusPhase, order_job_and_rank};
+use helmq_schemas::event::{JobAction, Position, Stage, StatusEvent, StatusPhase};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 /// What to write for one event.
@@ -21,9 +21,12 @@ pub struct StatusPatch {
 }
 
 /// The position of the last event applied, if any.
-pub fn stored_position(status: &ComponentStatus) -> Option<(i64, u64)> {
+pub fn stored_position(status: &ComponentStatus) -> Option<Position> {
     let h = status.handler_status.as_ref()?;
-    Some((h.event_generation?, h.event_order?))
+    Some(Position {
+        generation: h.event_generation?,
+        order: h.event_order?,
+    })
 }
 
 /// Whether `event` comes after the stored one (at `stored`, which produced `current`).
@@ -35,11 +38,9 @@ pub fn stored_position(status: &ComponentStatus) -> Option<(i64, u64)> {
 /// attempt, waits for the release, and may then give the job back while the first delivery's
 /// ack removes the message: nothing would ever publish above that start, and the Component
 /// would show `Deploying` (or keep its finalizer) for ever.
-pub fn outranks(current: &ComponentStatus, stored: (i64, u64), event: &StatusEvent) -> bool {
+pub fn outranks(current: &ComponentStatus, stored: Position, event: &StatusEvent) -> bool {
     let position = event.position();
-    let (job, rank) = order_job_and_rank(position.1);
-    let (stored_job, stored_rank) = order_job_and_rank(stored.1);
-    if position.0 != stored.0 || job != stored_job {
+    if position.generation != stored.generation || !position.order.same_job_message(stored.order) {
         return position > stored;
     }
     let success = matches!(event.phase, StatusPhase::Ready | StatusPhase::Terminated);
@@ -47,17 +48,22 @@ pub fn outranks(current: &ComponentStatus, stored: (i64, u64), event: &StatusEve
         event.phase,
         StatusPhase::Deploying | StatusPhase::Terminating
     );
-    // The stored rank tells Ready from a start but not from Failed (same rank): the phase does.
-    let stored_success = match stored_rank {
-        2 => current.phase == Some(Phase::Ready),
-        4 => current.phase == Some(Phase::Terminating),
+    let stage = position.order.stage();
+    let stored_stage = stored.order.stage();
+    // The stored stage tells Ready from a start but not from Failed (same stage): the phase does.
+    let stored_success = match stored_stage {
+        Some(Stage::End(JobAction::Apply)) => current.phase == Some(Phase::Ready),
+        Some(Stage::End(JobAction::Delete)) => current.phase == Some(Phase::Terminating),
         _ => false,
     };
-    let stored_start = matches!(stored_rank, 1 | 3) && rank == stored_rank + 1;
-    if success && stored_start {
+    let ends_stored_start =
+        matches!((stored_stage, stage), (Some(Stage::Start(a)), Some(Stage::End(b))) if a == b);
+    if success && ends_stored_start {
         return true;
     }
-    if start && stored_success && stored_rank == rank + 1 {
+    let starts_stored_end =
+        matches!((stage, stored_stage), (Some(Stage::Start(a)), Some(Stage::End(b))) if a == b);
+    if start && stored_success && starts_stored_end {
         return false;
     }
     position > stored
@@ -74,12 +80,15 @@ pub fn apply(current: &ComponentStatus, event: &StatusEvent, handler: &str) -> O
     // Kept monotonic: a success applied over a later attempt's start is stored at that start's
     // order with the success's rank, so it still reads as the job's success and never goes back.
     let position = match stored {
-        Some(stored) if stored > position => (stored.0, (stored.1 & !0xff) | (position.1 & 0xff)),
+        Some(stored) if stored > position => Position {
+            order: stored.order.with_stage_of(position.order),
+            ..stored
+        },
         _ => position,
     };
     if current
         .observed_generation
-        .is_some_and(|observed| position.0 < observed)
+        .is_some_and(|observed| position.generation < observed)
     {
         return None;
     }
@@ -139,8 +148,8 @@ pub fn apply(current: &ComponentStatus, event: &StatusEvent, handler: &str) -> O
     if event.attempt > 0 {
         record.attempts = Some(event.attempt);
     }
-    record.event_generation = Some(position.0);
-    record.event_order = Some(position.1);
+    record.event_generation = Some(position.generation);
+    record.event_order = Some(position.order);
     status.handler_status = Some(record);
     Some(StatusPatch {
         status,

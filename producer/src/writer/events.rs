@@ -162,9 +162,15 @@ pub struct EventRecorder<E> {
     store: E,
     instance: String,
     cache: Mutex<HashMap<Key, Event>>,
+    /// When the cache was last rid of Events past [`SERIES_WINDOW`].
+    pruned: Mutex<Timestamp>,
     /// The last name stamp used: two Events of one instant still get distinct names.
     stamp: Mutex<i128>,
 }
+
+/// How often the cache is rid of Events past [`SERIES_WINDOW`]: a scan of the whole cache on
+/// every Event would cost more than the Event itself once thousands are cached.
+const PRUNE_EVERY: SignedDuration = SignedDuration::from_secs(30);
 
 impl<E: EventStore> EventRecorder<E> {
     /// A recorder writing through `store`; `instance` is the `reportingInstance` (the pod name).
@@ -173,6 +179,7 @@ impl<E: EventStore> EventRecorder<E> {
             store,
             instance: instance.into(),
             cache: Mutex::default(),
+            pruned: Mutex::new(Timestamp::UNIX_EPOCH),
             stamp: Mutex::default(),
         }
     }
@@ -197,10 +204,15 @@ impl<E: EventStore> EventRecorder<E> {
             action: event.action,
             note: event.note.clone(),
         };
+        let within = |e: &Event| last_seen(e).is_some_and(|at| at + SERIES_WINDOW > now);
         let earlier = {
             let mut cache = self.cache();
-            cache.retain(|_, e| last_seen(e).is_some_and(|at| at + SERIES_WINDOW > now));
-            cache.get(&key).cloned()
+            let mut pruned = self.pruned.lock().unwrap_or_else(PoisonError::into_inner);
+            if now >= *pruned + PRUNE_EVERY {
+                cache.retain(|_, e| within(e));
+                *pruned = now;
+            }
+            cache.get(&key).filter(|e| within(e)).cloned()
         };
         if let Some(mut repeat) = earlier {
             let count = repeat.series.as_ref().map_or(2, |s| s.count + 1);

@@ -2,8 +2,10 @@
 //! `helmq-writer` and writes each event into its Component's status subresource (and, on
 //! `Terminated`, removes our finalizer).
 //!
-//! One sequential loop, pulling small batches ([`WriterConfig::batch`], never an unbounded
-//! prefetch), one try per delivery. API errors are handled per event, by their
+//! One loop pulling small batches ([`WriterConfig::batch`], never an unbounded prefetch). The
+//! events of a batch are grouped by Component: the groups are written concurrently (so at
+//! most `batch` writes are in flight), the events of one Component one after another in
+//! stream order, one try per delivery. API errors are handled per event, by their
 //! [`ErrorClass`], so one stuck Component never holds up the others' events:
 //!
 //! - a conflict is re-read and decided again at once (up to [`MAX_CONFLICT_ROUNDS`] times,
@@ -23,14 +25,17 @@
 //! the object has not reached, the other action's phase) changes nothing: it is logged at debug
 //! level with the reason, counted (`helmq_writer_unissued_events_dropped`) and acked.
 //!
-//! Each status write is followed by the Kubernetes Events it produces ([`events`]): recorded
-//! after the write, bounded by [`EVENT_TIMEOUT`], and a failure is logged and counted
-//! (`helmq_writer_event_failures`) but never fails, retries or delays the status write.
+//! Each status write is followed by the Kubernetes Events it produces ([`events`]), recorded
+//! off the status path: queued (at most [`EVENT_QUEUE`] writes' worth, then the writer waits
+//! for room) and recorded in order by a task of their own, each bounded by [`EVENT_TIMEOUT`]. A
+//! failure is logged and counted (`helmq_writer_event_failures`) but never fails, retries or
+//! delays a status write.
 
 pub mod apply;
 pub mod events;
 pub mod issued;
 
+use helmq_telemetry::retry::pause;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
@@ -43,17 +48,23 @@ use helmq_queue::topology::{STATUS_STREAM, WRITER_CONSUMER};
 use helmq_schemas::component::HELM_FINALIZER;
 use helmq_schemas::event::{JobAction, StatusEvent};
 use helmq_schemas::subject::status_subject;
+use k8s_openapi::api::core::v1::ObjectReference;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::metrics::Metrics;
-use crate::store::{ComponentStore, ErrorClass, EventStore, StoreError};
+use crate::store::{ComponentStore, ErrorClass, EventStore, Observed, StoreError};
 pub use apply::{StatusPatch, apply};
-pub use events::{EventRecorder, phase_events};
+pub use events::{EventRecorder, PhaseEvent, phase_events};
 pub use issued::{Unissued, Verdict, answers_issued};
 
 /// The longest the writer waits for one Kubernetes Event to be recorded before it moves on.
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Status writes whose Kubernetes Events may wait to be recorded: a few seconds of a burst of
+/// thousands of Components, a few MiB at most; beyond it the writer waits for room.
+pub const EVENT_QUEUE: usize = 1024;
 
 /// Delay before the second delivery of an event whose write failed transiently; it doubles
 /// with each delivery up to [`WriterConfig::max_retry_delay`].
@@ -78,8 +89,8 @@ pub enum WriterError {
 pub struct WriterConfig {
     /// `claimedBy` value (our handler name).
     pub handler: String,
-    /// Messages pulled per fetch. Small: they are processed one by one, and whatever is
-    /// fetched but not processed at shutdown waits for `ack_wait` unless Nak'd.
+    /// Messages pulled per fetch, and so the most status writes in flight at once. Small:
+    /// whatever is fetched but not processed at shutdown is Nak'd.
     pub batch: usize,
     /// How long one fetch waits for messages.
     pub fetch_wait: Duration,
@@ -91,7 +102,7 @@ impl Default for WriterConfig {
     fn default() -> Self {
         WriterConfig {
             handler: helmq_schemas::component::DEFAULT_HANDLER.to_owned(),
-            batch: 16,
+            batch: 32,
             fetch_wait: Duration::from_secs(1),
             max_retry_delay: Duration::from_secs(30),
         }
@@ -113,12 +124,30 @@ pub enum Outcome {
 
 /// The writer over a store, an event recorder and a JetStream context.
 #[derive(Debug)]
-pub struct Writer<S, E> {
+pub struct Writer<S> {
     store: S,
-    events: EventRecorder<E>,
+    /// Where the Events of status writes wait for the recording task.
+    events: mpsc::Sender<Pending>,
     js: jetstream::Context,
     config: WriterConfig,
     metrics: Metrics,
+}
+
+/// Where the writer reads a Component from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Read {
+    /// The API server's watch cache (may lag behind).
+    Cached,
+    /// etcd, through the API server.
+    Fresh,
+}
+
+/// The Events of one status write, waiting to be recorded.
+#[derive(Debug)]
+struct Pending {
+    regarding: ObjectReference,
+    events: Vec<PhaseEvent>,
+    span: tracing::Span,
 }
 
 /// Where one delivery of a message stands.
@@ -138,18 +167,21 @@ impl Delivery {
     }
 }
 
-impl<S: ComponentStore, E: EventStore> Writer<S, E> {
-    /// A writer; nothing happens until [`Writer::run`].
-    pub fn new(
+impl<S: ComponentStore> Writer<S> {
+    /// A writer; no status is written until [`Writer::run`]. Spawns the task that records
+    /// Events, which ends once the writer is dropped and what it queued is recorded.
+    pub fn new<E: EventStore>(
         store: S,
         events: EventRecorder<E>,
         js: jetstream::Context,
         config: WriterConfig,
         metrics: Metrics,
     ) -> Self {
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+        tokio::spawn(record_events(events, rx, metrics.clone()));
         Writer {
             store,
-            events,
+            events: tx,
             js,
             config,
             metrics,
@@ -179,20 +211,31 @@ impl<S: ComponentStore, E: EventStore> Writer<S, E> {
                     Ok(batch) => batch,
                     Err(error) => {
                         tracing::warn!(%error, "status fetch failed; retrying");
-                        sleep_or_cancel(Duration::from_secs(1), &shutdown).await;
+                        pause(&shutdown, Duration::from_secs(1)).await;
                         continue;
                     }
                 },
             };
+            let mut messages = Vec::with_capacity(self.config.batch);
             while let Some(message) = batch.next().await {
                 match message {
-                    Ok(message) if shutdown.is_cancelled() => {
-                        let _ = message.ack_with(AckKind::Nak(None)).await;
-                    }
-                    Ok(message) => self.process(message, max_deliver).await,
+                    Ok(message) => messages.push(message),
                     Err(error) => tracing::warn!(%error, "status fetch interrupted"),
                 }
             }
+            if shutdown.is_cancelled() {
+                for message in messages {
+                    let _ = message.ack_with(AckKind::Nak(None)).await;
+                }
+                break;
+            }
+            let this = &self;
+            let groups = by_subject(messages).into_iter().map(|group| async move {
+                for message in group {
+                    this.process(message, max_deliver).await;
+                }
+            });
+            futures::future::join_all(groups).await;
         }
         Ok(())
     }
@@ -230,7 +273,7 @@ impl<S: ComponentStore, E: EventStore> Writer<S, E> {
         async {
             let ack = match self.write_resolving_conflicts(&event).await {
                 Ok(Outcome::Applied) => {
-                    self.metrics.statuses_applied.inc();
+                    self.applied(&event);
                     message.ack().await
                 }
                 Ok(Outcome::Stale) => {
@@ -275,6 +318,16 @@ impl<S: ComponentStore, E: EventStore> Writer<S, E> {
         .await;
     }
 
+    /// Counts a status written, and how long after its publication.
+    fn applied(&self, event: &StatusEvent) {
+        self.metrics.statuses_applied.inc();
+        let lag = jiff::Timestamp::now().duration_since(event.at);
+        self.metrics
+            .writer_lag
+            .0
+            .observe(lag.as_secs_f64().max(0.0));
+    }
+
     async fn dead_letter(&self, message: &Message, delivery: Delivery, reason: String) {
         tracing::warn!(%reason, sequence = delivery.sequence, "dead-lettering status message");
         let letter = DeadLetter::of(
@@ -307,7 +360,13 @@ impl<S: ComponentStore, E: EventStore> Writer<S, E> {
     async fn write_resolving_conflicts(&self, event: &StatusEvent) -> Result<Outcome, StoreError> {
         let mut rounds = 0;
         loop {
-            match self.write(event).await {
+            // After a conflict the cached copy is known to be behind.
+            let read = if rounds == 0 {
+                Read::Cached
+            } else {
+                Read::Fresh
+            };
+            match self.write_after(event, read).await {
                 Err(StoreError::Conflict { .. }) if rounds + 1 < MAX_CONFLICT_ROUNDS => {
                     rounds += 1;
                     self.metrics.conflicts.inc();
@@ -319,16 +378,37 @@ impl<S: ComponentStore, E: EventStore> Writer<S, E> {
         }
     }
 
-    /// One read-decide-write round.
+    /// One read-decide-write round, reading the Component afresh.
     pub async fn write(&self, event: &StatusEvent) -> Result<Outcome, StoreError> {
+        self.write_after(event, Read::Fresh).await
+    }
+
+    /// One read-decide-write round after a `read` of the Component. From a cached copy, which
+    /// may lag behind, only a write (conditional on the copy being current) or a stale event
+    /// (the copy can only be older) is believed; the rest is decided again from a fresh read.
+    async fn write_after(&self, event: &StatusEvent, read: Read) -> Result<Outcome, StoreError> {
+        let outcome = self.write_once(event, read).await?;
+        match outcome {
+            Outcome::Orphan | Outcome::Unissued(_) if read == Read::Cached => {
+                self.write_once(event, Read::Fresh).await
+            }
+            outcome => Ok(outcome),
+        }
+    }
+
+    async fn write_once(&self, event: &StatusEvent, read: Read) -> Result<Outcome, StoreError> {
         let target = &event.component;
         // An object that cannot be read as a Component still gets its status: what the
         // writer needs of it (metadata, status) is read.
-        let component = match self.store.get(&target.namespace, &target.name).await {
-            Err(StoreError::Unreadable(unreadable)) => Some(unreadable.component),
-            other => other?,
+        let observed = match read {
+            Read::Fresh => self.store.get(&target.namespace, &target.name).await?,
+            Read::Cached => {
+                self.store
+                    .get_cached(&target.namespace, &target.name)
+                    .await?
+            }
         };
-        let Some(mut component) = component else {
+        let Some(mut component) = observed.map(Observed::into_component) else {
             return Ok(Outcome::Orphan);
         };
         let action = match answers_issued(&component, event) {
@@ -352,89 +432,118 @@ impl<S: ComponentStore, E: EventStore> Writer<S, E> {
             && component.metadata.deletion_timestamp.is_some()
         {
             // Finalizer first: if the object then goes away, there is no status to write.
-            let removed = match self.store.remove_finalizer(&component).await {
-                Err(StoreError::Unreadable(unreadable)) => Some(unreadable.component),
-                other => other?,
-            };
-            match removed {
+            match self.store.remove_finalizer(&component).await? {
                 None => {
                     tracing::info!("terminated: finalizer removed, component gone");
                     return Ok(Outcome::Applied);
                 }
                 Some(updated) => {
                     tracing::info!("terminated: finalizer removed");
-                    component = updated;
+                    component = updated.into_component();
                 }
             }
         }
-        match self.store.patch_status(&component, &patch.status).await {
-            // Written; the object it answered with is not readable.
-            Ok(_) | Err(StoreError::Unreadable(_)) => {
-                self.record_events(&component, event).await;
-                Ok(Outcome::Applied)
-            }
-            Err(e) => Err(e),
-        }
+        // Written, whether or not the object it answered with is readable.
+        self.store.patch_status(&component, &patch.status).await?;
+        self.queue_events(&component, event).await;
+        Ok(Outcome::Applied)
     }
 
-    /// Records the Kubernetes Events of a status event just written; failures are logged and
-    /// counted, never returned.
-    async fn record_events(
+    /// Queues the Kubernetes Events of a status event just written for the recording task.
+    async fn queue_events(
         &self,
         component: &helmq_schemas::component::Component,
         event: &StatusEvent,
     ) {
-        let regarding = events::regarding(component);
-        for phase_event in phase_events(event) {
-            let record = self
-                .events
-                .record(&regarding, &phase_event, jiff::Timestamp::now());
-            match tokio::time::timeout(EVENT_TIMEOUT, record).await {
-                Ok(Ok(recorded)) => {
-                    self.metrics.events_recorded.inc();
-                    tracing::debug!(reason = phase_event.reason, ?recorded, "event recorded");
-                }
-                Ok(Err(error)) => {
-                    self.metrics.event_failures.inc();
-                    tracing::warn!(%error, reason = phase_event.reason, "cannot record the event");
-                }
-                Err(_) => {
-                    self.metrics.event_failures.inc();
-                    tracing::warn!(reason = phase_event.reason, timeout = ?EVENT_TIMEOUT, "recording the event timed out");
-                }
+        let pending = Pending {
+            regarding: events::regarding(component),
+            events: phase_events(event),
+            span: tracing::Span::current(),
+        };
+        if pending.events.is_empty() {
+            return;
+        }
+        // Fails only once the task is gone (a panic in it): counted like any lost Event.
+        if self.events.send(pending).await.is_err() {
+            self.metrics.event_failures.inc();
+            tracing::warn!("the event recorder is gone; the events of this status are lost");
+        }
+    }
+}
+
+/// Records the queued Events in order until the writer is dropped; failures are logged and
+/// counted, never returned.
+async fn record_events<E: EventStore>(
+    recorder: EventRecorder<E>,
+    mut queue: mpsc::Receiver<Pending>,
+    metrics: Metrics,
+) {
+    while let Some(pending) = queue.recv().await {
+        let span = pending.span.clone();
+        record_pending(&recorder, &pending, &metrics)
+            .instrument(span)
+            .await;
+    }
+}
+
+/// Records the Events of one status write.
+async fn record_pending<E: EventStore>(
+    recorder: &EventRecorder<E>,
+    pending: &Pending,
+    metrics: &Metrics,
+) {
+    for phase_event in &pending.events {
+        let record = recorder.record(&pending.regarding, phase_event, jiff::Timestamp::now());
+        match tokio::time::timeout(EVENT_TIMEOUT, record).await {
+            Ok(Ok(recorded)) => {
+                metrics.events_recorded.inc();
+                tracing::debug!(reason = phase_event.reason, ?recorded, "event recorded");
+            }
+            Ok(Err(error)) => {
+                metrics.event_failures.inc();
+                tracing::warn!(%error, reason = phase_event.reason, "cannot record the event");
+            }
+            Err(_) => {
+                metrics.event_failures.inc();
+                tracing::warn!(reason = phase_event.reason, timeout = ?EVENT_TIMEOUT, "recording the event timed out");
             }
         }
     }
+}
+
+/// The messages of a batch by subject (one Component each), in stream order within each.
+fn by_subject(messages: Vec<Message>) -> Vec<Vec<Message>> {
+    let mut groups: Vec<Vec<Message>> = Vec::new();
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for message in messages {
+        let subject = message.subject.to_string();
+        match index.get(&subject) {
+            Some(&i) => groups[i].push(message),
+            None => {
+                index.insert(subject, groups.len());
+                groups.push(vec![message]);
+            }
+        }
+    }
+    groups
 }
 
 /// A status event must come on `helmq.status.<namespace>.<name>` of the Component it names.
 pub fn check_subject(subject: &str, event: &StatusEvent) -> Result<(), String> {
     let (namespace, name) = (&event.component.namespace, &event.component.name);
-    let expected = status_subject(namespace, name);
-    if subject == expected {
-        Ok(())
-    } else {
-        Err(format!(
-            "status event for component {namespace}/{name} was published on subject {subject}, not on {expected}: an event must come on its component's subject"
-        ))
-    }
+    helmq_schemas::subject::check_own_subject(
+        "status event",
+        subject,
+        &status_subject(namespace, name),
+        (namespace, name),
+    )
 }
 
 /// The delay before the next delivery of an event whose write failed transiently at its
 /// `delivered`-th delivery: [`FIRST_RETRY_DELAY`], doubled per earlier delivery, at most `max`.
 pub fn retry_delay(delivered: u64, max: Duration) -> Duration {
-    let doublings = u32::try_from(delivered.saturating_sub(1))
-        .unwrap_or(u32::MAX)
-        .min(20);
-    FIRST_RETRY_DELAY.saturating_mul(1 << doublings).min(max)
-}
-
-/// Sleeps for `delay`; `false` if `shutdown` came first.
-async fn sleep_or_cancel(delay: Duration, shutdown: &CancellationToken) -> bool {
-    tokio::select! {
-        () = shutdown.cancelled() => false,
-        () = tokio::time::sleep(delay) => true,
-    }
+    let failures = u32::try_from(delivered).unwrap_or(u32::MAX);
+    helmq_telemetry::retry::backoff(FIRST_RETRY_DELAY, max, failures, false)
 }
 
 #[cfg(test)]

@@ -3,7 +3,6 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use helmq_producer::metrics::Metrics as ProducerMetrics;
@@ -21,7 +20,7 @@ pub struct Pipeline {
     pub js: async_nats::jetstream::Context,
     pub store: FakeComponentStore,
     pub metrics: helmq_worker::Metrics,
-    pub pool: JoinHandle<Result<(), helmq_worker::pool::PoolError>>,
+    pub pool: helmq_worker::SpawnedPool,
     pub writer: JoinHandle<Result<(), helmq_producer::writer::WriterError>>,
     stop: CancellationToken,
 }
@@ -33,18 +32,14 @@ impl Pipeline {
         let client = async_nats::connect(server.url()).await.unwrap();
         let js = async_nats::jetstream::new(client.clone());
         Topology::default().ensure(&js).await.unwrap();
-        let mut registry = prometheus_client::registry::Registry::default();
-        let metrics = helmq_worker::Metrics::register(&mut registry);
-        let stop = CancellationToken::new();
-        let pool = tokio::spawn(helmq_worker::run_pool(
-            js.clone(),
+        let pool = helmq_worker::SpawnedPool::spawn(
             client,
-            Arc::new(driver.clone()),
-            JetStreamStatus::new(js.clone()),
+            driver.clone(),
             settings,
-            metrics.clone(),
-            stop.clone(),
-        ));
+            JetStreamStatus::new,
+        );
+        let metrics = pool.metrics.clone();
+        let stop = CancellationToken::new();
         let store = FakeComponentStore::new();
         let writer = Writer::new(
             store.clone(),
@@ -74,7 +69,7 @@ impl Pipeline {
     /// Stops the pool (draining it) and the writer.
     pub async fn stop(self) {
         self.stop.cancel();
-        self.pool.await.unwrap().unwrap();
+        self.pool.stop().await;
         let _ = self.writer.await;
     }
 }

@@ -12,7 +12,8 @@ use k8s_openapi::api::core::v1::{ResourceQuota, Secret};
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 
-use crate::support::{Options, Stack, gate, is_alive, process_tree, spec};
+use crate::support::{Options, Stack, gate, process_tree, spec};
+use helmq_tests::procfs::is_alive;
 
 /// Redelivery after a crash and lease expiry both take this long: short, to keep the case fast.
 const ACK_WAIT: Duration = Duration::from_secs(5);

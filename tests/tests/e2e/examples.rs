@@ -1,11 +1,14 @@
 //! The documented examples, as users apply them: the seed's acceptance Component
 //! (`deploy/examples/nginx.yaml`, with the chart taken from the local repository instead of the
 //! Internet) and the "Try it on the rig" Component (`deploy/examples/webapp.yaml`): deploy →
-//! `Ready` → delete → release and managed namespace gone.
+//! `Ready` → delete → release and managed namespace gone; and the tenant's Component of the
+//! multi-tenant profile (`deploy/examples/team-a-webapp.yaml`), released into its own namespace,
+//! which outlives it.
 
 use helmq_schemas::{Component, Phase};
 use helmq_tests::workspace_root;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, PostParams};
 use serde_json::json;
 
@@ -17,9 +20,10 @@ fn example(file: &str) -> Component {
     serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// Applies an example Component in the stack's namespace, with its release namespace made the
-/// case's own (it is managed: created by helm, deleted by helmq) and its repository the stack's,
-/// then checks it through deploy, Ready and cleanup.
+/// Applies an example Component in the stack's namespace, with its repository the stack's and its
+/// release namespace made the case's own (a managed one `<namespace>-<release>`, created by helm
+/// and deleted by helmq; otherwise the stack's namespace, as a tenant's), then checks it through
+/// deploy, Ready and cleanup.
 async fn deploy_and_clean_up(stack: &Stack, mut component: Component, replicas: i32) {
     let name = component.metadata.name.clone().expect("a name");
     let config = component.spec.config.as_mut().expect("a config");
@@ -27,11 +31,17 @@ async fn deploy_and_clean_up(stack: &Stack, mut component: Component, replicas: 
         .as_str()
         .expect("source form")
         .to_owned();
-    let release_ns = format!("{}-{release}", stack.namespace());
-    assert_eq!(
-        config["manageNamespace"], true,
-        "the examples manage their namespace"
-    );
+    let managed = config["manageNamespace"] == true;
+    let release_ns = if managed {
+        format!("{}-{release}", stack.namespace())
+    } else {
+        assert_eq!(
+            config["releaseNamespace"],
+            component.metadata.namespace.as_deref().unwrap_or_default(),
+            "an unmanaged example releases into its own namespace"
+        );
+        stack.namespace().to_owned()
+    };
     config["releaseNamespace"] = json!(release_ns);
     config["source"]["repository"]["url"] = json!(stack.repo_url());
     component.metadata.namespace = Some(stack.namespace().to_owned());
@@ -64,7 +74,18 @@ async fn deploy_and_clean_up(stack: &Stack, mut component: Component, replicas: 
 
     stack.delete_and_wait_gone(&name).await;
     assert_eq!(stack.release_status(&release, &release_ns).await, None);
-    stack.wait_namespace_gone(&release_ns).await;
+    if managed {
+        stack.wait_namespace_gone(&release_ns).await;
+    } else {
+        let namespace = Api::<Namespace>::all(stack.client().clone())
+            .get(&release_ns)
+            .await
+            .expect("the tenant's namespace");
+        assert!(
+            namespace.metadata.deletion_timestamp.is_none(),
+            "a namespace helmq did not create outlives the Component"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,5 +118,18 @@ async fn try_it_on_the_rig_webapp_example_deploys_and_cleans_up() {
     })
     .await;
     deploy_and_clean_up(&stack, example("webapp.yaml"), 2).await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "end-to-end: needs a cluster and helm; `just e2e` runs it (with HELMQ_E2E=1)"]
+async fn a_tenants_webapp_example_deploys_into_its_own_namespace_and_cleans_up() {
+    gate!();
+    let stack = Stack::start_with(Options {
+        charts: vec!["webapp"],
+        ..Options::new("team-a")
+    })
+    .await;
+    deploy_and_clean_up(&stack, example("team-a-webapp.yaml"), 2).await;
     stack.stop().await;
 }

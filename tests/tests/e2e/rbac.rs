@@ -24,7 +24,7 @@ use helmq_tests::workspace_root;
 const ROLES: [&str; 2] = ["producer", "worker"];
 
 /// The objects of `deploy/rbac/<role>.yaml`, renamed for this case (see the module docs).
-fn manifests(role: &str, suffix: &str) -> Vec<Value> {
+pub(crate) fn manifests(role: &str, suffix: &str) -> Vec<Value> {
     let path = workspace_root().join(format!("deploy/rbac/{role}.yaml"));
     let text = std::fs::read_to_string(&path).expect("read the RBAC manifest");
     let mut docs: Vec<Value> = serde_saphyr::from_str_multiple(&text).expect("parse RBAC");
@@ -83,6 +83,68 @@ pub(crate) async fn apply(client: &kube::Client, docs: Vec<Value>) {
             other => panic!("unexpected kind {other} among RBAC manifests"),
         }
     }
+}
+
+/// The onboarding of `deploy/examples/tenant.yaml` for `namespace`: its `helmq-deployer`
+/// account bound to `admin` there.
+pub(crate) fn tenant(namespace: &str) -> Vec<Value> {
+    vec![
+        json!({"apiVersion": "v1", "kind": "ServiceAccount",
+               "metadata": {"name": "helmq-deployer", "namespace": namespace}}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": "helmq-deployer-admin", "namespace": namespace},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "admin"},
+               "subjects": [{"kind": "ServiceAccount", "name": "helmq-deployer", "namespace": namespace}]}),
+    ]
+}
+
+/// Creates namespace `name` with the test's own (admin) credentials.
+pub(crate) async fn create_namespace(client: &kube::Client, name: &str) {
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": name}})).expect("namespace"),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("create namespace {name}: {e}"));
+}
+
+/// Sets up the multi-tenant profile for a case whose namespace is `namespace` and returns the
+/// workers' kubeconfig (written into `dir`): the workers' account and rights of
+/// `deploy/rbac/worker-tenants.yaml` (impersonating `helmq-deployer` accounts, nothing else) in
+/// `<namespace>-system`, and `namespace` onboarded as `deploy/examples/tenant.yaml` does. The
+/// cases release into namespaces that helmq creates and deletes (`manageNamespace`), which the
+/// example's tenant may not: this one is also granted what such a tenant needs, as
+/// `deploy/examples/tenant.yaml` says to grant it (creating and deleting namespaces, and `admin`
+/// in every namespace, so in the ones it creates).
+pub(crate) async fn tenants_profile(admin: &kube::Client, namespace: &str, dir: &Path) -> PathBuf {
+    let system = format!("{namespace}-system");
+    create_namespace(admin, &system).await;
+    apply(admin, manifests("worker-tenants", namespace)).await;
+    let mut onboarding = tenant(namespace);
+    let account =
+        json!([{"kind": "ServiceAccount", "name": "helmq-deployer", "namespace": namespace}]);
+    let namespaces = format!("helmq-e2e-namespaces-{namespace}");
+    onboarding.extend([
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+               "metadata": {"name": namespaces},
+               "rules": [{"apiGroups": [""], "resources": ["namespaces"],
+                          "verbs": ["get", "list", "watch", "create", "delete", "patch", "update"]}]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+               "metadata": {"name": namespaces},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": namespaces},
+               "subjects": account}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+               "metadata": {"name": format!("helmq-e2e-admin-{namespace}")},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "admin"},
+               "subjects": account}),
+    ]);
+    apply(admin, onboarding).await;
+    token_kubeconfig(
+        &token(admin, &system, "helmq-worker").await,
+        None,
+        &dir.join("worker.kubeconfig"),
+    )
 }
 
 /// A kubeconfig for the current context's cluster that authenticates with `token` only, acting

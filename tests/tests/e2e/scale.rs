@@ -3,7 +3,13 @@
 //! Component from its creation to the first time a watch sees it `Ready`. Reports
 //! Components/s, p50/p99 create-to-Ready, helm processes per Component (every helm run goes
 //! through the stack's counting wrapper) and each process's peak RSS, prints them and writes
-//! them to `target/bench/e2e-scale.json`. The figures are measurements, not assertions.
+//! them to `target/bench/e2e-scale.json` (and `rig-scale-N.json`). The figures are
+//! measurements, not assertions.
+//!
+//! With `HELMQ_E2E_SCALE_BARE=1` (`just bench-rig`, CI) the run first times N bare
+//! `helm upgrade --install --wait` runs of the same chart package, values and namespace with the
+//! workers' parallelism (workers × `--concurrency`): the physical limit, which helmq's time is
+//! reported against (`ratio_to_bare_helm`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -17,6 +23,9 @@ use serde_json::{Value, json};
 use crate::support::{Options, Stack, binary, gate, phase};
 
 const WORKERS: usize = 2;
+/// Jobs each worker runs at once; the bare phase runs `WORKERS * CONCURRENCY` helm processes at
+/// a time.
+const CONCURRENCY: usize = 4;
 /// The run fails when no Component got further (Ready, or gone after delete) for this long; it is
 /// not a time limit on the whole run, whose length depends on the machine.
 const STALL: Duration = Duration::from_secs(120);
@@ -76,6 +85,40 @@ fn subtract(
         .collect()
 }
 
+/// `count` bare `helm upgrade --install --wait` runs of `package` with the values the
+/// Components use, `parallel` at a time, in the stack's namespace; returns the seconds they
+/// took. The releases are uninstalled afterwards (not timed).
+async fn bare_helm(stack: &Stack, package: &std::path::Path, count: usize, parallel: usize) -> f64 {
+    let values = tempfile::NamedTempFile::new().expect("values file");
+    let config = stack.hello_config("bare", "0.1.0", "scale");
+    std::fs::write(values.path(), config["values"].to_string()).expect("write the values");
+    let (helm, namespace) = (stack.helm(), stack.namespace());
+    let (package, values) = (
+        package.to_str().expect("utf-8 path"),
+        values.path().to_str().expect("utf-8 path"),
+    );
+    let each = |verb: &'static [&'static str]| {
+        futures::stream::iter(0..count)
+            .map(move |i| async move {
+                let name = format!("bare-{i}");
+                let mut args: Vec<&str> = verb.to_vec();
+                args.push(&name);
+                if verb[0] == "upgrade" {
+                    args.extend([package, "--values", values, "-o", "json"]);
+                }
+                args.extend(["--namespace", namespace, "--wait", "--timeout", "300s"]);
+                crate::support::run_ok(helm, &args).await;
+            })
+            .buffer_unordered(parallel)
+            .collect::<Vec<()>>()
+    };
+    let started = Instant::now();
+    each(&["upgrade", "--install"]).await;
+    let seconds = started.elapsed().as_secs_f64();
+    each(&["uninstall"]).await;
+    seconds
+}
+
 /// Components of a run without HELMQ_E2E_SCALE.
 const DEFAULT_COUNT: usize = 20;
 
@@ -92,10 +135,23 @@ async fn scale_many_small_components() {
         .unwrap_or(DEFAULT_COUNT);
     let stack = Stack::start_with(Options {
         workers: WORKERS,
+        worker_args: vec!["--concurrency".into(), CONCURRENCY.to_string()],
         ..Options::new("scale")
     })
     .await;
     let api = stack.components();
+    let bare_seconds = if std::env::var("HELMQ_E2E_SCALE_BARE").is_ok_and(|v| v == "1") {
+        let package = stack.chart_package("hello", "0.1.0");
+        let seconds = bare_helm(&stack, &package, count, WORKERS * CONCURRENCY).await;
+        println!(
+            "e2e scale: {count} bare helm upgrade --install --wait runs, {} at a time: {seconds:.1}s ({:.2}/s)",
+            WORKERS * CONCURRENCY,
+            count as f64 / seconds
+        );
+        Some(seconds)
+    } else {
+        None
+    };
 
     // First sight of Ready per Component, from a watch started before the first create.
     let ready_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
@@ -186,9 +242,19 @@ async fn scale_many_small_components() {
         .unwrap_or_default();
     stack.stop().await;
 
+    let applies: usize = deploy_calls
+        .iter()
+        .filter(|(subcommand, _)| *subcommand != "pull")
+        .map(|(_, n)| n)
+        .sum();
     let report = json!({
         "components": count,
         "workers": WORKERS,
+        "concurrency": CONCURRENCY,
+        "build": if cfg!(debug_assertions) { "debug" } else { "release" },
+        "bare_helm_seconds": bare_seconds,
+        "ratio_to_bare_helm": bare_seconds.map(|bare| elapsed / bare),
+        "helm_processes_per_apply": applies as f64 / count as f64,
         "helm": helm_version.trim(),
         "kubernetes": kube_version,
         "seconds_to_all_ready": elapsed,
@@ -214,8 +280,16 @@ async fn scale_many_small_components() {
         quantile(&latencies, 0.50),
         quantile(&latencies, 0.99)
     );
+    if let Some(bare) = bare_seconds {
+        println!(
+            "e2e scale: helmq {elapsed:.1}s / bare helm {bare:.1}s = {:.2}x ({} build)",
+            elapsed / bare,
+            report["build"].as_str().unwrap_or_default()
+        );
+    }
     println!(
-        "e2e scale: helm processes per Component: deploy {} delete {}",
+        "e2e scale: helm processes per apply (chart pulls aside) {:.2}; per Component: deploy {} delete {}",
+        report["helm_processes_per_apply"].as_f64().unwrap_or(0.0),
         report["helm_processes_per_component"]["deploy"],
         report["helm_processes_per_component"]["delete"]
     );
@@ -229,7 +303,13 @@ async fn scale_many_small_components() {
         .expect("target dir")
         .join("bench");
     std::fs::create_dir_all(&bench).expect("create target/bench");
-    let path = bench.join("e2e-scale.json");
-    std::fs::write(&path, serde_json::to_vec_pretty(&report).unwrap()).expect("write the report");
-    println!("e2e scale: written to {}", path.display());
+    for name in [
+        "e2e-scale.json".to_owned(),
+        format!("rig-scale-{count}.json"),
+    ] {
+        let path = bench.join(name);
+        std::fs::write(&path, serde_json::to_vec_pretty(&report).unwrap())
+            .expect("write the report");
+        println!("e2e scale: written to {}", path.display());
+    }
 }

@@ -20,6 +20,7 @@ use helmq_schemas::component::HELM_FINALIZER;
 use helmq_schemas::event::StatusEvent;
 use helmq_schemas::subject::status_subject;
 use helmq_schemas::{Component, ComponentSpec, Phase};
+use helmq_tests::procfs::peak_rss_kib;
 use helmq_tests::{NatsServer, workspace_root};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::events::v1::Event;
@@ -83,6 +84,31 @@ impl Options {
             topology: None,
             producer_kubeconfig: None,
             worker_kubeconfig: None,
+        }
+    }
+}
+
+/// The RBAC profile the workers of every case run in, from `HELMQ_E2E_PROFILE`; the cases that
+/// set [`Options::worker_kubeconfig`] (least privilege, tenancy) choose their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Profile {
+    /// `single` (the default): the workers act with the test's own credentials, as with the
+    /// chart's `cluster` profile.
+    Single,
+    /// `tenants`: the chart's `rbac.profile=tenants`: the workers may only impersonate
+    /// `helmq-deployer` accounts and run with `--default-service-account helmq-deployer`, and
+    /// the case's namespace is an onboarded tenant ([`crate::rbac::tenants_profile`]).
+    Tenants,
+}
+
+impl Profile {
+    /// The profile `HELMQ_E2E_PROFILE` names; anything but `single`, `tenants` or nothing is a
+    /// mistake, not a default.
+    pub(crate) fn from_env() -> Profile {
+        match std::env::var("HELMQ_E2E_PROFILE").as_deref() {
+            Err(_) | Ok("" | "single") => Profile::Single,
+            Ok("tenants") => Profile::Tenants,
+            Ok(other) => panic!("HELMQ_E2E_PROFILE={other}: expected single or tenants"),
         }
     }
 }
@@ -204,66 +230,17 @@ pub(crate) fn spec(name: &str, config: Value) -> ComponentSpec {
     }
 }
 
-/// Peak resident set size of a live process, in KiB (0 when it cannot be read).
-pub(crate) fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// Whether a process exists and is not a zombie.
-pub(crate) fn is_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(')')
-            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
-    })
-}
-
 /// A live process and its live descendants (however they are grouped): `(pid, command line)`,
 /// the process itself first.
 pub(crate) fn process_tree(root: u32) -> Vec<(u32, String)> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    // pid → (parent, command line) of every process that is not a zombie.
-    let live: BTreeMap<u32, (u32, String)> = entries
-        .flatten()
-        .filter_map(|entry| {
-            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-            // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
-            let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
-            let state = fields.next()?;
-            let ppid: u32 = fields.next()?.parse().ok()?;
-            if state == "Z" {
-                return None;
-            }
-            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            Some((pid, (ppid, cmdline.trim().to_owned())))
-        })
+    let live: Vec<_> = helmq_tests::procfs::processes()
+        .into_iter()
+        .filter(|p| p.state != 'Z')
         .collect();
-    let mut tree: Vec<(u32, String)> = live
-        .get(&root)
-        .map(|(_, cmd)| vec![(root, cmd.clone())])
-        .unwrap_or_default();
-    let mut i = 0;
-    while i < tree.len() {
-        let parent = tree[i].0;
-        tree.extend(
-            live.iter()
-                .filter(|(_, (ppid, _))| *ppid == parent)
-                .map(|(pid, (_, cmd))| (*pid, cmd.clone())),
-        );
-        i += 1;
-    }
-    tree
+    helmq_tests::procfs::tree(root, &live)
+        .into_iter()
+        .map(|p| (p.pid, p.command.clone()))
+        .collect()
 }
 
 /// Packages each chart at two versions and serves the repository on 127.0.0.1.
@@ -354,10 +331,15 @@ impl Stack {
     }
 
     /// Starts everything a case needs; see the module docs.
-    pub(crate) async fn start_with(options: Options) -> Stack {
+    pub(crate) async fn start_with(mut options: Options) -> Stack {
+        let profile = Profile::from_env();
         let helm = std::env::var("HELM_BIN").unwrap_or_else(|_| "helm".into());
         let version = run_ok(&helm, &["version", "--short"]).await;
-        eprintln!("e2e[{}]: helm {}", options.tag, version.trim());
+        eprintln!(
+            "e2e[{}]: helm {}, profile {profile:?}",
+            options.tag,
+            version.trim()
+        );
         let client = kube::Client::try_default()
             .await
             .expect("a cluster from KUBECONFIG");
@@ -402,6 +384,13 @@ impl Stack {
             )
             .await
             .expect("create the test namespace");
+        if profile == Profile::Tenants && options.worker_kubeconfig.is_none() {
+            let kubeconfig = crate::rbac::tenants_profile(&client, &namespace, dir.path()).await;
+            options.worker_kubeconfig = Some(kubeconfig);
+            options
+                .worker_args
+                .extend(["--default-service-account".into(), "helmq-deployer".into()]);
+        }
 
         // Every helm run goes through this script, which notes its subcommand and then becomes
         // the real helm (exec: same process, so signals and kills reach helm itself).
@@ -575,6 +564,13 @@ impl Stack {
     /// The real helm executable (`HELM_BIN`, default `helm`).
     pub(crate) fn helm(&self) -> &str {
         &self.helm
+    }
+
+    /// The package of `chart` at `version` the stack's repository serves.
+    pub(crate) fn chart_package(&self, chart: &str, version: &str) -> PathBuf {
+        self.dir()
+            .join("repo")
+            .join(format!("{chart}-{version}.tgz"))
     }
 
     /// A client for the cluster, with the test's own (admin) credentials.
@@ -865,11 +861,11 @@ impl Stack {
     pub(crate) fn peak_rss(&self) -> Vec<(String, u64)> {
         let mut peaks = Vec::new();
         if let Some(pid) = self.nats.pid() {
-            peaks.push(("nats-server".to_owned(), peak_rss_kib(pid)));
+            peaks.push(("nats-server".to_owned(), peak_rss_kib(pid).unwrap_or(0)));
         }
         for p in &self.processes {
             if let Some(pid) = p.child.id() {
-                peaks.push((p.name.clone(), peak_rss_kib(pid)));
+                peaks.push((p.name.clone(), peak_rss_kib(pid).unwrap_or(0)));
             }
         }
         peaks

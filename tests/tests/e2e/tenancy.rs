@@ -28,62 +28,8 @@ use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
-use crate::rbac::{apply, token, token_kubeconfig};
+use crate::rbac::{apply, create_namespace, manifests, tenant, token, token_kubeconfig};
 use crate::support::{Options, READY_WITHIN, Stack, gate};
-
-/// The onboarding of `deploy/examples/tenant.yaml` for `namespace`: its `helmq-deployer`
-/// account bound to `admin` there.
-fn tenant(namespace: &str) -> Vec<Value> {
-    vec![
-        json!({"apiVersion": "v1", "kind": "ServiceAccount",
-               "metadata": {"name": "helmq-deployer", "namespace": namespace}}),
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-               "metadata": {"name": "helmq-deployer-admin", "namespace": namespace},
-               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "admin"},
-               "subjects": [{"kind": "ServiceAccount", "name": "helmq-deployer", "namespace": namespace}]}),
-    ]
-}
-
-/// `deploy/rbac/worker-tenants.yaml`, its names made this case's own: the namespace
-/// `helmq-system` becomes `<suffix>-system`, cluster-wide names get the suffix.
-fn worker_rbac(suffix: &str) -> Vec<Value> {
-    let path = helmq_tests::workspace_root().join("deploy/rbac/worker-tenants.yaml");
-    let text = std::fs::read_to_string(&path).expect("read the RBAC manifest");
-    let mut docs: Vec<Value> = serde_saphyr::from_str_multiple(&text).expect("parse RBAC");
-    let system = format!("{suffix}-system");
-    for doc in &mut docs {
-        if doc["metadata"]["namespace"] == "helmq-system" {
-            doc["metadata"]["namespace"] = json!(system);
-        }
-        if doc["kind"]
-            .as_str()
-            .unwrap_or_default()
-            .starts_with("Cluster")
-        {
-            let name = format!("{}-{suffix}", doc["metadata"]["name"].as_str().unwrap());
-            doc["metadata"]["name"] = json!(name);
-        }
-        if let Some(name) = doc["roleRef"]["name"].as_str() {
-            doc["roleRef"]["name"] = json!(format!("{name}-{suffix}"));
-        }
-        if let Some(subjects) = doc["subjects"].as_array_mut() {
-            for subject in subjects {
-                subject["namespace"] = json!(system);
-            }
-        }
-    }
-    docs
-}
-
-async fn create_namespace(client: &kube::Client, name: &str) {
-    Api::<Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": name}})).unwrap(),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("create namespace {name}: {e}"));
-}
 
 /// Publishes an orchestrator job (no uid) on `namespace`'s subjects, as a tenant may.
 async fn publish_raw(stack: &Stack, namespace: &str, name: &str, action: JobAction, config: Value) {
@@ -163,7 +109,7 @@ async fn a_tenant_reaches_neither_another_tenants_release_nor_namespace_nor_the_
     let suffix = format!("e2e-tenancy-{}", std::process::id());
     let system = format!("{suffix}-system");
     create_namespace(&admin, &system).await;
-    apply(&admin, worker_rbac(&suffix)).await;
+    apply(&admin, manifests("worker-tenants", &suffix)).await;
     let dir = tempfile::tempdir().unwrap();
     let worker_kubeconfig = token_kubeconfig(
         &token(&admin, &system, "helmq-worker").await,

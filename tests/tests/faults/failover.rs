@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use futures::stream::BoxStream;
 use helmq_producer::store::fake::{FakeComponentStore, FakeEventStore, FakeLeaseStore};
-use helmq_producer::store::{Change, ComponentStore, Listing, StoreError};
+use helmq_producer::store::{Change, ComponentStore, Listing, Observed, StoreError};
 use helmq_queue::topology::JOBS_STREAM;
 use helmq_queue::{Connection, Topology};
 use helmq_schemas::component::{Component, ComponentStatus, HELM_FINALIZER};
@@ -53,7 +53,7 @@ impl ClaimCounting {
 }
 
 impl ComponentStore for ClaimCounting {
-    async fn get(&self, namespace: &str, name: &str) -> Result<Option<Component>, StoreError> {
+    async fn get(&self, namespace: &str, name: &str) -> Result<Option<Observed>, StoreError> {
         self.inner.get(namespace, name).await
     }
 
@@ -65,12 +65,12 @@ impl ComponentStore for ClaimCounting {
         self.inner.changes()
     }
 
-    async fn add_finalizer(&self, component: &Component) -> Result<Component, StoreError> {
+    async fn add_finalizer(&self, component: &Component) -> Result<Observed, StoreError> {
         let claimed = self.inner.add_finalizer(component).await?;
         self.claims
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .entry(claimed.metadata.uid.clone().unwrap_or_default())
+            .entry(claimed.meta().uid.clone().unwrap_or_default())
             .or_default()
             .push(Instant::now());
         Ok(claimed)
@@ -79,7 +79,7 @@ impl ComponentStore for ClaimCounting {
     async fn remove_finalizer(
         &self,
         component: &Component,
-    ) -> Result<Option<Component>, StoreError> {
+    ) -> Result<Option<Observed>, StoreError> {
         self.inner.remove_finalizer(component).await
     }
 
@@ -87,7 +87,7 @@ impl ComponentStore for ClaimCounting {
         &self,
         component: &Component,
         status: &ComponentStatus,
-    ) -> Result<Component, StoreError> {
+    ) -> Result<Observed, StoreError> {
         self.inner.patch_status(component, status).await
     }
 }

@@ -25,14 +25,15 @@ use helmq_queue::{
 };
 use helmq_schemas::HelmConfig;
 use helmq_schemas::component::{Component, ComponentSpec, Phase};
-use helmq_schemas::event::{ComponentRef, JobAction, JobEvent, StatusEvent};
+use helmq_schemas::event::{ComponentRef, JobAction, JobEvent, Position, StatusEvent};
 use helmq_tests::NatsServer;
 use helmq_tests::faults::Run;
 use helmq_worker::driver::{
     Apply, DriverError, HelmDriver, NamespaceDeletion, Release, Revision, Target, Uninstalled,
 };
+use helmq_worker::failure::Cause;
 use helmq_worker::ownership::{Identity, Owner};
-use helmq_worker::{MemoryDriver, Metrics, Settings};
+use helmq_worker::{MemoryDriver, Settings};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -162,6 +163,15 @@ impl RecordingDriver {
             }),
             () = tokio::time::sleep(latency) => call.await,
         };
+        // Helm refused before it wrote anything (the name in use, another operation): not a run.
+        if let Err(error) = &result
+            && matches!(
+                error.cause(),
+                Some(Cause::NameInUse | Cause::AnotherOperation)
+            )
+        {
+            return result;
+        }
         self.recorder.push(Run {
             release,
             uid: job.0,
@@ -308,10 +318,7 @@ pub fn settings(id: &str) -> Settings {
 
 /// An in-process worker pool.
 #[derive(Debug)]
-pub struct Pool {
-    shutdown: CancellationToken,
-    task: JoinHandle<Result<(), helmq_worker::pool::PoolError>>,
-}
+pub struct Pool(helmq_worker::SpawnedPool);
 
 impl Pool {
     /// Starts a pool connected to `url` (one URL or a comma-separated list of a cluster's nodes)
@@ -326,26 +333,14 @@ impl Pool {
         let client = helmq_queue::connect(&helmq_queue::NatsArgs::with_url(url), "faults pool")
             .await
             .expect("connect the pool");
-        let js = jetstream::new(client.clone());
-        let mut registry = prometheus_client::registry::Registry::default();
-        let metrics = Metrics::register(&mut registry);
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(helmq_worker::run_pool(
-            js.clone(),
-            client,
-            Arc::new(driver),
-            sink(js),
-            settings,
-            metrics,
-            shutdown.clone(),
-        ));
-        Pool { shutdown, task }
+        Pool(helmq_worker::SpawnedPool::spawn(
+            client, driver, settings, sink,
+        ))
     }
 
     /// Stops the pool (draining it).
     pub async fn stop(self) {
-        self.shutdown.cancel();
-        self.task.await.expect("pool task").expect("pool");
+        self.0.stop().await;
     }
 }
 
@@ -384,7 +379,7 @@ pub fn jetstream_sink(js: Context) -> JetStreamStatus {
 }
 
 /// Status positions written per Component, in order.
-type Positions = Arc<Mutex<BTreeMap<String, Vec<(i64, u64)>>>>;
+type Positions = Arc<Mutex<BTreeMap<String, Vec<Position>>>>;
 
 /// A nats-server with the topology, the in-memory API server, the status writer over it (when
 /// started) and a watch recording every status position written per Component.
@@ -557,7 +552,7 @@ impl Stack {
             let ok = status.as_ref().is_some_and(|s| {
                 s.phase == Some(Phase::Ready)
                     && s.observed_generation == Some(*generation)
-                    && stored_position(s).map(|p| p.0) == Some(*generation)
+                    && stored_position(s).map(|p| p.generation) == Some(*generation)
             });
             if !ok {
                 out.push(format!(
@@ -608,7 +603,7 @@ impl Stack {
     }
 
     /// Every status position written per Component so far, in order.
-    pub fn positions(&self) -> BTreeMap<String, Vec<(i64, u64)>> {
+    pub fn positions(&self) -> BTreeMap<String, Vec<Position>> {
         self.positions
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -775,7 +770,9 @@ impl WorkerProcess {
         // never allows.
         let _ = nix::sys::signal::kill(Pid::from_raw(worker as i32), Signal::SIGSTOP);
         let deadline = std::time::Instant::now() + Duration::from_millis(500);
-        while !is_stopped(worker) && std::time::Instant::now() < deadline {
+        while !helmq_tests::procfs::is_stopped_or_gone(worker)
+            && std::time::Instant::now() < deadline
+        {
             std::thread::sleep(Duration::from_millis(5));
         }
         for pid in descendants(worker) {
@@ -788,43 +785,14 @@ impl WorkerProcess {
     }
 }
 
-/// Whether `pid` is stopped (state `T` in `/proc/<pid>/stat`) or gone.
-fn is_stopped(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
-        stat.rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state == "T" || state == "t")
-    })
-}
-
-/// Every process below `root` (children, their children, ...), from `/proc`.
+/// Every process below `root` (children, their children, ...).
 fn descendants(root: u32) -> Vec<u32> {
-    let mut parents: Vec<(u32, u32)> = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // `pid (comm) state ppid ...`: comm may hold spaces, so read after its `)`.
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok());
-        if let Some(ppid) = ppid {
-            parents.push((pid, ppid));
-        }
-    }
-    let mut out = Vec::new();
-    let mut frontier = vec![root];
-    while let Some(parent) = frontier.pop() {
-        for (pid, _) in parents.iter().filter(|(_, p)| *p == parent) {
-            out.push(*pid);
-            frontier.push(*pid);
-        }
-    }
-    out
+    let all = helmq_tests::procfs::processes();
+    helmq_tests::procfs::tree(root, &all)
+        .into_iter()
+        .skip(1)
+        .map(|p| p.pid)
+        .collect()
 }
 
 impl Drop for WorkerProcess {

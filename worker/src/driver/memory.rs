@@ -8,19 +8,25 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
+use super::helm_cli::helm_failure;
 use super::{
-    Apply, DriverError, HelmDriver, HelmStatus, NamespaceDeletion, Release, Revision, Target, Tool,
-    Uninstalled, is_pending,
+    Apply, DriverError, HelmDriver, HelmStatus, NamespaceDeletion, Release, ReleaseRef, Revision,
+    Target, Tool, Uninstalled, is_pending,
 };
 use crate::ownership::{Identity, Owner};
 
 /// One call the driver received.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Call {
-    /// `apply`, `uninstall`, `status`, `history`, `rollback` or `delete-namespace`.
+    /// `apply`, `uninstall`, `status`, `labels`, `history`, `rollback`, `delete-namespace`, or
+    /// `refused`: an apply Helm refuses before it writes anything (`helm install` of a name in
+    /// use, another operation in progress).
     pub op: &'static str,
     /// Release name (the namespace for `delete-namespace`).
     pub release: String,
@@ -39,7 +45,7 @@ pub struct Call {
 /// A scripted reaction to the next mutating call on a release.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
-    /// Fail like helm with this stderr.
+    /// Fail like helm with this stderr, read as `HelmCli` reads helm's (class and cause).
     Fail(String),
     /// Take this long (cancellable), then do the work.
     Delay(Duration),
@@ -49,13 +55,13 @@ pub enum Step {
 
 #[derive(Debug, Default)]
 struct State {
-    releases: HashMap<(String, String), Vec<Revision>>,
+    releases: HashMap<ReleaseRef, Vec<Revision>>,
     /// The labels of each release's newest record (merged over upgrades, as Helm does).
-    labels: HashMap<(String, String), BTreeMap<String, String>>,
+    labels: HashMap<ReleaseRef, BTreeMap<String, String>>,
     /// Namespaces that exist, with the owner helmq created them for (`None`: not created by
     /// helmq).
     namespaces: HashMap<String, Option<Owner>>,
-    running: HashMap<(String, String), usize>,
+    running: HashMap<ReleaseRef, usize>,
     overlaps: Vec<String>,
     calls: Vec<Call>,
     /// `(release, own_namespace)` of every apply: the namespace registry Secrets would come from.
@@ -70,6 +76,9 @@ struct State {
 pub struct MemoryDriver {
     state: Arc<Mutex<State>>,
     gate_opened: Arc<tokio::sync::Notify>,
+    /// The helm processes its calls stand for, by subcommand (`helm_processes`, as
+    /// [`super::HelmCli`] counts them).
+    processes: Family<Vec<(&'static str, String)>, Counter>,
 }
 
 impl MemoryDriver {
@@ -135,14 +144,14 @@ impl MemoryDriver {
     pub fn set_history(&self, namespace: &str, release: &str, history: Vec<Revision>) {
         self.state()
             .releases
-            .insert((namespace.to_owned(), release.to_owned()), history);
+            .insert(ReleaseRef::new(namespace, release), history);
     }
 
     /// Sets the labels of a release's newest record (e.g. another owner's, or none).
     pub fn set_labels(&self, namespace: &str, release: &str, labels: BTreeMap<String, String>) {
         self.state()
             .labels
-            .insert((namespace.to_owned(), release.to_owned()), labels);
+            .insert(ReleaseRef::new(namespace, release), labels);
     }
 
     /// Makes a namespace exist that helmq did not create.
@@ -159,7 +168,7 @@ impl MemoryDriver {
     pub fn history_of(&self, namespace: &str, release: &str) -> Vec<Revision> {
         self.state()
             .releases
-            .get(&(namespace.to_owned(), release.to_owned()))
+            .get(&ReleaseRef::new(namespace, release))
             .cloned()
             .unwrap_or_default()
     }
@@ -182,7 +191,7 @@ impl MemoryDriver {
     ) -> (usize, Option<Step>, Duration) {
         let (namespace, release) = (target.namespace, target.release);
         let mut state = self.state();
-        let key = (namespace.to_owned(), release.to_owned());
+        let key = ReleaseRef::new(namespace, release);
         let running = state.running.entry(key).or_default();
         *running += 1;
         if *running > 1 {
@@ -205,10 +214,7 @@ impl MemoryDriver {
 
     fn end(&self, index: usize, namespace: &str, release: &str, cancelled: bool) {
         let mut state = self.state();
-        if let Some(running) = state
-            .running
-            .get_mut(&(namespace.to_owned(), release.to_owned()))
-        {
+        if let Some(running) = state.running.get_mut(&ReleaseRef::new(namespace, release)) {
             *running = running.saturating_sub(1);
         }
         if let Some(call) = state.calls.get_mut(index) {
@@ -252,12 +258,19 @@ impl MemoryDriver {
             Some(Step::Fail(stderr)) => Err(DriverError::Helm {
                 command: op.into(),
                 exit_code: Some(1),
-                stderr,
+                failure: Box::new(helm_failure(Some(1), stderr)),
             }),
             _ => work(&mut self.state()),
         };
         self.end(index, namespace, release, false);
         result
+    }
+
+    /// Counts one helm process of `subcommand`.
+    fn process(&self, subcommand: &str) {
+        self.processes
+            .get_or_create(&vec![("subcommand", subcommand.to_owned())])
+            .inc();
     }
 
     fn record(&self, op: &'static str, target: Target<'_>) {
@@ -270,6 +283,27 @@ impl MemoryDriver {
             at: std::time::Instant::now(),
             user: target.identity.user().map(str::to_owned),
         });
+    }
+}
+
+impl MemoryDriver {
+    /// Helm's refusals of an apply, which come before it writes anything: `helm install` of a
+    /// name in use, and any apply of a release whose newest record is pending.
+    fn refusal(&self, key: &ReleaseRef, install: bool) -> Option<DriverError> {
+        let state = self.state();
+        let history = state.releases.get(key).map_or(&[][..], Vec::as_slice);
+        let stderr = if install && !history.is_empty() {
+            "Error: INSTALLATION FAILED: release name check failed: cannot reuse a name that is still in use"
+        } else if history.last().is_some_and(|r| is_pending(&r.status)) {
+            "Error: UPGRADE FAILED: another operation (install/upgrade/rollback) is in progress"
+        } else {
+            return None;
+        };
+        Some(DriverError::Helm {
+            command: "apply".into(),
+            exit_code: Some(1),
+            failure: Box::new(helm_failure(Some(1), stderr.into())),
+        })
     }
 }
 
@@ -303,19 +337,25 @@ impl HelmDriver for MemoryDriver {
         Duration::ZERO
     }
 
+    fn register_metrics(&self, registry: &mut Registry) {
+        registry.register(
+            "helm_processes",
+            "Helm processes started, by subcommand",
+            self.processes.clone(),
+        );
+    }
+
     async fn apply(
         &self,
         request: Apply<'_>,
         cancel: &CancellationToken,
     ) -> Result<Release, DriverError> {
         let config = request.config;
-        let key = (
-            config.release_namespace.clone(),
-            config.release_name.clone(),
-        );
+        let key = ReleaseRef::new(&config.release_namespace, &config.release_name);
         let chart = format!("{}-{}", config.chart_name(), config.chart_version());
         let version = config.chart_version().to_owned();
         let stamp = request.lease_revision;
+        let install = request.install;
         let owner = request.owner.clone();
         self.state().tenants.push((
             config.release_name.clone(),
@@ -327,6 +367,11 @@ impl HelmDriver for MemoryDriver {
             identity: request.identity,
         };
         let manage = config.manage_namespace && config.release_namespace != request.own_namespace;
+        self.process(if install { "install" } else { "upgrade" });
+        if let Some(refused) = self.refusal(&key, install) {
+            self.record("refused", target);
+            return Err(refused);
+        }
         self.mutate(
             "apply",
             target,
@@ -336,7 +381,7 @@ impl HelmDriver for MemoryDriver {
                 if manage {
                     state
                         .namespaces
-                        .entry(key.0.clone())
+                        .entry(key.namespace.clone())
                         .or_insert_with(|| Some(owner.clone()));
                 }
                 let labels = state.labels.entry(key.clone()).or_default();
@@ -345,13 +390,6 @@ impl HelmDriver for MemoryDriver {
                     labels.insert(k.to_owned(), v.to_owned());
                 }
                 let history = state.releases.entry(key).or_default();
-                if history.last().is_some_and(|r| is_pending(&r.status)) {
-                    return Err(DriverError::Helm {
-                        command: "apply".into(),
-                        exit_code: Some(1),
-                        stderr: "Error: UPGRADE FAILED: another operation (install/upgrade/rollback) is in progress".into(),
-                    });
-                }
                 let revision = push_revision(history, chart, "Upgrade complete", Some(stamp));
                 Ok(Release {
                     revision,
@@ -369,7 +407,8 @@ impl HelmDriver for MemoryDriver {
         _timeout: Duration,
         cancel: &CancellationToken,
     ) -> Result<Uninstalled, DriverError> {
-        let key = (target.namespace.to_owned(), target.release.to_owned());
+        let key = target.release_ref();
+        self.process("uninstall");
         self.mutate("uninstall", target, Map::new(), cancel, move |state| {
             state.labels.remove(&key);
             Ok(match state.releases.remove(&key) {
@@ -385,6 +424,7 @@ impl HelmDriver for MemoryDriver {
         target: Target<'_>,
         _cancel: &CancellationToken,
     ) -> Result<Option<Release>, DriverError> {
+        self.process("status");
         self.record("status", target);
         let history = self.history_of(target.namespace, target.release);
         Ok(history.last().map(|r| Release {
@@ -401,7 +441,7 @@ impl HelmDriver for MemoryDriver {
         _cancel: &CancellationToken,
     ) -> Result<BTreeMap<String, String>, DriverError> {
         self.record("labels", target);
-        let key = (target.namespace.to_owned(), target.release.to_owned());
+        let key = target.release_ref();
         Ok(self.state().labels.get(&key).cloned().unwrap_or_default())
     }
 
@@ -410,6 +450,7 @@ impl HelmDriver for MemoryDriver {
         target: Target<'_>,
         _cancel: &CancellationToken,
     ) -> Result<Vec<Revision>, DriverError> {
+        self.process("history");
         self.record("history", target);
         Ok(self.history_of(target.namespace, target.release))
     }
@@ -421,14 +462,18 @@ impl HelmDriver for MemoryDriver {
         _timeout: Duration,
         cancel: &CancellationToken,
     ) -> Result<(), DriverError> {
-        let key = (target.namespace.to_owned(), target.release.to_owned());
+        let key = target.release_ref();
+        self.process("rollback");
         self.mutate("rollback", target, Map::new(), cancel, move |state| {
             let history = state.releases.entry(key).or_default();
             let Some(target) = history.iter().find(|r| r.revision == revision).cloned() else {
                 return Err(DriverError::Helm {
                     command: "rollback".into(),
                     exit_code: Some(1),
-                    stderr: format!("Error: release has no {revision} version"),
+                    failure: Box::new(helm_failure(
+                        Some(1),
+                        format!("Error: release has no {revision} version"),
+                    )),
                 });
             };
             for r in history.iter_mut() {

@@ -3,20 +3,17 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, Context};
-use helmq_queue::dlq::{StoredDeadLetter, read_stored};
+use helmq_queue::dlq::{DeadLetter, read_stored};
 use helmq_queue::topology::{DLQ_STREAM, JOBS_STREAM, STATUS_STREAM, WORKERS_CONSUMER};
 use helmq_queue::{JetStreamQueue, JetStreamStatus, JobQueue, Topology};
 use helmq_schemas::config::{ChartRef, Repository};
 use helmq_schemas::event::{ComponentRef, JobAction, JobEvent, StatusEvent, StatusPhase};
 use helmq_schemas::{ChartSource, HelmConfig};
 use helmq_tests::NatsServer;
-use helmq_worker::{HelmDriver, Metrics, Settings};
-use prometheus_client::registry::Registry;
-use tokio_util::sync::CancellationToken;
+use helmq_worker::{HelmDriver, Settings};
 
 pub struct Env {
     pub server: NatsServer,
@@ -57,17 +54,28 @@ impl Env {
             .collect()
     }
 
-    pub async fn dead_letters(&self) -> Vec<StoredDeadLetter> {
+    pub async fn dead_letters(&self) -> Vec<DeadLetter> {
         read_all(&self.js, DLQ_STREAM)
             .await
             .into_iter()
-            .map(|(seq, headers, payload)| read_stored(seq, Some(&headers), payload))
+            .map(|(seq, headers, payload)| read_stored(seq, Some(&headers), payload).letter)
             .collect()
     }
 
     pub async fn jobs_left(&self) -> u64 {
         let mut stream = self.js.get_stream(JOBS_STREAM).await.unwrap();
         stream.info().await.unwrap().state.messages
+    }
+
+    /// Waits until the jobs stream is empty: a job's ack is sent after its outcome is stored,
+    /// without waiting for the server, so it lands a moment after the status can be read.
+    pub async fn no_jobs_left(&self) {
+        eventually(
+            std::time::Duration::from_secs(20),
+            "no jobs left",
+            || async { (self.jobs_left().await == 0).then_some(()) },
+        )
+        .await;
     }
 
     pub async fn ack_pending(&self) -> usize {
@@ -126,42 +134,14 @@ impl Env {
             .collect()
     }
 
-    /// Runs an in-process pool until the returned token is cancelled.
+    /// Runs an in-process pool until it is stopped.
     pub async fn pool<D: HelmDriver>(&self, driver: D, settings: Settings) -> Pool {
         let client = async_nats::connect(self.server.url()).await.unwrap();
-        let js = jetstream::new(client.clone());
-        let mut registry = Registry::default();
-        let metrics = Metrics::register(&mut registry);
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(helmq_worker::run_pool(
-            js.clone(),
-            client,
-            Arc::new(driver),
-            JetStreamStatus::new(js),
-            settings,
-            metrics.clone(),
-            shutdown.clone(),
-        ));
-        Pool {
-            shutdown,
-            task,
-            metrics,
-        }
+        Pool::spawn(client, driver, settings, JetStreamStatus::new)
     }
 }
 
-pub struct Pool {
-    pub shutdown: CancellationToken,
-    pub task: tokio::task::JoinHandle<Result<(), helmq_worker::pool::PoolError>>,
-    pub metrics: Metrics,
-}
-
-impl Pool {
-    pub async fn stop(self) {
-        self.shutdown.cancel();
-        self.task.await.unwrap().unwrap();
-    }
-}
+pub type Pool = helmq_worker::SpawnedPool;
 
 async fn read_all(js: &Context, stream: &str) -> Vec<(u64, async_nats::HeaderMap, bytes::Bytes)> {
     let mut stream = js.get_stream(stream).await.unwrap();

@@ -57,8 +57,11 @@ fn flag(name: &str, value: &str) -> OsString {
     format!("--{name}={value}").into()
 }
 
-/// What `helm upgrade --install` stamps on the release and whether helm creates the namespace.
+/// How `helm install` or `helm upgrade --install` runs: what it stamps on the release and
+/// whether helm creates the namespace.
 pub(super) struct Stamp<'a> {
+    /// `helm install`, which refuses a release name in use, instead of `helm upgrade --install`.
+    pub install: bool,
     /// The release lease revision the run holds.
     pub lease_revision: u64,
     /// The release's owner.
@@ -69,15 +72,19 @@ pub(super) struct Stamp<'a> {
     pub create_namespace: bool,
 }
 
-/// `helm upgrade --install` from a local package with values from a file.
-pub(super) fn upgrade_args(
+/// `helm install` or `helm upgrade --install` from a local package with values from a file.
+pub(super) fn apply_args(
     config: &HelmConfig,
     chart: &Path,
     values: &Path,
     timeout: Duration,
     stamp: &Stamp<'_>,
 ) -> Vec<OsString> {
-    let mut flags = os(&["upgrade", "--install"]);
+    let mut flags = if stamp.install {
+        os(&["install"])
+    } else {
+        os(&["upgrade", "--install"])
+    };
     flags.push(flag("namespace", &config.release_namespace));
     if stamp.create_namespace {
         flags.push("--create-namespace".into());
@@ -311,15 +318,16 @@ mod tests {
     }
 
     #[test]
-    fn upgrade_installs_from_the_cached_package_with_values_in_a_file() {
+    fn applies_install_from_the_cached_package_with_values_in_a_file() {
         let owner = owner("u-1");
         let upgrade = |create_namespace: bool, timeout: Duration| {
-            line(&upgrade_args(
+            line(&apply_args(
                 &http_config(create_namespace),
                 Path::new("/c/nginx-15.4.2.tgz"),
                 Path::new("/t/values-1.json"),
                 timeout,
                 &Stamp {
+                    install: false,
                     lease_revision: 42,
                     owner: &owner,
                     create_namespace,
@@ -350,6 +358,26 @@ mod tests {
             assert_eq!(got, want);
             assert!(!got.contains("s3cret"), "values never on the command line");
         }
+        // A release helmq has no record of is installed: helm refuses a name in use.
+        let install = line(&apply_args(
+            &http_config(false),
+            Path::new("/c/nginx-15.4.2.tgz"),
+            Path::new("/t/values-1.json"),
+            Duration::from_secs(60),
+            &Stamp {
+                install: true,
+                lease_revision: 7,
+                owner: &owner,
+                create_namespace: false,
+            },
+        ));
+        assert_eq!(
+            install,
+            "install --namespace=apps --version=15.4.2 --values=/t/values-1.json \
+             --labels=helmq.io/lease-revision=7,helmq.io/owner-namespace=team-a,\
+             helmq.io/owner-name=web,helmq.io/owner-uid=u-1 --wait --timeout 60s -o json -- \
+             web /c/nginx-15.4.2.tgz"
+        );
     }
 
     #[test]

@@ -280,37 +280,10 @@ impl HelmCli {
         cancel: &CancellationToken,
     ) -> Result<ChartPackage, DriverError> {
         // The Secret is resolved and checked first: it is part of the cache key.
-        let secret = match &config.source {
-            ChartSource::Oci {
-                chart,
-                authentication: Some(auth),
-            } => Some(
-                SecretName::resolve(
-                    auth,
-                    own_namespace,
-                    &self.settings.allowed_secret_namespaces,
-                )
-                .map_err(|reason| DriverError::RegistryCredentials {
-                    registry: oci::Reference::parse(chart)
-                        .map_or_else(|_| chart.clone(), |r| r.registry().to_owned()),
-                    secret: format!(
-                        "{}/{}",
-                        auth.secret_ref
-                            .namespace
-                            .as_deref()
-                            .filter(|ns| !ns.trim().is_empty())
-                            .unwrap_or(own_namespace),
-                        auth.secret_ref.name
-                    ),
-                    reason,
-                })?,
-            ),
-            _ => None,
-        };
+        let secret = self.registry_secret(&config.source, own_namespace)?;
         let key = cache_key(&config.source, secret.as_ref());
         let pinned = is_exact_version(config.chart_version());
-        let charts = self.settings.cache_dir.join("charts");
-        let dir = charts.join(&key);
+        let dir = self.settings.cache_dir.join("charts").join(&key);
         let guard = self.locks.lock(&key).await;
         if pinned && let Some(path) = find_package(&dir)? {
             let used = self.index.use_entry(&key, || dir_size(&dir));
@@ -320,7 +293,74 @@ impl HelmCli {
                 _use: Some(used),
             });
         }
-        let login = match (&config.source, &secret) {
+        let (fresh, pulled) = self
+            .pull(&config.source, secret.as_ref(), identity, cancel)
+            .await?;
+        if !pinned {
+            return Ok(ChartPackage {
+                path: pulled,
+                _fresh: Some(fresh),
+                _use: None,
+            });
+        }
+        let path = store(fresh, &dir)?;
+        let used = self.index.use_entry(&key, || dir_size(&dir));
+        // Eviction takes other keys' locks; this one's is no longer needed.
+        drop(guard);
+        self.evict();
+        Ok(ChartPackage {
+            path,
+            _fresh: None,
+            _use: Some(used),
+        })
+    }
+
+    /// The registry Secret an OCI source names, resolved against the job's own namespace and
+    /// checked against the allowed Secret namespaces; `None` for other sources.
+    fn registry_secret(
+        &self,
+        source: &ChartSource,
+        own_namespace: &str,
+    ) -> Result<Option<SecretName>, DriverError> {
+        let ChartSource::Oci {
+            chart,
+            authentication: Some(auth),
+        } = source
+        else {
+            return Ok(None);
+        };
+        SecretName::resolve(
+            auth,
+            own_namespace,
+            &self.settings.allowed_secret_namespaces,
+        )
+        .map(Some)
+        .map_err(|reason| DriverError::RegistryCredentials {
+            registry: oci::Reference::parse(chart)
+                .map_or_else(|_| chart.clone(), |r| r.registry().to_owned()),
+            secret: format!(
+                "{}/{}",
+                auth.secret_ref
+                    .namespace
+                    .as_deref()
+                    .filter(|ns| !ns.trim().is_empty())
+                    .unwrap_or(own_namespace),
+                auth.secret_ref.name
+            ),
+            reason,
+        })
+    }
+
+    /// `helm pull`s `source` into a fresh directory under the cache (after a registry login
+    /// with `secret`, read as `identity`): the directory and the package in it.
+    async fn pull(
+        &self,
+        source: &ChartSource,
+        secret: Option<&SecretName>,
+        identity: &Identity,
+        cancel: &CancellationToken,
+    ) -> Result<(tempfile::TempDir, PathBuf), DriverError> {
+        let login = match (source, secret) {
             (ChartSource::Oci { chart, .. }, Some(secret)) => {
                 Some(self.registry_login(chart, secret, identity, cancel).await?)
             }
@@ -332,10 +372,10 @@ impl HelmCli {
         let secrets: Vec<&[u8]> = login.iter().map(|l| l.password.as_slice()).collect();
         let fresh = tempfile::Builder::new()
             .prefix(".pull-")
-            .tempdir_in(&charts)
+            .tempdir_in(self.settings.cache_dir.join("charts"))
             .map_err(|e| DriverError::local("cannot create a pull directory", e))?;
         self.helm_with(
-            pull_args(&config.source, fresh.path()),
+            pull_args(source, fresh.path()),
             &Identity::Worker,
             registry_config.as_deref(),
             None,
@@ -345,42 +385,13 @@ impl HelmCli {
         )
         .await?;
         drop(login);
-        let Some(pulled) = find_package(fresh.path())? else {
-            return Err(DriverError::Output {
+        match find_package(fresh.path())? {
+            Some(pulled) => Ok((fresh, pulled)),
+            None => Err(DriverError::Output {
                 command: "pull".into(),
                 reason: OutputError::NoPackage,
-            });
-        };
-        if !pinned {
-            return Ok(ChartPackage {
-                path: pulled,
-                _fresh: Some(fresh),
-                _use: None,
-            });
+            }),
         }
-        // Publish the package atomically: a crash mid-pull never leaves a partial cache entry.
-        let kept = fresh.keep();
-        if dir.exists() {
-            let _ = std::fs::remove_dir_all(&dir);
-        }
-        let stored =
-            |e| DriverError::local(format!("cannot store the chart in {}", dir.display()), e);
-        std::fs::rename(&kept, &dir).map_err(stored)?;
-        let path = find_package(&dir)?.ok_or_else(|| {
-            stored(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "the package vanished",
-            ))
-        })?;
-        let used = self.index.use_entry(&key, || dir_size(&dir));
-        // Eviction takes other keys' locks; this one's is no longer needed.
-        drop(guard);
-        self.evict();
-        Ok(ChartPackage {
-            path,
-            _fresh: None,
-            _use: Some(used),
-        })
     }
 
     /// Deletes least recently used entries no job uses until the cache fits its bound. An
@@ -397,6 +408,23 @@ impl HelmCli {
             }
         }
     }
+}
+
+/// Moves a fresh pull into the cache entry `dir` and returns the package there. The move is
+/// atomic: a crash mid-pull never leaves a partial cache entry.
+fn store(fresh: tempfile::TempDir, dir: &Path) -> Result<PathBuf, DriverError> {
+    let kept = fresh.keep();
+    if dir.exists() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    let stored = |e| DriverError::local(format!("cannot store the chart in {}", dir.display()), e);
+    std::fs::rename(&kept, dir).map_err(stored)?;
+    find_package(dir)?.ok_or_else(|| {
+        stored(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "the package vanished",
+        ))
+    })
 }
 
 /// The `.tgz` in `dir`, if any; a missing directory has none.

@@ -21,10 +21,12 @@
 //! # Modules
 //!
 //! `process` runs a process; `args` builds the argument lists; `cache` keeps the charts;
-//! `registry` logs in to OCI registries; `output` reads what Helm prints.
+//! `registry` logs in to OCI registries; `output` reads what Helm prints; `failure` reads what
+//! a failed helm or kubectl run means.
 
 mod args;
 mod cache;
+mod failure;
 mod output;
 mod process;
 mod registry;
@@ -36,15 +38,19 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use helmq_schemas::HelmConfig;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
+pub(crate) use failure::{helm_failure, kubectl_failure};
 pub use output::OutputError;
 pub use registry::CredentialsError;
 
 use self::args::{
-    Stamp, history_args, kubectl_create_stdin_args, kubectl_delete_namespace_args,
+    Stamp, apply_args, history_args, kubectl_create_stdin_args, kubectl_delete_namespace_args,
     kubectl_get_labels_args, kubectl_namespace_labels_args, rollback_args, status_args,
-    uninstall_args, upgrade_args, with_access,
+    uninstall_args, with_access,
 };
 use self::cache::{CacheIndex, KeyLocks};
 use self::output::{is_not_found, parse_history, parse_labels, parse_release};
@@ -102,12 +108,16 @@ impl HelmCliSettings {
     }
 }
 
+/// Helm processes started, by subcommand (`install`, `upgrade`, `status`, `pull`, ...).
+type Processes = Family<Vec<(&'static str, String)>, Counter>;
+
 /// The [`HelmDriver`] that runs `helm`.
 #[derive(Debug)]
 pub struct HelmCli {
     settings: HelmCliSettings,
     locks: KeyLocks,
     index: CacheIndex,
+    processes: Processes,
 }
 
 impl HelmCli {
@@ -128,6 +138,7 @@ impl HelmCli {
             settings,
             locks: KeyLocks::default(),
             index,
+            processes: Processes::default(),
         };
         cli.evict();
         Ok(cli)
@@ -172,6 +183,12 @@ impl HelmCli {
         limit: Duration,
         cancel: &CancellationToken,
     ) -> Result<Stdout, DriverError> {
+        let subcommand = args
+            .first()
+            .map_or_else(String::new, |a| a.to_string_lossy().into_owned());
+        self.processes
+            .get_or_create(&vec![("subcommand", subcommand)])
+            .inc();
         let home = &self.settings.cache_dir;
         let mut command = process::command(Tool::Helm, &self.settings.helm_bin);
         command
@@ -205,7 +222,7 @@ impl HelmCli {
             } => Err(DriverError::Helm {
                 command,
                 exit_code: code,
-                stderr,
+                failure: Box::new(helm_failure(code, stderr)),
             }),
         }
     }
@@ -243,7 +260,7 @@ impl HelmCli {
             Ok(Exit::Failure { code, stderr, .. }) => Err(DriverError::Kubectl {
                 action,
                 exit_code: code,
-                stderr,
+                failure: Box::new(kubectl_failure(code, stderr)),
             }),
             Err(DriverError::Spawn {
                 program, source, ..
@@ -311,7 +328,7 @@ impl HelmCli {
             .await
         {
             Ok(_) => Ok(true),
-            Err(DriverError::Kubectl { stderr, .. }) if stderr.contains("AlreadyExists") => {
+            Err(DriverError::Kubectl { failure, .. }) if failure.text.contains("AlreadyExists") => {
                 Ok(true)
             }
             // Creating namespaces is cluster-scoped: a tenant may lack the right and still be
@@ -345,6 +362,14 @@ impl HelmDriver for HelmCli {
         self.settings.grace
     }
 
+    fn register_metrics(&self, registry: &mut Registry) {
+        registry.register(
+            "helm_processes",
+            "Helm processes started, by subcommand",
+            self.processes.clone(),
+        );
+    }
+
     async fn apply(
         &self,
         request: Apply<'_>,
@@ -372,13 +397,14 @@ impl HelmDriver for HelmCli {
                 )
                 .await?;
         let stamp = Stamp {
+            install: request.install,
             lease_revision: request.lease_revision,
             owner: request.owner,
             create_namespace: manage && !created,
         };
         let stdout = self
             .helm(
-                upgrade_args(
+                apply_args(
                     request.config,
                     &chart.path,
                     values.path(),
@@ -390,7 +416,14 @@ impl HelmDriver for HelmCli {
                 cancel,
             )
             .await?;
-        parse_release("upgrade", &stdout)
+        parse_release(
+            if request.install {
+                "install"
+            } else {
+                "upgrade"
+            },
+            &stdout,
+        )
     }
 
     async fn uninstall(

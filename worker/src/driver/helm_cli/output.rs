@@ -205,9 +205,11 @@ fn is_error_line(line: &str) -> bool {
 /// Whether helm failed because the release does not exist.
 pub(super) fn is_not_found(error: &DriverError) -> bool {
     match error {
-        DriverError::Helm { stderr, .. } => stderr.to_lowercase().contains("release: not found"),
+        DriverError::Helm { failure, .. } => {
+            failure.text.to_lowercase().contains("release: not found")
+        }
         // `Error from server (NotFound): namespaces "x" not found`
-        DriverError::Kubectl { stderr, .. } => stderr.contains("(NotFound)"),
+        DriverError::Kubectl { failure, .. } => failure.text.contains("(NotFound)"),
         _ => false,
     }
 }
@@ -428,7 +430,7 @@ mod tests {
         let helm = |stderr: &str| DriverError::Helm {
             command: "status".into(),
             exit_code: Some(1),
-            stderr: stderr.into(),
+            failure: Box::new(super::super::helm_failure(Some(1), stderr.into())),
         };
         assert!(is_not_found(&helm("Error: release: not found")));
         assert!(is_not_found(&helm(
@@ -442,7 +444,10 @@ mod tests {
                 namespace: "apps".into(),
             },
             exit_code: Some(1),
-            stderr: "release: not found".into(),
+            failure: Box::new(super::super::kubectl_failure(
+                Some(1),
+                "release: not found".into(),
+            )),
         };
         assert!(!is_not_found(&kubectl), "only helm's own errors count");
     }
