@@ -1,16 +1,18 @@
 //! `helmqctl`: operator commands against the queue — set up the topology, show queue depth and
 //! consumer state, list/show/replay/purge dead letters, publish a job from a YAML or JSON file
 //! (for orchestrators and for trying things), follow status events, and check the cluster
-//! before a local start. Human-readable tables by default, `-o json` for scripts.
+//! before a local start, and make day-2 requests on a Component (reconcile now, suspend,
+//! resume). Human-readable tables by default, `-o json` for scripts.
 //!
 //! A thin layer over [`helmq_queue`] and [`helmq_schemas`]: the dead-letter operations are
 //! [`helmq_queue::dlq`]'s, job ids and subjects come from the schemas; what is left here is the
 //! command line ([`Args`]), reading job files ([`load_job`]), the queue report
 //! ([`status::QueueStatus`]), following status events ([`watch`]), the Kubernetes check
-//! ([`preflight`]) and the output (tables or JSON, [`Output`]).
+//! ([`preflight`]), the day-2 annotations ([`annotate`]) and the output (tables or JSON, [`Output`]).
 // No production function over 80 lines of code (clippy.toml); tests may be longer tables.
 #![cfg_attr(not(test), warn(clippy::too_many_lines))]
 
+pub mod annotate;
 pub mod preflight;
 mod render;
 pub mod status;
@@ -48,6 +50,9 @@ pub enum CtlError {
     /// The cluster check failed.
     #[error(transparent)]
     Preflight(#[from] preflight::PreflightError),
+    /// A day-2 request failed.
+    #[error(transparent)]
+    Annotate(#[from] annotate::AnnotateError),
     /// A job file could not be read.
     #[error("cannot read {path}: {source}")]
     ReadFile {
@@ -133,6 +138,24 @@ pub enum Command {
         #[arg(long)]
         install_crd: bool,
     },
+    /// Apply a Component's current generation again now, even with an unchanged spec (sets
+    /// the annotation helm.deployment-orchestrator.io/requested-at). Needs no NATS.
+    Reconcile {
+        /// `<namespace>/<name>`.
+        component: String,
+    },
+    /// Stop Helm runs for a Component until it is resumed (annotation
+    /// helm.deployment-orchestrator.io/suspend: "true"); deleting it still uninstalls. Needs no
+    /// NATS.
+    Suspend {
+        /// `<namespace>/<name>`.
+        component: String,
+    },
+    /// Resume a suspended Component: it is reconciled at once. Needs no NATS.
+    Resume {
+        /// `<namespace>/<name>`.
+        component: String,
+    },
     /// Follow status events.
     Watch {
         /// Only this namespace.
@@ -195,8 +218,19 @@ pub async fn run(args: Args, out: &mut (dyn Write + Send)) -> Result<(), CtlErro
         let job = load_job(file)?;
         return render::published(out, args.output, &job, None);
     }
-    if let Command::Preflight { install_crd } = &args.command {
-        let report = preflight::check(*install_crd).await?;
+    let request = match &args.command {
+        Command::Preflight { install_crd } => {
+            let report = preflight::check(*install_crd).await?;
+            writeln!(out, "{report}")?;
+            return Ok(());
+        }
+        Command::Reconcile { component } => Some((component, annotate::Request::Reconcile)),
+        Command::Suspend { component } => Some((component, annotate::Request::Suspend)),
+        Command::Resume { component } => Some((component, annotate::Request::Resume)),
+        _ => None,
+    };
+    if let Some((component, request)) = request {
+        let report = annotate::annotate(component, request).await?;
         writeln!(out, "{report}")?;
         return Ok(());
     }
@@ -224,7 +258,10 @@ async fn dispatch(js: &Context, args: Args, out: &mut (dyn Write + Send)) -> Res
             render::status(out, output, &status)
         }
         Command::Dlq { command } => dlq_command(js, command, output, out).await,
-        Command::Preflight { .. } => Ok(()),
+        Command::Preflight { .. }
+        | Command::Reconcile { .. }
+        | Command::Suspend { .. }
+        | Command::Resume { .. } => Ok(()),
         Command::Publish { file, .. } => {
             let job = load_job(&file)?;
             let outcome = JetStreamQueue::new(js.clone()).publish_job(&job).await?;

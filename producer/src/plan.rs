@@ -12,11 +12,13 @@ use std::time::Duration;
 
 use helmq_schemas::component::{
     COORDINATION_FINALIZER, Component, ComponentStatus, HELM_FINALIZER, IssuedJob,
-    LIFECYCLE_FINALIZER_SUFFIX, Phase,
+    LIFECYCLE_FINALIZER_SUFFIX, Phase, REQUESTED_AT_ANNOTATION, SUSPEND_ANNOTATION,
+    SUSPENDED_CONDITION,
 };
 use helmq_schemas::config::HelmConfig;
 use helmq_schemas::event::{ComponentRef, JobAction, JobEvent, issued_job_id};
 use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 /// Prefix of the Composition controller's finalizers, which never mean "claimed".
 const COMPOSITION_PREFIX: &str = "composition.";
@@ -75,6 +77,9 @@ pub enum Action {
     /// then plan again: the actions that publish something for a (generation, action) come only
     /// once it is recorded, and their jobs and events carry its id.
     Issue(IssuedJob),
+    /// Suspended by its annotation and not yet said so: write the `Suspended` condition
+    /// ([`suspended_status`]). No job is issued while it stays suspended.
+    Suspend,
     /// Publish this apply job.
     PublishApply(Box<JobEvent>),
     /// `spec.config` is invalid: publish a `Failed` event with the parser's message, answering
@@ -139,6 +144,9 @@ fn plan_with(component: &Component, ctx: &Context<'_>, unreadable: Option<&str>)
         if deleting {
             return Action::Nothing("being deleted and never claimed by us");
         }
+        if component.is_suspended() {
+            return suspend(component);
+        }
         return Action::Claim;
     }
     let config = |action| match unreadable {
@@ -146,10 +154,112 @@ fn plan_with(component: &Component, ctx: &Context<'_>, unreadable: Option<&str>)
         None => config_and_timeout(component, action, ctx.max_timeout),
     };
     if deleting {
+        // Suspension stops applies only: a deleted Component's release is uninstalled, or it
+        // would stay behind with owner labels no Component can match again.
         plan_delete(component, ctx, config(JobAction::Delete))
+    } else if component.is_suspended() {
+        suspend(component)
     } else {
         plan_apply(component, ctx, config(JobAction::Apply))
     }
+}
+
+/// [`Action::Suspend`] unless the status already says it is suspended.
+fn suspend(component: &Component) -> Action {
+    if is_marked_suspended(component.status.as_ref()) {
+        Action::Nothing("suspended")
+    } else {
+        Action::Suspend
+    }
+}
+
+/// True when the status carries the `Suspended` condition as `True`.
+fn is_marked_suspended(status: Option<&ComponentStatus>) -> bool {
+    status.is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == SUSPENDED_CONDITION && c.status == "True")
+    })
+}
+
+/// `component`'s status with the `Suspended` condition set to `suspended` at `now` (its
+/// transition time kept when it does not flip).
+pub fn suspended_status(component: &Component, suspended: bool, now: Timestamp) -> ComponentStatus {
+    let mut status = component.status.clone().unwrap_or_default();
+    let (value, reason, message) = if suspended {
+        (
+            "True",
+            "Suspended",
+            format!("{SUSPEND_ANNOTATION} is \"true\": no Helm runs until it is removed"),
+        )
+    } else {
+        (
+            "False",
+            "Resumed",
+            format!("{SUSPEND_ANNOTATION} was removed"),
+        )
+    };
+    let generation = component.metadata.generation;
+    let existing = status
+        .conditions
+        .iter()
+        .position(|c| c.type_ == SUSPENDED_CONDITION);
+    let last_transition_time = match existing.map(|i| &status.conditions[i]) {
+        Some(c) if c.status == value => c.last_transition_time.clone(),
+        _ => Time(now),
+    };
+    let condition = Condition {
+        type_: SUSPENDED_CONDITION.to_owned(),
+        status: value.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        observed_generation: generation,
+        last_transition_time,
+    };
+    match existing {
+        Some(i) => status.conditions[i] = condition,
+        None => status.conditions.push(condition),
+    }
+    status
+}
+
+/// `component`'s status with `job` recorded as issued. An apply job handles the reconcile
+/// request the annotation holds now, and ends a suspension the status still shows.
+pub fn issued_status(component: &Component, job: IssuedJob, now: Timestamp) -> ComponentStatus {
+    let action = job.action;
+    let mut status = if action == JobAction::Apply && is_marked_suspended(component.status.as_ref())
+    {
+        suspended_status(component, false, now)
+    } else {
+        component.status.clone().unwrap_or_default()
+    };
+    let record = status.handler_status.get_or_insert_with(Default::default);
+    record.issued_job = Some(job);
+    if action == JobAction::Apply
+        && let Some(requested) = component.annotation(REQUESTED_AT_ANNOTATION)
+    {
+        record.last_handled_reconcile_at = Some(requested.to_owned());
+    }
+    status
+}
+
+/// Why the status, although it answers this generation's apply job, calls for another apply of
+/// the same generation: a reconcile request not handled yet, or a suspension just lifted.
+fn refresh_wanted(component: &Component, status: &ComponentStatus) -> Option<&'static str> {
+    let handled = status
+        .handler_status
+        .as_ref()
+        .and_then(|h| h.last_handled_reconcile_at.as_deref());
+    match component.annotation(REQUESTED_AT_ANNOTATION) {
+        Some(requested) if Some(requested) != handled => Some("reconcile requested"),
+        _ if is_marked_suspended(Some(status)) => Some("resumed"),
+        _ => None,
+    }
+}
+
+/// The `refresh` of the apply job recorded as issued for the current generation (0 without one).
+pub fn recorded_refresh(component: &Component) -> u32 {
+    recorded_job(component, JobAction::Apply).map_or(0, |job| job.refresh)
 }
 
 /// Another handler's claim: `*.deployment-orchestrator.io/lifecycle`, not ours and not the
@@ -182,6 +292,7 @@ pub fn new_issued_job(component: &Component, action: JobAction, nonce: &str) -> 
         id: issued_job_id(&target, action, nonce),
         generation: target.generation,
         action,
+        refresh: 0,
     }
 }
 
@@ -216,6 +327,9 @@ fn publish_job(
             ctx.now,
         );
         job.id = id;
+        if action == JobAction::Apply {
+            job.refresh = recorded_refresh(component);
+        }
         match action {
             JobAction::Apply => Action::PublishApply(Box::new(job)),
             JobAction::Delete => Action::PublishDelete(Box::new(job)),
@@ -290,6 +404,13 @@ fn plan_apply(
     let generation = component.metadata.generation.unwrap_or(0);
     let status = component.status.clone().unwrap_or_default();
     let up_to_date = status.observed_generation == Some(generation);
+    // The status answers the apply job issued last (not only one of this generation).
+    let observed_refresh = status
+        .handler_status
+        .as_ref()
+        .and_then(|h| h.observed_refresh)
+        .unwrap_or(0);
+    let answered = up_to_date && recorded_refresh(component) <= observed_refresh;
     match config {
         Err(message) => {
             if up_to_date && status.phase == Some(Phase::Failed) {
@@ -302,7 +423,14 @@ fn plan_apply(
                 })
             }
         }
-        Ok(_) if up_to_date => Action::Nothing("status reflects this generation"),
+        Ok(_) if answered => match refresh_wanted(component, &status) {
+            None => Action::Nothing("status reflects this generation"),
+            Some(_) => {
+                let mut job = new_issued_job(component, JobAction::Apply, ctx.nonce);
+                job.refresh = recorded_refresh(component).max(observed_refresh) + 1;
+                Action::Issue(job)
+            }
+        },
         Ok((mut config, timeout)) => {
             if still_pending(
                 last_activity(&status, generation, ctx.published.apply),

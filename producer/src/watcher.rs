@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use helmq_queue::{JobQueue, PRODUCER_WORKER, PublishError, PublishOutcome, StatusSink};
-use helmq_schemas::component::{Component, IssuedJob};
+use helmq_schemas::component::{Component, ComponentStatus, IssuedJob};
 use helmq_schemas::event::{JobAction, JobEvent, StatusEvent, StatusPhase};
 use jiff::Timestamp;
 use tokio_util::sync::CancellationToken;
@@ -45,7 +45,8 @@ use tracing::Instrument;
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::plan::{
-    Action, Context, component_ref, new_issued_job, plan, plan_unreadable, recorded_job,
+    Action, Context, component_ref, issued_status, new_issued_job, plan, plan_unreadable,
+    recorded_job, suspended_status,
 };
 use crate::store::{
     Change, ComponentStore, ErrorClass, ObjectKey, Observed, StoreError, Unreadable,
@@ -489,7 +490,18 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
                     Some(fresh) => (component, unreadable) = fresh,
                     None => return Ok(()),
                 },
-                Action::Issue(job) => match self.issue(component, unreadable, job).await? {
+                Action::Suspend => {
+                    let status = suspended_status(&component, true, now);
+                    match self
+                        .write_status(component, unreadable, &status, "suspend")
+                        .await?
+                    {
+                        Some(fresh) => (component, unreadable) = fresh,
+                        None => return Ok(()),
+                    }
+                    tracing::info!("suspended");
+                }
+                Action::Issue(job) => match self.issue(component, unreadable, job, now).await? {
                     Some(fresh) => (component, unreadable) = fresh,
                     None => return Ok(()),
                 },
@@ -548,7 +560,7 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
             Some(_) => claimed,
             None => {
                 let job = new_issued_job(&claimed.0, JobAction::Apply, nonce);
-                match self.record_issued(&claimed.0, job).await {
+                match self.record_issued(&claimed.0, job, now).await {
                     Ok(issued) => issued,
                     // Planned again, the job is issued; only `Claimed` is not told (the
                     // writer still sets claimedBy from the next event).
@@ -576,9 +588,10 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
         component: Component,
         unreadable: Option<String>,
         job: IssuedJob,
+        now: Timestamp,
     ) -> Result<Fresh, WatcherError> {
         let (id, action) = (job.id.clone(), job.action);
-        match self.record_issued(&component, job).await {
+        match self.record_issued(&component, job, now).await {
             Ok((component, error)) => {
                 // Planning again on a status without it would issue another job, for ever.
                 if recorded_job(&component, action).is_none_or(|j| j.id != id) {
@@ -622,15 +635,33 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
         &self,
         component: &Component,
         job: IssuedJob,
+        now: Timestamp,
     ) -> Result<(Component, Option<String>), StoreError> {
-        let mut status = component.status.clone().unwrap_or_default();
-        status
-            .handler_status
-            .get_or_insert_with(Default::default)
-            .issued_job = Some(job);
+        let status = issued_status(component, job, now);
         // Recorded, whether or not the object it answered with is readable.
         let updated = self.store.patch_status(component, &status).await?;
         Ok(updated.into_parts())
+    }
+
+    /// Writes `status` for `component`; the object as it is then (or, on a conflict, as it is
+    /// now), to plan again. `what` names the write in logs.
+    async fn write_status(
+        &mut self,
+        component: Component,
+        unreadable: Option<String>,
+        status: &ComponentStatus,
+        what: &'static str,
+    ) -> Result<Fresh, WatcherError> {
+        match self.store.patch_status(&component, status).await {
+            Ok(updated) => {
+                let (component, error) = updated.into_parts();
+                Ok(Some((component, error.or(unreadable))))
+            }
+            Err(StoreError::Conflict { .. }) => {
+                Ok(self.reread(&ObjectKey::of(&component), what).await?)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The producer's own event: it answers the job recorded as issued for the phase's action

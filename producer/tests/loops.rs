@@ -16,7 +16,8 @@ use helmq_producer::writer::{EventRecorder, Outcome, Unissued, Writer, WriterCon
 use helmq_queue::topology::{DLQ_STREAM, JOBS_STREAM, STATUS_STREAM, WORKERS_CONSUMER};
 use helmq_queue::{JetStreamQueue, JetStreamStatus, StatusSink, Topology};
 use helmq_schemas::component::{
-    COORDINATION_FINALIZER, Component, HELM_FINALIZER, IssuedJob, Phase,
+    COORDINATION_FINALIZER, Component, HELM_FINALIZER, IssuedJob, Phase, REQUESTED_AT_ANNOTATION,
+    SUSPEND_ANNOTATION, SUSPENDED_CONDITION,
 };
 use helmq_schemas::event::{
     ComponentRef, JobAction, JobEvent, ReleaseInfo, StatusEvent, StatusPhase, default_job_id,
@@ -1559,4 +1560,100 @@ async fn a_writer_reading_a_lagging_cache_applies_every_event_and_drops_none() {
     assert_eq!(rig.metrics.unissued_events_dropped.get(), 0);
     assert_eq!(rig.metrics.orphan_events_dropped.get(), 0);
     assert!(dead_letters(&rig).await.is_empty());
+}
+
+fn suspended(c: Option<&Component>) -> Option<String> {
+    let status = c?.status.as_ref()?;
+    let condition = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == SUSPENDED_CONDITION)?;
+    Some(condition.status.clone())
+}
+
+/// Publishes `phase` of `job` stamped with its message's stream `sequence`, as a worker does.
+async fn report_at(rig: &Rig, job: &JobEvent, phase: StatusPhase, sequence: u64) {
+    let event = StatusEvent::new(
+        job.id.clone(),
+        job.component.clone(),
+        phase,
+        format!("{phase:?} by the test worker"),
+        1,
+        "worker-test",
+        jiff::Timestamp::now(),
+    )
+    .for_job_sequence(sequence);
+    JetStreamStatus::new(rig.js.clone())
+        .publish_status(&event)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_reconcile_request_re_applies_and_a_suspension_holds_spec_changes_until_resumed() {
+    let rig = Rig::new(Topology::default()).await;
+    rig.spawn_watcher(fast_watcher());
+    rig.spawn_writer();
+    rig.store
+        .create(
+            component("web")
+                .config(nginx_config(serde_json::json!({})))
+                .build(),
+        )
+        .unwrap();
+    let first = rig.next_job().await;
+    report_at(&rig, &first, StatusPhase::Ready, 1).await;
+    rig.wait_for("web", "Ready", |c| phase(c) == Some(Phase::Ready))
+        .await;
+
+    // A reconcile request: the same generation again, as another job.
+    rig.store
+        .annotate("default", "web", REQUESTED_AT_ANNOTATION, Some("t1"))
+        .unwrap();
+    let again = rig.next_job().await;
+    assert_eq!((again.component.generation, again.refresh), (1, 1));
+    assert_ne!(again.id, first.id);
+    report_at(&rig, &again, StatusPhase::Deploying, 2).await;
+    report_at(&rig, &again, StatusPhase::Ready, 2).await;
+    let handled = rig
+        .wait_for("web", "the refresh answered", |c| {
+            let record = c.and_then(|c| c.status.as_ref()?.handler_status.clone());
+            phase(c) == Some(Phase::Ready)
+                && record.is_some_and(|r| {
+                    r.observed_refresh == Some(1)
+                        && r.last_handled_reconcile_at.as_deref() == Some("t1")
+                })
+        })
+        .await;
+    assert!(handled.is_some());
+
+    // Suspended: a spec change publishes nothing until the annotation goes.
+    rig.store
+        .annotate("default", "web", SUSPEND_ANNOTATION, Some("true"))
+        .unwrap();
+    rig.wait_for("web", "Suspended", |c| {
+        suspended(c).as_deref() == Some("True")
+    })
+    .await;
+    rig.store
+        .edit_spec("default", "web", |s| {
+            s.config = Some(nginx_config(serde_json::json!({"replicaCount": 2})));
+        })
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        rig.messages_in(JOBS_STREAM).await,
+        0,
+        "no job while suspended"
+    );
+    rig.store
+        .annotate("default", "web", SUSPEND_ANNOTATION, None)
+        .unwrap();
+    let resumed = rig.next_job().await;
+    assert_eq!((resumed.component.generation, resumed.refresh), (2, 0));
+    assert_eq!(resumed.config.values["replicaCount"], 2);
+    rig.wait_for("web", "not suspended", |c| {
+        suspended(c).as_deref() == Some("False")
+    })
+    .await;
 }

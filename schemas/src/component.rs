@@ -8,7 +8,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::event::{JobAction, Order};
+use crate::event::{JobAction, Order, is_zero};
 
 /// API group of the `Component` resource.
 pub const GROUP: &str = "deployment-orchestrator.io";
@@ -22,6 +22,15 @@ pub const COORDINATION_FINALIZER: &str = "composition.deployment-orchestrator.io
 pub const LIFECYCLE_FINALIZER_SUFFIX: &str = ".deployment-orchestrator.io/lifecycle";
 /// Deployment and termination timeout when the spec gives none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// Annotation that suspends a Component when `"true"`: no Helm runs until it is removed (or set
+/// to anything else); deletion still uninstalls.
+pub const SUSPEND_ANNOTATION: &str = "helm.deployment-orchestrator.io/suspend";
+/// Annotation whose new value requests a fresh apply of the same generation (`helmqctl
+/// reconcile` sets it to the current time); the value handled last is
+/// `status.handlerStatus.lastHandledReconcileAt`.
+pub const REQUESTED_AT_ANNOTATION: &str = "helm.deployment-orchestrator.io/requested-at";
+/// The condition a suspended Component carries.
+pub const SUSPENDED_CONDITION: &str = "Suspended";
 
 /// Go-style duration such as `30s`, `5m` or `1h30m`.
 const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
@@ -58,7 +67,8 @@ pub enum ComponentError {
     printcolumn = r#"{"name":"Release","type":"string","priority":1,"jsonPath":".status.handlerStatus.releaseName"}"#,
     printcolumn = r#"{"name":"Revision","type":"integer","priority":1,"jsonPath":".status.handlerStatus.revision"}"#,
     printcolumn = r#"{"name":"Chart-Version","type":"string","priority":1,"jsonPath":".status.handlerStatus.chartVersion"}"#,
-    printcolumn = r#"{"name":"Message","type":"string","priority":1,"jsonPath":".status.message"}"#
+    printcolumn = r#"{"name":"Message","type":"string","priority":1,"jsonPath":".status.message"}"#,
+    printcolumn = r#"{"name":"Suspended","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Suspended\")].status"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ComponentSpec {
@@ -239,6 +249,14 @@ pub struct HandlerStatus {
     /// applies only status events that answer it. Absent on Components an older helmq wrote.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issued_job: Option<IssuedJob>,
+    /// The `refresh` of the issued apply job whose outcome (`Ready` or `Failed`) the status
+    /// shows: with `observedGeneration`, whether the status answers the apply job issued last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_refresh: Option<u32>,
+    /// The value of the `helm.deployment-orchestrator.io/requested-at` annotation when the
+    /// producer last issued an apply job (the request it handled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_reconcile_at: Option<String>,
 }
 
 /// A job the producer issued for one generation and action of a Component
@@ -258,12 +276,31 @@ pub struct IssuedJob {
     pub generation: i64,
     /// `apply` or `delete`.
     pub action: JobAction,
+    /// Which apply of this generation it is: 0 for the first, one more for each apply
+    /// requested again without a spec change (a reconcile request, a resume). Always 0 for a
+    /// delete.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub refresh: u32,
 }
 
 impl Component {
     /// True when `spec.handler` names `handler`.
     pub fn is_for(&self, handler: &str) -> bool {
         self.spec.handler == handler
+    }
+
+    /// The value of annotation `key`, if set.
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.metadata
+            .annotations
+            .as_ref()?
+            .get(key)
+            .map(String::as_str)
+    }
+
+    /// True when [`SUSPEND_ANNOTATION`] is `"true"`.
+    pub fn is_suspended(&self) -> bool {
+        self.annotation(SUSPEND_ANNOTATION) == Some("true")
     }
 }
 

@@ -238,6 +238,11 @@ pub struct JobEvent {
     /// When the job was requested (RFC 3339).
     #[schemars(with = "String", extend("format" = "date-time"))]
     pub requested_at: Timestamp,
+    /// Which apply of this generation it is: 0 (absent) for the first; a higher one re-applies
+    /// the same generation (a reconcile request, a resume) and supersedes a lower one. Ignored
+    /// for a delete. An orchestrator raises it to run a finished job's generation again.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub refresh: u32,
 }
 
 fn default_timeout_seconds() -> u64 {
@@ -262,6 +267,7 @@ impl JobEvent {
             config,
             timeout_seconds,
             requested_at,
+            refresh: 0,
         }
     }
 
@@ -269,11 +275,13 @@ impl JobEvent {
     /// intent inside the duplicate window is dropped by the server. It is the job's `id` when
     /// that is [`default_job_id`] or an id issued for it (`<default id>:<nonce>`), so a job
     /// another tenant publishes cannot take the id of one the producer issued; otherwise (an
-    /// orchestrator's own id) it is [`default_job_id`].
+    /// orchestrator's own id) it is [`default_job_id`], with `:refresh-<n>` after it for a refresh.
     pub fn dedupe_id(&self) -> String {
         let default = default_job_id(&self.component, self.action);
         match self.id.strip_prefix(default.as_str()) {
             Some(rest) if rest.is_empty() || rest.starts_with(':') => self.id.clone(),
+            // A refresh of an orchestrator's job is another message than the generation's first.
+            _ if self.refresh > 0 => format!("{default}:refresh-{}", self.refresh),
             _ => default,
         }
     }
@@ -490,8 +498,9 @@ pub struct StatusEvent {
     pub order: Order,
 }
 
-fn is_zero(n: &u64) -> bool {
-    *n == 0
+/// Whether `n` is zero (serde's `skip_serializing_if` passes a reference).
+pub(crate) fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
+    *n == T::default()
 }
 
 impl StatusEvent {

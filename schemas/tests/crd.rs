@@ -110,7 +110,13 @@ fn the_crd_matches_the_original_resource() {
     // `kubectl get components -o wide` adds these.
     assert_eq!(
         shown(true),
-        ["Release", "Revision", "Chart-Version", "Message"]
+        [
+            "Release",
+            "Revision",
+            "Chart-Version",
+            "Message",
+            "Suspended"
+        ]
     );
 
     let props = &version["schema"]["openAPIV3Schema"]["properties"];

@@ -148,7 +148,7 @@ fn bad_job_payloads_are_rejected_with_the_reason() {
         (
             "typo field",
             with(&|v| v["timeout"] = json!(5)),
-            "malformed helmq.job/v1 payload: unknown field `timeout`, expected one of `schema`, `id`, `action`, `component`, `config`, `timeoutSeconds`, `requestedAt`",
+            "malformed helmq.job/v1 payload: unknown field `timeout`, expected one of `schema`, `id`, `action`, `component`, `config`, `timeoutSeconds`, `requestedAt`, `refresh`",
         ),
         (
             "no name",

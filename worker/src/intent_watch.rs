@@ -202,6 +202,7 @@ mod tests {
         Precedence {
             generation,
             action: JobAction::Apply,
+            refresh: 0,
         }
     }
 
@@ -230,7 +231,8 @@ mod tests {
             (&mut waiting).now_or_never(),
             Some(Precedence {
                 generation: 2,
-                action: JobAction::Delete
+                action: JobAction::Delete,
+                refresh: 0,
             })
         );
         drop(waiting);

@@ -608,6 +608,7 @@ mod tests {
         let by = Precedence {
             generation: 2,
             action: JobAction::Apply,
+            refresh: 0,
         };
         let cases = [
             (Stop::Superseded(by), Settlement::Ack(Acked::Superseded)),

@@ -47,14 +47,17 @@ impl RetryPolicy {
     }
 }
 
-/// What a job does, ordered inside one Component: a later generation wins, and at the same
-/// generation a delete (deletion does not bump the generation) wins over an apply.
+/// What a job does, ordered inside one Component: a later generation wins, at the same
+/// generation a delete (deletion does not bump the generation) wins over an apply, and among
+/// applies of one generation a later refresh (a re-apply requested without a spec change) wins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Precedence {
     /// `metadata.generation`.
     pub generation: i64,
     /// Apply, or delete (which orders after apply).
     pub action: JobAction,
+    /// The apply's refresh (0 for a delete).
+    pub refresh: u32,
 }
 
 impl Precedence {
@@ -63,6 +66,10 @@ impl Precedence {
         Precedence {
             generation: job.component.generation,
             action: job.action,
+            refresh: match job.action {
+                JobAction::Apply => job.refresh,
+                JobAction::Delete => 0,
+            },
         }
     }
 }
@@ -100,18 +107,28 @@ pub struct Intent {
     /// given back while it waited for the release lease did not try anything).
     #[serde(default)]
     pub runs: u32,
+    /// The apply's refresh (see [`Precedence`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub refresh: u32,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Intent {
     /// The intent of a job that just started.
     pub fn running(job: &JobEvent) -> Intent {
+        let position = Precedence::of(job);
         Intent {
-            generation: job.component.generation,
-            action: job.action,
+            generation: position.generation,
+            action: position.action,
             job_id: job.id.clone(),
             outcome: Outcome::Running,
             last_status: None,
             runs: 0,
+            refresh: position.refresh,
         }
     }
 
@@ -120,6 +137,7 @@ impl Intent {
         Precedence {
             generation: self.generation,
             action: self.action,
+            refresh: self.refresh,
         }
     }
 }
@@ -252,16 +270,51 @@ mod tests {
     }
 
     fn job(generation: i64, action: JobAction) -> Precedence {
-        Precedence { generation, action }
+        Precedence {
+            generation,
+            action,
+            refresh: 0,
+        }
+    }
+
+    fn refresh(generation: i64, refresh: u32) -> Precedence {
+        Precedence {
+            refresh,
+            ..job(generation, JobAction::Apply)
+        }
     }
 
     #[test]
-    fn a_delete_orders_after_the_apply_of_its_generation_and_before_the_next() {
+    fn a_delete_orders_after_the_applies_of_its_generation_and_before_the_next() {
         use JobAction::{Apply, Delete};
-        let order = [job(1, Apply), job(1, Delete), job(2, Apply), job(2, Delete)];
+        let order = [
+            job(1, Apply),
+            refresh(1, 1),
+            refresh(1, 7),
+            job(1, Delete),
+            job(2, Apply),
+            refresh(2, 1),
+            job(2, Delete),
+        ];
         for pair in order.windows(2) {
             assert!(pair[0] < pair[1], "{pair:?}");
         }
+    }
+
+    #[test]
+    fn a_refresh_of_a_finished_apply_runs_and_an_older_one_is_superseded() {
+        let mut done = intent(3, JobAction::Apply, Outcome::Ready);
+        done.refresh = 1;
+        assert!(matches!(
+            decide(refresh(3, 1), Some(&done)),
+            Decision::AlreadyDone(_)
+        ));
+        assert_eq!(decide(refresh(3, 2), Some(&done)), Decision::Run);
+        assert!(records(refresh(3, 2), Some(&done)));
+        assert_eq!(
+            decide(job(3, JobAction::Apply), Some(&done)),
+            Decision::Superseded { by: refresh(3, 1) }
+        );
     }
 
     fn intent(generation: i64, action: JobAction, outcome: Outcome) -> Intent {
@@ -277,6 +330,7 @@ mod tests {
             job_id: "j".into(),
             outcome,
             runs: 0,
+            refresh: 0,
             last_status: Some(StatusEvent::new(
                 "j",
                 component,

@@ -144,6 +144,46 @@ async fn older_generations_are_skipped_and_finished_ones_are_not_rerun() {
 }
 
 #[tokio::test]
+async fn a_refresh_of_a_finished_generation_runs_helm_again_and_an_older_refresh_does_not() {
+    let env = Env::start(fast_topology()).await;
+    let driver = MemoryDriver::new();
+    let pool = env.pool(driver.clone(), settings("w")).await;
+    let refresh = |n: u32| {
+        let mut job = apply("web", 2, "web");
+        job.refresh = n;
+        job.id = format!("{}:refresh-{n}", job.id);
+        job
+    };
+    env.publish(&apply("web", 2, "web")).await;
+    eventually(Duration::from_secs(20), "Ready", || async {
+        (!env.phases("web", StatusPhase::Ready).await.is_empty()).then_some(())
+    })
+    .await;
+    env.publish(&refresh(1)).await;
+    eventually(Duration::from_secs(20), "the refresh Ready", || async {
+        env.phases("web", StatusPhase::Ready)
+            .await
+            .iter()
+            .any(|s| s.job_id.ends_with("refresh-1"))
+            .then_some(())
+    })
+    .await;
+    // The generation's first apply, late again: superseded by the refresh.
+    env.publish_raw(&job_subject("team", "web"), apply("web", 2, "web").encode())
+        .await;
+    eventually(
+        Duration::from_secs(20),
+        "the late copy superseded",
+        || async { (pool.metrics.jobs_with(JobOutcome::Superseded) == 1).then_some(()) },
+    )
+    .await;
+    env.no_jobs_left().await;
+    let applies = driver.calls().iter().filter(|c| c.op == "apply").count();
+    assert_eq!(applies, 2, "the generation once and its refresh once");
+    pool.stop().await;
+}
+
+#[tokio::test]
 async fn a_newer_generation_cancels_an_older_run_waiting_for_readiness() {
     let env = Env::start(fast_topology()).await;
     let driver = MemoryDriver::new();
@@ -175,7 +215,11 @@ async fn a_newer_generation_cancels_an_older_run_waiting_for_readiness() {
     assert!(applies[0].cancelled, "generation 1's wait was cancelled");
     assert_eq!(applies[0].values.get("generation"), Some(&1.into()));
     assert!(!applies[1].cancelled);
-    assert_eq!(pool.metrics.jobs_with(JobOutcome::Superseded), 1);
+    // Counted once the message is settled, just after what the test saw.
+    eventually(Duration::from_secs(10), "Superseded counted", || async {
+        (pool.metrics.jobs_with(JobOutcome::Superseded) == 1).then_some(())
+    })
+    .await;
     assert!(env.phases("web", StatusPhase::Failed).await.is_empty());
     eventually(Duration::from_secs(10), "queue empty", || async {
         (env.jobs_left().await == 0).then_some(())
@@ -473,7 +517,11 @@ async fn bad_input_is_dead_lettered_once_with_its_reason() {
     }
     assert!(driver.calls().is_empty(), "helm never ran");
     env.no_jobs_left().await;
-    assert_eq!(pool.metrics.jobs_with(JobOutcome::Rejected), 7);
+    // Counted once the message is settled, just after what the test saw.
+    eventually(Duration::from_secs(10), "Rejected counted", || async {
+        (pool.metrics.jobs_with(JobOutcome::Rejected) == 7).then_some(())
+    })
+    .await;
     pool.stop().await;
 }
 

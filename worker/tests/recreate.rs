@@ -234,7 +234,11 @@ async fn a_generation_beyond_2_pow_53_is_dead_lettered_with_the_rule_and_blocks_
         letter.reason,
         "malformed helmq.job/v1 payload: component.generation must be between 1 and 9007199254740992 (2^53), got 9223372036854775807"
     );
-    assert_eq!(pool.metrics.jobs_with(JobOutcome::Rejected), 1);
+    // Counted once the message is settled, just after what the test saw.
+    eventually(Duration::from_secs(10), "Rejected counted", || async {
+        (pool.metrics.jobs_with(JobOutcome::Rejected) == 1).then_some(())
+    })
+    .await;
     assert!(driver.calls().is_empty(), "helm never ran for it");
 
     // The same object's real generation 1 still deploys.

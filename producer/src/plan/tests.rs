@@ -124,11 +124,7 @@ const NONCE: &str = "n0nce";
 /// `component` with `job` recorded as issued, as the watcher records it.
 fn with_issued(component: &Component, job: IssuedJob) -> Component {
     let mut c = component.clone();
-    let status = c.status.get_or_insert_with(Default::default);
-    status
-        .handler_status
-        .get_or_insert_with(Default::default)
-        .issued_job = Some(job);
+    c.status = Some(super::issued_status(component, job, now()));
     c
 }
 
@@ -153,6 +149,7 @@ fn kind(action: &Action) -> &'static str {
         Action::Ignore => "Ignore",
         Action::SkipOtherHandler { .. } => "SkipOtherHandler",
         Action::Claim => "Claim",
+        Action::Suspend => "Suspend",
         Action::Issue(_) => "Issue",
         Action::PublishApply(_) => "PublishApply",
         Action::ConfigFailed { .. } => "ConfigFailed",
@@ -778,11 +775,13 @@ fn a_job_is_issued_before_anything_is_published_for_it() {
         id: format!("{}:{g}:apply:{NONCE}", uid("1")),
         generation: g,
         action: JobAction::Apply,
+        refresh: 0,
     };
     let delete = |g: i64| IssuedJob {
         id: format!("{}:{g}:delete:{NONCE}", uid("1")),
         generation: g,
         action: JobAction::Delete,
+        refresh: 0,
     };
     let cases: Vec<(&str, Component, Action)> = vec![
         (
@@ -842,6 +841,7 @@ fn the_recorded_job_id_is_reused_by_retries_and_by_a_producer_taking_over() {
         id: format!("{}:3:apply:first-producers-nonce", uid("1")),
         generation: 3,
         action: JobAction::Apply,
+        refresh: 0,
     };
     let c = with_issued(
         &fixture()
@@ -886,4 +886,171 @@ fn the_recorded_job_id_is_reused_by_retries_and_by_a_producer_taking_over() {
     };
     assert_eq!(job.id, issued.id);
     assert_eq!(job.id, format!("{}:3:delete:{NONCE}", uid("1")));
+}
+
+/// `component` with annotation `key` set to `value` (removed when `None`).
+fn annotated(component: &Component, key: &str, value: Option<&str>) -> Component {
+    let mut c = component.clone();
+    let annotations = c.metadata.annotations.get_or_insert_with(Default::default);
+    match value {
+        Some(value) => annotations.insert(key.to_owned(), value.to_owned()),
+        None => annotations.remove(key),
+    };
+    c
+}
+
+/// A claimed Component whose apply job of generation 1 (refresh 0) ended `Ready`, as the writer
+/// leaves it.
+fn ready_at_generation_1() -> Component {
+    let claimed = fixture().fin(&[HELM_FINALIZER]).at(Phase::Claimed, None);
+    let issued = new_issued_job(&claimed.build(), JobAction::Apply, NONCE);
+    let mut c = with_issued(&claimed.build(), issued);
+    answered(&mut c, Phase::Ready);
+    c
+}
+
+/// What the writer does with the outcome of the apply job recorded as issued.
+fn answered(c: &mut Component, phase: Phase) {
+    let generation = c.metadata.generation;
+    let status = c.status.get_or_insert_with(Default::default);
+    status.phase = Some(phase);
+    status.observed_generation = generation;
+    let record = status.handler_status.get_or_insert_with(Default::default);
+    record.observed_refresh = record.issued_job.as_ref().map(|j| j.refresh);
+}
+
+fn suspended_condition(c: &Component) -> Option<&Condition> {
+    c.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == SUSPENDED_CONDITION)
+}
+
+/// Plans `c` as the watcher does, carrying out `Suspend` and `Issue` until another action.
+fn settle(mut c: Component) -> (Component, Action) {
+    for _ in 0..4 {
+        match super::plan(&c, &ctx(Published::default())) {
+            Action::Suspend => c.status = Some(suspended_status(&c, true, now())),
+            Action::Issue(job) => c = with_issued(&c, job),
+            other => return (c, other),
+        }
+    }
+    panic!("no settled action for {c:?}");
+}
+
+fn handled_request(c: &Component) -> Option<&str> {
+    let record = c.status.as_ref()?.handler_status.as_ref()?;
+    record.last_handled_reconcile_at.as_deref()
+}
+
+fn published_refresh(action: &Action) -> Option<(i64, u32)> {
+    match action {
+        Action::PublishApply(job) => Some((job.component.generation, job.refresh)),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_suspended_component_gets_no_job_until_resumed_and_deletion_still_uninstalls() {
+    let ready = ready_at_generation_1();
+    assert_eq!(
+        settle(ready.clone()).1,
+        Action::Nothing("status reflects this generation")
+    );
+
+    let suspended = annotated(&ready, SUSPEND_ANNOTATION, Some("true"));
+    assert_eq!(
+        super::plan(&suspended, &ctx(Published::default())),
+        Action::Suspend
+    );
+    let (suspended, action) = settle(suspended);
+    assert_eq!(action, Action::Nothing("suspended"));
+    let condition = suspended_condition(&suspended).unwrap();
+    assert_eq!(
+        (condition.status.as_str(), condition.reason.as_str()),
+        ("True", "Suspended")
+    );
+
+    // A spec change while suspended is not applied; only "true" suspends.
+    let mut changed = suspended.clone();
+    changed.metadata.generation = Some(2);
+    assert_eq!(settle(changed.clone()).1, Action::Nothing("suspended"));
+    let other_value = annotated(&changed, SUSPEND_ANNOTATION, Some("false"));
+    assert_eq!(published_refresh(&settle(other_value).1), Some((2, 0)));
+
+    // Resumed after the spec change: the new generation's job, and the condition turns False.
+    let (resumed, action) = settle(annotated(&changed, SUSPEND_ANNOTATION, None));
+    assert_eq!(published_refresh(&action), Some((2, 0)));
+    let condition = suspended_condition(&resumed).unwrap();
+    assert_eq!(
+        (condition.status.as_str(), condition.reason.as_str()),
+        ("False", "Resumed")
+    );
+
+    // Resumed without a spec change: the same generation is applied again.
+    let (_, action) = settle(annotated(&suspended, SUSPEND_ANNOTATION, None));
+    assert_eq!(published_refresh(&action), Some((1, 1)));
+
+    // Deleting a suspended Component uninstalls its release.
+    let mut deleting = suspended.clone();
+    deleting.metadata.deletion_timestamp = Some(Time(ago(5)));
+    assert!(matches!(settle(deleting).1, Action::PublishDelete(_)));
+
+    // A suspended Component never claimed is marked, not claimed.
+    let unclaimed = annotated(&fixture().build(), SUSPEND_ANNOTATION, Some("true"));
+    assert_eq!(
+        super::plan(&unclaimed, &ctx(Published::default())),
+        Action::Suspend
+    );
+}
+
+#[test]
+fn each_new_reconcile_request_re_applies_the_generation_once() {
+    let ready = ready_at_generation_1();
+    let requested = annotated(
+        &ready,
+        REQUESTED_AT_ANNOTATION,
+        Some("2026-12-07T10:00:00Z"),
+    );
+    let (mut handled, action) = settle(requested.clone());
+    let Action::PublishApply(job) = &action else {
+        panic!("{action:?}");
+    };
+    assert_eq!((job.component.generation, job.refresh), (1, 1));
+    let issued = recorded_job(&handled, JobAction::Apply).unwrap();
+    assert_eq!(
+        (issued.refresh, &issued.id),
+        (1, &job.id),
+        "published as issued"
+    );
+    assert_eq!(handled_request(&handled), Some("2026-12-07T10:00:00Z"));
+
+    // Until its outcome, the refresh is published again by resync, never issued twice.
+    assert_eq!(published_refresh(&settle(handled.clone()).1), Some((1, 1)));
+    answered(&mut handled, Phase::Ready);
+    assert_eq!(
+        settle(handled.clone()).1,
+        Action::Nothing("status reflects this generation")
+    );
+
+    // A failed refresh is not retried by the plan either; a new request is.
+    answered(&mut handled, Phase::Failed);
+    assert_eq!(
+        settle(handled.clone()).1,
+        Action::Nothing("status reflects this generation")
+    );
+    let again = annotated(
+        &handled,
+        REQUESTED_AT_ANNOTATION,
+        Some("2026-12-07T11:00:00Z"),
+    );
+    assert_eq!(published_refresh(&settle(again).1), Some((1, 2)));
+
+    // A request that comes with a spec change is handled by the new generation's job.
+    let mut changed = requested;
+    changed.metadata.generation = Some(2);
+    let (changed, action) = settle(changed);
+    assert_eq!(published_refresh(&action), Some((2, 0)));
+    assert_eq!(handled_request(&changed), Some("2026-12-07T10:00:00Z"));
 }

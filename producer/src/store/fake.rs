@@ -340,6 +340,26 @@ impl FakeComponentStore {
         .ok_or_else(|| not_found(namespace, name))
     }
 
+    /// Sets annotation `key` to `value`, or removes it when `None`, as `kubectl annotate` does
+    /// (metadata only: the generation stays).
+    pub fn annotate(
+        &self,
+        namespace: &str,
+        name: &str,
+        key: &str,
+        value: Option<&str>,
+    ) -> Result<Component, StoreError> {
+        self.mutate(namespace, name, |c| {
+            let annotations = c.metadata.annotations.get_or_insert_with(Default::default);
+            match value {
+                Some(value) => annotations.insert(key.to_owned(), value.to_owned()),
+                None => annotations.remove(key),
+            };
+            Ok(())
+        })?
+        .ok_or_else(|| not_found(namespace, name))
+    }
+
     /// Deletes as `kubectl delete` does: sets `deletionTimestamp` while finalizers remain,
     /// removes the object when there are none.
     pub fn delete(&self, namespace: &str, name: &str) -> Result<(), StoreError> {

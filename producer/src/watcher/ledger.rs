@@ -1,12 +1,12 @@
 //! The watcher's ledger: per object, what this replica already published for its current
-//! uid and generation, and the generation it last reported as unreadable, so that the many
+//! uid, generation and refresh, and the generation it last reported as unreadable, so that the many
 //! watch events of one Component neither re-publish nor re-report.
 
 use std::collections::{BTreeSet, HashMap};
 
 use helmq_schemas::component::Component;
 
-use crate::plan::Published;
+use crate::plan::{Published, recorded_refresh};
 use crate::store::ObjectKey;
 
 /// What is remembered of one object.
@@ -15,7 +15,7 @@ struct Entry {
     /// The object's uid: another object of the same name starts afresh.
     uid: String,
     /// The generation and what was published for it.
-    published: Option<(i64, Published)>,
+    published: Option<(Round, Published)>,
     /// The generation last reported as unreadable.
     reported: Option<i64>,
 }
@@ -34,26 +34,34 @@ fn generation_of(component: &Component) -> i64 {
     component.metadata.generation.unwrap_or(0)
 }
 
+/// What a publish record holds for: a generation and the refresh of its apply job issued last
+/// (a re-apply of the generation is published afresh).
+type Round = (i64, u32);
+
+fn round_of(component: &Component) -> Round {
+    (generation_of(component), recorded_refresh(component))
+}
+
 impl Ledger {
     /// What was published for `component`'s uid and generation.
     pub(super) fn published(&self, component: &Component) -> Published {
         match self.entries.get(&ObjectKey::of(component)) {
             Some(Entry {
                 uid,
-                published: Some((generation, published)),
+                published: Some((round, published)),
                 ..
-            }) if uid == uid_of(component) && *generation == generation_of(component) => *published,
+            }) if uid == uid_of(component) && *round == round_of(component) => *published,
             _ => Published::default(),
         }
     }
 
     /// Notes, with `note`, something published for `component`'s uid and generation.
     pub(super) fn record(&mut self, component: &Component, note: impl FnOnce(&mut Published)) {
-        let generation = generation_of(component);
+        let round = round_of(component);
         let entry = self.entry(component);
         let published = match &mut entry.published {
-            Some((g, published)) if *g == generation => published,
-            other => &mut other.insert((generation, Published::default())).1,
+            Some((r, published)) if *r == round => published,
+            other => &mut other.insert((round, Published::default())).1,
         };
         note(published);
     }

@@ -6,7 +6,7 @@
 //! generation older than `observedGeneration`, is dropped. One exception ([`outranks`]): within
 //! one job, its success outranks a start of any attempt.
 
-use helmq_schemas::component::{ComponentStatus, Phase};
+use helmq_schemas::component::{ComponentStatus, HandlerStatus, Phase};
 use helmq_schemas::event::{JobAction, Position, Stage, StatusEvent, StatusPhase};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
@@ -132,6 +132,19 @@ pub fn apply(current: &ComponentStatus, event: &StatusEvent, handler: &str) -> O
         );
     }
     let mut record = status.handler_status.take().unwrap_or_default();
+    record_outcome(&mut record, event, &at);
+    record.event_generation = Some(position.generation);
+    record.event_order = Some(position.order);
+    status.handler_status = Some(record);
+    Some(StatusPatch {
+        status,
+        remove_finalizer: event.phase == StatusPhase::Terminated,
+    })
+}
+
+/// What `event` adds to the release record: the release, when it was deployed, the attempt and
+/// the refresh its outcome answers.
+fn record_outcome(record: &mut HandlerStatus, event: &StatusEvent, at: &Time) {
     if let Some(release) = &event.release {
         record.release_name = Some(release.name.clone());
         record.release_namespace = Some(release.namespace.clone());
@@ -145,16 +158,17 @@ pub fn apply(current: &ComponentStatus, event: &StatusEvent, handler: &str) -> O
     if event.phase == StatusPhase::Ready {
         record.last_deploy_time = Some(at.clone());
     }
+    if matches!(event.phase, StatusPhase::Ready | StatusPhase::Failed) {
+        // The outcome answers the apply job issued (the writer applies nothing else).
+        record.observed_refresh = record
+            .issued_job
+            .as_ref()
+            .filter(|job| job.action == JobAction::Apply)
+            .map(|job| job.refresh);
+    }
     if event.attempt > 0 {
         record.attempts = Some(event.attempt);
     }
-    record.event_generation = Some(position.generation);
-    record.event_order = Some(position.order);
-    status.handler_status = Some(record);
-    Some(StatusPatch {
-        status,
-        remove_finalizer: event.phase == StatusPhase::Terminated,
-    })
 }
 
 /// `(Ready, Progressing, Degraded, reason)` for a phase.

@@ -138,6 +138,7 @@ mod tests {
                 id: id(generation, action, Some(NONCE)),
                 generation,
                 action,
+                refresh: 0,
             };
             c = c.status(ComponentStatus {
                 handler_status: Some(HandlerStatus {

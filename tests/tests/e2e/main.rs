@@ -7,13 +7,14 @@
 //!
 //! One module per theme: the Component lifecycle, failures and retries, a crashed worker, a
 //! cancelled run (supersede, drain), least privilege, the documented examples, leader
-//! election, a Component too deep to decode, the Helm chart of helmq itself (`chart`), and the
+//! election, a Component too deep to decode, day-2 control (suspend, resume, reconcile now), the Helm chart of helmq itself (`chart`), and the
 //! scale run (`HELMQ_E2E_SCALE=N`, numbers in `target/bench/e2e-scale.json`).
 
 mod support;
 
 mod cancel;
 mod chart;
+mod control;
 mod crash;
 mod events;
 mod examples;
