@@ -7,11 +7,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use helmq_schemas::config::ValuesKind;
 use helmq_worker::driver::{
     Apply, DriverError, HelmDriver, HelmStatus, NamespaceDeletion, Release, Revision, Target, Tool,
     Uninstalled,
 };
 use helmq_worker::ownership::{Identity, Owner};
+use helmq_worker::values::SourceData;
 use tokio_util::sync::CancellationToken;
 
 use crate::jobs::index_of;
@@ -115,6 +117,18 @@ impl HelmDriver for BenchDriver {
         _cancel: &CancellationToken,
     ) -> Result<(), DriverError> {
         Ok(())
+    }
+
+    async fn values_source(
+        &self,
+        _kind: ValuesKind,
+        _name: &str,
+        _namespace: &str,
+        _identity: &Identity,
+        _cancel: &CancellationToken,
+    ) -> Result<SourceData, DriverError> {
+        // The benchmark's jobs carry their values inline.
+        Ok(None)
     }
 
     async fn delete_namespace(

@@ -49,6 +49,7 @@ pub fn config(name: &str) -> HelmConfig {
             },
         },
         values,
+        values_from: Vec::new(),
         service_account_name: None,
         adopt: false,
     }

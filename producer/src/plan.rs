@@ -16,7 +16,7 @@ use helmq_schemas::component::{
     SUSPENDED_CONDITION,
 };
 use helmq_schemas::config::HelmConfig;
-use helmq_schemas::event::{ComponentRef, JobAction, JobEvent, issued_job_id};
+use helmq_schemas::event::{ComponentRef, Deployed, JobAction, JobEvent, issued_job_id};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
@@ -225,8 +225,15 @@ pub fn suspended_status(component: &Component, suspended: bool, now: Timestamp) 
 
 /// `component`'s status with `job` recorded as issued. An apply job handles the reconcile
 /// request the annotation holds now, and ends a suspension the status still shows.
-pub fn issued_status(component: &Component, job: IssuedJob, now: Timestamp) -> ComponentStatus {
+pub fn issued_status(component: &Component, mut job: IssuedJob, now: Timestamp) -> ComponentStatus {
     let action = job.action;
+    if action == JobAction::Apply
+        && refresh_wanted(component, &component.status.clone().unwrap_or_default())
+            == Some(RECONCILE_REQUESTED)
+    {
+        // A reconcile request runs Helm even when nothing changed.
+        job.forced = true;
+    }
     let mut status = if action == JobAction::Apply && is_marked_suspended(component.status.as_ref())
     {
         suspended_status(component, false, now)
@@ -243,6 +250,9 @@ pub fn issued_status(component: &Component, job: IssuedJob, now: Timestamp) -> C
     status
 }
 
+/// [`refresh_wanted`]'s reason for a new `requested-at` value.
+const RECONCILE_REQUESTED: &str = "reconcile requested";
+
 /// Why the status, although it answers this generation's apply job, calls for another apply of
 /// the same generation: a reconcile request not handled yet, or a suspension just lifted.
 fn refresh_wanted(component: &Component, status: &ComponentStatus) -> Option<&'static str> {
@@ -251,10 +261,25 @@ fn refresh_wanted(component: &Component, status: &ComponentStatus) -> Option<&'s
         .as_ref()
         .and_then(|h| h.last_handled_reconcile_at.as_deref());
     match component.annotation(REQUESTED_AT_ANNOTATION) {
-        Some(requested) if Some(requested) != handled => Some("reconcile requested"),
+        Some(requested) if Some(requested) != handled => Some(RECONCILE_REQUESTED),
         _ if is_marked_suspended(Some(status)) => Some("resumed"),
         _ => None,
     }
+}
+
+/// What a `Ready` status says is deployed, for an apply job not answering a reconcile request
+/// (the worker skips Helm when nothing changed).
+fn deployed(component: &Component) -> Option<Deployed> {
+    let status = component.status.as_ref()?;
+    let record = status.handler_status.as_ref()?;
+    let forced = recorded_job(component, JobAction::Apply).is_some_and(|job| job.forced);
+    if status.phase != Some(Phase::Ready) || forced {
+        return None;
+    }
+    Some(Deployed {
+        values_digest: record.values_digest.clone()?,
+        config_digest: record.config_digest.clone()?,
+    })
 }
 
 /// The `refresh` of the apply job recorded as issued for the current generation (0 without one).
@@ -293,6 +318,7 @@ pub fn new_issued_job(component: &Component, action: JobAction, nonce: &str) -> 
         generation: target.generation,
         action,
         refresh: 0,
+        forced: false,
     }
 }
 
@@ -329,6 +355,7 @@ fn publish_job(
         job.id = id;
         if action == JobAction::Apply {
             job.refresh = recorded_refresh(component);
+            job.deployed = deployed(component);
         }
         match action {
             JobAction::Apply => Action::PublishApply(Box::new(job)),

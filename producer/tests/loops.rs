@@ -280,6 +280,7 @@ fn release(revision: i64) -> ReleaseInfo {
         revision: Some(revision),
         chart_version: Some("18.2.4".into()),
         helm_status: Some("deployed".into()),
+        deployed: None,
     }
 }
 

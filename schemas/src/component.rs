@@ -257,6 +257,13 @@ pub struct HandlerStatus {
     /// producer last issued an apply job (the request it handled).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_reconcile_at: Option<String>,
+    /// `sha256:<hex>` of the effective values last deployed (`valuesFrom` merged under
+    /// `values`): never the values themselves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values_digest: Option<String>,
+    /// `sha256:<hex>` of the rest of the config last deployed (chart, release, settings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_digest: Option<String>,
 }
 
 /// A job the producer issued for one generation and action of a Component
@@ -281,6 +288,9 @@ pub struct IssuedJob {
     /// delete.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub refresh: u32,
+    /// It answers a reconcile request: Helm runs even when nothing changed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forced: bool,
 }
 
 impl Component {

@@ -21,6 +21,11 @@ use serde_json::{Map, Value};
 
 use crate::{dns, oci};
 
+mod values_from;
+pub use values_from::{
+    DEFAULT_VALUES_KEY, MAX_VALUES_FROM, ValuesKind, ValuesReference, merge_into, place,
+};
+
 /// Largest accepted `values`, measured as the length of its compact JSON serialization.
 pub const MAX_VALUES_BYTES: usize = 256 * 1024;
 
@@ -49,9 +54,15 @@ pub struct HelmConfig {
     pub manage_namespace: bool,
     /// Where the chart comes from.
     pub source: ChartSource,
-    /// Chart values: an arbitrary nested JSON object; empty when absent.
+    /// Chart values: an arbitrary nested JSON object; empty when absent. They go on top of
+    /// `valuesFrom`.
     #[serde(default)]
     pub values: Map<String, Value>,
+    /// Values from ConfigMaps and Secrets in the Component's own namespace, merged in order
+    /// (later ones win) under `values`; the worker reads them, as the tenant, when it runs the
+    /// job.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values_from: Vec<ValuesReference>,
     /// The ServiceAccount, in the Component's own namespace, that every Kubernetes call of the
     /// job runs as (impersonated); the worker's `--default-service-account` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -257,6 +268,22 @@ pub enum ConfigError {
         /// The rejected value.
         value: String,
     },
+    /// One entry of `valuesFrom` is invalid.
+    #[error("valuesFrom[{index}]: {reason}")]
+    ValuesFrom {
+        /// Its index.
+        index: usize,
+        /// What is wrong, naming the field.
+        reason: String,
+    },
+    /// `valuesFrom` holds more than [`MAX_VALUES_FROM`] references.
+    #[error("valuesFrom has {count} references; at most {limit} are allowed")]
+    TooManyValuesFrom {
+        /// How many it holds.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// `values` is larger than [`MAX_VALUES_BYTES`] once serialized.
     #[error("values is too large: {size} bytes (limit {limit})")]
     TooLarge {
@@ -328,6 +355,7 @@ impl HelmConfig {
         check_required("releaseNamespace", &self.release_namespace)?;
         check_namespace("releaseNamespace", &self.release_namespace)?;
         check_values_size(&self.values)?;
+        values_from::check(&self.values_from)?;
         if let Some(account) = &self.service_account_name {
             check_service_account("serviceAccountName", account)?;
         }
@@ -394,6 +422,7 @@ fn parse_source_form(obj: &Map<String, Value>) -> Result<HelmConfig, ConfigError
     check_namespace("releaseNamespace", release_namespace)?;
     let manage_namespace = optional_bool(obj, "manageNamespace")?.unwrap_or(true);
     let values = parse_values(obj)?;
+    let values_from = values_from::parse(obj)?;
     let source = match get(obj, "source") {
         None => return Err(ConfigError::SourceRequired),
         Some(Value::Object(source)) => parse_source(source)?,
@@ -406,6 +435,7 @@ fn parse_source_form(obj: &Map<String, Value>) -> Result<HelmConfig, ConfigError
         manage_namespace,
         source,
         values,
+        values_from,
         service_account_name,
         adopt,
     })
@@ -493,6 +523,7 @@ fn parse_mvp_form(
     let chart_version = required_str(chart, "chart.version")?;
     check_chart_version("chart.version", chart_version)?;
     let values = parse_values(obj)?;
+    let values_from = values_from::parse(obj)?;
     let namespace = optional_str(obj, "namespace")?;
     let release_namespace = namespace.unwrap_or(component_namespace);
     check_namespace("namespace", release_namespace)?;
@@ -517,6 +548,7 @@ fn parse_mvp_form(
             },
         },
         values,
+        values_from,
         service_account_name,
         adopt,
     })

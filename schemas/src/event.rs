@@ -243,6 +243,23 @@ pub struct JobEvent {
     /// for a delete. An orchestrator raises it to run a finished job's generation again.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub refresh: u32,
+    /// What the Component's status says is deployed (it is `Ready`): when the effective values
+    /// and the config give the same digests, the worker reports `Ready` without running Helm.
+    /// Absent: Helm runs (a reconcile request, a first deploy, an orchestrator's job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployed: Option<Deployed>,
+}
+
+/// The digests of a deploy, as `status.handlerStatus` records them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Deployed {
+    /// `sha256:<hex>` of the effective values (`valuesFrom` merged under `values`).
+    #[schemars(length(max = 80))]
+    pub values_digest: String,
+    /// `sha256:<hex>` of the rest of the config (chart, release, settings).
+    #[schemars(length(max = 80))]
+    pub config_digest: String,
 }
 
 fn default_timeout_seconds() -> u64 {
@@ -268,6 +285,7 @@ impl JobEvent {
             timeout_seconds,
             requested_at,
             refresh: 0,
+            deployed: None,
         }
     }
 
@@ -314,6 +332,9 @@ impl JobEvent {
             return Err(malformed("id is required".into()));
         }
         check_text(JOB_SCHEMA, "id", &job.id, MAX_ID_LEN)?;
+        if let Some(deployed) = &job.deployed {
+            deployed.check(JOB_SCHEMA, "deployed")?;
+        }
         if !(1..=MAX_TIMEOUT_SECONDS).contains(&job.timeout_seconds) {
             return Err(malformed(format!(
                 "timeoutSeconds must be between 1 and {MAX_TIMEOUT_SECONDS}, got {}",
@@ -423,6 +444,9 @@ pub struct ReleaseInfo {
     /// Helm's own status (`deployed`, `failed`, `pending-upgrade`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub helm_status: Option<String>,
+    /// The digests of what a `Ready` deployed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployed: Option<Deployed>,
 }
 
 impl ReleaseInfo {
@@ -451,7 +475,29 @@ impl ReleaseInfo {
                 check_text(STATUS_SCHEMA, field, value, MAX_ID_LEN)?;
             }
         }
+        if let Some(deployed) = &self.deployed {
+            deployed.check(STATUS_SCHEMA, "release.deployed")?;
+        }
         Ok(())
+    }
+}
+
+impl Deployed {
+    /// Both digests are short text (they reach a Component's status); `field` is where the
+    /// digests are in the payload.
+    fn check(&self, schema: &'static str, field: &str) -> Result<(), EventError> {
+        check_text(
+            schema,
+            &format!("{field}.valuesDigest"),
+            &self.values_digest,
+            80,
+        )?;
+        check_text(
+            schema,
+            &format!("{field}.configDigest"),
+            &self.config_digest,
+            80,
+        )
     }
 }
 

@@ -148,7 +148,7 @@ fn bad_job_payloads_are_rejected_with_the_reason() {
         (
             "typo field",
             with(&|v| v["timeout"] = json!(5)),
-            "malformed helmq.job/v1 payload: unknown field `timeout`, expected one of `schema`, `id`, `action`, `component`, `config`, `timeoutSeconds`, `requestedAt`, `refresh`",
+            "malformed helmq.job/v1 payload: unknown field `timeout`, expected one of `schema`, `id`, `action`, `component`, `config`, `timeoutSeconds`, `requestedAt`, `refresh`, `deployed`",
         ),
         (
             "no name",
@@ -340,6 +340,7 @@ fn status_events_round_trip_with_their_release() {
         revision: Some(2),
         chart_version: Some("18.2.4".into()),
         helm_status: Some("deployed".into()),
+        deployed: None,
     });
     assert_eq!(StatusEvent::decode(&event.encode()).unwrap(), event);
     let wire: Value = serde_json::from_slice(&event.encode()).unwrap();

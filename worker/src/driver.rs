@@ -14,6 +14,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use helmq_schemas::HelmConfig;
+use helmq_schemas::config::ValuesKind;
 use helmq_schemas::event::RECOVERED_PREFIX;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -148,6 +149,9 @@ pub enum DriverError {
     /// action runs.
     #[error(transparent)]
     Ownership(#[from] OwnershipError),
+    /// A `valuesFrom` source is missing or cannot be used (never with its data).
+    #[error(transparent)]
+    Values(crate::values::ValuesError),
 }
 
 /// ` (needed to <action>)`, or nothing.
@@ -190,9 +194,9 @@ impl DriverError {
             DriverError::Helm { failure, .. } | DriverError::Kubectl { failure, .. } => {
                 failure.class
             }
-            DriverError::RegistryCredentials { .. } | DriverError::Ownership(_) => {
-                Failure::Permanent
-            }
+            DriverError::RegistryCredentials { .. }
+            | DriverError::Ownership(_)
+            | DriverError::Values(_) => Failure::Permanent,
             DriverError::TimedOut { .. }
             | DriverError::StillPending { .. }
             | DriverError::Fenced { .. }
@@ -252,6 +256,11 @@ pub enum KubectlAction {
         /// The namespace.
         namespace: String,
     },
+    /// `kubectl get configmap|secret` of a `valuesFrom` source.
+    ReadValues {
+        /// `Kind namespace/name`.
+        source: String,
+    },
 }
 
 impl fmt::Display for KubectlAction {
@@ -270,6 +279,7 @@ impl fmt::Display for KubectlAction {
             KubectlAction::DeleteNamespace { namespace } => {
                 write!(f, "delete namespace {namespace}")
             }
+            KubectlAction::ReadValues { source } => write!(f, "read values from {source}"),
         }
     }
 }
@@ -552,6 +562,17 @@ pub trait HelmDriver: Send + Sync + 'static {
         timeout: Duration,
         cancel: &CancellationToken,
     ) -> impl Future<Output = Result<(), DriverError>> + Send;
+
+    /// The data of the ConfigMap or Secret `name` in `namespace` (a Secret's decoded), read with
+    /// the rights of `identity`; `None` when there is no such object.
+    fn values_source(
+        &self,
+        kind: ValuesKind,
+        name: &str,
+        namespace: &str,
+        identity: &Identity,
+        cancel: &CancellationToken,
+    ) -> impl Future<Output = Result<crate::values::SourceData, DriverError>> + Send;
 
     /// Deletes a managed namespace, only when its owner labels name `owner`.
     fn delete_namespace(

@@ -14,7 +14,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use helmq_schemas::event::{JobAction, JobEvent, ReleaseInfo, StatusPhase};
+use helmq_schemas::HelmConfig;
+use helmq_schemas::event::{Deployed, JobAction, JobEvent, ReleaseInfo, StatusPhase};
 
 use crate::driver::{
     Apply, DriverError, HelmDriver, NamespaceDeletion, Pending, Recovery, Release, Target,
@@ -24,6 +25,12 @@ use crate::failure::Cause;
 use crate::ownership::{self, Identity, Owner, Ownership};
 use crate::policy::Outcome;
 use crate::settings::Settings;
+use crate::values::{self, Digests};
+
+/// A digest cut for a message: `sha256:` and 12 hex digits.
+fn short(digest: &str) -> &str {
+    digest.get(..19).unwrap_or(digest)
+}
 
 /// What a successful run produced.
 #[derive(Debug)]
@@ -236,16 +243,37 @@ impl<'a, D: HelmDriver> HelmRun<'a, D> {
         Ok(())
     }
 
-    /// Installs (`helm install` when `install`) or upgrades the release.
+    /// Installs (`helm install` when `install`) or upgrades the release with the effective
+    /// values (`valuesFrom` read now, as the tenant); reports `Ready` without running Helm when
+    /// they and the config are what the Component's status says is deployed.
     async fn apply(&mut self, lease_revision: u64, install: bool) -> Result<Done, DriverError> {
         let job = self.job;
-        let config = &job.config;
-        let (name, namespace) = (&config.release_name, &config.release_namespace);
         // The tenant is the subject's namespace (checked on admission to equal the
         // payload's Component namespace), never the release namespace a publisher picks.
         let own_namespace = &job.component.namespace;
+        let values = values::resolve(
+            self.driver,
+            &job.config,
+            own_namespace,
+            &self.identity,
+            self.cancel,
+        )
+        .await?;
+        let digests = Digests::of(&job.config, &values);
+        let deployed = Deployed {
+            values_digest: digests.values.clone(),
+            config_digest: digests.config.clone(),
+        };
+        if values::unchanged(job.deployed.as_ref(), &digests) {
+            return Ok(self.unchanged(deployed));
+        }
+        let config = HelmConfig {
+            values,
+            values_from: Vec::new(),
+            ..job.config.clone()
+        };
         let apply = Apply {
-            config,
+            config: &config,
             timeout: self.timeout,
             own_namespace,
             lease_revision,
@@ -255,7 +283,8 @@ impl<'a, D: HelmDriver> HelmRun<'a, D> {
         };
         let release = self.driver.apply(apply, self.cancel).await?;
         self.notes.push(format!(
-            "release {name} revision {} is {} (chart {} {})",
+            "release {} revision {} is {} (chart {} {})",
+            config.release_name,
             release.revision,
             release.status,
             config.chart_name(),
@@ -269,13 +298,37 @@ impl<'a, D: HelmDriver> HelmRun<'a, D> {
             outcome: Outcome::Ready,
             message: self.notes.join("; "),
             release: ReleaseInfo {
-                name: name.clone(),
-                namespace: namespace.clone(),
+                name: config.release_name,
+                namespace: config.release_namespace,
                 revision: Some(release.revision),
                 chart_version: release.chart_version,
                 helm_status: Some(release.status.to_string()),
+                deployed: Some(deployed),
             },
         })
+    }
+
+    /// `Ready` for an apply that would change nothing: the release record stays as it is.
+    fn unchanged(&mut self, deployed: Deployed) -> Done {
+        let config = &self.job.config;
+        self.notes.push(format!(
+            "values ({}) and config unchanged since the last deploy of release {}: helm not run",
+            short(&deployed.values_digest),
+            config.release_name
+        ));
+        Done {
+            phase: StatusPhase::Ready,
+            outcome: Outcome::Ready,
+            message: self.notes.join("; "),
+            release: ReleaseInfo {
+                name: config.release_name.clone(),
+                namespace: config.release_namespace.clone(),
+                revision: None,
+                chart_version: None,
+                helm_status: None,
+                deployed: Some(deployed),
+            },
+        }
     }
 
     /// Uninstalls the release (unless `gone` already), then its namespace when helmq manages
@@ -325,6 +378,7 @@ impl<'a, D: HelmDriver> HelmRun<'a, D> {
                 revision: None,
                 chart_version: None,
                 helm_status: Some("uninstalled".into()),
+                deployed: None,
             },
         })
     }

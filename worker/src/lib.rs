@@ -38,6 +38,7 @@ pub mod pool;
 pub mod readable;
 pub mod settings;
 mod settle;
+pub mod values;
 
 use std::sync::Arc;
 use std::time::Duration;

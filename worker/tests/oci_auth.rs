@@ -237,6 +237,7 @@ fn oci_config(secret: Option<(&str, Option<&str>)>) -> HelmConfig {
             }),
         },
         values: serde_json::Map::new(),
+        values_from: Vec::new(),
         service_account_name: None,
         adopt: false,
     }

@@ -896,3 +896,130 @@ async fn a_release_runs_one_helm_call_per_job_and_is_read_only_when_helm_refuses
     assert_eq!(ops()[8..], ["uninstall", "delete-namespace"]);
     pool.stop().await;
 }
+
+#[tokio::test]
+async fn values_from_sources_reach_helm_and_an_unchanged_apply_skips_it() {
+    use helmq_schemas::config::{ValuesKind, ValuesReference};
+    use helmq_schemas::event::Deployed;
+
+    let env = Env::start(fast_topology()).await;
+    let driver = MemoryDriver::new();
+    let pool = env.pool(driver.clone(), settings("w")).await;
+    driver.set_values_source(
+        ValuesKind::ConfigMap,
+        "team",
+        "web-values",
+        &[("values.yaml", "replicas: 2\ndb:\n  host: pg\n")],
+    );
+    driver.set_values_source(
+        ValuesKind::Secret,
+        "team",
+        "web-db",
+        &[("password", "s3cret")],
+    );
+    let mut job = apply("web", 1, "web");
+    job.config.values_from = vec![
+        ValuesReference {
+            kind: ValuesKind::ConfigMap,
+            name: "web-values".into(),
+            values_key: "values.yaml".into(),
+            target_path: None,
+            optional: false,
+        },
+        ValuesReference {
+            kind: ValuesKind::Secret,
+            name: "web-db".into(),
+            values_key: "password".into(),
+            target_path: Some("db.password".into()),
+            optional: false,
+        },
+    ];
+    env.publish(&job).await;
+    let ready = eventually(Duration::from_secs(20), "Ready", || async {
+        env.phases("web", StatusPhase::Ready).await.pop()
+    })
+    .await;
+    let applied = driver
+        .calls()
+        .into_iter()
+        .find(|c| c.op == "apply")
+        .unwrap();
+    assert_eq!(applied.values["replicas"], 2);
+    assert_eq!(applied.values["db"]["password"], "s3cret");
+    assert_eq!(applied.values["db"]["host"], "pg");
+    assert_eq!(
+        applied.values["password"], "hunter2-secret",
+        "inline values on top"
+    );
+    let deployed: Deployed = ready.release.unwrap().deployed.expect("digests reported");
+    assert!(!ready.message.contains("s3cret"));
+
+    // The same values and config again (a refresh with the status's digests): no Helm run.
+    let mut again = job.clone();
+    again.refresh = 1;
+    again.id = format!("{}:refresh-1", job.id);
+    again.deployed = Some(deployed.clone());
+    env.publish(&again).await;
+    let skipped = eventually(Duration::from_secs(20), "the refresh Ready", || async {
+        env.phases("web", StatusPhase::Ready)
+            .await
+            .into_iter()
+            .find(|s| s.job_id == again.id)
+    })
+    .await;
+    assert!(
+        skipped.message.contains("helm not run"),
+        "{}",
+        skipped.message
+    );
+    assert_eq!(driver.calls().iter().filter(|c| c.op == "apply").count(), 1);
+
+    // A changed Secret changes the digest: Helm runs.
+    driver.set_values_source(ValuesKind::Secret, "team", "web-db", &[("password", "n3w")]);
+    let mut changed = again.clone();
+    changed.refresh = 2;
+    changed.id = format!("{}:refresh-2", job.id);
+    env.publish(&changed).await;
+    eventually(
+        Duration::from_secs(20),
+        "the second refresh Ready",
+        || async {
+            env.phases("web", StatusPhase::Ready)
+                .await
+                .into_iter()
+                .find(|s| s.job_id == changed.id)
+        },
+    )
+    .await;
+    let applies: Vec<_> = driver
+        .calls()
+        .into_iter()
+        .filter(|c| c.op == "apply")
+        .collect();
+    assert_eq!(applies.len(), 2);
+    assert_eq!(applies[1].values["db"]["password"], "n3w");
+
+    // A missing required source fails the deploy naming it, without running Helm.
+    let mut missing = apply("other", 1, "other");
+    missing.config.values_from = vec![ValuesReference {
+        kind: ValuesKind::ConfigMap,
+        name: "nope".into(),
+        values_key: "values.yaml".into(),
+        target_path: None,
+        optional: false,
+    }];
+    env.publish(&missing).await;
+    let failed = eventually(Duration::from_secs(20), "Failed", || async {
+        env.phases("other", StatusPhase::Failed).await.pop()
+    })
+    .await;
+    assert!(
+        failed
+            .message
+            .contains("valuesFrom[0]: ConfigMap team/nope not found"),
+        "{}",
+        failed.message
+    );
+    assert_eq!(driver.calls().iter().filter(|c| c.op == "apply").count(), 2);
+    pool.stop().await;
+}

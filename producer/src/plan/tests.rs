@@ -776,12 +776,14 @@ fn a_job_is_issued_before_anything_is_published_for_it() {
         generation: g,
         action: JobAction::Apply,
         refresh: 0,
+        forced: false,
     };
     let delete = |g: i64| IssuedJob {
         id: format!("{}:{g}:delete:{NONCE}", uid("1")),
         generation: g,
         action: JobAction::Delete,
         refresh: 0,
+        forced: false,
     };
     let cases: Vec<(&str, Component, Action)> = vec![
         (
@@ -842,6 +844,7 @@ fn the_recorded_job_id_is_reused_by_retries_and_by_a_producer_taking_over() {
         generation: 3,
         action: JobAction::Apply,
         refresh: 0,
+        forced: false,
     };
     let c = with_issued(
         &fixture()

@@ -154,6 +154,14 @@ fn record_outcome(record: &mut HandlerStatus, event: &StatusEvent, at: &Time) {
         if release.chart_version.is_some() {
             record.chart_version = release.chart_version.clone();
         }
+        if let Some(deployed) = release
+            .deployed
+            .as_ref()
+            .filter(|_| event.phase == StatusPhase::Ready)
+        {
+            record.values_digest = Some(deployed.values_digest.clone());
+            record.config_digest = Some(deployed.config_digest.clone());
+        }
     }
     if event.phase == StatusPhase::Ready {
         record.last_deploy_time = Some(at.clone());
@@ -249,6 +257,7 @@ mod tests {
             revision: Some(revision),
             chart_version: Some("18.2.4".into()),
             helm_status: Some("deployed".into()),
+            deployed: None,
         }
     }
 

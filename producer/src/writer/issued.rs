@@ -139,6 +139,7 @@ mod tests {
                 generation,
                 action,
                 refresh: 0,
+                forced: false,
             };
             c = c.status(ComponentStatus {
                 handler_status: Some(HandlerStatus {

@@ -55,6 +55,7 @@ fn expected(
         manage_namespace,
         source,
         values: object(values),
+        values_from: Vec::new(),
         service_account_name: None,
         adopt: false,
     }

@@ -25,6 +25,7 @@ use helmq_queue::{
 };
 use helmq_schemas::HelmConfig;
 use helmq_schemas::component::{Component, ComponentSpec, Phase};
+use helmq_schemas::config::ValuesKind;
 use helmq_schemas::event::{ComponentRef, JobAction, JobEvent, Position, StatusEvent};
 use helmq_tests::NatsServer;
 use helmq_tests::faults::Run;
@@ -33,6 +34,7 @@ use helmq_worker::driver::{
 };
 use helmq_worker::failure::Cause;
 use helmq_worker::ownership::{Identity, Owner};
+use helmq_worker::values::SourceData;
 use helmq_worker::{MemoryDriver, Settings};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
@@ -265,6 +267,19 @@ impl HelmDriver for RecordingDriver {
             self.inner.rollback(target, revision, timeout, cancel),
         )
         .await
+    }
+
+    async fn values_source(
+        &self,
+        kind: ValuesKind,
+        name: &str,
+        namespace: &str,
+        identity: &Identity,
+        cancel: &CancellationToken,
+    ) -> Result<SourceData, DriverError> {
+        self.inner
+            .values_source(kind, name, namespace, identity, cancel)
+            .await
     }
 
     async fn delete_namespace(

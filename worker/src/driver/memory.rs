@@ -20,6 +20,8 @@ use super::{
     Target, Tool, Uninstalled, is_pending,
 };
 use crate::ownership::{Identity, Owner};
+use crate::values::SourceData;
+use helmq_schemas::config::ValuesKind;
 
 /// One call the driver received.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,6 +71,8 @@ struct State {
     script: HashMap<String, VecDeque<Step>>,
     delay: Duration,
     gate_closed: bool,
+    /// ConfigMaps and Secrets `valuesFrom` reads, by (kind, namespace, name).
+    values_sources: HashMap<(&'static str, String, String), BTreeMap<String, Vec<u8>>>,
 }
 
 /// In-memory [`HelmDriver`]; clones share their state.
@@ -90,6 +94,24 @@ impl MemoryDriver {
     fn state(&self) -> MutexGuard<'_, State> {
         // A test that panicked mid-call leaves consistent enough state for the others.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Creates or replaces the ConfigMap or Secret `namespace/name` with `data` (a Secret's
+    /// decoded), for `valuesFrom`.
+    pub fn set_values_source(
+        &self,
+        kind: ValuesKind,
+        namespace: &str,
+        name: &str,
+        data: &[(&str, &str)],
+    ) {
+        let data = data
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
+            .collect();
+        self.state()
+            .values_sources
+            .insert((kind.as_str(), namespace.to_owned(), name.to_owned()), data);
     }
 
     /// Every mutating call takes at least this long (cancellable).
@@ -490,6 +512,18 @@ impl HelmDriver for MemoryDriver {
             Ok(())
         })
         .await
+    }
+
+    async fn values_source(
+        &self,
+        kind: ValuesKind,
+        name: &str,
+        namespace: &str,
+        _identity: &Identity,
+        _cancel: &CancellationToken,
+    ) -> Result<SourceData, DriverError> {
+        let key = (kind.as_str(), namespace.to_owned(), name.to_owned());
+        Ok(self.state().values_sources.get(&key).cloned())
     }
 
     async fn delete_namespace(

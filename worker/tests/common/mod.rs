@@ -195,6 +195,7 @@ pub fn config(release: &str, namespace: &str) -> HelmConfig {
             },
         },
         values,
+        values_from: Vec::new(),
         service_account_name: None,
         adopt: false,
     }

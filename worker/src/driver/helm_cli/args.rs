@@ -259,12 +259,26 @@ pub(super) fn kubectl_get_secret_args(name: &str, namespace: &str) -> Vec<OsStri
     kubectl_get_secret(name, namespace, "json")
 }
 
+/// `kubectl get configmap|secret -o json` of a `valuesFrom` source.
+pub(super) fn kubectl_get_values_args(
+    resource: &str,
+    name: &str,
+    namespace: &str,
+) -> Vec<OsString> {
+    kubectl_get(resource, name, namespace, "json")
+}
+
 /// `kubectl get secret -o <output>`.
 fn kubectl_get_secret(name: &str, namespace: &str, output: &str) -> Vec<OsString> {
+    kubectl_get("secret", name, namespace, output)
+}
+
+/// `kubectl get <resource> -o <output>`.
+fn kubectl_get(resource: &str, name: &str, namespace: &str, output: &str) -> Vec<OsString> {
     command(
         vec![
             "get".into(),
-            "secret".into(),
+            resource.into(),
             flag("namespace", namespace),
             "-o".into(),
             output.into(),
@@ -304,6 +318,7 @@ mod tests {
                 },
             },
             values,
+            values_from: Vec::new(),
             service_account_name: None,
             adopt: false,
         }

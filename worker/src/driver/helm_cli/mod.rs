@@ -38,6 +38,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use helmq_schemas::HelmConfig;
+use helmq_schemas::config::ValuesKind;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
@@ -49,17 +50,18 @@ pub use registry::CredentialsError;
 
 use self::args::{
     Stamp, apply_args, history_args, kubectl_create_stdin_args, kubectl_delete_namespace_args,
-    kubectl_get_labels_args, kubectl_namespace_labels_args, rollback_args, status_args,
-    uninstall_args, with_access,
+    kubectl_get_labels_args, kubectl_get_values_args, kubectl_namespace_labels_args, rollback_args,
+    status_args, uninstall_args, with_access,
 };
 use self::cache::{CacheIndex, KeyLocks};
-use self::output::{is_not_found, parse_history, parse_labels, parse_release};
+use self::output::{is_not_found, parse_history, parse_labels, parse_release, source_data};
 use self::process::{Exit, Limits, Stdout};
 use super::{
     Apply, DriverError, HelmDriver, KubectlAction, LEASE_LABEL, NamespaceDeletion, Release,
     Revision, Target, Tool, Uninstalled, is_pending,
 };
 use crate::ownership::{Identity, Owner, OwnershipError};
+use crate::values::{SourceData, kubectl_kind};
 
 /// The chart cache's default bound: 512 MiB, half the deployed cache volume's 1 GiB limit
 /// (Helm's own cache and temporary files share that volume).
@@ -546,6 +548,42 @@ impl HelmDriver for HelmCli {
         )
         .await
         .map(drop)
+    }
+
+    async fn values_source(
+        &self,
+        kind: ValuesKind,
+        name: &str,
+        namespace: &str,
+        identity: &Identity,
+        cancel: &CancellationToken,
+    ) -> Result<SourceData, DriverError> {
+        let source = format!("{} {namespace}/{name}", kind.as_str());
+        let Some(kubectl) = &self.settings.kubectl_bin else {
+            return Err(DriverError::local(
+                format!("cannot read values from {source}"),
+                std::io::Error::other("kubectl is disabled on this worker (--kubectl-bin)"),
+            ));
+        };
+        let args = kubectl_get_values_args(kubectl_kind(kind), name, namespace);
+        let action = KubectlAction::ReadValues {
+            source: source.clone(),
+        };
+        let stdout = match self
+            .kubectl(kubectl, args, action, identity, None, cancel)
+            .await
+        {
+            Ok(stdout) => stdout,
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let data = source_data(kind, &stdout.text).map_err(|reason| {
+            DriverError::local(
+                format!("cannot read values from {source}"),
+                std::io::Error::other(reason),
+            )
+        })?;
+        Ok(Some(data))
     }
 
     async fn delete_namespace(

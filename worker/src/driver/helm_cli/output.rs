@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
+use helmq_schemas::config::ValuesKind;
+
 use super::process::{STDOUT_CAP, Stdout};
 use crate::driver::{DriverError, HelmStatus, Release, Revision};
 
@@ -76,6 +78,47 @@ pub(super) fn parse_labels(text: &str) -> Option<BTreeMap<String, String>> {
         return Some(BTreeMap::new());
     }
     serde_json::from_str(text).ok()
+}
+
+/// The data of a ConfigMap (`data`, and `binaryData` decoded) or Secret (`data` decoded) from
+/// `kubectl get -o json`. The reason of an error never quotes the object.
+pub(super) fn source_data(
+    kind: ValuesKind,
+    text: &str,
+) -> Result<BTreeMap<String, Vec<u8>>, &'static str> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Object {
+        #[serde(default)]
+        data: BTreeMap<String, String>,
+        #[serde(default)]
+        binary_data: BTreeMap<String, String>,
+    }
+    use base64::Engine as _;
+    let object: Object =
+        serde_json::from_str(text).map_err(|_| "kubectl printed no readable object")?;
+    let decode = |encoded: &String| {
+        base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|_| "a key is not valid base64")
+    };
+    let mut data = BTreeMap::new();
+    match kind {
+        ValuesKind::ConfigMap => {
+            for (key, value) in object.data {
+                data.insert(key, value.into_bytes());
+            }
+            for (key, value) in &object.binary_data {
+                data.insert(key.clone(), decode(value)?);
+            }
+        }
+        ValuesKind::Secret => {
+            for (key, value) in &object.data {
+                data.insert(key.clone(), decode(value)?);
+            }
+        }
+    }
+    Ok(data)
 }
 
 /// The JSON document in `stdout`; one that fails to parse after being cut says so.
