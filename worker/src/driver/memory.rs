@@ -8,8 +8,6 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
@@ -19,6 +17,7 @@ use super::{
     Apply, DriverError, HelmDriver, HelmStatus, NamespaceDeletion, Release, ReleaseRef, Revision,
     Target, Tool, Uninstalled, is_pending,
 };
+use crate::metrics::HelmProcesses;
 use crate::ownership::{Identity, Owner};
 
 /// One call the driver received.
@@ -78,7 +77,7 @@ pub struct MemoryDriver {
     gate_opened: Arc<tokio::sync::Notify>,
     /// The helm processes its calls stand for, by subcommand (`helm_processes`, as
     /// [`super::HelmCli`] counts them).
-    processes: Family<Vec<(&'static str, String)>, Counter>,
+    processes: HelmProcesses,
 }
 
 impl MemoryDriver {
@@ -266,13 +265,6 @@ impl MemoryDriver {
         result
     }
 
-    /// Counts one helm process of `subcommand`.
-    fn process(&self, subcommand: &str) {
-        self.processes
-            .get_or_create(&vec![("subcommand", subcommand.to_owned())])
-            .inc();
-    }
-
     fn record(&self, op: &'static str, target: Target<'_>) {
         self.state().calls.push(Call {
             op,
@@ -338,11 +330,7 @@ impl HelmDriver for MemoryDriver {
     }
 
     fn register_metrics(&self, registry: &mut Registry) {
-        registry.register(
-            "helm_processes",
-            "Helm processes started, by subcommand",
-            self.processes.clone(),
-        );
+        self.processes.register(registry);
     }
 
     async fn apply(
@@ -367,7 +355,8 @@ impl HelmDriver for MemoryDriver {
             identity: request.identity,
         };
         let manage = config.manage_namespace && config.release_namespace != request.own_namespace;
-        self.process(if install { "install" } else { "upgrade" });
+        self.processes
+            .count(if install { "install" } else { "upgrade" });
         if let Some(refused) = self.refusal(&key, install) {
             self.record("refused", target);
             return Err(refused);
@@ -408,7 +397,7 @@ impl HelmDriver for MemoryDriver {
         cancel: &CancellationToken,
     ) -> Result<Uninstalled, DriverError> {
         let key = target.release_ref();
-        self.process("uninstall");
+        self.processes.count("uninstall");
         self.mutate("uninstall", target, Map::new(), cancel, move |state| {
             state.labels.remove(&key);
             Ok(match state.releases.remove(&key) {
@@ -424,7 +413,7 @@ impl HelmDriver for MemoryDriver {
         target: Target<'_>,
         _cancel: &CancellationToken,
     ) -> Result<Option<Release>, DriverError> {
-        self.process("status");
+        self.processes.count("status");
         self.record("status", target);
         let history = self.history_of(target.namespace, target.release);
         Ok(history.last().map(|r| Release {
@@ -450,7 +439,7 @@ impl HelmDriver for MemoryDriver {
         target: Target<'_>,
         _cancel: &CancellationToken,
     ) -> Result<Vec<Revision>, DriverError> {
-        self.process("history");
+        self.processes.count("history");
         self.record("history", target);
         Ok(self.history_of(target.namespace, target.release))
     }
@@ -463,7 +452,7 @@ impl HelmDriver for MemoryDriver {
         cancel: &CancellationToken,
     ) -> Result<(), DriverError> {
         let key = target.release_ref();
-        self.process("rollback");
+        self.processes.count("rollback");
         self.mutate("rollback", target, Map::new(), cancel, move |state| {
             let history = state.releases.entry(key).or_default();
             let Some(target) = history.iter().find(|r| r.revision == revision).cloned() else {

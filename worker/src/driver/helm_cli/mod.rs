@@ -38,8 +38,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use helmq_schemas::HelmConfig;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -59,6 +57,7 @@ use super::{
     Apply, DriverError, HelmDriver, KubectlAction, LEASE_LABEL, NamespaceDeletion, Release,
     Revision, Target, Tool, Uninstalled, is_pending,
 };
+use crate::metrics::HelmProcesses;
 use crate::ownership::{Identity, Owner, OwnershipError};
 
 /// The chart cache's default bound: 512 MiB, half the deployed cache volume's 1 GiB limit
@@ -108,16 +107,13 @@ impl HelmCliSettings {
     }
 }
 
-/// Helm processes started, by subcommand (`install`, `upgrade`, `status`, `pull`, ...).
-type Processes = Family<Vec<(&'static str, String)>, Counter>;
-
 /// The [`HelmDriver`] that runs `helm`.
 #[derive(Debug)]
 pub struct HelmCli {
     settings: HelmCliSettings,
     locks: KeyLocks,
     index: CacheIndex,
-    processes: Processes,
+    processes: HelmProcesses,
 }
 
 impl HelmCli {
@@ -138,7 +134,7 @@ impl HelmCli {
             settings,
             locks: KeyLocks::default(),
             index,
-            processes: Processes::default(),
+            processes: HelmProcesses::default(),
         };
         cli.evict();
         Ok(cli)
@@ -183,12 +179,9 @@ impl HelmCli {
         limit: Duration,
         cancel: &CancellationToken,
     ) -> Result<Stdout, DriverError> {
-        let subcommand = args
-            .first()
-            .map_or_else(String::new, |a| a.to_string_lossy().into_owned());
+        let subcommand = args.first().map(|a| a.to_string_lossy());
         self.processes
-            .get_or_create(&vec![("subcommand", subcommand)])
-            .inc();
+            .count(subcommand.as_deref().unwrap_or_default());
         let home = &self.settings.cache_dir;
         let mut command = process::command(Tool::Helm, &self.settings.helm_bin);
         command
@@ -363,11 +356,7 @@ impl HelmDriver for HelmCli {
     }
 
     fn register_metrics(&self, registry: &mut Registry) {
-        registry.register(
-            "helm_processes",
-            "Helm processes started, by subcommand",
-            self.processes.clone(),
-        );
+        self.processes.register(registry);
     }
 
     async fn apply(
