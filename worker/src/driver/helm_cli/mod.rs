@@ -423,7 +423,7 @@ impl HelmDriver for HelmCli {
     ) -> Result<Uninstalled, DriverError> {
         match self
             .helm(
-                uninstall_args(target.release, target.namespace, timeout),
+                uninstall_args(&target.release_ref(), timeout),
                 target.identity,
                 self.long_limit(timeout),
                 cancel,
@@ -443,7 +443,7 @@ impl HelmDriver for HelmCli {
     ) -> Result<Option<Release>, DriverError> {
         match self
             .helm(
-                status_args(target.release, target.namespace),
+                status_args(&target.release_ref()),
                 target.identity,
                 self.settings.short_timeout,
                 cancel,
@@ -472,7 +472,7 @@ impl HelmDriver for HelmCli {
             )
             .into());
         };
-        let args = kubectl_get_labels_args(target.release, revision, target.namespace);
+        let args = kubectl_get_labels_args(&target.release_ref(), revision);
         let action = KubectlAction::ReadReleaseRecord {
             release: target.describe(),
             revision,
@@ -491,7 +491,7 @@ impl HelmDriver for HelmCli {
     ) -> Result<Vec<Revision>, DriverError> {
         match self
             .helm(
-                history_args(target.release, target.namespace),
+                history_args(&target.release_ref()),
                 target.identity,
                 self.settings.short_timeout,
                 cancel,
@@ -528,7 +528,7 @@ impl HelmDriver for HelmCli {
         cancel: &CancellationToken,
     ) -> Result<(), DriverError> {
         self.helm(
-            rollback_args(target.release, target.namespace, revision, timeout),
+            rollback_args(&target.release_ref(), revision, timeout),
             target.identity,
             self.long_limit(timeout),
             cancel,
