@@ -1,7 +1,7 @@
 //! Operations plumbing shared by the helmq binaries: tracing setup (text or JSON), the small
 //! HTTP server for `/metrics`, `/healthz` and `/readyz`, the shutdown token that SIGTERM
-//! and Ctrl-C cancel, the name this process goes by ([`instance_name`]), and waiting between
-//! attempts ([`retry`]).
+//! and Ctrl-C cancel, the name this process goes by ([`instance_name`]), waiting between
+//! attempts ([`retry`]), and the flags the long-running binaries share ([`ServiceArgs`]).
 // No production function over 80 lines of code (clippy.toml); tests may be longer tables.
 #![cfg_attr(not(test), warn(clippy::too_many_lines))]
 
@@ -17,6 +17,21 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
+
+/// The flags every long-running helmq process (producer, worker) shares: its NATS connection,
+/// logging and the operations endpoint. Flattened into each binary's own `Args`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServiceArgs {
+    /// NATS connection.
+    #[command(flatten)]
+    pub nats: helmq_queue::NatsArgs,
+    /// Logging.
+    #[command(flatten)]
+    pub log: LogArgs,
+    /// Operations endpoint.
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
 
 /// Logging flags, shared by every binary.
 #[derive(Debug, Clone, Default, clap::Args)]
