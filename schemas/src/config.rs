@@ -399,16 +399,14 @@ fn parse_source_form(obj: &Map<String, Value>) -> Result<HelmConfig, ConfigError
         Some(Value::Object(source)) => parse_source(source)?,
         Some(other) => return Err(wrong_type("source", AN_OBJECT, other)),
     };
-    let (service_account_name, adopt) = parse_tenancy(obj)?;
-    Ok(HelmConfig {
-        release_name: release_name.to_owned(),
-        release_namespace: release_namespace.to_owned(),
+    with_tenancy(
+        obj,
+        release_name.to_owned(),
+        release_namespace,
         manage_namespace,
         source,
         values,
-        service_account_name,
-        adopt,
-    })
+    )
 }
 
 /// The `source` object of the source form.
@@ -530,26 +528,40 @@ fn parse_mvp_form(
         .unwrap_or_else(|| namespace.is_some_and(|ns| ns != component_namespace));
     let release_name = format!("{component_namespace}-{component_name}");
     check_release_name("releaseName", &release_name)?;
-    let (service_account_name, adopt) = parse_tenancy(obj)?;
+    with_tenancy(
+        obj,
+        release_name,
+        release_namespace,
+        manage_namespace,
+        source,
+        values,
+    )
+}
+
+/// The config of either form from the parts it read, with `serviceAccountName` and `adopt`,
+/// which both forms read the same way, last.
+fn with_tenancy(
+    obj: &Map<String, Value>,
+    release_name: String,
+    release_namespace: &str,
+    manage_namespace: bool,
+    source: ChartSource,
+    values: Map<String, Value>,
+) -> Result<HelmConfig, ConfigError> {
+    let account = optional_str(obj, "serviceAccountName")?;
+    if let Some(account) = account {
+        check_service_account("serviceAccountName", account)?;
+    }
+    let adopt = optional_bool(obj, "adopt")?.unwrap_or(false);
     Ok(HelmConfig {
         release_name,
         release_namespace: release_namespace.to_owned(),
         manage_namespace,
         source,
         values,
-        service_account_name,
+        service_account_name: account.map(str::to_owned),
         adopt,
     })
-}
-
-/// `serviceAccountName` and `adopt`, the same in both forms.
-fn parse_tenancy(obj: &Map<String, Value>) -> Result<(Option<String>, bool), ConfigError> {
-    let account = optional_str(obj, "serviceAccountName")?;
-    if let Some(account) = account {
-        check_service_account("serviceAccountName", account)?;
-    }
-    let adopt = optional_bool(obj, "adopt")?.unwrap_or(false);
-    Ok((account.map(str::to_owned), adopt))
 }
 
 /// Top-level `values`: absent or null is empty, otherwise an object within the size limit.
