@@ -15,7 +15,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 use tokio_util::sync::CancellationToken;
 
 /// The flags every long-running helmq process (producer, worker) shares: its NATS connection,
@@ -42,6 +42,17 @@ pub struct LogArgs {
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info,helmq_worker=debug`.
     #[arg(long = "log", env = "RUST_LOG", default_value = "info")]
     pub filter: String,
+}
+
+/// Registers each `(name, help, metric)` in `registry`, in order: the order `/metrics` lists
+/// them in.
+pub fn register_all<'a, M: Metric + Clone>(
+    registry: &mut Registry,
+    metrics: impl IntoIterator<Item = (&'static str, &'static str, &'a M)>,
+) {
+    for (name, help, metric) in metrics {
+        registry.register(name, help, metric.clone());
+    }
 }
 
 /// Runs `check` now and then every `interval` until `shutdown`, marking `readiness` ready when
