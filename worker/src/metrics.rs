@@ -1,6 +1,6 @@
 //! The worker's Prometheus metrics: jobs by outcome, job and Helm durations, Helm failures by
 //! cause, jobs in flight, retries, dead letters, lease waits, NATS operations retried and open
-//! allowlists; and [`HelmProcesses`], the Helm processes a driver starts.
+//! allowlists.
 
 use helmq_telemetry::register_all;
 use prometheus_client::metrics::counter::Counter;
@@ -44,31 +44,6 @@ impl JobOutcome {
 }
 
 type Labels = Vec<(&'static str, &'static str)>;
-
-/// Helm processes started, by subcommand (`install`, `upgrade`, `status`, `pull`, ...): what
-/// [`crate::driver::HelmCli`] runs, and what the in-memory driver's calls stand for. Clones
-/// share their counts.
-#[derive(Debug, Clone, Default)]
-pub struct HelmProcesses(Family<Vec<(&'static str, String)>, Counter>);
-
-impl HelmProcesses {
-    /// Counts one helm process of `subcommand`.
-    pub fn count(&self, subcommand: &str) {
-        self.0
-            .get_or_create(&vec![("subcommand", subcommand.to_owned())])
-            .inc();
-    }
-
-    /// Registers the counts as `helm_processes` in `registry` (the worker's
-    /// `helmq_worker_` sub-registry).
-    pub fn register(&self, registry: &mut Registry) {
-        registry.register(
-            "helm_processes",
-            "Helm processes started, by subcommand",
-            self.0.clone(),
-        );
-    }
-}
 
 /// The metrics, registered once and shared by every job.
 #[derive(Debug, Clone)]

@@ -14,10 +14,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::helm_cli::helm_failure;
 use super::{
-    Apply, DriverError, HelmDriver, HelmStatus, NamespaceDeletion, Release, ReleaseRef, Revision,
-    Target, Tool, Uninstalled, is_pending,
+    Apply, DriverError, HelmDriver, HelmProcesses, HelmStatus, NamespaceDeletion, Release,
+    ReleaseRef, Revision, Target, Tool, Uninstalled, is_pending,
 };
-use crate::metrics::HelmProcesses;
 use crate::ownership::{Identity, Owner};
 
 /// One call the driver received.

@@ -54,10 +54,9 @@ use self::cache::{CacheIndex, KeyLocks};
 use self::output::{is_not_found, parse_history, parse_labels, parse_release};
 use self::process::{Exit, Limits, Stdout};
 use super::{
-    Apply, DriverError, HelmDriver, KubectlAction, LEASE_LABEL, NamespaceDeletion, Release,
-    Revision, Target, Tool, Uninstalled, is_pending,
+    Apply, DriverError, HelmDriver, HelmProcesses, KubectlAction, LEASE_LABEL, NamespaceDeletion,
+    Release, Revision, Target, Tool, Uninstalled, is_pending,
 };
-use crate::metrics::HelmProcesses;
 use crate::ownership::{Identity, Owner, OwnershipError};
 
 /// The chart cache's default bound: 512 MiB, half the deployed cache volume's 1 GiB limit
