@@ -1,7 +1,8 @@
 //! Operations plumbing shared by the helmq binaries: tracing setup (text or JSON), the small
 //! HTTP server for `/metrics`, `/healthz` and `/readyz`, the shutdown token that SIGTERM
 //! and Ctrl-C cancel, the name this process goes by ([`instance_name`]), waiting between
-//! attempts ([`retry`]), and the flags the long-running binaries share ([`ServiceArgs`]).
+//! attempts ([`retry`]), the flags the long-running binaries share ([`ServiceArgs`]), and
+//! registering metrics from a table ([`register_all`]).
 // No production function over 80 lines of code (clippy.toml); tests may be longer tables.
 #![cfg_attr(not(test), warn(clippy::too_many_lines))]
 
