@@ -42,7 +42,7 @@ pub struct ProducerArgs {
 
 /// Runs a worker with [`BenchDriver`] until SIGTERM.
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
-    helmq_telemetry::init_tracing(&args.worker.log);
+    helmq_telemetry::init_tracing(&args.worker.service.log);
     let shutdown = CancellationToken::new();
     helmq_telemetry::cancel_on_signals(shutdown.clone());
     let driver = BenchDriver::new(args.apply_time.unwrap_or_default());
@@ -52,14 +52,14 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
 
 /// Runs a producer over the in-memory API server until SIGTERM.
 pub async fn producer(args: ProducerArgs) -> anyhow::Result<()> {
-    helmq_telemetry::init_tracing(&args.producer.log);
+    helmq_telemetry::init_tracing(&args.producer.service.log);
     let shutdown = CancellationToken::new();
     helmq_telemetry::cancel_on_signals(shutdown.clone());
     let store = FakeComponentStore::new();
     for index in 0..args.components {
         store.create(jobs::component(index))?;
     }
-    let nats = Connection::open(&args.producer.nats, "helmq-producer").await?;
+    let nats = Connection::open(&args.producer.service.nats, "helmq-producer").await?;
     let result = helmq_producer::run(
         &args.producer,
         store,

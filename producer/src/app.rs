@@ -65,13 +65,13 @@ pub async fn run<S: ComponentStore + Clone, L: LeaseStore, E: EventStore>(
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let readiness = Readiness::default();
-    let listener = tokio::net::TcpListener::bind(args.http.listen)
+    let listener = tokio::net::TcpListener::bind(args.service.http.listen)
         .await
         .map_err(|source| AppError::Listen {
-            addr: args.http.listen,
+            addr: args.service.http.listen,
             source,
         })?;
-    tracing::info!(addr = %args.http.listen, mode = ?args.mode, "helmq-producer starting");
+    tracing::info!(addr = %args.service.http.listen, mode = ?args.mode, "helmq-producer starting");
 
     let mut tasks: JoinSet<Result<(), AppError>> = JoinSet::new();
     {

@@ -1,5 +1,6 @@
 //! The producer's command line: one clap [`Args`] with `HELMQ_*` environment fallbacks,
-//! flattening the shared NATS, logging and HTTP flag groups.
+//! flattening the NATS, logging and HTTP flags every service shares
+//! ([`helmq_telemetry::ServiceArgs`]).
 
 use std::time::Duration;
 
@@ -15,15 +16,9 @@ use crate::writer::WriterConfig;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "helmq-producer", version, about)]
 pub struct Args {
-    /// NATS connection.
+    /// NATS connection, logging and the operations endpoint.
     #[command(flatten)]
-    pub nats: helmq_queue::NatsArgs,
-    /// Logging.
-    #[command(flatten)]
-    pub log: helmq_telemetry::LogArgs,
-    /// Operations endpoint.
-    #[command(flatten)]
-    pub http: helmq_telemetry::HttpArgs,
+    pub service: helmq_telemetry::ServiceArgs,
     /// What this process runs: the watcher and the status writer (`all`), or one of them.
     #[arg(long, env = "HELMQ_MODE", value_enum, default_value_t = Mode::All)]
     pub mode: Mode,

@@ -263,7 +263,7 @@ impl<L: LeaseStore> LeaderElector<L> {
                     };
                     match written {
                         Ok(_) => return Ok(Round::Leading),
-                        Err(error @ StoreError::Conflict { .. }) => {
+                        Err(error @ StoreError::Conflict(_)) => {
                             tracing::debug!("lease conflict; re-reading");
                             conflict = Some(error);
                         }

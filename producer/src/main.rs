@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    helmq_telemetry::init_tracing(&args.log);
+    helmq_telemetry::init_tracing(&args.service.log);
     let shutdown = CancellationToken::new();
     helmq_telemetry::cancel_on_signals(shutdown.clone());
 
@@ -19,7 +19,7 @@ async fn main() -> anyhow::Result<()> {
     let store = KubeComponentStore::new(kube.clone(), args.namespaces.clone());
     let leases = KubeLeaseStore::new(kube.clone());
     let events = KubeEventStore::new(kube);
-    let nats = Connection::open(&args.nats, "helmq-producer").await?;
+    let nats = Connection::open(&args.service.nats, "helmq-producer").await?;
     let js = nats.jetstream();
 
     let result = helmq_producer::run(&args, store, leases, events, js, shutdown).await;

@@ -1,5 +1,6 @@
 //! Prometheus metrics of the producer and the writer, registered once and shared by both.
 
+use helmq_telemetry::register_all;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -81,50 +82,55 @@ impl Metrics {
     /// The writer's metrics, `helmq_writer_*` (and `helmq_conflicts`, shared with the watcher).
     fn register_writer(&self, registry: &mut Registry) {
         let m = self;
-        registry.register(
-            "helmq_writer_statuses_applied",
-            "status patches written",
-            m.statuses_applied.clone(),
-        );
-        registry.register(
-            "helmq_conflicts",
-            "resourceVersion conflicts met and re-read",
-            m.conflicts.clone(),
-        );
-        registry.register(
-            "helmq_writer_stale_events_dropped",
-            "status events older than the status they would change",
-            m.stale_events_dropped.clone(),
-        );
-        registry.register(
-            "helmq_writer_orphan_events_dropped",
-            "status events for Components that are gone or were re-created",
-            m.orphan_events_dropped.clone(),
-        );
-        registry.register(
-            "helmq_writer_unissued_events_dropped",
-            "status events that answer no job the producer issued for their Component",
-            m.unissued_events_dropped.clone(),
-        );
-        registry.register(
-            "helmq_writer_dead_letters",
-            "status events dead-lettered",
-            m.dead_letters.clone(),
-        );
-        registry.register(
-            "helmq_writer_status_retries",
-            "status events put back for a later delivery after a transient API error",
-            m.status_retries.clone(),
-        );
-        registry.register(
-            "helmq_writer_events_recorded",
-            "kubernetes events recorded on components (created or counted as a repeat)",
-            m.events_recorded.clone(),
-        );
-        registry.register(
-            "helmq_writer_event_failures",
-            "kubernetes events that could not be recorded (the status write is not affected)",
-            m.event_failures.clone(),
+        register_all(
+            registry,
+            [
+                (
+                    "helmq_writer_statuses_applied",
+                    "status patches written",
+                    &m.statuses_applied,
+                ),
+                (
+                    "helmq_conflicts",
+                    "resourceVersion conflicts met and re-read",
+                    &m.conflicts,
+                ),
+                (
+                    "helmq_writer_stale_events_dropped",
+                    "status events older than the status they would change",
+                    &m.stale_events_dropped,
+                ),
+                (
+                    "helmq_writer_orphan_events_dropped",
+                    "status events for Components that are gone or were re-created",
+                    &m.orphan_events_dropped,
+                ),
+                (
+                    "helmq_writer_unissued_events_dropped",
+                    "status events that answer no job the producer issued for their Component",
+                    &m.unissued_events_dropped,
+                ),
+                (
+                    "helmq_writer_dead_letters",
+                    "status events dead-lettered",
+                    &m.dead_letters,
+                ),
+                (
+                    "helmq_writer_status_retries",
+                    "status events put back for a later delivery after a transient API error",
+                    &m.status_retries,
+                ),
+                (
+                    "helmq_writer_events_recorded",
+                    "kubernetes events recorded on components (created or counted as a repeat)",
+                    &m.events_recorded,
+                ),
+                (
+                    "helmq_writer_event_failures",
+                    "kubernetes events that could not be recorded (the status write is not affected)",
+                    &m.event_failures,
+                ),
+            ],
         );
         registry.register(
             "helmq_writer_lag_seconds",
@@ -141,26 +147,31 @@ impl Metrics {
             "jobs and status events published by the producer",
             m.events_published.clone(),
         );
-        registry.register(
-            "helmq_producer_watch_restarts",
-            "watch (re)starts with a full listing",
-            m.watch_restarts.clone(),
-        );
-        registry.register(
-            "helmq_producer_watch_errors",
-            "watch errors (backed off and resumed)",
-            m.watch_errors.clone(),
-        );
-        registry.register("helmq_producer_resyncs", "resync passes", m.resyncs.clone());
-        registry.register(
-            "helmq_producer_unreadable_components",
-            "objects that cannot be read as Components (skipped and failed), once per generation",
-            m.unreadable_components.clone(),
-        );
-        registry.register(
-            "helmq_producer_handling_failures",
-            "failures handling a Component (retried with backoff, or given up when permanent)",
-            m.handling_failures.clone(),
+        register_all(
+            registry,
+            [
+                (
+                    "helmq_producer_watch_restarts",
+                    "watch (re)starts with a full listing",
+                    &m.watch_restarts,
+                ),
+                (
+                    "helmq_producer_watch_errors",
+                    "watch errors (backed off and resumed)",
+                    &m.watch_errors,
+                ),
+                ("helmq_producer_resyncs", "resync passes", &m.resyncs),
+                (
+                    "helmq_producer_unreadable_components",
+                    "objects that cannot be read as Components (skipped and failed), once per generation",
+                    &m.unreadable_components,
+                ),
+                (
+                    "helmq_producer_handling_failures",
+                    "failures handling a Component (retried with backoff, or given up when permanent)",
+                    &m.handling_failures,
+                ),
+            ],
         );
         registry.register(
             "helmq_producer_leader",

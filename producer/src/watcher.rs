@@ -549,7 +549,7 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
             // Claimed, whether or not the object it answered with is readable.
             Ok(claimed) => claimed.into_parts(),
             // Someone else wrote first: re-read and decide again, never overwrite.
-            Err(StoreError::Conflict { .. }) => {
+            Err(StoreError::Conflict(_)) => {
                 return Ok(self.reread(&key, "claim").await?);
             }
             Err(e) => return Err(e.into()),
@@ -564,7 +564,7 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
                     Ok(issued) => issued,
                     // Planned again, the job is issued; only `Claimed` is not told (the
                     // writer still sets claimedBy from the next event).
-                    Err(StoreError::Conflict { .. }) => {
+                    Err(StoreError::Conflict(_)) => {
                         return Ok(self.reread(&key, "issue").await?);
                     }
                     Err(e) => return Err(e.into()),
@@ -600,7 +600,7 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
                 tracing::info!(job = %id, "job issued");
                 Ok(Some((component, error.or(unreadable))))
             }
-            Err(StoreError::Conflict { .. }) => {
+            Err(StoreError::Conflict(_)) => {
                 Ok(self.reread(&ObjectKey::of(&component), "issue").await?)
             }
             Err(e) => Err(e.into()),

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use helmq_producer::leader::{ElectionConfig, LeaderElector, Round};
 use helmq_producer::store::{
     ComponentStore, ErrorClass, KubeComponentStore, KubeEventStore, KubeLeaseStore, LeaseStore,
-    StoreError,
+    ObjectKey, StoreError,
 };
 use helmq_producer::writer::events::{
     EventRecorder, EventType, JOB_ID_ANNOTATION, PhaseEvent, Recorded, regarding,
@@ -126,8 +126,7 @@ async fn a_409_is_a_conflict_and_a_404_is_not_found() {
     let store = KubeComponentStore::new(client, vec![]);
     let err = store.add_finalizer(&web(&[], "42")).await.unwrap_err();
     assert!(
-        matches!(&err, StoreError::Conflict { namespace, name }
-            if namespace == "default" && name == "web"),
+        matches!(&err, StoreError::Conflict(key) if *key == ObjectKey::new("default", "web")),
         "{err:?}"
     );
     assert_eq!(store.get("default", "web").await.unwrap(), None);
@@ -367,8 +366,8 @@ async fn an_absent_lease_is_created_and_conflicts_map_to_conflict() {
         serde_json::from_value(lease("me", "1")).unwrap();
     let err = store.replace(&stale).await.unwrap_err();
     assert!(
-        matches!(&err, StoreError::Conflict { namespace, name }
-            if namespace == "helmq-system" && name == "helmq-producer"),
+        matches!(&err, StoreError::Conflict(key)
+            if *key == ObjectKey::new("helmq-system", "helmq-producer")),
         "{err:?}"
     );
 }

@@ -422,23 +422,19 @@ fn parse_source_form(obj: &Map<String, Value>) -> Result<HelmConfig, ConfigError
     check_namespace("releaseNamespace", release_namespace)?;
     let manage_namespace = optional_bool(obj, "manageNamespace")?.unwrap_or(true);
     let values = parse_values(obj)?;
-    let values_from = values_from::parse(obj)?;
     let source = match get(obj, "source") {
         None => return Err(ConfigError::SourceRequired),
         Some(Value::Object(source)) => parse_source(source)?,
         Some(other) => return Err(wrong_type("source", AN_OBJECT, other)),
     };
-    let (service_account_name, adopt) = parse_tenancy(obj)?;
-    Ok(HelmConfig {
-        release_name: release_name.to_owned(),
-        release_namespace: release_namespace.to_owned(),
+    with_tenancy(
+        obj,
+        release_name.to_owned(),
+        release_namespace,
         manage_namespace,
         source,
         values,
-        values_from,
-        service_account_name,
-        adopt,
-    })
+    )
 }
 
 /// The `source` object of the source form.
@@ -450,28 +446,8 @@ fn parse_source(source: &Map<String, Value>) -> Result<ChartSource, ConfigError>
         Some(other) => return Err(wrong_type("source.type", A_STRING, other)),
     };
     match source_type {
-        "http" => {
-            // `source.authentication` is accepted and ignored for HTTP sources.
-            let repository = required_object(source, "source.repository")?;
-            let url = required_str(repository, "source.repository.url")?;
-            check_repository_url("source.repository.url", url)?;
-            let repository_name = required_str(repository, "source.repository.name")?;
-            let chart = required_object(source, "source.chart")?;
-            let chart_name = required_str(chart, "source.chart.name")?;
-            check_chart_name("source.chart.name", chart_name)?;
-            let chart_version = required_str(chart, "source.chart.version")?;
-            check_chart_version("source.chart.version", chart_version)?;
-            Ok(ChartSource::Http {
-                repository: Repository {
-                    url: url.to_owned(),
-                    name: repository_name.to_owned(),
-                },
-                chart: ChartRef {
-                    name: chart_name.to_owned(),
-                    version: chart_version.to_owned(),
-                },
-            })
-        }
+        // `source.authentication` is accepted and ignored for HTTP sources.
+        "http" => parse_http_source(source, &HttpFields::SOURCE_FORM),
         "oci" => {
             let chart = required_str(source, "source.chart")?;
             check_oci_reference("source.chart", chart)?;
@@ -485,6 +461,63 @@ fn parse_source(source: &Map<String, Value>) -> Result<ChartSource, ConfigError>
         }
         other => Err(ConfigError::UnknownSourceType(other.to_owned())),
     }
+}
+
+/// Where the parts of an HTTP chart source stand: under `source` in the source form, at the
+/// top level in the MVP form. Each is a full dotted path, named in error messages.
+struct HttpFields {
+    repository: &'static str,
+    url: &'static str,
+    repository_name: &'static str,
+    chart: &'static str,
+    chart_name: &'static str,
+    chart_version: &'static str,
+}
+
+impl HttpFields {
+    const SOURCE_FORM: HttpFields = HttpFields {
+        repository: "source.repository",
+        url: "source.repository.url",
+        repository_name: "source.repository.name",
+        chart: "source.chart",
+        chart_name: "source.chart.name",
+        chart_version: "source.chart.version",
+    };
+    const MVP_FORM: HttpFields = HttpFields {
+        repository: "repository",
+        url: "repository.url",
+        repository_name: "repository.name",
+        chart: "chart",
+        chart_name: "chart.name",
+        chart_version: "chart.version",
+    };
+}
+
+/// An HTTP chart source: `repository` (`url`, `name`) and `chart` (`name`, `version`) of
+/// `obj`, at the paths `fields` names.
+fn parse_http_source(
+    obj: &Map<String, Value>,
+    fields: &HttpFields,
+) -> Result<ChartSource, ConfigError> {
+    let repository = required_object(obj, fields.repository)?;
+    let url = required_str(repository, fields.url)?;
+    check_repository_url(fields.url, url)?;
+    let repository_name = required_str(repository, fields.repository_name)?;
+    let chart = required_object(obj, fields.chart)?;
+    let chart_name = required_str(chart, fields.chart_name)?;
+    check_chart_name(fields.chart_name, chart_name)?;
+    let chart_version = required_str(chart, fields.chart_version)?;
+    check_chart_version(fields.chart_version, chart_version)?;
+    Ok(ChartSource::Http {
+        repository: Repository {
+            url: url.to_owned(),
+            name: repository_name.to_owned(),
+        },
+        chart: ChartRef {
+            name: chart_name.to_owned(),
+            version: chart_version.to_owned(),
+        },
+    })
 }
 
 /// `source.authentication` of an OCI source.
@@ -513,17 +546,8 @@ fn parse_mvp_form(
     component_namespace: &str,
     component_name: &str,
 ) -> Result<HelmConfig, ConfigError> {
-    let repository = required_object(obj, "repository")?;
-    let url = required_str(repository, "repository.url")?;
-    check_repository_url("repository.url", url)?;
-    let repository_name = required_str(repository, "repository.name")?;
-    let chart = required_object(obj, "chart")?;
-    let chart_name = required_str(chart, "chart.name")?;
-    check_chart_name("chart.name", chart_name)?;
-    let chart_version = required_str(chart, "chart.version")?;
-    check_chart_version("chart.version", chart_version)?;
+    let source = parse_http_source(obj, &HttpFields::MVP_FORM)?;
     let values = parse_values(obj)?;
-    let values_from = values_from::parse(obj)?;
     let namespace = optional_str(obj, "namespace")?;
     let release_namespace = namespace.unwrap_or(component_namespace);
     check_namespace("namespace", release_namespace)?;
@@ -532,36 +556,41 @@ fn parse_mvp_form(
         .unwrap_or_else(|| namespace.is_some_and(|ns| ns != component_namespace));
     let release_name = format!("{component_namespace}-{component_name}");
     check_release_name("releaseName", &release_name)?;
-    let (service_account_name, adopt) = parse_tenancy(obj)?;
-    Ok(HelmConfig {
+    with_tenancy(
+        obj,
         release_name,
-        release_namespace: release_namespace.to_owned(),
+        release_namespace,
         manage_namespace,
-        source: ChartSource::Http {
-            repository: Repository {
-                url: url.to_owned(),
-                name: repository_name.to_owned(),
-            },
-            chart: ChartRef {
-                name: chart_name.to_owned(),
-                version: chart_version.to_owned(),
-            },
-        },
+        source,
         values,
-        values_from,
-        service_account_name,
-        adopt,
-    })
+    )
 }
 
-/// `serviceAccountName` and `adopt`, the same in both forms.
-fn parse_tenancy(obj: &Map<String, Value>) -> Result<(Option<String>, bool), ConfigError> {
+/// The config of either form from the parts it read, with `serviceAccountName` and `adopt`,
+/// which both forms read the same way, last.
+fn with_tenancy(
+    obj: &Map<String, Value>,
+    release_name: String,
+    release_namespace: &str,
+    manage_namespace: bool,
+    source: ChartSource,
+    values: Map<String, Value>,
+) -> Result<HelmConfig, ConfigError> {
     let account = optional_str(obj, "serviceAccountName")?;
     if let Some(account) = account {
         check_service_account("serviceAccountName", account)?;
     }
     let adopt = optional_bool(obj, "adopt")?.unwrap_or(false);
-    Ok((account.map(str::to_owned), adopt))
+    Ok(HelmConfig {
+        release_name,
+        release_namespace: release_namespace.to_owned(),
+        manage_namespace,
+        source,
+        values,
+        values_from: values_from::parse(obj)?,
+        service_account_name: account.map(str::to_owned),
+        adopt,
+    })
 }
 
 /// Top-level `values`: absent or null is empty, otherwise an object within the size limit.

@@ -1,7 +1,8 @@
 //! Operations plumbing shared by the helmq binaries: tracing setup (text or JSON), the small
 //! HTTP server for `/metrics`, `/healthz` and `/readyz`, the shutdown token that SIGTERM
-//! and Ctrl-C cancel, the name this process goes by ([`instance_name`]), and waiting between
-//! attempts ([`retry`]).
+//! and Ctrl-C cancel, the name this process goes by ([`instance_name`]), waiting between
+//! attempts ([`retry`]), the flags the long-running binaries share ([`ServiceArgs`]), and
+//! registering metrics from a table ([`register_all`]).
 // No production function over 80 lines of code (clippy.toml); tests may be longer tables.
 #![cfg_attr(not(test), warn(clippy::too_many_lines))]
 
@@ -15,8 +16,23 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 use tokio_util::sync::CancellationToken;
+
+/// The flags every long-running helmq process (producer, worker) shares: its NATS connection,
+/// logging and the operations endpoint. Flattened into each binary's own `Args`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServiceArgs {
+    /// NATS connection.
+    #[command(flatten)]
+    pub nats: helmq_queue::NatsArgs,
+    /// Logging.
+    #[command(flatten)]
+    pub log: LogArgs,
+    /// Operations endpoint.
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
 
 /// Logging flags, shared by every binary.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -27,6 +43,17 @@ pub struct LogArgs {
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info,helmq_worker=debug`.
     #[arg(long = "log", env = "RUST_LOG", default_value = "info")]
     pub filter: String,
+}
+
+/// Registers each `(name, help, metric)` in `registry`, in order: the order `/metrics` lists
+/// them in.
+pub fn register_all<'a, M: Metric + Clone>(
+    registry: &mut Registry,
+    metrics: impl IntoIterator<Item = (&'static str, &'static str, &'a M)>,
+) {
+    for (name, help, metric) in metrics {
+        registry.register(name, help, metric.clone());
+    }
 }
 
 /// Runs `check` now and then every `interval` until `shutdown`, marking `readiness` ready when

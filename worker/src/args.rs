@@ -1,5 +1,5 @@
 //! The worker's command line: one clap `Args` with `HELMQ_*` environment fallbacks, flattening
-//! the shared NATS, logging and HTTP flag groups.
+//! the NATS, logging and HTTP flags every service shares ([`helmq_telemetry::ServiceArgs`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -17,15 +17,9 @@ use crate::settings::Settings;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "helmq-worker", version, about)]
 pub struct Args {
-    /// NATS connection.
+    /// NATS connection, logging and the operations endpoint.
     #[command(flatten)]
-    pub nats: helmq_queue::NatsArgs,
-    /// Logging.
-    #[command(flatten)]
-    pub log: helmq_telemetry::LogArgs,
-    /// Operations endpoint.
-    #[command(flatten)]
-    pub http: helmq_telemetry::HttpArgs,
+    pub service: helmq_telemetry::ServiceArgs,
     /// Create the streams, consumer and KV buckets when missing (off: an operator runs
     /// `helmqctl setup`).
     #[arg(long, env = "HELMQ_SETUP")]

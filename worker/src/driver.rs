@@ -2,7 +2,8 @@
 //! state, roll back, delete a namespace), its errors and their classification, Helm's release
 //! statuses, the stuck-release recovery plan, and two implementations: [`HelmCli`] (the `helm`
 //! executable) and `MemoryDriver` (in memory, for tests of the pipeline; built only for this
-//! crate's tests and with the `testing` feature, so release binaries do not contain it).
+//! crate's tests and with the `testing` feature, so release binaries do not contain it), which
+//! both count the Helm processes they run or stand for in [`HelmProcesses`].
 
 pub mod helm_cli;
 #[cfg(any(test, feature = "testing"))]
@@ -16,6 +17,8 @@ use std::time::Duration;
 use helmq_schemas::HelmConfig;
 use helmq_schemas::config::ValuesKind;
 use helmq_schemas::event::RECOVERED_PREFIX;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
@@ -448,6 +451,31 @@ pub struct Apply<'a> {
     /// when the release exists, instead of `helm upgrade --install`: for a release helmq has
     /// no record of, whose owner is not yet checked.
     pub install: bool,
+}
+
+/// Helm processes started, by subcommand (`install`, `upgrade`, `status`, `pull`, ...): what
+/// [`HelmCli`] runs, and what the in-memory driver's calls stand for: both drivers hold one and
+/// register it in [`HelmDriver::register_metrics`]. Clones share their counts.
+#[derive(Debug, Clone, Default)]
+pub struct HelmProcesses(Family<Vec<(&'static str, String)>, Counter>);
+
+impl HelmProcesses {
+    /// Counts one helm process of `subcommand`.
+    pub fn count(&self, subcommand: &str) {
+        self.0
+            .get_or_create(&vec![("subcommand", subcommand.to_owned())])
+            .inc();
+    }
+
+    /// Registers the counts as `helm_processes` in `registry` (the worker's
+    /// `helmq_worker_` sub-registry).
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "helm_processes",
+            "Helm processes started, by subcommand",
+            self.0.clone(),
+        );
+    }
 }
 
 /// A Helm release by namespace and name: the key under which releases are kept (by the fake

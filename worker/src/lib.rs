@@ -114,7 +114,8 @@ pub async fn run<D: HelmDriver>(
         );
     }
     let worker_id = args.worker_id();
-    let connection = Connection::open(&args.nats, &format!("helmq-worker {worker_id}")).await?;
+    let connection =
+        Connection::open(&args.service.nats, &format!("helmq-worker {worker_id}")).await?;
     let client = connection.client().clone();
     let js = async_nats::jetstream::new(client.clone());
     let topology = Topology::default();
@@ -130,10 +131,10 @@ pub async fn run<D: HelmDriver>(
     metrics.single_tenant(args.default_service_account.as_deref());
     let readiness = Readiness::default();
     let http_stop = CancellationToken::new();
-    let listener = tokio::net::TcpListener::bind(args.http.listen)
+    let listener = tokio::net::TcpListener::bind(args.service.http.listen)
         .await
         .map_err(|source| RunError::Listen {
-            addr: args.http.listen,
+            addr: args.service.http.listen,
             source,
         })?;
     let http = tokio::spawn(helmq_telemetry::serve(

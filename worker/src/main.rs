@@ -13,7 +13,7 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("helmq-worker: {refusal}");
         std::process::exit(2);
     }
-    helmq_telemetry::init_tracing(&args.log);
+    helmq_telemetry::init_tracing(&args.service.log);
     let driver = HelmCli::new(args.helm())?;
     let shutdown = CancellationToken::new();
     helmq_telemetry::cancel_on_signals(shutdown.clone());

@@ -2,6 +2,7 @@
 //! cause, jobs in flight, retries, dead letters, lease waits, NATS operations retried and open
 //! allowlists.
 
+use helmq_telemetry::register_all;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -93,46 +94,60 @@ impl Metrics {
             single_tenant: Gauge::default(),
         };
         let sub = registry.sub_registry_with_prefix("helmq_worker");
+        metrics.register_jobs(sub);
+        metrics.register_settings(sub);
+        metrics
+    }
+
+    /// What the jobs do: outcomes, durations, retries, failures (`sub`: `helmq_worker_`).
+    fn register_jobs(&self, sub: &mut Registry) {
+        let metrics = self;
         sub.register("jobs", "Jobs (deliveries) by outcome", metrics.jobs.clone());
-        sub.register(
-            "job_duration_seconds",
-            "Time from receiving a job to settling it",
-            metrics.job_duration.clone(),
-        );
-        sub.register(
-            "helm_duration_seconds",
-            "Time spent running Helm for a job",
-            metrics.helm_duration.clone(),
+        register_all(
+            sub,
+            [
+                (
+                    "job_duration_seconds",
+                    "Time from receiving a job to settling it",
+                    &metrics.job_duration,
+                ),
+                (
+                    "helm_duration_seconds",
+                    "Time spent running Helm for a job",
+                    &metrics.helm_duration,
+                ),
+            ],
         );
         sub.register(
             "jobs_in_flight",
             "Jobs being processed",
             metrics.in_flight.clone(),
         );
-        sub.register(
-            "retries",
-            "Transient failures retried",
-            metrics.retries.clone(),
-        );
-        sub.register(
-            "dead_letters",
-            "Jobs moved to the dead-letter stream",
-            metrics.dead_letters.clone(),
-        );
-        sub.register(
-            "lease_waits",
-            "Jobs that waited for another job on the same release",
-            metrics.lease_waits.clone(),
-        );
-        sub.register(
-            "nats_retries",
-            "NATS operations of a job that failed and were retried",
-            metrics.nats_retries.clone(),
-        );
-        sub.register(
-            "panics",
-            "Jobs whose handling panicked; each was dead-lettered",
-            metrics.panics.clone(),
+        register_all(
+            sub,
+            [
+                ("retries", "Transient failures retried", &metrics.retries),
+                (
+                    "dead_letters",
+                    "Jobs moved to the dead-letter stream",
+                    &metrics.dead_letters,
+                ),
+                (
+                    "lease_waits",
+                    "Jobs that waited for another job on the same release",
+                    &metrics.lease_waits,
+                ),
+                (
+                    "nats_retries",
+                    "NATS operations of a job that failed and were retried",
+                    &metrics.nats_retries,
+                ),
+                (
+                    "panics",
+                    "Jobs whose handling panicked; each was dead-lettered",
+                    &metrics.panics,
+                ),
+            ],
         );
         // Every cause from the start, at 0: a panel or alert over them has a series to show.
         for cause in crate::failure::Cause::LABELS.iter().chain(&["other"]) {
@@ -146,6 +161,12 @@ impl Metrics {
             "Helm runs that failed, by cause",
             metrics.helm_failures.clone(),
         );
+    }
+
+    /// What the operator configured: open allowlists, single-tenant mode (`sub`:
+    /// `helmq_worker_`).
+    fn register_settings(&self, sub: &mut Registry) {
+        let metrics = self;
         sub.register(
             "allow_any",
             "1 where the operator allowed any chart source or namespace (--allow-any-*) or shared releases (--allow-shared-releases)",
@@ -156,7 +177,6 @@ impl Metrics {
             "1 when jobs without config.serviceAccountName run Helm with the worker's own rights (no --default-service-account)",
             metrics.single_tenant.clone(),
         );
-        metrics
     }
 
     /// Shows in `helmq_worker_single_tenant` whether jobs may run as the worker itself.

@@ -130,10 +130,7 @@ impl Default for FakeComponentStore {
 }
 
 fn not_found(namespace: &str, name: &str) -> StoreError {
-    StoreError::NotFound {
-        namespace: namespace.to_owned(),
-        name: name.to_owned(),
-    }
+    StoreError::NotFound(ObjectKey::new(namespace, name))
 }
 
 impl FakeComponentStore {
@@ -233,10 +230,7 @@ impl FakeComponentStore {
             }
             _ => {
                 injected.conflicts += 1;
-                Draw::Fail(StoreError::Conflict {
-                    namespace: String::new(),
-                    name: String::new(),
-                })
+                Draw::Fail(StoreError::Conflict(ObjectKey::new("", "")))
             }
         }
     }
@@ -261,9 +255,8 @@ impl FakeComponentStore {
     ) -> Result<Option<Component>, StoreError> {
         match self.draw(true) {
             Draw::Pass => self.checked_write(component, change),
-            Draw::Fail(StoreError::Conflict { .. }) => {
-                let ObjectKey { namespace, name } = ObjectKey::of(component);
-                Err(StoreError::Conflict { namespace, name })
+            Draw::Fail(StoreError::Conflict(_)) => {
+                Err(StoreError::Conflict(ObjectKey::of(component)))
             }
             Draw::Fail(error) => Err(error),
             Draw::Hang { hang, applied } => {
@@ -482,8 +475,7 @@ impl FakeComponentStore {
             if let Some(rv) = &component.metadata.resource_version
                 && stored.metadata.resource_version.as_ref() != Some(rv)
             {
-                let ObjectKey { namespace, name } = key;
-                return Err(StoreError::Conflict { namespace, name });
+                return Err(StoreError::Conflict(key));
             }
         }
         self.mutate(&key.namespace, &key.name, change)
@@ -520,7 +512,7 @@ fn injected(class: ErrorClass, namespace: String, name: String) -> StoreError {
             code: 503,
             message: "the server is currently unable to handle the request (injected)".into(),
         },
-        ErrorClass::Conflict => StoreError::Conflict { namespace, name },
+        ErrorClass::Conflict => StoreError::Conflict(ObjectKey::new(namespace, name)),
     }
 }
 
@@ -673,7 +665,7 @@ mod tests {
         // The first read is now stale.
         assert!(matches!(
             store.add_finalizer(&created).await,
-            Err(StoreError::Conflict { .. })
+            Err(StoreError::Conflict(_))
         ));
 
         let status = ComponentStatus {
@@ -714,7 +706,7 @@ mod tests {
         assert!(deleting.metadata.deletion_timestamp.is_some());
         assert!(matches!(
             store.remove_finalizer(&claimed).await,
-            Err(StoreError::Conflict { .. })
+            Err(StoreError::Conflict(_))
         ));
         assert!(matches!(
             store.add_finalizer(&deleting).await,
@@ -789,8 +781,8 @@ mod tests {
                     format!("unavailable: {e}")
                 }
                 Err(StoreError::Rejected { code, .. }) => code.to_string(),
-                Err(StoreError::Conflict { name, .. }) => {
-                    assert_eq!(name, format!("c{i}"));
+                Err(StoreError::Conflict(key)) => {
+                    assert_eq!(key.name, format!("c{i}"));
                     "409".to_owned()
                 }
                 Err(other) => panic!("unexpected {other}"),

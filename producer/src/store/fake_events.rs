@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use k8s_openapi::api::events::v1::Event;
 
-use super::StoreError;
 use super::events::{EventStore, event_key};
+use super::{ObjectKey, StoreError};
 
 /// An in-memory Kubernetes API for `events.k8s.io/v1` Events. Clones share one store.
 #[derive(Debug, Clone, Default)]
@@ -89,7 +89,7 @@ impl EventStore for FakeEventStore {
             .objects
             .contains_key(&(namespace.clone(), name.clone()))
         {
-            return Err(StoreError::Conflict { namespace, name });
+            return Err(StoreError::Conflict(ObjectKey::new(namespace, name)));
         }
         state.objects.insert((namespace, name), event.clone());
         state.creates += 1;
@@ -103,7 +103,7 @@ impl EventStore for FakeEventStore {
         }
         let (namespace, name) = event_key(event);
         let Some(stored) = state.objects.get_mut(&(namespace.clone(), name.clone())) else {
-            return Err(StoreError::NotFound { namespace, name });
+            return Err(StoreError::NotFound(ObjectKey::new(namespace, name)));
         };
         stored.series.clone_from(&event.series);
         if let Some(annotations) = &event.metadata.annotations {

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::{LeaseStore, StoreError};
+use super::{LeaseStore, ObjectKey, StoreError};
 
 /// An in-memory Kubernetes API for `Lease` objects. Clones share one store (and one link).
 #[derive(Debug, Clone, Default)]
@@ -107,7 +107,7 @@ impl LeaseStore for FakeLeaseStore {
             .objects
             .contains_key(&(namespace.clone(), name.clone()))
         {
-            return Err(StoreError::Conflict { namespace, name });
+            return Err(StoreError::Conflict(ObjectKey::new(namespace, name)));
         }
         let mut created = lease.clone();
         created.metadata.uid = Some(format!("lease-uid-{}", state.last_rv + 1));
@@ -119,13 +119,13 @@ impl LeaseStore for FakeLeaseStore {
         let mut state = self.reachable()?;
         let (namespace, name) = key(lease);
         let Some(stored) = state.objects.get(&(namespace.clone(), name.clone())) else {
-            return Err(StoreError::NotFound { namespace, name });
+            return Err(StoreError::NotFound(ObjectKey::new(namespace, name)));
         };
         // Like the API server: no resourceVersion is an unconditional write.
         if let Some(rv) = &lease.metadata.resource_version
             && stored.metadata.resource_version.as_ref() != Some(rv)
         {
-            return Err(StoreError::Conflict { namespace, name });
+            return Err(StoreError::Conflict(ObjectKey::new(namespace, name)));
         }
         let mut replaced = lease.clone();
         replaced.metadata.uid = stored.metadata.uid.clone();
@@ -156,7 +156,7 @@ mod tests {
         let created = store.create(&lease("a")).await.unwrap();
         assert!(matches!(
             store.create(&lease("b")).await,
-            Err(StoreError::Conflict { .. })
+            Err(StoreError::Conflict(_))
         ));
         let mut mine = created.clone();
         mine.spec = lease("a2").spec;
@@ -170,7 +170,7 @@ mod tests {
         stale.spec = lease("b").spec;
         assert!(matches!(
             store.replace(&stale).await,
-            Err(StoreError::Conflict { .. })
+            Err(StoreError::Conflict(_))
         ));
         let stored = store.get("ns", "l").await.unwrap().unwrap();
         assert_eq!(stored.spec.unwrap().holder_identity.as_deref(), Some("a2"));

@@ -67,7 +67,7 @@ impl KubeComponentStore {
         let request = Self::request(namespace).get(name, params);
         match self.one(request, namespace, name).await {
             Ok(observed) => Ok(Some(observed)),
-            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(StoreError::NotFound(_)) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -323,14 +323,12 @@ fn names(component: &Component) -> (String, String) {
 pub(super) fn map_error(error: kube::Error, namespace: &str, name: &str) -> StoreError {
     let class = classify(&error);
     match error {
-        kube::Error::Api(status) if status.code == 409 => StoreError::Conflict {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-        },
-        kube::Error::Api(status) if status.code == 404 => StoreError::NotFound {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-        },
+        kube::Error::Api(status) if status.code == 409 => {
+            StoreError::Conflict(ObjectKey::new(namespace, name))
+        }
+        kube::Error::Api(status) if status.code == 404 => {
+            StoreError::NotFound(ObjectKey::new(namespace, name))
+        }
         kube::Error::Api(status) => StoreError::Rejected {
             code: status.code,
             message: status.message.clone(),
@@ -428,7 +426,7 @@ impl ComponentStore for KubeComponentStore {
         match self.patch(component, &patch, None).await {
             Ok(updated) => Ok((!released(updated.component())).then_some(updated)),
             // Removing the last finalizer of a deleting object may race with its removal.
-            Err(StoreError::NotFound { .. }) if component.metadata.deletion_timestamp.is_some() => {
+            Err(StoreError::NotFound(_)) if component.metadata.deletion_timestamp.is_some() => {
                 Ok(None)
             }
             Err(e) => Err(e),

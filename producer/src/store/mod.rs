@@ -47,21 +47,11 @@ pub use raw::{Observed, Unreadable};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The object changed since it was read (HTTP 409): re-read and decide again.
-    #[error("conflict: {namespace}/{name} changed since it was read")]
-    Conflict {
-        /// Namespace of the Component.
-        namespace: String,
-        /// Name of the Component.
-        name: String,
-    },
+    #[error("conflict: {0} changed since it was read")]
+    Conflict(ObjectKey),
     /// The object does not exist (any more).
-    #[error("component {namespace}/{name} not found")]
-    NotFound {
-        /// Namespace of the Component.
-        namespace: String,
-        /// Name of the Component.
-        name: String,
-    },
+    #[error("component {0} not found")]
+    NotFound(ObjectKey),
     /// The API server refused the request for good (validation, permissions).
     #[error("api server rejected the request ({code}): {message}")]
     Rejected {
@@ -94,8 +84,8 @@ impl StoreError {
     /// The class of this failure.
     pub fn class(&self) -> ErrorClass {
         match self {
-            StoreError::Conflict { .. } => ErrorClass::Conflict,
-            StoreError::NotFound { .. } | StoreError::Invalid(_) => ErrorClass::Permanent,
+            StoreError::Conflict(_) => ErrorClass::Conflict,
+            StoreError::NotFound(_) | StoreError::Invalid(_) => ErrorClass::Permanent,
             StoreError::Rejected { code, .. } => classify_code(*code),
             StoreError::Unavailable(_) => ErrorClass::Transient,
         }
@@ -327,29 +317,15 @@ mod tests {
             code,
             message: String::new(),
         };
-        let key = || (String::from("ns"), String::from("c"));
+        let key = || ObjectKey::new("ns", "c");
         let cases = [
             (rejected(422), ErrorClass::Permanent, false),
             (rejected(403), ErrorClass::Permanent, false),
             (rejected(429), ErrorClass::Transient, true),
             (rejected(503), ErrorClass::Transient, true),
             (rejected(409), ErrorClass::Conflict, false),
-            (
-                StoreError::Conflict {
-                    namespace: key().0,
-                    name: key().1,
-                },
-                ErrorClass::Conflict,
-                false,
-            ),
-            (
-                StoreError::NotFound {
-                    namespace: key().0,
-                    name: key().1,
-                },
-                ErrorClass::Permanent,
-                false,
-            ),
+            (StoreError::Conflict(key()), ErrorClass::Conflict, false),
+            (StoreError::NotFound(key()), ErrorClass::Permanent, false),
             (
                 StoreError::Invalid("bad uri".into()),
                 ErrorClass::Permanent,

@@ -227,7 +227,7 @@ impl<E: EventStore> EventRecorder<E> {
                     return Ok(Recorded::Repeated(count));
                 }
                 // Expired on the server: start a new one.
-                Err(StoreError::NotFound { .. }) => {}
+                Err(StoreError::NotFound(_)) => {}
                 Err(error) => return Err(error),
             }
         }

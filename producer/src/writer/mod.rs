@@ -367,12 +367,12 @@ impl<S: ComponentStore> Writer<S> {
                 Read::Fresh
             };
             match self.write_after(event, read).await {
-                Err(StoreError::Conflict { .. }) if rounds + 1 < MAX_CONFLICT_ROUNDS => {
+                Err(StoreError::Conflict(_)) if rounds + 1 < MAX_CONFLICT_ROUNDS => {
                     rounds += 1;
                     self.metrics.conflicts.inc();
                     tracing::debug!("status conflict; re-reading");
                 }
-                Err(StoreError::NotFound { .. }) => return Ok(Outcome::Orphan),
+                Err(StoreError::NotFound(_)) => return Ok(Outcome::Orphan),
                 result => return result,
             }
         }

@@ -127,7 +127,7 @@ impl Producer {
             .build()
             .expect("a runtime");
         runtime.spawn(async move {
-            let connection = Connection::open(&args.nats, name)
+            let connection = Connection::open(&args.service.nats, name)
                 .await
                 .expect("producer connects");
             // Never cancelled: the process runs until it is killed.

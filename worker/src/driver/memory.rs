@@ -8,16 +8,14 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::helm_cli::helm_failure;
 use super::{
-    Apply, DriverError, HelmDriver, HelmStatus, NamespaceDeletion, Release, ReleaseRef, Revision,
-    Target, Tool, Uninstalled, is_pending,
+    Apply, DriverError, HelmDriver, HelmProcesses, HelmStatus, NamespaceDeletion, Release,
+    ReleaseRef, Revision, Target, Tool, Uninstalled, is_pending,
 };
 use crate::ownership::{Identity, Owner};
 use crate::values::SourceData;
@@ -82,7 +80,7 @@ pub struct MemoryDriver {
     gate_opened: Arc<tokio::sync::Notify>,
     /// The helm processes its calls stand for, by subcommand (`helm_processes`, as
     /// [`super::HelmCli`] counts them).
-    processes: Family<Vec<(&'static str, String)>, Counter>,
+    processes: HelmProcesses,
 }
 
 impl MemoryDriver {
@@ -288,13 +286,6 @@ impl MemoryDriver {
         result
     }
 
-    /// Counts one helm process of `subcommand`.
-    fn process(&self, subcommand: &str) {
-        self.processes
-            .get_or_create(&vec![("subcommand", subcommand.to_owned())])
-            .inc();
-    }
-
     fn record(&self, op: &'static str, target: Target<'_>) {
         self.state().calls.push(Call {
             op,
@@ -360,11 +351,7 @@ impl HelmDriver for MemoryDriver {
     }
 
     fn register_metrics(&self, registry: &mut Registry) {
-        registry.register(
-            "helm_processes",
-            "Helm processes started, by subcommand",
-            self.processes.clone(),
-        );
+        self.processes.register(registry);
     }
 
     async fn apply(
@@ -389,7 +376,8 @@ impl HelmDriver for MemoryDriver {
             identity: request.identity,
         };
         let manage = config.manage_namespace && config.release_namespace != request.own_namespace;
-        self.process(if install { "install" } else { "upgrade" });
+        self.processes
+            .count(if install { "install" } else { "upgrade" });
         if let Some(refused) = self.refusal(&key, install) {
             self.record("refused", target);
             return Err(refused);
@@ -430,7 +418,7 @@ impl HelmDriver for MemoryDriver {
         cancel: &CancellationToken,
     ) -> Result<Uninstalled, DriverError> {
         let key = target.release_ref();
-        self.process("uninstall");
+        self.processes.count("uninstall");
         self.mutate("uninstall", target, Map::new(), cancel, move |state| {
             state.labels.remove(&key);
             Ok(match state.releases.remove(&key) {
@@ -446,7 +434,7 @@ impl HelmDriver for MemoryDriver {
         target: Target<'_>,
         _cancel: &CancellationToken,
     ) -> Result<Option<Release>, DriverError> {
-        self.process("status");
+        self.processes.count("status");
         self.record("status", target);
         let history = self.history_of(target.namespace, target.release);
         Ok(history.last().map(|r| Release {
@@ -472,7 +460,7 @@ impl HelmDriver for MemoryDriver {
         target: Target<'_>,
         _cancel: &CancellationToken,
     ) -> Result<Vec<Revision>, DriverError> {
-        self.process("history");
+        self.processes.count("history");
         self.record("history", target);
         Ok(self.history_of(target.namespace, target.release))
     }
@@ -485,7 +473,7 @@ impl HelmDriver for MemoryDriver {
         cancel: &CancellationToken,
     ) -> Result<(), DriverError> {
         let key = target.release_ref();
-        self.process("rollback");
+        self.processes.count("rollback");
         self.mutate("rollback", target, Map::new(), cancel, move |state| {
             let history = state.releases.entry(key).or_default();
             let Some(target) = history.iter().find(|r| r.revision == revision).cloned() else {

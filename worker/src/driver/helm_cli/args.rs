@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use helmq_schemas::{ChartSource, HelmConfig, oci};
 
-use crate::driver::{LEASE_LABEL, Tool};
+use crate::driver::{LEASE_LABEL, ReleaseRef, Tool};
 use crate::ownership::{Identity, Owner};
 
 fn os(args: &[&str]) -> Vec<OsString> {
@@ -141,51 +141,50 @@ pub(super) fn pull_args(source: &ChartSource, destination: &Path) -> Vec<OsStrin
 }
 
 /// `helm uninstall`.
-pub(super) fn uninstall_args(release: &str, namespace: &str, timeout: Duration) -> Vec<OsString> {
+pub(super) fn uninstall_args(release: &ReleaseRef, timeout: Duration) -> Vec<OsString> {
     command(
         vec![
             "uninstall".into(),
-            flag("namespace", namespace),
+            flag("namespace", &release.namespace),
             "--wait".into(),
             "--timeout".into(),
             secs(timeout).into(),
         ],
-        &[OsStr::new(release)],
+        &[OsStr::new(&release.release)],
     )
 }
 
 /// `helm status -o json`.
-pub(super) fn status_args(release: &str, namespace: &str) -> Vec<OsString> {
+pub(super) fn status_args(release: &ReleaseRef) -> Vec<OsString> {
     command(
         vec![
             "status".into(),
-            flag("namespace", namespace),
+            flag("namespace", &release.namespace),
             "-o".into(),
             "json".into(),
         ],
-        &[OsStr::new(release)],
+        &[OsStr::new(&release.release)],
     )
 }
 
 /// `helm history -o json --max 20`.
-pub(super) fn history_args(release: &str, namespace: &str) -> Vec<OsString> {
+pub(super) fn history_args(release: &ReleaseRef) -> Vec<OsString> {
     command(
         vec![
             "history".into(),
-            flag("namespace", namespace),
+            flag("namespace", &release.namespace),
             "-o".into(),
             "json".into(),
             "--max".into(),
             "20".into(),
         ],
-        &[OsStr::new(release)],
+        &[OsStr::new(&release.release)],
     )
 }
 
 /// `helm rollback <release> <revision>`.
 pub(super) fn rollback_args(
-    release: &str,
-    namespace: &str,
+    release: &ReleaseRef,
     revision: i64,
     timeout: Duration,
 ) -> Vec<OsString> {
@@ -193,12 +192,12 @@ pub(super) fn rollback_args(
     command(
         vec![
             "rollback".into(),
-            flag("namespace", namespace),
+            flag("namespace", &release.namespace),
             "--wait".into(),
             "--timeout".into(),
             secs(timeout).into(),
         ],
-        &[OsStr::new(release), OsStr::new(&revision)],
+        &[OsStr::new(&release.release), OsStr::new(&revision)],
     )
 }
 
@@ -245,13 +244,9 @@ pub(super) fn release_record_secret(release: &str, revision: i64) -> String {
 }
 
 /// `kubectl get secret` of a release record, printing only its labels (as a JSON map).
-pub(super) fn kubectl_get_labels_args(
-    release: &str,
-    revision: i64,
-    namespace: &str,
-) -> Vec<OsString> {
-    let secret = release_record_secret(release, revision);
-    kubectl_get_secret(&secret, namespace, "jsonpath={.metadata.labels}")
+pub(super) fn kubectl_get_labels_args(release: &ReleaseRef, revision: i64) -> Vec<OsString> {
+    let secret = release_record_secret(&release.release, revision);
+    kubectl_get_secret(&secret, &release.namespace, "jsonpath={.metadata.labels}")
 }
 
 /// `kubectl get secret -o json` of a registry login's Secret.
@@ -430,21 +425,19 @@ mod tests {
         let k = Some(Path::new("/k"));
         let tenant = Identity::User("system:serviceaccount:team-a:deployer".into());
         let worker = Identity::Worker;
+        let web = ReleaseRef::new("apps", "web");
         let cases = [
             (
-                uninstall_args("web", "apps", t),
+                uninstall_args(&web, t),
                 "uninstall --namespace=apps --wait --timeout 60s -- web",
             ),
+            (status_args(&web), "status --namespace=apps -o json -- web"),
             (
-                status_args("web", "apps"),
-                "status --namespace=apps -o json -- web",
-            ),
-            (
-                history_args("web", "apps"),
+                history_args(&web),
                 "history --namespace=apps -o json --max 20 -- web",
             ),
             (
-                rollback_args("web", "apps", 3, t),
+                rollback_args(&web, 3, t),
                 "rollback --namespace=apps --wait --timeout 60s -- web 3",
             ),
             (
@@ -452,11 +445,11 @@ mod tests {
                 "registry login --username=robot --password-stdin -- registry.example.com:5000",
             ),
             (
-                with_access(status_args("web", "apps"), Tool::Helm, k, &worker),
+                with_access(status_args(&web), Tool::Helm, k, &worker),
                 "status --namespace=apps -o json --kubeconfig /k -- web",
             ),
             (
-                with_access(status_args("web", "apps"), Tool::Helm, k, &tenant),
+                with_access(status_args(&web), Tool::Helm, k, &tenant),
                 "status --namespace=apps -o json --kubeconfig /k \
                  --kube-as-user=system:serviceaccount:team-a:deployer -- web",
             ),
@@ -488,12 +481,12 @@ mod tests {
                 "create -o name -f - --as=system:serviceaccount:team-a:deployer",
             ),
             (
-                kubectl_get_labels_args("web", 2, "apps"),
+                kubectl_get_labels_args(&web, 2),
                 "get secret --namespace=apps -o jsonpath={.metadata.labels} -- sh.helm.release.v1.web.v2",
             ),
             // A name that looks like a flag stays a positional argument.
             (
-                status_args("--all", "apps"),
+                status_args(&ReleaseRef::new("apps", "--all")),
                 "status --namespace=apps -o json -- --all",
             ),
             (

@@ -39,8 +39,6 @@ use std::time::Duration;
 
 use helmq_schemas::HelmConfig;
 use helmq_schemas::config::ValuesKind;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -57,8 +55,8 @@ use self::cache::{CacheIndex, KeyLocks};
 use self::output::{is_not_found, parse_history, parse_labels, parse_release, source_data};
 use self::process::{Exit, Limits, Stdout};
 use super::{
-    Apply, DriverError, HelmDriver, KubectlAction, LEASE_LABEL, NamespaceDeletion, Release,
-    Revision, Target, Tool, Uninstalled, is_pending,
+    Apply, DriverError, HelmDriver, HelmProcesses, KubectlAction, LEASE_LABEL, NamespaceDeletion,
+    Release, Revision, Target, Tool, Uninstalled, is_pending,
 };
 use crate::ownership::{Identity, Owner, OwnershipError};
 use crate::values::{SourceData, kubectl_kind};
@@ -110,16 +108,13 @@ impl HelmCliSettings {
     }
 }
 
-/// Helm processes started, by subcommand (`install`, `upgrade`, `status`, `pull`, ...).
-type Processes = Family<Vec<(&'static str, String)>, Counter>;
-
 /// The [`HelmDriver`] that runs `helm`.
 #[derive(Debug)]
 pub struct HelmCli {
     settings: HelmCliSettings,
     locks: KeyLocks,
     index: CacheIndex,
-    processes: Processes,
+    processes: HelmProcesses,
 }
 
 impl HelmCli {
@@ -140,7 +135,7 @@ impl HelmCli {
             settings,
             locks: KeyLocks::default(),
             index,
-            processes: Processes::default(),
+            processes: HelmProcesses::default(),
         };
         cli.evict();
         Ok(cli)
@@ -185,12 +180,9 @@ impl HelmCli {
         limit: Duration,
         cancel: &CancellationToken,
     ) -> Result<Stdout, DriverError> {
-        let subcommand = args
-            .first()
-            .map_or_else(String::new, |a| a.to_string_lossy().into_owned());
+        let subcommand = args.first().map(|a| a.to_string_lossy());
         self.processes
-            .get_or_create(&vec![("subcommand", subcommand)])
-            .inc();
+            .count(subcommand.as_deref().unwrap_or_default());
         let home = &self.settings.cache_dir;
         let mut command = process::command(Tool::Helm, &self.settings.helm_bin);
         command
@@ -365,11 +357,7 @@ impl HelmDriver for HelmCli {
     }
 
     fn register_metrics(&self, registry: &mut Registry) {
-        registry.register(
-            "helm_processes",
-            "Helm processes started, by subcommand",
-            self.processes.clone(),
-        );
+        self.processes.register(registry);
     }
 
     async fn apply(
@@ -436,7 +424,7 @@ impl HelmDriver for HelmCli {
     ) -> Result<Uninstalled, DriverError> {
         match self
             .helm(
-                uninstall_args(target.release, target.namespace, timeout),
+                uninstall_args(&target.release_ref(), timeout),
                 target.identity,
                 self.long_limit(timeout),
                 cancel,
@@ -456,7 +444,7 @@ impl HelmDriver for HelmCli {
     ) -> Result<Option<Release>, DriverError> {
         match self
             .helm(
-                status_args(target.release, target.namespace),
+                status_args(&target.release_ref()),
                 target.identity,
                 self.settings.short_timeout,
                 cancel,
@@ -485,7 +473,7 @@ impl HelmDriver for HelmCli {
             )
             .into());
         };
-        let args = kubectl_get_labels_args(target.release, revision, target.namespace);
+        let args = kubectl_get_labels_args(&target.release_ref(), revision);
         let action = KubectlAction::ReadReleaseRecord {
             release: target.describe(),
             revision,
@@ -504,7 +492,7 @@ impl HelmDriver for HelmCli {
     ) -> Result<Vec<Revision>, DriverError> {
         match self
             .helm(
-                history_args(target.release, target.namespace),
+                history_args(&target.release_ref()),
                 target.identity,
                 self.settings.short_timeout,
                 cancel,
@@ -541,7 +529,7 @@ impl HelmDriver for HelmCli {
         cancel: &CancellationToken,
     ) -> Result<(), DriverError> {
         self.helm(
-            rollback_args(target.release, target.namespace, revision, timeout),
+            rollback_args(&target.release_ref(), revision, timeout),
             target.identity,
             self.long_limit(timeout),
             cancel,
