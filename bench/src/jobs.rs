@@ -51,6 +51,8 @@ pub fn config(name: &str) -> HelmConfig {
         values,
         service_account_name: None,
         adopt: false,
+        remediation: Default::default(),
+        test: Default::default(),
     }
 }
 

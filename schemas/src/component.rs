@@ -24,7 +24,7 @@ pub const LIFECYCLE_FINALIZER_SUFFIX: &str = ".deployment-orchestrator.io/lifecy
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
 /// Go-style duration such as `30s`, `5m` or `1h30m`.
-const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
+pub(crate) const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
 
 /// Errors in the typed fields of a Component.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -10,6 +10,9 @@
 //! * the **MVP form** of the original controller (`repository`, `chart`, `values`, `namespace`),
 //!   normalized into an HTTP source whose release is named `<component namespace>-<component name>`.
 //!
+//! Both shapes also take `serviceAccountName` and `adopt` (tenancy) and the day-2 fields
+//! `remediation` and `test` ([`Remediation`], [`HelmTest`]).
+//!
 //! Unknown top-level keys are ignored, as the original Go `json.Unmarshal` did. A JSON `null` is
 //! treated everywhere as an absent key.
 
@@ -20,6 +23,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::{dns, oci};
+
+mod day2;
+
+pub use day2::{
+    HelmTest, InstallStrategy, MAX_REMEDIATION_RETRIES, Remediation, Remedy, UpgradeStrategy,
+};
 
 /// Largest accepted `values`, measured as the length of its compact JSON serialization.
 pub const MAX_VALUES_BYTES: usize = 256 * 1024;
@@ -60,6 +69,13 @@ pub struct HelmConfig {
     /// another tool). A release owned by another Component or job is never taken over.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub adopt: bool,
+    /// What a failed install or upgrade does (retries, then keep, uninstall or roll back);
+    /// nothing by default.
+    #[serde(default, skip_serializing_if = "Remediation::is_default")]
+    pub remediation: Remediation,
+    /// `helm test` after each successful install or upgrade; off by default.
+    #[serde(default, skip_serializing_if = "HelmTest::is_default")]
+    pub test: HelmTest,
 }
 
 /// Where a chart comes from.
@@ -265,6 +281,33 @@ pub enum ConfigError {
         /// The limit in bytes.
         limit: usize,
     },
+    /// `remediation.*.retries` that is not a whole number from 0 to
+    /// [`MAX_REMEDIATION_RETRIES`].
+    #[error("{field} must be a whole number from 0 to {MAX_REMEDIATION_RETRIES}, got {got}")]
+    Retries {
+        /// Field path.
+        field: &'static str,
+        /// The rejected number.
+        got: String,
+    },
+    /// A remediation strategy the field does not take.
+    #[error("{field} must be {allowed}, got {got:?}")]
+    Strategy {
+        /// Field path.
+        field: &'static str,
+        /// The strategies it takes, e.g. `'keep' or 'rollback'`.
+        allowed: &'static str,
+        /// The rejected value (cut to 64 characters).
+        got: String,
+    },
+    /// `test.timeout` that is not a Go duration from 1s to 24h.
+    #[error("{field} must be a duration from 1s to 24h (like 30s, 5m or 1h30m), got {value:?}")]
+    TestTimeout {
+        /// Field path.
+        field: &'static str,
+        /// The rejected value (cut to 64 characters).
+        value: String,
+    },
     /// A field that could not be serialized (not expected for JSON input).
     #[error("{field} could not be serialized: {reason}")]
     Unserializable {
@@ -331,6 +374,7 @@ impl HelmConfig {
         if let Some(account) = &self.service_account_name {
             check_service_account("serviceAccountName", account)?;
         }
+        day2::validate_day2(&self.remediation, &self.test)?;
         match &self.source {
             ChartSource::Http { repository, chart } => {
                 check_required("source.repository.url", &repository.url)?;
@@ -400,6 +444,7 @@ fn parse_source_form(obj: &Map<String, Value>) -> Result<HelmConfig, ConfigError
         Some(other) => return Err(wrong_type("source", AN_OBJECT, other)),
     };
     let (service_account_name, adopt) = parse_tenancy(obj)?;
+    let (remediation, test) = day2::parse_day2(obj)?;
     Ok(HelmConfig {
         release_name: release_name.to_owned(),
         release_namespace: release_namespace.to_owned(),
@@ -408,6 +453,8 @@ fn parse_source_form(obj: &Map<String, Value>) -> Result<HelmConfig, ConfigError
         values,
         service_account_name,
         adopt,
+        remediation,
+        test,
     })
 }
 
@@ -502,6 +549,7 @@ fn parse_mvp_form(
     let release_name = format!("{component_namespace}-{component_name}");
     check_release_name("releaseName", &release_name)?;
     let (service_account_name, adopt) = parse_tenancy(obj)?;
+    let (remediation, test) = day2::parse_day2(obj)?;
     Ok(HelmConfig {
         release_name,
         release_namespace: release_namespace.to_owned(),
@@ -519,6 +567,8 @@ fn parse_mvp_form(
         values,
         service_account_name,
         adopt,
+        remediation,
+        test,
     })
 }
 

@@ -239,6 +239,8 @@ fn oci_config(secret: Option<(&str, Option<&str>)>) -> HelmConfig {
         values: serde_json::Map::new(),
         service_account_name: None,
         adopt: false,
+        remediation: Default::default(),
+        test: Default::default(),
     }
 }
 

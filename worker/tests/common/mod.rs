@@ -197,6 +197,8 @@ pub fn config(release: &str, namespace: &str) -> HelmConfig {
         values,
         service_account_name: None,
         adopt: false,
+        remediation: Default::default(),
+        test: Default::default(),
     }
 }
 

@@ -306,6 +306,8 @@ mod tests {
             values,
             service_account_name: None,
             adopt: false,
+            remediation: Default::default(),
+            test: Default::default(),
         }
     }
 
