@@ -18,7 +18,6 @@ use crate::event::MAX_TIMEOUT_SECONDS;
 /// Most retries a failed install or upgrade may get within one job run.
 pub const MAX_REMEDIATION_RETRIES: u32 = 10;
 
-
 /// What helmq does when an install or an upgrade fails after Helm wrote a failed revision (a
 /// wait timeout, a failed hook, a failed `helm test`). A failure before Helm wrote anything
 /// (the chart not found, a rendering error, RBAC refusing the release record) is never
