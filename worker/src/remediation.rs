@@ -36,7 +36,9 @@ impl FailedDeploy {
 /// What failed in one try of a run that started at `since`: its apply (`tested` is `None`),
 /// or the tests of the revision `tested` it deployed. From the release's `history` read after
 /// the failure; `None` when the try left no revision of its own (Helm failed before it wrote
-/// one, or the newest record is older than the run, pending, or of an unknown time).
+/// one, or the newest record is older than the run, pending, or of an unknown time). What it
+/// goes back to is the newest revision deployed before the run (a record of an unknown time
+/// counts as older).
 pub fn judge_failure(
     history: &[Revision],
     tested: Option<i64>,
@@ -55,9 +57,11 @@ pub fn judge_failure(
             newest.revision
         }
     };
+    // Deployed before the run: an earlier try of this run may have deployed a revision whose
+    // tests then failed, which is no revision to go back to.
     let last_deployed = history
         .iter()
-        .filter(|r| r.revision < revision)
+        .filter(|r| r.revision < revision && r.updated.is_none_or(|at| at < since))
         .filter(|r| matches!(r.status, HelmStatus::Deployed | HelmStatus::Superseded))
         .map(|r| r.revision)
         .max();
@@ -202,6 +206,22 @@ mod tests {
                 vec![rev(1, "deployed", DURING)],
                 Some(1),
                 failed(1, None),
+            ),
+            (
+                "the tests failed again after a retry: not back to the first try's revision",
+                vec![
+                    rev(1, "superseded", BEFORE),
+                    rev(2, "superseded", DURING),
+                    rev(3, "deployed", DURING),
+                ],
+                Some(3),
+                failed(3, Some(1)),
+            ),
+            (
+                "an install's retry failed again",
+                vec![rev(1, "failed", DURING), rev(2, "failed", DURING)],
+                None,
+                failed(2, None),
             ),
             (
                 "helm wrote nothing (a rendering error): the failed record is an older run's",

@@ -143,7 +143,7 @@ async fn a_failing_test_ends_failed_with_the_tests_message_and_is_not_retried() 
 }
 
 #[tokio::test]
-async fn passed_tests_say_so_and_a_failing_test_of_an_upgrade_rolls_it_back() {
+async fn passed_tests_say_so_and_an_upgrade_failing_its_tests_twice_rolls_back_to_before_the_run() {
     let env = Env::start(fast_topology()).await;
     let driver = MemoryDriver::new();
     let pool = env.pool(driver.clone(), settings("w")).await;
@@ -154,20 +154,24 @@ async fn passed_tests_say_so_and_a_failing_test_of_an_upgrade_rolls_it_back() {
         "{}",
         ready.message
     );
-    driver.fail_tests("web", TEST_FAILED, 1);
-    env.publish(&web(2, rollback(0), true)).await;
+    // Fails twice: back to revision 1, not to the retry's own revision 2.
+    driver.fail_tests("web", TEST_FAILED, 2);
+    env.publish(&web(2, rollback(1), true)).await;
     let failed = outcome(&env, 2, StatusPhase::Failed).await;
     assert!(
         failed.message.starts_with(&format!(
-            "upgrade failed: helm test: {TEST_FAILED}; rolled back to revision 1"
+            "upgrade failed 2 times: helm test: {TEST_FAILED}; rolled back to revision 1"
         )),
         "{}",
         failed.message
     );
     let history = driver.history_of("apps", "web");
     let statuses: Vec<_> = history.iter().map(|r| r.status.as_str()).collect();
-    assert_eq!(statuses, ["superseded", "superseded", "deployed"]);
-    assert_eq!(history[2].description, "Rollback to 1");
+    assert_eq!(
+        statuses,
+        ["superseded", "superseded", "superseded", "deployed"]
+    );
+    assert_eq!(history[3].description, "Rollback to 1");
     pool.stop().await;
 }
 
