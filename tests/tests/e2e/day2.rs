@@ -42,9 +42,14 @@ async fn history(stack: &Stack, release: &str) -> Vec<(i64, String, String)> {
         .collect()
 }
 
-/// `config` with `key` set to `value` at the top level.
-fn with(mut config: Value, key: &str, value: Value) -> Value {
-    config[key] = value;
+/// Release `release` of `chart` 0.1.0 into the stack's namespace with `values`, and the
+/// top-level config fields of `day2` (`test`, `remediation`).
+fn day2_config(stack: &Stack, chart: &str, release: &str, values: Value, day2: Value) -> Value {
+    let ns = stack.namespace();
+    let mut config = stack.chart_config(chart, "0.1.0", release, ns, false, values);
+    for (key, value) in day2.as_object().expect("an object") {
+        config[key] = value.clone();
+    }
     config
 }
 
@@ -58,19 +63,13 @@ async fn a_failed_upgrade_with_rollback_leaves_the_previous_revision_deployed() 
         ..Options::new("rollback")
     })
     .await;
-    let ns = stack.namespace().to_owned();
     let config = |greeting: &str, never_ready: bool| {
-        with(
-            stack.chart_config(
-                "webapp",
-                "0.1.0",
-                "web",
-                &ns,
-                false,
-                json!({"replicaCount": 1, "greeting": greeting, "neverReady": never_ready}),
-            ),
-            "remediation",
-            json!({"upgrade": {"strategy": "rollback"}}),
+        day2_config(
+            &stack,
+            "webapp",
+            "web",
+            json!({"replicaCount": 1, "greeting": greeting, "neverReady": never_ready}),
+            json!({"remediation": {"upgrade": {"strategy": "rollback"}}}),
         )
     };
     let mut component = spec("web", config("first", false));
@@ -120,17 +119,12 @@ async fn a_chart_whose_test_fails_ends_failed_with_the_tests_message() {
     .await;
     let ns = stack.namespace().to_owned();
     let config = |exit_code: &str| {
-        with(
-            stack.chart_config(
-                "testy",
-                "0.1.0",
-                "checked",
-                &ns,
-                false,
-                json!({"greeting": "hi", "testExitCode": exit_code}),
-            ),
-            "test",
-            json!({"enable": true, "timeout": "2m"}),
+        day2_config(
+            &stack,
+            "testy",
+            "checked",
+            json!({"greeting": "hi", "testExitCode": exit_code}),
+            json!({"test": {"enable": true, "timeout": "2m"}}),
         )
     };
     stack.create("checked", config("1")).await;
@@ -175,21 +169,16 @@ async fn an_upgrade_whose_test_fails_is_rolled_back_to_the_values_that_passed() 
         ..Options::new("test-rollback")
     })
     .await;
-    let ns = stack.namespace().to_owned();
     let config = |greeting: &str, exit_code: &str| {
-        let config = stack.chart_config(
+        day2_config(
+            &stack,
             "testy",
-            "0.1.0",
             "tested",
-            &ns,
-            false,
             json!({"greeting": greeting, "testExitCode": exit_code}),
-        );
-        let config = with(config, "test", json!({"enable": true}));
-        with(
-            config,
-            "remediation",
-            json!({"upgrade": {"retries": 1, "strategy": "rollback"}}),
+            json!({
+                "test": {"enable": true},
+                "remediation": {"upgrade": {"retries": 1, "strategy": "rollback"}}
+            }),
         )
     };
     stack.create("tested", config("first", "0")).await;
