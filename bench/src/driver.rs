@@ -109,6 +109,15 @@ impl HelmDriver for BenchDriver {
         Ok(Vec::new())
     }
 
+    async fn test(
+        &self,
+        _target: Target<'_>,
+        _timeout: Duration,
+        _cancel: &CancellationToken,
+    ) -> Result<(), DriverError> {
+        Ok(())
+    }
+
     async fn rollback(
         &self,
         _target: Target<'_>,

@@ -52,6 +52,8 @@ pub fn config(name: &str) -> HelmConfig {
         values_from: Vec::new(),
         service_account_name: None,
         adopt: false,
+        remediation: Default::default(),
+        test: Default::default(),
     }
 }
 

@@ -33,7 +33,7 @@ pub const REQUESTED_AT_ANNOTATION: &str = "helm.deployment-orchestrator.io/reque
 pub const SUSPENDED_CONDITION: &str = "Suspended";
 
 /// Go-style duration such as `30s`, `5m` or `1h30m`.
-const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
+pub(crate) const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
 
 /// Errors in the typed fields of a Component.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -10,6 +10,9 @@
 //! * the **MVP form** of the original controller (`repository`, `chart`, `values`, `namespace`),
 //!   normalized into an HTTP source whose release is named `<component namespace>-<component name>`.
 //!
+//! Both shapes also take `serviceAccountName` and `adopt` (tenancy) and the day-2 fields
+//! `remediation` and `test` ([`Remediation`], [`HelmTest`]).
+//!
 //! Unknown top-level keys are ignored, as the original Go `json.Unmarshal` did. A JSON `null` is
 //! treated everywhere as an absent key.
 
@@ -21,7 +24,12 @@ use serde_json::{Map, Value};
 
 use crate::{dns, oci};
 
+mod day2;
 mod values_from;
+
+pub use day2::{
+    HelmTest, InstallStrategy, MAX_REMEDIATION_RETRIES, Remediation, Remedy, UpgradeStrategy,
+};
 pub use values_from::{
     DEFAULT_VALUES_KEY, MAX_VALUES_FROM, ValuesKind, ValuesReference, merge_into, place,
 };
@@ -71,6 +79,13 @@ pub struct HelmConfig {
     /// another tool). A release owned by another Component or job is never taken over.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub adopt: bool,
+    /// What a failed install or upgrade does (retries, then keep, uninstall or roll back);
+    /// nothing by default.
+    #[serde(default, skip_serializing_if = "Remediation::is_default")]
+    pub remediation: Remediation,
+    /// `helm test` after each successful install or upgrade; off by default.
+    #[serde(default, skip_serializing_if = "HelmTest::is_default")]
+    pub test: HelmTest,
 }
 
 /// Where a chart comes from.
@@ -292,6 +307,33 @@ pub enum ConfigError {
         /// The limit in bytes.
         limit: usize,
     },
+    /// `remediation.*.retries` that is not a whole number from 0 to
+    /// [`MAX_REMEDIATION_RETRIES`].
+    #[error("{field} must be a whole number from 0 to {MAX_REMEDIATION_RETRIES}, got {got}")]
+    Retries {
+        /// Field path.
+        field: &'static str,
+        /// The rejected number.
+        got: String,
+    },
+    /// A remediation strategy the field does not take.
+    #[error("{field} must be {allowed}, got {got:?}")]
+    Strategy {
+        /// Field path.
+        field: &'static str,
+        /// The strategies it takes, e.g. `'keep' or 'rollback'`.
+        allowed: &'static str,
+        /// The rejected value (cut to 64 characters).
+        got: String,
+    },
+    /// `test.timeout` that is not a Go duration from 1s to 24h.
+    #[error("{field} must be a duration from 1s to 24h (like 30s, 5m or 1h30m), got {value:?}")]
+    TestTimeout {
+        /// Field path.
+        field: &'static str,
+        /// The rejected value (cut to 64 characters).
+        value: String,
+    },
     /// A field that could not be serialized (not expected for JSON input).
     #[error("{field} could not be serialized: {reason}")]
     Unserializable {
@@ -359,6 +401,7 @@ impl HelmConfig {
         if let Some(account) = &self.service_account_name {
             check_service_account("serviceAccountName", account)?;
         }
+        day2::validate_day2(&self.remediation, &self.test)?;
         match &self.source {
             ChartSource::Http { repository, chart } => {
                 check_required("source.repository.url", &repository.url)?;
@@ -581,15 +624,19 @@ fn with_tenancy(
         check_service_account("serviceAccountName", account)?;
     }
     let adopt = optional_bool(obj, "adopt")?.unwrap_or(false);
+    let values_from = values_from::parse(obj)?;
+    let (remediation, test) = day2::parse_day2(obj)?;
     Ok(HelmConfig {
         release_name,
         release_namespace: release_namespace.to_owned(),
         manage_namespace,
         source,
         values,
-        values_from: values_from::parse(obj)?,
+        values_from,
         service_account_name: account.map(str::to_owned),
         adopt,
+        remediation,
+        test,
     })
 }
 

@@ -155,6 +155,64 @@ pub enum DriverError {
     /// A `valuesFrom` source is missing or cannot be used (never with its data).
     #[error(transparent)]
     Values(crate::values::ValuesError),
+    /// An install or upgrade failed after Helm wrote its revision, and `config.remediation`
+    /// dealt with it: tried again as often as it allows, then kept, uninstalled or rolled back
+    /// (the `remediation` module).
+    #[error("{deploy} failed{}: {}; {done}", times(*tries), helm_words(last))]
+    Remediated {
+        /// What failed.
+        deploy: Deploy,
+        /// How many times it was tried in the run.
+        tries: u32,
+        /// The last failure.
+        #[source]
+        last: Box<DriverError>,
+        /// What was done after it, e.g. `rolled back to revision 3`.
+        done: String,
+        /// Whether the release was uninstalled.
+        uninstalled: bool,
+        /// Whether retrying the job can help: permanent once the strategy ran (retries are
+        /// `config.remediation`'s to give), the strategy's own failure's class when it failed.
+        class: Failure,
+    },
+}
+
+/// What failed, for messages: an install (no revision was deployed before) or an upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deploy {
+    /// A release that never had a deployed revision.
+    Install,
+    /// A release that had one.
+    Upgrade,
+}
+
+impl fmt::Display for Deploy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Deploy::Install => "install",
+            Deploy::Upgrade => "upgrade",
+        })
+    }
+}
+
+/// ` N times` after more than one try, or nothing.
+fn times(tries: u32) -> String {
+    if tries > 1 {
+        format!(" {tries} times")
+    } else {
+        String::new()
+    }
+}
+
+/// What a failure says, in Helm's own words when Helm said it (`helm test: ` before a test's).
+fn helm_words(error: &DriverError) -> String {
+    match error {
+        DriverError::Helm {
+            command, failure, ..
+        } if command == "test" => format!("helm test: {failure}"),
+        DriverError::Helm { failure, .. } => failure.text.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// ` (needed to <action>)`, or nothing.
@@ -178,8 +236,20 @@ impl DriverError {
             DriverError::Helm { failure, .. } | DriverError::Kubectl { failure, .. } => {
                 failure.cause.as_ref()
             }
+            DriverError::Remediated { last, .. } => last.cause(),
             _ => None,
         }
+    }
+
+    /// Whether the run uninstalled the release (a remediation's `uninstall`).
+    pub fn uninstalled(&self) -> bool {
+        matches!(
+            self,
+            DriverError::Remediated {
+                uninstalled: true,
+                ..
+            }
+        )
     }
 
     /// A [`DriverError::Local`]: `what` failed because of `source`.
@@ -200,6 +270,7 @@ impl DriverError {
             DriverError::RegistryCredentials { .. }
             | DriverError::Ownership(_)
             | DriverError::Values(_) => Failure::Permanent,
+            DriverError::Remediated { class, .. } => *class,
             DriverError::TimedOut { .. }
             | DriverError::StillPending { .. }
             | DriverError::Fenced { .. }
@@ -581,6 +652,21 @@ pub trait HelmDriver: Send + Sync + 'static {
         target: Target<'_>,
         cancel: &CancellationToken,
     ) -> impl Future<Output = Result<Vec<Revision>, DriverError>> + Send;
+
+    /// `helm test`: runs the test hooks of the release's newest revision and waits for them up
+    /// to `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// A test that ran and failed (or did not finish in time) is a [`DriverError::Helm`] whose
+    /// failure is permanent, with the cause [`Cause::TestFailed`] and Helm's own words; a
+    /// failure to run the tests at all is classified as any other.
+    fn test(
+        &self,
+        target: Target<'_>,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> impl Future<Output = Result<(), DriverError>> + Send;
 
     /// `helm rollback` to `revision`.
     fn rollback(

@@ -38,11 +38,13 @@ pub enum Cause {
     AnotherOperation,
     /// `helm install` found a release of that name (it never replaces one).
     NameInUse,
+    /// `helm test` ran the chart's tests and one failed (or did not finish in time).
+    TestFailed,
 }
 
 impl Cause {
     /// Every cause's [`Cause::label`].
-    pub const LABELS: [&'static str; 8] = [
+    pub const LABELS: [&'static str; 9] = [
         "chart_not_found",
         "repository_unreachable",
         "wait_timeout",
@@ -51,6 +53,7 @@ impl Cause {
         "owned_elsewhere",
         "another_operation",
         "name_in_use",
+        "test_failed",
     ];
 
     /// Its name in metrics (`helmq_worker_helm_failures{cause}`).
@@ -64,6 +67,7 @@ impl Cause {
             Cause::OwnedElsewhere { .. } => "owned_elsewhere",
             Cause::AnotherOperation => "another_operation",
             Cause::NameInUse => "name_in_use",
+            Cause::TestFailed => "test_failed",
         }
     }
 }
@@ -108,6 +112,7 @@ mod tests {
             },
             Cause::AnotherOperation,
             Cause::NameInUse,
+            Cause::TestFailed,
         ];
         let labels: Vec<&str> = causes.iter().map(Cause::label).collect();
         assert_eq!(labels, Cause::LABELS);

@@ -2,6 +2,11 @@
 //! action), recovery of a release a dead run left pending (unless the fence says a newer lease
 //! holder wrote it), then apply or delete. Talks to the [`HelmDriver`] only, never to NATS.
 //!
+//! A deploy is `helm install` or `helm upgrade --install`, then `helm test` when the config asks
+//! for it; one that fails after Helm wrote its revision is remediated as `config.remediation`
+//! says (tried again within this run, then kept, uninstalled or rolled back; see
+//! [`crate::remediation`]), always after the owner checks and with the job's identity.
+//!
 //! One Helm process per job on the common path: what the worker knows beforehand ([`Prior`],
 //! from the release's owner record and the run count) decides whether it asks Helm first. A
 //! release recorded as this Component's is upgraded or uninstalled at once; one without a
@@ -16,6 +21,7 @@ use tracing::{info, warn};
 
 use helmq_schemas::HelmConfig;
 use helmq_schemas::event::{Deployed, JobAction, JobEvent, ReleaseInfo, StatusPhase};
+use serde_json::{Map, Value};
 
 use crate::driver::{
     Apply, DriverError, HelmDriver, NamespaceDeletion, Pending, Recovery, Release, Target,
@@ -23,9 +29,34 @@ use crate::driver::{
 };
 use crate::failure::Cause;
 use crate::ownership::{self, Identity, Owner, Ownership};
-use crate::policy::Outcome;
+use crate::policy::{Failure, Outcome};
+use crate::remediation::{FailedDeploy, Remedy, Strategy, judge_failure, remedy};
 use crate::settings::Settings;
 use crate::values::{self, Digests};
+
+/// Reads every `valuesFrom` object of `config` from `namespace` (the Component's) with the
+/// rights of `identity`, and merges them with the inline values.
+///
+/// # Errors
+///
+/// A read that fails, or [`ValuesError`] as a [`DriverError::Values`].
+async fn resolve<D: HelmDriver>(
+    driver: &D,
+    config: &HelmConfig,
+    namespace: &str,
+    identity: &Identity,
+    cancel: &CancellationToken,
+) -> Result<Map<String, Value>, DriverError> {
+    let mut sources = Vec::with_capacity(config.values_from.len());
+    for reference in &config.values_from {
+        sources.push(
+            driver
+                .values_source(reference.kind, &reference.name, namespace, identity, cancel)
+                .await?,
+        );
+    }
+    values::effective(config, namespace, &sources).map_err(DriverError::Values)
+}
 
 /// A digest cut for a message: `sha256:` and 12 hex digits.
 fn short(digest: &str) -> &str {
@@ -121,7 +152,7 @@ impl<'a, D: HelmDriver> HelmRun<'a, D> {
             (JobAction::Apply, Prior::Unrecorded) => true,
             _ => return self.checked(held).await,
         };
-        match self.apply(held.lease_revision, install).await {
+        match self.deploy(held.lease_revision, install).await {
             Err(error)
                 if matches!(
                     error.cause(),
@@ -148,7 +179,7 @@ impl<'a, D: HelmDriver> HelmRun<'a, D> {
                 if let Some(current) = current.filter(|c| is_pending(&c.status)) {
                     self.recover_pending(current, held).await?;
                 }
-                self.apply(held.lease_revision, false).await
+                self.deploy(held.lease_revision, false).await
             }
             JobAction::Delete => self.delete(current.is_none()).await,
         }
@@ -243,15 +274,152 @@ impl<'a, D: HelmDriver> HelmRun<'a, D> {
         Ok(())
     }
 
+    /// Deploys the release (`helm install` when `install`, else `helm upgrade --install`, then
+    /// `helm test` when the config asks): a try that fails after Helm wrote its revision is
+    /// tried again or remediated as `config.remediation` says; any other failure stands.
+    async fn deploy(&mut self, lease_revision: u64, install: bool) -> Result<Done, DriverError> {
+        let since = jiff::Timestamp::now();
+        let mut install = install;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let (error, tested) = match self.try_deploy(lease_revision, install).await {
+                Ok(done) => return Ok(done),
+                Err(failed) => failed,
+            };
+            let Some(failed) = self.failed_deploy(&error, tested, since).await else {
+                return Err(error);
+            };
+            match remedy(&self.job.config.remediation, failed, tries) {
+                Remedy::Untouched => return Err(error),
+                Remedy::Retry => {
+                    warn!(%error, tries, "deploy failed; trying again (config.remediation)");
+                    self.notes
+                        .push(format!("{} failed and was tried again", failed.deploy()));
+                    // The release exists now: only `helm upgrade --install` can go on with it.
+                    install = false;
+                }
+                Remedy::Then(strategy) => {
+                    return Err(self.remediate(strategy, failed, error, tries).await);
+                }
+            }
+        }
+    }
+
+    /// One try: apply, then test when the config asks. A failure comes with the revision whose
+    /// tests failed (`None`: the apply failed).
+    async fn try_deploy(
+        &self,
+        lease_revision: u64,
+        install: bool,
+    ) -> Result<Done, (DriverError, Option<i64>)> {
+        let done = self
+            .apply(lease_revision, install)
+            .await
+            .map_err(|e| (e, None))?;
+        let test = &self.job.config.test;
+        // An apply that changed nothing (no revision) was tested when it was deployed.
+        if !test.enable || done.release.revision.is_none() {
+            return Ok(done);
+        }
+        let revision = done.release.revision;
+        let timeout = test.timeout().unwrap_or(self.timeout);
+        self.driver
+            .test(self.target(), timeout, self.cancel)
+            .await
+            .map_err(|e| (e, revision))?;
+        Ok(Done {
+            message: format!("{}; tests passed", done.message),
+            ..done
+        })
+    }
+
+    /// What a failed try left, from the release's history, when remediation may act on it:
+    /// never without `config.remediation`, for a cancelled run, or for Helm's refusals before
+    /// it writes anything.
+    async fn failed_deploy(
+        &self,
+        error: &DriverError,
+        tested: Option<i64>,
+        since: jiff::Timestamp,
+    ) -> Option<FailedDeploy> {
+        let refused = matches!(
+            error.cause(),
+            Some(Cause::AnotherOperation | Cause::NameInUse)
+        );
+        if self.job.config.remediation.is_default()
+            || refused
+            || matches!(error, DriverError::Cancelled { .. })
+        {
+            return None;
+        }
+        match self.driver.history(self.target(), self.cancel).await {
+            Ok(history) => judge_failure(&history, tested, since),
+            Err(e) => {
+                warn!(error = %e, "cannot read the release's history; not remediating");
+                None
+            }
+        }
+    }
+
+    /// Runs the strategy after the last failed try, and says what was done in the error the
+    /// job ends with.
+    async fn remediate(
+        &self,
+        strategy: Strategy,
+        failed: FailedDeploy,
+        last: DriverError,
+        tries: u32,
+    ) -> DriverError {
+        let target = self.target();
+        warn!(error = %last, ?strategy, "deploy failed; remediating (config.remediation)");
+        let (done, class) = match strategy {
+            Strategy::Keep => (
+                format!("kept at revision {}", failed.revision),
+                Failure::Permanent,
+            ),
+            Strategy::Uninstall => match self
+                .driver
+                .uninstall(target, self.timeout, self.cancel)
+                .await
+            {
+                Ok(_) => ("uninstalled".to_owned(), Failure::Permanent),
+                Err(e) => (format!("uninstall failed: {e}"), e.failure()),
+            },
+            Strategy::Rollback(revision) => match self
+                .driver
+                .rollback(target, revision, self.timeout, self.cancel)
+                .await
+            {
+                Ok(()) => (
+                    format!("rolled back to revision {revision}"),
+                    Failure::Permanent,
+                ),
+                Err(e) => (
+                    format!("rollback to revision {revision} failed: {e}"),
+                    e.failure(),
+                ),
+            },
+        };
+        DriverError::Remediated {
+            deploy: failed.deploy(),
+            tries,
+            last: Box::new(last),
+            done,
+            uninstalled: strategy == Strategy::Uninstall && class == Failure::Permanent,
+            class,
+        }
+    }
+
     /// Installs (`helm install` when `install`) or upgrades the release with the effective
     /// values (`valuesFrom` read now, as the tenant); reports `Ready` without running Helm when
     /// they and the config are what the Component's status says is deployed.
-    async fn apply(&mut self, lease_revision: u64, install: bool) -> Result<Done, DriverError> {
+    async fn apply(&self, lease_revision: u64, install: bool) -> Result<Done, DriverError> {
         let job = self.job;
         // The tenant is the subject's namespace (checked on admission to equal the
         // payload's Component namespace), never the release namespace a publisher picks.
         let own_namespace = &job.component.namespace;
-        let values = values::resolve(
+        let values = resolve(
             self.driver,
             &job.config,
             own_namespace,
@@ -282,7 +450,7 @@ impl<'a, D: HelmDriver> HelmRun<'a, D> {
             install,
         };
         let release = self.driver.apply(apply, self.cancel).await?;
-        self.notes.push(format!(
+        let deployed_text = format!(
             "release {} revision {} is {} (chart {} {})",
             config.release_name,
             release.revision,
@@ -292,11 +460,14 @@ impl<'a, D: HelmDriver> HelmRun<'a, D> {
                 .chart_version
                 .as_deref()
                 .unwrap_or(config.chart_version())
-        ));
+        );
+        // Not kept in the notes: a later try's would follow it.
+        let mut message = self.notes.clone();
+        message.push(deployed_text);
         Ok(Done {
             phase: StatusPhase::Ready,
             outcome: Outcome::Ready,
-            message: self.notes.join("; "),
+            message: message.join("; "),
             release: ReleaseInfo {
                 name: config.release_name,
                 namespace: config.release_namespace,
@@ -309,9 +480,10 @@ impl<'a, D: HelmDriver> HelmRun<'a, D> {
     }
 
     /// `Ready` for an apply that would change nothing: the release record stays as it is.
-    fn unchanged(&mut self, deployed: Deployed) -> Done {
+    fn unchanged(&self, deployed: Deployed) -> Done {
         let config = &self.job.config;
-        self.notes.push(format!(
+        let mut message = self.notes.clone();
+        message.push(format!(
             "values ({}) and config unchanged since the last deploy of release {}: helm not run",
             short(&deployed.values_digest),
             config.release_name
@@ -319,7 +491,7 @@ impl<'a, D: HelmDriver> HelmRun<'a, D> {
         Done {
             phase: StatusPhase::Ready,
             outcome: Outcome::Ready,
-            message: self.notes.join("; "),
+            message: message.join("; "),
             release: ReleaseInfo {
                 name: config.release_name.clone(),
                 namespace: config.release_namespace.clone(),

@@ -370,6 +370,12 @@ impl<D: HelmDriver, S: StatusSink> JobRun<'_, D, S> {
     async fn fail(&self, run: Run, error: &DriverError) -> Step<Settlement> {
         let ctx = &self.shared.ctx;
         ctx.metrics.helm_failure(error.cause());
+        if error.uninstalled() {
+            // A remediation uninstalled the release: no owner record may outlive it.
+            if let Err(e) = ctx.intents.forget_owner(&release_of(self.job)).await {
+                warn!(error = %e, "cannot forget the owner of the uninstalled release");
+            }
+        }
         if ctx.hard_stop.is_cancelled() {
             return Err(Settlement::GIVE_BACK);
         }

@@ -11,10 +11,11 @@
 //! settlement it asks for), `helm_run` (a job's Helm work, lease held), `settle` (the one
 //! place a job's message is acked, Nak'ed or dead-lettered), `dead_letter` (dead letters and
 //! jobs past `max_deliver`), [`readable`] (status messages that say what to do next),
+//! [`remediation`] (what a failed install or upgrade left, and what is done about it),
 //! [`metrics`].
 //!
 //! Who uses whom (a module uses only modules below it, never one above):
-//! `pool` → `job` → `helm_run` → `driver`; `pool`, `job` → `settle` → `dead_letter` →
+//! `pool` → `job` → `helm_run` → `remediation` → `driver`; `pool`, `job` → `settle` → `dead_letter` →
 //! `admission` → `context` → `exclusivity`, `metrics`, `settings` → `policy`, `allowlist`;
 //! `driver`, `readable`, `admission` → `failure` → `policy`.
 // No production function over 80 lines of code (clippy.toml); tests may be longer tables.
@@ -36,6 +37,7 @@ pub mod ownership;
 pub mod policy;
 pub mod pool;
 pub mod readable;
+pub mod remediation;
 pub mod settings;
 mod settle;
 pub mod values;

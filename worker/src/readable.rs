@@ -7,7 +7,8 @@
 //! - Helm's wait timed out, naming the resources that were not ready;
 //! - the worker's ServiceAccount is forbidden something by RBAC;
 //! - the chart source or release namespace is not on the workers' allowlist;
-//! - an object the chart renders exists and belongs to another release (or to none).
+//! - an object the chart renders exists and belongs to another release (or to none);
+//! - the chart's tests (`helm test`, `config.test`) failed.
 //!
 //! Two Components naming the same release are not told apart: helmq has no notion of a
 //! release's owner (the lease only serialises their runs), so the second one simply upgrades
@@ -36,6 +37,7 @@ pub fn next_step(cause: &Cause) -> Option<String> {
         Cause::OwnedElsewhere { object, release: None } => format!(
             "{object} was not created by Helm: delete it, or adopt it by adding Helm's ownership labels and annotations, then edit the Component to retry"
         ),
+        Cause::TestFailed => "look at the release's test pods (`kubectl describe pod -n <release namespace> <pod helm named>` and their logs), then fix the chart or its values, or turn config.test off".to_owned(),
         // Retried while attempts remain; a release a dead run left pending is recovered.
         // Both are handled by the worker itself (recovery, the owner check) before they can
         // end a job.
@@ -94,6 +96,7 @@ mod tests {
             ),
             (Some(Cause::NotAllowed), "--allowed-sources"),
             (Some(Cause::NotAllowed), "--allowed-namespaces"),
+            (Some(Cause::TestFailed), "test pods"),
             (Some(Cause::AnotherOperation), ""),
             (None, ""),
         ];

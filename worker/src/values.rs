@@ -1,6 +1,6 @@
 //! The effective values of an apply: `config.valuesFrom` read with the tenant's rights from the
-//! Component's own namespace, merged in order, the inline `values` on top ([`resolve`], whose
-//! merge is the pure [`effective`]); and the digests the status records of what was deployed
+//! Component's own namespace (by the Helm run), merged in order, the inline `values` on top
+//! ([`effective`]); and the digests the status records of what was deployed
 //! ([`Digests`]), with which an apply that would change nothing skips Helm ([`unchanged`]).
 //!
 //! Secret data never leaves this module but in the values file handed to Helm: errors name the
@@ -10,14 +10,10 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
-use tokio_util::sync::CancellationToken;
 
 use helmq_schemas::HelmConfig;
 use helmq_schemas::config::{ValuesKind, ValuesReference, merge_into, place};
 use helmq_schemas::event::Deployed;
-
-use crate::driver::{DriverError, HelmDriver};
-use crate::ownership::Identity;
 
 /// The data of a ConfigMap or Secret (a Secret's decoded), by key; `None`: no such object.
 pub type SourceData = Option<BTreeMap<String, Vec<u8>>>;
@@ -139,30 +135,6 @@ fn values_of(
     }
 }
 
-/// Reads every `valuesFrom` object of `config` from `namespace` (the Component's) with the
-/// rights of `identity`, and merges them with the inline values.
-///
-/// # Errors
-///
-/// A read that fails, or [`ValuesError`] as a [`DriverError::Values`].
-pub async fn resolve<D: HelmDriver>(
-    driver: &D,
-    config: &HelmConfig,
-    namespace: &str,
-    identity: &Identity,
-    cancel: &CancellationToken,
-) -> Result<Map<String, Value>, DriverError> {
-    let mut sources = Vec::with_capacity(config.values_from.len());
-    for reference in &config.values_from {
-        sources.push(
-            driver
-                .values_source(reference.kind, &reference.name, namespace, identity, cancel)
-                .await?,
-        );
-    }
-    Ok(effective(config, namespace, &sources)?)
-}
-
 /// What the status records of a deploy: the digest of the effective values and of everything
 /// else in the config that shapes the Helm run (chart, release, settings).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,12 +169,6 @@ fn digest(value: &Value) -> String {
 /// over what `deployed` (from the Component's status, when it is `Ready`) says is deployed.
 pub fn unchanged(deployed: Option<&Deployed>, digests: &Digests) -> bool {
     deployed.is_some_and(|d| d.values_digest == digests.values && d.config_digest == digests.config)
-}
-
-impl From<ValuesError> for DriverError {
-    fn from(error: ValuesError) -> Self {
-        DriverError::Values(error)
-    }
 }
 
 /// `ConfigMap` / `Secret` for kubectl (`configmap` / `secret`).

@@ -14,8 +14,10 @@ use helmq_worker::driver::{
     Apply, DriverError, HelmCliSettings, HelmDriver, NamespaceDeletion, Recovery, Release,
     Uninstalled, recovery_plan,
 };
+use helmq_worker::failure::Cause;
 use helmq_worker::ownership::{Identity, Owner};
 use helmq_worker::policy::Failure;
+use helmq_worker::remediation::judge_failure;
 use tokio_util::sync::CancellationToken;
 
 struct Fixture {
@@ -533,15 +535,20 @@ fn kubectl_argv(state: &Path) -> Vec<String> {
         .lines()
         .map(|l| {
             let call: serde_json::Value = serde_json::from_str(l).unwrap();
-            let argv: Vec<&str> = call["argv"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|a| a.as_str().unwrap())
-                .collect();
-            argv.join(" ")
+            joined(&call["argv"])
         })
         .collect()
+}
+
+/// A logged argument list, joined with spaces.
+fn joined(argv: &serde_json::Value) -> String {
+    let argv: Vec<&str> = argv
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    argv.join(" ")
 }
 
 #[tokio::test]
@@ -663,4 +670,114 @@ async fn a_namespace_that_existed_before_is_never_claimed() {
         NamespaceDeletion::NotOwned
     );
     assert!(dir.join("apps.json").exists());
+}
+
+/// The argument list of the newest call of `subcommand`, joined with spaces.
+fn last_argv(state: &Path, subcommand: &str) -> String {
+    let call = calls(state)
+        .into_iter()
+        .rfind(|c| c["argv"][0] == subcommand)
+        .unwrap_or_else(|| panic!("no helm {subcommand}"));
+    joined(&call["argv"])
+}
+
+#[tokio::test]
+async fn helm_test_runs_as_the_jobs_account_and_a_failed_test_is_permanent() {
+    let f = fixture();
+    let cancel = CancellationToken::new();
+    f.apply(&config("web", "apps"), &cancel).await.unwrap();
+    let tenant = Identity::User("system:serviceaccount:team:deployer".into());
+    let web = Target {
+        release: "web",
+        namespace: "apps",
+        identity: &tenant,
+    };
+    control(
+        &f.state,
+        "web",
+        serde_json::json!({"tests": [
+            {},
+            {"phase": "Failed"},
+            {"error": "Error: Kubernetes cluster unreachable: Get \"https://10.0.0.1:6443/version\": dial tcp: connect: connection refused"}
+        ]}),
+    );
+    f.cli
+        .test(web, Duration::from_secs(90), &cancel)
+        .await
+        .unwrap();
+    // The release after `--`, the identity as every other call of a job.
+    assert_eq!(
+        last_argv(&f.state, "test"),
+        "test --namespace=apps --timeout 90s \
+         --kube-as-user=system:serviceaccount:team:deployer -- web"
+    );
+
+    let failed = f.cli.test(web, T, &cancel).await.unwrap_err();
+    assert_eq!(failed.failure(), Failure::Permanent, "{failed}");
+    assert_eq!(failed.cause(), Some(&Cause::TestFailed));
+    assert_eq!(
+        failed.to_string(),
+        "helm test failed: Error: resource Pod/apps/web-test not ready. status: Failed, \
+         message: pod web-test failed"
+    );
+    // Helm could not run the tests: classified as any other failure.
+    let unreachable = f.cli.test(web, T, &cancel).await.unwrap_err();
+    assert_eq!(unreachable.failure(), Failure::Transient, "{unreachable}");
+    assert_ne!(unreachable.cause(), Some(&Cause::TestFailed));
+    let gone = f
+        .cli
+        .test(target("nope", "apps"), T, &cancel)
+        .await
+        .unwrap_err();
+    assert!(gone.to_string().contains("release: not found"), "{gone}");
+    assert_ne!(gone.cause(), Some(&Cause::TestFailed));
+}
+
+#[tokio::test]
+async fn a_failed_upgrade_helm_recorded_is_judged_from_its_history_and_rolled_back() {
+    let f = fixture();
+    let cancel = CancellationToken::new();
+    let cfg = config("web", "apps");
+    f.apply(&cfg, &cancel).await.unwrap();
+    let since = jiff::Timestamp::now();
+    control(
+        &f.state,
+        "web",
+        serde_json::json!({"fail": [{
+            "stderr": "Error: UPGRADE FAILED: resource Deployment/apps/web not ready. status: InProgress, message: Available: 0/2",
+            "record": true
+        }]}),
+    );
+    f.apply(&cfg, &cancel).await.unwrap_err();
+    let history = f.cli.history(target("web", "apps"), &cancel).await.unwrap();
+    let failed = judge_failure(&history, None, since).expect("a failed revision of this run");
+    assert_eq!(
+        (failed.revision, failed.last_deployed),
+        (2, Some(1)),
+        "{history:?}"
+    );
+    let tenant = Identity::User("system:serviceaccount:team:deployer".into());
+    let web = Target {
+        release: "web",
+        namespace: "apps",
+        identity: &tenant,
+    };
+    f.cli.rollback(web, 1, T, &cancel).await.unwrap();
+    assert_eq!(
+        last_argv(&f.state, "rollback"),
+        "rollback --namespace=apps --wait --timeout 30s \
+         --kube-as-user=system:serviceaccount:team:deployer -- web 1"
+    );
+    let status = f.web_status(&cancel).await;
+    assert_eq!((status.revision, status.status.as_str()), (3, "deployed"));
+    // A failure before helm wrote anything (a rendering error) leaves nothing to remediate.
+    let since = jiff::Timestamp::now();
+    control(
+        &f.state,
+        "web",
+        serde_json::json!({"fail": [{"stderr": "Error: UPGRADE FAILED: template: nginx/templates/svc.yaml:3:4: nil pointer"}]}),
+    );
+    f.apply(&cfg, &cancel).await.unwrap_err();
+    let history = f.cli.history(target("web", "apps"), &cancel).await.unwrap();
+    assert_eq!(judge_failure(&history, None, since), None, "{history:?}");
 }

@@ -240,6 +240,8 @@ fn oci_config(secret: Option<(&str, Option<&str>)>) -> HelmConfig {
         values_from: Vec::new(),
         service_account_name: None,
         adopt: false,
+        remediation: Default::default(),
+        test: Default::default(),
     }
 }
 

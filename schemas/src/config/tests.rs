@@ -58,6 +58,8 @@ fn expected(
         values_from: Vec::new(),
         service_account_name: None,
         adopt: false,
+        remediation: Default::default(),
+        test: Default::default(),
     }
 }
 
@@ -576,6 +578,68 @@ fn valid_cases() -> Vec<Valid> {
                         "nginx",
                         "18.2.0",
                     ),
+                    json!({}),
+                )
+            },
+            probes: vec![],
+        },
+        Valid {
+            name: "remediation and helm test",
+            component: ("default", "web"),
+            config: source_form(json!({
+                "remediation": {
+                    "install": {"retries": 1, "strategy": "uninstall"},
+                    "upgrade": {"retries": 0, "strategy": "rollback"}
+                },
+                "test": {"enable": true, "timeout": "2m30s"}
+            })),
+            expected: HelmConfig {
+                remediation: Remediation {
+                    install: Remedy {
+                        retries: 1,
+                        strategy: InstallStrategy::Uninstall,
+                    },
+                    upgrade: Remedy {
+                        retries: 0,
+                        strategy: UpgradeStrategy::Rollback,
+                    },
+                },
+                test: HelmTest {
+                    enable: true,
+                    timeout: Some("2m30s".into()),
+                },
+                ..expected(
+                    "nginx",
+                    "web",
+                    true,
+                    http(BITNAMI, "bitnami", "nginx", "18.2.4"),
+                    json!({"replicaCount": 1}),
+                )
+            },
+            probes: vec![],
+        },
+        Valid {
+            name: "MVP form: remediation defaults per side, nulls and blanks are absent",
+            component: ("default", "web"),
+            config: json!({
+                "repository": {"url": BITNAMI, "name": "bitnami"},
+                "chart": {"name": "nginx", "version": "18.2.4"},
+                "remediation": {"upgrade": {"retries": 10}, "install": null},
+                "test": {"enable": false, "timeout": " "}
+            }),
+            expected: HelmConfig {
+                remediation: Remediation {
+                    upgrade: Remedy {
+                        retries: 10,
+                        strategy: UpgradeStrategy::Keep,
+                    },
+                    ..Remediation::default()
+                },
+                ..expected(
+                    "default-web",
+                    "default",
+                    false,
+                    http(BITNAMI, "bitnami", "nginx", "18.2.4"),
                     json!({}),
                 )
             },
@@ -1153,6 +1217,81 @@ fn broken_cases() -> Vec<Broken> {
             source_form(json!({"adopt": "yes"})),
             "adopt must be a boolean, got string",
         ),
+        broken(
+            "remediation string",
+            source_form(json!({"remediation": "rollback"})),
+            "remediation must be an object, got string",
+        ),
+        broken(
+            "remediation.upgrade array",
+            source_form(json!({"remediation": {"upgrade": ["rollback"]}})),
+            "remediation.upgrade must be an object, got array",
+        ),
+        broken(
+            "remediation.install.retries too many",
+            source_form(json!({"remediation": {"install": {"retries": 11}}})),
+            "remediation.install.retries must be a whole number from 0 to 10, got 11",
+        ),
+        broken(
+            "remediation.upgrade.retries negative",
+            source_form(json!({"remediation": {"upgrade": {"retries": -1}}})),
+            "remediation.upgrade.retries must be a whole number from 0 to 10, got -1",
+        ),
+        broken(
+            "remediation.upgrade.retries fraction",
+            source_form(json!({"remediation": {"upgrade": {"retries": 1.5}}})),
+            "remediation.upgrade.retries must be a whole number from 0 to 10, got 1.5",
+        ),
+        broken(
+            "remediation.install.retries string",
+            mvp_form(json!({"remediation": {"install": {"retries": "1"}}})),
+            "remediation.install.retries must be an integer, got string",
+        ),
+        broken(
+            "remediation.install.strategy rollback (an install has nothing to roll back to)",
+            source_form(json!({"remediation": {"install": {"strategy": "rollback"}}})),
+            "remediation.install.strategy must be 'keep' or 'uninstall', got \"rollback\"",
+        ),
+        broken(
+            "remediation.upgrade.strategy uninstall",
+            mvp_form(json!({"remediation": {"upgrade": {"strategy": "uninstall"}}})),
+            "remediation.upgrade.strategy must be 'keep' or 'rollback', got \"uninstall\"",
+        ),
+        broken(
+            "remediation.upgrade.strategy number",
+            source_form(json!({"remediation": {"upgrade": {"strategy": 1}}})),
+            "remediation.upgrade.strategy must be a string, got number",
+        ),
+        broken(
+            "test boolean",
+            source_form(json!({"test": true})),
+            "test must be an object, got boolean",
+        ),
+        broken(
+            "test.enable string",
+            source_form(json!({"test": {"enable": "true"}})),
+            "test.enable must be a boolean, got string",
+        ),
+        broken(
+            "test.timeout not a duration",
+            source_form(json!({"test": {"enable": true, "timeout": "5 minutes"}})),
+            "test.timeout must be a duration from 1s to 24h (like 30s, 5m or 1h30m), got \"5 minutes\"",
+        ),
+        broken(
+            "test.timeout zero",
+            mvp_form(json!({"test": {"enable": true, "timeout": "0s"}})),
+            "test.timeout must be a duration from 1s to 24h (like 30s, 5m or 1h30m), got \"0s\"",
+        ),
+        broken(
+            "test.timeout over a day",
+            source_form(json!({"test": {"timeout": "25h"}})),
+            "test.timeout must be a duration from 1s to 24h (like 30s, 5m or 1h30m), got \"25h\"",
+        ),
+        broken(
+            "test.timeout number",
+            source_form(json!({"test": {"timeout": 300}})),
+            "test.timeout must be a string, got number",
+        ),
         Broken {
             name: "MVP derived release name too long",
             config: Some(mvp_form(json!({}))),
@@ -1226,6 +1365,58 @@ fn validate_rejects_empty_release_name() {
     assert_eq!(err.to_string(), "releaseName is required");
     let parsed = HelmConfig::parse(Some(&wire), "default", "web").expect_err("rejected");
     assert_eq!(parsed.to_string(), err.to_string());
+}
+
+#[test]
+fn validate_rejects_day2_fields_that_deserialize_but_break_the_rules() {
+    let mut cfg = HelmConfig::parse(Some(&source_form(json!({}))), "default", "web").unwrap();
+    assert!(cfg.remediation.is_default() && cfg.test.is_default());
+    assert_eq!(cfg.test.timeout(), None);
+    cfg.remediation.upgrade.retries = 11;
+    assert_eq!(
+        cfg.validate().map_err(|e| e.to_string()),
+        Err("remediation.upgrade.retries must be a whole number from 0 to 10, got 11".into())
+    );
+    cfg.remediation.upgrade.retries = 10;
+    cfg.test.timeout = Some("1h30m".into());
+    assert_eq!(cfg.validate(), Ok(()));
+    assert_eq!(
+        cfg.test.timeout(),
+        Some(std::time::Duration::from_secs(5400))
+    );
+    cfg.test.timeout = Some("soon".into());
+    assert_eq!(
+        cfg.validate().map_err(|e| e.to_string()),
+        Err(
+            "test.timeout must be a duration from 1s to 24h (like 30s, 5m or 1h30m), got \"soon\""
+                .into()
+        )
+    );
+    // An unknown strategy never deserializes.
+    let mut wire = serde_json::to_value(&cfg).unwrap();
+    wire["remediation"] = json!({"upgrade": {"strategy": "uninstall"}});
+    assert!(serde_json::from_value::<HelmConfig>(wire).is_err());
+}
+
+#[test]
+fn day2_defaults_are_left_out_of_the_serialized_form() {
+    let parse = |patch| HelmConfig::parse(Some(&source_form(patch)), "default", "web").unwrap();
+    let plain = serde_json::to_value(parse(json!({}))).unwrap();
+    let explicit = parse(json!({
+        "remediation": {"install": {"retries": 0, "strategy": "keep"}, "upgrade": {}},
+        "test": {"enable": false}
+    }));
+    assert_eq!(serde_json::to_value(&explicit).unwrap(), plain);
+    let wire = serde_json::to_value(parse(json!({
+        "remediation": {"upgrade": {"strategy": "rollback"}},
+        "test": {"enable": true}
+    })))
+    .unwrap();
+    assert_eq!(
+        wire["remediation"],
+        json!({"upgrade": {"strategy": "rollback"}})
+    );
+    assert_eq!(wire["test"], json!({"enable": true}));
 }
 
 #[test]

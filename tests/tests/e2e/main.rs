@@ -6,8 +6,9 @@
 //! the producer and the workers as `just up` runs them, and a namespace of its own.
 //!
 //! One module per theme: the Component lifecycle, failures and retries, a crashed worker, a
-//! cancelled run (supersede, drain), least privilege, the documented examples, leader
-//! election, a Component too deep to decode, day-2 control (suspend, resume, reconcile now), the Helm chart of helmq itself (`chart`), and the
+//! cancelled run (supersede, drain), day-2 configs (remediation, `helm test`), least privilege,
+//! the documented examples, leader election, a Component too deep to decode, day-2 control
+//! (suspend, resume, reconcile now), the Helm chart of helmq itself (`chart`), and the
 //! scale run (`HELMQ_E2E_SCALE=N`, numbers in `target/bench/e2e-scale.json`).
 
 mod support;
@@ -16,6 +17,7 @@ mod cancel;
 mod chart;
 mod control;
 mod crash;
+mod day2;
 mod events;
 mod examples;
 mod failures;

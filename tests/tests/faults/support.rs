@@ -252,6 +252,15 @@ impl HelmDriver for RecordingDriver {
         self.inner.history(target, cancel).await
     }
 
+    async fn test(
+        &self,
+        target: Target<'_>,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<(), DriverError> {
+        self.inner.test(target, timeout, cancel).await
+    }
+
     async fn rollback(
         &self,
         target: Target<'_>,

@@ -1,7 +1,8 @@
 //! [`MemoryDriver`]: a [`HelmDriver`] that keeps releases in memory, for tests of the pipeline.
 //! It records every call, notices two mutating calls on one release at the same time (an
-//! exclusivity violation), and can be scripted to fail, to take a while, or to wait at a gate
-//! until the test lets it go on. Built only for this crate's tests and with the `testing`
+//! exclusivity violation), and can be scripted to fail (before or after writing a failed
+//! revision), to take a while, or to wait at a gate until the test lets it go on, and to fail a
+//! release's tests. Built only for this crate's tests and with the `testing`
 //! feature (which the integration tests turn on), never into a release binary.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -12,7 +13,7 @@ use prometheus_client::registry::Registry;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::helm_cli::helm_failure;
+use super::helm_cli::{helm_failure, test_failure};
 use super::{
     Apply, DriverError, HelmDriver, HelmProcesses, HelmStatus, NamespaceDeletion, Release,
     ReleaseRef, Revision, Target, Tool, Uninstalled, is_pending,
@@ -24,7 +25,8 @@ use helmq_schemas::config::ValuesKind;
 /// One call the driver received.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Call {
-    /// `apply`, `uninstall`, `status`, `labels`, `history`, `rollback`, `delete-namespace`, or
+    /// `apply`, `uninstall`, `status`, `labels`, `history`, `rollback`, `test`,
+    /// `delete-namespace`, or
     /// `refused`: an apply Helm refuses before it writes anything (`helm install` of a name in
     /// use, another operation in progress).
     pub op: &'static str,
@@ -45,8 +47,12 @@ pub struct Call {
 /// A scripted reaction to the next mutating call on a release.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
-    /// Fail like helm with this stderr, read as `HelmCli` reads helm's (class and cause).
+    /// Fail like helm with this stderr, read as `HelmCli` reads helm's (class and cause),
+    /// before writing anything.
     Fail(String),
+    /// An apply that fails after writing its revision as `failed` (as a wait timeout or a failed
+    /// hook does), with this stderr; any other call fails as [`Step::Fail`].
+    FailRecorded(String),
     /// Take this long (cancellable), then do the work.
     Delay(Duration),
     /// Panic with this message, as a bug in the job path would.
@@ -67,6 +73,8 @@ struct State {
     /// `(release, own_namespace)` of every apply: the namespace registry Secrets would come from.
     tenants: Vec<(String, String)>,
     script: HashMap<String, VecDeque<Step>>,
+    /// Per release: how many more `test` calls fail, and helm's stderr for them.
+    test_failures: HashMap<String, (usize, String)>,
     delay: Duration,
     gate_closed: bool,
     /// ConfigMaps and Secrets `valuesFrom` reads, by (kind, namespace, name).
@@ -152,6 +160,14 @@ impl MemoryDriver {
             .entry(release.to_owned())
             .or_default()
             .extend(steps);
+    }
+
+    /// Makes the next `times` tests of `release` fail with helm's `stderr` (as a test pod that
+    /// failed: permanent, cause `TestFailed`); `usize::MAX` for all of them.
+    pub fn fail_tests(&self, release: &str, stderr: &str, times: usize) {
+        self.state()
+            .test_failures
+            .insert(release.to_owned(), (times, stderr.to_owned()));
     }
 
     /// `(release, own namespace)` of every apply so far: the namespace a registry Secret
@@ -274,12 +290,21 @@ impl MemoryDriver {
             self.end(index, namespace, release, false);
             panic!("{message}");
         }
+        let fail = |stderr| DriverError::Helm {
+            command: op.into(),
+            exit_code: Some(1),
+            failure: Box::new(helm_failure(Some(1), stderr)),
+        };
         let result = match step {
-            Some(Step::Fail(stderr)) => Err(DriverError::Helm {
-                command: op.into(),
-                exit_code: Some(1),
-                failure: Box::new(helm_failure(Some(1), stderr)),
-            }),
+            Some(Step::Fail(stderr)) => Err(fail(stderr)),
+            Some(Step::FailRecorded(stderr)) => {
+                if op == "apply" {
+                    let mut state = self.state();
+                    let history = state.releases.entry(target.release_ref()).or_default();
+                    push_failed(history);
+                }
+                Err(fail(stderr))
+            }
             _ => work(&mut self.state()),
         };
         self.end(index, namespace, release, false);
@@ -318,6 +343,21 @@ impl MemoryDriver {
             failure: Box::new(helm_failure(Some(1), stderr.into())),
         })
     }
+}
+
+/// Appends a `failed` revision, as a failed install or upgrade leaves it: the one deployed
+/// before stays `deployed`.
+fn push_failed(history: &mut Vec<Revision>) {
+    let revision = history.last().map_or(1, |r| r.revision + 1);
+    let chart = history.last().map(|r| r.chart.clone()).unwrap_or_default();
+    history.push(Revision {
+        revision,
+        status: HelmStatus::Failed,
+        chart,
+        description: "Upgrade failed".into(),
+        updated: Some(jiff::Timestamp::now()),
+        lease_revision: None,
+    });
 }
 
 /// Appends a `deployed` revision; the one deployed before is `superseded`.
@@ -463,6 +503,41 @@ impl HelmDriver for MemoryDriver {
         self.processes.count("history");
         self.record("history", target);
         Ok(self.history_of(target.namespace, target.release))
+    }
+
+    async fn test(
+        &self,
+        target: Target<'_>,
+        _timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<(), DriverError> {
+        self.processes.count("test");
+        self.record("test", target);
+        if cancel.is_cancelled() {
+            return Err(DriverError::Cancelled {
+                tool: Tool::Helm,
+                command: "test".into(),
+            });
+        }
+        let mut state = self.state();
+        if !state.releases.contains_key(&target.release_ref()) {
+            return Err(DriverError::Helm {
+                command: "test".into(),
+                exit_code: Some(1),
+                failure: Box::new(helm_failure(Some(1), "Error: release: not found".into())),
+            });
+        }
+        match state.test_failures.get_mut(target.release) {
+            Some((times, stderr)) if *times > 0 => {
+                *times -= 1;
+                Err(DriverError::Helm {
+                    command: "test".into(),
+                    exit_code: Some(1),
+                    failure: Box::new(test_failure(stderr.clone())),
+                })
+            }
+            _ => Ok(()),
+        }
     }
 
     async fn rollback(

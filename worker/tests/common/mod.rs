@@ -198,6 +198,8 @@ pub fn config(release: &str, namespace: &str) -> HelmConfig {
         values_from: Vec::new(),
         service_account_name: None,
         adopt: false,
+        remediation: Default::default(),
+        test: Default::default(),
     }
 }
 

@@ -201,6 +201,20 @@ pub(super) fn rollback_args(
     )
 }
 
+/// `helm test <release>`: runs the test hooks of the release's newest revision and waits for
+/// them up to `timeout`.
+pub(super) fn test_args(release: &str, namespace: &str, timeout: Duration) -> Vec<OsString> {
+    command(
+        vec![
+            "test".into(),
+            flag("namespace", namespace),
+            "--timeout".into(),
+            secs(timeout).into(),
+        ],
+        &[OsStr::new(release)],
+    )
+}
+
 /// `helm registry login <host> --username <user> --password-stdin`: the password never goes on
 /// the command line.
 pub(super) fn registry_login_args(host: &str, username: &str) -> Vec<OsString> {
@@ -316,6 +330,8 @@ mod tests {
             values_from: Vec::new(),
             service_account_name: None,
             adopt: false,
+            remediation: Default::default(),
+            test: Default::default(),
         }
     }
 
@@ -439,6 +455,15 @@ mod tests {
             (
                 rollback_args(&web, 3, t),
                 "rollback --namespace=apps --wait --timeout 60s -- web 3",
+            ),
+            (
+                test_args("web", "apps", Duration::from_millis(1500)),
+                "test --namespace=apps --timeout 1s -- web",
+            ),
+            (
+                with_access(test_args("web", "apps", t), Tool::Helm, k, &tenant),
+                "test --namespace=apps --timeout 60s --kubeconfig /k \
+                 --kube-as-user=system:serviceaccount:team-a:deployer -- web",
             ),
             (
                 registry_login_args("registry.example.com:5000", "robot"),

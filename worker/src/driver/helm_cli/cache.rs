@@ -383,7 +383,8 @@ impl HelmCli {
             self.settings.short_timeout,
             cancel,
         )
-        .await?;
+        .await
+        .and_then(super::succeeded)?;
         drop(login);
         match find_package(fresh.path())? {
             Some(pulled) => Ok((fresh, pulled)),

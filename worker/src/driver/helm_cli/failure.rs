@@ -84,6 +84,17 @@ pub(crate) fn helm_failure(exit_code: Option<i32>, text: String) -> HelmFailure 
     }
 }
 
+/// A `helm test` whose tests ran and one failed (or ran out of time), with helm's readable
+/// stderr `text`: permanent, since trying again runs the same tests against the same revision
+/// (only `config.remediation`'s retries try the deploy again).
+pub(crate) fn test_failure(text: String) -> HelmFailure {
+    HelmFailure {
+        class: Failure::Permanent,
+        cause: Some(Cause::TestFailed),
+        text,
+    }
+}
+
 /// A failed kubectl run (`get secret` of a registry login, `delete namespace`, ...), read with
 /// kubectl's own table, never Helm's.
 pub(crate) fn kubectl_failure(exit_code: Option<i32>, text: String) -> HelmFailure {

@@ -42,17 +42,19 @@ use helmq_schemas::config::ValuesKind;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-pub(crate) use failure::{helm_failure, kubectl_failure};
+pub(crate) use failure::{helm_failure, kubectl_failure, test_failure};
 pub use output::OutputError;
 pub use registry::CredentialsError;
 
 use self::args::{
     Stamp, apply_args, history_args, kubectl_create_stdin_args, kubectl_delete_namespace_args,
     kubectl_get_labels_args, kubectl_get_values_args, kubectl_namespace_labels_args, rollback_args,
-    status_args, uninstall_args, with_access,
+    status_args, test_args, uninstall_args, with_access,
 };
 use self::cache::{CacheIndex, KeyLocks};
-use self::output::{is_not_found, parse_history, parse_labels, parse_release, source_data};
+use self::output::{
+    a_test_failed, is_not_found, parse_history, parse_labels, parse_release, source_data,
+};
 use self::process::{Exit, Limits, Stdout};
 use super::{
     Apply, DriverError, HelmDriver, HelmProcesses, KubectlAction, LEASE_LABEL, NamespaceDeletion,
@@ -105,6 +107,24 @@ impl HelmCliSettings {
             allowed_secret_namespaces: Vec::new(),
             chart_cache_max_bytes: DEFAULT_CHART_CACHE_MAX_BYTES,
         }
+    }
+}
+
+/// The stdout of a helm run that succeeded; a failure is [`DriverError::Helm`], its stderr read
+/// with helm's table.
+fn succeeded(exit: Exit) -> Result<Stdout, DriverError> {
+    match exit {
+        Exit::Success(stdout) => Ok(stdout),
+        Exit::Failure {
+            command,
+            code,
+            stderr,
+            ..
+        } => Err(DriverError::Helm {
+            command,
+            exit_code: code,
+            failure: Box::new(helm_failure(code, stderr)),
+        }),
     }
 }
 
@@ -164,11 +184,13 @@ impl HelmCli {
     ) -> Result<Stdout, DriverError> {
         self.helm_with(args, identity, None, None, &[], limit, cancel)
             .await
+            .and_then(succeeded)
     }
 
     /// Runs helm with `args` (plus `--kubeconfig` and the identity's `--kube-as-user`) in the
     /// worker's own Helm home, an optional registry config file and optional stdin, and returns
-    /// its stdout. `input` and `secrets` are redacted from its errors.
+    /// how it exited ([`succeeded`] turns a failure into an error). `input` and `secrets` are
+    /// redacted from its stderr.
     #[allow(clippy::too_many_arguments)]
     async fn helm_with(
         &self,
@@ -179,7 +201,7 @@ impl HelmCli {
         secrets: &[&[u8]],
         limit: Duration,
         cancel: &CancellationToken,
-    ) -> Result<Stdout, DriverError> {
+    ) -> Result<Exit, DriverError> {
         let subcommand = args.first().map(|a| a.to_string_lossy());
         self.processes
             .count(subcommand.as_deref().unwrap_or_default());
@@ -198,7 +220,7 @@ impl HelmCli {
         if let Some(path) = registry_config {
             command.env("HELM_REGISTRY_CONFIG", path);
         }
-        match process::run(
+        process::run(
             command,
             Tool::Helm,
             input,
@@ -206,19 +228,7 @@ impl HelmCli {
             self.limits(limit),
             cancel,
         )
-        .await?
-        {
-            Exit::Success(stdout) => Ok(stdout),
-            Exit::Failure {
-                command,
-                code,
-                stderr,
-            } => Err(DriverError::Helm {
-                command,
-                exit_code: code,
-                failure: Box::new(helm_failure(code, stderr)),
-            }),
-        }
+        .await
     }
 
     /// Runs `kubectl` with `args` (plus `--kubeconfig` and the identity's `--as`) and optional
@@ -518,6 +528,44 @@ impl HelmDriver for HelmCli {
             }
             Err(e) if is_not_found(&e) => Ok(Vec::new()),
             Err(e) => Err(e),
+        }
+    }
+
+    async fn test(
+        &self,
+        target: Target<'_>,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<(), DriverError> {
+        let exit = self
+            .helm_with(
+                test_args(target.release, target.namespace, timeout),
+                target.identity,
+                None,
+                None,
+                &[],
+                self.long_limit(timeout),
+                cancel,
+            )
+            .await?;
+        match exit {
+            Exit::Success(_) => Ok(()),
+            Exit::Failure {
+                command,
+                code,
+                stderr,
+                stdout,
+            } => Err(DriverError::Helm {
+                command,
+                exit_code: code,
+                // Helm's report says whether the tests ran and one failed, or Helm could not
+                // run them (the cluster away, the release gone): only the first is permanent.
+                failure: Box::new(if a_test_failed(&stdout) {
+                    test_failure(stderr)
+                } else {
+                    helm_failure(code, stderr)
+                }),
+            }),
         }
     }
 

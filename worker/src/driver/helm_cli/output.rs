@@ -257,9 +257,46 @@ pub(super) fn is_not_found(error: &DriverError) -> bool {
     }
 }
 
+/// Whether `helm test`'s report on stdout (the status printer's `TEST SUITE:` blocks, printed
+/// once Helm loaded the release and ran its tests) shows a test whose phase is `Failed`: the
+/// tests ran and one failed or did not finish in time, rather than Helm failing to run them.
+pub(super) fn a_test_failed(stdout: &str) -> bool {
+    stdout.lines().any(|line| {
+        line.trim_start()
+            .strip_prefix("Phase:")
+            .is_some_and(|phase| phase.trim() == "Failed")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_test_is_read_from_helms_test_suite_report() {
+        let report = |phases: &[&str]| {
+            let mut text = "NAME: web\nNAMESPACE: apps\nSTATUS: deployed\nREVISION: 2\n".to_owned();
+            for (i, phase) in phases.iter().enumerate() {
+                text.push_str(&format!(
+                    "TEST SUITE:     web-test-{i}\nLast Started:   Mon Nov 30 10:00:00 2026\nLast Completed: Mon Nov 30 10:00:01 2026\nPhase:          {phase}\n"
+                ));
+            }
+            text
+        };
+        let cases = [
+            (report(&["Succeeded"]), false),
+            (report(&["Succeeded", "Failed"]), true),
+            (report(&["Failed"]), true),
+            (report(&[]), false),
+            ("TEST SUITE: None\n".to_owned(), false),
+            // Helm failed before it loaded the release: no report.
+            (String::new(), false),
+            ("Phase: Failedx\n".to_owned(), false),
+        ];
+        for (stdout, want) in cases {
+            assert_eq!(a_test_failed(&stdout), want, "{stdout}");
+        }
+    }
 
     #[test]
     fn labels_are_read_as_kubectl_prints_them() {

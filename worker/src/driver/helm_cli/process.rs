@@ -117,6 +117,9 @@ pub(super) enum Exit {
         /// Its stderr as [`readable_stderr`] makes it: secrets redacted, cut at
         /// [`ERROR_CAP`](super::output::ERROR_CAP) with a marker.
         stderr: String,
+        /// Its stdout, up to [`STDOUT_CAP`]: read for what it reports (`helm test`'s test
+        /// suite), never put into a message or a log.
+        stdout: String,
     },
 }
 
@@ -271,6 +274,7 @@ fn exit(
         command,
         code: status.code(),
         stderr: readable_stderr(&stderr.kept, unread, secrets),
+        stdout: String::from_utf8_lossy(&stdout.kept).into_owned(),
     }
 }
 

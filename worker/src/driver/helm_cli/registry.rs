@@ -157,7 +157,8 @@ impl HelmCli {
             self.settings.short_timeout,
             cancel,
         )
-        .await?;
+        .await
+        .and_then(super::succeeded)?;
         Ok(Login {
             dir,
             password: credentials.password,
