@@ -28,6 +28,11 @@ pub struct Args {
     /// Namespaces to watch, comma-separated; all namespaces when empty.
     #[arg(long, env = "HELMQ_NAMESPACES", value_delimiter = ',')]
     pub namespaces: Vec<String>,
+    /// Also watch Secrets labelled `helm.deployment-orchestrator.io/watch: "true"` (valuesFrom
+    /// sources; labelled ConfigMaps are always watched). Needs list/watch on Secrets, which RBAC
+    /// cannot limit to metadata; without it a labelled Secret's change waits for the resync.
+    #[arg(long, env = "HELMQ_WATCH_SECRETS")]
+    pub watch_secrets: bool,
     /// How often the watcher re-lists every Component to recover lost jobs (e.g. `5m`).
     #[arg(long, env = "HELMQ_RESYNC_INTERVAL", default_value = "5m", value_parser = parse_duration_flag)]
     pub resync_interval: Duration,

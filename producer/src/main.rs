@@ -16,7 +16,8 @@ async fn main() -> anyhow::Result<()> {
     let kube = kube::Client::try_default()
         .await
         .map_err(|e| anyhow::anyhow!("cannot configure the kubernetes client: {e}"))?;
-    let store = KubeComponentStore::new(kube.clone(), args.namespaces.clone());
+    let store = KubeComponentStore::new(kube.clone(), args.namespaces.clone())
+        .with_secret_watch(args.watch_secrets);
     let leases = KubeLeaseStore::new(kube.clone());
     let events = KubeEventStore::new(kube);
     let nats = Connection::open(&args.service.nats, "helmq-producer").await?;

@@ -49,6 +49,8 @@ pub struct Metrics {
     pub watch_errors: Counter,
     /// Resync passes.
     pub resyncs: Counter,
+    /// Changes of labelled `valuesFrom` sources (ConfigMaps, Secrets) seen.
+    pub values_source_changes: Counter,
     /// Objects that cannot be read as Components, once per object and generation.
     pub unreadable_components: Counter,
     /// Failures handling a Component (API or NATS), each retried by its class or given up.
@@ -161,6 +163,11 @@ impl Metrics {
                     &m.watch_errors,
                 ),
                 ("helmq_producer_resyncs", "resync passes", &m.resyncs),
+                (
+                    "helmq_producer_values_source_changes",
+                    "changes of labelled valuesFrom ConfigMaps and Secrets seen",
+                    &m.values_source_changes,
+                ),
                 (
                     "helmq_producer_unreadable_components",
                     "objects that cannot be read as Components (skipped and failed), once per generation",

@@ -15,7 +15,7 @@ use helmq_schemas::component::{
     LIFECYCLE_FINALIZER_SUFFIX, Phase, REQUESTED_AT_ANNOTATION, SUSPEND_ANNOTATION,
     SUSPENDED_CONDITION,
 };
-use helmq_schemas::config::HelmConfig;
+use helmq_schemas::config::{HelmConfig, ValuesKind, ValuesReference};
 use helmq_schemas::event::{ComponentRef, Deployed, JobAction, JobEvent, issued_job_id};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -45,6 +45,9 @@ pub struct Published {
 pub struct Context<'a> {
     /// The handler name we answer to (`spec.handler`).
     pub handler: &'a str,
+    /// A `valuesFrom` source may have changed: apply the generation again once its outcome is
+    /// in the status.
+    pub refresh: bool,
     /// The current time.
     pub now: Timestamp,
     /// What was already published for this Component's uid and generation.
@@ -282,6 +285,27 @@ fn deployed(component: &Component) -> Option<Deployed> {
     })
 }
 
+/// Whether `component`'s `valuesFrom` reads the `kind` object `name` (false for a config that
+/// does not parse).
+pub fn reads_source(component: &Component, kind: ValuesKind, name: &str) -> bool {
+    values_sources(component)
+        .iter()
+        .any(|r| r.kind == kind && r.name == name)
+}
+
+/// Whether `component` has a `valuesFrom`.
+pub fn reads_any_source(component: &Component) -> bool {
+    !values_sources(component).is_empty()
+}
+
+fn values_sources(component: &Component) -> Vec<ValuesReference> {
+    let namespace = component.metadata.namespace.as_deref().unwrap_or_default();
+    let name = component.metadata.name.as_deref().unwrap_or_default();
+    HelmConfig::parse(component.spec.config.as_ref(), namespace, name)
+        .map(|config| config.values_from)
+        .unwrap_or_default()
+}
+
 /// The `refresh` of the apply job recorded as issued for the current generation (0 without one).
 pub fn recorded_refresh(component: &Component) -> u32 {
     recorded_job(component, JobAction::Apply).map_or(0, |job| job.refresh)
@@ -450,7 +474,9 @@ fn plan_apply(
                 })
             }
         }
-        Ok(_) if answered => match refresh_wanted(component, &status) {
+        Ok(_) if answered => match refresh_wanted(component, &status)
+            .or(ctx.refresh.then_some("a values source may have changed"))
+        {
             None => Action::Nothing("status reflects this generation"),
             Some(_) => {
                 let mut job = new_issued_job(component, JobAction::Apply, ctx.nonce);

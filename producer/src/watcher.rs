@@ -36,7 +36,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use helmq_queue::{JobQueue, PRODUCER_WORKER, PublishError, PublishOutcome, StatusSink};
-use helmq_schemas::component::{Component, ComponentStatus, IssuedJob};
+use helmq_schemas::component::{Component, ComponentStatus, IssuedJob, Phase};
+use helmq_schemas::config::MISSING_SOURCE;
 use helmq_schemas::event::{JobAction, JobEvent, StatusEvent, StatusPhase};
 use jiff::Timestamp;
 use tokio_util::sync::CancellationToken;
@@ -46,8 +47,9 @@ use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::plan::{
     Action, Context, component_ref, issued_status, new_issued_job, plan, plan_unreadable,
-    recorded_job, suspended_status,
+    reads_any_source, reads_source, recorded_job, suspended_status,
 };
+use crate::store::sources::SourceRef;
 use crate::store::{
     Change, ComponentStore, ErrorClass, ObjectKey, Observed, StoreError, Unreadable,
 };
@@ -164,6 +166,22 @@ impl Default for WatcherConfig {
     }
 }
 
+/// Whether a resync applies a Component with `valuesFrom` again: when it is `Ready` (a source
+/// may have changed) or `Failed` because a required source was missing (it may be there now).
+fn worth_reading_again(component: &Component) -> bool {
+    let Some(status) = &component.status else {
+        return false;
+    };
+    match status.phase {
+        Some(Phase::Ready) => true,
+        Some(Phase::Failed) => status
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains(MISSING_SOURCE)),
+        _ => false,
+    }
+}
+
 /// What one step of [`Watcher::handle_as`] leaves: the Component as it is now and, when it
 /// cannot be read as one, why, to plan again; `None` when there is nothing more to do (gone).
 type Fresh = Option<(Component, Option<String>)>;
@@ -206,6 +224,9 @@ pub struct Watcher<S, Q, T> {
     retries: Retries,
     /// `None`: always acts; otherwise only while leading.
     leadership: Option<Leadership>,
+    /// Components to apply again because a `valuesFrom` source may have changed (a labelled
+    /// source's change, or a resync): kept until an apply job is issued for them.
+    refreshing: BTreeSet<ObjectKey>,
 }
 
 /// Why one leading stint ended.
@@ -238,6 +259,7 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
             ledger: Ledger::default(),
             retries: Retries::default(),
             leadership: None,
+            refreshing: BTreeSet::new(),
         }
     }
 
@@ -282,6 +304,7 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
     async fn lead(&mut self, shutdown: &CancellationToken) -> Result<Stint, WatcherError> {
         let mut leadership = self.leadership.clone();
         let mut changes = self.store.changes();
+        let mut sources = self.store.source_changes();
         let mut resync = tokio::time::interval(self.config.resync_interval);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The first tick is immediate; the watch starts with a full listing anyway.
@@ -298,6 +321,7 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
                     None => return Err(WatcherError::WatchEnded),
                     Some(change) => self.on_change(change).await,
                 },
+                Some(source) = sources.next() => self.on_source(source).await,
                 _ = resync.tick() => self.resync().await,
                 _ = retry.tick(), if self.retries.any_waiting() => self.retry_failed().await,
             }
@@ -313,6 +337,7 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
                     self.ledger.forget(&component);
                 }
                 self.retries.remove(&ObjectKey::of(&component));
+                self.refreshing.remove(&ObjectKey::of(&component));
             }
             Change::Restarted => {
                 self.metrics.watch_restarts.inc();
@@ -325,7 +350,35 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
         }
     }
 
-    /// Re-lists every Component and handles each (re-publishing what is overdue).
+    /// A labelled ConfigMap or Secret changed: every Component of its namespace whose
+    /// `valuesFrom` reads it is applied again (Helm runs only if its values changed).
+    async fn on_source(&mut self, source: SourceRef) {
+        self.metrics.values_source_changes.inc();
+        let listing = match self.store.list().await {
+            Ok(listing) => listing,
+            Err(error) => {
+                tracing::warn!(%error, "cannot list components for a values source change; the resync will");
+                return;
+            }
+        };
+        for component in listing.components {
+            let here = component.metadata.namespace.as_deref() == Some(source.namespace.as_str());
+            if here && reads_source(&component, source.kind, &source.name) {
+                tracing::info!(
+                    kind = source.kind.as_str(),
+                    source = %source.name,
+                    component = %ObjectKey::of(&component),
+                    "values source changed; applying again"
+                );
+                self.refreshing.insert(ObjectKey::of(&component));
+                self.handle_logged(component).await;
+            }
+        }
+    }
+
+    /// Re-lists every Component and handles each (re-publishing what is overdue). A Component
+    /// with `valuesFrom` that is `Ready`, or `Failed` for want of one of its objects, is applied
+    /// again, so a source without the watch label is read again at least once a resync.
     pub async fn resync(&mut self) {
         self.metrics.resyncs.inc();
         match self.store.list().await {
@@ -338,6 +391,9 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
                     .collect();
                 self.ledger.retain_live(&live);
                 for component in listing.components {
+                    if reads_any_source(&component) && worth_reading_again(&component) {
+                        self.refreshing.insert(ObjectKey::of(&component));
+                    }
                     self.handle_logged(component).await;
                 }
                 for unreadable in listing.unreadable {
@@ -465,6 +521,7 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
             let nonce = nonce()?;
             let ctx = Context {
                 handler: &self.config.handler,
+                refresh: self.refreshing.contains(&key),
                 now,
                 published: self.ledger.published(&component),
                 resync_grace: self.config.resync_grace,
@@ -598,6 +655,10 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
                     return Err(WatcherError::IssuedJobPruned(id));
                 }
                 tracing::info!(job = %id, "job issued");
+                if action == JobAction::Apply {
+                    // It reads the values sources afresh.
+                    self.refreshing.remove(&ObjectKey::of(&component));
+                }
                 Ok(Some((component, error.or(unreadable))))
             }
             Err(StoreError::Conflict(_)) => {

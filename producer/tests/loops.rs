@@ -1658,3 +1658,104 @@ async fn a_reconcile_request_re_applies_and_a_suspension_holds_spec_changes_unti
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_change_of_a_labelled_values_source_re_applies_the_components_reading_it() {
+    use helmq_schemas::config::ValuesKind;
+
+    let rig = Rig::new(Topology::default()).await;
+    // No resync during the test: only the source's change may apply it again.
+    rig.spawn_watcher(WatcherConfig {
+        resync_interval: Duration::from_secs(3600),
+        ..fast_watcher()
+    });
+    rig.spawn_writer();
+    let mut config = nginx_config(serde_json::json!({}));
+    config["valuesFrom"] = serde_json::json!([{"kind": "ConfigMap", "name": "web-values"}]);
+    rig.store
+        .create(component("web").config(config).build())
+        .unwrap();
+    rig.store
+        .create(
+            component("other")
+                .config(nginx_config(serde_json::json!({})))
+                .build(),
+        )
+        .unwrap();
+    let mut first = Vec::new();
+    for _ in 0..2 {
+        let job = rig.next_job().await;
+        report_at(&rig, &job, StatusPhase::Ready, 1).await;
+        first.push(job);
+    }
+    for name in ["web", "other"] {
+        rig.wait_for(name, "Ready", |c| phase(c) == Some(Phase::Ready))
+            .await;
+    }
+
+    // Another object of the same name elsewhere, or of the other kind, changes nothing.
+    rig.store
+        .touch_source(ValuesKind::Secret, "default", "web-values");
+    rig.store
+        .touch_source(ValuesKind::ConfigMap, "elsewhere", "web-values");
+    rig.store
+        .touch_source(ValuesKind::ConfigMap, "default", "web-values");
+    let again = rig.next_job().await;
+    assert_eq!(again.component.name, "web");
+    assert_eq!((again.component.generation, again.refresh), (1, 1));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        rig.messages_in(JOBS_STREAM).await,
+        0,
+        "only web is applied again"
+    );
+}
+
+#[tokio::test]
+async fn a_resync_reads_the_values_sources_of_ready_components_and_of_those_missing_one() {
+    use helmq_schemas::config::MISSING_SOURCE;
+
+    let rig = Rig::new(Topology::default()).await;
+    rig.spawn_watcher(fast_watcher());
+    rig.spawn_writer();
+    let mut config = nginx_config(serde_json::json!({}));
+    config["valuesFrom"] = serde_json::json!([{"kind": "Secret", "name": "db"}]);
+    for name in ["missing", "broken", "plain"] {
+        let config = if name == "plain" {
+            nginx_config(serde_json::json!({}))
+        } else {
+            config.clone()
+        };
+        rig.store
+            .create(component(name).config(config).build())
+            .unwrap();
+    }
+    let mut jobs = Vec::new();
+    for _ in 0..3 {
+        jobs.push(rig.next_job().await);
+    }
+    for job in &jobs {
+        let message = match job.component.name.as_str() {
+            "missing" => {
+                format!("valuesFrom[0]: Secret default/db not found ({MISSING_SOURCE}: ...)")
+            }
+            "broken" => "helm upgrade failed: Error: chart not found".to_owned(),
+            _ => String::new(),
+        };
+        let phase = if message.is_empty() {
+            StatusPhase::Ready
+        } else {
+            StatusPhase::Failed
+        };
+        rig.report_with(job, phase, 1, None, &message).await;
+    }
+    // At the next resync: the one missing a source is tried again; neither the one failing for
+    // another reason nor the one without valuesFrom.
+    let again = rig.next_job().await;
+    assert_eq!(
+        (again.component.name.as_str(), again.refresh),
+        ("missing", 1)
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(rig.messages_in(JOBS_STREAM).await, 0);
+}

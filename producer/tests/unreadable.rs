@@ -73,12 +73,21 @@ fn line(kind: &str, object: &Value) -> String {
     format!("{}\n", json!({ "type": kind, "object": object }))
 }
 
-/// Answers list, watch, get and patch of Components. The first watch streams two more objects
+/// Answers list, watch, get and patch of Components (and of labelled ConfigMaps: none). The first watch streams two more objects
 /// (one unreadable) and a bookmark, then ends; the second answers 410 Gone; later ones hang.
 async fn answer(api: Arc<Mutex<Api>>, request: Request<kube::client::Body>) -> String {
     let (parts, body) = request.into_parts();
     let body = body.collect().await.unwrap().to_bytes();
     let path = parts.uri.path().to_owned();
+    // The watch of labelled valuesFrom ConfigMaps: none listed, and a watch that never reports.
+    if path.ends_with("/configmaps") {
+        if query(&parts.uri, "watch").is_some() {
+            return std::future::pending().await;
+        }
+        return json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"},
+            "items": []})
+        .to_string();
+    }
     // `.../components/<name>` or, for the status subresource, `.../components/<name>/status`.
     let object_path = path.strip_suffix("/status").unwrap_or(&path);
     let name = object_path

@@ -29,6 +29,10 @@ pub const SUSPEND_ANNOTATION: &str = "helm.deployment-orchestrator.io/suspend";
 /// reconcile` sets it to the current time); the value handled last is
 /// `status.handlerStatus.lastHandledReconcileAt`.
 pub const REQUESTED_AT_ANNOTATION: &str = "helm.deployment-orchestrator.io/requested-at";
+/// Label that opts a ConfigMap or Secret in to being watched: a change to one with
+/// `"true"` re-applies, within seconds, every Component whose `valuesFrom` reads it (others are
+/// read again at the producer's resync).
+pub const WATCH_LABEL: &str = "helm.deployment-orchestrator.io/watch";
 /// The condition a suspended Component carries.
 pub const SUSPENDED_CONDITION: &str = "Suspended";
 

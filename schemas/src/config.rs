@@ -31,7 +31,8 @@ pub use day2::{
     HelmTest, InstallStrategy, MAX_REMEDIATION_RETRIES, Remediation, Remedy, UpgradeStrategy,
 };
 pub use values_from::{
-    DEFAULT_VALUES_KEY, MAX_VALUES_FROM, ValuesKind, ValuesReference, merge_into, place,
+    DEFAULT_VALUES_KEY, MAX_VALUES_FROM, MISSING_SOURCE, ValuesKind, ValuesReference, merge_into,
+    place,
 };
 
 /// Largest accepted `values`, measured as the length of its compact JSON serialization.

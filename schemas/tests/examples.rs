@@ -18,8 +18,13 @@ fn every_example_component_parses_and_has_a_valid_helm_config() {
         if !text.lines().any(|line| line == "kind: Component") {
             continue;
         }
+        // A file may hold the objects its Component reads (valuesFrom) before it.
+        let document = text
+            .split("\n---\n")
+            .find(|doc| doc.lines().any(|line| line == "kind: Component"))
+            .unwrap();
         let component: Component =
-            serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            serde_saphyr::from_str(document).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let ns = component.metadata.namespace.clone().unwrap_or_default();
         let name = component.metadata.name.clone().unwrap_or_default();
         assert_eq!(component.spec.handler, "helm", "{}", path.display());

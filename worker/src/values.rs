@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use helmq_schemas::HelmConfig;
-use helmq_schemas::config::{ValuesKind, ValuesReference, merge_into, place};
+use helmq_schemas::config::{MISSING_SOURCE, ValuesKind, ValuesReference, merge_into, place};
 use helmq_schemas::event::Deployed;
 
 /// The data of a ConfigMap or Secret (a Secret's decoded), by key; `None`: no such object.
@@ -23,7 +23,7 @@ pub type SourceData = Option<BTreeMap<String, Vec<u8>>>;
 pub enum ValuesError {
     /// A required object is not there.
     #[error(
-        "valuesFrom[{index}]: {kind} {namespace}/{name} not found; the deploy is retried when it is applied again (create it, then change the Component or run helmqctl reconcile)"
+        "valuesFrom[{index}]: {kind} {namespace}/{name} not found ({MISSING_SOURCE}: the deploy is tried again when it appears, at the producer's next resync, or at once when it carries the label helm.deployment-orchestrator.io/watch: \"true\")"
     )]
     MissingObject {
         /// The reference's index.
@@ -233,7 +233,7 @@ mod tests {
             (
                 c(json!([{"kind": "ConfigMap", "name": "gone"}])),
                 None,
-                "valuesFrom[0]: ConfigMap team-a/gone not found; the deploy is retried when it is applied again (create it, then change the Component or run helmqctl reconcile)",
+                "valuesFrom[0]: ConfigMap team-a/gone not found (a required valuesFrom object is missing: the deploy is tried again when it appears, at the producer's next resync, or at once when it carries the label helm.deployment-orchestrator.io/watch: \"true\")",
             ),
             (
                 c(json!([{"kind": "Secret", "name": "db"}])),

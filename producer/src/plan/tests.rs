@@ -111,6 +111,7 @@ impl Fixture {
 fn ctx(published: Published) -> Context<'static> {
     Context {
         handler: "helm",
+        refresh: false,
         now: now(),
         published,
         resync_grace: None,
@@ -1056,4 +1057,58 @@ fn each_new_reconcile_request_re_applies_the_generation_once() {
     let (changed, action) = settle(changed);
     assert_eq!(published_refresh(&action), Some((2, 0)));
     assert_eq!(handled_request(&changed), Some("2026-12-07T10:00:00Z"));
+}
+
+#[test]
+fn a_changed_values_source_re_applies_once_the_outcome_is_in() {
+    let ready = ready_at_generation_1();
+    let refresh = Context {
+        refresh: true,
+        ..ctx(Published::default())
+    };
+    let Action::Issue(job) = super::plan(&ready, &refresh) else {
+        panic!("a refresh is issued");
+    };
+    assert_eq!((job.refresh, job.forced), (1, false));
+    // The job carries what is deployed, so the worker can skip Helm when nothing changed.
+    let mut deployed = ready.clone();
+    let record = deployed
+        .status
+        .as_mut()
+        .unwrap()
+        .handler_status
+        .as_mut()
+        .unwrap();
+    record.values_digest = Some("sha256:v".into());
+    record.config_digest = Some("sha256:c".into());
+    let Action::Issue(job) = super::plan(&deployed, &refresh) else {
+        panic!("a refresh is issued");
+    };
+    let Action::PublishApply(published) = super::plan(&with_issued(&deployed, job), &refresh)
+    else {
+        panic!("the refresh is published");
+    };
+    let carried = published.deployed.expect("digests carried");
+    assert_eq!(
+        (
+            carried.values_digest.as_str(),
+            carried.config_digest.as_str()
+        ),
+        ("sha256:v", "sha256:c")
+    );
+    // A reconcile request is forced: Helm runs even when nothing changed.
+    let requested = annotated(&deployed, REQUESTED_AT_ANNOTATION, Some("t"));
+    let (_, action) = settle(requested);
+    let Action::PublishApply(forced) = action else {
+        panic!("{action:?}");
+    };
+    assert_eq!(forced.deployed, None);
+    // While a job is in flight the request waits (the watcher keeps it).
+    let mut deploying = deployed;
+    deploying.status.as_mut().unwrap().phase = Some(Phase::Deploying);
+    deploying.metadata.generation = Some(2);
+    assert!(matches!(
+        super::plan(&deploying, &refresh),
+        Action::Issue(IssuedJob { refresh: 0, .. })
+    ));
 }

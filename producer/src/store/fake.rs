@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use futures::stream::{BoxStream, StreamExt};
 use helmq_schemas::component::{Component, ComponentSpec, ComponentStatus, HELM_FINALIZER};
+use helmq_schemas::config::ValuesKind;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tokio::sync::broadcast;
 
@@ -46,6 +47,7 @@ pub struct FakeComponentStore {
 struct Inner {
     state: Mutex<State>,
     events: broadcast::Sender<Change>,
+    sources: broadcast::Sender<super::sources::SourceRef>,
 }
 
 #[derive(Debug, Default)]
@@ -137,10 +139,12 @@ impl FakeComponentStore {
     /// An empty store.
     pub fn new() -> Self {
         let (events, _) = broadcast::channel(WATCH_BUFFER);
+        let (sources, _) = broadcast::channel(WATCH_BUFFER);
         FakeComponentStore {
             inner: Arc::new(Inner {
                 state: Mutex::new(State::default()),
                 events,
+                sources,
             }),
         }
     }
@@ -155,6 +159,16 @@ impl FakeComponentStore {
     fn notify(&self, change: Change) {
         // No receiver is fine: nobody watches yet.
         let _ = self.inner.events.send(change);
+    }
+
+    /// Reports a change of the labelled ConfigMap or Secret `namespace/name`, as the API
+    /// server's watch would.
+    pub fn touch_source(&self, kind: ValuesKind, namespace: &str, name: &str) {
+        let _ = self.inner.sources.send(super::sources::SourceRef {
+            kind,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        });
     }
 
     /// Makes `get_cached` lag one change behind every object (or answer like `get` again).
@@ -587,6 +601,20 @@ impl ComponentStore for FakeComponentStore {
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         s.pending = s.store.listing().into();
                     }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
+        .boxed()
+    }
+
+    fn source_changes(&self) -> BoxStream<'static, super::sources::SourceRef> {
+        let rx = self.inner.sources.subscribe();
+        futures::stream::unfold(rx, |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(source) => return Some((source, rx)),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
                     Err(broadcast::error::RecvError::Closed) => return None,
                 }
             }

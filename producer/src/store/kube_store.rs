@@ -19,6 +19,7 @@ use std::time::Duration;
 use futures::stream::{BoxStream, Stream, StreamExt};
 use futures::{AsyncBufReadExt, TryStreamExt};
 use helmq_schemas::component::{Component, ComponentStatus};
+use helmq_schemas::config::ValuesKind;
 use kube::Client;
 use kube::Resource;
 use kube::api::{GetParams, ListParams, Patch, PatchParams, WatchParams};
@@ -46,6 +47,8 @@ pub struct KubeComponentStore {
     client: Client,
     /// `None`: all namespaces; otherwise only these.
     namespaces: Option<Vec<String>>,
+    /// The kinds of labelled `valuesFrom` sources watched.
+    source_kinds: Vec<ValuesKind>,
 }
 
 impl std::fmt::Debug for KubeComponentStore {
@@ -81,7 +84,18 @@ impl KubeComponentStore {
             } else {
                 Some(namespaces)
             },
+            source_kinds: vec![ValuesKind::ConfigMap],
         }
+    }
+
+    /// Also watch labelled Secrets, not only ConfigMaps (`--watch-secrets`: needs list/watch on
+    /// Secrets).
+    #[must_use]
+    pub fn with_secret_watch(mut self, on: bool) -> Self {
+        if on {
+            self.source_kinds = vec![ValuesKind::ConfigMap, ValuesKind::Secret];
+        }
+        self
     }
 
     /// The collection paths of the store's scope: all namespaces or each configured one.
@@ -393,6 +407,10 @@ impl ComponentStore for KubeComponentStore {
             .boxed()
         });
         futures::stream::select_all(streams).boxed()
+    }
+
+    fn source_changes(&self) -> BoxStream<'static, super::sources::SourceRef> {
+        super::sources::source_changes(&self.client, self.namespaces.as_deref(), &self.source_kinds)
     }
 
     async fn add_finalizer(&self, component: &Component) -> Result<Observed, StoreError> {

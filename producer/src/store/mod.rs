@@ -31,6 +31,7 @@ mod kube_lease;
 mod kube_store;
 mod lease;
 pub mod raw;
+pub mod sources;
 
 use std::future::Future;
 
@@ -176,6 +177,12 @@ pub trait ComponentStore: Send + Sync + 'static {
     /// ([`Change::Restarted`] then one [`Change::Applied`] or [`Change::Unreadable`] per
     /// object) and resumes by itself after errors, re-listing so nothing is lost.
     fn changes(&self) -> BoxStream<'static, Change>;
+
+    /// A never-ending stream of the labelled ConfigMaps and Secrets (`valuesFrom` sources)
+    /// that changed in the store's scope; none by default.
+    fn source_changes(&self) -> BoxStream<'static, sources::SourceRef> {
+        futures::stream::StreamExt::boxed(futures::stream::pending())
+    }
 
     /// Adds our claim finalizer to `component`, on the condition that it is unchanged since
     /// it was read (its `resourceVersion`). Returns the updated object, readable or not.

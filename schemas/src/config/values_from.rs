@@ -13,6 +13,10 @@ use crate::dns;
 
 /// The key read when a reference names none.
 pub const DEFAULT_VALUES_KEY: &str = "values.yaml";
+/// Words the `Failed` message of a deploy whose required `valuesFrom` object is missing
+/// contains: the producer applies such a Component again at each resync, so it is retried when
+/// the object appears (at once when the object carries the watch label).
+pub const MISSING_SOURCE: &str = "a required valuesFrom object is missing";
 /// Most references one config may hold.
 pub const MAX_VALUES_FROM: usize = 32;
 /// Longest `valuesKey` (a ConfigMap or Secret key).
@@ -45,7 +49,9 @@ fn default_values_key() -> String {
 }
 
 /// The kind of object values come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 pub enum ValuesKind {
     /// A ConfigMap (`data`).
     ConfigMap,
@@ -222,7 +228,7 @@ pub fn merge_into(base: &mut Map<String, Value>, overlay: Map<String, Value>) {
 ///
 /// # Errors
 ///
-/// A message when `path` is not a dotted path (checked by [`check`] before).
+/// A message when `path` is not a dotted path (a parsed config's always is).
 pub fn place(path: &str, text: &str) -> Result<Map<String, Value>, String> {
     let keys = split_path(path).ok_or_else(|| format!("invalid targetPath {:?}", cut(path)))?;
     let mut value = Value::String(text.to_owned());

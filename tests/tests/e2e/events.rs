@@ -50,7 +50,8 @@ async fn kubectl_describe_shows_the_events_of_deploy_upgrade_fail_fix_delete() {
             "RELEASE",
             "REVISION",
             "CHART-VERSION",
-            "MESSAGE"
+            "MESSAGE",
+            "SUSPENDED"
         ]
     );
     let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();

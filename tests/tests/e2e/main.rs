@@ -28,3 +28,4 @@ mod recreate;
 mod scale;
 mod tenancy;
 mod unreadable;
+mod values_from;

@@ -839,6 +839,32 @@ impl Stack {
         events
     }
 
+    /// Every message still stored in the jobs, status and dead-letter streams.
+    pub(crate) async fn stored_messages(
+        &self,
+    ) -> Vec<async_nats::jetstream::message::StreamMessage> {
+        let js = self.jetstream().await;
+        let mut messages = Vec::new();
+        for name in [JOBS_STREAM, STATUS_STREAM, DLQ_STREAM] {
+            let mut stream = js.get_stream(name).await.expect("stream");
+            let state = stream.info().await.expect("stream info").state.clone();
+            for seq in state.first_sequence..=state.last_sequence {
+                if let Ok(message) = stream.get_raw_message(seq).await {
+                    messages.push(message);
+                }
+            }
+        }
+        messages
+    }
+
+    /// Everything the stack's processes (producer, workers, nats-server) logged so far.
+    pub(crate) fn logs(&self) -> String {
+        self.processes
+            .iter()
+            .map(|p| std::fs::read_to_string(&p.log).unwrap_or_default())
+            .collect()
+    }
+
     /// The helm subcommands run so far, in order (`status`, `upgrade`, `pull`, ...).
     pub(crate) fn helm_calls(&self) -> Vec<String> {
         std::fs::read_to_string(self.dir().join("helm-calls.log"))

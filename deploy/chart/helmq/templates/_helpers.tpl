@@ -103,4 +103,7 @@ rules:
   - apiGroups: ["events.k8s.io"]
     resources: ["events"]
     verbs: ["create", "patch"]
+  - apiGroups: [""]
+    resources: {{ if .Values.producer.watchSecrets }}["configmaps", "secrets"]{{ else }}["configmaps"]{{ end }}
+    verbs: ["list", "watch"]
 {{- end }}
