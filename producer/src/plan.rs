@@ -230,10 +230,7 @@ pub fn suspended_status(component: &Component, suspended: bool, now: Timestamp) 
 /// request the annotation holds now, and ends a suspension the status still shows.
 pub fn issued_status(component: &Component, mut job: IssuedJob, now: Timestamp) -> ComponentStatus {
     let action = job.action;
-    if action == JobAction::Apply
-        && refresh_wanted(component, &component.status.clone().unwrap_or_default())
-            == Some(RECONCILE_REQUESTED)
-    {
+    if action == JobAction::Apply && reconcile_requested(component, component.status.as_ref()) {
         // A reconcile request runs Helm even when nothing changed.
         job.forced = true;
     }
@@ -253,21 +250,14 @@ pub fn issued_status(component: &Component, mut job: IssuedJob, now: Timestamp) 
     status
 }
 
-/// [`refresh_wanted`]'s reason for a new `requested-at` value.
-const RECONCILE_REQUESTED: &str = "reconcile requested";
-
-/// Why the status, although it answers this generation's apply job, calls for another apply of
-/// the same generation: a reconcile request not handled yet, or a suspension just lifted.
-fn refresh_wanted(component: &Component, status: &ComponentStatus) -> Option<&'static str> {
+/// Whether the `requested-at` annotation holds a value no apply job was issued for yet.
+fn reconcile_requested(component: &Component, status: Option<&ComponentStatus>) -> bool {
     let handled = status
-        .handler_status
-        .as_ref()
+        .and_then(|s| s.handler_status.as_ref())
         .and_then(|h| h.last_handled_reconcile_at.as_deref());
-    match component.annotation(REQUESTED_AT_ANNOTATION) {
-        Some(requested) if Some(requested) != handled => Some(RECONCILE_REQUESTED),
-        _ if is_marked_suspended(Some(status)) => Some("resumed"),
-        _ => None,
-    }
+    component
+        .annotation(REQUESTED_AT_ANNOTATION)
+        .is_some_and(|requested| Some(requested) != handled)
 }
 
 /// What a `Ready` status says is deployed, for an apply job not answering a reconcile request
@@ -474,16 +464,20 @@ fn plan_apply(
                 })
             }
         }
-        Ok(_) if answered => match refresh_wanted(component, &status)
-            .or(ctx.refresh.then_some("a values source may have changed"))
-        {
-            None => Action::Nothing("status reflects this generation"),
-            Some(_) => {
+        // The status answers this generation's apply job, yet another apply of it is due: a
+        // reconcile request, a suspension just lifted, or a values source that may have changed.
+        Ok(_) if answered => {
+            if reconcile_requested(component, Some(&status))
+                || is_marked_suspended(Some(&status))
+                || ctx.refresh
+            {
                 let mut job = new_issued_job(component, JobAction::Apply, ctx.nonce);
                 job.refresh = recorded_refresh(component).max(observed_refresh) + 1;
                 Action::Issue(job)
+            } else {
+                Action::Nothing("status reflects this generation")
             }
-        },
+        }
         Ok((mut config, timeout)) => {
             if still_pending(
                 last_activity(&status, generation, ctx.published.apply),

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use helmq_schemas::HelmConfig;
-use helmq_schemas::config::{MISSING_SOURCE, ValuesKind, ValuesReference, merge_into, place};
+use helmq_schemas::config::{MISSING_SOURCE, ValuesReference, merge_into, place};
 use helmq_schemas::event::Deployed;
 
 /// The data of a ConfigMap or Secret (a Secret's decoded), by key; `None`: no such object.
@@ -169,14 +169,6 @@ fn digest(value: &Value) -> String {
 /// over what `deployed` (from the Component's status, when it is `Ready`) says is deployed.
 pub fn unchanged(deployed: Option<&Deployed>, digests: &Digests) -> bool {
     deployed.is_some_and(|d| d.values_digest == digests.values && d.config_digest == digests.config)
-}
-
-/// `ConfigMap` / `Secret` for kubectl (`configmap` / `secret`).
-pub fn kubectl_kind(kind: ValuesKind) -> &'static str {
-    match kind {
-        ValuesKind::ConfigMap => "configmap",
-        ValuesKind::Secret => "secret",
-    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use std::time::Duration;
 use futures::stream::{BoxStream, StreamExt};
 use helmq_schemas::component::WATCH_LABEL;
 use helmq_schemas::config::ValuesKind;
+use helmq_telemetry::retry::backoff;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, ListParams, WatchEvent, WatchParams};
 use kube::{Client, Resource};
@@ -81,9 +82,7 @@ where
         let selector = selector.clone();
         async move {
             if failures > 0 {
-                let pause = FIRST_PAUSE
-                    .saturating_mul(1 << failures.min(6))
-                    .min(LONGEST_PAUSE);
+                let pause = backoff(FIRST_PAUSE, LONGEST_PAUSE, failures, true);
                 tokio::time::sleep(pause).await;
             }
             let changes = match watch_once(&api, &selector, kind).await {

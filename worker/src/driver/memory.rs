@@ -78,7 +78,7 @@ struct State {
     delay: Duration,
     gate_closed: bool,
     /// ConfigMaps and Secrets `valuesFrom` reads, by (kind, namespace, name).
-    values_sources: HashMap<(&'static str, String, String), BTreeMap<String, Vec<u8>>>,
+    values_sources: HashMap<(ValuesKind, String, String), BTreeMap<String, Vec<u8>>>,
 }
 
 /// In-memory [`HelmDriver`]; clones share their state.
@@ -117,7 +117,7 @@ impl MemoryDriver {
             .collect();
         self.state()
             .values_sources
-            .insert((kind.as_str(), namespace.to_owned(), name.to_owned()), data);
+            .insert((kind, namespace.to_owned(), name.to_owned()), data);
     }
 
     /// Every mutating call takes at least this long (cancellable).
@@ -585,7 +585,7 @@ impl HelmDriver for MemoryDriver {
         _identity: &Identity,
         _cancel: &CancellationToken,
     ) -> Result<SourceData, DriverError> {
-        let key = (kind.as_str(), namespace.to_owned(), name.to_owned());
+        let key = (kind, namespace.to_owned(), name.to_owned());
         Ok(self.state().values_sources.get(&key).cloned())
     }
 

@@ -5,6 +5,7 @@ use std::ffi::{OsStr, OsString};
 use std::path::Path;
 use std::time::Duration;
 
+use helmq_schemas::config::ValuesKind;
 use helmq_schemas::{ChartSource, HelmConfig, oci};
 
 use crate::driver::{LEASE_LABEL, ReleaseRef, Tool};
@@ -270,10 +271,14 @@ pub(super) fn kubectl_get_secret_args(name: &str, namespace: &str) -> Vec<OsStri
 
 /// `kubectl get configmap|secret -o json` of a `valuesFrom` source.
 pub(super) fn kubectl_get_values_args(
-    resource: &str,
+    kind: ValuesKind,
     name: &str,
     namespace: &str,
 ) -> Vec<OsString> {
+    let resource = match kind {
+        ValuesKind::ConfigMap => "configmap",
+        ValuesKind::Secret => "secret",
+    };
     kubectl_get(resource, name, namespace, "json")
 }
 

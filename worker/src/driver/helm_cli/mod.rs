@@ -61,7 +61,7 @@ use super::{
     Release, Revision, Target, Tool, Uninstalled, is_pending,
 };
 use crate::ownership::{Identity, Owner, OwnershipError};
-use crate::values::{SourceData, kubectl_kind};
+use crate::values::SourceData;
 
 /// The chart cache's default bound: 512 MiB, half the deployed cache volume's 1 GiB limit
 /// (Helm's own cache and temporary files share that volume).
@@ -601,7 +601,7 @@ impl HelmDriver for HelmCli {
                 std::io::Error::other("kubectl is disabled on this worker (--kubectl-bin)"),
             ));
         };
-        let args = kubectl_get_values_args(kubectl_kind(kind), name, namespace);
+        let args = kubectl_get_values_args(kind, name, namespace);
         let action = KubectlAction::ReadValues {
             source: source.clone(),
         };
