@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use helmq_schemas::config::ValuesKind;
+use helmq_worker::drift::ObjectState;
 use helmq_worker::driver::{
     Apply, DriverError, HelmDriver, HelmStatus, NamespaceDeletion, Release, Revision, Target, Tool,
     Uninstalled,
@@ -138,6 +139,24 @@ impl HelmDriver for BenchDriver {
     ) -> Result<SourceData, DriverError> {
         // The benchmark's jobs carry their values inline.
         Ok(None)
+    }
+
+    async fn drift_states(
+        &self,
+        _target: Target<'_>,
+        _cancel: &CancellationToken,
+    ) -> Result<Vec<ObjectState>, DriverError> {
+        // The benchmark's jobs ask for no drift checks.
+        Ok(Vec::new())
+    }
+
+    async fn reapply(
+        &self,
+        _target: Target<'_>,
+        _objects: &[serde_json::Value],
+        _cancel: &CancellationToken,
+    ) -> Result<(), DriverError> {
+        Ok(())
     }
 
     async fn delete_namespace(

@@ -54,6 +54,7 @@ pub fn config(name: &str) -> HelmConfig {
         adopt: false,
         remediation: Default::default(),
         test: Default::default(),
+        drift: Default::default(),
     }
 }
 

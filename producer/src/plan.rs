@@ -275,6 +275,34 @@ fn deployed(component: &Component) -> Option<Deployed> {
     })
 }
 
+/// When `component`'s next drift check is due (`config.drift`): an interval after its last
+/// check or deploy, whichever is later. `None` unless checks are on and it is `Ready` at its
+/// generation with the apply job issued last answered (a check is an apply job of its own).
+pub fn next_drift_check(component: &Component) -> Option<Timestamp> {
+    let namespace = component.metadata.namespace.as_deref().unwrap_or_default();
+    let name = component.metadata.name.as_deref().unwrap_or_default();
+    let config = HelmConfig::parse(component.spec.config.as_ref(), namespace, name).ok()?;
+    if !config.drift.enabled() || component.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let status = component.status.as_ref()?;
+    let record = status.handler_status.as_ref()?;
+    let answered = status.phase == Some(Phase::Ready)
+        && status.observed_generation == component.metadata.generation
+        && recorded_refresh(component) <= record.observed_refresh.unwrap_or(0);
+    if !answered {
+        return None;
+    }
+    let since = record
+        .drift_checked_at
+        .iter()
+        .chain(&record.last_deploy_time)
+        .map(|t| t.0)
+        .max()?;
+    let interval = jiff::SignedDuration::try_from(config.drift.interval()).ok()?;
+    since.checked_add(interval).ok()
+}
+
 /// Whether `component`'s `valuesFrom` reads the `kind` object `name` (false for a config that
 /// does not parse).
 pub fn reads_source(component: &Component, kind: ValuesKind, name: &str) -> bool {
@@ -333,6 +361,7 @@ pub fn new_issued_job(component: &Component, action: JobAction, nonce: &str) -> 
         action,
         refresh: 0,
         forced: false,
+        drift_check: false,
     }
 }
 
@@ -370,6 +399,8 @@ fn publish_job(
         if action == JobAction::Apply {
             job.refresh = recorded_refresh(component);
             job.deployed = deployed(component);
+            job.drift_check =
+                recorded_job(component, JobAction::Apply).is_some_and(|job| job.drift_check);
         }
         match action {
             JobAction::Apply => Action::PublishApply(Box::new(job)),
@@ -465,14 +496,18 @@ fn plan_apply(
             }
         }
         // The status answers this generation's apply job, yet another apply of it is due: a
-        // reconcile request, a suspension just lifted, or a values source that may have changed.
+        // reconcile request, a suspension just lifted, a values source that may have changed,
+        // or a drift check.
         Ok(_) if answered => {
+            let drift_check = next_drift_check(component).is_some_and(|due| due <= ctx.now);
             if reconcile_requested(component, Some(&status))
                 || is_marked_suspended(Some(&status))
                 || ctx.refresh
+                || drift_check
             {
                 let mut job = new_issued_job(component, JobAction::Apply, ctx.nonce);
                 job.refresh = recorded_refresh(component).max(observed_refresh) + 1;
+                job.drift_check = drift_check;
                 Action::Issue(job)
             } else {
                 Action::Nothing("status reflects this generation")

@@ -31,7 +31,7 @@ mod ledger;
 mod retries;
 
 use helmq_telemetry::retry::backoff;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -46,8 +46,8 @@ use tracing::Instrument;
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::plan::{
-    Action, Context, component_ref, issued_status, new_issued_job, plan, plan_unreadable,
-    reads_any_source, reads_source, recorded_job, suspended_status,
+    Action, Context, component_ref, issued_status, new_issued_job, next_drift_check, plan,
+    plan_unreadable, reads_any_source, reads_source, recorded_job, suspended_status,
 };
 use crate::store::sources::SourceRef;
 use crate::store::{
@@ -62,6 +62,9 @@ pub fn claimed_message(handler: &str) -> String {
 }
 /// Plan/act rounds per Component per event (a claim, a conflict re-read, then the job).
 const MAX_STEPS: usize = 6;
+/// How often the watcher looks for Components whose drift check is due: the granularity of
+/// `config.drift.interval`.
+const DRIFT_TICK: Duration = Duration::from_secs(1);
 /// The longest wait before a Component that failed transiently is retried.
 pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
 
@@ -227,6 +230,8 @@ pub struct Watcher<S, Q, T> {
     /// Components to apply again because a `valuesFrom` source may have changed (a labelled
     /// source's change, or a resync): kept until an apply job is issued for them.
     refreshing: BTreeSet<ObjectKey>,
+    /// When each Component with `config.drift` on is next checked ([`next_drift_check`]).
+    drift_checks: BTreeMap<ObjectKey, Timestamp>,
 }
 
 /// Why one leading stint ended.
@@ -260,6 +265,7 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
             retries: Retries::default(),
             leadership: None,
             refreshing: BTreeSet::new(),
+            drift_checks: BTreeMap::new(),
         }
     }
 
@@ -312,6 +318,8 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
         let mut retry = tokio::time::interval(self.config.retry_interval);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         retry.tick().await;
+        let mut drift = tokio::time::interval(DRIFT_TICK);
+        drift.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -324,6 +332,7 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
                 Some(source) = sources.next() => self.on_source(source).await,
                 _ = resync.tick() => self.resync().await,
                 _ = retry.tick(), if self.retries.any_waiting() => self.retry_failed().await,
+                _ = drift.tick(), if !self.drift_checks.is_empty() => self.check_drift_due().await,
             }
         }
     }
@@ -338,6 +347,7 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
                 }
                 self.retries.remove(&ObjectKey::of(&component));
                 self.refreshing.remove(&ObjectKey::of(&component));
+                self.drift_checks.remove(&ObjectKey::of(&component));
             }
             Change::Restarted => {
                 self.metrics.watch_restarts.inc();
@@ -446,7 +456,37 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
         if !component.is_for(&self.config.handler) {
             return;
         }
+        // Every change of a Component passes here, the writer's answers to checks included:
+        // its next check is dated from what it shows now.
+        let key = ObjectKey::of(&component);
+        match next_drift_check(&component) {
+            Some(due) => self.drift_checks.insert(key, due),
+            None => self.drift_checks.remove(&key),
+        };
         self.handle_logged_as(component, None).await;
+    }
+
+    /// Handles the Components whose drift check is due (the plan issues it).
+    async fn check_drift_due(&mut self) {
+        let now = Timestamp::now();
+        let due: Vec<ObjectKey> = self
+            .drift_checks
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in due {
+            // Scheduled again by the change the check's answer makes.
+            self.drift_checks.remove(&key);
+            match self.store.get(&key.namespace, &key.name).await {
+                Ok(Some(Observed::Component(component))) => self.handle_logged(*component).await,
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::debug!(%error, component = %key, "drift check: cannot read component");
+                    self.failed(key, None, &WatcherError::Store(error));
+                }
+            }
+        }
     }
 
     async fn handle_logged_as(&mut self, component: Component, unreadable: Option<String>) {

@@ -281,6 +281,7 @@ fn release(revision: i64) -> ReleaseInfo {
         chart_version: Some("18.2.4".into()),
         helm_status: Some("deployed".into()),
         deployed: None,
+        drift: None,
     }
 }
 

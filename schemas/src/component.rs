@@ -35,6 +35,9 @@ pub const REQUESTED_AT_ANNOTATION: &str = "helm.deployment-orchestrator.io/reque
 pub const WATCH_LABEL: &str = "helm.deployment-orchestrator.io/watch";
 /// The condition a suspended Component carries.
 pub const SUSPENDED_CONDITION: &str = "Suspended";
+/// The condition a drift check writes (`config.drift`): `True` while a `warn` check finds the
+/// release's objects differ from its manifest.
+pub const DRIFTED_CONDITION: &str = "Drifted";
 
 /// Go-style duration such as `30s`, `5m` or `1h30m`.
 pub(crate) const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
@@ -268,6 +271,10 @@ pub struct HandlerStatus {
     /// `sha256:<hex>` of the rest of the config last deployed (chart, release, settings).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_digest: Option<String>,
+    /// When the release's objects were last compared with its manifest (`config.drift`): the
+    /// next check is due an interval later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift_checked_at: Option<Time>,
 }
 
 /// A job the producer issued for one generation and action of a Component
@@ -295,6 +302,10 @@ pub struct IssuedJob {
     /// It answers a reconcile request: Helm runs even when nothing changed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub forced: bool,
+    /// A drift check (`config.drift`): an apply that, when nothing changed, compares the
+    /// release's objects with its manifest instead of running Helm.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drift_check: bool,
 }
 
 impl Component {

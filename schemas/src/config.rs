@@ -11,7 +11,7 @@
 //!   normalized into an HTTP source whose release is named `<component namespace>-<component name>`.
 //!
 //! Both shapes also take `serviceAccountName` and `adopt` (tenancy) and the day-2 fields
-//! `remediation` and `test` ([`Remediation`], [`HelmTest`]).
+//! `remediation`, `test` and `drift` ([`Remediation`], [`HelmTest`], [`DriftDetection`]).
 //!
 //! Unknown top-level keys are ignored, as the original Go `json.Unmarshal` did. A JSON `null` is
 //! treated everywhere as an absent key.
@@ -25,10 +25,15 @@ use serde_json::{Map, Value};
 use crate::{dns, oci};
 
 mod day2;
+mod drift;
 mod values_from;
 
 pub use day2::{
     HelmTest, InstallStrategy, MAX_REMEDIATION_RETRIES, Remediation, Remedy, UpgradeStrategy,
+};
+pub use drift::{
+    DEFAULT_DRIFT_INTERVAL, DriftDetection, DriftMode, IgnoreRule, IgnoreTarget,
+    MAX_DRIFT_INTERVAL, MAX_IGNORE_RULES, MIN_DRIFT_INTERVAL,
 };
 pub use values_from::{
     DEFAULT_VALUES_KEY, MAX_VALUES_FROM, MISSING_SOURCE, ValuesKind, ValuesReference, merge_into,
@@ -87,6 +92,9 @@ pub struct HelmConfig {
     /// `helm test` after each successful install or upgrade; off by default.
     #[serde(default, skip_serializing_if = "HelmTest::is_default")]
     pub test: HelmTest,
+    /// Drift detection and correction of the release's objects; off by default.
+    #[serde(default, skip_serializing_if = "DriftDetection::is_default")]
+    pub drift: DriftDetection,
 }
 
 /// Where a chart comes from.
@@ -335,6 +343,30 @@ pub enum ConfigError {
         /// The rejected value (cut to 64 characters).
         value: String,
     },
+    /// `drift.interval` that is not a Go duration from 10s to 168h.
+    #[error(
+        "drift.interval must be a duration from 10s to 168h (like 30s, 5m or 1h30m), got {value:?}"
+    )]
+    DriftInterval {
+        /// The rejected value (cut to 64 characters).
+        value: String,
+    },
+    /// A `drift.ignore` path that is not a JSON pointer.
+    #[error("drift.ignore[].paths must hold JSON pointers such as /spec/replicas, got {value:?}")]
+    JsonPointer {
+        /// The rejected value (cut to 64 characters).
+        value: String,
+    },
+    /// A list longer than its limit.
+    #[error("{field} has {count} entries; at most {limit} are allowed")]
+    TooMany {
+        /// Field path.
+        field: &'static str,
+        /// Entries found.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// A field that could not be serialized (not expected for JSON input).
     #[error("{field} could not be serialized: {reason}")]
     Unserializable {
@@ -403,6 +435,7 @@ impl HelmConfig {
             check_service_account("serviceAccountName", account)?;
         }
         day2::validate_day2(&self.remediation, &self.test)?;
+        drift::validate_drift(&self.drift)?;
         match &self.source {
             ChartSource::Http { repository, chart } => {
                 check_required("source.repository.url", &repository.url)?;
@@ -627,6 +660,7 @@ fn with_tenancy(
     let adopt = optional_bool(obj, "adopt")?.unwrap_or(false);
     let values_from = values_from::parse(obj)?;
     let (remediation, test) = day2::parse_day2(obj)?;
+    let drift = drift::parse_drift(obj)?;
     Ok(HelmConfig {
         release_name,
         release_namespace: release_namespace.to_owned(),
@@ -638,6 +672,7 @@ fn with_tenancy(
         adopt,
         remediation,
         test,
+        drift,
     })
 }
 

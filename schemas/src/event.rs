@@ -248,6 +248,12 @@ pub struct JobEvent {
     /// Absent: Helm runs (a reconcile request, a first deploy, an orchestrator's job).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployed: Option<Deployed>,
+    /// A drift check (`config.drift`): when `deployed` matches, the worker compares the
+    /// release's live objects with its manifest instead of running Helm, and reports (or, in
+    /// `correct` mode, puts back) what differs; otherwise it deploys as any apply. Checks wait
+    /// behind applies and deletes on a worker.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drift_check: bool,
 }
 
 /// The digests of a deploy, as `status.handlerStatus` records them.
@@ -286,6 +292,7 @@ impl JobEvent {
             requested_at,
             refresh: 0,
             deployed: None,
+            drift_check: false,
         }
     }
 
@@ -447,6 +454,80 @@ pub struct ReleaseInfo {
     /// The digests of what a `Ready` deployed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployed: Option<Deployed>,
+    /// What a drift check found (only on the answer to a job with `driftCheck`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<DriftReport>,
+}
+
+/// Most objects a [`DriftReport`] names, and most fields it names per object.
+pub const MAX_DRIFT_ITEMS: usize = 20;
+
+/// What a drift check found: the objects whose live state differs from the release's
+/// manifest (at most [`MAX_DRIFT_ITEMS`]), and whether they were put back.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DriftReport {
+    /// How many objects of the release were compared.
+    pub checked: u32,
+    /// The drifted objects; empty when none drifted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_DRIFT_ITEMS))]
+    pub objects: Vec<DriftedObject>,
+    /// How many objects drifted in all (more than `objects` names when over the limit).
+    #[serde(default)]
+    pub drifted: u32,
+    /// The drifted objects were applied again (`correct` mode).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub corrected: bool,
+    /// The check could not compare the objects, or not put them back; the status message says
+    /// why. The release stays as it was: the next check tries again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub failed: bool,
+}
+
+/// One object of a release whose live state differs from its manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DriftedObject {
+    /// Its kind, such as `Deployment`.
+    pub kind: String,
+    /// Its name.
+    pub name: String,
+    /// Its namespace (absent for a cluster-scoped object).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// It is gone from the cluster.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+    /// The JSON pointers of the fields that differ (at most [`MAX_DRIFT_ITEMS`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_DRIFT_ITEMS))]
+    pub fields: Vec<String>,
+}
+
+impl DriftedObject {
+    /// `Kind name: /a, /b` or `Kind name deleted`, for messages and Events.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        if self.deleted {
+            format!("{} {} deleted", self.kind, self.name)
+        } else {
+            format!("{} {}: {}", self.kind, self.name, self.fields.join(", "))
+        }
+    }
+}
+
+impl DriftReport {
+    /// The drifted objects in one line: `ConfigMap a deleted; Deployment b: /spec/replicas`.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        let mut text: Vec<String> = self.objects.iter().map(DriftedObject::describe).collect();
+        let more = (self.drifted as usize).saturating_sub(self.objects.len());
+        if more > 0 {
+            text.push(format!("{more} more"));
+        }
+        text.join("; ")
+    }
 }
 
 impl ReleaseInfo {
@@ -477,6 +558,35 @@ impl ReleaseInfo {
         }
         if let Some(deployed) = &self.deployed {
             deployed.check(STATUS_SCHEMA, "release.deployed")?;
+        }
+        if let Some(drift) = &self.drift {
+            drift.check()?;
+        }
+        Ok(())
+    }
+}
+
+impl DriftReport {
+    /// Bounds every list and text: the report ends up in a status message and an Event.
+    fn check(&self) -> Result<(), EventError> {
+        let too_many = |field: &str| EventError::Malformed {
+            schema: STATUS_SCHEMA,
+            reason: format!("{field} holds more than {MAX_DRIFT_ITEMS} entries"),
+        };
+        if self.objects.len() > MAX_DRIFT_ITEMS {
+            return Err(too_many("release.drift.objects"));
+        }
+        for object in &self.objects {
+            if object.fields.len() > MAX_DRIFT_ITEMS {
+                return Err(too_many("release.drift.objects[].fields"));
+            }
+            for text in [&object.kind, &object.name]
+                .into_iter()
+                .chain(object.namespace.as_ref())
+                .chain(&object.fields)
+            {
+                check_text(STATUS_SCHEMA, "release.drift.objects[]", text, MAX_ID_LEN)?;
+            }
         }
         Ok(())
     }

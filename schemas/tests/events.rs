@@ -3,8 +3,8 @@
 
 use helmq_schemas::HelmConfig;
 use helmq_schemas::event::{
-    ComponentRef, EventError, JobAction, JobEvent, MAX_EVENT_BYTES, ReleaseInfo, StatusEvent,
-    StatusPhase, default_job_id, issued_job_id,
+    ComponentRef, DriftReport, DriftedObject, EventError, JobAction, JobEvent, MAX_DRIFT_ITEMS,
+    MAX_EVENT_BYTES, ReleaseInfo, StatusEvent, StatusPhase, default_job_id, issued_job_id,
 };
 use serde_json::{Value, json};
 
@@ -148,7 +148,7 @@ fn bad_job_payloads_are_rejected_with_the_reason() {
         (
             "typo field",
             with(&|v| v["timeout"] = json!(5)),
-            "malformed helmq.job/v1 payload: unknown field `timeout`, expected one of `schema`, `id`, `action`, `component`, `config`, `timeoutSeconds`, `requestedAt`, `refresh`, `deployed`",
+            "malformed helmq.job/v1 payload: unknown field `timeout`, expected one of `schema`, `id`, `action`, `component`, `config`, `timeoutSeconds`, `requestedAt`, `refresh`, `deployed`, `driftCheck`",
         ),
         (
             "no name",
@@ -341,12 +341,36 @@ fn status_events_round_trip_with_their_release() {
         chart_version: Some("18.2.4".into()),
         helm_status: Some("deployed".into()),
         deployed: None,
+        drift: Some(DriftReport {
+            checked: 3,
+            objects: vec![DriftedObject {
+                kind: "Deployment".into(),
+                name: "web".into(),
+                namespace: Some("default".into()),
+                deleted: false,
+                fields: vec!["/spec/replicas".into()],
+            }],
+            drifted: 1,
+            corrected: false,
+            failed: false,
+        }),
     });
     assert_eq!(StatusEvent::decode(&event.encode()).unwrap(), event);
     let wire: Value = serde_json::from_slice(&event.encode()).unwrap();
     assert_eq!(wire["schema"], "helmq.status/v1");
     assert_eq!(wire["phase"], "Ready");
     assert_eq!(wire["release"]["chartVersion"], "18.2.4");
+    assert_eq!(
+        wire["release"]["drift"]["objects"][0]["fields"][0],
+        "/spec/replicas"
+    );
+    // A report longer than its limit is refused where it enters.
+    let mut long = event.clone();
+    if let Some(report) = long.release.as_mut().and_then(|r| r.drift.as_mut()) {
+        report.objects[0].fields = vec!["/a".into(); MAX_DRIFT_ITEMS + 1];
+    }
+    let error = StatusEvent::decode(&long.encode()).unwrap_err().to_string();
+    assert!(error.contains("release.drift.objects[].fields"), "{error}");
 }
 
 #[test]

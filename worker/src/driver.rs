@@ -26,6 +26,7 @@ pub use helm_cli::{CredentialsError, HelmCli, HelmCliSettings, OutputError};
 #[cfg(any(test, feature = "testing"))]
 pub use memory::MemoryDriver;
 
+use crate::drift::ObjectState;
 use crate::failure::{Cause, HelmFailure};
 use crate::ownership::{Identity, Owner, OwnershipError};
 use crate::policy::Failure;
@@ -335,6 +336,16 @@ pub enum KubectlAction {
         /// `Kind namespace/name`.
         source: String,
     },
+    /// `kubectl apply --dry-run=server` and `kubectl get` of a release's objects (a drift check).
+    CompareObjects {
+        /// `namespace/name` of the release.
+        release: String,
+    },
+    /// `kubectl apply --server-side` of a release's drifted objects (a drift correction).
+    CorrectObjects {
+        /// `namespace/name` of the release.
+        release: String,
+    },
 }
 
 impl fmt::Display for KubectlAction {
@@ -354,6 +365,15 @@ impl fmt::Display for KubectlAction {
                 write!(f, "delete namespace {namespace}")
             }
             KubectlAction::ReadValues { source } => write!(f, "read values from {source}"),
+            KubectlAction::CompareObjects { release } => {
+                write!(
+                    f,
+                    "compare the objects of release {release} with its manifest"
+                )
+            }
+            KubectlAction::CorrectObjects { release } => {
+                write!(f, "apply the drifted objects of release {release} again")
+            }
         }
     }
 }
@@ -687,6 +707,24 @@ pub trait HelmDriver: Send + Sync + 'static {
         identity: &Identity,
         cancel: &CancellationToken,
     ) -> impl Future<Output = Result<crate::values::SourceData, DriverError>> + Send;
+
+    /// The objects of the release's newest revision, each as Helm applies it, as applying it
+    /// would make it (a server-side dry run as Helm's field manager) and as it is now, with
+    /// the rights of the target's identity; empty for a release without objects.
+    fn drift_states(
+        &self,
+        target: Target<'_>,
+        cancel: &CancellationToken,
+    ) -> impl Future<Output = Result<Vec<ObjectState>, DriverError>> + Send;
+
+    /// Applies `objects` (from [`crate::drift::correction`]) again, server-side as Helm's field
+    /// manager, taking back fields another manager took.
+    fn reapply(
+        &self,
+        target: Target<'_>,
+        objects: &[serde_json::Value],
+        cancel: &CancellationToken,
+    ) -> impl Future<Output = Result<(), DriverError>> + Send;
 
     /// Deletes a managed namespace, only when its owner labels name `owner`.
     fn delete_namespace(

@@ -20,9 +20,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use helmq_schemas::HelmConfig;
-use helmq_schemas::event::{Deployed, JobAction, JobEvent, ReleaseInfo, StatusPhase};
+use helmq_schemas::config::DriftMode;
+use helmq_schemas::event::{Deployed, DriftReport, JobAction, JobEvent, ReleaseInfo, StatusPhase};
 use serde_json::{Map, Value};
 
+use crate::drift;
 use crate::driver::{
     Apply, DriverError, HelmDriver, NamespaceDeletion, Pending, Recovery, Release, Target,
     Uninstalled, is_pending, judge_pending, recovery_plan,
@@ -433,6 +435,9 @@ impl<'a, D: HelmDriver> HelmRun<'a, D> {
             config_digest: digests.config.clone(),
         };
         if values::unchanged(job.deployed.as_ref(), &digests) {
+            if job.drift_check && job.config.drift.enabled() {
+                return self.check_drift(deployed).await;
+            }
             return Ok(self.unchanged(deployed));
         }
         let config = HelmConfig {
@@ -475,8 +480,82 @@ impl<'a, D: HelmDriver> HelmRun<'a, D> {
                 chart_version: release.chart_version,
                 helm_status: Some(release.status.to_string()),
                 deployed: Some(deployed),
+                drift: None,
             },
         })
+    }
+
+    /// A drift check of a release whose values and config are unchanged: its objects compared
+    /// with its manifest ([`drift::detect`]), and in `correct` mode the drifted ones applied
+    /// again. `Ready` either way; the report says what was found and done.
+    async fn check_drift(&self, deployed: Deployed) -> Result<Done, DriverError> {
+        let config = &self.job.config;
+        let name = &config.release_name;
+        let states = match self.driver.drift_states(self.target(), self.cancel).await {
+            Ok(states) => states,
+            Err(e @ DriverError::Cancelled { .. }) => return Err(e),
+            Err(e) => {
+                let report = DriftReport {
+                    failed: true,
+                    ..DriftReport::default()
+                };
+                let text = format!("drift check of release {name} failed: {e}");
+                return Ok(self.checked_drift(deployed, report, text));
+            }
+        };
+        let findings = drift::detect(&states, &config.drift.ignore);
+        let correct = config.drift.mode == DriftMode::Correct && !findings.is_empty();
+        let mut failure = None;
+        if correct {
+            let objects: Vec<Value> = findings
+                .iter()
+                .map(|f| drift::correction(&states, f, &config.drift.ignore))
+                .collect();
+            match self
+                .driver
+                .reapply(self.target(), &objects, self.cancel)
+                .await
+            {
+                Ok(()) => {}
+                Err(e @ DriverError::Cancelled { .. }) => return Err(e),
+                Err(e) => failure = Some(e),
+            }
+        }
+        let mut report = drift::report(states.len(), &findings, correct && failure.is_none());
+        report.failed = failure.is_some();
+        let text = match (&failure, findings.is_empty(), report.corrected) {
+            (_, true, _) => format!(
+                "no drift: the {} objects of release {name} match its manifest",
+                states.len()
+            ),
+            (Some(e), ..) => format!(
+                "drift detected in release {name}: {}; putting it back failed: {e}",
+                report.describe()
+            ),
+            (None, false, true) => {
+                format!("drift corrected in release {name}: {}", report.describe())
+            }
+            (None, false, false) => {
+                format!("drift detected in release {name}: {}", report.describe())
+            }
+        };
+        Ok(self.checked_drift(deployed, report, text))
+    }
+
+    /// `Ready` with what a drift check found and did: the release record stays as it is.
+    fn checked_drift(&self, deployed: Deployed, report: DriftReport, text: String) -> Done {
+        info!(
+            drifted = report.drifted,
+            corrected = report.corrected,
+            failed = report.failed,
+            "drift check"
+        );
+        let mut message = self.notes.clone();
+        message.push(text);
+        let mut done = self.unchanged(deployed);
+        done.message = message.join("; ");
+        done.release.drift = Some(report);
+        done
     }
 
     /// `Ready` for an apply that would change nothing: the release record stays as it is.
@@ -499,6 +578,7 @@ impl<'a, D: HelmDriver> HelmRun<'a, D> {
                 chart_version: None,
                 helm_status: None,
                 deployed: Some(deployed),
+                drift: None,
             },
         }
     }
@@ -551,6 +631,7 @@ impl<'a, D: HelmDriver> HelmRun<'a, D> {
                 chart_version: None,
                 helm_status: Some("uninstalled".into()),
                 deployed: None,
+                drift: None,
             },
         })
     }

@@ -197,12 +197,11 @@ impl<D: HelmDriver, S: StatusSink> JobRun<'_, D, S> {
         let decision = decide(self.position, latest_intent);
         self.skip_unless_run(decision, Some(&lease), false).await?;
         let release = release_of(self.job);
-        let start = self.start_event();
         let (counted, start, record) = tokio::join!(
             ctx.persist("count the run", || {
                 ctx.intents.count_run(&self.key, self.job, live.as_ref())
             }),
-            self.shared.publish(&start),
+            self.publish_start(),
             ctx.intents.owner(&release)
         );
         if let Err(settlement) = unless_stored(start) {
@@ -230,7 +229,7 @@ impl<D: HelmDriver, S: StatusSink> JobRun<'_, D, S> {
             .await
             .ok_or(Settlement::GIVE_BACK)?;
         self.skip_unless_run(decision, None, false).await?;
-        unless_stored(self.shared.publish(&self.start_event()).await)?;
+        unless_stored(self.publish_start().await)?;
         let lease = self.acquire(&lease_key(self.job)).await?;
         self.check_again(lease, true).await
     }
@@ -299,6 +298,16 @@ impl<D: HelmDriver, S: StatusSink> JobRun<'_, D, S> {
         Ok(Started { lease, run, prior })
     }
 
+    /// Publishes the start event, but not for a drift check of a release the status says is
+    /// deployed as the job asks: it changes nothing on the common path, and its Component must
+    /// not show `Deploying` at every interval.
+    async fn publish_start(&self) -> Published {
+        if self.job.drift_check && self.job.deployed.is_some() {
+            return Published::Stored;
+        }
+        self.shared.publish(&self.start_event()).await
+    }
+
     /// `Deploying` or `Terminating`, with what is about to happen.
     fn start_event(&self) -> StatusEvent {
         let config = &self.job.config;
@@ -329,6 +338,9 @@ impl<D: HelmDriver, S: StatusSink> JobRun<'_, D, S> {
     /// not know it), then publish the outcome while the lease is given back, and ack.
     async fn succeed(&self, lease: &Lease, run: Run, prior: Prior, done: Done) -> Step<Settlement> {
         let ctx = &self.shared.ctx;
+        if let Some(report) = &done.release.drift {
+            ctx.metrics.drift_check(report);
+        }
         let status = ctx
             .event(self.job, done.phase, done.message, self.delivery)
             .with_release(done.release);

@@ -26,6 +26,7 @@ pub mod allowlist;
 pub mod args;
 mod context;
 mod dead_letter;
+pub mod drift;
 pub mod driver;
 pub mod exclusivity;
 pub mod failure;

@@ -74,6 +74,10 @@ pub struct Metrics {
     /// 1 when jobs without `config.serviceAccountName` run Helm with the worker's own rights
     /// (no `--default-service-account`), else 0.
     single_tenant: Gauge,
+    /// Drift checks by what they found (`clean`, `drifted`, `corrected`, `failed`).
+    drift_checks: Family<Labels, Counter>,
+    /// Objects drift checks found drifted.
+    drifted_objects: Counter,
 }
 
 impl Metrics {
@@ -92,6 +96,8 @@ impl Metrics {
             helm_failures: Family::default(),
             allow_any: Family::default(),
             single_tenant: Gauge::default(),
+            drift_checks: Family::default(),
+            drifted_objects: Counter::default(),
         };
         let sub = registry.sub_registry_with_prefix("helmq_worker");
         metrics.register_jobs(sub);
@@ -161,6 +167,22 @@ impl Metrics {
             "Helm runs that failed, by cause",
             metrics.helm_failures.clone(),
         );
+        for outcome in ["clean", "drifted", "corrected", "failed"] {
+            metrics
+                .drift_checks
+                .get_or_create(&vec![("outcome", outcome)])
+                .inc_by(0);
+        }
+        sub.register(
+            "drift_checks",
+            "Drift checks by what they found: clean, drifted (reported), corrected, or failed (could not compare or correct)",
+            metrics.drift_checks.clone(),
+        );
+        sub.register(
+            "drifted_objects",
+            "Objects drift checks found drifted",
+            metrics.drifted_objects.clone(),
+        );
     }
 
     /// What the operator configured: open allowlists, single-tenant mode (`sub`:
@@ -205,6 +227,20 @@ impl Metrics {
         self.helm_failures
             .get_or_create(&vec![("cause", cause)])
             .inc();
+    }
+
+    /// Counts a drift check and the objects it found drifted.
+    pub fn drift_check(&self, report: &helmq_schemas::event::DriftReport) {
+        let outcome = match (report.failed, report.drifted, report.corrected) {
+            (true, ..) => "failed",
+            (false, 0, _) => "clean",
+            (false, _, false) => "drifted",
+            (false, _, true) => "corrected",
+        };
+        self.drift_checks
+            .get_or_create(&vec![("outcome", outcome)])
+            .inc();
+        self.drifted_objects.inc_by(u64::from(report.drifted));
     }
 
     /// Counts a finished job.

@@ -151,6 +151,11 @@ impl Digests {
         let mut rest = config.clone();
         rest.values = Map::new();
         rest.values_from = Vec::new();
+        // Neither is deployed: `adopt` is a permission (the producer sets it once the status
+        // records the release, so the first deploy's job and every later one differ in it),
+        // `drift` says how the release is watched.
+        rest.adopt = false;
+        rest.drift = Default::default();
         Digests {
             values: digest(&Value::Object(values.clone())),
             config: digest(&serde_json::to_value(&rest).unwrap_or(Value::Null)),

@@ -242,6 +242,7 @@ fn oci_config(secret: Option<(&str, Option<&str>)>) -> HelmConfig {
         adopt: false,
         remediation: Default::default(),
         test: Default::default(),
+        drift: Default::default(),
     }
 }
 

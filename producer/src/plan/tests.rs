@@ -778,6 +778,7 @@ fn a_job_is_issued_before_anything_is_published_for_it() {
         action: JobAction::Apply,
         refresh: 0,
         forced: false,
+        drift_check: false,
     };
     let delete = |g: i64| IssuedJob {
         id: format!("{}:{g}:delete:{NONCE}", uid("1")),
@@ -785,6 +786,7 @@ fn a_job_is_issued_before_anything_is_published_for_it() {
         action: JobAction::Delete,
         refresh: 0,
         forced: false,
+        drift_check: false,
     };
     let cases: Vec<(&str, Component, Action)> = vec![
         (
@@ -846,6 +848,7 @@ fn the_recorded_job_id_is_reused_by_retries_and_by_a_producer_taking_over() {
         action: JobAction::Apply,
         refresh: 0,
         forced: false,
+        drift_check: false,
     };
     let c = with_issued(
         &fixture()

@@ -6,8 +6,8 @@
 //! generation older than `observedGeneration`, is dropped. One exception ([`outranks`]): within
 //! one job, its success outranks a start of any attempt.
 
-use helmq_schemas::component::{ComponentStatus, HandlerStatus, Phase};
-use helmq_schemas::event::{JobAction, Position, Stage, StatusEvent, StatusPhase};
+use helmq_schemas::component::{ComponentStatus, DRIFTED_CONDITION, HandlerStatus, Phase};
+use helmq_schemas::event::{DriftReport, JobAction, Position, Stage, StatusEvent, StatusPhase};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 /// What to write for one event.
@@ -124,12 +124,15 @@ pub fn apply(current: &ComponentStatus, event: &StatusEvent, handler: &str) -> O
         set_condition(
             &mut status.conditions,
             type_,
-            value,
+            Some(value),
             reason,
             &event.message,
             generation,
             &at,
         );
+    }
+    if let Some(report) = event.release.as_ref().and_then(|r| r.drift.as_ref()) {
+        set_drifted(&mut status.conditions, report, event, &at);
     }
     let mut record = status.handler_status.take().unwrap_or_default();
     record_outcome(&mut record, event, &at);
@@ -140,6 +143,32 @@ pub fn apply(current: &ComponentStatus, event: &StatusEvent, handler: &str) -> O
         status,
         remove_finalizer: event.phase == StatusPhase::Terminated,
     })
+}
+
+/// The `Drifted` condition after a drift check that reported `report`: `True` while drift
+/// stands (reported, or its correction failed), `Unknown` when the check could not compare.
+fn set_drifted(
+    conditions: &mut Vec<Condition>,
+    report: &DriftReport,
+    event: &StatusEvent,
+    at: &Time,
+) {
+    let (drifted, reason) = match (report.failed, report.drifted, report.corrected) {
+        (true, 0, _) => (None, "DriftCheckFailed"),
+        (true, ..) => (Some(true), "DriftCorrectionFailed"),
+        (false, 0, _) => (Some(false), "NoDrift"),
+        (false, _, false) => (Some(true), "DriftDetected"),
+        (false, _, true) => (Some(false), "DriftCorrected"),
+    };
+    set_condition(
+        conditions,
+        DRIFTED_CONDITION,
+        drifted,
+        reason,
+        &event.message,
+        event.component.generation,
+        at,
+    );
 }
 
 /// What `event` adds to the release record: the release, when it was deployed, the attempt and
@@ -163,7 +192,11 @@ fn record_outcome(record: &mut HandlerStatus, event: &StatusEvent, at: &Time) {
             record.config_digest = Some(deployed.config_digest.clone());
         }
     }
-    if event.phase == StatusPhase::Ready {
+    let drift_check = event.release.as_ref().is_some_and(|r| r.drift.is_some());
+    if event.phase == StatusPhase::Ready && drift_check {
+        // A check deploys nothing: it dates the next check.
+        record.drift_checked_at = Some(at.clone());
+    } else if event.phase == StatusPhase::Ready {
         record.last_deploy_time = Some(at.clone());
     }
     if matches!(event.phase, StatusPhase::Ready | StatusPhase::Failed) {
@@ -192,17 +225,23 @@ fn conditions_for(phase: StatusPhase) -> (bool, bool, bool, &'static str) {
     }
 }
 
-/// Sets one condition; `lastTransitionTime` changes only when its status flips.
+/// Sets one condition (`None`: `Unknown`); `lastTransitionTime` changes only when its status
+/// flips.
 fn set_condition(
     conditions: &mut Vec<Condition>,
     type_: &str,
-    value: bool,
+    value: Option<bool>,
     reason: &str,
     message: &str,
     generation: i64,
     at: &Time,
 ) {
-    let status = if value { "True" } else { "False" }.to_owned();
+    let status = match value {
+        Some(true) => "True",
+        Some(false) => "False",
+        None => "Unknown",
+    }
+    .to_owned();
     let fresh = Condition {
         type_: type_.to_owned(),
         status: status.clone(),
@@ -258,6 +297,7 @@ mod tests {
             chart_version: Some("18.2.4".into()),
             helm_status: Some("deployed".into()),
             deployed: None,
+            drift: None,
         }
     }
 

@@ -89,6 +89,12 @@ pub fn phase_events(event: &StatusEvent) -> Vec<PhaseEvent> {
     match event.phase {
         StatusPhase::Claimed => vec![one(Normal, "Claimed", "Claim", message)],
         StatusPhase::Deploying => vec![one(Normal, "Deploying", "Apply", message)],
+        StatusPhase::Ready if event.release.as_ref().is_some_and(|r| r.drift.is_some()) => {
+            drift_events(event)
+                .into_iter()
+                .map(|(type_, reason)| one(type_, reason, "CheckDrift", message))
+                .collect()
+        }
         StatusPhase::Ready => match message.strip_prefix(RECOVERED_PREFIX) {
             Some(_) => {
                 let (recovery, rest) = message.split_once("; ").unwrap_or((message, message));
@@ -105,6 +111,20 @@ pub fn phase_events(event: &StatusEvent) -> Vec<PhaseEvent> {
             vec![one(Warning, "TerminationFailed", "Delete", message)]
         }
         StatusPhase::Terminated => Vec::new(),
+    }
+}
+
+/// The Event of a drift check's answer: a Warning `DriftDetected` or a Normal `DriftCorrected`
+/// naming the objects and fields, a Warning `DriftCheckFailed` saying why the check could not
+/// compare or correct; none for a check that found nothing (one every interval
+/// would bury the Events that matter).
+fn drift_events(event: &StatusEvent) -> Option<(EventType, &'static str)> {
+    let report = event.release.as_ref()?.drift.as_ref()?;
+    match (report.failed, report.drifted, report.corrected) {
+        (true, ..) => Some((EventType::Warning, "DriftCheckFailed")),
+        (false, 0, _) => None,
+        (false, _, false) => Some((EventType::Warning, "DriftDetected")),
+        (false, _, true) => Some((EventType::Normal, "DriftCorrected")),
     }
 }
 

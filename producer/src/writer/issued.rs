@@ -140,6 +140,7 @@ mod tests {
                 action,
                 refresh: 0,
                 forced: false,
+                drift_check: false,
             };
             c = c.status(ComponentStatus {
                 handler_status: Some(HandlerStatus {

@@ -60,6 +60,7 @@ fn expected(
         adopt: false,
         remediation: Default::default(),
         test: Default::default(),
+        drift: Default::default(),
     }
 }
 

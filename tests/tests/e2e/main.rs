@@ -18,6 +18,7 @@ mod chart;
 mod control;
 mod crash;
 mod day2;
+mod drift;
 mod events;
 mod examples;
 mod failures;

@@ -29,6 +29,7 @@ use helmq_schemas::config::ValuesKind;
 use helmq_schemas::event::{ComponentRef, JobAction, JobEvent, Position, StatusEvent};
 use helmq_tests::NatsServer;
 use helmq_tests::faults::Run;
+use helmq_worker::drift::ObjectState;
 use helmq_worker::driver::{
     Apply, DriverError, HelmDriver, NamespaceDeletion, Release, Revision, Target, Uninstalled,
 };
@@ -289,6 +290,23 @@ impl HelmDriver for RecordingDriver {
         self.inner
             .values_source(kind, name, namespace, identity, cancel)
             .await
+    }
+
+    async fn drift_states(
+        &self,
+        target: Target<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<ObjectState>, DriverError> {
+        self.inner.drift_states(target, cancel).await
+    }
+
+    async fn reapply(
+        &self,
+        target: Target<'_>,
+        objects: &[Value],
+        cancel: &CancellationToken,
+    ) -> Result<(), DriverError> {
+        self.inner.reapply(target, objects, cancel).await
     }
 
     async fn delete_namespace(

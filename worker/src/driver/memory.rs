@@ -18,6 +18,7 @@ use super::{
     Apply, DriverError, HelmDriver, HelmProcesses, HelmStatus, NamespaceDeletion, Release,
     ReleaseRef, Revision, Target, Tool, Uninstalled, is_pending,
 };
+use crate::drift::ObjectState;
 use crate::ownership::{Identity, Owner};
 use crate::values::SourceData;
 use helmq_schemas::config::ValuesKind;
@@ -79,6 +80,9 @@ struct State {
     gate_closed: bool,
     /// ConfigMaps and Secrets `valuesFrom` reads, by (kind, namespace, name).
     values_sources: HashMap<(ValuesKind, String, String), BTreeMap<String, Vec<u8>>>,
+    /// A release's objects as `drift_states` answers them; a `reapply` sets each object it
+    /// gets live again.
+    objects: HashMap<ReleaseRef, Vec<ObjectState>>,
 }
 
 /// In-memory [`HelmDriver`]; clones share their state.
@@ -118,6 +122,27 @@ impl MemoryDriver {
         self.state()
             .values_sources
             .insert((kind, namespace.to_owned(), name.to_owned()), data);
+    }
+
+    /// Sets what `drift_states` answers for `namespace/release`: for each object its
+    /// desired state and its live one (`None`: deleted).
+    pub fn set_objects(
+        &self,
+        namespace: &str,
+        release: &str,
+        objects: Vec<(Value, Option<Value>)>,
+    ) {
+        let states = objects
+            .into_iter()
+            .map(|(desired, live)| ObjectState {
+                applied: desired.clone(),
+                desired,
+                live,
+            })
+            .collect();
+        self.state()
+            .objects
+            .insert(ReleaseRef::new(namespace, release), states);
     }
 
     /// Every mutating call takes at least this long (cancellable).
@@ -587,6 +612,35 @@ impl HelmDriver for MemoryDriver {
     ) -> Result<SourceData, DriverError> {
         let key = (kind, namespace.to_owned(), name.to_owned());
         Ok(self.state().values_sources.get(&key).cloned())
+    }
+
+    async fn drift_states(
+        &self,
+        target: Target<'_>,
+        _cancel: &CancellationToken,
+    ) -> Result<Vec<ObjectState>, DriverError> {
+        self.record("drift-states", target);
+        let key = target.release_ref();
+        Ok(self.state().objects.get(&key).cloned().unwrap_or_default())
+    }
+
+    async fn reapply(
+        &self,
+        target: Target<'_>,
+        objects: &[Value],
+        _cancel: &CancellationToken,
+    ) -> Result<(), DriverError> {
+        self.record("reapply", target);
+        let key = target.release_ref();
+        let mut state = self.state();
+        for state in state.objects.entry(key).or_default() {
+            let same =
+                |o: &Value| crate::drift::identity(o) == crate::drift::identity(&state.applied);
+            if objects.iter().any(same) {
+                state.live = Some(state.desired.clone());
+            }
+        }
+        Ok(())
     }
 
     async fn delete_namespace(

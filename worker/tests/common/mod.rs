@@ -200,6 +200,7 @@ pub fn config(release: &str, namespace: &str) -> HelmConfig {
         adopt: false,
         remediation: Default::default(),
         test: Default::default(),
+        drift: Default::default(),
     }
 }
 

@@ -252,6 +252,39 @@ pub(super) fn kubectl_create_stdin_args() -> Vec<OsString> {
     os(&["create", "-o", "name", "-f", "-"])
 }
 
+/// `helm get manifest <release>`: the objects of its newest revision, as YAML documents.
+pub(super) fn get_manifest_args(release: &ReleaseRef) -> Vec<OsString> {
+    command(
+        vec![
+            "get".into(),
+            "manifest".into(),
+            flag("namespace", &release.namespace),
+        ],
+        &[OsStr::new(&release.release)],
+    )
+}
+
+/// `kubectl apply --server-side` of the objects on stdin as Helm's field manager, taking back
+/// fields another manager took (`--force-conflicts`); only the server's answer when `dry_run`.
+pub(super) fn kubectl_apply_args(namespace: &str, dry_run: bool) -> Vec<OsString> {
+    let mut args = os(&["apply", "--server-side", "--force-conflicts"]);
+    args.push(flag("field-manager", crate::drift::FIELD_MANAGER));
+    args.push(flag("namespace", namespace));
+    if dry_run {
+        args.push("--dry-run=server".into());
+    }
+    args.extend(os(&["-o", "json", "-f", "-"]));
+    args
+}
+
+/// `kubectl get` of the objects on stdin as they are (those that are gone left out).
+pub(super) fn kubectl_get_objects_args(namespace: &str) -> Vec<OsString> {
+    let mut args = os(&["get", "--ignore-not-found"]);
+    args.push(flag("namespace", namespace));
+    args.extend(os(&["-o", "json", "-f", "-"]));
+    args
+}
+
 /// The name of the Secret that stores `revision` of `release` (Helm's storage driver
 /// `secret`, its default).
 pub(super) fn release_record_secret(release: &str, revision: i64) -> String {
@@ -337,6 +370,7 @@ mod tests {
             adopt: false,
             remediation: Default::default(),
             test: Default::default(),
+            drift: Default::default(),
         }
     }
 

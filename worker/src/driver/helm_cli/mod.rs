@@ -47,21 +47,57 @@ pub use output::OutputError;
 pub use registry::CredentialsError;
 
 use self::args::{
-    Stamp, apply_args, history_args, kubectl_create_stdin_args, kubectl_delete_namespace_args,
-    kubectl_get_labels_args, kubectl_get_values_args, kubectl_namespace_labels_args, rollback_args,
-    status_args, test_args, uninstall_args, with_access,
+    Stamp, apply_args, get_manifest_args, history_args, kubectl_apply_args,
+    kubectl_create_stdin_args, kubectl_delete_namespace_args, kubectl_get_labels_args,
+    kubectl_get_objects_args, kubectl_get_values_args, kubectl_namespace_labels_args,
+    rollback_args, status_args, test_args, uninstall_args, with_access,
 };
 use self::cache::{CacheIndex, KeyLocks};
 use self::output::{
-    a_test_failed, is_not_found, parse_history, parse_labels, parse_release, source_data,
+    OutputError as Unreadable, a_test_failed, is_not_found, parse_history, parse_labels,
+    parse_objects, parse_release, source_data,
 };
 use self::process::{Exit, Limits, Stdout};
 use super::{
     Apply, DriverError, HelmDriver, HelmProcesses, KubectlAction, LEASE_LABEL, NamespaceDeletion,
     Release, Revision, Target, Tool, Uninstalled, is_pending,
 };
+use crate::drift::{ObjectState, identity, manifest_objects};
 use crate::ownership::{Identity, Owner, OwnershipError};
 use crate::values::SourceData;
+
+/// The three states of each object: `applied` (the manifest's, in order), `desired` (the dry
+/// run's answer, in the same order) and `live` (those that exist, matched by identity).
+/// `None` when the dry run answered other objects than it was given.
+fn pair(
+    applied: Vec<serde_json::Value>,
+    desired: Vec<serde_json::Value>,
+    live: Vec<serde_json::Value>,
+) -> Option<Vec<ObjectState>> {
+    if applied.len() != desired.len() {
+        return None;
+    }
+    let mut live: BTreeMap<_, _> = live
+        .into_iter()
+        .filter_map(|object| Some((identity(&object)?, object)))
+        .collect();
+    applied
+        .into_iter()
+        .zip(desired)
+        .map(|(applied, desired)| {
+            let name = |o: &serde_json::Value| identity(o).map(|(_, kind, _, name)| (kind, name));
+            if name(&applied)? != name(&desired)? {
+                return None;
+            }
+            let live = live.remove(&identity(&desired)?);
+            Some(ObjectState {
+                applied,
+                desired,
+                live,
+            })
+        })
+        .collect()
+}
 
 /// The chart cache's default bound: 512 MiB, half the deployed cache volume's 1 GiB limit
 /// (Helm's own cache and temporary files share that volume).
@@ -275,6 +311,17 @@ impl HelmCli {
             }),
             Err(e) => Err(e),
         }
+    }
+
+    /// The worker's kubectl, or an error saying what it was needed for (`action`) when kubectl
+    /// is disabled on this worker.
+    fn kubectl_bin(&self, action: &KubectlAction) -> Result<&Path, DriverError> {
+        self.settings.kubectl_bin.as_deref().ok_or_else(|| {
+            DriverError::local(
+                format!("cannot {action}"),
+                std::io::Error::other("kubectl is disabled on this worker (--kubectl-bin)"),
+            )
+        })
     }
 
     /// The values of `config` in a new 0600 file (tempfile's mode), deleted when dropped.
@@ -620,6 +667,83 @@ impl HelmDriver for HelmCli {
             )
         })?;
         Ok(Some(data))
+    }
+
+    async fn drift_states(
+        &self,
+        target: Target<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<ObjectState>, DriverError> {
+        let release = target.release_ref();
+        let stdout = self
+            .helm(
+                get_manifest_args(&release),
+                target.identity,
+                self.settings.short_timeout,
+                cancel,
+            )
+            .await?;
+        let unreadable = |command: &str, reason: Unreadable| DriverError::Output {
+            command: command.to_owned(),
+            reason,
+        };
+        if stdout.truncated {
+            return Err(unreadable("get manifest", Unreadable::Cut));
+        }
+        let applied = manifest_objects(&stdout.text, target.release, target.namespace)
+            .map_err(|e| unreadable("get manifest", e.into()))?;
+        if applied.is_empty() {
+            return Ok(Vec::new());
+        }
+        let input = serde_json::to_vec(&serde_json::json!({
+            "apiVersion": "v1", "kind": "List", "items": applied,
+        }))
+        .map_err(|e| DriverError::local("cannot write the release's objects", e.into()))?;
+        let action = || KubectlAction::CompareObjects {
+            release: release.to_string(),
+        };
+        let input = &input;
+        let objects = |args, command: &'static str| async move {
+            let action = action();
+            let kubectl = self.kubectl_bin(&action)?;
+            let stdout = self
+                .kubectl(kubectl, args, action, target.identity, Some(input), cancel)
+                .await?;
+            if stdout.truncated {
+                return Err(unreadable(command, Unreadable::Cut));
+            }
+            parse_objects(&stdout).map_err(|e| unreadable(command, e))
+        };
+        let desired = objects(kubectl_apply_args(target.namespace, true), "kubectl apply").await?;
+        let live = objects(kubectl_get_objects_args(target.namespace), "kubectl get").await?;
+        pair(applied, desired, live)
+            .ok_or_else(|| unreadable("kubectl apply", Unreadable::Mismatched))
+    }
+
+    async fn reapply(
+        &self,
+        target: Target<'_>,
+        objects: &[serde_json::Value],
+        cancel: &CancellationToken,
+    ) -> Result<(), DriverError> {
+        let input = serde_json::to_vec(&serde_json::json!({
+            "apiVersion": "v1", "kind": "List", "items": objects,
+        }))
+        .map_err(|e| DriverError::local("cannot write the release's objects", e.into()))?;
+        let action = KubectlAction::CorrectObjects {
+            release: target.release_ref().to_string(),
+        };
+        let kubectl = self.kubectl_bin(&action)?;
+        self.kubectl(
+            kubectl,
+            kubectl_apply_args(target.namespace, false),
+            action,
+            target.identity,
+            Some(&input),
+            cancel,
+        )
+        .await
+        .map(drop)
     }
 
     async fn delete_namespace(

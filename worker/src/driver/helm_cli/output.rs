@@ -35,6 +35,29 @@ pub enum OutputError {
     /// `helm pull` succeeded but left no package.
     #[error("no chart package was written")]
     NoPackage,
+    /// `helm get manifest` printed something other than YAML objects.
+    #[error(transparent)]
+    Manifest(#[from] crate::drift::ManifestError),
+    /// The dry run answered other objects than it was given.
+    #[error("the dry run answered other objects than the manifest holds")]
+    Mismatched,
+    /// kubectl's answer was cut short: comparing part of the objects would miss drift.
+    #[error("the output was cut at {STDOUT_CAP} bytes")]
+    Cut,
+}
+
+/// The objects of kubectl's `-o json` answer: a `List`'s items, one object, or none (no
+/// output: every object was missing).
+pub(super) fn parse_objects(stdout: &Stdout) -> Result<Vec<Value>, OutputError> {
+    if stdout.text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut value: Value = json(stdout)?;
+    let list = value.get("kind").and_then(Value::as_str) == Some("List");
+    Ok(match value.get_mut("items") {
+        Some(Value::Array(items)) if list => std::mem::take(items),
+        _ => vec![value],
+    })
 }
 
 /// Reads the release from `helm upgrade -o json` or `helm status -o json`.
