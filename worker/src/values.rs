@@ -277,5 +277,11 @@ mod tests {
             &Digests::of(&other_release, &c.values)
         ));
         assert!(digests.values.starts_with("sha256:") && digests.values.len() == 71);
+        // Neither `adopt` (the producer sets it once the status records the release) nor how
+        // drift is watched is deployed: the first job and a later refresh digest the same.
+        let mut later = c.clone();
+        later.adopt = true;
+        later.drift.mode = helmq_schemas::config::DriftMode::Correct;
+        assert!(unchanged(Some(&deployed), &Digests::of(&later, &c.values)));
     }
 }

@@ -1023,3 +1023,101 @@ async fn values_from_sources_reach_helm_and_an_unchanged_apply_skips_it() {
     assert_eq!(driver.calls().iter().filter(|c| c.op == "apply").count(), 2);
     pool.stop().await;
 }
+
+#[tokio::test]
+async fn a_drift_check_reports_drift_and_in_correct_mode_applies_only_the_drifted_objects() {
+    use helmq_schemas::config::DriftMode;
+    use serde_json::json;
+
+    let env = Env::start(fast_topology()).await;
+    let driver = MemoryDriver::new();
+    let pool = env.pool(driver.clone(), settings("w")).await;
+    let job = apply("web", 1, "web");
+    env.publish(&job).await;
+    let ready = eventually(Duration::from_secs(20), "Ready", || async {
+        env.phases("web", StatusPhase::Ready).await.pop()
+    })
+    .await;
+    let deployed = ready.release.unwrap().deployed.expect("digests reported");
+    let object = |kind: &str, name: &str, replicas: u32| {
+        json!({"apiVersion": "apps/v1", "kind": kind,
+               "metadata": {"name": name, "namespace": "apps"}, "spec": {"replicas": replicas}})
+    };
+    driver.set_objects(
+        "apps",
+        "web",
+        vec![
+            (
+                object("Deployment", "scaled", 2),
+                Some(object("Deployment", "scaled", 5)),
+            ),
+            (
+                object("Deployment", "same", 1),
+                Some(object("Deployment", "same", 1)),
+            ),
+        ],
+    );
+    let check = |refresh: u32, mode: DriftMode| {
+        let mut check = job.clone();
+        check.refresh = refresh;
+        check.id = format!("{}:refresh-{refresh}", job.id);
+        check.deployed = Some(deployed.clone());
+        check.drift_check = true;
+        check.config.drift.mode = mode;
+        check
+    };
+    let answer = |id: String| {
+        let env = &env;
+        async move {
+            eventually(Duration::from_secs(20), "the check's answer", || async {
+                env.phases("web", StatusPhase::Ready)
+                    .await
+                    .into_iter()
+                    .find(|s| s.job_id == id)
+            })
+            .await
+        }
+    };
+
+    let warn = check(1, DriftMode::Warn);
+    env.publish(&warn).await;
+    let reported = answer(warn.id.clone()).await;
+    let report = reported.release.and_then(|r| r.drift).expect("a report");
+    assert_eq!(
+        (report.checked, report.drifted, report.corrected),
+        (2, 1, false)
+    );
+    assert_eq!(report.objects[0].fields, ["/spec/replicas"]);
+    assert!(
+        reported.message.contains("drift detected in release web"),
+        "{}",
+        reported.message
+    );
+    let ops = || driver.calls().into_iter().map(|c| c.op).collect::<Vec<_>>();
+    assert!(!ops().contains(&"reapply"), "warn puts nothing back");
+    assert_eq!(
+        ops().iter().filter(|op| **op == "apply").count(),
+        1,
+        "no Helm run"
+    );
+
+    let correct = check(2, DriftMode::Correct);
+    env.publish(&correct).await;
+    let corrected = answer(correct.id.clone()).await;
+    let report = corrected.release.and_then(|r| r.drift).expect("a report");
+    assert!(report.corrected && report.drifted == 1);
+    assert_eq!(ops().iter().filter(|op| **op == "reapply").count(), 1);
+    // Neither check told the Component it was deploying.
+    let starts = env.phases("web", StatusPhase::Deploying).await;
+    assert!(starts.iter().all(|s| s.job_id == job.id), "{starts:?}");
+
+    // Put back: the next check finds nothing.
+    let again = check(3, DriftMode::Correct);
+    env.publish(&again).await;
+    let clean = answer(again.id.clone()).await;
+    assert_eq!(
+        clean.release.and_then(|r| r.drift).map(|r| r.drifted),
+        Some(0)
+    );
+    pool.stop().await;
+}

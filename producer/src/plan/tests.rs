@@ -1115,3 +1115,97 @@ fn a_changed_values_source_re_applies_once_the_outcome_is_in() {
         Action::Issue(IssuedJob { refresh: 0, .. })
     ));
 }
+
+/// [`ready_at_generation_1`] with `config.drift` (`mode`, a 60 s interval), deployed `deployed`
+/// seconds before [`now`].
+fn ready_with_drift(mode: &str, deployed: i64) -> Component {
+    let mut c = ready_at_generation_1();
+    let mut config = valid_config();
+    config["drift"] = serde_json::json!({"mode": mode, "interval": "60s"});
+    c.spec.config = Some(config);
+    let record = c.status.as_mut().unwrap().handler_status.as_mut().unwrap();
+    record.last_deploy_time = Some(Time(ago(deployed)));
+    record.values_digest = Some("sha256:v".into());
+    record.config_digest = Some("sha256:c".into());
+    c
+}
+
+#[test]
+fn a_drift_check_is_issued_an_interval_after_the_last_check_or_deploy() {
+    // Not yet due: nothing; its time is an interval after the deploy.
+    let fresh = ready_with_drift("warn", 30);
+    assert_eq!(
+        next_drift_check(&fresh),
+        Some(ago(30) + jiff::SignedDuration::from_secs(60))
+    );
+    assert_eq!(
+        settle(fresh).1,
+        Action::Nothing("status reflects this generation")
+    );
+    // Due: a re-apply of the generation, marked as a check, carrying what is deployed.
+    let due = ready_with_drift("correct", 61);
+    let (checking, action) = settle(due);
+    let Action::PublishApply(job) = action else {
+        panic!("{action:?}");
+    };
+    assert!(job.drift_check);
+    assert_eq!((job.component.generation, job.refresh), (1, 1));
+    assert!(
+        job.deployed.is_some(),
+        "the worker checks only what is deployed as asked"
+    );
+    // While the check is out, no other check: its time comes from its answer.
+    assert_eq!(next_drift_check(&checking), None);
+    assert_eq!(published_refresh(&settle(checking.clone()).1), Some((1, 1)));
+    let mut checked = checking;
+    answered(&mut checked, Phase::Ready);
+    let record = checked
+        .status
+        .as_mut()
+        .unwrap()
+        .handler_status
+        .as_mut()
+        .unwrap();
+    record.drift_checked_at = Some(Time(ago(10)));
+    assert_eq!(
+        next_drift_check(&checked),
+        Some(ago(10) + jiff::SignedDuration::from_secs(60))
+    );
+    assert_eq!(
+        settle(checked).1,
+        Action::Nothing("status reflects this generation")
+    );
+}
+
+#[test]
+fn no_drift_check_when_disabled_failed_deleting_or_at_an_older_generation() {
+    assert_eq!(next_drift_check(&ready_with_drift("disabled", 600)), None);
+    assert_eq!(
+        next_drift_check(&ready_at_generation_1()),
+        None,
+        "no drift block"
+    );
+    let mut failed = ready_with_drift("warn", 600);
+    failed.status.as_mut().unwrap().phase = Some(Phase::Failed);
+    assert_eq!(next_drift_check(&failed), None);
+    let mut changed = ready_with_drift("warn", 600);
+    changed.metadata.generation = Some(2);
+    assert_eq!(
+        next_drift_check(&changed),
+        None,
+        "the new generation deploys first"
+    );
+    let mut deleting = ready_with_drift("warn", 600);
+    deleting.metadata.deletion_timestamp = Some(Time(ago(1)));
+    assert_eq!(next_drift_check(&deleting), None);
+    // A reconcile request due at the same time is forced: Helm runs, whatever the check says.
+    let requested = annotated(
+        &ready_with_drift("warn", 600),
+        REQUESTED_AT_ANNOTATION,
+        Some("t"),
+    );
+    let Action::PublishApply(job) = settle(requested).1 else {
+        panic!("a job");
+    };
+    assert_eq!(job.deployed, None);
+}

@@ -320,6 +320,78 @@ mod tests {
         status.conditions.iter().find(|c| c.type_ == type_).unwrap()
     }
 
+    fn checked(report: DriftReport) -> ReleaseInfo {
+        ReleaseInfo {
+            revision: None,
+            drift: Some(report),
+            ..release(1)
+        }
+    }
+
+    #[test]
+    fn a_drift_check_sets_drifted_and_dates_the_next_check_but_deploys_nothing() {
+        let deployed = event(1, StatusPhase::Ready, 1, 2).with_release(release(1));
+        let found = DriftReport {
+            checked: 3,
+            drifted: 1,
+            ..DriftReport::default()
+        };
+        let (status, applied) = run(&[
+            deployed.clone(),
+            event(1, StatusPhase::Ready, 1, 30)
+                .for_job_sequence(2)
+                .with_release(checked(found.clone())),
+        ]);
+        assert_eq!(applied, [true, true]);
+        let record = status.handler_status.clone().unwrap();
+        assert_eq!(record.revision, Some(1), "a check is no revision");
+        assert_eq!(record.last_deploy_time, Some(Time(deployed.at)));
+        assert!(record.drift_checked_at.is_some_and(|t| t.0 > deployed.at));
+        let drifted = condition(&status, DRIFTED_CONDITION);
+        assert_eq!(
+            (drifted.status.as_str(), drifted.reason.as_str()),
+            ("True", "DriftDetected")
+        );
+        assert_eq!(status.phase, Some(Phase::Ready));
+        for (report, want) in [
+            (
+                DriftReport {
+                    corrected: true,
+                    ..found.clone()
+                },
+                ("False", "DriftCorrected"),
+            ),
+            (
+                DriftReport {
+                    failed: true,
+                    ..found.clone()
+                },
+                ("True", "DriftCorrectionFailed"),
+            ),
+            (
+                DriftReport {
+                    failed: true,
+                    ..DriftReport::default()
+                },
+                ("Unknown", "DriftCheckFailed"),
+            ),
+            (DriftReport::default(), ("False", "NoDrift")),
+        ] {
+            let (status, _) =
+                run(&[event(1, StatusPhase::Ready, 1, 2).with_release(checked(report))]);
+            let c = condition(&status, DRIFTED_CONDITION);
+            assert_eq!((c.status.as_str(), c.reason.as_str()), want);
+        }
+        // A deploy leaves the condition as the last check set it.
+        let (status, _) = run(&[deployed]);
+        assert!(
+            status
+                .conditions
+                .iter()
+                .all(|c| c.type_ != DRIFTED_CONDITION)
+        );
+    }
+
     #[test]
     fn claimed_sets_claimed_by_and_claimed_at() {
         let (status, _) = run(&[event(1, StatusPhase::Claimed, 0, 0)]);

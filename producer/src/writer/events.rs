@@ -397,6 +397,48 @@ mod tests {
     }
 
     #[test]
+    fn drift_checks_record_an_event_only_when_they_found_or_failed_something() {
+        use helmq_schemas::event::{DriftReport, ReleaseInfo};
+        let with = |report: DriftReport| {
+            status(StatusPhase::Ready, "drift ...").with_release(ReleaseInfo {
+                name: "web".into(),
+                namespace: "default".into(),
+                revision: None,
+                chart_version: None,
+                helm_status: None,
+                deployed: None,
+                drift: Some(report),
+            })
+        };
+        let found = DriftReport {
+            checked: 2,
+            drifted: 1,
+            ..DriftReport::default()
+        };
+        let reasons = |report| -> Vec<(EventType, &str)> {
+            phase_events(&with(report))
+                .into_iter()
+                .map(|e| (e.type_, e.reason))
+                .collect()
+        };
+        assert_eq!(reasons(DriftReport::default()), []);
+        assert_eq!(
+            reasons(found.clone()),
+            [(EventType::Warning, "DriftDetected")]
+        );
+        let corrected = DriftReport {
+            corrected: true,
+            ..found.clone()
+        };
+        assert_eq!(reasons(corrected), [(EventType::Normal, "DriftCorrected")]);
+        let failed = DriftReport {
+            failed: true,
+            ..DriftReport::default()
+        };
+        assert_eq!(reasons(failed), [(EventType::Warning, "DriftCheckFailed")]);
+    }
+
+    #[test]
     fn long_notes_are_cut_on_a_character_boundary() {
         let long = "é".repeat(1000);
         let note = &phase_events(&status(StatusPhase::Failed, &long))[0].note;
