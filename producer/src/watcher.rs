@@ -336,8 +336,8 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
                 if component.metadata.uid.is_some() {
                     self.ledger.forget(&component);
                 }
-                self.retries.remove(&ObjectKey::of(&component));
-                self.refreshing.remove(&ObjectKey::of(&component));
+                self.retries.remove(&ObjectKey::of(&*component));
+                self.refreshing.remove(&ObjectKey::of(&*component));
             }
             Change::Restarted => {
                 self.metrics.watch_restarts.inc();
