@@ -72,6 +72,19 @@ impl Cause {
     }
 }
 
+/// What a failed run said of the object it was about, when it said one of these: what the
+/// driver acts on (a release or object that is not there, a namespace that already is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// The release (helm's `release: not found`) or the object (kubectl's
+    /// `Error from server (NotFound)`) does not exist.
+    NotFound,
+    /// The object already exists (kubectl's `AlreadyExists`).
+    AlreadyExists,
+    /// The API server refused the account (kubectl's `Error from server (Forbidden)`).
+    Forbidden,
+}
+
 /// A helm or kubectl run that failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HelmFailure {
@@ -79,6 +92,8 @@ pub struct HelmFailure {
     pub class: Failure,
     /// The common failure it is, if it is one.
     pub cause: Option<Cause>,
+    /// What it said of the object it was about, if it said one of the [`Answer`]s.
+    pub answer: Option<Answer>,
     /// Its stderr, the `Error:` line first, without Helm's log lines, control characters or
     /// the secrets the driver used, cut at 4 KiB with a marker (never holds values: they are
     /// passed in a file; never a Secret's data).
