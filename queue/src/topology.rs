@@ -235,22 +235,22 @@ impl Topology {
 
     /// The workers' shared durable pull consumer over the whole jobs stream.
     pub fn workers_consumer(&self) -> pull::Config {
-        pull::Config {
-            durable_name: Some(WORKERS_CONSUMER.into()),
-            description: Some("helmq workers (all replicas pull from this one)".into()),
-            ack_policy: AckPolicy::Explicit,
-            ack_wait: self.ack_wait,
-            max_deliver: self.max_deliver,
-            max_ack_pending: self.max_ack_pending,
-            ..Default::default()
-        }
+        self.durable(
+            WORKERS_CONSUMER,
+            "helmq workers (all replicas pull from this one)",
+        )
     }
 
     /// The status writer's durable pull consumer.
     pub fn writer_consumer(&self) -> pull::Config {
+        self.durable(WRITER_CONSUMER, "helmq status writer")
+    }
+
+    /// A durable pull consumer with explicit acks and this topology's redelivery limits.
+    fn durable(&self, name: &str, description: &str) -> pull::Config {
         pull::Config {
-            durable_name: Some(WRITER_CONSUMER.into()),
-            description: Some("helmq status writer".into()),
+            durable_name: Some(name.into()),
+            description: Some(description.into()),
             ack_policy: AckPolicy::Explicit,
             ack_wait: self.ack_wait,
             max_deliver: self.max_deliver,
