@@ -1,8 +1,10 @@
 //! A failed helm or kubectl run, understood once: [`HelmFailure`] holds whether a retry can
 //! help (its class, a [`Failure`] that `policy` decides on), what went wrong when it is one of
-//! the common failures (its [`Cause`], which the `readable` module turns into advice) and the
-//! readable, secret-free text. The driver reads a process's stderr into one where it runs
-//! (`driver::helm_cli`); nothing reads that text again to learn what it means.
+//! the common failures (its [`Cause`], which the `readable` module turns into advice), what it
+//! said of the release or object it was about (its [`Answer`]: not found, already exists,
+//! forbidden; what the driver acts on) and the readable, secret-free text. The driver reads a
+//! process's stderr into one where it runs (`driver::helm_cli`); nothing reads that text again
+//! to learn what it means.
 
 use std::fmt;
 

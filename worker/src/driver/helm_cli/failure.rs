@@ -1,7 +1,8 @@
 //! What a failed helm or kubectl run means, read once from its readable stderr
 //! ([`readable_stderr`](super::output::readable_stderr)) where the process ran: its class
-//! (whether a retry can help) and its [`Cause`] when it is a common failure. `MemoryDriver`
-//! reads the failures it simulates with the same functions.
+//! (whether a retry can help), its [`Cause`] when it is a common failure, and its [`Answer`]
+//! when it says the release or object is missing, exists or is forbidden. `MemoryDriver` reads
+//! the failures it simulates with the same functions.
 //!
 //! Pure functions over text, with a table test of the messages helm and kubectl print.
 
