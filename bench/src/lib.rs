@@ -29,7 +29,9 @@ pub mod run;
 pub mod stats;
 pub mod store;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use crate::child::Proc;
 
 /// What a run works with.
 #[derive(Debug, Clone)]
@@ -61,5 +63,10 @@ impl Context {
     /// The log file of `name` in the output directory.
     pub fn log(&self, name: &str) -> PathBuf {
         self.out_dir.join("logs").join(format!("{name}.log"))
+    }
+
+    /// Starts `program` with `args` as `label`, its output in [`Context::log`] of `label`.
+    pub fn spawn(&self, label: &str, program: &Path, args: &[String]) -> anyhow::Result<Proc> {
+        Proc::spawn(label, program, args, &[], &self.log(label))
     }
 }

@@ -22,11 +22,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::jetstream::{self, Context};
 use clap::{Parser, Subcommand};
 use helmq_queue::dlq::{self, DlqError};
-use helmq_queue::{JetStreamQueue, JobQueue, NatsArgs, Topology};
+use helmq_queue::topology::STATUS_STREAM;
+use helmq_queue::{JetStreamQueue, JobQueue, NatsArgs, Topology, request};
 use helmq_schemas::event::{JOB_SCHEMA, JobEvent, default_job_id, issued_job_id, job_nonce};
 use serde_json::Value;
 
@@ -392,6 +393,26 @@ async fn dlq_command(
             render::purged(out, output, purged)
         }
     }
+}
+
+/// The messages of a new ordered consumer of the status stream made with `config`, named
+/// [`follower_name`] of `purpose`. Errors say `open` when the stream cannot be read, `follow`
+/// when the consumer cannot be made or read.
+async fn follow_status(
+    js: &Context,
+    purpose: &str,
+    config: pull::OrderedConfig,
+    (open, follow): (&str, &str),
+) -> Result<pull::Ordered, CtlError> {
+    let stream = js.get_stream(STATUS_STREAM).await.map_err(request(open))?;
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            name: Some(follower_name(purpose)),
+            ..config
+        })
+        .await
+        .map_err(request(follow))?;
+    Ok(consumer.messages().await.map_err(request(follow))?)
 }
 
 /// A unique name for an ordered consumer. Named creates can be told apart from the writer's

@@ -13,7 +13,7 @@ use helmq_queue::topology::{
 use helmq_queue::{PRODUCER_WORKER, request};
 use helmq_schemas::event::StatusEvent;
 
-use crate::{CtlError, deliver_since, follower_name};
+use crate::{CtlError, deliver_since, follow_status};
 
 /// One stream's numbers.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -125,23 +125,13 @@ pub async fn queue_status(js: &Context, workers_since: Duration) -> Result<Queue
 /// events left out).
 async fn workers_seen(js: &Context, since: Duration) -> Result<Vec<WorkerSeen>, CtlError> {
     const MAX_SCANNED: usize = 100_000;
-    let stream = js
-        .get_stream(STATUS_STREAM)
-        .await
-        .map_err(request("read the status stream"))?;
-    let consumer = stream
-        .create_consumer(pull::OrderedConfig {
-            name: Some(follower_name("status")),
-            deliver_policy: deliver_since(time::OffsetDateTime::now_utc(), since),
-            ..Default::default()
-        })
-        .await
-        .map_err(request("read the status stream"))?;
+    let config = pull::OrderedConfig {
+        deliver_policy: deliver_since(time::OffsetDateTime::now_utc(), since),
+        ..Default::default()
+    };
+    let reading = "read the status stream";
+    let mut messages = follow_status(js, "status", config, (reading, reading)).await?;
     let mut seen: BTreeMap<String, WorkerSeen> = BTreeMap::new();
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(request("read the status stream"))?;
     let mut scanned = 0;
     loop {
         let next = tokio::time::timeout(Duration::from_millis(500), messages.next()).await;

@@ -8,12 +8,11 @@ use async_nats::jetstream::Context;
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use futures::StreamExt;
 use helmq_queue::request;
-use helmq_queue::topology::STATUS_STREAM;
 use helmq_schemas::event::StatusEvent;
 use helmq_schemas::subject::status_filter;
 
 use crate::render::{self, Output};
-use crate::{CtlError, deliver_since, follower_name};
+use crate::{CtlError, deliver_since, follow_status};
 
 /// Which status events to follow, and how many.
 #[derive(Debug, Clone, Default)]
@@ -40,23 +39,18 @@ pub async fn watch(
         Some(since) => deliver_since(time::OffsetDateTime::now_utc(), since),
         None => DeliverPolicy::New,
     };
-    let stream = js
-        .get_stream(STATUS_STREAM)
-        .await
-        .map_err(request("open the status stream"))?;
-    let consumer = stream
-        .create_consumer(pull::OrderedConfig {
-            name: Some(follower_name("watch")),
-            filter_subject: status_filter(filter.namespace.as_deref(), filter.name.as_deref()),
-            deliver_policy,
-            ..Default::default()
-        })
-        .await
-        .map_err(request("follow the status stream"))?;
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(request("follow the status stream"))?;
+    let config = pull::OrderedConfig {
+        filter_subject: status_filter(filter.namespace.as_deref(), filter.name.as_deref()),
+        deliver_policy,
+        ..Default::default()
+    };
+    let mut messages = follow_status(
+        js,
+        "watch",
+        config,
+        ("open the status stream", "follow the status stream"),
+    )
+    .await?;
     render::watch_header(out, output)?;
     let mut shown = 0;
     while filter.count.is_none_or(|c| shown < c) {

@@ -345,9 +345,9 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
                 if component.metadata.uid.is_some() {
                     self.ledger.forget(&component);
                 }
-                self.retries.remove(&ObjectKey::of(&component));
-                self.refreshing.remove(&ObjectKey::of(&component));
-                self.drift_checks.remove(&ObjectKey::of(&component));
+                self.retries.remove(&ObjectKey::of(&*component));
+                self.refreshing.remove(&ObjectKey::of(&*component));
+                self.drift_checks.remove(&ObjectKey::of(&*component));
             }
             Change::Restarted => {
                 self.metrics.watch_restarts.inc();

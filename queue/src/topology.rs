@@ -186,46 +186,48 @@ impl Topology {
     /// The jobs stream: a work queue, one subject per Component.
     pub fn jobs_stream(&self) -> stream::Config {
         stream::Config {
-            name: JOBS_STREAM.into(),
-            description: Some("helmq deployment jobs (helmq.job/v1)".into()),
-            subjects: vec![format!("{JOBS_PREFIX}.>")],
             retention: RetentionPolicy::WorkQueue,
-            storage: StorageType::File,
-            num_replicas: self.replicas,
-            duplicate_window: self.duplicate_window,
-            max_message_size: MAX_MESSAGE_BYTES,
             discard: DiscardPolicy::New,
-            ..Default::default()
+            ..self.stream(
+                JOBS_STREAM,
+                "helmq deployment jobs (helmq.job/v1)",
+                JOBS_PREFIX,
+            )
         }
     }
 
     /// The status stream: limits retention so the writer and orchestrators can all read it.
     pub fn status_stream(&self) -> stream::Config {
         stream::Config {
-            name: STATUS_STREAM.into(),
-            description: Some("helmq status events (helmq.status/v1)".into()),
-            subjects: vec![format!("{STATUS_PREFIX}.>")],
-            retention: RetentionPolicy::Limits,
-            storage: StorageType::File,
-            num_replicas: self.replicas,
-            duplicate_window: self.duplicate_window,
             max_age: self.status_max_age,
-            max_message_size: MAX_MESSAGE_BYTES,
-            ..Default::default()
+            ..self.stream(
+                STATUS_STREAM,
+                "helmq status events (helmq.status/v1)",
+                STATUS_PREFIX,
+            )
         }
     }
 
     /// The dead-letter stream: the original job, the last error and the attempt count.
     pub fn dlq_stream(&self) -> stream::Config {
         stream::Config {
-            name: DLQ_STREAM.into(),
-            description: Some("helmq dead-lettered jobs".into()),
-            subjects: vec![format!("{DLQ_PREFIX}.>")],
+            max_age: self.dlq_max_age,
+            ..self.stream(DLQ_STREAM, "helmq dead-lettered jobs", DLQ_PREFIX)
+        }
+    }
+
+    /// What every helmq stream shares: file storage, limits retention (a stream may override
+    /// it), this topology's replicas and duplicate window, room for the largest event, and
+    /// every subject under `prefix`.
+    fn stream(&self, name: &str, description: &str, prefix: &str) -> stream::Config {
+        stream::Config {
+            name: name.into(),
+            description: Some(description.into()),
+            subjects: vec![format!("{prefix}.>")],
             retention: RetentionPolicy::Limits,
             storage: StorageType::File,
             num_replicas: self.replicas,
             duplicate_window: self.duplicate_window,
-            max_age: self.dlq_max_age,
             max_message_size: MAX_MESSAGE_BYTES,
             ..Default::default()
         }
@@ -233,22 +235,22 @@ impl Topology {
 
     /// The workers' shared durable pull consumer over the whole jobs stream.
     pub fn workers_consumer(&self) -> pull::Config {
-        pull::Config {
-            durable_name: Some(WORKERS_CONSUMER.into()),
-            description: Some("helmq workers (all replicas pull from this one)".into()),
-            ack_policy: AckPolicy::Explicit,
-            ack_wait: self.ack_wait,
-            max_deliver: self.max_deliver,
-            max_ack_pending: self.max_ack_pending,
-            ..Default::default()
-        }
+        self.durable(
+            WORKERS_CONSUMER,
+            "helmq workers (all replicas pull from this one)",
+        )
     }
 
     /// The status writer's durable pull consumer.
     pub fn writer_consumer(&self) -> pull::Config {
+        self.durable(WRITER_CONSUMER, "helmq status writer")
+    }
+
+    /// A durable pull consumer with explicit acks and this topology's redelivery limits.
+    fn durable(&self, name: &str, description: &str) -> pull::Config {
         pull::Config {
-            durable_name: Some(WRITER_CONSUMER.into()),
-            description: Some("helmq status writer".into()),
+            durable_name: Some(name.into()),
+            description: Some(description.into()),
             ack_policy: AckPolicy::Explicit,
             ack_wait: self.ack_wait,
             max_deliver: self.max_deliver,

@@ -27,7 +27,7 @@ pub use helm_cli::{CredentialsError, HelmCli, HelmCliSettings, OutputError};
 pub use memory::MemoryDriver;
 
 use crate::drift::ObjectState;
-use crate::failure::{Cause, HelmFailure};
+use crate::failure::{Answer, Cause, HelmFailure};
 use crate::ownership::{Identity, Owner, OwnershipError};
 use crate::policy::Failure;
 
@@ -238,6 +238,17 @@ impl DriverError {
                 failure.cause.as_ref()
             }
             DriverError::Remediated { last, .. } => last.cause(),
+            _ => None,
+        }
+    }
+
+    /// What helm or kubectl said of the object it was about, if it said one of the
+    /// [`Answer`]s (never that of a run a remediation made).
+    pub fn answer(&self) -> Option<Answer> {
+        match self {
+            DriverError::Helm { failure, .. } | DriverError::Kubectl { failure, .. } => {
+                failure.answer
+            }
             _ => None,
         }
     }

@@ -1,8 +1,10 @@
 //! A failed helm or kubectl run, understood once: [`HelmFailure`] holds whether a retry can
 //! help (its class, a [`Failure`] that `policy` decides on), what went wrong when it is one of
-//! the common failures (its [`Cause`], which the `readable` module turns into advice) and the
-//! readable, secret-free text. The driver reads a process's stderr into one where it runs
-//! (`driver::helm_cli`); nothing reads that text again to learn what it means.
+//! the common failures (its [`Cause`], which the `readable` module turns into advice), what it
+//! said of the release or object it was about (its [`Answer`]: not found, already exists,
+//! forbidden; what the driver acts on) and the readable, secret-free text. The driver reads a
+//! process's stderr into one where it runs (`driver::helm_cli`); nothing reads that text again
+//! to learn what it means.
 
 use std::fmt;
 
@@ -72,6 +74,19 @@ impl Cause {
     }
 }
 
+/// What a failed run said of the object it was about, when it said one of these: what the
+/// driver acts on (a release or object that is not there, a namespace that already is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// The release (helm's `release: not found`) or the object (kubectl's
+    /// `Error from server (NotFound)`) does not exist.
+    NotFound,
+    /// The object already exists (kubectl's `AlreadyExists`).
+    AlreadyExists,
+    /// The API server refused the account (kubectl's `Error from server (Forbidden)`).
+    Forbidden,
+}
+
 /// A helm or kubectl run that failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HelmFailure {
@@ -79,6 +94,8 @@ pub struct HelmFailure {
     pub class: Failure,
     /// The common failure it is, if it is one.
     pub cause: Option<Cause>,
+    /// What it said of the object it was about, if it said one of the [`Answer`]s.
+    pub answer: Option<Answer>,
     /// Its stderr, the `Error:` line first, without Helm's log lines, control characters or
     /// the secrets the driver used, cut at 4 KiB with a marker (never holds values: they are
     /// passed in a file; never a Secret's data).

@@ -90,30 +90,30 @@ fn values_of(
     data: Option<&BTreeMap<String, Vec<u8>>>,
 ) -> Result<Option<Map<String, Value>>, ValuesError> {
     let kind = reference.kind.as_str();
-    let Some(data) = data else {
-        return if reference.optional {
+    // What is missing is no error when the reference is optional.
+    let missing = |error| {
+        if reference.optional {
             Ok(None)
         } else {
-            Err(ValuesError::MissingObject {
-                index,
-                kind,
-                namespace: namespace.to_owned(),
-                name: reference.name.clone(),
-            })
-        };
+            Err(error)
+        }
+    };
+    let Some(data) = data else {
+        return missing(ValuesError::MissingObject {
+            index,
+            kind,
+            namespace: namespace.to_owned(),
+            name: reference.name.clone(),
+        });
     };
     let Some(bytes) = data.get(&reference.values_key) else {
-        return if reference.optional {
-            Ok(None)
-        } else {
-            Err(ValuesError::MissingKey {
-                index,
-                kind,
-                namespace: namespace.to_owned(),
-                name: reference.name.clone(),
-                key: reference.values_key.clone(),
-            })
-        };
+        return missing(ValuesError::MissingKey {
+            index,
+            kind,
+            namespace: namespace.to_owned(),
+            name: reference.name.clone(),
+            key: reference.values_key.clone(),
+        });
     };
     let unusable = |reason| ValuesError::Unusable {
         index,

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::Context;
-use crate::child::Proc;
 use crate::env::{CpuMeter, Env, job_timeline, publish_all};
 use crate::jobs;
 use crate::probe::Probe;
@@ -170,13 +169,7 @@ async fn helmcli_worker(
     ]);
     let meter = CpuMeter::start(env.server_pid());
     let started = Instant::now();
-    let mut worker = Proc::spawn(
-        "helmcli-worker",
-        &ctx.worker_bin,
-        &args,
-        &[],
-        &ctx.log("helmcli-worker"),
-    )?;
+    let mut worker = ctx.spawn("helmcli-worker", &ctx.worker_bin, &args)?;
     env.wait_jobs(0, STALL, &mut [&mut worker]).await?;
     let time = started.elapsed();
     worker.check_running()?;

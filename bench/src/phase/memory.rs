@@ -7,7 +7,6 @@
 use std::time::{Duration, Instant};
 
 use crate::Context;
-use crate::child::Proc;
 use crate::env::{CpuMeter, Env};
 use crate::report::Report;
 use crate::stats::round3;
@@ -45,13 +44,7 @@ pub async fn run(ctx: &Context, report: &mut Report) -> anyhow::Result<Memory> {
         &count.to_string(),
     ]
     .map(str::to_owned);
-    let mut producer = Proc::spawn(
-        "memory-producer",
-        &ctx.bench_bin,
-        &args,
-        &[],
-        &ctx.log("memory-producer"),
-    )?;
+    let mut producer = ctx.spawn("memory-producer", &ctx.bench_bin, &args)?;
     env.wait_jobs(count as u64, STALL, &mut [&mut producer])
         .await?;
     let queued_after = started.elapsed();

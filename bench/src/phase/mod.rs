@@ -51,5 +51,5 @@ fn bench_worker(
             format!("{}ms", apply_time.as_millis()),
         ]);
     }
-    Proc::spawn(label, &ctx.bench_bin, &args, &[], &ctx.log(label))
+    ctx.spawn(label, &ctx.bench_bin, &args)
 }

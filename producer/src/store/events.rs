@@ -9,10 +9,10 @@ use std::future::Future;
 
 use k8s_openapi::api::events::v1::Event;
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams, PostParams};
 
-use super::StoreError;
 use super::kube_store::map_error;
+use super::{Namespaced, StoreError, names};
 
 /// Access to `events.k8s.io/v1` Events, as the event recorder needs it.
 pub trait EventStore: Send + Sync + 'static {
@@ -26,40 +26,25 @@ pub trait EventStore: Send + Sync + 'static {
 }
 
 /// [`EventStore`] on a Kubernetes API server.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct KubeEventStore {
-    client: Client,
-}
-
-impl std::fmt::Debug for KubeEventStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KubeEventStore").finish_non_exhaustive()
-    }
+    events: Namespaced<Event>,
 }
 
 impl KubeEventStore {
     /// A store over `client`.
     pub fn new(client: Client) -> Self {
-        KubeEventStore { client }
+        KubeEventStore {
+            events: Namespaced::new(client),
+        }
     }
-
-    fn api(&self, namespace: &str) -> Api<Event> {
-        Api::namespaced(self.client.clone(), namespace)
-    }
-}
-
-/// `(namespace, name)` of an Event.
-pub(crate) fn event_key(event: &Event) -> (String, String) {
-    (
-        event.metadata.namespace.clone().unwrap_or_default(),
-        event.metadata.name.clone().unwrap_or_default(),
-    )
 }
 
 impl EventStore for KubeEventStore {
     async fn create(&self, event: &Event) -> Result<(), StoreError> {
-        let (namespace, name) = event_key(event);
-        self.api(&namespace)
+        let (namespace, name) = names(event);
+        self.events
+            .api(&namespace)
             .create(&PostParams::default(), event)
             .await
             .map(drop)
@@ -67,12 +52,13 @@ impl EventStore for KubeEventStore {
     }
 
     async fn patch_series(&self, event: &Event) -> Result<(), StoreError> {
-        let (namespace, name) = event_key(event);
+        let (namespace, name) = names(event);
         let patch = serde_json::json!({
             "metadata": {"annotations": event.metadata.annotations},
             "series": event.series,
         });
-        self.api(&namespace)
+        self.events
+            .api(&namespace)
             .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .map(drop)

@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use k8s_openapi::api::events::v1::Event;
 
-use super::events::{EventStore, event_key};
+use super::events::EventStore;
+use super::names;
 use super::{ObjectKey, StoreError};
 
 /// An in-memory Kubernetes API for `events.k8s.io/v1` Events. Clones share one store.
@@ -84,7 +85,7 @@ impl EventStore for FakeEventStore {
         if state.unavailable {
             return Err(unavailable());
         }
-        let (namespace, name) = event_key(event);
+        let (namespace, name) = names(event);
         if state
             .objects
             .contains_key(&(namespace.clone(), name.clone()))
@@ -101,7 +102,7 @@ impl EventStore for FakeEventStore {
         if state.unavailable {
             return Err(unavailable());
         }
-        let (namespace, name) = event_key(event);
+        let (namespace, name) = names(event);
         let Some(stored) = state.objects.get_mut(&(namespace.clone(), name.clone())) else {
             return Err(StoreError::NotFound(ObjectKey::new(namespace, name)));
         };

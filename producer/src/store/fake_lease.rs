@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::{LeaseStore, ObjectKey, StoreError};
+use super::{LeaseStore, ObjectKey, StoreError, names};
 
 /// An in-memory Kubernetes API for `Lease` objects. Clones share one store (and one link).
 #[derive(Debug, Clone, Default)]
@@ -27,13 +27,6 @@ struct Leases {
     objects: BTreeMap<(String, String), Lease>,
     last_rv: u64,
     unavailable: bool,
-}
-
-fn key(lease: &Lease) -> (String, String) {
-    (
-        lease.metadata.namespace.clone().unwrap_or_default(),
-        lease.metadata.name.clone().unwrap_or_default(),
-    )
 }
 
 impl FakeLeaseStore {
@@ -86,7 +79,7 @@ impl FakeLeaseStore {
     fn store(state: &mut Leases, mut lease: Lease) -> Lease {
         state.last_rv += 1;
         lease.metadata.resource_version = Some(state.last_rv.to_string());
-        state.objects.insert(key(&lease), lease.clone());
+        state.objects.insert(names(&lease), lease.clone());
         lease
     }
 }
@@ -102,7 +95,7 @@ impl LeaseStore for FakeLeaseStore {
 
     async fn create(&self, lease: &Lease) -> Result<Lease, StoreError> {
         let mut state = self.reachable()?;
-        let (namespace, name) = key(lease);
+        let (namespace, name) = names(lease);
         if state
             .objects
             .contains_key(&(namespace.clone(), name.clone()))
@@ -117,7 +110,7 @@ impl LeaseStore for FakeLeaseStore {
 
     async fn replace(&self, lease: &Lease) -> Result<Lease, StoreError> {
         let mut state = self.reachable()?;
-        let (namespace, name) = key(lease);
+        let (namespace, name) = names(lease);
         let Some(stored) = state.objects.get(&(namespace.clone(), name.clone())) else {
             return Err(StoreError::NotFound(ObjectKey::new(namespace, name)));
         };

@@ -7,44 +7,30 @@
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Client;
-use kube::api::{Api, PostParams};
+use kube::api::PostParams;
 
 use super::kube_store::map_error;
-use super::{LeaseStore, StoreError};
+use super::{LeaseStore, Namespaced, StoreError, names};
 
 /// [`LeaseStore`] on a Kubernetes API server.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct KubeLeaseStore {
-    client: Client,
-}
-
-impl std::fmt::Debug for KubeLeaseStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KubeLeaseStore").finish_non_exhaustive()
-    }
+    leases: Namespaced<Lease>,
 }
 
 impl KubeLeaseStore {
     /// A store over `client`.
     pub fn new(client: Client) -> Self {
-        KubeLeaseStore { client }
+        KubeLeaseStore {
+            leases: Namespaced::new(client),
+        }
     }
-
-    fn api(&self, namespace: &str) -> Api<Lease> {
-        Api::namespaced(self.client.clone(), namespace)
-    }
-}
-
-fn names(lease: &Lease) -> (String, String) {
-    (
-        lease.metadata.namespace.clone().unwrap_or_default(),
-        lease.metadata.name.clone().unwrap_or_default(),
-    )
 }
 
 impl LeaseStore for KubeLeaseStore {
     async fn get(&self, namespace: &str, name: &str) -> Result<Option<Lease>, StoreError> {
-        self.api(namespace)
+        self.leases
+            .api(namespace)
             .get_opt(name)
             .await
             .map_err(|e| map_error(e, namespace, name))
@@ -52,7 +38,8 @@ impl LeaseStore for KubeLeaseStore {
 
     async fn create(&self, lease: &Lease) -> Result<Lease, StoreError> {
         let (namespace, name) = names(lease);
-        self.api(&namespace)
+        self.leases
+            .api(&namespace)
             .create(&PostParams::default(), lease)
             .await
             .map_err(|e| map_error(e, &namespace, &name))
@@ -60,7 +47,8 @@ impl LeaseStore for KubeLeaseStore {
 
     async fn replace(&self, lease: &Lease) -> Result<Lease, StoreError> {
         let (namespace, name) = names(lease);
-        self.api(&namespace)
+        self.leases
+            .api(&namespace)
             .replace(&name, &PostParams::default(), lease)
             .await
             .map_err(|e| map_error(e, &namespace, &name))

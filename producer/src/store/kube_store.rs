@@ -29,7 +29,7 @@ use serde_json::json;
 use super::raw::{self, Event, Observed};
 use super::{
     Change, ComponentStore, ErrorClass, Listing, ObjectKey, StoreError, classify,
-    finalizers_with_ours, finalizers_without_ours,
+    finalizers_with_ours, finalizers_without_ours, names,
 };
 
 /// Objects per list page.
@@ -323,11 +323,6 @@ impl Follow {
             }
         }
     }
-}
-
-fn names(component: &Component) -> (String, String) {
-    let ObjectKey { namespace, name } = ObjectKey::of(component);
-    (namespace, name)
 }
 
 /// Maps a kube error by its [`classify`] class: 409 → conflict, 404 → not found, other API

@@ -225,12 +225,59 @@ impl ObjectKey {
         }
     }
 
-    /// The key of `component` (empty parts when its metadata lacks them).
-    pub fn of(component: &Component) -> ObjectKey {
+    /// The key of `object` (empty parts when its metadata lacks them).
+    pub fn of(object: &impl kube::Resource) -> ObjectKey {
+        let metadata = object.meta();
         ObjectKey::new(
-            component.metadata.namespace.clone().unwrap_or_default(),
-            component.metadata.name.clone().unwrap_or_default(),
+            metadata.namespace.clone().unwrap_or_default(),
+            metadata.name.clone().unwrap_or_default(),
         )
+    }
+}
+
+/// `(namespace, name)` of `object`, as the stores key and address it.
+pub(crate) fn names(object: &impl kube::Resource) -> (String, String) {
+    let ObjectKey { namespace, name } = ObjectKey::of(object);
+    (namespace, name)
+}
+
+/// A client for the namespaced objects of kind `K`, for the stores that only create and change
+/// objects of one kind (Events, Leases); shown without the client's internals.
+pub(crate) struct Namespaced<K> {
+    client: kube::Client,
+    kind: std::marker::PhantomData<fn() -> K>,
+}
+
+impl<K> Namespaced<K> {
+    /// Over `client`.
+    pub(crate) fn new(client: kube::Client) -> Self {
+        Namespaced {
+            client,
+            kind: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<K> Namespaced<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    /// The API of its objects in `namespace`.
+    pub(crate) fn api(&self, namespace: &str) -> kube::Api<K> {
+        kube::Api::namespaced(self.client.clone(), namespace)
+    }
+}
+
+impl<K> Clone for Namespaced<K> {
+    fn clone(&self) -> Self {
+        Namespaced::new(self.client.clone())
+    }
+}
+
+impl<K> std::fmt::Debug for Namespaced<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Namespaced").finish_non_exhaustive()
     }
 }
 

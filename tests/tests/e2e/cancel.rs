@@ -27,21 +27,23 @@ async fn a_superseded_or_drained_run_leaves_its_revision_failed_not_pending() {
         ..Options::new("cancel")
     })
     .await;
-    let ns = stack.namespace().to_owned();
+    let ns = stack.cluster.namespace().to_owned();
     let mut component = spec("cut", webapp(&stack, &ns, false, 1));
     component.deployment_timeout = Some(DEPLOYMENT_TIMEOUT.into());
-    stack.create_spec("cut", component).await;
-    stack.wait_phase("cut", Phase::Ready, 1).await;
+    stack.cluster.create_spec("cut", component).await;
+    stack.cluster.wait_phase("cut", Phase::Ready, 1).await;
 
     // Supersede: generation 2 never becomes ready; generation 3 arrives while helm waits.
     stack
+        .cluster
         .patch_config("cut", webapp(&stack, &ns, true, 1))
         .await;
     let superseded = wait_pending_upgrade(&stack, &ns, 1).await;
     stack
+        .cluster
         .patch_config("cut", webapp(&stack, &ns, false, 2))
         .await;
-    stack.wait_phase("cut", Phase::Ready, 3).await;
+    stack.cluster.wait_phase("cut", Phase::Ready, 3).await;
     let history = revisions(&stack, &ns).await;
     eprintln!("e2e[cancel]: after supersede: {history:?}");
     assert_eq!(
@@ -55,10 +57,11 @@ async fn a_superseded_or_drained_run_leaves_its_revision_failed_not_pending() {
     // Drain: generation 4 never becomes ready; the worker is stopped while helm waits, its
     // drain deadline passes and the run is cancelled.
     stack
+        .cluster
         .patch_config("cut", webapp(&stack, &ns, true, 1))
         .await;
     let drained = wait_pending_upgrade(&stack, &ns, superseded).await;
-    stack.terminate("helmq-worker-1").await;
+    stack.processes.terminate("helmq-worker-1").await;
     let history = revisions(&stack, &ns).await;
     eprintln!("e2e[cancel]: after drain: {history:?}");
     assert_eq!(
@@ -69,11 +72,12 @@ async fn a_superseded_or_drained_run_leaves_its_revision_failed_not_pending() {
     assert!(no_pending(&history), "{history:?}");
 
     // A new worker and a fixed generation: deployed, nothing to recover.
-    stack.start_worker();
+    stack.processes.start_worker();
     stack
+        .cluster
         .patch_config("cut", webapp(&stack, &ns, false, 1))
         .await;
-    let ready = stack.wait_phase("cut", Phase::Ready, 5).await;
+    let ready = stack.cluster.wait_phase("cut", Phase::Ready, 5).await;
     let message = ready.status.and_then(|s| s.message).unwrap_or_default();
     assert!(!message.contains("recovered"), "{message}");
     let history = revisions(&stack, &ns).await;
@@ -81,13 +85,13 @@ async fn a_superseded_or_drained_run_leaves_its_revision_failed_not_pending() {
     assert_eq!(history.last().map(|(_, s)| s.as_str()), Some("deployed"));
     assert!(no_pending(&history), "{history:?}");
 
-    stack.delete_and_wait_gone("cut").await;
+    stack.cluster.delete_and_wait_gone("cut").await;
     stack.stop().await;
 }
 
 /// Release `cut` of the webapp chart.
 fn webapp(stack: &Stack, ns: &str, never_ready: bool, replicas: u32) -> Value {
-    stack.chart_config(
+    stack.charts.chart_config(
         "webapp",
         "0.1.0",
         "cut",
@@ -102,7 +106,7 @@ fn webapp(stack: &Stack, ns: &str, never_ready: bool, replicas: u32) -> Value {
 async fn wait_pending_upgrade(stack: &Stack, ns: &str, after: i64) -> i64 {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        if let Some(status) = stack.helm_json(&["status", "cut", "-n", ns]).await {
+        if let Some(status) = stack.cluster.helm_json(&["status", "cut", "-n", ns]).await {
             let revision = status["version"].as_i64().unwrap_or_default();
             if status["info"]["status"] == "pending-upgrade" && revision > after {
                 // Well inside the wait, not at its start.
@@ -121,6 +125,7 @@ async fn wait_pending_upgrade(stack: &Stack, ns: &str, after: i64) -> i64 {
 /// `(revision, status)` of release `cut`, oldest first.
 async fn revisions(stack: &Stack, ns: &str) -> Vec<(i64, String)> {
     let history = stack
+        .cluster
         .helm_json(&["history", "cut", "-n", ns])
         .await
         .expect("helm history");

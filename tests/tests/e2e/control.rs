@@ -15,7 +15,7 @@ use crate::support::{READY_WITHIN, Stack, binary, gate};
 
 /// Runs `helmqctl <request> <namespace>/<name>` with the test's kubeconfig.
 async fn helmqctl(request: &str, stack: &Stack, name: &str) {
-    let target = format!("{}/{name}", stack.namespace());
+    let target = format!("{}/{name}", stack.cluster.namespace());
     let out = Command::new(binary("helmqctl"))
         .args([request, &target])
         .output()
@@ -44,21 +44,24 @@ async fn greeting(configmaps: &Api<ConfigMap>, name: &str) -> Option<String> {
 async fn a_suspended_component_ignores_a_spec_change_until_resumed() {
     gate!();
     let stack = Stack::start("suspend").await;
-    let ns = stack.namespace().to_owned();
-    let configmaps: Api<ConfigMap> = Api::namespaced(stack.client().clone(), &ns);
+    let ns = stack.cluster.namespace().to_owned();
+    let configmaps: Api<ConfigMap> = Api::namespaced(stack.cluster.client().clone(), &ns);
     stack
-        .create("held", stack.hello_config("held", "0.1.0", "before"))
+        .cluster
+        .create("held", stack.charts.hello_config("held", "0.1.0", "before"))
         .await;
-    stack.wait_phase("held", Phase::Ready, 1).await;
+    stack.cluster.wait_phase("held", Phase::Ready, 1).await;
 
     helmqctl("suspend", &stack, "held").await;
     stack
+        .cluster
         .wait_for("held", READY_WITHIN, "Suspended", |c| {
             suspended(c) == Some("True")
         })
         .await;
     stack
-        .patch_config("held", stack.hello_config("held", "0.1.0", "after"))
+        .cluster
+        .patch_config("held", stack.charts.hello_config("held", "0.1.0", "after"))
         .await;
     // Long enough for a claim, a job and a Helm run on the rig (a deploy takes 2-5 s).
     tokio::time::sleep(Duration::from_secs(15)).await;
@@ -67,13 +70,13 @@ async fn a_suspended_component_ignores_a_spec_change_until_resumed() {
         Some("before"),
         "a suspended Component's spec change reached the release"
     );
-    let held = stack.components().get("held").await.unwrap();
+    let held = stack.cluster.components().get("held").await.unwrap();
     let status = held.status.unwrap();
     assert_eq!(status.observed_generation, Some(1));
     assert_eq!(status.handler_status.unwrap().revision, Some(1));
 
     helmqctl("resume", &stack, "held").await;
-    let resumed = stack.wait_phase("held", Phase::Ready, 2).await;
+    let resumed = stack.cluster.wait_phase("held", Phase::Ready, 2).await;
     assert_eq!(suspended(Some(&resumed)), Some("False"));
     assert_eq!(
         greeting(&configmaps, "held-hello").await.as_deref(),
@@ -83,12 +86,13 @@ async fn a_suspended_component_ignores_a_spec_change_until_resumed() {
     // Deleting a suspended Component uninstalls its release all the same.
     helmqctl("suspend", &stack, "held").await;
     stack
+        .cluster
         .wait_for("held", READY_WITHIN, "Suspended", |c| {
             suspended(c) == Some("True")
         })
         .await;
-    stack.delete_and_wait_gone("held").await;
-    assert_eq!(stack.release_status("held", &ns).await, None);
+    stack.cluster.delete_and_wait_gone("held").await;
+    assert_eq!(stack.cluster.release_status("held", &ns).await, None);
     assert!(greeting(&configmaps, "held-hello").await.is_none());
     stack.stop().await;
 }
@@ -98,12 +102,13 @@ async fn a_suspended_component_ignores_a_spec_change_until_resumed() {
 async fn a_reconcile_request_puts_back_an_object_deleted_by_hand() {
     gate!();
     let stack = Stack::start("reconcile").await;
-    let ns = stack.namespace().to_owned();
-    let configmaps: Api<ConfigMap> = Api::namespaced(stack.client().clone(), &ns);
+    let ns = stack.cluster.namespace().to_owned();
+    let configmaps: Api<ConfigMap> = Api::namespaced(stack.cluster.client().clone(), &ns);
     stack
-        .create("kept", stack.hello_config("kept", "0.1.0", "hi"))
+        .cluster
+        .create("kept", stack.charts.hello_config("kept", "0.1.0", "hi"))
         .await;
-    stack.wait_phase("kept", Phase::Ready, 1).await;
+    stack.cluster.wait_phase("kept", Phase::Ready, 1).await;
     configmaps
         .delete("kept-hello", &DeleteParams::default())
         .await
@@ -112,6 +117,7 @@ async fn a_reconcile_request_puts_back_an_object_deleted_by_hand() {
 
     helmqctl("reconcile", &stack, "kept").await;
     let requested = stack
+        .cluster
         .components()
         .get("kept")
         .await
@@ -123,6 +129,7 @@ async fn a_reconcile_request_puts_back_an_object_deleted_by_hand() {
         .cloned()
         .expect("helmqctl reconcile sets the annotation");
     let handled = stack
+        .cluster
         .wait_for("kept", READY_WITHIN, "the request handled and Ready", |c| {
             let Some(status) = c.and_then(|c| c.status.as_ref()) else {
                 return false;
@@ -141,10 +148,11 @@ async fn a_reconcile_request_puts_back_an_object_deleted_by_hand() {
         "the ConfigMap deleted by hand is back"
     );
     let history = stack
+        .cluster
         .helm_json(&["history", "kept", "-n", &ns])
         .await
         .expect("helm history");
     assert_eq!(history.as_array().map(Vec::len), Some(2), "{history}");
-    stack.delete_and_wait_gone("kept").await;
+    stack.cluster.delete_and_wait_gone("kept").await;
     stack.stop().await;
 }

@@ -36,8 +36,8 @@ async fn a_worker_killed_with_helm_mid_wait_leaves_a_pending_release_that_anothe
         ..Options::new("crash")
     })
     .await;
-    let ns = stack.namespace().to_owned();
-    let client = stack.client().clone();
+    let ns = stack.cluster.namespace().to_owned();
+    let client = stack.cluster.client().clone();
 
     // A quota of one pod: revision 1 (one replica) fits, the upgrade to two replicas waits for
     // a pod the quota refuses, on any cluster, until the quota goes.
@@ -68,7 +68,7 @@ async fn a_worker_killed_with_helm_mid_wait_leaves_a_pending_release_that_anothe
     }
 
     let config = |replicas: i64| {
-        stack.chart_config(
+        stack.charts.chart_config(
             "webapp",
             "0.1.0",
             "web",
@@ -79,17 +79,17 @@ async fn a_worker_killed_with_helm_mid_wait_leaves_a_pending_release_that_anothe
     };
     let mut component = spec("web", config(1));
     component.deployment_timeout = Some("5m".into());
-    stack.create_spec("web", component).await;
-    stack.wait_phase("web", Phase::Ready, 1).await;
+    stack.cluster.create_spec("web", component).await;
+    stack.cluster.wait_phase("web", Phase::Ready, 1).await;
 
     // The upgrade: helm waits for the second pod.
-    stack.patch_config("web", config(2)).await;
+    stack.cluster.patch_config("web", config(2)).await;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while stack.release_status("web", &ns).await.as_deref() != Some("pending-upgrade") {
+    while stack.cluster.release_status("web", &ns).await.as_deref() != Some("pending-upgrade") {
         assert!(Instant::now() < deadline, "the upgrade never started");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let worker_pid = stack.pid("helmq-worker-1");
+    let worker_pid = stack.processes.pid("helmq-worker-1");
     let tree = process_tree(worker_pid);
     assert!(
         tree.iter().any(|(_, cmd)| cmd.contains("upgrade")),
@@ -97,7 +97,7 @@ async fn a_worker_killed_with_helm_mid_wait_leaves_a_pending_release_that_anothe
     );
 
     // SIGKILL the worker and its helm child at once.
-    stack.kill_tree("helmq-worker-1").await;
+    stack.processes.kill_tree("helmq-worker-1").await;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let alive: Vec<_> = tree.iter().filter(|(pid, _)| is_alive(*pid)).collect();
@@ -111,7 +111,7 @@ async fn a_worker_killed_with_helm_mid_wait_leaves_a_pending_release_that_anothe
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(
-        stack.release_status("web", &ns).await.as_deref(),
+        stack.cluster.release_status("web", &ns).await.as_deref(),
         Some("pending-upgrade"),
         "a killed helm leaves the release pending"
     );
@@ -140,8 +140,8 @@ async fn a_worker_killed_with_helm_mid_wait_leaves_a_pending_release_that_anothe
         .delete("one-pod", &DeleteParams::default())
         .await
         .expect("delete the quota");
-    stack.start_worker();
-    let ready = stack.wait_phase("web", Phase::Ready, 2).await;
+    stack.processes.start_worker();
+    let ready = stack.cluster.wait_phase("web", Phase::Ready, 2).await;
     let status = ready.status.unwrap();
     let message = status.message.unwrap_or_default();
     eprintln!("e2e[crash]: Ready: {message}");
@@ -151,12 +151,13 @@ async fn a_worker_killed_with_helm_mid_wait_leaves_a_pending_release_that_anothe
         "{message}"
     );
     // Told as a Kubernetes Event too, before the Ready one.
-    let recovered = stack.wait_event("web", "Recovered").await;
+    let recovered = stack.cluster.wait_event("web", "Recovered").await;
     assert_eq!(
         recovered,
         "recovered release web from pending-upgrade by rolling back to revision 1"
     );
     let last = stack
+        .cluster
         .helm_json(&["history", "web", "-n", &ns])
         .await
         .and_then(|h| h.as_array().and_then(|h| h.last()).cloned())
@@ -166,7 +167,7 @@ async fn a_worker_killed_with_helm_mid_wait_leaves_a_pending_release_that_anothe
         status.handler_status.unwrap().revision,
         last["revision"].as_i64()
     );
-    let events = stack.status_events("web").await;
+    let events = stack.queue.status_events("web").await;
     assert!(
         events
             .iter()
@@ -183,7 +184,7 @@ async fn a_worker_killed_with_helm_mid_wait_leaves_a_pending_release_that_anothe
 
     let recovered = killed_at.elapsed();
 
-    stack.delete_and_wait_gone("web").await;
+    stack.cluster.delete_and_wait_gone("web").await;
     stack.stop().await;
     // The fault suite's row 09 (docs/RELIABILITY.md), written only when the case passed.
     helmq_tests::faults::write_row(&helmq_tests::faults::Row {

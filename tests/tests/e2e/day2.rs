@@ -17,7 +17,8 @@ const DEPLOYMENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The greeting in the ConfigMap of release `release`'s chart (`<release>-<suffix>`).
 async fn greeting(stack: &Stack, name: &str) -> String {
-    let configmaps: Api<ConfigMap> = Api::namespaced(stack.client().clone(), stack.namespace());
+    let configmaps: Api<ConfigMap> =
+        Api::namespaced(stack.cluster.client().clone(), stack.cluster.namespace());
     let cm = configmaps.get(name).await.expect("the chart's ConfigMap");
     cm.data.unwrap_or_default()["greeting"].clone()
 }
@@ -25,7 +26,8 @@ async fn greeting(stack: &Stack, name: &str) -> String {
 /// `helm history` of `release` in the stack's namespace: `(revision, status, description)`.
 async fn history(stack: &Stack, release: &str) -> Vec<(i64, String, String)> {
     let history = stack
-        .helm_json(&["history", release, "-n", stack.namespace()])
+        .cluster
+        .helm_json(&["history", release, "-n", stack.cluster.namespace()])
         .await
         .expect("helm history");
     history
@@ -45,8 +47,10 @@ async fn history(stack: &Stack, release: &str) -> Vec<(i64, String, String)> {
 /// Release `release` of `chart` 0.1.0 into the stack's namespace with `values`, and the
 /// top-level config fields of `day2` (`test`, `remediation`).
 fn day2_config(stack: &Stack, chart: &str, release: &str, values: Value, day2: Value) -> Value {
-    let ns = stack.namespace();
-    let mut config = stack.chart_config(chart, "0.1.0", release, ns, false, values);
+    let ns = stack.cluster.namespace();
+    let mut config = stack
+        .charts
+        .chart_config(chart, "0.1.0", release, ns, false, values);
     for (key, value) in day2.as_object().expect("an object") {
         config[key] = value.clone();
     }
@@ -74,12 +78,15 @@ async fn a_failed_upgrade_with_rollback_leaves_the_previous_revision_deployed() 
     };
     let mut component = spec("web", config("first", false));
     component.deployment_timeout = Some(format!("{}s", DEPLOYMENT_TIMEOUT.as_secs()));
-    stack.create_spec("web", component).await;
-    stack.wait_phase("web", Phase::Ready, 1).await;
+    stack.cluster.create_spec("web", component).await;
+    stack.cluster.wait_phase("web", Phase::Ready, 1).await;
 
     // Helm's wait runs out and it records revision 2 failed; the worker rolls back to 1.
-    stack.patch_config("web", config("second", true)).await;
-    let failed = stack.wait_phase("web", Phase::Failed, 2).await;
+    stack
+        .cluster
+        .patch_config("web", config("second", true))
+        .await;
+    let failed = stack.cluster.wait_phase("web", Phase::Failed, 2).await;
     let status = failed.status.unwrap();
     let message = status.message.unwrap_or_default();
     eprintln!("e2e[rollback]: Failed: {message}");
@@ -100,10 +107,10 @@ async fn a_failed_upgrade_with_rollback_leaves_the_previous_revision_deployed() 
     );
     assert_eq!(revisions[1].1, "failed", "{revisions:?}");
     assert_eq!(greeting(&stack, "web-webapp").await, "first");
-    let note = stack.wait_event("web", "Failed").await;
+    let note = stack.cluster.wait_event("web", "Failed").await;
     assert!(note.contains("rolled back to revision 1"), "{note}");
 
-    stack.delete_and_wait_gone("web").await;
+    stack.cluster.delete_and_wait_gone("web").await;
     stack.stop().await;
 }
 
@@ -117,7 +124,7 @@ async fn a_chart_whose_test_fails_ends_failed_with_the_tests_message() {
         ..Options::new("test-fails")
     })
     .await;
-    let ns = stack.namespace().to_owned();
+    let ns = stack.cluster.namespace().to_owned();
     let config = |exit_code: &str| {
         day2_config(
             &stack,
@@ -127,8 +134,8 @@ async fn a_chart_whose_test_fails_ends_failed_with_the_tests_message() {
             json!({"test": {"enable": true, "timeout": "2m"}}),
         )
     };
-    stack.create("checked", config("1")).await;
-    let failed = stack.wait_phase("checked", Phase::Failed, 1).await;
+    stack.cluster.create("checked", config("1")).await;
+    let failed = stack.cluster.wait_phase("checked", Phase::Failed, 1).await;
     let status = failed.status.unwrap();
     let message = status.message.unwrap_or_default();
     eprintln!("e2e[test-fails]: Failed: {message}");
@@ -145,17 +152,21 @@ async fn a_chart_whose_test_fails_ends_failed_with_the_tests_message() {
     );
     // Without remediation the release stays deployed as Helm left it.
     assert_eq!(
-        stack.release_status("checked", &ns).await.as_deref(),
+        stack
+            .cluster
+            .release_status("checked", &ns)
+            .await
+            .as_deref(),
         Some("deployed")
     );
 
     // The fix passes its tests.
-    stack.patch_config("checked", config("0")).await;
-    let ready = stack.wait_phase("checked", Phase::Ready, 2).await;
+    stack.cluster.patch_config("checked", config("0")).await;
+    let ready = stack.cluster.wait_phase("checked", Phase::Ready, 2).await;
     let message = ready.status.unwrap().message.unwrap_or_default();
     assert!(message.ends_with("; tests passed"), "{message}");
 
-    stack.delete_and_wait_gone("checked").await;
+    stack.cluster.delete_and_wait_gone("checked").await;
     stack.stop().await;
 }
 
@@ -181,14 +192,17 @@ async fn an_upgrade_whose_test_fails_is_rolled_back_to_the_values_that_passed() 
             }),
         )
     };
-    stack.create("tested", config("first", "0")).await;
-    let ready = stack.wait_phase("tested", Phase::Ready, 1).await;
+    stack.cluster.create("tested", config("first", "0")).await;
+    let ready = stack.cluster.wait_phase("tested", Phase::Ready, 1).await;
     let message = ready.status.unwrap().message.unwrap_or_default();
     assert!(message.ends_with("; tests passed"), "{message}");
 
     // Tried twice (one retry), then rolled back to revision 1.
-    stack.patch_config("tested", config("second", "1")).await;
-    let failed = stack.wait_phase("tested", Phase::Failed, 2).await;
+    stack
+        .cluster
+        .patch_config("tested", config("second", "1"))
+        .await;
+    let failed = stack.cluster.wait_phase("tested", Phase::Failed, 2).await;
     let message = failed.status.unwrap().message.unwrap_or_default();
     eprintln!("e2e[test-rollback]: Failed: {message}");
     assert!(
@@ -206,6 +220,6 @@ async fn an_upgrade_whose_test_fails_is_rolled_back_to_the_values_that_passed() 
     assert_eq!(revisions.len(), 4, "{revisions:?}");
     assert_eq!(greeting(&stack, "tested-config").await, "first");
 
-    stack.delete_and_wait_gone("tested").await;
+    stack.cluster.delete_and_wait_gone("tested").await;
     stack.stop().await;
 }

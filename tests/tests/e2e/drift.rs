@@ -35,8 +35,8 @@ fn drifted(c: Option<&Component>) -> Option<(String, String, String)> {
 /// Deletes the release's ConfigMap, scales its Deployment to 3 and relabels its Service (the
 /// field the ignore rule covers), as someone with `kubectl` would.
 async fn tamper(stack: &Stack, object: &str) {
-    let ns = stack.namespace();
-    let client = stack.client().clone();
+    let ns = stack.cluster.namespace();
+    let client = stack.cluster.client().clone();
     Api::<ConfigMap>::namespaced(client.clone(), ns)
         .delete(object, &DeleteParams::default())
         .await
@@ -61,7 +61,7 @@ async fn tamper(stack: &Stack, object: &str) {
 }
 
 async fn replicas(stack: &Stack, object: &str) -> Option<i32> {
-    Api::<Deployment>::namespaced(stack.client().clone(), stack.namespace())
+    Api::<Deployment>::namespaced(stack.cluster.client().clone(), stack.cluster.namespace())
         .get(object)
         .await
         .expect("get the Deployment")
@@ -70,10 +70,11 @@ async fn replicas(stack: &Stack, object: &str) -> Option<i32> {
 }
 
 async fn service_label(stack: &Stack, object: &str) -> Option<String> {
-    let service = Api::<Service>::namespaced(stack.client().clone(), stack.namespace())
-        .get(object)
-        .await
-        .expect("get the Service");
+    let service =
+        Api::<Service>::namespaced(stack.cluster.client().clone(), stack.cluster.namespace())
+            .get(object)
+            .await
+            .expect("get the Service");
     service
         .metadata
         .labels?
@@ -82,7 +83,7 @@ async fn service_label(stack: &Stack, object: &str) -> Option<String> {
 }
 
 async fn config_map_exists(stack: &Stack, object: &str) -> bool {
-    Api::<ConfigMap>::namespaced(stack.client().clone(), stack.namespace())
+    Api::<ConfigMap>::namespaced(stack.cluster.client().clone(), stack.cluster.namespace())
         .get_opt(object)
         .await
         .expect("get the ConfigMap")
@@ -100,11 +101,11 @@ async fn drift_is_reported_in_warn_mode_and_put_back_in_correct_mode_but_ignored
     })
     .await;
     let config = |release: &str, mode: &str| {
-        let mut config = stack.chart_config(
+        let mut config = stack.charts.chart_config(
             "webapp",
             "0.1.0",
             release,
-            stack.namespace(),
+            stack.cluster.namespace(),
             false,
             json!({}),
         );
@@ -115,10 +116,16 @@ async fn drift_is_reported_in_warn_mode_and_put_back_in_correct_mode_but_ignored
         });
         config
     };
-    stack.create("watched", config("watched", "warn")).await;
-    stack.create("kept", config("kept", "correct")).await;
-    stack.wait_phase("watched", Phase::Ready, 1).await;
-    stack.wait_phase("kept", Phase::Ready, 1).await;
+    stack
+        .cluster
+        .create("watched", config("watched", "warn"))
+        .await;
+    stack
+        .cluster
+        .create("kept", config("kept", "correct"))
+        .await;
+    stack.cluster.wait_phase("watched", Phase::Ready, 1).await;
+    stack.cluster.wait_phase("kept", Phase::Ready, 1).await;
 
     tamper(&stack, "watched-webapp").await;
     tamper(&stack, "kept-webapp").await;
@@ -126,6 +133,7 @@ async fn drift_is_reported_in_warn_mode_and_put_back_in_correct_mode_but_ignored
 
     // warn: reported, nothing put back.
     let watched = stack
+        .cluster
         .wait_for("watched", INTERVAL + SLACK, "Drifted", |c| {
             drifted(c).is_some_and(|(status, _, _)| status == "True")
         })
@@ -148,7 +156,7 @@ async fn drift_is_reported_in_warn_mode_and_put_back_in_correct_mode_but_ignored
         !message.contains("Service"),
         "the ignored field was reported: {message}"
     );
-    let note = stack.wait_event("watched", "DriftDetected").await;
+    let note = stack.cluster.wait_event("watched", "DriftDetected").await;
     assert!(note.contains("/spec/replicas"), "{note}");
     let status = watched.and_then(|c| c.status).expect("status");
     assert_eq!(
@@ -165,6 +173,7 @@ async fn drift_is_reported_in_warn_mode_and_put_back_in_correct_mode_but_ignored
 
     // correct: put back, the ignored field left alone.
     let kept = stack
+        .cluster
         .wait_for("kept", INTERVAL + SLACK, "corrected", |c| {
             drifted(c).is_some_and(|(_, reason, _)| reason == "DriftCorrected")
         })
@@ -179,7 +188,7 @@ async fn drift_is_reported_in_warn_mode_and_put_back_in_correct_mode_but_ignored
         message.contains("drift corrected in release kept"),
         "{message}"
     );
-    let note = stack.wait_event("kept", "DriftCorrected").await;
+    let note = stack.cluster.wait_event("kept", "DriftCorrected").await;
     assert!(note.contains("ConfigMap kept-webapp deleted"), "{note}");
     assert!(
         config_map_exists(&stack, "kept-webapp").await,
@@ -198,6 +207,7 @@ async fn drift_is_reported_in_warn_mode_and_put_back_in_correct_mode_but_ignored
 
     // The next check of the corrected release finds nothing; the revision never moved.
     let clean = stack
+        .cluster
         .wait_for("kept", INTERVAL + SLACK, "checked clean", |c| {
             drifted(c).is_some_and(|(_, reason, _)| reason == "NoDrift")
         })
@@ -212,7 +222,7 @@ async fn drift_is_reported_in_warn_mode_and_put_back_in_correct_mode_but_ignored
     );
     assert!(record.drift_checked_at.is_some());
 
-    stack.delete_and_wait_gone("watched").await;
-    stack.delete_and_wait_gone("kept").await;
+    stack.cluster.delete_and_wait_gone("watched").await;
+    stack.cluster.delete_and_wait_gone("kept").await;
     stack.stop().await;
 }

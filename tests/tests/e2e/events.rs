@@ -18,17 +18,19 @@ const HOLD: &str = "e2e.helmq.test/hold";
 async fn kubectl_describe_shows_the_events_of_deploy_upgrade_fail_fix_delete() {
     gate!();
     let stack = Stack::start("events").await;
-    let ns = stack.namespace().to_owned();
+    let ns = stack.cluster.namespace().to_owned();
     let name = "shown";
 
     stack
-        .create(name, stack.hello_config(name, "0.1.0", "one"))
+        .cluster
+        .create(name, stack.charts.hello_config(name, "0.1.0", "one"))
         .await;
-    stack.wait_phase(name, Phase::Ready, 1).await;
+    stack.cluster.wait_phase(name, Phase::Ready, 1).await;
     stack
-        .patch_config(name, stack.hello_config(name, "0.2.0", "two"))
+        .cluster
+        .patch_config(name, stack.charts.hello_config(name, "0.2.0", "two"))
         .await;
-    stack.wait_phase(name, Phase::Ready, 2).await;
+    stack.cluster.wait_phase(name, Phase::Ready, 2).await;
 
     // `-o wide`: the release record and the last message.
     let wide = run_ok(
@@ -62,14 +64,19 @@ async fn kubectl_describe_shows_the_events_of_deploy_upgrade_fail_fix_delete() {
     // The same missing version twice (two generations): one Failed Event, counted twice.
     for (generation, greeting) in [(3, "three"), (4, "four")] {
         stack
-            .patch_config(name, stack.hello_config(name, "9.9.9", greeting))
+            .cluster
+            .patch_config(name, stack.charts.hello_config(name, "9.9.9", greeting))
             .await;
-        stack.wait_phase(name, Phase::Failed, generation).await;
+        stack
+            .cluster
+            .wait_phase(name, Phase::Failed, generation)
+            .await;
     }
     stack
-        .patch_config(name, stack.hello_config(name, "0.2.0", "fixed"))
+        .cluster
+        .patch_config(name, stack.charts.hello_config(name, "0.2.0", "fixed"))
         .await;
-    stack.wait_phase(name, Phase::Ready, 5).await;
+    stack.cluster.wait_phase(name, Phase::Ready, 5).await;
 
     // Deleted, held by our own finalizer once helmq is done: the deletion Events are there too.
     let hold = json!([{"op": "add", "path": "/metadata/finalizers/-", "value": HOLD}]);
@@ -89,18 +96,20 @@ async fn kubectl_describe_shows_the_events_of_deploy_upgrade_fail_fix_delete() {
     )
     .await;
     stack
+        .cluster
         .components()
         .delete(name, &Default::default())
         .await
         .expect("delete");
     stack
+        .cluster
         .wait_for(name, GONE_WITHIN, "uninstalled", |c| {
             c.is_some_and(|c| c.metadata.finalizers.iter().flatten().all(|f| f == HOLD))
         })
         .await;
-    assert_eq!(stack.release_status(name, &ns).await, None);
+    assert_eq!(stack.cluster.release_status(name, &ns).await, None);
 
-    let recorded = stack.events(name).await;
+    let recorded = stack.cluster.events(name).await;
     eprintln!("e2e[events]: events: {recorded:#?}");
     let count =
         |reason: &str| -> i32 { recorded.iter().filter(|e| e.0 == reason).map(|e| e.1).sum() };
@@ -136,6 +145,7 @@ async fn kubectl_describe_shows_the_events_of_deploy_upgrade_fail_fix_delete() {
     assert!(failed_line.contains("helmq-producer"), "{failed_line}");
 
     stack
+        .cluster
         .components()
         .patch(
             name,
@@ -145,6 +155,7 @@ async fn kubectl_describe_shows_the_events_of_deploy_upgrade_fail_fix_delete() {
         .await
         .expect("remove the hold finalizer");
     stack
+        .cluster
         .wait_for(name, GONE_WITHIN, "gone", |c| c.is_none())
         .await;
     stack.stop().await;

@@ -33,28 +33,30 @@ async fn deploy_and_clean_up(stack: &Stack, mut component: Component, replicas: 
         .to_owned();
     let managed = config["manageNamespace"] == true;
     let release_ns = if managed {
-        format!("{}-{release}", stack.namespace())
+        format!("{}-{release}", stack.cluster.namespace())
     } else {
         assert_eq!(
             config["releaseNamespace"],
             component.metadata.namespace.as_deref().unwrap_or_default(),
             "an unmanaged example releases into its own namespace"
         );
-        stack.namespace().to_owned()
+        stack.cluster.namespace().to_owned()
     };
     config["releaseNamespace"] = json!(release_ns);
-    config["source"]["repository"]["url"] = json!(stack.repo_url());
-    component.metadata.namespace = Some(stack.namespace().to_owned());
+    config["source"]["repository"]["url"] = json!(stack.charts.repo_url());
+    component.metadata.namespace = Some(stack.cluster.namespace().to_owned());
     stack
+        .cluster
         .components()
         .create(&PostParams::default(), &component)
         .await
         .expect("apply the example");
 
     stack
+        .cluster
         .wait_for(&name, CLAIM_WITHIN, "claimed", claimed)
         .await;
-    let ready = stack.wait_phase(&name, Phase::Ready, 1).await;
+    let ready = stack.cluster.wait_phase(&name, Phase::Ready, 1).await;
     let record = ready.status.unwrap().handler_status.unwrap();
     assert_eq!(record.release_name.as_deref(), Some(release.as_str()));
     assert_eq!(
@@ -62,22 +64,29 @@ async fn deploy_and_clean_up(stack: &Stack, mut component: Component, replicas: 
         Some(release_ns.as_str())
     );
     assert_eq!(
-        stack.release_status(&release, &release_ns).await.as_deref(),
+        stack
+            .cluster
+            .release_status(&release, &release_ns)
+            .await
+            .as_deref(),
         Some("deployed")
     );
-    let deployments: Api<Deployment> = Api::namespaced(stack.client().clone(), &release_ns);
+    let deployments: Api<Deployment> = Api::namespaced(stack.cluster.client().clone(), &release_ns);
     let deployment = deployments
         .get(&format!("{release}-webapp"))
         .await
         .expect("the chart's Deployment");
     assert_eq!(deployment.status.unwrap().ready_replicas, Some(replicas));
 
-    stack.delete_and_wait_gone(&name).await;
-    assert_eq!(stack.release_status(&release, &release_ns).await, None);
+    stack.cluster.delete_and_wait_gone(&name).await;
+    assert_eq!(
+        stack.cluster.release_status(&release, &release_ns).await,
+        None
+    );
     if managed {
-        stack.wait_namespace_gone(&release_ns).await;
+        stack.cluster.wait_namespace_gone(&release_ns).await;
     } else {
-        let namespace = Api::<Namespace>::all(stack.client().clone())
+        let namespace = Api::<Namespace>::all(stack.cluster.client().clone())
             .get(&release_ns)
             .await
             .expect("the tenant's namespace");

@@ -39,9 +39,9 @@ async fn never_ready_pods_time_out_back_off_fail_with_one_dead_letter_then_a_fix
         ..Options::new("never-ready")
     })
     .await;
-    let ns = stack.namespace().to_owned();
+    let ns = stack.cluster.namespace().to_owned();
     let config = |never_ready: bool| {
-        stack.chart_config(
+        stack.charts.chart_config(
             "webapp",
             "0.1.0",
             "stuck",
@@ -52,11 +52,11 @@ async fn never_ready_pods_time_out_back_off_fail_with_one_dead_letter_then_a_fix
     };
     let mut component = spec("stuck", config(true));
     component.deployment_timeout = Some(format!("{}s", DEPLOYMENT_TIMEOUT.as_secs()));
-    stack.create_spec("stuck", component).await;
+    stack.cluster.create_spec("stuck", component).await;
 
     // Every attempt waits the whole deploymentTimeout, then the budget is spent: Failed with
     // Helm's own words about the wait.
-    let failed = stack.wait_phase("stuck", Phase::Failed, 1).await;
+    let failed = stack.cluster.wait_phase("stuck", Phase::Failed, 1).await;
     let status = failed.status.unwrap();
     let message = status.message.unwrap_or_default();
     assert!(message.contains("helm upgrade failed"), "{message}");
@@ -83,6 +83,7 @@ async fn never_ready_pods_time_out_back_off_fail_with_one_dead_letter_then_a_fix
     // The attempts, from the workers' Deploying events: each starts after the previous one's
     // full wait plus the backoff delay, min × 2^(n-1) up to twice that, capped at max.
     let starts: Vec<_> = stack
+        .queue
         .status_events("stuck")
         .await
         .into_iter()
@@ -112,8 +113,8 @@ async fn never_ready_pods_time_out_back_off_fail_with_one_dead_letter_then_a_fix
     }
 
     // Exactly one dead letter, the job with its attempts.
-    assert_eq!(stack.dead_letters().await, 1, "one dead letter");
-    let js = stack.jetstream().await;
+    assert_eq!(stack.queue.dead_letters().await, 1, "one dead letter");
+    let js = stack.queue.jetstream().await;
     let mut dlq = js.get_stream(DLQ_STREAM).await.unwrap();
     let first = dlq.info().await.unwrap().state.first_sequence;
     let headers = dlq.get_raw_message(first).await.unwrap().headers;
@@ -123,21 +124,21 @@ async fn never_ready_pods_time_out_back_off_fail_with_one_dead_letter_then_a_fix
     );
 
     // The spec fix is a new generation with a fresh budget: Ready at its first attempt.
-    stack.patch_config("stuck", config(false)).await;
-    let ready = stack.wait_phase("stuck", Phase::Ready, 2).await;
+    stack.cluster.patch_config("stuck", config(false)).await;
+    let ready = stack.cluster.wait_phase("stuck", Phase::Ready, 2).await;
     assert_eq!(
         ready.status.unwrap().handler_status.unwrap().attempts,
         Some(1)
     );
-    let deployments: Api<Deployment> = Api::namespaced(stack.client().clone(), &ns);
+    let deployments: Api<Deployment> = Api::namespaced(stack.cluster.client().clone(), &ns);
     let deployment = deployments.get("stuck-webapp").await.unwrap();
     assert_eq!(deployment.status.unwrap().ready_replicas, Some(1));
     assert_eq!(
-        stack.dead_letters().await,
+        stack.queue.dead_letters().await,
         1,
         "the fix added no dead letter"
     );
 
-    stack.delete_and_wait_gone("stuck").await;
+    stack.cluster.delete_and_wait_gone("stuck").await;
     stack.stop().await;
 }

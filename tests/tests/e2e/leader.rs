@@ -20,7 +20,7 @@ const LEASE: &str = "helmq-producer";
 
 /// The Lease's holder, e.g. `e2e-producer-1-<suffix>`.
 async fn holder(stack: &Stack) -> Option<String> {
-    Api::<Lease>::namespaced(stack.client().clone(), stack.namespace())
+    Api::<Lease>::namespaced(stack.cluster.client().clone(), stack.cluster.namespace())
         .get_opt(LEASE)
         .await
         .expect("read the Lease")
@@ -50,7 +50,7 @@ async fn two_leader_elected_producers_claim_once_and_publish_one_job_per_generat
     })
     .await;
 
-    let nats = async_nats::connect(stack.nats_url()).await.unwrap();
+    let nats = async_nats::connect(stack.queue.nats_url()).await.unwrap();
     let mut subscription = nats.subscribe("helmq.jobs.>").await.unwrap();
     nats.flush().await.unwrap();
     let jobs: Arc<Mutex<Vec<(JobAction, i64)>>> = Arc::default();
@@ -80,12 +80,13 @@ async fn two_leader_elected_producers_claim_once_and_publish_one_job_per_generat
     };
 
     stack
-        .create("led", stack.hello_config("led", "0.1.0", "one"))
+        .cluster
+        .create("led", stack.charts.hello_config("led", "0.1.0", "one"))
         .await;
-    stack.wait_phase("led", Phase::Ready, 1).await;
+    stack.cluster.wait_phase("led", Phase::Ready, 1).await;
 
     // The leader stops as a rolling update stops it; the other replica takes over.
-    stack.terminate(leading).await;
+    stack.processes.terminate(leading).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while !holder(&stack)
         .await
@@ -95,10 +96,11 @@ async fn two_leader_elected_producers_claim_once_and_publish_one_job_per_generat
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     stack
-        .patch_config("led", stack.hello_config("led", "0.1.0", "two"))
+        .cluster
+        .patch_config("led", stack.charts.hello_config("led", "0.1.0", "two"))
         .await;
-    stack.wait_phase("led", Phase::Ready, 2).await;
-    stack.delete_and_wait_gone("led").await;
+    stack.cluster.wait_phase("led", Phase::Ready, 2).await;
+    stack.cluster.delete_and_wait_gone("led").await;
     nats.flush().await.unwrap();
 
     let mut published = jobs.lock().unwrap().clone();
@@ -119,8 +121,13 @@ async fn two_leader_elected_producers_claim_once_and_publish_one_job_per_generat
         "one apply job per generation: {published:?}"
     );
     assert_eq!(deletes, 1, "one delete job: {published:?}");
-    assert_eq!(stack.jobs_published().await, 3, "jobs JetStream accepted");
+    assert_eq!(
+        stack.queue.jobs_published().await,
+        3,
+        "jobs JetStream accepted"
+    );
     let claims = stack
+        .queue
         .status_events("led")
         .await
         .iter()

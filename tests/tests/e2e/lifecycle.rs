@@ -15,23 +15,25 @@ use crate::support::{CLAIM_WITHIN, Options, READY_WITHIN, Stack, claimed, gate, 
 async fn components_deploy_upgrade_fail_and_delete_on_a_real_cluster() {
     gate!();
     let stack = Stack::start("hello").await;
-    let ns = stack.namespace().to_owned();
+    let ns = stack.cluster.namespace().to_owned();
 
     // Claim within 10 s, then Ready with the release record.
     stack
-        .create("hello", stack.hello_config("hello", "0.1.0", "hi"))
+        .cluster
+        .create("hello", stack.charts.hello_config("hello", "0.1.0", "hi"))
         .await;
     stack
+        .cluster
         .wait_for("hello", CLAIM_WITHIN, "claimed", claimed)
         .await;
-    let ready = stack.wait_phase("hello", Phase::Ready, 1).await;
+    let ready = stack.cluster.wait_phase("hello", Phase::Ready, 1).await;
     let status = ready.status.unwrap();
     let record = status.handler_status.unwrap();
     assert_eq!(record.release_name.as_deref(), Some("hello"));
     assert_eq!(record.release_namespace.as_deref(), Some(ns.as_str()));
     assert_eq!(record.revision, Some(1));
     assert_eq!(record.chart_version.as_deref(), Some("0.1.0"));
-    let configmaps: Api<ConfigMap> = Api::namespaced(stack.client().clone(), &ns);
+    let configmaps: Api<ConfigMap> = Api::namespaced(stack.cluster.client().clone(), &ns);
     let cm = configmaps
         .get("hello-hello")
         .await
@@ -39,10 +41,10 @@ async fn components_deploy_upgrade_fail_and_delete_on_a_real_cluster() {
     assert_eq!(cm.data.unwrap()["greeting"], "hi");
 
     // Values and version upgrade → new revision → Ready at the new generation.
-    let mut config = stack.hello_config("hello", "0.2.0", "hello again");
+    let mut config = stack.charts.hello_config("hello", "0.2.0", "hello again");
     config["values"]["replicaCount"] = json!(2);
-    stack.patch_config("hello", config).await;
-    let upgraded = stack.wait_phase("hello", Phase::Ready, 2).await;
+    stack.cluster.patch_config("hello", config).await;
+    let upgraded = stack.cluster.wait_phase("hello", Phase::Ready, 2).await;
     let record = upgraded.status.unwrap().handler_status.unwrap();
     assert_eq!(record.revision, Some(2));
     assert_eq!(record.chart_version.as_deref(), Some("0.2.0"));
@@ -50,19 +52,20 @@ async fn components_deploy_upgrade_fail_and_delete_on_a_real_cluster() {
     assert_eq!(cm.data.unwrap()["greeting"], "hello again");
 
     // Delete → Terminated → finalizer removed → Component and release gone.
-    stack.delete_and_wait_gone("hello").await;
+    stack.cluster.delete_and_wait_gone("hello").await;
     assert_eq!(
-        stack.release_status("hello", &ns).await,
+        stack.cluster.release_status("hello", &ns).await,
         None,
         "release still present after delete"
     );
     assert!(configmaps.get_opt("hello-hello").await.unwrap().is_none());
 
     // Invalid config → claimed, then Failed with the parser's message.
-    let mut invalid = stack.hello_config("broken", "0.1.0", "x");
+    let mut invalid = stack.charts.hello_config("broken", "0.1.0", "x");
     invalid.as_object_mut().unwrap().remove("releaseName");
-    stack.create("broken", invalid).await;
+    stack.cluster.create("broken", invalid).await;
     let failed = stack
+        .cluster
         .wait_for("broken", READY_WITHIN, "Failed", |c| {
             phase(c) == Some(Phase::Failed)
         })
@@ -74,9 +77,14 @@ async fn components_deploy_upgrade_fail_and_delete_on_a_real_cluster() {
 
     // A chart version that does not exist → Failed, and a dead letter.
     stack
-        .create("missing", stack.hello_config("missing", "9.9.9", "x"))
+        .cluster
+        .create(
+            "missing",
+            stack.charts.hello_config("missing", "9.9.9", "x"),
+        )
         .await;
     let failed = stack
+        .cluster
         .wait_for("missing", READY_WITHIN, "Failed", |c| {
             phase(c) == Some(Phase::Failed)
         })
@@ -90,10 +98,10 @@ async fn components_deploy_upgrade_fail_and_delete_on_a_real_cluster() {
         "{message}"
     );
     eprintln!("e2e[hello]: missing chart version: {message}");
-    assert_eq!(stack.dead_letters().await, 1, "one dead letter");
+    assert_eq!(stack.queue.dead_letters().await, 1, "one dead letter");
 
     for name in ["broken", "missing"] {
-        stack.delete_and_wait_gone(name).await;
+        stack.cluster.delete_and_wait_gone(name).await;
     }
     stack.stop().await;
 }
@@ -119,9 +127,9 @@ async fn webapp_is_ready_with_its_pods_scales_on_a_values_edit_and_goes_with_its
     })
     .await;
     // A namespace nobody has yet: helm creates it and helmq deletes it with the Component.
-    let release_ns = format!("{}-app", stack.namespace());
+    let release_ns = format!("{}-app", stack.cluster.namespace());
     let config = |replicas: i64| {
-        stack.chart_config(
+        stack.charts.chart_config(
             "webapp",
             "0.1.0",
             "web",
@@ -130,12 +138,12 @@ async fn webapp_is_ready_with_its_pods_scales_on_a_values_edit_and_goes_with_its
             json!({"replicaCount": replicas, "greeting": format!("{replicas} replicas")}),
         )
     };
-    stack.create("web", config(2)).await;
+    stack.cluster.create("web", config(2)).await;
 
     // Ready only once the Deployment's two pods are ready: the first time the Component is
     // seen Ready, both already are.
-    let ready = stack.wait_phase("web", Phase::Ready, 1).await;
-    let client = stack.client().clone();
+    let ready = stack.cluster.wait_phase("web", Phase::Ready, 1).await;
+    let client = stack.cluster.client().clone();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &release_ns);
     assert_eq!(ready_replicas(&deployments, "web-webapp").await, 2);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &release_ns);
@@ -170,8 +178,8 @@ async fn webapp_is_ready_with_its_pods_scales_on_a_values_edit_and_goes_with_its
     assert_eq!(cm.data.unwrap()["replicaCount"], "2");
 
     // A values edit: revision 2 with three ready replicas.
-    stack.patch_config("web", config(3)).await;
-    let upgraded = stack.wait_phase("web", Phase::Ready, 2).await;
+    stack.cluster.patch_config("web", config(3)).await;
+    let upgraded = stack.cluster.wait_phase("web", Phase::Ready, 2).await;
     assert_eq!(
         upgraded.status.unwrap().handler_status.unwrap().revision,
         Some(2)
@@ -182,6 +190,7 @@ async fn webapp_is_ready_with_its_pods_scales_on_a_values_edit_and_goes_with_its
     let cm = configmaps.get("web-webapp").await.unwrap();
     assert_eq!(cm.data.unwrap()["replicaCount"], "3");
     let history = stack
+        .cluster
         .helm_json(&["history", "web", "-n", &release_ns])
         .await
         .expect("helm history");
@@ -190,8 +199,8 @@ async fn webapp_is_ready_with_its_pods_scales_on_a_values_edit_and_goes_with_its
     assert_eq!(last["status"], "deployed");
 
     // Delete: release, objects and the managed namespace go.
-    stack.delete_and_wait_gone("web").await;
-    assert_eq!(stack.release_status("web", &release_ns).await, None);
+    stack.cluster.delete_and_wait_gone("web").await;
+    assert_eq!(stack.cluster.release_status("web", &release_ns).await, None);
     // `helm uninstall --wait` removed the objects before the namespace deletion was asked for.
     assert!(
         deployments.get_opt("web-webapp").await.unwrap().is_none()
@@ -199,6 +208,6 @@ async fn webapp_is_ready_with_its_pods_scales_on_a_values_edit_and_goes_with_its
             && configmaps.get_opt("web-webapp").await.unwrap().is_none(),
         "objects left after delete"
     );
-    stack.wait_namespace_gone(&release_ns).await;
+    stack.cluster.wait_namespace_gone(&release_ns).await;
     stack.stop().await;
 }

@@ -282,8 +282,8 @@ async fn service_account_tokens_bound_to_deploy_rbac_run_the_protocols_and_nothi
     .await;
 
     // The protocols: claim → Ready → delete, into a namespace the worker creates and deletes.
-    let release_ns = format!("{}-app", stack.namespace());
-    let config = stack.chart_config(
+    let release_ns = format!("{}-app", stack.cluster.namespace());
+    let config = stack.charts.chart_config(
         "hello",
         "0.1.0",
         "least",
@@ -291,14 +291,19 @@ async fn service_account_tokens_bound_to_deploy_rbac_run_the_protocols_and_nothi
         true,
         json!({"greeting": "least privilege"}),
     );
-    stack.create_spec("least", spec("least", config)).await;
     stack
+        .cluster
+        .create_spec("least", spec("least", config))
+        .await;
+    stack
+        .cluster
         .wait_for("least", CLAIM_WITHIN, "claimed", claimed)
         .await;
-    let ready = stack.wait_phase("least", Phase::Ready, 1).await;
+    let ready = stack.cluster.wait_phase("least", Phase::Ready, 1).await;
     // The writer, on the producer's token, records its Events.
-    stack.wait_event("least", "Ready").await;
+    stack.cluster.wait_event("least", "Ready").await;
     let reasons: Vec<String> = stack
+        .cluster
         .events("least")
         .await
         .into_iter()
@@ -325,31 +330,34 @@ async fn service_account_tokens_bound_to_deploy_rbac_run_the_protocols_and_nothi
         holder.starts_with("e2e-producer-1"),
         "lease held by {holder:?}"
     );
-    stack.delete_and_wait_gone("least").await;
-    assert_eq!(stack.release_status("least", &release_ns).await, None);
-    stack.wait_namespace_gone(&release_ns).await;
+    stack.cluster.delete_and_wait_gone("least").await;
+    assert_eq!(
+        stack.cluster.release_status("least", &release_ns).await,
+        None
+    );
+    stack.cluster.wait_namespace_gone(&release_ns).await;
 
     // Outside the grant: refused.
     let producer = client_for(&producer_kubeconfig).await;
     forbidden(
         "producer lists Secrets",
-        Api::<Secret>::namespaced(producer.clone(), stack.namespace())
+        Api::<Secret>::namespaced(producer.clone(), stack.cluster.namespace())
             .list(&ListParams::default())
             .await,
     );
     forbidden(
         "producer creates a Component",
-        Api::<Component>::namespaced(producer.clone(), stack.namespace())
+        Api::<Component>::namespaced(producer.clone(), stack.cluster.namespace())
             .create(&PostParams::default(), &{
                 let mut c = Component::new("intruder", spec("intruder", json!({})));
-                c.metadata.namespace = Some(stack.namespace().to_owned());
+                c.metadata.namespace = Some(stack.cluster.namespace().to_owned());
                 c
             })
             .await,
     );
     forbidden(
         "producer reads a Lease outside its namespace",
-        Api::<Lease>::namespaced(producer, stack.namespace())
+        Api::<Lease>::namespaced(producer, stack.cluster.namespace())
             .get_opt("anything")
             .await,
     );

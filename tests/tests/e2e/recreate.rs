@@ -23,31 +23,37 @@ fn uid(c: &helmq_schemas::Component) -> String {
 async fn a_component_deleted_and_created_again_with_the_same_name_deploys() {
     gate!();
     let stack = Stack::start("recreate").await;
-    let ns = stack.namespace().to_owned();
+    let ns = stack.cluster.namespace().to_owned();
 
     // The first object reaches generation 2, so its delete job is at generation 2: the new
     // object's generation 1 is lower, which is what used to block it.
     let first = stack
-        .create("web", stack.hello_config("web", "0.1.0", "first"))
+        .cluster
+        .create("web", stack.charts.hello_config("web", "0.1.0", "first"))
         .await;
-    stack.wait_phase("web", Phase::Ready, 1).await;
+    stack.cluster.wait_phase("web", Phase::Ready, 1).await;
     stack
-        .patch_config("web", stack.hello_config("web", "0.2.0", "first, upgraded"))
+        .cluster
+        .patch_config(
+            "web",
+            stack.charts.hello_config("web", "0.2.0", "first, upgraded"),
+        )
         .await;
-    stack.wait_phase("web", Phase::Ready, 2).await;
-    stack.delete_and_wait_gone("web").await;
-    assert_eq!(stack.release_status("web", &ns).await, None);
+    stack.cluster.wait_phase("web", Phase::Ready, 2).await;
+    stack.cluster.delete_and_wait_gone("web").await;
+    assert_eq!(stack.cluster.release_status("web", &ns).await, None);
 
     let second = stack
-        .create("web", stack.hello_config("web", "0.1.0", "second"))
+        .cluster
+        .create("web", stack.charts.hello_config("web", "0.1.0", "second"))
         .await;
     assert_ne!(uid(&first), uid(&second), "a new object");
-    let ready = stack.wait_phase("web", Phase::Ready, 1).await;
+    let ready = stack.cluster.wait_phase("web", Phase::Ready, 1).await;
     assert_eq!(uid(&ready), uid(&second));
     let record = ready.status.unwrap().handler_status.unwrap();
     assert_eq!(record.revision, Some(1), "installed afresh");
     assert_eq!(record.chart_version.as_deref(), Some("0.1.0"));
-    let configmaps: Api<ConfigMap> = Api::namespaced(stack.client().clone(), &ns);
+    let configmaps: Api<ConfigMap> = Api::namespaced(stack.cluster.client().clone(), &ns);
     let cm = configmaps
         .get("web-hello")
         .await
@@ -55,12 +61,13 @@ async fn a_component_deleted_and_created_again_with_the_same_name_deploys() {
     assert_eq!(cm.data.unwrap()["greeting"], "second");
 
     // And once more, to see the cycle repeat.
-    stack.delete_and_wait_gone("web").await;
+    stack.cluster.delete_and_wait_gone("web").await;
     stack
-        .create("web", stack.hello_config("web", "0.2.0", "third"))
+        .cluster
+        .create("web", stack.charts.hello_config("web", "0.2.0", "third"))
         .await;
-    stack.wait_phase("web", Phase::Ready, 1).await;
-    stack.delete_and_wait_gone("web").await;
+    stack.cluster.wait_phase("web", Phase::Ready, 1).await;
+    stack.cluster.delete_and_wait_gone("web").await;
     stack.stop().await;
 }
 
@@ -82,9 +89,9 @@ async fn a_component_created_again_while_the_old_ones_deletion_still_runs_deploy
     .map(String::from)
     .to_vec();
     let stack = Stack::start_with(options).await;
-    let release_ns = format!("{}-rel", stack.namespace());
+    let release_ns = format!("{}-rel", stack.cluster.namespace());
     let config = |greeting: &str| {
-        stack.chart_config(
+        stack.charts.chart_config(
             "hello",
             "0.1.0",
             "web",
@@ -94,11 +101,11 @@ async fn a_component_created_again_while_the_old_ones_deletion_still_runs_deploy
         )
     };
 
-    let first = stack.create("web", config("first")).await;
-    stack.wait_phase("web", Phase::Ready, 1).await;
+    let first = stack.cluster.create("web", config("first")).await;
+    stack.cluster.wait_phase("web", Phase::Ready, 1).await;
     // Something in the release's namespace that takes its time to go: the namespace stays
     // Terminating after the old object is gone, as with slow finalizers on a real cluster.
-    let held: Api<ConfigMap> = Api::namespaced(stack.client().clone(), &release_ns);
+    let held: Api<ConfigMap> = Api::namespaced(stack.cluster.client().clone(), &release_ns);
     held.create(
         &PostParams::default(),
         &serde_json::from_value(json!({
@@ -110,8 +117,8 @@ async fn a_component_created_again_while_the_old_ones_deletion_still_runs_deploy
     .await
     .expect("create the holding ConfigMap");
 
-    stack.delete_and_wait_gone("web").await;
-    let namespaces: Api<Namespace> = Api::all(stack.client().clone());
+    stack.cluster.delete_and_wait_gone("web").await;
+    let namespaces: Api<Namespace> = Api::all(stack.cluster.client().clone());
     let terminating = namespaces.get(&release_ns).await.expect("still there");
     assert_eq!(
         terminating.status.and_then(|s| s.phase).as_deref(),
@@ -121,15 +128,16 @@ async fn a_component_created_again_while_the_old_ones_deletion_still_runs_deploy
 
     // The new object appears while the old deletion runs: it is claimed and tries (Helm cannot
     // write into a terminating namespace), without being superseded or failing for good.
-    let second = stack.create("web", config("second")).await;
+    let second = stack.cluster.create("web", config("second")).await;
     assert_ne!(uid(&first), uid(&second));
     stack
+        .cluster
         .wait_for("web", Duration::from_secs(60), "Deploying", |c| {
             phase(c) == Some(Phase::Deploying)
         })
         .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let meanwhile = stack.components().get("web").await.unwrap();
+    let meanwhile = stack.cluster.components().get("web").await.unwrap();
     assert_ne!(
         phase(Some(&meanwhile)),
         Some(Phase::Ready),
@@ -144,7 +152,7 @@ async fn a_component_created_again_while_the_old_ones_deletion_still_runs_deploy
     )
     .await
     .expect("release the hold");
-    let ready = stack.wait_phase("web", Phase::Ready, 1).await;
+    let ready = stack.cluster.wait_phase("web", Phase::Ready, 1).await;
     assert_eq!(uid(&ready), uid(&second));
     assert_eq!(
         ready.status.unwrap().handler_status.unwrap().revision,
@@ -153,8 +161,8 @@ async fn a_component_created_again_while_the_old_ones_deletion_still_runs_deploy
     let cm = held.get("web-hello").await.expect("the chart's ConfigMap");
     assert_eq!(cm.data.unwrap()["greeting"], "second");
 
-    stack.delete_and_wait_gone("web").await;
-    stack.wait_namespace_gone(&release_ns).await;
+    stack.cluster.delete_and_wait_gone("web").await;
+    stack.cluster.wait_namespace_gone(&release_ns).await;
     let _ = namespaces
         .delete(&release_ns, &DeleteParams::default())
         .await;

@@ -90,9 +90,9 @@ fn subtract(
 /// took. The releases are uninstalled afterwards (not timed).
 async fn bare_helm(stack: &Stack, package: &std::path::Path, count: usize, parallel: usize) -> f64 {
     let values = tempfile::NamedTempFile::new().expect("values file");
-    let config = stack.hello_config("bare", "0.1.0", "scale");
+    let config = stack.charts.hello_config("bare", "0.1.0", "scale");
     std::fs::write(values.path(), config["values"].to_string()).expect("write the values");
-    let (helm, namespace) = (stack.helm(), stack.namespace());
+    let (helm, namespace) = (stack.cluster.helm(), stack.cluster.namespace());
     let (package, values) = (
         package.to_str().expect("utf-8 path"),
         values.path().to_str().expect("utf-8 path"),
@@ -139,9 +139,9 @@ async fn scale_many_small_components() {
         ..Options::new("scale")
     })
     .await;
-    let api = stack.components();
+    let api = stack.cluster.components();
     let bare_seconds = if std::env::var("HELMQ_E2E_SCALE_BARE").is_ok_and(|v| v == "1") {
-        let package = stack.chart_package("hello", "0.1.0");
+        let package = stack.charts.chart_package("hello", "0.1.0");
         let seconds = bare_helm(&stack, &package, count, WORKERS * CONCURRENCY).await;
         println!(
             "e2e scale: {count} bare helm upgrade --install --wait runs, {} at a time: {seconds:.1}s ({:.2}/s)",
@@ -191,7 +191,8 @@ async fn scale_many_small_components() {
         let name = format!("scale-{i}");
         created_at.insert(name.clone(), Instant::now());
         stack
-            .create(&name, stack.hello_config(&name, "0.1.0", "scale"))
+            .cluster
+            .create(&name, stack.charts.hello_config(&name, "0.1.0", "scale"))
             .await;
     }
     until_done("not Ready", || {
@@ -207,13 +208,14 @@ async fn scale_many_small_components() {
         .map(|(name, at)| at.duration_since(created_at[name]).as_secs_f64())
         .collect();
     latencies.sort_by(f64::total_cmp);
-    let deploy_calls = stack.helm_call_counts();
+    let deploy_calls = stack.processes.helm_call_counts();
 
     // Delete them all: the workers uninstall and the writer removes the finalizers.
     let names: Vec<String> = created_at.keys().cloned().collect();
     let delete_started = Instant::now();
     for name in &names {
         stack
+            .cluster
             .components()
             .delete(name, &Default::default())
             .await
@@ -221,6 +223,7 @@ async fn scale_many_small_components() {
     }
     until_done("not deleted", || async {
         stack
+            .cluster
             .components()
             .list(&Default::default())
             .await
@@ -231,10 +234,11 @@ async fn scale_many_small_components() {
     .await;
     let delete_seconds = delete_started.elapsed().as_secs_f64();
     watch.abort();
-    let delete_calls = subtract(&stack.helm_call_counts(), &deploy_calls);
+    let delete_calls = subtract(&stack.processes.helm_call_counts(), &deploy_calls);
     let peaks = stack.peak_rss();
-    let helm_version = crate::support::run_ok(stack.helm(), &["version", "--short"]).await;
+    let helm_version = crate::support::run_ok(stack.cluster.helm(), &["version", "--short"]).await;
     let kube_version = stack
+        .cluster
         .client()
         .apiserver_version()
         .await

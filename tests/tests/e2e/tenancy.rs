@@ -47,6 +47,7 @@ async fn publish_raw(stack: &Stack, namespace: &str, name: &str, action: JobActi
         jiff::Timestamp::now(),
     );
     stack
+        .queue
         .jetstream()
         .await
         .publish(job_subject(namespace, name), job.encode().into())
@@ -60,7 +61,7 @@ async fn publish_raw(stack: &Stack, namespace: &str, name: &str, action: JobActi
 async fn final_status(stack: &Stack, namespace: &str, name: &str) -> (StatusPhase, String) {
     let deadline = std::time::Instant::now() + READY_WITHIN;
     loop {
-        let events = stack.status_events_in(namespace, name).await;
+        let events = stack.queue.status_events_in(namespace, name).await;
         if let Some(last) = events.iter().rev().find(|e| {
             matches!(
                 e.phase,
@@ -92,6 +93,7 @@ async fn greeting(client: &kube::Client, namespace: &str, release: &str) -> Opti
 /// Waits for a Component's `Failed` (or `TerminationFailed`) and returns its message.
 async fn failed(stack: &Stack, name: &str, phase: Phase) -> String {
     stack
+        .cluster
         .wait_for(name, READY_WITHIN, &format!("{phase:?}"), |c| {
             c.and_then(|c| c.status.as_ref())
                 .is_some_and(|s| s.phase == Some(phase))
@@ -126,14 +128,14 @@ async fn a_tenant_reaches_neither_another_tenants_release_nor_namespace_nor_the_
         ..Options::new("tenancy")
     })
     .await;
-    let team_a = stack.namespace().to_owned();
+    let team_a = stack.cluster.namespace().to_owned();
     let team_b = format!("{team_a}-rel");
     create_namespace(&admin, &team_b).await;
     for namespace in [&team_a, &team_b] {
         apply(&admin, tenant(namespace)).await;
     }
     let hello = |release: &str, namespace: &str, manage: bool, greeting: &str| {
-        stack.chart_config(
+        stack.charts.chart_config(
             "hello",
             "0.1.0",
             release,
@@ -161,12 +163,14 @@ async fn a_tenant_reaches_neither_another_tenants_release_nor_namespace_nor_the_
 
     // A's Component naming B's release: A's account may not even read it.
     stack
+        .cluster
         .create("intruder", hello("b-app", &team_b, false, "owned-by-a"))
         .await;
     let message = failed(&stack, "intruder", Phase::Failed).await;
     assert!(message.contains("forbidden"), "{message}");
     // Deleting it does not uninstall B's release either.
     stack
+        .cluster
         .components()
         .delete("intruder", &Default::default())
         .await
@@ -192,7 +196,11 @@ async fn a_tenant_reaches_neither_another_tenants_release_nor_namespace_nor_the_
         "B's release untouched"
     );
     assert_eq!(
-        stack.release_status("b-app", &team_b).await.as_deref(),
+        stack
+            .cluster
+            .release_status("b-app", &team_b)
+            .await
+            .as_deref(),
         Some("deployed")
     );
     let b_namespace = Api::<Namespace>::all(admin.clone())
@@ -206,7 +214,7 @@ async fn a_tenant_reaches_neither_another_tenants_release_nor_namespace_nor_the_
 
     // cluster-admin through chart values: a ClusterRoleBinding rendered from values.
     let binding = format!("{suffix}-escalate");
-    let escalate = stack.chart_config(
+    let escalate = stack.charts.chart_config(
         "extras",
         "0.1.0",
         "escalate",
@@ -219,7 +227,7 @@ async fn a_tenant_reaches_neither_another_tenants_release_nor_namespace_nor_the_
             "subjects": [{"kind": "ServiceAccount", "name": "helmq-deployer", "namespace": team_a}]
         }]}),
     );
-    stack.create("escalate", escalate).await;
+    stack.cluster.create("escalate", escalate).await;
     let message = failed(&stack, "escalate", Phase::Failed).await;
     assert!(message.contains("forbidden"), "{message}");
     assert!(
@@ -245,7 +253,7 @@ async fn a_tenant_reaches_neither_another_tenants_release_nor_namespace_nor_the_
         )
         .await
         .expect("create the kube-system Secret");
-    let peek = stack.chart_config(
+    let peek = stack.charts.chart_config(
         "extras",
         "0.1.0",
         "peek",
@@ -259,8 +267,9 @@ async fn a_tenant_reaches_neither_another_tenants_release_nor_namespace_nor_the_
             )}
         }]}),
     );
-    stack.create("peek", peek).await;
+    stack.cluster.create("peek", peek).await;
     let peeked = stack
+        .cluster
         .wait_for("peek", READY_WITHIN, "Ready or Failed", |c| {
             c.and_then(|c| c.status.as_ref())
                 .is_some_and(|s| matches!(s.phase, Some(Phase::Ready | Phase::Failed)))
@@ -291,10 +300,12 @@ async fn a_tenant_reaches_neither_another_tenants_release_nor_namespace_nor_the_
 
     // Two Components naming one release: the first keeps it.
     stack
+        .cluster
         .create("first", hello("shared", &team_a, false, "first"))
         .await;
-    stack.wait_phase("first", Phase::Ready, 1).await;
+    stack.cluster.wait_phase("first", Phase::Ready, 1).await;
     stack
+        .cluster
         .create("second", hello("shared", &team_a, false, "second"))
         .await;
     let message = failed(&stack, "second", Phase::Failed).await;
@@ -311,6 +322,7 @@ async fn a_tenant_reaches_neither_another_tenants_release_nor_namespace_nor_the_
 
     // Clean-up the case owes the cluster: the stuck finalizer, the Secret, the namespaces.
     stack
+        .cluster
         .components()
         .patch(
             "intruder",
@@ -339,8 +351,8 @@ async fn a_namespace_that_existed_before_survives_its_components_deletion() {
         ..Options::new("prens")
     })
     .await;
-    let admin = stack.client().clone();
-    let existing = format!("{}-app", stack.namespace());
+    let admin = stack.cluster.client().clone();
+    let existing = format!("{}-app", stack.cluster.namespace());
     create_namespace(&admin, &existing).await;
     Api::<ConfigMap>::namespaced(admin.clone(), &existing)
         .create(
@@ -350,9 +362,9 @@ async fn a_namespace_that_existed_before_survives_its_components_deletion() {
         )
         .await
         .expect("create the ConfigMap");
-    let created = format!("{}-rel", stack.namespace());
+    let created = format!("{}-rel", stack.cluster.namespace());
     for (name, namespace) in [("keep", &existing), ("made", &created)] {
-        let config = stack.chart_config(
+        let config = stack.charts.chart_config(
             "hello",
             "0.1.0",
             name,
@@ -360,11 +372,11 @@ async fn a_namespace_that_existed_before_survives_its_components_deletion() {
             true,
             json!({"greeting": name}),
         );
-        stack.create(name, config).await;
-        stack.wait_phase(name, Phase::Ready, 1).await;
+        stack.cluster.create(name, config).await;
+        stack.cluster.wait_phase(name, Phase::Ready, 1).await;
     }
-    stack.delete_and_wait_gone("keep").await;
-    stack.delete_and_wait_gone("made").await;
+    stack.cluster.delete_and_wait_gone("keep").await;
+    stack.cluster.delete_and_wait_gone("made").await;
     let namespaces = Api::<Namespace>::all(admin.clone());
     let kept = namespaces.get(&existing).await.expect("still there");
     assert_eq!(kept.status.and_then(|s| s.phase).as_deref(), Some("Active"));
@@ -376,7 +388,7 @@ async fn a_namespace_that_existed_before_survives_its_components_deletion() {
             .is_some()
     );
     // The namespace helmq created for "made" carries its owner and is deleted with it.
-    stack.wait_namespace_gone(&created).await;
+    stack.cluster.wait_namespace_gone(&created).await;
     let _ = namespaces.delete(&existing, &Default::default()).await;
     stack.stop().await;
 }
@@ -390,14 +402,14 @@ async fn neither_an_invalid_job_nor_a_forged_status_event_changes_a_component() 
         ..Options::new("forged")
     })
     .await;
-    let team_a = stack.namespace().to_owned();
+    let team_a = stack.cluster.namespace().to_owned();
     let other = format!("{team_a}-app");
-    let config = stack.hello_config("victim", "0.1.0", "untouched");
-    stack.create("victim", config).await;
-    let ready = stack.wait_phase("victim", Phase::Ready, 1).await;
+    let config = stack.charts.hello_config("victim", "0.1.0", "untouched");
+    stack.cluster.create("victim", config).await;
+    let ready = stack.cluster.wait_phase("victim", Phase::Ready, 1).await;
     let uid = ready.metadata.uid.clone().expect("uid");
     let before = ready.status.clone().expect("status");
-    let js = stack.jetstream().await;
+    let js = stack.queue.jetstream().await;
 
     // On another tenant's subject, a job naming the victim at generation 2^53; and a payload
     // that cannot be decoded, naming it too.
@@ -411,7 +423,7 @@ async fn neither_an_invalid_job_nor_a_forged_status_event_changes_a_component() 
         JobAction::Delete,
         victim_ref(1 << 53),
         HelmConfig::parse(
-            Some(&stack.hello_config("victim", "0.1.0", "x")),
+            Some(&stack.charts.hello_config("victim", "0.1.0", "x")),
             &team_a,
             "victim",
         )
@@ -453,12 +465,13 @@ async fn neither_an_invalid_job_nor_a_forged_status_event_changes_a_component() 
     }
     // Both jobs reach the dead-letter stream; then the writer has had its chance.
     let deadline = std::time::Instant::now() + READY_WITHIN;
-    while stack.dead_letters().await < 2 {
+    while stack.queue.dead_letters().await < 2 {
         assert!(std::time::Instant::now() < deadline, "no dead letters");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = stack
+        .cluster
         .components()
         .get("victim")
         .await
@@ -469,14 +482,20 @@ async fn neither_an_invalid_job_nor_a_forged_status_event_changes_a_component() 
     assert_eq!(status.message, before.message);
     assert!(after.metadata.finalizers.unwrap_or_default().len() == 1);
     assert_eq!(
-        greeting(stack.client(), &team_a, "victim").await.as_deref(),
+        greeting(stack.cluster.client(), &team_a, "victim")
+            .await
+            .as_deref(),
         Some("untouched")
     );
     // Its owner still changes it.
     stack
-        .patch_config("victim", stack.hello_config("victim", "0.1.0", "changed"))
+        .cluster
+        .patch_config(
+            "victim",
+            stack.charts.hello_config("victim", "0.1.0", "changed"),
+        )
         .await;
-    stack.wait_phase("victim", Phase::Ready, 2).await;
-    stack.delete_and_wait_gone("victim").await;
+    stack.cluster.wait_phase("victim", Phase::Ready, 2).await;
+    stack.cluster.delete_and_wait_gone("victim").await;
     stack.stop().await;
 }

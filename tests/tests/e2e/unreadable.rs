@@ -21,11 +21,11 @@ fn nested(depth: usize) -> Value {
 async fn a_component_nested_200_deep_fails_alone_while_the_others_deploy() {
     gate!();
     let stack = Stack::start("deep").await;
-    let ns = stack.namespace().to_owned();
+    let ns = stack.cluster.namespace().to_owned();
     let kubectl = kubectl();
 
     // kube's typed client cannot read the object back, so kubectl creates it.
-    let mut config = stack.hello_config("deep", "0.1.0", "hi");
+    let mut config = stack.charts.hello_config("deep", "0.1.0", "hi");
     config["values"]["nested"] = nested(200);
     let deep = json!({
         "apiVersion": "deployment-orchestrator.io/v1alpha1",
@@ -42,18 +42,23 @@ async fn a_component_nested_200_deep_fails_alone_while_the_others_deploy() {
     .await;
     // The API server took it; a typed list of the namespace (what the producer did before)
     // fails as a whole on it.
-    let typed = stack.components().list(&ListParams::default()).await;
+    let typed = stack
+        .cluster
+        .components()
+        .list(&ListParams::default())
+        .await;
     let Err(kube::Error::SerdeError(error)) = typed else {
         panic!("a typed list read the deep object: {typed:?}");
     };
     eprintln!("e2e[deep]: a typed list fails: {error}");
     for name in ["one", "two"] {
         stack
-            .create(name, stack.hello_config(name, "0.1.0", "hi"))
+            .cluster
+            .create(name, stack.charts.hello_config(name, "0.1.0", "hi"))
             .await;
     }
     for name in ["one", "two"] {
-        stack.wait_phase(name, Phase::Ready, 1).await;
+        stack.cluster.wait_phase(name, Phase::Ready, 1).await;
     }
 
     let read = |path: &'static str| {
@@ -87,7 +92,7 @@ async fn a_component_nested_200_deep_fails_alone_while_the_others_deploy() {
     );
     assert_eq!(read("{.status.observedGeneration}").await, "1");
     // The writer records the failure on it as on any Component.
-    let note = stack.wait_event("deep", "Failed").await;
+    let note = stack.cluster.wait_event("deep", "Failed").await;
     assert!(note.contains("recursion limit"), "{note}");
     assert_eq!(
         read("{.metadata.finalizers}").await,
@@ -101,6 +106,6 @@ async fn a_component_nested_200_deep_fails_alone_while_the_others_deploy() {
         &["delete", "component", "deep", "-n", &ns, "--timeout=60s"],
     )
     .await;
-    stack.delete_and_wait_gone("one").await;
+    stack.cluster.delete_and_wait_gone("one").await;
     stack.stop().await;
 }

@@ -21,8 +21,8 @@ use crate::support::{READY_WITHIN, Stack, gate, phase};
 async fn values_from_a_configmap_and_a_secret_reach_the_release_and_the_secret_nothing_else() {
     gate!();
     let stack = Stack::start("values-from").await;
-    let ns = stack.namespace().to_owned();
-    let client = stack.client().clone();
+    let ns = stack.cluster.namespace().to_owned();
+    let client = stack.cluster.client().clone();
     let secret_text = format!("s3cret-{}", std::process::id());
 
     let mut cm = ConfigMap::default();
@@ -50,13 +50,15 @@ async fn values_from_a_configmap_and_a_secret_reach_the_release_and_the_secret_n
         .await
         .expect("create the Secret");
 
-    let mut config = stack.chart_config("hello", "0.1.0", "web", &ns, false, json!({}));
+    let mut config = stack
+        .charts
+        .chart_config("hello", "0.1.0", "web", &ns, false, json!({}));
     config["valuesFrom"] = json!([
         {"kind": "ConfigMap", "name": "web-values"},
         {"kind": "Secret", "name": "web-greeting", "valuesKey": "text", "targetPath": "greeting"},
     ]);
-    stack.create("web", config.clone()).await;
-    let ready = stack.wait_phase("web", Phase::Ready, 1).await;
+    stack.cluster.create("web", config.clone()).await;
+    let ready = stack.cluster.wait_phase("web", Phase::Ready, 1).await;
 
     // The release got both: the Secret's text over the ConfigMap's greeting.
     let released = Api::<ConfigMap>::namespaced(client.clone(), &ns)
@@ -107,6 +109,7 @@ async fn values_from_a_configmap_and_a_secret_reach_the_release_and_the_secret_n
         edited.elapsed().as_secs_f64()
     );
     let upgraded = stack
+        .cluster
         .wait_for("web", READY_WITHIN, "Ready after the refresh", |c| {
             let Some(status) = c.and_then(|c| c.status.as_ref()) else {
                 return false;
@@ -127,8 +130,9 @@ async fn values_from_a_configmap_and_a_secret_reach_the_release_and_the_secret_n
     let mut missing = config.clone();
     missing["releaseName"] = json!("web2");
     missing["valuesFrom"][1]["name"] = json!("no-such-secret");
-    stack.create("web2", missing).await;
+    stack.cluster.create("web2", missing).await;
     let failed = stack
+        .cluster
         .wait_for("web2", READY_WITHIN, "Failed", |c| {
             phase(c) == Some(Phase::Failed)
         })
@@ -142,6 +146,7 @@ async fn values_from_a_configmap_and_a_secret_reach_the_release_and_the_secret_n
 
     // The Secret's text is nowhere helmq writes: statuses, Events, logs, NATS messages.
     let components = stack
+        .cluster
         .components()
         .list(&ListParams::default())
         .await
@@ -159,10 +164,10 @@ async fn values_from_a_configmap_and_a_secret_reach_the_release_and_the_secret_n
         let text = serde_json::to_string(event).unwrap();
         assert!(!text.contains(&secret_text), "event: {text}");
     }
-    let logs = stack.logs();
+    let logs = stack.processes.logs();
     assert!(!logs.is_empty());
     assert!(!logs.contains(&secret_text), "a log line holds the secret");
-    let messages = stack.stored_messages().await;
+    let messages = stack.queue.stored_messages().await;
     assert!(!messages.is_empty());
     for message in &messages {
         let payload = String::from_utf8_lossy(&message.payload);
@@ -173,7 +178,7 @@ async fn values_from_a_configmap_and_a_secret_reach_the_release_and_the_secret_n
         );
     }
     for name in ["web", "web2"] {
-        stack.delete_and_wait_gone(name).await;
+        stack.cluster.delete_and_wait_gone(name).await;
     }
     stack.stop().await;
 }

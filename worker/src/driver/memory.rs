@@ -336,6 +336,13 @@ impl MemoryDriver {
         result
     }
 
+    /// A helm run that changes no release record (`status`, `history`, `test`): counted as a helm
+    /// process and recorded as a call.
+    fn helm_run(&self, subcommand: &'static str, target: Target<'_>) {
+        self.processes.count(subcommand);
+        self.record(subcommand, target);
+    }
+
     fn record(&self, op: &'static str, target: Target<'_>) {
         self.state().calls.push(Call {
             op,
@@ -499,8 +506,7 @@ impl HelmDriver for MemoryDriver {
         target: Target<'_>,
         _cancel: &CancellationToken,
     ) -> Result<Option<Release>, DriverError> {
-        self.processes.count("status");
-        self.record("status", target);
+        self.helm_run("status", target);
         let history = self.history_of(target.namespace, target.release);
         Ok(history.last().map(|r| Release {
             revision: r.revision,
@@ -525,8 +531,7 @@ impl HelmDriver for MemoryDriver {
         target: Target<'_>,
         _cancel: &CancellationToken,
     ) -> Result<Vec<Revision>, DriverError> {
-        self.processes.count("history");
-        self.record("history", target);
+        self.helm_run("history", target);
         Ok(self.history_of(target.namespace, target.release))
     }
 
@@ -536,8 +541,7 @@ impl HelmDriver for MemoryDriver {
         _timeout: Duration,
         cancel: &CancellationToken,
     ) -> Result<(), DriverError> {
-        self.processes.count("test");
-        self.record("test", target);
+        self.helm_run("test", target);
         if cancel.is_cancelled() {
             return Err(DriverError::Cancelled {
                 tool: Tool::Helm,

@@ -141,46 +141,44 @@ pub(super) fn pull_args(source: &ChartSource, destination: &Path) -> Vec<OsStrin
     }
 }
 
+/// `helm <subcommand> --namespace=<namespace> <flags> -- <release> <positionals>`: a subcommand
+/// about one release.
+fn on_release(
+    subcommand: &str,
+    namespace: &str,
+    release: &str,
+    flags: &[&str],
+    positionals: &[&str],
+) -> Vec<OsString> {
+    let mut args = vec![subcommand.into(), flag("namespace", namespace)];
+    args.extend(os(flags));
+    let mut positionals: Vec<&OsStr> = positionals.iter().map(OsStr::new).collect();
+    positionals.insert(0, OsStr::new(release));
+    command(args, &positionals)
+}
+
 /// `helm uninstall`.
 pub(super) fn uninstall_args(release: &ReleaseRef, timeout: Duration) -> Vec<OsString> {
-    command(
-        vec![
-            "uninstall".into(),
-            flag("namespace", &release.namespace),
-            "--wait".into(),
-            "--timeout".into(),
-            secs(timeout).into(),
-        ],
-        &[OsStr::new(&release.release)],
+    let flags = ["--wait", "--timeout", &secs(timeout)];
+    on_release(
+        "uninstall",
+        &release.namespace,
+        &release.release,
+        &flags,
+        &[],
     )
 }
 
 /// `helm status -o json`.
 pub(super) fn status_args(release: &ReleaseRef) -> Vec<OsString> {
-    command(
-        vec![
-            "status".into(),
-            flag("namespace", &release.namespace),
-            "-o".into(),
-            "json".into(),
-        ],
-        &[OsStr::new(&release.release)],
-    )
+    let flags = ["-o", "json"];
+    on_release("status", &release.namespace, &release.release, &flags, &[])
 }
 
 /// `helm history -o json --max 20`.
 pub(super) fn history_args(release: &ReleaseRef) -> Vec<OsString> {
-    command(
-        vec![
-            "history".into(),
-            flag("namespace", &release.namespace),
-            "-o".into(),
-            "json".into(),
-            "--max".into(),
-            "20".into(),
-        ],
-        &[OsStr::new(&release.release)],
-    )
+    let flags = ["-o", "json", "--max", "20"];
+    on_release("history", &release.namespace, &release.release, &flags, &[])
 }
 
 /// `helm rollback <release> <revision>`.
@@ -189,30 +187,26 @@ pub(super) fn rollback_args(
     revision: i64,
     timeout: Duration,
 ) -> Vec<OsString> {
+    let flags = ["--wait", "--timeout", &secs(timeout)];
     let revision = revision.to_string();
-    command(
-        vec![
-            "rollback".into(),
-            flag("namespace", &release.namespace),
-            "--wait".into(),
-            "--timeout".into(),
-            secs(timeout).into(),
-        ],
-        &[OsStr::new(&release.release), OsStr::new(&revision)],
+    on_release(
+        "rollback",
+        &release.namespace,
+        &release.release,
+        &flags,
+        &[&revision],
     )
 }
 
 /// `helm test <release>`: runs the test hooks of the release's newest revision and waits for
 /// them up to `timeout`.
 pub(super) fn test_args(release: &str, namespace: &str, timeout: Duration) -> Vec<OsString> {
-    command(
-        vec![
-            "test".into(),
-            flag("namespace", namespace),
-            "--timeout".into(),
-            secs(timeout).into(),
-        ],
-        &[OsStr::new(release)],
+    on_release(
+        "test",
+        namespace,
+        release,
+        &["--timeout", &secs(timeout)],
+        &[],
     )
 }
 

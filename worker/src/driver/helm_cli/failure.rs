@@ -1,11 +1,12 @@
 //! What a failed helm or kubectl run means, read once from its readable stderr
 //! ([`readable_stderr`](super::output::readable_stderr)) where the process ran: its class
-//! (whether a retry can help) and its [`Cause`] when it is a common failure. `MemoryDriver`
-//! reads the failures it simulates with the same functions.
+//! (whether a retry can help), its [`Cause`] when it is a common failure, and its [`Answer`]
+//! when it says the release or object is missing, exists or is forbidden. `MemoryDriver` reads
+//! the failures it simulates with the same functions.
 //!
 //! Pure functions over text, with a table test of the messages helm and kubectl print.
 
-use crate::failure::{Cause, HelmFailure};
+use crate::failure::{Answer, Cause, HelmFailure};
 use crate::policy::Failure;
 
 /// Rendering and validation errors: the chart and values cannot work, whatever else the text
@@ -80,6 +81,7 @@ pub(crate) fn helm_failure(exit_code: Option<i32>, text: String) -> HelmFailure 
     HelmFailure {
         class: helm_class(exit_code, &text),
         cause: helm_cause(&text),
+        answer: helm_answer(&text),
         text,
     }
 }
@@ -91,6 +93,7 @@ pub(crate) fn test_failure(text: String) -> HelmFailure {
     HelmFailure {
         class: Failure::Permanent,
         cause: Some(Cause::TestFailed),
+        answer: helm_answer(&text),
         text,
     }
 }
@@ -101,6 +104,7 @@ pub(crate) fn kubectl_failure(exit_code: Option<i32>, text: String) -> HelmFailu
     HelmFailure {
         class: kubectl_class(exit_code, &text),
         cause: forbidden(&text),
+        answer: kubectl_answer(&text),
         text,
     }
 }
@@ -141,6 +145,27 @@ fn kubectl_class(exit_code: Option<i32>, stderr: &str) -> Failure {
         Failure::Permanent
     } else {
         Failure::Transient
+    }
+}
+
+/// Helm's answer about the release: only that it does not exist.
+fn helm_answer(text: &str) -> Option<Answer> {
+    text.to_lowercase()
+        .contains("release: not found")
+        .then_some(Answer::NotFound)
+}
+
+/// kubectl's answer about the object (`Error from server (NotFound): namespaces "x" not
+/// found`).
+fn kubectl_answer(text: &str) -> Option<Answer> {
+    if text.contains("(NotFound)") {
+        Some(Answer::NotFound)
+    } else if text.contains("AlreadyExists") {
+        Some(Answer::AlreadyExists)
+    } else if text.contains("(Forbidden)") {
+        Some(Answer::Forbidden)
+    } else {
+        None
     }
 }
 
@@ -673,6 +698,55 @@ mod tests {
         for (code, stderr, class, cause) in cases {
             let failure = kubectl_failure(*code, (*stderr).to_owned());
             assert_eq!((failure.class, &failure.cause), (*class, cause), "{stderr}");
+        }
+    }
+
+    #[test]
+    fn what_a_failure_says_of_its_object_is_read_with_its_tools_words() {
+        use Answer::{AlreadyExists, Forbidden, NotFound};
+        let helm: &[(&str, Option<Answer>)] = &[
+            ("Error: release: not found", Some(NotFound)),
+            (
+                "Error: uninstall: Release not loaded: web: release: not found",
+                Some(NotFound),
+            ),
+            ("Error: Kubernetes cluster unreachable", None),
+            // Only kubectl's words for a missing object are kubectl's.
+            (
+                r#"Error from server (NotFound): secrets "x" not found"#,
+                None,
+            ),
+        ];
+        for (stderr, answer) in helm {
+            assert_eq!(
+                helm_failure(Some(1), (*stderr).into()).answer,
+                *answer,
+                "{stderr}"
+            );
+        }
+        let kubectl: &[(&str, Option<Answer>)] = &[
+            (
+                r#"Error from server (NotFound): namespaces "nope" not found"#,
+                Some(NotFound),
+            ),
+            (
+                r#"Error from server (AlreadyExists): namespaces "apps" already exists"#,
+                Some(AlreadyExists),
+            ),
+            (
+                r#"Error from server (Forbidden): namespaces is forbidden: User "u" cannot create resource "namespaces" in API group "" at the cluster scope"#,
+                Some(Forbidden),
+            ),
+            // Only helm's words for a missing release are helm's.
+            ("release: not found", None),
+            (
+                "Unable to connect to the server: net/http: TLS handshake timeout",
+                None,
+            ),
+        ];
+        for (stderr, answer) in kubectl {
+            let failure = kubectl_failure(Some(1), (*stderr).into());
+            assert_eq!(failure.answer, *answer, "{stderr}");
         }
     }
 }

@@ -54,8 +54,8 @@ use self::args::{
 };
 use self::cache::{CacheIndex, KeyLocks};
 use self::output::{
-    OutputError as Unreadable, a_test_failed, is_not_found, parse_history, parse_labels,
-    parse_objects, parse_release, source_data,
+    OutputError as Unreadable, a_test_failed, parse_history, parse_labels, parse_objects,
+    parse_release, source_data,
 };
 use self::process::{Exit, Limits, Stdout};
 use super::{
@@ -63,6 +63,7 @@ use super::{
     Release, Revision, Target, Tool, Uninstalled, is_pending,
 };
 use crate::drift::{ObjectState, identity, manifest_objects};
+use crate::failure::Answer;
 use crate::ownership::{Identity, Owner, OwnershipError};
 use crate::values::SourceData;
 
@@ -223,6 +224,22 @@ impl HelmCli {
             .and_then(succeeded)
     }
 
+    /// Runs helm with `args` about a release and returns its stdout; `None` when helm says
+    /// there is no such release.
+    async fn helm_on_release(
+        &self,
+        args: Vec<OsString>,
+        identity: &Identity,
+        limit: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Stdout>, DriverError> {
+        match self.helm(args, identity, limit, cancel).await {
+            Ok(stdout) => Ok(Some(stdout)),
+            Err(e) if e.answer() == Some(Answer::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Runs helm with `args` (plus `--kubeconfig` and the identity's `--kube-as-user`) in the
     /// worker's own Helm home, an optional registry config file and optional stdin, and returns
     /// how it exited ([`succeeded`] turns a failure into an error). `input` and `secrets` are
@@ -379,13 +396,13 @@ impl HelmCli {
             .await
         {
             Ok(_) => Ok(true),
-            Err(DriverError::Kubectl { failure, .. }) if failure.text.contains("AlreadyExists") => {
+            Err(e @ DriverError::Kubectl { .. }) if e.answer() == Some(Answer::AlreadyExists) => {
                 Ok(true)
             }
             // Creating namespaces is cluster-scoped: a tenant may lack the right and still be
             // allowed to see that its namespace exists, which is all the apply needs.
             Err(error @ DriverError::Kubectl { .. })
-                if error.to_string().contains("(Forbidden)") =>
+                if error.answer() == Some(Answer::Forbidden) =>
             {
                 let action = KubectlAction::ReadNamespace {
                     namespace: namespace.to_owned(),
@@ -479,19 +496,18 @@ impl HelmDriver for HelmCli {
         timeout: Duration,
         cancel: &CancellationToken,
     ) -> Result<Uninstalled, DriverError> {
-        match self
-            .helm(
+        let removed = self
+            .helm_on_release(
                 uninstall_args(&target.release_ref(), timeout),
                 target.identity,
                 self.long_limit(timeout),
                 cancel,
             )
-            .await
-        {
-            Ok(_) => Ok(Uninstalled::Removed),
-            Err(e) if is_not_found(&e) => Ok(Uninstalled::NotFound),
-            Err(e) => Err(e),
-        }
+            .await?;
+        Ok(match removed {
+            Some(_) => Uninstalled::Removed,
+            None => Uninstalled::NotFound,
+        })
     }
 
     async fn status(
@@ -499,19 +515,15 @@ impl HelmDriver for HelmCli {
         target: Target<'_>,
         cancel: &CancellationToken,
     ) -> Result<Option<Release>, DriverError> {
-        match self
-            .helm(
-                status_args(&target.release_ref()),
-                target.identity,
-                self.settings.short_timeout,
-                cancel,
-            )
-            .await
-        {
-            Ok(stdout) => parse_release("status", &stdout).map(Some),
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.helm_on_release(
+            status_args(&target.release_ref()),
+            target.identity,
+            self.settings.short_timeout,
+            cancel,
+        )
+        .await?
+        .map(|stdout| parse_release("status", &stdout))
+        .transpose()
     }
 
     async fn labels(
@@ -547,35 +559,31 @@ impl HelmDriver for HelmCli {
         target: Target<'_>,
         cancel: &CancellationToken,
     ) -> Result<Vec<Revision>, DriverError> {
-        match self
-            .helm(
+        let Some(stdout) = self
+            .helm_on_release(
                 history_args(&target.release_ref()),
                 target.identity,
                 self.settings.short_timeout,
                 cancel,
             )
-            .await
+            .await?
+        else {
+            return Ok(Vec::new());
+        };
+        let mut history = parse_history(&stdout)?;
+        if let Some(newest) = history.iter_mut().max_by_key(|r| r.revision)
+            && is_pending(&newest.status)
         {
-            Ok(stdout) => {
-                let mut history = parse_history(&stdout)?;
-                if let Some(newest) = history.iter_mut().max_by_key(|r| r.revision)
-                    && is_pending(&newest.status)
-                {
-                    // Unreadable: the record's age alone decides whether it may be recovered.
-                    newest.lease_revision = match self.labels(target, newest.revision, cancel).await
-                    {
-                        Ok(labels) => labels.get(LEASE_LABEL).and_then(|v| v.parse().ok()),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot read the lease stamp of a pending release; its age decides");
-                            None
-                        }
-                    };
+            // Unreadable: the record's age alone decides whether it may be recovered.
+            newest.lease_revision = match self.labels(target, newest.revision, cancel).await {
+                Ok(labels) => labels.get(LEASE_LABEL).and_then(|v| v.parse().ok()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the lease stamp of a pending release; its age decides");
+                    None
                 }
-                Ok(history)
-            }
-            Err(e) if is_not_found(&e) => Ok(Vec::new()),
-            Err(e) => Err(e),
+            };
         }
+        Ok(history)
     }
 
     async fn test(
@@ -657,7 +665,7 @@ impl HelmDriver for HelmCli {
             .await
         {
             Ok(stdout) => stdout,
-            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) if e.answer() == Some(Answer::NotFound) => return Ok(None),
             Err(e) => return Err(e),
         };
         let data = source_data(kind, &stdout.text).map_err(|reason| {
@@ -779,7 +787,9 @@ impl HelmDriver for HelmCli {
             .await
         {
             Ok(stdout) => parse_labels(&stdout.text).unwrap_or_default(),
-            Err(e) if is_not_found(&e) => return Ok(NamespaceDeletion::Deleted),
+            Err(e) if e.answer() == Some(Answer::NotFound) => {
+                return Ok(NamespaceDeletion::Deleted);
+            }
             Err(DriverError::Spawn { source, .. }) => return Ok(skipped(source)),
             Err(e) => return Err(e),
         };

@@ -268,18 +268,6 @@ fn is_error_line(line: &str) -> bool {
     line.starts_with("Error") || line.starts_with("error:")
 }
 
-/// Whether helm failed because the release does not exist.
-pub(super) fn is_not_found(error: &DriverError) -> bool {
-    match error {
-        DriverError::Helm { failure, .. } => {
-            failure.text.to_lowercase().contains("release: not found")
-        }
-        // `Error from server (NotFound): namespaces "x" not found`
-        DriverError::Kubectl { failure, .. } => failure.text.contains("(NotFound)"),
-        _ => false,
-    }
-}
-
 /// Whether `helm test`'s report on stdout (the status printer's `TEST SUITE:` blocks, printed
 /// once Helm loaded the release and ran its tests) shows a test whose phase is `Failed`: the
 /// tests ran and one failed or did not finish in time, rather than Helm failing to run them.
@@ -526,32 +514,5 @@ mod tests {
             "{}",
             &text[ERROR_CAP - 10..]
         );
-    }
-
-    #[test]
-    fn a_missing_release_is_told_by_helms_stderr() {
-        let helm = |stderr: &str| DriverError::Helm {
-            command: "status".into(),
-            exit_code: Some(1),
-            failure: Box::new(super::super::helm_failure(Some(1), stderr.into())),
-        };
-        assert!(is_not_found(&helm("Error: release: not found")));
-        assert!(is_not_found(&helm(
-            "Error: uninstall: Release not loaded: web: release: not found"
-        )));
-        assert!(!is_not_found(&helm(
-            "Error: Kubernetes cluster unreachable"
-        )));
-        let kubectl = DriverError::Kubectl {
-            action: crate::driver::KubectlAction::DeleteNamespace {
-                namespace: "apps".into(),
-            },
-            exit_code: Some(1),
-            failure: Box::new(super::super::kubectl_failure(
-                Some(1),
-                "release: not found".into(),
-            )),
-        };
-        assert!(!is_not_found(&kubectl), "only helm's own errors count");
     }
 }
