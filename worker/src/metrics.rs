@@ -153,6 +153,11 @@ impl Metrics {
                     "Jobs whose handling panicked; each was dead-lettered",
                     &metrics.panics,
                 ),
+                (
+                    "drifted_objects",
+                    "Objects drift checks found drifted",
+                    &metrics.drifted_objects,
+                ),
             ],
         );
         // Every cause from the start, at 0: a panel or alert over them has a series to show.
@@ -177,11 +182,6 @@ impl Metrics {
             "drift_checks",
             "Drift checks by what they found: clean, drifted (reported), corrected, or failed (could not compare or correct)",
             metrics.drift_checks.clone(),
-        );
-        sub.register(
-            "drifted_objects",
-            "Objects drift checks found drifted",
-            metrics.drifted_objects.clone(),
         );
     }
 
