@@ -12,7 +12,9 @@ use helmq_producer::store::ErrorClass;
 use helmq_producer::store::fake::{FakeComponentStore, FakeEventStore, FakeLeaseStore};
 use helmq_producer::watcher::{Watcher, WatcherConfig};
 use helmq_producer::writer::events::JOB_ID_ANNOTATION;
-use helmq_producer::writer::{EventRecorder, Outcome, Unissued, Writer, WriterConfig};
+use helmq_producer::writer::{
+    EventRecorder, Outcome, Unissued, Writer, WriterConfig, spawn_test_writer,
+};
 use helmq_queue::topology::{DLQ_STREAM, JOBS_STREAM, STATUS_STREAM, WORKERS_CONSUMER};
 use helmq_queue::{JetStreamQueue, JetStreamStatus, StatusSink, Topology};
 use helmq_schemas::component::{
@@ -119,17 +121,20 @@ impl Rig {
             self.store.clone(),
             EventRecorder::new(self.events.clone(), "producer-test"),
             self.js.clone(),
-            WriterConfig {
-                fetch_wait: Duration::from_millis(200),
-                max_retry_delay: Duration::from_millis(200),
-                ..WriterConfig::default()
-            },
+            WriterConfig::fast(),
             self.metrics.clone(),
         )
     }
 
     fn spawn_writer(&self) {
-        tokio::spawn(self.writer().run(self.token.clone()));
+        spawn_test_writer(
+            self.store.clone(),
+            self.events.clone(),
+            self.js.clone(),
+            WriterConfig::fast(),
+            self.metrics.clone(),
+            self.token.clone(),
+        );
     }
 
     /// The next job, taken (and acked) from the workers' consumer as a worker would.

@@ -20,7 +20,7 @@ use futures::StreamExt as _;
 use helmq_producer::metrics::Metrics as ProducerMetrics;
 use helmq_producer::store::fake::{FakeComponentStore, FakeEventStore};
 use helmq_producer::watcher::{Watcher, WatcherConfig};
-use helmq_producer::writer::{EventRecorder, Writer, WriterConfig};
+use helmq_producer::writer::{WriterConfig, spawn_test_writer};
 use helmq_queue::topology::{JOBS_STREAM, STATUS_STREAM, WRITER_CONSUMER};
 use helmq_queue::{JetStreamQueue, JetStreamStatus, JobQueue, NatsArgs, StatusSink, Topology};
 use helmq_schemas::HelmConfig;
@@ -366,18 +366,14 @@ async fn each_role_does_its_work_and_nothing_else_with_the_account_permissions()
         producer_metrics.clone(),
     );
     let watcher = tokio::spawn(watcher.run(producer_stop.clone()));
-    let writer = Writer::new(
+    let writer = spawn_test_writer(
         store.clone(),
-        EventRecorder::new(FakeEventStore::new(), "producer-test"),
+        FakeEventStore::new(),
         producer_js.clone(),
-        WriterConfig {
-            fetch_wait: Duration::from_millis(200),
-            max_retry_delay: Duration::from_millis(200),
-            ..WriterConfig::default()
-        },
+        WriterConfig::fast(),
         producer_metrics.clone(),
+        producer_stop.clone(),
     );
-    let writer = tokio::spawn(writer.run(producer_stop.clone()));
 
     // --- orchestrator: follows its status events with an ordered consumer, publishes jobs. ---
     let (orchestrator_client, orchestrator) = connect_as(&url, ORCHESTRATOR).await;

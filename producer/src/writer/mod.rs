@@ -109,6 +109,33 @@ impl Default for WriterConfig {
     }
 }
 
+impl WriterConfig {
+    /// Short fetches and retries, for tests (a 200 ms fetch wait and retry cap).
+    #[must_use]
+    pub fn fast() -> WriterConfig {
+        WriterConfig {
+            fetch_wait: Duration::from_millis(200),
+            max_retry_delay: Duration::from_millis(200),
+            ..WriterConfig::default()
+        }
+    }
+}
+
+/// A writer over the in-memory API server on a task of its own (feature `testing`): the one
+/// way tests start a writer. Its Events go to `events`; cancel `stop` to end it.
+#[cfg(feature = "testing")]
+pub fn spawn_test_writer(
+    store: crate::store::fake::FakeComponentStore,
+    events: crate::store::fake::FakeEventStore,
+    js: jetstream::Context,
+    config: WriterConfig,
+    metrics: Metrics,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<Result<(), WriterError>> {
+    let recorder = EventRecorder::new(events, "producer-test");
+    tokio::spawn(Writer::new(store, recorder, js, config, metrics).run(stop))
+}
+
 /// What happened to one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {

@@ -3,11 +3,9 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::time::Duration;
-
 use helmq_producer::metrics::Metrics as ProducerMetrics;
 use helmq_producer::store::fake::{FakeComponentStore, FakeEventStore};
-use helmq_producer::writer::{EventRecorder, Writer, WriterConfig};
+use helmq_producer::writer::{WriterConfig, spawn_test_writer};
 use helmq_queue::{JetStreamStatus, Topology};
 use helmq_tests::NatsServer;
 use helmq_worker::{MemoryDriver, Settings};
@@ -41,18 +39,14 @@ impl Pipeline {
         let metrics = pool.metrics.clone();
         let stop = CancellationToken::new();
         let store = FakeComponentStore::new();
-        let writer = Writer::new(
+        let writer = spawn_test_writer(
             store.clone(),
-            EventRecorder::new(FakeEventStore::new(), "producer-test"),
+            FakeEventStore::new(),
             js.clone(),
-            WriterConfig {
-                fetch_wait: Duration::from_millis(200),
-                max_retry_delay: Duration::from_millis(200),
-                ..WriterConfig::default()
-            },
+            WriterConfig::fast(),
             ProducerMetrics::default(),
+            stop.clone(),
         );
-        let writer = tokio::spawn(writer.run(stop.clone()));
         Pipeline {
             server,
             js,

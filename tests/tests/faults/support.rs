@@ -18,7 +18,7 @@ use helmq_producer::metrics::Metrics as ProducerMetrics;
 use helmq_producer::store::fake::{FakeComponentStore, FakeEventStore};
 use helmq_producer::store::{Change, ComponentStore as _};
 use helmq_producer::writer::apply::stored_position;
-use helmq_producer::writer::{EventRecorder, Writer, WriterConfig};
+use helmq_producer::writer::{WriterConfig, spawn_test_writer};
 use helmq_queue::topology::{DLQ_STREAM, JOBS_STREAM, STATUS_STREAM, WORKERS_CONSUMER};
 use helmq_queue::{
     JetStreamQueue, JetStreamStatus, JobQueue as _, PublishError, StatusSink, Topology,
@@ -393,23 +393,23 @@ pub fn spawn_writer(
     js: Context,
     metrics: ProducerMetrics,
 ) -> (CancellationToken, JoinHandle<()>) {
-    let writer = Writer::new(
-        store,
-        EventRecorder::new(FakeEventStore::new(), "faults"),
-        js,
-        WriterConfig {
-            fetch_wait: Duration::from_millis(200),
-            max_retry_delay: Duration::from_millis(500),
-            ..WriterConfig::default()
-        },
-        metrics,
-    );
+    let config = WriterConfig {
+        max_retry_delay: Duration::from_millis(500),
+        ..WriterConfig::fast()
+    };
     let stop = CancellationToken::new();
-    let token = stop.clone();
+    let writer = spawn_test_writer(
+        store,
+        FakeEventStore::new(),
+        js,
+        config,
+        metrics,
+        stop.clone(),
+    );
     let task = tokio::spawn(async move {
         writer
-            .run(token)
             .await
+            .expect("the writer panicked")
             .expect("the writer stopped with an error");
     });
     (stop, task)
