@@ -128,8 +128,19 @@ where
     .await;
     // Its last sweep ends before the parked messages are given back.
     let _ = keep_alive.await;
-    parking.give_back(ctx).await;
     info!(deadline = ?ctx.settings.drain_deadline, "shutting down: finishing running jobs");
+    // The parked go back while the running finish; the hard stop also ends the give-back's
+    // retries when NATS is away.
+    tokio::join!(parking.give_back(ctx), drain(ctx, &mut slots));
+    advisory_task.abort();
+    ctx.watch.stop();
+    info!("worker pool stopped");
+    Ok(())
+}
+
+/// Waits for the slots to finish their running jobs; past the drain deadline, cancels them (the
+/// hard stop) and waits for their messages to be given back.
+async fn drain(ctx: &Context, slots: &mut JoinSet<()>) {
     let drained = tokio::time::timeout(ctx.settings.drain_deadline, async {
         while slots.join_next().await.is_some() {}
     })
@@ -139,10 +150,6 @@ where
         ctx.hard_stop.cancel();
         while slots.join_next().await.is_some() {}
     }
-    advisory_task.abort();
-    ctx.watch.stop();
-    info!("worker pool stopped");
-    Ok(())
 }
 
 /// Opens what the pool's jobs share: the jobs stream, the workers' consumer (and its
