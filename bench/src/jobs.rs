@@ -60,11 +60,21 @@ pub fn config(name: &str) -> HelmConfig {
 
 /// The apply job of release `index` for a Component with `uid` at generation 1.
 pub fn apply(index: usize, uid: String) -> JobEvent {
+    apply_in(NAMESPACE, index, uid)
+}
+
+/// The namespace of tenant number `tenant` (the fairness phases' Components).
+pub fn tenant(tenant: usize) -> String {
+    format!("t-{tenant}")
+}
+
+/// [`apply`] for a Component in `namespace` (its tenant).
+pub fn apply_in(namespace: &str, index: usize, uid: String) -> JobEvent {
     let name = name(index);
     JobEvent::new(
         JobAction::Apply,
         ComponentRef {
-            namespace: NAMESPACE.to_owned(),
+            namespace: namespace.to_owned(),
             name: name.clone(),
             uid: Some(uid),
             generation: 1,
@@ -78,10 +88,15 @@ pub fn apply(index: usize, uid: String) -> JobEvent {
 /// The Component of release `index` as a user creates it (the in-memory API server assigns
 /// its uid and generation).
 pub fn component(index: usize) -> Component {
+    component_in(NAMESPACE, index)
+}
+
+/// [`component`] in `namespace` (its tenant).
+pub fn component_in(namespace: &str, index: usize) -> Component {
     let name = name(index);
     let config = serde_json::to_value(config(&name)).unwrap_or_default();
     helmq_tests::build::component(&name)
-        .namespace(NAMESPACE)
+        .namespace(namespace)
         .config(config)
         .build()
 }

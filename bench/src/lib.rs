@@ -4,8 +4,9 @@
 //! One run starts its own `nats-server` (file storage; a fresh one per phase) and measures:
 //! the raw JetStream baseline ([`phase::raw`]), the pipeline's throughput and dispatch latency
 //! with Helm and Kubernetes in memory ([`phase::pipeline`]), scaling over worker processes
-//! ([`phase::scaling`]), the cost of `HelmCli` per job ([`phase::helmcli`]) and the peak memory
-//! of the worker and producer processes ([`phase::memory`]). [`report`] prints the table and
+//! ([`phase::scaling`]), fairness across tenants ([`phase::fairness`]), the cost of `HelmCli`
+//! per job ([`phase::helmcli`]) and the peak memory of the worker and producer processes
+//! ([`phase::memory`]). [`report`] prints the table and
 //! writes `summary.json`.
 //!
 //! Every error ends the run with its message (a bench has no caller that could recover), so

@@ -64,6 +64,8 @@ pub async fn run(ctx: &Context) -> anyhow::Result<Report> {
     }
     eprintln!("bench: dispatch latency");
     phase::pipeline::latency(ctx, &mut report).await?;
+    eprintln!("bench: fairness across tenants");
+    phase::fairness::run(ctx, &mut report).await?;
     eprintln!("bench: NATS round trips per job");
     phase::round_trips::run(ctx, &mut report).await?;
     eprintln!("bench: scaling");

@@ -27,6 +27,20 @@ pub struct Args {
     /// Jobs this process runs at once (one pulled message per free slot).
     #[arg(long, env = "HELMQ_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
+    /// Running jobs of one tenant (a Component namespace) at once on this process; 0: no
+    /// limit. Below `--concurrency`, one tenant's burst leaves slots free: they pull past its
+    /// queued jobs to other tenants' (see `--max-parked`).
+    #[arg(long, env = "HELMQ_TENANT_CONCURRENCY", default_value_t = 0)]
+    pub tenant_concurrency: u16,
+    /// Running drift checks at once on this process (default: a quarter of `--concurrency`, at
+    /// least 1); applies and deletes always start before a waiting check.
+    #[arg(long, env = "HELMQ_CHECK_CONCURRENCY", value_parser = clap::value_parser!(u16).range(1..))]
+    pub check_concurrency: Option<u16>,
+    /// Pulled jobs waiting on this process for their tenant's or class's turn (each kept alive
+    /// with a Progress ack every third of the consumer's `ack_wait`) at which it stops pulling.
+    /// Keep it at or below the consumer's `max_ack_pending` (1000).
+    #[arg(long, env = "HELMQ_MAX_PARKED", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_parked: u32,
     /// Attempts per job before a transient failure becomes final.
     #[arg(long, env = "HELMQ_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: u32,
@@ -183,6 +197,9 @@ impl Args {
             nats_patience: self.nats_patience,
             default_service_account: self.default_service_account.clone(),
             allow_shared_releases: self.allow_shared_releases,
+            tenant_concurrency: usize::from(self.tenant_concurrency),
+            check_concurrency: self.check_concurrency.map(usize::from),
+            max_parked: usize::try_from(self.max_parked).unwrap_or(usize::MAX),
             ..Settings::new(self.worker_id())
         }
     }
@@ -247,6 +264,36 @@ mod tests {
         let defaults = defaults.settings(Allowlist::any());
         assert_eq!(defaults.default_service_account, None);
         assert!(!defaults.allow_shared_releases);
+    }
+
+    #[test]
+    fn fairness_flags_become_limits() {
+        let parse = |flags: &[&str]| {
+            let mut argv = vec!["helmq-worker"];
+            argv.extend_from_slice(flags);
+            Args::try_parse_from(argv).map(|args| args.settings(Allowlist::any()))
+        };
+        // No limits by default: one tenant may use every slot, as before fairness.
+        let defaults = parse(&["--concurrency", "8"]).unwrap();
+        assert_eq!(defaults.tenant_concurrency, 0);
+        assert_eq!(defaults.check_limit(), 2);
+        assert_eq!(defaults.max_parked, 1000);
+        assert_eq!(parse(&["--concurrency", "2"]).unwrap().check_limit(), 1);
+        let set = parse(&[
+            "--tenant-concurrency",
+            "2",
+            "--check-concurrency",
+            "3",
+            "--max-parked",
+            "50",
+        ])
+        .unwrap();
+        assert_eq!(
+            (set.tenant_concurrency, set.check_limit(), set.max_parked),
+            (2, 3, 50)
+        );
+        assert!(parse(&["--check-concurrency", "0"]).is_err());
+        assert!(parse(&["--max-parked", "0"]).is_err());
     }
 
     #[test]

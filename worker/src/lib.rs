@@ -6,7 +6,9 @@
 //! sources and namespaces), [`policy`] (pure decisions), [`failure`] (a failed helm or kubectl
 //! run: class, cause and readable text), [`driver`] (the Helm seam,
 //! [`driver::HelmCli`] and `driver::MemoryDriver`), [`exclusivity`] (leases and latest intent
-//! on KV), [`pool`] (slots and drain), `context` (what a pool's jobs share), `admission`
+//! on KV), [`pool`] (slots and drain), `parking` (pulled deliveries waiting for their turn,
+//! kept alive, given back at shutdown), `fair` (which of them starts next: round robin across
+//! tenants, applies and deletes before drift checks, per-tenant limits), `context` (what a pool's jobs share), `admission`
 //! (whether a payload is a job this worker takes), `job` (one job from delivery to the
 //! settlement it asks for), `helm_run` (a job's Helm work, lease held), `settle` (the one
 //! place a job's message is acked, Nak'ed or dead-lettered), `dead_letter` (dead letters and
@@ -15,8 +17,9 @@
 //! [`metrics`].
 //!
 //! Who uses whom (a module uses only modules below it, never one above):
-//! `pool` → `job` → `helm_run` → `remediation` → `driver`; `pool`, `job` → `settle` → `dead_letter` →
-//! `admission` → `context` → `exclusivity`, `metrics`, `settings` → `policy`, `allowlist`;
+//! `pool` → `job` → `helm_run` → `remediation` → `driver`; `pool` → `parking` → `fair`;
+//! `pool`, `parking`, `job` → `settle` → `dead_letter` → `admission` → `context` →
+//! `exclusivity`, `metrics` → `fair`, `settings` → `policy`, `allowlist`;
 //! `driver`, `readable`, `admission` → `failure` → `policy`.
 // No production function over 80 lines of code (clippy.toml); tests may be longer tables.
 #![cfg_attr(not(test), warn(clippy::too_many_lines))]
@@ -30,11 +33,13 @@ pub mod drift;
 pub mod driver;
 pub mod exclusivity;
 pub mod failure;
+mod fair;
 mod helm_run;
 mod intent_watch;
 mod job;
 pub mod metrics;
 pub mod ownership;
+mod parking;
 pub mod policy;
 pub mod pool;
 pub mod readable;

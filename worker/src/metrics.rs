@@ -1,6 +1,6 @@
 //! The worker's Prometheus metrics: jobs by outcome, job and Helm durations, Helm failures by
-//! cause, jobs in flight, retries, dead letters, lease waits, NATS operations retried and open
-//! allowlists.
+//! cause, jobs in flight, retries, dead letters, lease waits, NATS operations retried, open
+//! allowlists, and the fair scheduler's parked deliveries.
 
 use helmq_telemetry::register_all;
 use prometheus_client::metrics::counter::Counter;
@@ -78,6 +78,12 @@ pub struct Metrics {
     drift_checks: Family<Labels, Counter>,
     /// Objects drift checks found drifted.
     drifted_objects: Counter,
+    /// Deliveries parked, waiting for their tenant's or class's turn.
+    pub parked: Gauge,
+    /// Deliveries that had to park, by why (`tenant-limit`, `check-limit`).
+    parked_jobs: Family<Labels, Counter>,
+    /// Seconds from a delivery's arrival at the worker to its job's start.
+    pub start_wait: Histogram,
 }
 
 impl Metrics {
@@ -98,11 +104,47 @@ impl Metrics {
             single_tenant: Gauge::default(),
             drift_checks: Family::default(),
             drifted_objects: Counter::default(),
+            parked: Gauge::default(),
+            parked_jobs: Family::default(),
+            start_wait: Histogram::new(exponential_buckets(0.000_1, 4.0, 12)),
         };
         let sub = registry.sub_registry_with_prefix("helmq_worker");
         metrics.register_jobs(sub);
         metrics.register_settings(sub);
+        metrics.register_fairness(sub);
         metrics
+    }
+
+    /// The fair scheduler: why deliveries parked (`sub`: `helmq_worker_`).
+    fn register_fairness(&self, sub: &mut Registry) {
+        // Both reasons from the start, at 0.
+        for wait in [
+            crate::fair::Wait::TenantLimit,
+            crate::fair::Wait::CheckLimit,
+        ] {
+            self.parked_jobs
+                .get_or_create(&vec![("reason", wait.as_str())])
+                .inc_by(0);
+        }
+        sub.register(
+            "parked_jobs",
+            "Deliveries that parked because their tenant (--tenant-concurrency) or class (--check-concurrency) was at its limit",
+            self.parked_jobs.clone(),
+        );
+    }
+
+    /// Counts a delivery that parked for `wait`.
+    pub(crate) fn parked_for(&self, wait: crate::fair::Wait) {
+        self.parked_jobs
+            .get_or_create(&vec![("reason", wait.as_str())])
+            .inc();
+    }
+
+    /// Deliveries that parked for `reason` (`tenant-limit`, `check-limit`) so far.
+    pub fn parked_with(&self, reason: &'static str) -> u64 {
+        self.parked_jobs
+            .get_or_create(&vec![("reason", reason)])
+            .get()
     }
 
     /// What the jobs do: outcomes, durations, retries, failures (`sub`: `helmq_worker_`).
@@ -122,12 +164,23 @@ impl Metrics {
                     "Time spent running Helm for a job",
                     &metrics.helm_duration,
                 ),
+                (
+                    "start_wait_seconds",
+                    "Time from a delivery's arrival at the worker to its job's start",
+                    &metrics.start_wait,
+                ),
             ],
         );
-        sub.register(
-            "jobs_in_flight",
-            "Jobs being processed",
-            metrics.in_flight.clone(),
+        register_all(
+            sub,
+            [
+                ("jobs_in_flight", "Jobs being processed", &metrics.in_flight),
+                (
+                    "parked",
+                    "Deliveries parked on this worker, waiting for their tenant's or class's turn",
+                    &metrics.parked,
+                ),
+            ],
         );
         register_all(
             sub,

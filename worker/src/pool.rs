@@ -1,8 +1,10 @@
 //! The worker pool: `concurrency` slots, each pulling one job at a time from the shared durable
-//! consumer, handing it to `job` and having `settle` carry out what the job decided, plus the
-//! MAX_DELIVERIES advisory watcher.
+//! consumer into the fair scheduler (`parking`), starting the job it gives, handing it to `job`
+//! and having `settle` carry out what the job decided, plus the MAX_DELIVERIES advisory watcher
+//! and the parked deliveries' Progress acks.
 //!
-//! Shutdown: the `shutdown` token stops the slots from pulling; running jobs get
+//! Shutdown: the `shutdown` token stops the slots from pulling and parked deliveries are given
+//! back at once; running jobs get
 //! `drain_deadline` to finish, then the hard-stop token cancels them and their messages are
 //! Nak'ed for redelivery.
 
@@ -13,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::Context as JetStream;
 use async_nats::jetstream::consumer::PullConsumer;
-use async_nats::jetstream::message::Message;
 use futures::{FutureExt as _, StreamExt as _};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -30,6 +31,7 @@ use crate::exclusivity::{Intents, KvError, LeaseTiming, Leases, TimingError};
 use crate::intent_watch::IntentWatch;
 use crate::job::handle;
 use crate::metrics::Metrics;
+use crate::parking::{Parking, Waiting, limits};
 use crate::settings::Settings;
 use crate::settle::{Buried, Settlement, settle};
 use helmq_telemetry::retry::{backoff, pause};
@@ -86,6 +88,9 @@ where
     info!(
         worker = %ctx.settings.worker_id,
         concurrency = ctx.settings.concurrency,
+        tenant_concurrency = ctx.settings.tenant_concurrency,
+        check_concurrency = ctx.settings.check_limit(),
+        max_parked = ctx.settings.max_parked,
         ack_wait = ?ctx.ack_wait,
         lease_ttl = ?ctx.leases.ttl(),
         lease_renewal = ?ctx.timing.renew_every,
@@ -98,11 +103,18 @@ where
         advisories,
         shutdown.clone(),
     ));
+    let parking = Arc::new(Parking::new(limits(&ctx.settings), ctx.metrics.clone()));
+    let keep_alive = tokio::spawn(
+        parking
+            .clone()
+            .keep_alive(ctx.ack_wait / 3, shutdown.clone()),
+    );
     let mut slots = JoinSet::new();
     for slot in 0..ctx.settings.concurrency.max(1) {
         slots.spawn(run_slot(
             shared.clone(),
             consumer.clone(),
+            parking.clone(),
             slot,
             shutdown.clone(),
         ));
@@ -114,7 +126,21 @@ where
         &shutdown,
     )
     .await;
+    // Its last sweep ends before the parked messages are given back.
+    let _ = keep_alive.await;
     info!(deadline = ?ctx.settings.drain_deadline, "shutting down: finishing running jobs");
+    // The parked go back while the running finish; the hard stop also ends the give-back's
+    // retries when NATS is away.
+    tokio::join!(parking.give_back(ctx), drain(ctx, &mut slots));
+    advisory_task.abort();
+    ctx.watch.stop();
+    info!("worker pool stopped");
+    Ok(())
+}
+
+/// Waits for the slots to finish their running jobs; past the drain deadline, cancels them (the
+/// hard stop) and waits for their messages to be given back.
+async fn drain(ctx: &Context, slots: &mut JoinSet<()>) {
     let drained = tokio::time::timeout(ctx.settings.drain_deadline, async {
         while slots.join_next().await.is_some() {}
     })
@@ -124,10 +150,6 @@ where
         ctx.hard_stop.cancel();
         while slots.join_next().await.is_some() {}
     }
-    advisory_task.abort();
-    ctx.watch.stop();
-    info!("worker pool stopped");
-    Ok(())
 }
 
 /// Opens what the pool's jobs share: the jobs stream, the workers' consumer (and its
@@ -205,49 +227,76 @@ async fn watch_capacity(
     }
 }
 
-/// One slot: pull one job, process it, repeat until shutdown.
+/// One slot: start the next job the scheduler gives, else pull one (a free slot pulls past jobs
+/// a limit holds, until `--max-parked` are parked), repeat until shutdown.
 async fn run_slot<D: HelmDriver, S: StatusSink + 'static>(
     shared: Arc<Shared<D, S>>,
     consumer: PullConsumer,
+    parking: Arc<Parking>,
     slot: usize,
     shutdown: CancellationToken,
 ) {
     let mut failures = 0u32;
     while !shutdown.is_cancelled() {
-        // One message per pull: a prefetched message would sit unacked at shutdown (docs/ARCHITECTURE.md, "JetStream behaviours helmq relies on").
-        let batch = consumer
-            .fetch()
-            .max_messages(1)
-            .expires(shared.ctx.settings.fetch_expires)
-            .messages()
-            .await;
-        let mut batch = match batch {
-            Ok(batch) => batch,
+        if let Some(start) = parking.next() {
+            process(&shared, &start.waiting).await;
+            parking.finish(start.ticket);
+        } else if parking.has_room() {
+            pull(&shared, &consumer, &parking, slot, &shutdown, &mut failures).await;
+        } else {
+            parking.wait_for_turn(&shutdown).await;
+        }
+    }
+}
+
+/// Pulls one message and parks it; `failures` counts failed pulls in a row.
+async fn pull<D: HelmDriver, S: StatusSink + 'static>(
+    shared: &Shared<D, S>,
+    consumer: &PullConsumer,
+    parking: &Parking,
+    slot: usize,
+    shutdown: &CancellationToken,
+    failures: &mut u32,
+) {
+    // One message per pull: a prefetched message would sit unacked at shutdown (docs/ARCHITECTURE.md, "JetStream behaviours helmq relies on").
+    let batch = consumer
+        .fetch()
+        .max_messages(1)
+        .expires(shared.ctx.settings.fetch_expires)
+        .messages()
+        .await;
+    let mut batch = match batch {
+        Ok(batch) => batch,
+        Err(e) => {
+            *failures += 1;
+            warn!(slot, error = %e, "cannot pull a job; retrying");
+            pause(shutdown, backoff_step(*failures)).await;
+            return;
+        }
+    };
+    // Not raced against shutdown: a message already on its way must be settled here.
+    while let Some(next) = batch.next().await {
+        let message = match next {
+            Ok(message) => message,
             Err(e) => {
-                failures += 1;
-                warn!(slot, error = %e, "cannot pull a job; retrying");
-                pause(&shutdown, backoff_step(failures)).await;
-                continue;
+                *failures += 1;
+                debug!(slot, error = %e, "pull ended with an error");
+                pause(shutdown, backoff_step(*failures)).await;
+                break;
             }
         };
-        // Not raced against shutdown: a message already on its way must be settled here.
-        while let Some(next) = batch.next().await {
-            let message = match next {
-                Ok(message) => message,
-                Err(e) => {
-                    failures += 1;
-                    debug!(slot, error = %e, "pull ended with an error");
-                    pause(&shutdown, backoff_step(failures)).await;
-                    break;
-                }
-            };
-            failures = 0;
-            if shutdown.is_cancelled() {
-                // Arrived after shutdown began: give it straight back.
-                settle(&shared.ctx, &message, Settlement::GIVE_BACK).await;
-                continue;
+        *failures = 0;
+        let back = match Delivery::of(&message) {
+            // Arrived after shutdown began: give it straight back.
+            Ok(_) if shutdown.is_cancelled() => Some(message),
+            Ok(delivery) => parking.arrive(message, delivery),
+            Err(e) => {
+                warn!(error = %e, "message without JetStream metadata; returning it");
+                Some(message)
             }
-            process(&shared, message).await;
+        };
+        if let Some(message) = back {
+            settle(&shared.ctx, &message, Settlement::GIVE_BACK).await;
         }
     }
 }
@@ -263,17 +312,10 @@ fn backoff_step(failures: u32) -> Duration {
 }
 
 /// Processes one delivery, settles it and records its metrics.
-async fn process<D: HelmDriver, S: StatusSink + 'static>(shared: &Shared<D, S>, message: Message) {
+async fn process<D: HelmDriver, S: StatusSink + 'static>(shared: &Shared<D, S>, waiting: &Waiting) {
     let started = Instant::now();
     let ctx = &shared.ctx;
-    let delivery = match Delivery::of(&message) {
-        Ok(delivery) => delivery,
-        Err(e) => {
-            warn!(error = %e, "message without JetStream metadata; returning it");
-            settle(ctx, &message, Settlement::GIVE_BACK).await;
-            return;
-        }
-    };
+    let (message, delivery) = (&waiting.message, waiting.delivery);
     let metrics = &ctx.metrics;
     metrics.in_flight.inc();
     let span = info_span!(
@@ -282,7 +324,7 @@ async fn process<D: HelmDriver, S: StatusSink + 'static>(shared: &Shared<D, S>, 
         seq = delivery.sequence,
         attempt = delivery.attempt
     );
-    let job = AssertUnwindSafe(handle(shared, &message, delivery, &span).instrument(span.clone()))
+    let job = AssertUnwindSafe(handle(shared, message, delivery, &span).instrument(span.clone()))
         .catch_unwind()
         .await;
     let settlement = job.unwrap_or_else(|panic| {
@@ -295,7 +337,7 @@ async fn process<D: HelmDriver, S: StatusSink + 'static>(shared: &Shared<D, S>, 
             cause: Buried::Failed,
         }
     });
-    let outcome = settle(ctx, &message, settlement)
+    let outcome = settle(ctx, message, settlement)
         .instrument(span.clone())
         .await;
     metrics.in_flight.dec();

@@ -44,6 +44,15 @@ pub struct Settings {
     /// Components may then share one release, as the original controller allowed. Off by
     /// default: a job acts only on a release its own Component (or subject) owns.
     pub allow_shared_releases: bool,
+    /// Running jobs of one tenant (a Component namespace) at once on this worker
+    /// (`--tenant-concurrency`); 0: no limit.
+    pub tenant_concurrency: usize,
+    /// Running Background jobs (drift checks) at once on this worker (`--check-concurrency`);
+    /// `None`: [`Settings::check_limit`]'s default.
+    pub check_concurrency: Option<usize>,
+    /// Deliveries waiting on this worker for their tenant's or class's turn at which its slots
+    /// stop pulling (`--max-parked`).
+    pub max_parked: usize,
 }
 
 impl Settings {
@@ -63,6 +72,16 @@ impl Settings {
             health: Readiness::default(),
             default_service_account: None,
             allow_shared_releases: false,
+            tenant_concurrency: 0,
+            check_concurrency: None,
+            max_parked: 1000,
         }
+    }
+
+    /// Running Background jobs allowed at once: `check_concurrency`, else a quarter of the
+    /// slots, at least one.
+    pub fn check_limit(&self) -> usize {
+        self.check_concurrency
+            .unwrap_or_else(|| (self.concurrency / 4).max(1))
     }
 }

@@ -1,5 +1,6 @@
 //! The phases of a run, each on a fresh server.
 
+pub mod fairness;
 pub mod helmcli;
 pub mod memory;
 pub mod pipeline;

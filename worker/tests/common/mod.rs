@@ -30,6 +30,15 @@ impl Env {
         Env { server, client, js }
     }
 
+    /// A server with [`fast_topology`] but for the workers' consumer's `ack_wait`.
+    pub async fn with_ack_wait(ack_wait: Duration) -> Env {
+        Env::start(Topology {
+            ack_wait,
+            ..fast_topology()
+        })
+        .await
+    }
+
     pub async fn publish(&self, job: &JobEvent) {
         JetStreamQueue::new(self.js.clone())
             .publish_job(job)
