@@ -112,24 +112,25 @@ impl Metrics {
         metrics.register_jobs(sub);
         metrics.register_settings(sub);
         metrics.register_fairness(sub);
+        metrics.register_drift(sub);
         metrics
     }
 
     /// The fair scheduler: why deliveries parked (`sub`: `helmq_worker_`).
     fn register_fairness(&self, sub: &mut Registry) {
-        // Both reasons from the start, at 0.
-        for wait in [
-            crate::fair::Wait::TenantLimit,
-            crate::fair::Wait::CheckLimit,
-        ] {
-            self.parked_jobs
-                .get_or_create(&vec![("reason", wait.as_str())])
-                .inc_by(0);
-        }
-        sub.register(
-            "parked_jobs",
-            "Deliveries that parked because their tenant (--tenant-concurrency) or class (--check-concurrency) was at its limit",
-            self.parked_jobs.clone(),
+        register_labelled(
+            sub,
+            (
+                "parked_jobs",
+                "Deliveries that parked because their tenant (--tenant-concurrency) or class (--check-concurrency) was at its limit",
+            ),
+            &self.parked_jobs,
+            "reason",
+            [
+                crate::fair::Wait::TenantLimit,
+                crate::fair::Wait::CheckLimit,
+            ]
+            .map(|w| w.as_str()),
         );
     }
 
@@ -206,35 +207,36 @@ impl Metrics {
                     "Jobs whose handling panicked; each was dead-lettered",
                     &metrics.panics,
                 ),
-                (
-                    "drifted_objects",
-                    "Objects drift checks found drifted",
-                    &metrics.drifted_objects,
-                ),
             ],
         );
-        // Every cause from the start, at 0: a panel or alert over them has a series to show.
-        for cause in crate::failure::Cause::LABELS.iter().chain(&["other"]) {
-            metrics
-                .helm_failures
-                .get_or_create(&vec![("cause", *cause)])
-                .inc_by(0);
-        }
-        sub.register(
-            "helm_failures",
-            "Helm runs that failed, by cause",
-            metrics.helm_failures.clone(),
+        register_labelled(
+            sub,
+            ("helm_failures", "Helm runs that failed, by cause"),
+            &metrics.helm_failures,
+            "cause",
+            crate::failure::Cause::LABELS
+                .iter()
+                .copied()
+                .chain(["other"]),
         );
-        for outcome in ["clean", "drifted", "corrected", "failed"] {
-            metrics
-                .drift_checks
-                .get_or_create(&vec![("outcome", outcome)])
-                .inc_by(0);
-        }
+    }
+
+    /// What drift checks found (`sub`: `helmq_worker_`).
+    fn register_drift(&self, sub: &mut Registry) {
+        register_labelled(
+            sub,
+            (
+                "drift_checks",
+                "Drift checks by what they found: clean, drifted (reported), corrected, or failed (could not compare or correct)",
+            ),
+            &self.drift_checks,
+            "outcome",
+            ["clean", "drifted", "corrected", "failed"],
+        );
         sub.register(
-            "drift_checks",
-            "Drift checks by what they found: clean, drifted (reported), corrected, or failed (could not compare or correct)",
-            metrics.drift_checks.clone(),
+            "drifted_objects",
+            "Objects drift checks found drifted",
+            self.drifted_objects.clone(),
         );
     }
 
@@ -309,4 +311,19 @@ impl Metrics {
             .get_or_create(&vec![("outcome", outcome.as_str())])
             .get()
     }
+}
+
+/// Registers `family` (`name`, `help`) with every value of its label `key` at 0 from the start,
+/// so that a panel or alert over them has a series to show.
+fn register_labelled(
+    sub: &mut Registry,
+    (name, help): (&str, &str),
+    family: &Family<Labels, Counter>,
+    key: &'static str,
+    values: impl IntoIterator<Item = &'static str>,
+) {
+    for value in values {
+        family.get_or_create(&vec![(key, value)]).inc_by(0);
+    }
+    sub.register(name, help, family.clone());
 }
