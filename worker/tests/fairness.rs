@@ -216,3 +216,34 @@ async fn redeliveries(env: &Env) -> u64 {
         .unwrap();
     u64::try_from(info.num_redelivered).unwrap()
 }
+
+#[tokio::test]
+async fn drift_checks_wait_behind_applies_within_their_own_limit() {
+    // 2 slots, at most 1 running check; every apply (a check whose release changed deploys too)
+    // waits at the gate.
+    let mut settings = settings("w");
+    settings.concurrency = 2;
+    settings.check_concurrency = Some(1);
+    let (env, driver, pool) = gated(Duration::from_secs(30), settings).await;
+    for i in 0..3 {
+        let mut check = tenant_job(&format!("checked-{i}"), &format!("c-{i}"));
+        check.drift_check = true;
+        env.publish(&check).await;
+    }
+    env.publish(&tenant_job("busy", "x-0")).await;
+    eventually(Duration::from_secs(60), "the apply starts", || async {
+        (started(&driver, "x-") == 1).then_some(())
+    })
+    .await;
+    // The apply behind three checks took the second slot; one check runs, two wait.
+    assert_eq!(started(&driver, "c-"), 1);
+    assert!(pool.metrics.parked_with("check-limit") >= 2);
+    driver.open_gate();
+    eventually(Duration::from_secs(60), "every job succeeded", || async {
+        (pool.metrics.jobs_with(JobOutcome::Succeeded) == 4).then_some(())
+    })
+    .await;
+    assert_eq!(started(&driver, "c-"), 3);
+    env.no_jobs_left().await;
+    pool.stop().await;
+}
