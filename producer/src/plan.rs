@@ -277,7 +277,8 @@ fn deployed(component: &Component) -> Option<Deployed> {
 
 /// When `component`'s next drift check is due (`config.drift`): an interval after its last
 /// check or deploy, whichever is later. `None` unless checks are on and it is `Ready` at its
-/// generation with the apply job issued last answered (a check is an apply job of its own).
+/// generation with the apply job issued last answered (a check is an apply job of its own),
+/// and not suspended.
 pub fn next_drift_check(component: &Component) -> Option<Timestamp> {
     let namespace = component.metadata.namespace.as_deref().unwrap_or_default();
     let name = component.metadata.name.as_deref().unwrap_or_default();
@@ -287,10 +288,8 @@ pub fn next_drift_check(component: &Component) -> Option<Timestamp> {
     }
     let status = component.status.as_ref()?;
     let record = status.handler_status.as_ref()?;
-    let answered = status.phase == Some(Phase::Ready)
-        && status.observed_generation == component.metadata.generation
-        && recorded_refresh(component) <= record.observed_refresh.unwrap_or(0);
-    if !answered {
+    // A suspended Component gets no job, checks included.
+    if status.phase != Some(Phase::Ready) || !answered(component) || component.is_suspended() {
         return None;
     }
     let since = record
@@ -476,13 +475,8 @@ fn plan_apply(
     let generation = component.metadata.generation.unwrap_or(0);
     let status = component.status.clone().unwrap_or_default();
     let up_to_date = status.observed_generation == Some(generation);
-    // The status answers the apply job issued last (not only one of this generation).
-    let observed_refresh = status
-        .handler_status
-        .as_ref()
-        .and_then(|h| h.observed_refresh)
-        .unwrap_or(0);
-    let answered = up_to_date && recorded_refresh(component) <= observed_refresh;
+    let observed_refresh = observed_refresh(&status);
+    let answered = answered(component);
     match config {
         Err(message) => {
             if up_to_date && status.phase == Some(Phase::Failed) {
@@ -525,6 +519,25 @@ fn plan_apply(
             publish_job(component, ctx, JobAction::Apply, config, timeout)
         }
     }
+}
+
+/// The `refresh` of the apply job whose outcome the status shows (0 without one).
+fn observed_refresh(status: &ComponentStatus) -> u32 {
+    status
+        .handler_status
+        .as_ref()
+        .and_then(|h| h.observed_refresh)
+        .unwrap_or(0)
+}
+
+/// Whether the status answers the apply job issued last (not only one of this generation):
+/// it shows the current generation's outcome, at the recorded refresh or later.
+fn answered(component: &Component) -> bool {
+    let Some(status) = &component.status else {
+        return false;
+    };
+    status.observed_generation == Some(component.metadata.generation.unwrap_or(0))
+        && recorded_refresh(component) <= observed_refresh(status)
 }
 
 /// Lets the job take over the release its Component's status records when that release has no

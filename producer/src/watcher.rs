@@ -476,10 +476,16 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
             .map(|(key, _)| key.clone())
             .collect();
         for key in due {
-            // Scheduled again by the change the check's answer makes.
+            // A due time fires once: the change the check makes (its issued job, then its
+            // answer) or the next resync dates the next one, so a check the plan does not issue
+            // now is never polled in a loop.
             self.drift_checks.remove(&key);
             match self.store.get(&key.namespace, &key.name).await {
-                Ok(Some(Observed::Component(component))) => self.handle_logged(*component).await,
+                Ok(Some(Observed::Component(component)))
+                    if component.is_for(&self.config.handler) =>
+                {
+                    self.handle_logged_as(*component, None).await;
+                }
                 Ok(_) => {}
                 Err(error) => {
                     tracing::debug!(%error, component = %key, "drift check: cannot read component");

@@ -906,6 +906,16 @@ fn annotated(component: &Component, key: &str, value: Option<&str>) -> Component
     c
 }
 
+/// Records in `c`'s status the digests of what is deployed (`sha256:v`, `sha256:c`), as the
+/// writer does on `Ready`; the record, for more.
+fn record_digests(c: &mut Component) -> &mut HandlerStatus {
+    let record = c.status.get_or_insert_with(Default::default);
+    let record = record.handler_status.get_or_insert_with(Default::default);
+    record.values_digest = Some("sha256:v".into());
+    record.config_digest = Some("sha256:c".into());
+    record
+}
+
 /// A claimed Component whose apply job of generation 1 (refresh 0) ended `Ready`, as the writer
 /// leaves it.
 fn ready_at_generation_1() -> Component {
@@ -1075,15 +1085,7 @@ fn a_changed_values_source_re_applies_once_the_outcome_is_in() {
     assert_eq!((job.refresh, job.forced), (1, false));
     // The job carries what is deployed, so the worker can skip Helm when nothing changed.
     let mut deployed = ready.clone();
-    let record = deployed
-        .status
-        .as_mut()
-        .unwrap()
-        .handler_status
-        .as_mut()
-        .unwrap();
-    record.values_digest = Some("sha256:v".into());
-    record.config_digest = Some("sha256:c".into());
+    record_digests(&mut deployed);
     let Action::Issue(job) = super::plan(&deployed, &refresh) else {
         panic!("a refresh is issued");
     };
@@ -1123,10 +1125,8 @@ fn ready_with_drift(mode: &str, deployed: i64) -> Component {
     let mut config = valid_config();
     config["drift"] = serde_json::json!({"mode": mode, "interval": "60s"});
     c.spec.config = Some(config);
-    let record = c.status.as_mut().unwrap().handler_status.as_mut().unwrap();
+    let record = record_digests(&mut c);
     record.last_deploy_time = Some(Time(ago(deployed)));
-    record.values_digest = Some("sha256:v".into());
-    record.config_digest = Some("sha256:c".into());
     c
 }
 
@@ -1198,6 +1198,13 @@ fn no_drift_check_when_disabled_failed_deleting_or_at_an_older_generation() {
     let mut deleting = ready_with_drift("warn", 600);
     deleting.metadata.deletion_timestamp = Some(Time(ago(1)));
     assert_eq!(next_drift_check(&deleting), None);
+    // A suspended Component gets no check.
+    let suspended = annotated(
+        &ready_with_drift("warn", 600),
+        SUSPEND_ANNOTATION,
+        Some("true"),
+    );
+    assert_eq!(next_drift_check(&suspended), None);
     // A reconcile request due at the same time is forced: Helm runs, whatever the check says.
     let requested = annotated(
         &ready_with_drift("warn", 600),

@@ -650,16 +650,11 @@ impl HelmDriver for HelmCli {
         cancel: &CancellationToken,
     ) -> Result<SourceData, DriverError> {
         let source = format!("{} {namespace}/{name}", kind.as_str());
-        let Some(kubectl) = &self.settings.kubectl_bin else {
-            return Err(DriverError::local(
-                format!("cannot read values from {source}"),
-                std::io::Error::other("kubectl is disabled on this worker (--kubectl-bin)"),
-            ));
-        };
         let args = kubectl_get_values_args(kind, name, namespace);
         let action = KubectlAction::ReadValues {
             source: source.clone(),
         };
+        let kubectl = self.kubectl_bin(&action)?;
         let stdout = match self
             .kubectl(kubectl, args, action, identity, None, cancel)
             .await
