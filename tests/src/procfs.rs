@@ -108,6 +108,16 @@ pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// User plus system CPU ticks of the children a process has waited for (the `cutime` and
+/// `cstime` of `/proc/<pid>/stat`): what its finished child processes used.
+pub fn parse_children_cpu_ticks(stat: &str) -> Option<u64> {
+    let fields = stat_fields(stat)?;
+    // cutime is field 16, cstime 17 (man 5 proc).
+    let cutime: u64 = fields.get(13)?.parse().ok()?;
+    let cstime: u64 = fields.get(14)?.parse().ok()?;
+    Some(cutime + cstime)
+}
+
 /// Busy ticks of all CPUs (everything but idle and iowait) from the text of `/proc/stat`.
 pub fn parse_machine_busy_ticks(stat: &str) -> Option<u64> {
     let line = stat.lines().find(|l| l.starts_with("cpu "))?;
@@ -131,6 +141,20 @@ pub fn peak_rss_mib(pid: u32) -> Option<f64> {
 pub fn cpu_time(pid: u32) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     parse_cpu_ticks(&stat).map(ticks)
+}
+
+/// CPU time `pid` and the children it has waited for have used so far; `None` once it is gone.
+pub fn cpu_time_with_children(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(ticks(
+        parse_cpu_ticks(&stat)? + parse_children_cpu_ticks(&stat)?,
+    ))
+}
+
+/// CPU time the children `pid` has waited for have used so far; `None` once it is gone.
+pub fn children_cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_children_cpu_ticks(&stat).map(ticks)
 }
 
 /// CPU time all processes of the machine have used so far.
@@ -188,6 +212,13 @@ mod tests {
         let stat = "4242 (a (weird) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 37 0 0 20 0 8 0";
         assert_eq!(parse_cpu_ticks(stat), Some(287));
         assert_eq!(parse_cpu_ticks("4242 (short) S 1"), None);
+        assert_eq!(parse_children_cpu_ticks(stat), Some(0));
+        let parent = "7 (worker) S 1 7 7 0 -1 4194560 100 0 0 0 250 37 900 45 20 0 8 0";
+        assert_eq!(parse_children_cpu_ticks(parent), Some(945));
+        assert_eq!(
+            parse_children_cpu_ticks("7 (worker) S 1 7 7 0 -1 0 0 0 0 0 1 2"),
+            None
+        );
         let machine = "cpu  100 5 50 1000 20 1 2 3 0 0\ncpu0 50 2 25 500 10 0 1 1 0 0\n";
         assert_eq!(parse_machine_busy_ticks(machine), Some(161));
     }

@@ -363,17 +363,55 @@ async fn open_bucket(js: &Context, bucket: &'static str) -> Result<kv::Store, Kv
     })
 }
 
-/// Reads an intent (an unreadable or deleted value counts as none) with its revision.
-async fn read(store: &kv::Store, key: &str) -> Result<Option<(Intent, u64)>, KvError> {
-    let entry = store.entry(key).await.map_err(|e| request("get", key)(e))?;
-    Ok(entry.and_then(|e| {
-        if e.operation != Operation::Put {
-            return None;
+/// What a key of an intents bucket holds, as read: what a compare-and-set is made against.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Live {
+    /// Nothing was ever written under the key; a write against this expects it still empty.
+    Never,
+    /// The key's last write holds no intent: the intent was removed when its object ended (or
+    /// the value cannot be read), at this revision.
+    Ended(u64),
+    /// An intent and its revision.
+    Intent(Box<Intent>, u64),
+}
+
+impl Live {
+    /// The intent, when there is one.
+    pub fn intent(&self) -> Option<&Intent> {
+        match self {
+            Live::Intent(intent, _) => Some(intent.as_ref()),
+            Live::Never | Live::Ended(_) => None,
         }
-        serde_json::from_slice::<Intent>(&e.value)
-            .ok()
-            .map(|i| (i, e.revision))
-    }))
+    }
+
+    /// The revision a write expects: 0 when the key never had one.
+    fn revision(&self) -> u64 {
+        match self {
+            Live::Never => 0,
+            Live::Ended(revision) | Live::Intent(_, revision) => *revision,
+        }
+    }
+
+    fn into_intent(self) -> Option<(Intent, u64)> {
+        match self {
+            Live::Intent(intent, revision) => Some((*intent, revision)),
+            Live::Never | Live::Ended(_) => None,
+        }
+    }
+}
+
+/// Reads a key of an intents bucket (an unreadable or deleted value holds no intent).
+async fn read(store: &kv::Store, key: &str) -> Result<Live, KvError> {
+    let entry = store.entry(key).await.map_err(|e| request("get", key)(e))?;
+    Ok(match entry {
+        None => Live::Never,
+        Some(e) => match serde_json::from_slice::<Intent>(&e.value) {
+            Ok(intent) if e.operation == Operation::Put => {
+                Live::Intent(Box::new(intent), e.revision)
+            }
+            _ => Live::Ended(e.revision),
+        },
+    })
 }
 
 fn encode_intent(key: &str, intent: &Intent) -> Result<bytes::Bytes, KvError> {
@@ -398,12 +436,20 @@ impl Intents {
 
     /// The live intent under `key` and its revision.
     pub async fn get(&self, key: &str) -> Result<Option<(Intent, u64)>, KvError> {
+        Ok(self.live(key).await?.into_intent())
+    }
+
+    /// What the live intents bucket holds under `key`, for [`Intents::count_run`].
+    pub async fn live(&self, key: &str) -> Result<Live, KvError> {
         read(&self.kv, key).await
     }
 
     /// The final intent of the terminated object under `key`, while it is kept.
     pub async fn tombstone(&self, key: &str) -> Result<Option<Intent>, KvError> {
-        Ok(read(&self.tombstones, key).await?.map(|(i, _)| i))
+        Ok(read(&self.tombstones, key)
+            .await?
+            .into_intent()
+            .map(|(i, _)| i))
     }
 
     /// The intent a job under `key` is measured against: the live one, or the tombstone when
@@ -485,25 +531,28 @@ impl Intents {
             if intent.precedence() != Precedence::of(job) || intent.outcome != Outcome::Running {
                 return Ok(None);
             }
-            if let Some(run) = self.count_run(key, job, Some(&(intent, revision))).await? {
+            if let Some(run) = self
+                .count_run(key, job, &Live::Intent(Box::new(intent), revision))
+                .await?
+            {
                 return Ok(Some(run));
             }
         }
     }
 
     /// Records `job` as its object's running intent and counts a Helm run of it, in one
-    /// compare-and-set against `live` (the live intent as last read, `None`: there was none),
-    /// for a job [`decide`] lets run: a job newer than `live` (or rerunning a failed one) starts
-    /// at run 1, the job `live` already names counts one more. `None` when the intent changed
-    /// since it was read.
+    /// compare-and-set against `live` (the key as last read: a key that never had an intent
+    /// must still have none, not even one written and removed since), for a job [`decide`]
+    /// lets run: a job newer than `live` (or rerunning a failed one) starts at run 1, the job
+    /// `live` already names counts one more. `None` when the key changed since it was read.
     pub async fn count_run(
         &self,
         key: &str,
         job: &JobEvent,
-        live: Option<&(Intent, u64)>,
+        live: &Live,
     ) -> Result<Option<Run>, KvError> {
-        let intent = match live {
-            Some((intent, _)) if !records(Precedence::of(job), Some(intent)) => Intent {
+        let intent = match live.intent() {
+            Some(intent) if !records(Precedence::of(job), Some(intent)) => Intent {
                 runs: intent.runs.saturating_add(1),
                 ..intent.clone()
             },
@@ -512,7 +561,7 @@ impl Intents {
                 ..Intent::running(job)
             },
         };
-        let revision = self.write_if(key, &intent, live.map(|(_, r)| *r)).await?;
+        let revision = self.write_if(key, &intent, Some(live.revision())).await?;
         Ok(revision.map(|revision| Run {
             number: intent.runs,
             revision,

@@ -26,12 +26,12 @@ use helmq_schemas::subject::component_key;
 use crate::admission::{Refused, admit, rejection_status};
 use crate::context::{Delivery, Published, Shared};
 use crate::driver::{DriverError, HelmDriver, ReleaseRef};
-use crate::exclusivity::{KvError, Lease, LeaseLost, Run, intent_key};
+use crate::exclusivity::{KvError, Lease, LeaseLost, Live, Run, intent_key};
 use crate::helm_run::{Done, Held, HelmRun, Prior};
 use crate::intent_watch::Newer;
 use crate::ownership::Owner;
 use crate::policy::{
-    AfterFailure, Decision, Outcome, Precedence, after_failure, decide, latest, republished,
+    AfterFailure, Decision, Intent, Outcome, Precedence, after_failure, decide, latest, republished,
 };
 use crate::readable::readable;
 use crate::settle::{Acked, Buried, Settlement, progress, unless_stored};
@@ -159,47 +159,36 @@ impl<D: HelmDriver, S: StatusSink> JobRun<'_, D, S> {
         }
     }
 
-    /// The common start, in two round trips: the intent read and the release lease taken at
-    /// once (the tombstone read only when there is no live intent), then one compare-and-set
-    /// that records the job as running and counts its run, while its start event goes out and
-    /// the release's owner record is read. `None` when the lease is busy (or cannot be taken
-    /// now): [`JobRun::start_carefully`] then starts over.
+    /// The common start, in two round trips: the intent and the tombstone read and the release
+    /// lease taken at once, then one compare-and-set that records the job as running and counts
+    /// its run, while its start event goes out and the release's owner record is read. `None`
+    /// when the lease is busy (or cannot be taken now): [`JobRun::start_carefully`] then starts
+    /// over.
     async fn start_at_once(&self) -> Step<Option<Started>> {
         let ctx = &self.shared.ctx;
         let lease_key = lease_key(self.job);
-        let (live, lease) = tokio::join!(
-            ctx.persist("read the intent", || ctx.intents.get(&self.key)),
+        let (live, tombstone, lease) = tokio::join!(
+            ctx.persist("read the intent", || ctx.intents.live(&self.key)),
+            ctx.persist("read the tombstone", || ctx.intents.tombstone(&self.key)),
             ctx.leases.try_acquire(&lease_key, &ctx.settings.worker_id)
         );
         let Ok(Some(lease)) = lease else {
             return live.map(|_| None).ok_or(Settlement::GIVE_BACK);
         };
-        let Some(live) = live else {
+        let (Some(live), Some(tombstone)) = (live, tombstone) else {
             ctx.release(&lease).await;
             return Err(Settlement::GIVE_BACK);
         };
-        // A live intent is newer than its object's tombstone, or the job that ends it holds
-        // this lease (see `Intents::current`).
-        let tombstone = match &live {
-            Some(_) => None,
-            None => match ctx
-                .persist("read the tombstone", || ctx.intents.tombstone(&self.key))
-                .await
-            {
-                Some(tombstone) => tombstone,
-                None => {
-                    ctx.release(&lease).await;
-                    return Err(Settlement::GIVE_BACK);
-                }
-            },
+        let Some(tombstone) = self.tombstone_for(&live, tombstone).await else {
+            ctx.release(&lease).await;
+            return Err(Settlement::GIVE_BACK);
         };
-        let latest_intent = latest(live.as_ref().map(|(i, _)| i), tombstone.as_ref());
-        let decision = decide(self.position, latest_intent);
+        let decision = decide(self.position, latest(live.intent(), tombstone.as_ref()));
         self.skip_unless_run(decision, Some(&lease), false).await?;
         let release = release_of(self.job);
         let (counted, start, record) = tokio::join!(
             ctx.persist("count the run", || {
-                ctx.intents.count_run(&self.key, self.job, live.as_ref())
+                ctx.intents.count_run(&self.key, self.job, &live)
             }),
             self.publish_start(),
             ctx.intents.owner(&release)
@@ -215,6 +204,32 @@ impl<D: HelmDriver, S: StatusSink> JobRun<'_, D, S> {
             None => {
                 ctx.release(&lease).await;
                 Err(Settlement::GIVE_BACK)
+            }
+        }
+    }
+
+    /// The tombstone the job is measured against, given the live intent and the tombstone as
+    /// read at once (`None` inside: there is none; outer `None`: it cannot be read now).
+    ///
+    /// A live intent is newer than its object's tombstone, or the job that ends it holds the
+    /// lease now taken. A key that never had an intent has no tombstone written before it was
+    /// read, and one written since follows a live intent that fails the compare-and-set against
+    /// the empty key. Only a removed intent needs its tombstone read again: the two reads went to
+    /// different streams, so the tombstone may have been read before the end that removed the
+    /// intent was written.
+    async fn tombstone_for(
+        &self,
+        live: &Live,
+        read_at_once: Option<Intent>,
+    ) -> Option<Option<Intent>> {
+        match live {
+            Live::Intent(..) => Some(None),
+            Live::Never => Some(read_at_once),
+            Live::Ended(_) if read_at_once.is_some() => Some(read_at_once),
+            Live::Ended(_) => {
+                let ctx = &self.shared.ctx;
+                ctx.persist("read the tombstone", || ctx.intents.tombstone(&self.key))
+                    .await
             }
         }
     }

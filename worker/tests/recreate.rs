@@ -1,8 +1,8 @@
 //! Intents are per object (issue 8): a Component deleted and created again under the same name
 //! deploys, an intent of another uid never supersedes or cancels a job, a terminated object's
 //! live intent is gone (its tombstone expires), late copies of its jobs are skipped, and a
-//! generation beyond 2^53 is dead-lettered with the rule it broke. A real nats-server, Helm
-//! replaced by the in-memory driver.
+//! generation beyond 2^53 is dead-lettered with the rule it broke; a run is counted only against
+//! the intents key as it was read. A real nats-server, Helm replaced by the in-memory driver.
 
 mod common;
 
@@ -14,8 +14,9 @@ use helmq_queue::topology::{INTENTS_BUCKET, TOMBSTONES_BUCKET};
 use helmq_schemas::event::{JobAction, JobEvent, StatusEvent, StatusPhase};
 use helmq_schemas::subject::job_subject;
 use helmq_worker::MemoryDriver;
-use helmq_worker::exclusivity::intent_key;
+use helmq_worker::exclusivity::{Intents, Live, intent_key};
 use helmq_worker::metrics::JobOutcome;
+use helmq_worker::policy::{Decision, Outcome, Precedence, decide, latest};
 
 /// A job for the Component `web` in `team` as the object whose uid is labelled `uid`; every object installs the
 /// same release `team-web` (the MVP shape's `<namespace>-<name>`).
@@ -246,4 +247,60 @@ async fn a_generation_beyond_2_pow_53_is_dead_lettered_with_the_rule_and_blocks_
     wait_phase(&env, "uid-a", StatusPhase::Ready).await;
     assert_eq!(pool.metrics.jobs_with(JobOutcome::Superseded), 0);
     pool.stop().await;
+}
+
+/// The start reads the live intent and the tombstone at once, so the tombstone may be read
+/// before the end of a delete that removes the live intent right after: a run counted against a
+/// key that never had an intent must then fail, and one counted against a removed intent too
+/// once the key changed again.
+#[tokio::test]
+async fn a_run_is_counted_only_against_the_key_as_read_even_when_it_was_empty() {
+    let env = Env::start(fast_topology()).await;
+    let intents = Intents::open(&env.js).await.unwrap();
+    let apply = job_of("uid-old", 1, JobAction::Apply);
+    let delete = job_of("uid-old", 1, JobAction::Delete);
+    let key = intent_key(&apply.component);
+    let never = intents.live(&key).await.unwrap();
+    assert_eq!(never, Live::Never);
+    assert_eq!(intents.tombstone(&key).await.unwrap(), None);
+
+    // Meanwhile the object's delete runs to its end: its intent is written, its tombstone, and
+    // its live intent removed.
+    let run = intents
+        .count_run(&key, &delete, &Live::Never)
+        .await
+        .unwrap()
+        .expect("the delete's run is counted against the empty key");
+    let terminated = StatusEvent::new(
+        delete.id.clone(),
+        delete.component.clone(),
+        StatusPhase::Terminated,
+        "uninstalled",
+        1,
+        "w",
+        jiff::Timestamp::now(),
+    );
+    intents
+        .finish(&key, &delete, Outcome::Terminated, &terminated, Some(run))
+        .await
+        .unwrap();
+
+    // The apply that read the empty key (and no tombstone) cannot count its run.
+    assert_eq!(intents.count_run(&key, &apply, &never).await.unwrap(), None);
+    let ended = intents.live(&key).await.unwrap();
+    assert!(matches!(ended, Live::Ended(_)), "{ended:?}");
+    let tombstone = intents.tombstone(&key).await.unwrap().expect("a tombstone");
+    assert_eq!(tombstone.outcome, Outcome::Terminated);
+    assert!(matches!(
+        decide(Precedence::of(&apply), latest(None, Some(&tombstone))),
+        Decision::Superseded { .. }
+    ));
+
+    // Against the removed intent as read, a write is made while nothing changed, and not after.
+    let rerun = intents.count_run(&key, &delete, &ended).await.unwrap();
+    assert!(rerun.is_some());
+    assert_eq!(
+        intents.count_run(&key, &delete, &ended).await.unwrap(),
+        None
+    );
 }

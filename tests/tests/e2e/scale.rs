@@ -9,14 +9,18 @@
 //! With `HELMQ_E2E_SCALE_BARE=1` (`just bench-rig`, CI) the run first times N bare
 //! `helm upgrade --install --wait` runs of the same chart package, values and namespace with the
 //! workers' parallelism (workers × `--concurrency`): the physical limit, which helmq's time is
-//! reported against (`ratio_to_bare_helm`).
+//! reported against (`ratio_to_bare_helm`). Each timed phase also records the CPU seconds
+//! every part of the machine used in it (`cpu_seconds`): the rig's processes, helmq's (with
+//! the Helm runs they waited for), the bare phase's helm runs, and the machine as a whole.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use helmq_schemas::{Component, Phase};
+use helmq_tests::procfs::{children_cpu_time, cpu_time, cpu_time_with_children, machine_busy};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use serde_json::{Value, json};
 
@@ -85,10 +89,77 @@ fn subtract(
         .collect()
 }
 
+/// The key of the whole machine's busy time in a [`cpu_sample`].
+const MACHINE: &str = "machine";
+
+/// CPU time used so far by each part of the machine: the rig's processes (`$HELMQ_RIG/run/*.pid`),
+/// the stack's (with the children they waited for: a worker's Helm runs), this test process and
+/// its children (the bare phase's helm runs), and the machine as a whole.
+fn cpu_sample(stack: &Stack) -> BTreeMap<String, Duration> {
+    let mut sample = BTreeMap::new();
+    let rig = std::env::var_os("HELMQ_RIG").map(|rig| Path::new(&rig).join("run"));
+    for path in rig
+        .and_then(|run| std::fs::read_dir(run).ok())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|e| e == "pid"))
+    {
+        let pid = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|pid| pid.trim().parse().ok());
+        let name = path.file_stem().and_then(|n| n.to_str()).map(str::to_owned);
+        if let (Some(pid), Some(name)) = (pid, name) {
+            sample.insert(name, cpu_time_with_children(pid).unwrap_or_default());
+        }
+    }
+    sample.extend(stack.processes.cpu_times());
+    let me = std::process::id();
+    sample.insert("e2e test".into(), cpu_time(me).unwrap_or_default());
+    sample.insert(
+        "bare helm runs".into(),
+        children_cpu_time(me).unwrap_or_default(),
+    );
+    sample.insert(MACHINE.into(), machine_busy().unwrap_or_default());
+    sample
+}
+
+/// CPU seconds of each part between two samples (to 0.1 s), and `other`: the machine's less
+/// the parts'.
+fn cpu_used(
+    before: &BTreeMap<String, Duration>,
+    after: &BTreeMap<String, Duration>,
+) -> BTreeMap<String, f64> {
+    let mut used: BTreeMap<String, f64> = after
+        .iter()
+        .map(|(name, at)| {
+            let from = before.get(name).copied().unwrap_or_default();
+            (name.clone(), at.saturating_sub(from).as_secs_f64())
+        })
+        .collect();
+    let parts: f64 = used
+        .iter()
+        .filter(|(n, _)| *n != MACHINE)
+        .map(|(_, s)| s)
+        .sum();
+    let machine = used.get(MACHINE).copied().unwrap_or(0.0);
+    used.insert("other".into(), (machine - parts).max(0.0));
+    used.values_mut()
+        .for_each(|s| *s = (*s * 10.0).round() / 10.0);
+    used
+}
+
 /// `count` bare `helm upgrade --install --wait` runs of `package` with the values the
 /// Components use, `parallel` at a time, in the stack's namespace; returns the seconds they
-/// took. The releases are uninstalled afterwards (not timed).
-async fn bare_helm(stack: &Stack, package: &std::path::Path, count: usize, parallel: usize) -> f64 {
+/// took and the CPU each part of the machine used meanwhile. The releases are uninstalled
+/// afterwards (not timed).
+async fn bare_helm(
+    stack: &Stack,
+    package: &std::path::Path,
+    count: usize,
+    parallel: usize,
+) -> (f64, BTreeMap<String, f64>) {
     let values = tempfile::NamedTempFile::new().expect("values file");
     let config = stack.charts.hello_config("bare", "0.1.0", "scale");
     std::fs::write(values.path(), config["values"].to_string()).expect("write the values");
@@ -112,11 +183,12 @@ async fn bare_helm(stack: &Stack, package: &std::path::Path, count: usize, paral
             .buffer_unordered(parallel)
             .collect::<Vec<()>>()
     };
-    let started = Instant::now();
+    let (started, cpu_before) = (Instant::now(), cpu_sample(stack));
     each(&["upgrade", "--install"]).await;
     let seconds = started.elapsed().as_secs_f64();
+    let cpu = cpu_used(&cpu_before, &cpu_sample(stack));
     each(&["uninstall"]).await;
-    seconds
+    (seconds, cpu)
 }
 
 /// Components of a run without HELMQ_E2E_SCALE.
@@ -140,17 +212,19 @@ async fn scale_many_small_components() {
     })
     .await;
     let api = stack.cluster.components();
-    let bare_seconds = if std::env::var("HELMQ_E2E_SCALE_BARE").is_ok_and(|v| v == "1") {
+    let (bare_seconds, bare_cpu) = if std::env::var("HELMQ_E2E_SCALE_BARE").is_ok_and(|v| v == "1")
+    {
         let package = stack.charts.chart_package("hello", "0.1.0");
-        let seconds = bare_helm(&stack, &package, count, WORKERS * CONCURRENCY).await;
+        let (seconds, cpu) = bare_helm(&stack, &package, count, WORKERS * CONCURRENCY).await;
         println!(
             "e2e scale: {count} bare helm upgrade --install --wait runs, {} at a time: {seconds:.1}s ({:.2}/s)",
             WORKERS * CONCURRENCY,
             count as f64 / seconds
         );
-        Some(seconds)
+        println!("e2e scale: CPU seconds, bare helm: {cpu:?}");
+        (Some(seconds), Some(cpu))
     } else {
-        None
+        (None, None)
     };
 
     // First sight of Ready per Component, from a watch started before the first create.
@@ -186,7 +260,7 @@ async fn scale_many_small_components() {
     synced_rx.await.expect("the watch started");
 
     let mut created_at = HashMap::new();
-    let started = Instant::now();
+    let (started, cpu_before) = (Instant::now(), cpu_sample(&stack));
     for i in 0..count {
         let name = format!("scale-{i}");
         created_at.insert(name.clone(), Instant::now());
@@ -200,6 +274,8 @@ async fn scale_many_small_components() {
         async move { left }
     })
     .await;
+    let helmq_cpu = cpu_used(&cpu_before, &cpu_sample(&stack));
+    println!("e2e scale: CPU seconds, helmq: {helmq_cpu:?}");
     let ready_at = ready_at.lock().unwrap().clone();
     let last_ready = ready_at.values().max().copied().unwrap_or(started);
     let elapsed = last_ready.duration_since(started).as_secs_f64();
@@ -273,6 +349,7 @@ async fn scale_many_small_components() {
             "delete": per_component(&delete_calls, count),
         },
         "seconds_to_all_deleted": delete_seconds,
+        "cpu_seconds": {"bare_helm": bare_cpu, "helmq": helmq_cpu},
         "peak_rss_mib": peaks
             .iter()
             .map(|(name, kib)| (name.clone(), json!((*kib as f64 / 1024.0 * 10.0).round() / 10.0)))

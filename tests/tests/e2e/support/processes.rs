@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use helmq_tests::procfs::peak_rss_kib;
+use helmq_tests::procfs::{cpu_time_with_children, peak_rss_kib};
 use tokio::process::{Child, Command};
 
 use super::{Options, binary, kubectl, process_tree, run_ok};
@@ -244,6 +244,21 @@ impl Processes {
             *counts.entry(call).or_default() += 1;
         }
         counts
+    }
+
+    /// The CPU time of every started process so far, with the children it has waited for (a
+    /// worker's Helm runs).
+    pub(crate) fn cpu_times(&self) -> Vec<(String, Duration)> {
+        self.started
+            .iter()
+            .filter_map(|p| {
+                let pid = p.child.id()?;
+                Some((
+                    p.name.clone(),
+                    cpu_time_with_children(pid).unwrap_or_default(),
+                ))
+            })
+            .collect()
     }
 
     /// Peak RSS (KiB) of every running process, by name.
