@@ -115,6 +115,9 @@ fn cpu_sample(stack: &Stack) -> BTreeMap<String, Duration> {
         }
     }
     sample.extend(stack.processes.cpu_times());
+    if let Some(pid) = stack.queue.nats_pid() {
+        sample.insert("nats-server".into(), cpu_time(pid).unwrap_or_default());
+    }
     let me = std::process::id();
     sample.insert("e2e test".into(), cpu_time(me).unwrap_or_default());
     sample.insert(

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use helmq_tests::procfs::{cpu_time_with_children, peak_rss_kib};
+use helmq_tests::procfs::{children_cpu_time, cpu_time, peak_rss_kib};
 use tokio::process::{Child, Command};
 
 use super::{Options, binary, kubectl, process_tree, run_ok};
@@ -246,17 +246,20 @@ impl Processes {
         counts
     }
 
-    /// The CPU time of every started process so far, with the children it has waited for (a
-    /// worker's Helm runs).
+    /// The CPU time of every started process so far (`<name>`), and of the children it has
+    /// waited for (`<name> children`: a worker's Helm runs).
     pub(crate) fn cpu_times(&self) -> Vec<(String, Duration)> {
         self.started
             .iter()
-            .filter_map(|p| {
-                let pid = p.child.id()?;
-                Some((
-                    p.name.clone(),
-                    cpu_time_with_children(pid).unwrap_or_default(),
-                ))
+            .filter_map(|p| p.child.id().map(|pid| (&p.name, pid)))
+            .flat_map(|(name, pid)| {
+                [
+                    (name.clone(), cpu_time(pid).unwrap_or_default()),
+                    (
+                        format!("{name} children"),
+                        children_cpu_time(pid).unwrap_or_default(),
+                    ),
+                ]
             })
             .collect()
     }
