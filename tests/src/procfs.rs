@@ -143,14 +143,6 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
     parse_cpu_ticks(&stat).map(ticks)
 }
 
-/// CPU time `pid` and the children it has waited for have used so far; `None` once it is gone.
-pub fn cpu_time_with_children(pid: u32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    Some(ticks(
-        parse_cpu_ticks(&stat)? + parse_children_cpu_ticks(&stat)?,
-    ))
-}
-
 /// CPU time the children `pid` has waited for have used so far; `None` once it is gone.
 pub fn children_cpu_time(pid: u32) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

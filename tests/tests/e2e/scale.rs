@@ -10,9 +10,10 @@
 //! `helm upgrade --install --wait` runs of the same chart package, values and namespace with the
 //! workers' parallelism (workers × `--concurrency`) before helmq's Components and again after
 //! them: the physical limit, which helmq's time is reported against (`ratio_to_bare_helm`, to
-//! the mean of the two, so that a cluster slowing down over the run favours neither side). Each timed phase also records the CPU seconds
-//! every part of the machine used in it (`cpu_seconds`): the rig's processes, helmq's (with
-//! the Helm runs they waited for), the bare phase's helm runs, and the machine as a whole.
+//! the mean of the two, so that a cluster slowing down over the run favours neither side).
+//! Each timed phase also records the CPU seconds every part of the machine used in it
+//! (`cpu_seconds`): the rig's processes, helmq's (and apart, the Helm runs they waited for),
+//! the bare phase's helm runs, and the machine as a whole.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use helmq_schemas::{Component, Phase};
-use helmq_tests::procfs::{children_cpu_time, cpu_time, cpu_time_with_children, machine_busy};
+use helmq_tests::procfs::{children_cpu_time, cpu_time, machine_busy};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use serde_json::{Value, json};
 
@@ -94,8 +95,8 @@ fn subtract(
 const MACHINE: &str = "machine";
 
 /// CPU time used so far by each part of the machine: the rig's processes (`$HELMQ_RIG/run/*.pid`),
-/// the stack's (with the children they waited for: a worker's Helm runs), this test process and
-/// its children (the bare phase's helm runs), and the machine as a whole.
+/// the stack's (and apart, the children they waited for: a worker's Helm runs), this test
+/// process and its children (the bare phase's helm runs), and the machine as a whole.
 fn cpu_sample(stack: &Stack) -> BTreeMap<String, Duration> {
     let mut sample = BTreeMap::new();
     let rig = std::env::var_os("HELMQ_RIG").map(|rig| Path::new(&rig).join("run"));
@@ -112,7 +113,7 @@ fn cpu_sample(stack: &Stack) -> BTreeMap<String, Duration> {
             .and_then(|pid| pid.trim().parse().ok());
         let name = path.file_stem().and_then(|n| n.to_str()).map(str::to_owned);
         if let (Some(pid), Some(name)) = (pid, name) {
-            sample.insert(name, cpu_time_with_children(pid).unwrap_or_default());
+            sample.insert(name, cpu_time(pid).unwrap_or_default());
         }
     }
     sample.extend(stack.processes.cpu_times());
@@ -319,9 +320,9 @@ async fn scale_many_small_components() {
     })
     .await;
     let delete_seconds = delete_started.elapsed().as_secs_f64();
-    // Bare helm again once helmq is done: the API server and etcd grow slower as a run goes on
-    // (history, Events, compaction), so helmq is measured against the mean of bare helm before
-    // and after it rather than against a fresher cluster alone.
+    // Bare helm again once helmq is done: the API server and etcd can grow slower as a run goes
+    // on (history, Events, compaction), so helmq is measured against the mean of bare helm
+    // before and after it rather than against a fresher cluster alone.
     let bare_after = if bare {
         Some(timed_bare_helm(&stack, count, "after").await)
     } else {
