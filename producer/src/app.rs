@@ -17,8 +17,7 @@ use crate::leader::{LeaderElector, Leadership};
 use crate::metrics::Metrics;
 use crate::store::{ComponentStore, EventStore, LeaseStore};
 use crate::watcher::{Watcher, WatcherError};
-use crate::writer::EventRecorder;
-use crate::writer::{Writer, WriterError};
+use crate::writer::{EventQueue, EventRecorder, Writer, WriterError};
 
 /// How often readiness re-checks the topology.
 const READINESS_INTERVAL: Duration = Duration::from_secs(10);
@@ -53,7 +52,7 @@ pub enum AppError {
 
 /// Runs what `args.mode` asks for until `shutdown` is cancelled or a loop fails; then stops
 /// every loop (each finishes the item in hand) and returns. `leases` is used for
-/// `--leader-elect` only; `events` by the writer, for the Events it records on Components.
+/// `--leader-elect` only; `events` for the Events recorded on Components with their statuses.
 pub async fn run<S: ComponentStore + Clone, L: LeaseStore, E: EventStore>(
     args: &Args,
     store: S,
@@ -93,20 +92,25 @@ pub async fn run<S: ComponentStore + Clone, L: LeaseStore, E: EventStore>(
             .instrument(tracing::info_span!("readiness")),
         );
     }
+    // One recorder for the Events of every status this process writes: its repeats aggregate
+    // whoever wrote them.
+    let events = EventQueue::spawn(
+        EventRecorder::new(events, args.replica_name()),
+        metrics.clone(),
+    );
     if args.mode.watcher() {
-        spawn_watcher(
-            &mut tasks,
-            args,
+        let watcher = Watcher::new(
             store.clone(),
-            leases,
-            &js,
-            &metrics,
-            &shutdown,
-        );
+            JetStreamQueue::new(js.clone()),
+            JetStreamStatus::new(js.clone()),
+            args.watcher_config(),
+            metrics.clone(),
+        )
+        .with_events(events.clone());
+        spawn_watcher(&mut tasks, args, watcher, leases, &metrics, &shutdown);
     }
     if args.mode.writer() {
-        let recorder = EventRecorder::new(events, args.replica_name());
-        let writer = Writer::new(store, recorder, js, args.writer_config(), metrics);
+        let writer = Writer::new(store, events, js, args.writer_config(), metrics);
         let token = shutdown.clone();
         tasks.spawn(
             async move { Ok(writer.run(token).await?) }.instrument(tracing::info_span!("writer")),
@@ -135,19 +139,11 @@ pub async fn run<S: ComponentStore + Clone, L: LeaseStore, E: EventStore>(
 fn spawn_watcher<S: ComponentStore, L: LeaseStore>(
     tasks: &mut JoinSet<Result<(), AppError>>,
     args: &Args,
-    store: S,
+    mut watcher: Watcher<S, JetStreamQueue, JetStreamStatus>,
     leases: L,
-    js: &jetstream::Context,
     metrics: &Metrics,
     shutdown: &CancellationToken,
 ) {
-    let mut watcher = Watcher::new(
-        store,
-        JetStreamQueue::new(js.clone()),
-        JetStreamStatus::new(js.clone()),
-        args.watcher_config(),
-        metrics.clone(),
-    );
     // Only the watcher is gated: writers share one durable consumer, so several are safe.
     if args.leader_elect {
         let elector = LeaderElector::new(leases, args.election_config());

@@ -39,9 +39,10 @@ pub struct Metrics {
     pub dead_letters: Counter,
     /// Status events put back for a later delivery after a transient API error.
     pub status_retries: Counter,
-    /// Kubernetes Events the writer recorded on Components (created, or a repeat counted).
+    /// Kubernetes Events recorded on Components (created, or a repeat counted), by the writer
+    /// and, for `Claimed`, the watcher.
     pub events_recorded: Counter,
-    /// Kubernetes Events the writer failed to record (logged; the status write stands).
+    /// Kubernetes Events that could not be recorded (logged; the status write stands).
     pub event_failures: Counter,
     /// Watch (re)starts, including the first listing.
     pub watch_restarts: Counter,

@@ -1,10 +1,11 @@
 //! The watch loop: follows Components through the [`ComponentStore`], asks [`plan`] what to do
-//! with each and does it — claim (our finalizer only), publish apply/delete jobs, publish the
-//! producer's own status events (`Claimed`, `Failed` for an invalid config, `Terminated` when
-//! nothing was installed). Of the status it writes one field, before it publishes anything for a
-//! (generation, action): the job it issues (`status.handlerStatus.issuedJob`, with a random
-//! nonce in its id), so that the writer applies only events answering it; everything else in
-//! the status the writer writes, from the events.
+//! with each and does it — claim (our finalizer), publish apply/delete jobs, publish the
+//! producer's own status events (`Failed` for an invalid config, `Terminated` when nothing was
+//! installed). Of the status it writes, before it publishes anything for a (generation,
+//! action), the job it issues (`status.handlerStatus.issuedJob`, with a random nonce in its id),
+//! so that the writer applies only events answering it; with a claim's job, in the same write,
+//! `Claimed` as the writer would apply it ([`apply`]), with its Event. Everything else in the
+//! status the writer writes, from the events.
 //!
 //! What was published is remembered per object, for its uid and generation (the `ledger`), so
 //! that the many watch events of one Component do not re-publish; a periodic resync re-lists
@@ -53,6 +54,7 @@ use crate::store::sources::SourceRef;
 use crate::store::{
     Change, ComponentStore, ErrorClass, ObjectKey, Observed, StoreError, Unreadable,
 };
+use crate::writer::{EventQueue, apply};
 use ledger::Ledger;
 use retries::Retries;
 
@@ -192,7 +194,6 @@ type Fresh = Option<(Component, Option<String>)>;
 /// Kinds of things published, for the in-memory record and the metrics.
 #[derive(Debug, Clone, Copy)]
 enum Kind {
-    Claimed,
     Apply,
     Delete,
     Failed,
@@ -203,7 +204,6 @@ enum Kind {
 impl Kind {
     fn as_str(self) -> &'static str {
         match self {
-            Kind::Claimed => "claimed",
             Kind::Apply => "apply",
             Kind::Delete => "delete",
             Kind::Failed => "failed",
@@ -232,6 +232,9 @@ pub struct Watcher<S, Q, T> {
     refreshing: BTreeSet<ObjectKey>,
     /// When each Component with `config.drift` on is next checked ([`next_drift_check`]).
     drift_checks: BTreeMap<ObjectKey, Timestamp>,
+    /// Where the Events of the statuses it writes itself (`Claimed`) are queued; `None`: none
+    /// are recorded.
+    events: Option<EventQueue>,
 }
 
 /// Why one leading stint ended.
@@ -266,7 +269,14 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
             leadership: None,
             refreshing: BTreeSet::new(),
             drift_checks: BTreeMap::new(),
+            events: None,
         }
+    }
+
+    /// Records the Events of the statuses it writes itself (`Claimed`) through `events`.
+    pub fn with_events(mut self, events: EventQueue) -> Self {
+        self.events = Some(events);
+        self
     }
 
     /// Acts only while `leadership` says this replica leads.
@@ -536,7 +546,6 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
 
     fn record(&mut self, component: &Component, kind: Kind, now: Timestamp) {
         self.ledger.record(component, |p| match kind {
-            Kind::Claimed => {}
             Kind::Apply => p.apply = Some(now),
             Kind::Delete => p.delete = Some(now),
             Kind::Failed => p.failed = true,
@@ -638,8 +647,12 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
         Err(WatcherError::TooManyRounds(key.to_string()))
     }
 
-    /// Claims `component` (the finalizer), issues its apply job unless one is recorded, and
-    /// tells `Claimed`; on a conflict, the object as it is now, to plan again.
+    /// Claims `component` (the finalizer), then writes `Claimed` together with its apply job
+    /// as issued (unless one is recorded) in one status write, and queues the `Claimed` Event;
+    /// on a conflict, the object as it is now, to plan again.
+    ///
+    /// `Claimed` is written here rather than published for the writer: the status write that
+    /// records the job would otherwise be followed by a second one for the same claim.
     async fn claim(
         &mut self,
         component: Component,
@@ -658,31 +671,43 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
             Err(e) => return Err(e.into()),
         };
         tracing::info!("claimed");
-        // The `Claimed` event answers this generation's apply job: issued first.
-        let (claimed, error) = match recorded_job(&claimed.0, JobAction::Apply) {
-            Some(_) => claimed,
+        let (claimed, error) = claimed;
+        // The `Claimed` event answers this generation's apply job: issued with it.
+        let (status, job_id, recorded) = match recorded_job(&claimed, JobAction::Apply) {
+            Some(job) => {
+                let status = claimed.status.clone().unwrap_or_default();
+                (status, job.id.clone(), true)
+            }
             None => {
-                let job = new_issued_job(&claimed.0, JobAction::Apply, nonce);
-                match self.record_issued(&claimed.0, job, now).await {
-                    Ok(issued) => issued,
-                    // Planned again, the job is issued; only `Claimed` is not told (the
-                    // writer still sets claimedBy from the next event).
-                    Err(StoreError::Conflict(_)) => {
-                        return Ok(self.reread(&key, "issue").await?);
-                    }
-                    Err(e) => return Err(e.into()),
-                }
+                let job = new_issued_job(&claimed, JobAction::Apply, nonce);
+                let id = job.id.clone();
+                (issued_status(&claimed, job, now), id, false)
             }
         };
-        let event = self.event(
-            &claimed,
-            StatusPhase::Claimed,
-            claimed_message(&self.config.handler),
-            now,
-        );
-        self.publish_status(&claimed, Kind::Claimed, &event, now)
-            .await?;
-        Ok(Some((claimed, error.or(unreadable))))
+        let message = claimed_message(&self.config.handler);
+        let event = self.event_for(&claimed, &job_id, StatusPhase::Claimed, message, now);
+        let told = apply(&status, &event, &self.config.handler).map(|patch| patch.status);
+        if recorded && told.is_none() {
+            // The status already stands past this claim: nothing to write.
+            return Ok(Some((claimed, error.or(unreadable))));
+        }
+        let written = self
+            .store
+            .patch_status(&claimed, told.as_ref().unwrap_or(&status))
+            .await;
+        match written {
+            Ok(updated) => {
+                let (updated, error) = updated.into_parts();
+                if let Some(events) = self.events.as_ref().filter(|_| told.is_some()) {
+                    events.queue(&updated, &event).await;
+                }
+                Ok(Some((updated, error.or(unreadable))))
+            }
+            // Planned again from a fresh read, the job is issued on its own: only `Claimed` is
+            // not told (the writer still sets claimedBy from the next event).
+            Err(StoreError::Conflict(_)) => Ok(self.reread(&key, "issue").await?),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Records `job` as issued for `component`; the object as it is then, to plan again.
@@ -786,6 +811,18 @@ impl<S: ComponentStore, Q: JobQueue, T: StatusSink> Watcher<S, Q, T> {
             JobAction::Apply
         };
         let job_id = recorded_job(component, action).map_or("", |job| job.id.as_str());
+        self.event_for(component, job_id, phase, message, now)
+    }
+
+    /// The producer's own event answering the job `job_id`.
+    fn event_for(
+        &self,
+        component: &Component,
+        job_id: &str,
+        phase: StatusPhase,
+        message: String,
+        now: Timestamp,
+    ) -> StatusEvent {
         StatusEvent::new(
             job_id,
             component_ref(component),

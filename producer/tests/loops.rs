@@ -13,7 +13,7 @@ use helmq_producer::store::fake::{FakeComponentStore, FakeEventStore, FakeLeaseS
 use helmq_producer::watcher::{Watcher, WatcherConfig};
 use helmq_producer::writer::events::JOB_ID_ANNOTATION;
 use helmq_producer::writer::{
-    EventRecorder, Outcome, Unissued, Writer, WriterConfig, spawn_test_writer,
+    EventQueue, EventRecorder, Outcome, Unissued, Writer, WriterConfig, spawn_test_writer,
 };
 use helmq_queue::topology::{DLQ_STREAM, JOBS_STREAM, STATUS_STREAM, WORKERS_CONSUMER};
 use helmq_queue::{JetStreamQueue, JetStreamStatus, StatusSink, Topology};
@@ -83,6 +83,10 @@ impl Rig {
         config: WatcherConfig,
         metrics: Metrics,
     ) -> Watcher<FakeComponentStore, JetStreamQueue, JetStreamStatus> {
+        let events = EventQueue::spawn(
+            EventRecorder::new(self.events.clone(), "producer-test"),
+            metrics.clone(),
+        );
         Watcher::new(
             self.store.clone(),
             JetStreamQueue::new(self.js.clone()),
@@ -90,6 +94,7 @@ impl Rig {
             config,
             metrics,
         )
+        .with_events(events)
     }
 
     fn spawn_watcher(&self, config: WatcherConfig) {
@@ -119,7 +124,10 @@ impl Rig {
     fn writer(&self) -> Writer<FakeComponentStore> {
         Writer::new(
             self.store.clone(),
-            EventRecorder::new(self.events.clone(), "producer-test"),
+            EventQueue::spawn(
+                EventRecorder::new(self.events.clone(), "producer-test"),
+                self.metrics.clone(),
+            ),
             self.js.clone(),
             WriterConfig::fast(),
             self.metrics.clone(),
@@ -315,9 +323,20 @@ async fn two_producers_racing_to_claim_one_component_claim_it_once() {
     let mut first = rig.watcher(fast_watcher(), first_metrics.clone());
     let mut second = rig.watcher(fast_watcher(), second_metrics.clone());
     first.handle(created.clone()).await.unwrap();
-    second.handle(created).await.unwrap();
+    second.handle(created.clone()).await.unwrap();
     assert_eq!(first_metrics.conflicts.get(), 0);
     assert_eq!(second_metrics.conflicts.get(), 1);
+    // The claim took two writes in all: the finalizer, then the job with `Claimed`.
+    let rv = |c: &Component| {
+        c.metadata
+            .resource_version
+            .clone()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let claimed = rig.store.snapshot("default", "web").unwrap();
+    assert_eq!(rv(&claimed), rv(&created) + 2);
 
     // And two running producers racing on a fresh Component.
     rig.spawn_watcher(fast_watcher());
@@ -335,31 +354,27 @@ async fn two_producers_racing_to_claim_one_component_claim_it_once() {
     for name in ["web", "api"] {
         let c = rig.store.snapshot("default", name).unwrap();
         assert_eq!(finalizers(Some(&c)), [HELM_FINALIZER], "{name}");
-        let claims: Vec<StatusEvent> = rig
-            .status_events()
-            .await
-            .into_iter()
-            .filter(|e| e.component.name == name && e.phase == StatusPhase::Claimed)
-            .collect();
-        assert_eq!(claims.len(), 1, "{name}: {claims:#?}");
-        let claim = &claims[0];
-        assert_eq!(claim.message, "Claimed by helm handler");
-        assert_eq!((claim.attempt, claim.worker.as_str()), (0, "producer"));
-        assert_eq!(claim.component.uid, c.metadata.uid);
-        // The claim answers the apply job recorded as issued, which the job carries too.
-        let issued = c
-            .status
-            .as_ref()
-            .and_then(|s| s.handler_status.as_ref())
-            .and_then(|h| h.issued_job.clone())
-            .unwrap();
-        assert_eq!(claim.job_id, issued.id, "{name}");
+        // `Claimed` is written with the apply job it answers, in one status write.
+        let status = c.status.clone().unwrap();
+        assert_eq!(status.phase, Some(Phase::Claimed), "{name}");
+        assert_eq!(status.message.as_deref(), Some("Claimed by helm handler"));
+        assert_eq!(status.claimed_by.as_deref(), Some("helm"));
+        assert!(status.claimed_at.is_some(), "{name}");
+        let issued = issued(&c);
         let uid = c.metadata.uid.clone().unwrap();
         assert!(
             issued.id.starts_with(&format!("{uid}:1:apply:")),
             "{issued:?}"
         );
+        // Its one Event carries that job too.
+        assert_eq!(claims_recorded(&rig, name).await, [issued.id], "{name}");
     }
+    // What the watcher wrote itself is not published for the writer to write again.
+    let published = rig.status_events().await;
+    assert!(
+        published.iter().all(|e| e.phase != StatusPhase::Claimed),
+        "{published:#?}"
+    );
     // One apply job per (uid, generation) on the stream, whoever published it.
     assert_eq!(rig.messages_in(JOBS_STREAM).await, 2);
 }
@@ -652,7 +667,9 @@ async fn invalid_config_is_claimed_then_failed_without_a_job_until_the_spec_chan
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(rig.messages_in(JOBS_STREAM).await, 0);
     let phases: Vec<StatusPhase> = rig.status_events().await.iter().map(|e| e.phase).collect();
-    assert_eq!(phases, [StatusPhase::Claimed, StatusPhase::Failed]);
+    // `Claimed` was written with the claim, not published.
+    assert_eq!(phases, [StatusPhase::Failed]);
+    assert_eq!(claims_recorded(&rig, "web").await.len(), 1);
 
     // Another invalid config: Failed again, for the new generation, with the new message.
     rig.store
@@ -1016,13 +1033,7 @@ async fn two_elected_producers_publish_each_job_once_and_the_follower_takes_over
     assert_eq!(apply_publishes(&follower_metrics, "duplicate"), 0);
     assert_eq!(follower_metrics.watch_restarts.get(), 0);
     for name in ["web", "api"] {
-        let claims = rig
-            .status_events()
-            .await
-            .into_iter()
-            .filter(|e| e.component.name == name && e.phase == StatusPhase::Claimed)
-            .count();
-        assert_eq!(claims, 1, "{name}");
+        assert_eq!(claims_recorded(&rig, name).await.len(), 1, "{name}");
     }
 
     // The leader stops; the other one takes over and handles a new Component.
@@ -1110,6 +1121,23 @@ fn claimed_by_us(rig: &Rig, name: &str) -> bool {
 }
 
 /// `(type, reason, note, count, job id)` of the Events on `default/name`, oldest first.
+/// The job ids of the `Claimed` Events recorded on `name`, one per occurrence: once the first
+/// is recorded, and the recording tasks had time for any other claim's Event (queued before
+/// that watcher published anything, so before the caller saw its job).
+async fn claims_recorded(rig: &Rig, name: &str) -> Vec<String> {
+    let claimed = |e: &(String, String, String, i32, String)| e.1 == "Claimed";
+    eventually(DEADLINE, "a Claimed event", async || {
+        events_on(rig, name).iter().any(claimed)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    events_on(rig, name)
+        .into_iter()
+        .filter(claimed)
+        .flat_map(|e| std::iter::repeat_n(e.4, usize::try_from(e.3).unwrap_or(0)))
+        .collect()
+}
+
 fn events_on(rig: &Rig, name: &str) -> Vec<(String, String, String, i32, String)> {
     rig.events
         .regarding("default", name)
@@ -1256,8 +1284,9 @@ async fn an_events_api_outage_never_holds_up_or_fails_a_status_write() {
         .await;
     rig.wait_for("web", "Ready", |c| phase(c) == Some(Phase::Ready))
         .await;
-    // Claimed, Deploying, Ready: each written once, each Event counted as failed.
-    assert_eq!(rig.metrics.statuses_applied.get(), 3);
+    // Claimed (by the watcher, with the job), Deploying, Ready: each written once, each Event
+    // counted as failed.
+    assert_eq!(rig.metrics.statuses_applied.get(), 2);
     assert_eq!(rig.metrics.status_retries.get(), 0);
     eventually(DEADLINE, "three events failed", async || {
         match rig.metrics.event_failures.get() {

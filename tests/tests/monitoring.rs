@@ -261,7 +261,8 @@ async fn live_exposition(nats: &NatsServer) -> String {
     if producer.is_finished() {
         panic!("the producer stopped: {:?}", producer.await);
     }
-    let mut exposition = scrape(producer_addr, "helmq_writer_statuses_applied_total 3").await;
+    // Deploying and Ready (the watcher wrote `Claimed` itself, with the job).
+    let mut exposition = scrape(producer_addr, "helmq_writer_statuses_applied_total 2").await;
     exposition.push_str(&scrape(worker_addr, "helmq_worker_jobs_total{").await);
     shutdown.cancel();
     worker.await.expect("worker task").expect("worker run");

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use helmq_producer::metrics::Metrics as ProducerMetrics;
 use helmq_producer::store::fake::{FakeComponentStore, FakeEventStore};
-use helmq_producer::writer::{EventRecorder, Writer, WriterConfig};
+use helmq_producer::writer::{EventQueue, EventRecorder, Writer, WriterConfig};
 use helmq_queue::JetStreamStatus;
 use helmq_schemas::JobEvent;
 use helmq_worker::{Settings, SpawnedPool};
@@ -94,12 +94,14 @@ impl InProcess {
             clients.push(client);
         }
         let client = env.connect().await?;
+        let metrics = ProducerMetrics::default();
+        let events = EventRecorder::new(FakeEventStore::new(), "helmq-bench");
         let writer = Writer::new(
             TimedStore::new(fake, probe.clone()),
-            EventRecorder::new(FakeEventStore::new(), "helmq-bench"),
+            EventQueue::spawn(events, metrics.clone()),
             async_nats::jetstream::new(client.clone()),
             WriterConfig::default(),
-            ProducerMetrics::default(),
+            metrics,
         );
         let token = stop.clone();
         tasks.push(tokio::spawn(async move {

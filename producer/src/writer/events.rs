@@ -1,6 +1,7 @@
 //! Kubernetes Events on Components: which `events.k8s.io/v1` Events a status event the writer
 //! applied produces ([`phase_events`], a pure function), and the [`EventRecorder`] that writes
-//! them through the [`EventStore`] seam, aggregating repeats.
+//! them through the [`EventStore`] seam, aggregating repeats, and the [`EventQueue`] that
+//! records them off the status path.
 //!
 //! Aggregation follows client-go's events recorder (and kube's `runtime::events::Recorder`):
 //! an Event identical to one recorded within [`SERIES_WINDOW`] is not created again; the first
@@ -17,6 +18,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use helmq_schemas::component::{Component, GROUP};
 use helmq_schemas::event::{RECOVERED_PREFIX, StatusEvent, StatusPhase};
@@ -24,7 +26,10 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::{Event, EventSeries};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use tokio::sync::mpsc;
+use tracing::Instrument;
 
+use crate::metrics::Metrics;
 use crate::store::{EventStore, StoreError};
 
 /// Annotation of each Event: the id of the job whose status event produced it (the latest
@@ -307,6 +312,98 @@ fn last_seen(event: &Event) -> Option<Timestamp> {
         .as_ref()
         .map(|s| s.last_observed_time.0)
         .or_else(|| event.event_time.as_ref().map(|t| t.0))
+}
+
+/// The longest one Kubernetes Event may take to be recorded before the recording task moves on.
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Status writes whose Kubernetes Events may wait to be recorded: a few seconds of a burst of
+/// thousands of Components, a few MiB at most; beyond it [`EventQueue::queue`] waits for room.
+pub const EVENT_QUEUE: usize = 1024;
+
+/// The Events of one status write, waiting to be recorded.
+#[derive(Debug)]
+struct Pending {
+    regarding: ObjectReference,
+    events: Vec<PhaseEvent>,
+    span: tracing::Span,
+}
+
+/// Where whoever writes a status (the writer, and the watcher for the `Claimed` it writes
+/// with the issued job) queues the Events of the write, off the status path: a task of its own
+/// records them in order, each bounded by [`EVENT_TIMEOUT`]. A failure is logged and counted
+/// (`helmq_writer_event_failures`) but never fails, retries or delays a status write. Clones
+/// share the task, which ends once every clone is dropped and what they queued is recorded.
+#[derive(Debug, Clone)]
+pub struct EventQueue {
+    tx: mpsc::Sender<Pending>,
+    metrics: Metrics,
+}
+
+impl EventQueue {
+    /// Spawns the task recording through `recorder` (at most [`EVENT_QUEUE`] writes waiting).
+    pub fn spawn<E: EventStore>(recorder: EventRecorder<E>, metrics: Metrics) -> EventQueue {
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+        tokio::spawn(record_events(recorder, rx, metrics.clone()));
+        EventQueue { tx, metrics }
+    }
+
+    /// Queues the Events of `event`, just written into `component`'s status.
+    pub async fn queue(&self, component: &Component, event: &StatusEvent) {
+        let pending = Pending {
+            regarding: regarding(component),
+            events: phase_events(event),
+            span: tracing::Span::current(),
+        };
+        if pending.events.is_empty() {
+            return;
+        }
+        // Fails only once the task is gone (a panic in it): counted like any lost Event.
+        if self.tx.send(pending).await.is_err() {
+            self.metrics.event_failures.inc();
+            tracing::warn!("the event recorder is gone; the events of this status are lost");
+        }
+    }
+}
+
+/// Records the queued Events in order until every sender is dropped; failures are logged and
+/// counted, never returned.
+async fn record_events<E: EventStore>(
+    recorder: EventRecorder<E>,
+    mut queue: mpsc::Receiver<Pending>,
+    metrics: Metrics,
+) {
+    while let Some(pending) = queue.recv().await {
+        let span = pending.span.clone();
+        record_pending(&recorder, &pending, &metrics)
+            .instrument(span)
+            .await;
+    }
+}
+
+/// Records the Events of one status write.
+async fn record_pending<E: EventStore>(
+    recorder: &EventRecorder<E>,
+    pending: &Pending,
+    metrics: &Metrics,
+) {
+    for phase_event in &pending.events {
+        let record = recorder.record(&pending.regarding, phase_event, Timestamp::now());
+        match tokio::time::timeout(EVENT_TIMEOUT, record).await {
+            Ok(Ok(recorded)) => {
+                metrics.events_recorded.inc();
+                tracing::debug!(reason = phase_event.reason, ?recorded, "event recorded");
+            }
+            Ok(Err(error)) => {
+                metrics.event_failures.inc();
+                tracing::warn!(%error, reason = phase_event.reason, "cannot record the event");
+            }
+            Err(_) => {
+                metrics.event_failures.inc();
+                tracing::warn!(reason = phase_event.reason, timeout = ?EVENT_TIMEOUT, "recording the event timed out");
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -26,10 +26,9 @@
 //! level with the reason, counted (`helmq_writer_unissued_events_dropped`) and acked.
 //!
 //! Each status write is followed by the Kubernetes Events it produces ([`events`]), recorded
-//! off the status path: queued (at most [`EVENT_QUEUE`] writes' worth, then the writer waits
-//! for room) and recorded in order by a task of their own, each bounded by [`EVENT_TIMEOUT`]. A
-//! failure is logged and counted (`helmq_writer_event_failures`) but never fails, retries or
-//! delays a status write.
+//! off the status path by an [`EventQueue`]: at most [`EVENT_QUEUE`] writes' worth wait, then
+//! the writer waits for room; each is bounded by [`EVENT_TIMEOUT`]; a failure is logged and
+//! counted (`helmq_writer_event_failures`) but never fails, retries or delays a status write.
 
 pub mod apply;
 pub mod events;
@@ -48,23 +47,14 @@ use helmq_queue::topology::{STATUS_STREAM, WRITER_CONSUMER};
 use helmq_schemas::component::HELM_FINALIZER;
 use helmq_schemas::event::{JobAction, StatusEvent};
 use helmq_schemas::subject::status_subject;
-use k8s_openapi::api::core::v1::ObjectReference;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::metrics::Metrics;
-use crate::store::{ComponentStore, ErrorClass, EventStore, Observed, StoreError};
+use crate::store::{ComponentStore, ErrorClass, Observed, StoreError};
 pub use apply::{StatusPatch, apply};
-pub use events::{EventRecorder, PhaseEvent, phase_events};
+pub use events::{EVENT_QUEUE, EVENT_TIMEOUT, EventQueue, EventRecorder, PhaseEvent, phase_events};
 pub use issued::{Unissued, Verdict, answers_issued};
-
-/// The longest the writer waits for one Kubernetes Event to be recorded before it moves on.
-pub const EVENT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Status writes whose Kubernetes Events may wait to be recorded: a few seconds of a burst of
-/// thousands of Components, a few MiB at most; beyond it the writer waits for room.
-pub const EVENT_QUEUE: usize = 1024;
 
 /// Delay before the second delivery of an event whose write failed transiently; it doubles
 /// with each delivery up to [`WriterConfig::max_retry_delay`].
@@ -132,8 +122,8 @@ pub fn spawn_test_writer(
     metrics: Metrics,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<Result<(), WriterError>> {
-    let recorder = EventRecorder::new(events, "producer-test");
-    tokio::spawn(Writer::new(store, recorder, js, config, metrics).run(stop))
+    let events = EventQueue::spawn(EventRecorder::new(events, "producer-test"), metrics.clone());
+    tokio::spawn(Writer::new(store, events, js, config, metrics).run(stop))
 }
 
 /// What happened to one event.
@@ -153,8 +143,8 @@ pub enum Outcome {
 #[derive(Debug)]
 pub struct Writer<S> {
     store: S,
-    /// Where the Events of status writes wait for the recording task.
-    events: mpsc::Sender<Pending>,
+    /// Where the Events of status writes wait to be recorded.
+    events: EventQueue,
     js: jetstream::Context,
     config: WriterConfig,
     metrics: Metrics,
@@ -167,14 +157,6 @@ enum Read {
     Cached,
     /// etcd, through the API server.
     Fresh,
-}
-
-/// The Events of one status write, waiting to be recorded.
-#[derive(Debug)]
-struct Pending {
-    regarding: ObjectReference,
-    events: Vec<PhaseEvent>,
-    span: tracing::Span,
 }
 
 /// Where one delivery of a message stands.
@@ -195,20 +177,18 @@ impl Delivery {
 }
 
 impl<S: ComponentStore> Writer<S> {
-    /// A writer; no status is written until [`Writer::run`]. Spawns the task that records
-    /// Events, which ends once the writer is dropped and what it queued is recorded.
-    pub fn new<E: EventStore>(
+    /// A writer queueing the Events of its writes on `events`; no status is written until
+    /// [`Writer::run`].
+    pub fn new(
         store: S,
-        events: EventRecorder<E>,
+        events: EventQueue,
         js: jetstream::Context,
         config: WriterConfig,
         metrics: Metrics,
     ) -> Self {
-        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
-        tokio::spawn(record_events(events, rx, metrics.clone()));
         Writer {
             store,
-            events: tx,
+            events,
             js,
             config,
             metrics,
@@ -472,69 +452,8 @@ impl<S: ComponentStore> Writer<S> {
         }
         // Written, whether or not the object it answered with is readable.
         self.store.patch_status(&component, &patch.status).await?;
-        self.queue_events(&component, event).await;
+        self.events.queue(&component, event).await;
         Ok(Outcome::Applied)
-    }
-
-    /// Queues the Kubernetes Events of a status event just written for the recording task.
-    async fn queue_events(
-        &self,
-        component: &helmq_schemas::component::Component,
-        event: &StatusEvent,
-    ) {
-        let pending = Pending {
-            regarding: events::regarding(component),
-            events: phase_events(event),
-            span: tracing::Span::current(),
-        };
-        if pending.events.is_empty() {
-            return;
-        }
-        // Fails only once the task is gone (a panic in it): counted like any lost Event.
-        if self.events.send(pending).await.is_err() {
-            self.metrics.event_failures.inc();
-            tracing::warn!("the event recorder is gone; the events of this status are lost");
-        }
-    }
-}
-
-/// Records the queued Events in order until the writer is dropped; failures are logged and
-/// counted, never returned.
-async fn record_events<E: EventStore>(
-    recorder: EventRecorder<E>,
-    mut queue: mpsc::Receiver<Pending>,
-    metrics: Metrics,
-) {
-    while let Some(pending) = queue.recv().await {
-        let span = pending.span.clone();
-        record_pending(&recorder, &pending, &metrics)
-            .instrument(span)
-            .await;
-    }
-}
-
-/// Records the Events of one status write.
-async fn record_pending<E: EventStore>(
-    recorder: &EventRecorder<E>,
-    pending: &Pending,
-    metrics: &Metrics,
-) {
-    for phase_event in &pending.events {
-        let record = recorder.record(&pending.regarding, phase_event, jiff::Timestamp::now());
-        match tokio::time::timeout(EVENT_TIMEOUT, record).await {
-            Ok(Ok(recorded)) => {
-                metrics.events_recorded.inc();
-                tracing::debug!(reason = phase_event.reason, ?recorded, "event recorded");
-            }
-            Ok(Err(error)) => {
-                metrics.event_failures.inc();
-                tracing::warn!(%error, reason = phase_event.reason, "cannot record the event");
-            }
-            Err(_) => {
-                metrics.event_failures.inc();
-                tracing::warn!(reason = phase_event.reason, timeout = ?EVENT_TIMEOUT, "recording the event timed out");
-            }
-        }
     }
 }
 
