@@ -4,7 +4,7 @@
 //! installed). Of the status it writes, before it publishes anything for a (generation,
 //! action), the job it issues (`status.handlerStatus.issuedJob`, with a random nonce in its id),
 //! so that the writer applies only events answering it; with a claim's job, in the same write,
-//! `Claimed` as the writer would apply it ([`apply`]), with its Event. Everything else in the
+//! `Claimed` as the writer would apply it ([`apply()`]), with its Event. Everything else in the
 //! status the writer writes, from the events.
 //!
 //! What was published is remembered per object, for its uid and generation (the `ledger`), so
