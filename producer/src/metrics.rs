@@ -23,8 +23,12 @@ pub struct PublishLabels {
 pub struct Metrics {
     /// Jobs and status events published by the producer.
     pub events_published: Family<PublishLabels, Counter>,
-    /// Status patches written by the writer.
+    /// Status events the writer applied (several of one Component in one batch take one
+    /// status write: see `coalesced_events`).
     pub statuses_applied: Counter,
+    /// Status events applied in the same status write as a later event of their Component
+    /// (status writes = `statuses_applied` − this).
+    pub coalesced_events: Counter,
     /// Optimistic-concurrency conflicts met (claim, finalizer, status), each re-read.
     pub conflicts: Counter,
     /// Status events dropped because the status already shows a newer position.
@@ -90,8 +94,13 @@ impl Metrics {
             [
                 (
                     "helmq_writer_statuses_applied",
-                    "status patches written",
+                    "status events applied to their component's status",
                     &m.statuses_applied,
+                ),
+                (
+                    "helmq_writer_events_coalesced",
+                    "status events applied in the same status write as a later event of their component",
+                    &m.coalesced_events,
                 ),
                 (
                     "helmq_conflicts",

@@ -145,6 +145,15 @@ impl Rig {
         );
     }
 
+    /// Creates a deployable Component `name`, claims it with a watcher (without starting one)
+    /// and takes its apply job.
+    async fn claim_and_take_job(&self, name: &str) -> JobEvent {
+        let mut watcher = self.watcher(fast_watcher(), self.metrics.clone());
+        let created = self.store.create(deployable(name)).unwrap();
+        watcher.handle(created).await.unwrap();
+        self.next_job().await
+    }
+
     /// The next job, taken (and acked) from the workers' consumer as a worker would.
     async fn next_job(&self) -> JobEvent {
         let consumer: PullConsumer = self
@@ -298,6 +307,12 @@ fn release(revision: i64) -> ReleaseInfo {
     }
 }
 
+/// `c`'s resourceVersion: the in-memory API server counts every write.
+fn rv(c: &Component) -> u64 {
+    let rv = c.metadata.resource_version.as_deref().unwrap_or_default();
+    rv.parse().unwrap()
+}
+
 fn finalizers(c: Option<&Component>) -> Vec<String> {
     c.and_then(|c| c.metadata.finalizers.clone())
         .unwrap_or_default()
@@ -327,14 +342,6 @@ async fn two_producers_racing_to_claim_one_component_claim_it_once() {
     assert_eq!(first_metrics.conflicts.get(), 0);
     assert_eq!(second_metrics.conflicts.get(), 1);
     // The claim took two writes in all: the finalizer, then the job with `Claimed`.
-    let rv = |c: &Component| {
-        c.metadata
-            .resource_version
-            .clone()
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
-    };
     let claimed = rig.store.snapshot("default", "web").unwrap();
     assert_eq!(rv(&claimed), rv(&created) + 2);
 
@@ -1269,6 +1276,75 @@ async fn the_writer_records_events_for_deploy_fail_fix_delete_and_counts_repeate
     assert_eq!(rig.events.writes(), (5, 5));
     assert_eq!(rig.metrics.events_recorded.get(), 10);
     assert_eq!(rig.metrics.event_failures.get(), 0);
+}
+
+#[tokio::test]
+async fn a_writer_behind_writes_a_component_once_for_its_events_and_records_each_of_them() {
+    use StatusPhase::{Deploying, Ready};
+    let rig = Rig::new(Topology::default()).await;
+    let job = rig.claim_and_take_job("web").await;
+    // Both are in the stream before the writer starts: they come in one batch.
+    rig.report(&job, Deploying, 1, None).await;
+    rig.report(&job, Ready, 1, Some(release(1))).await;
+    let claimed = rig.store.snapshot("default", "web").unwrap();
+
+    rig.spawn_writer();
+    let ready = rig
+        .wait_for("web", "Ready", |c| phase(c) == Some(Phase::Ready))
+        .await
+        .unwrap();
+    assert_eq!(rv(&ready), rv(&claimed) + 1, "one status write for both");
+    assert_eq!(observed(Some(&ready)), Some(1));
+    assert_eq!(rig.metrics.statuses_applied.get(), 2);
+    assert_eq!(rig.metrics.coalesced_events.get(), 1);
+    // Every phase still has its Event, in order.
+    eventually(
+        DEADLINE,
+        "Claimed, Deploying and Ready events",
+        async || {
+            let reasons: Vec<String> = events_on(&rig, "web").into_iter().map(|e| e.1).collect();
+            if reasons == ["Claimed", "Deploying", "Ready"] {
+                Ok(())
+            } else {
+                Err(reasons)
+            }
+        },
+    )
+    .await;
+    assert!(dead_letters(&rig).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_coalesced_write_refused_for_good_dead_letters_only_the_event_refused() {
+    use StatusPhase::{Deploying, Failed};
+    let rig = Rig::new(Topology::default()).await;
+    let job = rig.claim_and_take_job("web").await;
+    rig.store.set_refused_message(Some("Failed"));
+    // In one batch: the write of both is refused, because of the second.
+    rig.report(&job, Deploying, 1, None).await;
+    rig.report(&job, Failed, 1, None).await;
+
+    rig.spawn_writer();
+    eventually(DEADLINE, "one dead letter", async || {
+        match dead_letters(&rig).await.len() {
+            1 => Ok(()),
+            n => Err(n),
+        }
+    })
+    .await;
+    let letter = &dead_letters(&rig).await[0];
+    let refused = StatusEvent::decode(&letter.payload).unwrap();
+    assert_eq!(refused.phase, Failed);
+    assert!(
+        letter.reason.contains("refused for good"),
+        "{}",
+        letter.reason
+    );
+    // The other was written on its own.
+    let c = rig.store.snapshot("default", "web");
+    assert_eq!(phase(c.as_ref()), Some(Phase::Deploying));
+    assert_eq!(rig.metrics.statuses_applied.get(), 1);
+    assert_eq!(rig.metrics.coalesced_events.get(), 0);
 }
 
 #[tokio::test]

@@ -69,6 +69,8 @@ struct State {
     lagging_cache: bool,
     /// Each object's version before its last change (kept while `lagging_cache` is set).
     previous: BTreeMap<ObjectKey, Component>,
+    /// Status writes whose `message` contains this are refused (422).
+    refused_message: Option<String>,
 }
 
 /// Random failures of API calls: what [`FakeComponentStore::set_random_faults`] takes.
@@ -180,6 +182,12 @@ impl FakeComponentStore {
     /// does whose Component CRD is older than the producer: it prunes fields its schema lacks.
     pub fn set_old_crd(&self, old: bool) {
         self.state().old_crd = old;
+    }
+
+    /// Makes status writes whose `message` contains `needle` fail as an API server refuses an
+    /// invalid object (422), or (`None`) none again.
+    pub fn set_refused_message(&self, needle: Option<&str>) {
+        self.state().refused_message = needle.map(str::to_owned);
     }
 
     /// Makes every [`ComponentStore`] call fail with [`StoreError::Unavailable`] (or work
@@ -649,6 +657,18 @@ impl ComponentStore for FakeComponentStore {
         status: &ComponentStatus,
     ) -> Result<Observed, StoreError> {
         let ObjectKey { namespace, name } = ObjectKey::of(component);
+        let refused = self.state().refused_message.clone();
+        if let Some(needle) = refused.filter(|n| {
+            status
+                .message
+                .as_ref()
+                .is_some_and(|m| m.contains(n.as_str()))
+        }) {
+            return Err(StoreError::Rejected {
+                code: 422,
+                message: format!("status.message: Invalid value: contains {needle:?}"),
+            });
+        }
         let mut status = status.clone();
         if self.state().old_crd
             && let Some(handler) = status.handler_status.as_mut()

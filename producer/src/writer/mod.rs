@@ -3,21 +3,25 @@
 //! `Terminated`, removes our finalizer).
 //!
 //! One loop pulling small batches ([`WriterConfig::batch`], never an unbounded prefetch). The
-//! events of a batch are grouped by Component: the groups are written concurrently (so at
-//! most `batch` writes are in flight), the events of one Component one after another in
-//! stream order, one try per delivery. API errors are handled per event, by their
-//! [`ErrorClass`], so one stuck Component never holds up the others' events:
+//! events of a batch are grouped by Component and the groups are written concurrently (so at
+//! most `batch` writes are in flight). The events of one Component are decided together, in
+//! stream order, against one read of it, and take one status write ([`coalesce`]): a writer
+//! that fell behind catches up with one write per Component rather than one per event, and
+//! still records every applied event's Kubernetes Events. One try per delivery. API errors are
+//! handled per Component, by their [`ErrorClass`], so one stuck Component never holds up the
+//! others' events:
 //!
 //! - a conflict is re-read and decided again at once (up to [`MAX_CONFLICT_ROUNDS`] times,
 //!   then it is retried later like a transient error);
-//! - a transient error (429, 5xx, transport) Naks the event with a delay that doubles with
-//!   each delivery up to [`WriterConfig::max_retry_delay`]; the events behind it, of other
+//! - a transient error (429, 5xx, transport) Naks the events with a delay that doubles with
+//!   each delivery up to [`WriterConfig::max_retry_delay`]; the events behind them, of other
 //!   Components, are applied meanwhile. Events of one Component may so be applied out of
 //!   stream order: the stale rule of [`apply()`] drops an earlier one that comes back after a
 //!   later one, so a status never regresses. At the consumer's last delivery (`max_deliver`)
-//!   the event is dead-lettered instead, to be replayed once the API is back;
+//!   an event is dead-lettered instead, to be replayed once the API is back;
 //! - a permanent error (a request that cannot be built, 400/403/422, ...) dead-letters the
-//!   event with the reason and acks it.
+//!   event with the reason and acks it. A coalesced write refused for good is tried again one
+//!   event at a time first, so that only the event the API server refuses is dead-lettered.
 //!
 //! Payloads that are not status events, and events published on another Component's subject,
 //! are dead-lettered with the reason and acked. An event that answers no job the producer
@@ -31,6 +35,7 @@
 //! counted (`helmq_writer_event_failures`) but never fails, retries or delays a status write.
 
 pub mod apply;
+pub mod coalesce;
 pub mod events;
 pub mod issued;
 
@@ -44,8 +49,8 @@ use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
 use helmq_queue::dlq::{DeadLetter, dead_letter};
 use helmq_queue::topology::{STATUS_STREAM, WRITER_CONSUMER};
-use helmq_schemas::component::HELM_FINALIZER;
-use helmq_schemas::event::{JobAction, StatusEvent};
+use helmq_schemas::component::{Component, HELM_FINALIZER};
+use helmq_schemas::event::StatusEvent;
 use helmq_schemas::subject::status_subject;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -170,7 +175,37 @@ struct Delivery {
     max_deliver: Option<u64>,
 }
 
+/// Why a status write failed, for each message whose event it carried.
+#[derive(Debug)]
+struct Failure {
+    class: ErrorClass,
+    /// The error, as it is logged and dead-lettered.
+    error: String,
+}
+
+impl Failure {
+    fn of(error: &StoreError) -> Failure {
+        Failure {
+            class: error.class(),
+            error: error.to_string(),
+        }
+    }
+}
+
 impl Delivery {
+    /// Where `message` stands, for a consumer with `max_deliver`.
+    fn of(message: &Message, max_deliver: Option<u64>) -> Delivery {
+        let (sequence, delivered) = message
+            .info()
+            .map(|i| (i.stream_sequence, u64::try_from(i.delivered).unwrap_or(0)))
+            .unwrap_or((0, 0));
+        Delivery {
+            sequence,
+            delivered,
+            max_deliver,
+        }
+    }
+
     fn is_last(&self) -> bool {
         self.max_deliver.is_some_and(|max| self.delivered >= max)
     }
@@ -236,51 +271,93 @@ impl<S: ComponentStore> Writer<S> {
                 }
                 break;
             }
-            let this = &self;
-            let groups = by_subject(messages).into_iter().map(|group| async move {
-                for message in group {
-                    this.process(message, max_deliver).await;
-                }
-            });
+            let groups = by_subject(messages)
+                .into_iter()
+                .map(|group| self.process(group, max_deliver));
             futures::future::join_all(groups).await;
         }
         Ok(())
     }
 
-    async fn process(&self, message: Message, max_deliver: Option<u64>) {
-        let (sequence, delivered) = message
-            .info()
-            .map(|i| (i.stream_sequence, u64::try_from(i.delivered).unwrap_or(0)))
-            .unwrap_or((0, 0));
-        let delivery = Delivery {
-            sequence,
-            delivered,
-            max_deliver,
-        };
-        let event = match StatusEvent::decode(&message.payload) {
-            Ok(event) => event,
-            Err(error) => {
-                self.dead_letter(&message, delivery, error.to_string())
-                    .await;
-                return;
+    /// Processes the messages of one subject (one Component) of a batch: what is not a status
+    /// event of that Component is dead-lettered, the events are written together
+    /// ([`coalesce`]), and each message is settled by what happened to its event.
+    async fn process(&self, group: Vec<Message>, max_deliver: Option<u64>) {
+        let mut received = Vec::with_capacity(group.len());
+        let mut events = Vec::with_capacity(group.len());
+        for message in group {
+            let delivery = Delivery::of(&message, max_deliver);
+            let event = StatusEvent::decode(&message.payload)
+                .map_err(|error| error.to_string())
+                .and_then(|event| check_subject(&message.subject, &event).map(|()| event));
+            match event {
+                Ok(event) => {
+                    received.push((message, delivery));
+                    events.push(event);
+                }
+                Err(reason) => self.dead_letter(&message, delivery, reason).await,
             }
-        };
-        if let Err(reason) = check_subject(&message.subject, &event) {
-            self.dead_letter(&message, delivery, reason).await;
-            return;
         }
+        let Some(first) = events.first() else {
+            return;
+        };
         let span = tracing::info_span!(
             "status",
-            namespace = %event.component.namespace,
-            name = %event.component.name,
+            namespace = %first.component.namespace,
+            name = %first.component.name,
+            events = events.len(),
+        );
+        async {
+            let written = self.write_resolving_conflicts(&events).await;
+            let outcomes = match written {
+                // One event's request refused for good must not take the others with it:
+                // they are written one at a time, as if they had come in batches of their own.
+                Err(error) if error.class() == ErrorClass::Permanent && events.len() > 1 => {
+                    tracing::debug!(%error, "a coalesced write was refused; writing the events one at a time");
+                    let mut each = Vec::with_capacity(events.len());
+                    for event in &events {
+                        let written = self.write_resolving_conflicts(std::slice::from_ref(event));
+                        let written = written.await.map(|outcomes| outcomes[0]);
+                        each.push(written.map_err(|e| Failure::of(&e)));
+                    }
+                    each
+                }
+                Ok(outcomes) => {
+                    let applied = outcomes.iter().filter(|o| **o == Outcome::Applied).count();
+                    if applied > 1 {
+                        self.metrics.coalesced_events.inc_by(applied as u64 - 1);
+                    }
+                    outcomes.into_iter().map(Ok).collect()
+                }
+                Err(error) => events.iter().map(|_| Err(Failure::of(&error))).collect(),
+            };
+            for (((message, delivery), event), outcome) in received.iter().zip(&events).zip(outcomes) {
+                self.settle(message, *delivery, event, outcome).await;
+            }
+        }
+        .instrument(span)
+        .await;
+    }
+
+    /// Acks, Naks or dead-letters `message` by what happened to its `event`.
+    async fn settle(
+        &self,
+        message: &Message,
+        delivery: Delivery,
+        event: &StatusEvent,
+        outcome: Result<Outcome, Failure>,
+    ) {
+        let delivered = delivery.delivered;
+        let span = tracing::info_span!(
+            "event",
             generation = event.component.generation,
             phase = ?event.phase,
             delivered,
         );
         async {
-            let ack = match self.write_resolving_conflicts(&event).await {
+            let ack = match outcome {
                 Ok(Outcome::Applied) => {
-                    self.applied(&event);
+                    self.applied(event);
                     message.ack().await
                 }
                 Ok(Outcome::Stale) => {
@@ -298,19 +375,22 @@ impl<S: ComponentStore> Writer<S> {
                     tracing::debug!(%reason, job_id = %event.job_id, "event answering no issued job dropped");
                     message.ack().await
                 }
-                Err(error) if error.class() == ErrorClass::Permanent => {
+                Err(Failure {
+                    class: ErrorClass::Permanent,
+                    error,
+                }) => {
                     let reason = format!("status write refused for good: {error}");
-                    self.dead_letter(&message, delivery, reason).await;
+                    self.dead_letter(message, delivery, reason).await;
                     return;
                 }
-                Err(error) if delivery.is_last() => {
+                Err(Failure { error, .. }) if delivery.is_last() => {
                     let reason = format!(
                         "status write still failing at the last delivery ({delivered}): {error}"
                     );
-                    self.dead_letter(&message, delivery, reason).await;
+                    self.dead_letter(message, delivery, reason).await;
                     return;
                 }
-                Err(error) => {
+                Err(Failure { error, .. }) => {
                     let delay = retry_delay(delivered, self.config.max_retry_delay);
                     self.metrics.status_retries.inc();
                     tracing::warn!(%error, ?delay, "status write failed; retrying later");
@@ -361,10 +441,14 @@ impl<S: ComponentStore> Writer<S> {
         }
     }
 
-    /// Writes `event`, re-reading and deciding again at once after a conflict (up to
-    /// [`MAX_CONFLICT_ROUNDS`] times, then the conflict is returned); an event for a Component
-    /// that is gone is an [`Outcome::Orphan`].
-    async fn write_resolving_conflicts(&self, event: &StatusEvent) -> Result<Outcome, StoreError> {
+    /// Writes `events` (one Component's, in stream order) in one status write, re-reading and
+    /// deciding again at once after a conflict (up to [`MAX_CONFLICT_ROUNDS`] times, then the
+    /// conflict is returned); what happened to each, in order. Events for a Component that is
+    /// gone are [`Outcome::Orphan`]s.
+    async fn write_resolving_conflicts(
+        &self,
+        events: &[StatusEvent],
+    ) -> Result<Vec<Outcome>, StoreError> {
         let mut rounds = 0;
         loop {
             // After a conflict the cached copy is known to be behind.
@@ -373,38 +457,55 @@ impl<S: ComponentStore> Writer<S> {
             } else {
                 Read::Fresh
             };
-            match self.write_after(event, read).await {
+            match self.write_after(events, read).await {
                 Err(StoreError::Conflict(_)) if rounds + 1 < MAX_CONFLICT_ROUNDS => {
                     rounds += 1;
                     self.metrics.conflicts.inc();
                     tracing::debug!("status conflict; re-reading");
                 }
-                Err(StoreError::NotFound(_)) => return Ok(Outcome::Orphan),
+                Err(StoreError::NotFound(_)) => return Ok(vec![Outcome::Orphan; events.len()]),
                 result => return result,
             }
         }
     }
 
-    /// One read-decide-write round, reading the Component afresh.
+    /// One read-decide-write round for `event`, reading the Component afresh.
     pub async fn write(&self, event: &StatusEvent) -> Result<Outcome, StoreError> {
-        self.write_after(event, Read::Fresh).await
+        let outcomes = self
+            .write_after(std::slice::from_ref(event), Read::Fresh)
+            .await?;
+        Ok(outcomes[0])
     }
 
     /// One read-decide-write round after a `read` of the Component. From a cached copy, which
-    /// may lag behind, only a write (conditional on the copy being current) or a stale event
-    /// (the copy can only be older) is believed; the rest is decided again from a fresh read.
-    async fn write_after(&self, event: &StatusEvent, read: Read) -> Result<Outcome, StoreError> {
-        let outcome = self.write_once(event, read).await?;
-        match outcome {
-            Outcome::Orphan | Outcome::Unissued(_) if read == Read::Cached => {
-                self.write_once(event, Read::Fresh).await
-            }
-            outcome => Ok(outcome),
+    /// may lag behind, only a write (conditional on the copy being current) or stale events
+    /// (the copy can only be older) are believed: when nothing was written, the rest is
+    /// decided again from a fresh read.
+    async fn write_after(
+        &self,
+        events: &[StatusEvent],
+        read: Read,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        let (outcomes, wrote) = self.write_once(events, read).await?;
+        let unsure = outcomes
+            .iter()
+            .any(|o| matches!(o, Outcome::Orphan | Outcome::Unissued(_)));
+        if read == Read::Cached && unsure && !wrote {
+            return Ok(self.write_once(events, Read::Fresh).await?.0);
         }
+        Ok(outcomes)
     }
 
-    async fn write_once(&self, event: &StatusEvent, read: Read) -> Result<Outcome, StoreError> {
-        let target = &event.component;
+    /// One round: what happened to each event, and whether a status was written.
+    async fn write_once(
+        &self,
+        events: &[StatusEvent],
+        read: Read,
+    ) -> Result<(Vec<Outcome>, bool), StoreError> {
+        // The events of one subject all name its Component.
+        let Some(target) = events.first().map(|e| &e.component) else {
+            return Ok((Vec::new(), false));
+        };
         // An object that cannot be read as a Component still gets its status: what the
         // writer needs of it (metadata, status) is read.
         let observed = match read {
@@ -416,16 +517,11 @@ impl<S: ComponentStore> Writer<S> {
             }
         };
         let Some(mut component) = observed.map(Observed::into_component) else {
-            return Ok(Outcome::Orphan);
+            return Ok((vec![Outcome::Orphan; events.len()], false));
         };
-        let action = match answers_issued(&component, event) {
-            Verdict::Answers(action) => action,
-            Verdict::OtherObject => return Ok(Outcome::Orphan),
-            Verdict::Unissued(reason) => return Ok(Outcome::Unissued(reason)),
-        };
-        let current = component.status.clone().unwrap_or_default();
-        let Some(patch) = apply(&current, event, &self.config.handler) else {
-            return Ok(Outcome::Stale);
+        let decision = coalesce::decide(&component, events, &self.config.handler);
+        let Some(status) = decision.status else {
+            return Ok((decision.outcomes, false));
         };
         let ours = component
             .metadata
@@ -433,16 +529,14 @@ impl<S: ComponentStore> Writer<S> {
             .iter()
             .flatten()
             .any(|f| f == HELM_FINALIZER);
-        if patch.remove_finalizer
-            && action == JobAction::Delete
-            && ours
-            && component.metadata.deletion_timestamp.is_some()
-        {
+        if decision.remove_finalizer && ours && component.metadata.deletion_timestamp.is_some() {
             // Finalizer first: if the object then goes away, there is no status to write.
             match self.store.remove_finalizer(&component).await? {
                 None => {
                     tracing::info!("terminated: finalizer removed, component gone");
-                    return Ok(Outcome::Applied);
+                    self.queue_events(&component, events, &decision.outcomes)
+                        .await;
+                    return Ok((decision.outcomes, true));
                 }
                 Some(updated) => {
                     tracing::info!("terminated: finalizer removed");
@@ -451,9 +545,26 @@ impl<S: ComponentStore> Writer<S> {
             }
         }
         // Written, whether or not the object it answered with is readable.
-        self.store.patch_status(&component, &patch.status).await?;
-        self.events.queue(&component, event).await;
-        Ok(Outcome::Applied)
+        self.store.patch_status(&component, &status).await?;
+        self.queue_events(&component, events, &decision.outcomes)
+            .await;
+        Ok((decision.outcomes, true))
+    }
+
+    /// Queues the Kubernetes Events of each applied event, in order.
+    async fn queue_events(
+        &self,
+        component: &Component,
+        events: &[StatusEvent],
+        outcomes: &[Outcome],
+    ) {
+        for (event, _) in events
+            .iter()
+            .zip(outcomes)
+            .filter(|(_, o)| **o == Outcome::Applied)
+        {
+            self.events.queue(component, event).await;
+        }
     }
 }
 

@@ -85,6 +85,9 @@ async fn components_converge_after_the_writer_was_down_for_60_s() {
     // The outage lasts OUTAGE, or until the jobs finished if that took longer.
     tokio::time::sleep(OUTAGE.saturating_sub(Duration::from_secs_f64(finished_at - down))).await;
     let backlog = stack.writer_state().await.map_or(0, |s| s.0);
+    let counted =
+        |m: &helmq_producer::metrics::Metrics| (m.statuses_applied.get(), m.coalesced_events.get());
+    let (applied_before, coalesced_before) = counted(&stack.metrics);
     let restarted = now();
     stack.start_writer().await;
     let newest: HashMap<String, i64> = second
@@ -93,6 +96,10 @@ async fn components_converge_after_the_writer_was_down_for_60_s() {
         .collect();
     converge(&stack, &newest, Duration::from_secs(120)).await;
     let drained = now() - restarted;
+    let (applied, coalesced) = counted(&stack.metrics);
+    let (applied, coalesced) = (applied - applied_before, coalesced - coalesced_before);
+    // Several events of one Component in a batch take one status write.
+    let writes = applied - coalesced;
     for pool in pools {
         pool.stop().await;
     }
@@ -110,7 +117,8 @@ async fn components_converge_after_the_writer_was_down_for_60_s() {
     eprintln!(
         "faults[5]: writer down {:.0} s; {} \
          generation-2 jobs finished {:.1} s into the outage; backlog {backlog} events drained in \
-         {drained:.2} s = {rate:.0} events/s; overlaps {}; regressions {}; repeats {repeated}",
+         {drained:.2} s = {rate:.0} events/s, {applied} applied in {writes} status writes; \
+         overlaps {}; regressions {}; repeats {repeated}",
         restarted - down,
         second.len(),
         finished_at - down,
@@ -140,12 +148,16 @@ async fn components_converge_after_the_writer_was_down_for_60_s() {
         duplicated_runs: repeated as u64,
         duplicated_why: "none".into(),
         recovery: format!(
-            "backlog of {backlog} events drained in {drained:.1} s ({rate:.0} events/s); every Component Ready at generation 2"
+            "backlog of {backlog} events drained in {drained:.1} s ({rate:.0} events/s; {applied} applied in {writes} status writes); every Component Ready at generation 2"
         ),
         test: TEST.into(),
         figures: BTreeMap::from([
             ("backlog".into(), backlog.to_string()),
             ("drain rate".into(), format!("{rate:.0} events/s")),
+            (
+                "status writes".into(),
+                format!("{writes} for {applied} events applied"),
+            ),
         ]),
     });
     stack.stop().await;
