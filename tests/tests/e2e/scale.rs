@@ -13,7 +13,8 @@
 //! the mean of the two, so that a cluster slowing down over the run favours neither side).
 //! Each timed phase also records the CPU seconds every part of the machine used in it
 //! (`cpu_seconds`): the rig's processes, helmq's (and apart, the Helm runs they waited for),
-//! the bare phase's helm runs, and the machine as a whole.
+//! the bare phase's helm runs, and the machine as a whole; and the requests the API server and
+//! etcd served per Component (`api_requests_per_component`, from the API server's `/metrics`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -155,6 +156,72 @@ fn cpu_used(
     used
 }
 
+/// The API server's requests served so far, by `VERB resource[/subresource]` (all response
+/// codes), and etcd's by `etcd OPERATION type`, from its `/metrics`; empty when it cannot be read.
+async fn api_sample(stack: &Stack) -> BTreeMap<String, f64> {
+    let request = http::Request::get("/metrics")
+        .body(Vec::new())
+        .expect("a GET request");
+    let Ok(text) = stack.cluster.client().request_text(request).await else {
+        return BTreeMap::new();
+    };
+    let mut sample = BTreeMap::new();
+    for line in text.lines() {
+        let (name, rest) = line.split_once('{').unwrap_or(("", ""));
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let label = |key: &str| {
+            labels
+                .split(',')
+                .find_map(|pair| pair.strip_prefix(key)?.strip_prefix("=\""))
+                .map(|v| v.trim_end_matches('"'))
+                .unwrap_or_default()
+        };
+        let key = match name {
+            "apiserver_request_total" => {
+                let (resource, sub) = (label("resource"), label("subresource"));
+                let resource = if sub.is_empty() {
+                    resource.to_owned()
+                } else {
+                    format!("{resource}/{sub}")
+                };
+                format!("{} {resource}", label("verb"))
+            }
+            "etcd_requests_total" => format!("etcd {} {}", label("operation"), label("type")),
+            _ => continue,
+        };
+        if let Ok(value) = value.trim().parse::<f64>() {
+            *sample.entry(key).or_default() += value;
+        }
+    }
+    sample
+}
+
+/// Requests per Component between two [`api_sample`]s (to 0.01), the ones of at least 0.01
+/// per Component; `total` sums the API server's (etcd's aside).
+fn api_used(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+    count: usize,
+) -> BTreeMap<String, f64> {
+    let mut used: BTreeMap<String, f64> = after
+        .iter()
+        .map(|(key, n)| {
+            let per = (n - before.get(key).copied().unwrap_or(0.0)) / count as f64;
+            (key.clone(), (per * 100.0).round() / 100.0)
+        })
+        .filter(|(_, per)| *per >= 0.01)
+        .collect();
+    let total = used
+        .iter()
+        .filter(|(key, _)| !key.starts_with("etcd "))
+        .map(|(_, n)| n)
+        .sum::<f64>();
+    used.insert("total".into(), (total * 100.0).round() / 100.0);
+    used
+}
+
 /// `count` bare `helm upgrade --install --wait` runs of `package` with the values the
 /// Components use, `parallel` at a time, in the stack's namespace; returns the seconds they
 /// took and the CPU each part of the machine used meanwhile. The releases are uninstalled
@@ -164,7 +231,7 @@ async fn bare_helm(
     package: &std::path::Path,
     count: usize,
     parallel: usize,
-) -> (f64, BTreeMap<String, f64>) {
+) -> Timed {
     let values = tempfile::NamedTempFile::new().expect("values file");
     let config = stack.charts.hello_config("bare", "0.1.0", "scale");
     std::fs::write(values.path(), config["values"].to_string()).expect("write the values");
@@ -188,26 +255,41 @@ async fn bare_helm(
             .buffer_unordered(parallel)
             .collect::<Vec<()>>()
     };
+    let api_before = api_sample(stack).await;
     let (started, cpu_before) = (Instant::now(), cpu_sample(stack));
     each(&["upgrade", "--install"]).await;
     let seconds = started.elapsed().as_secs_f64();
     let cpu = cpu_used(&cpu_before, &cpu_sample(stack));
+    let api = api_used(&api_before, &api_sample(stack).await, count);
     each(&["uninstall"]).await;
-    (seconds, cpu)
+    Timed { seconds, cpu, api }
+}
+
+/// What a timed phase took: seconds, the CPU seconds of each part of the machine, and the API
+/// server's and etcd's requests per Component.
+struct Timed {
+    seconds: f64,
+    cpu: BTreeMap<String, f64>,
+    api: BTreeMap<String, f64>,
 }
 
 /// [`bare_helm`] with the workers' parallelism, printed as the bare run `when` (before or
 /// after helmq's).
-async fn timed_bare_helm(stack: &Stack, count: usize, when: &str) -> (f64, BTreeMap<String, f64>) {
+async fn timed_bare_helm(stack: &Stack, count: usize, when: &str) -> Timed {
     let package = stack.charts.chart_package("hello", "0.1.0");
-    let (seconds, cpu) = bare_helm(stack, &package, count, WORKERS * CONCURRENCY).await;
+    let phase = bare_helm(stack, &package, count, WORKERS * CONCURRENCY).await;
     println!(
-        "e2e scale: {count} bare helm upgrade --install --wait runs {when} helmq's, {} at a time: {seconds:.1}s ({:.2}/s)",
+        "e2e scale: {count} bare helm upgrade --install --wait runs {when} helmq's, {} at a time: {:.1}s ({:.2}/s)",
         WORKERS * CONCURRENCY,
-        count as f64 / seconds
+        phase.seconds,
+        count as f64 / phase.seconds
     );
-    println!("e2e scale: CPU seconds, bare helm {when}: {cpu:?}");
-    (seconds, cpu)
+    println!("e2e scale: CPU seconds, bare helm {when}: {:?}", phase.cpu);
+    println!(
+        "e2e scale: API requests per Component, bare helm {when}: {:?}",
+        phase.api
+    );
+    phase
 }
 
 /// Components of a run without HELMQ_E2E_SCALE.
@@ -271,6 +353,7 @@ async fn scale_many_small_components() {
     synced_rx.await.expect("the watch started");
 
     let mut created_at = HashMap::new();
+    let api_before = api_sample(&stack).await;
     let (started, cpu_before) = (Instant::now(), cpu_sample(&stack));
     for i in 0..count {
         let name = format!("scale-{i}");
@@ -286,7 +369,9 @@ async fn scale_many_small_components() {
     })
     .await;
     let helmq_cpu = cpu_used(&cpu_before, &cpu_sample(&stack));
+    let helmq_api = api_used(&api_before, &api_sample(&stack).await, count);
     println!("e2e scale: CPU seconds, helmq: {helmq_cpu:?}");
+    println!("e2e scale: API requests per Component, helmq: {helmq_api:?}");
     let ready_at = ready_at.lock().unwrap().clone();
     let last_ready = ready_at.values().max().copied().unwrap_or(started);
     let elapsed = last_ready.duration_since(started).as_secs_f64();
@@ -331,7 +416,7 @@ async fn scale_many_small_components() {
     let bare_seconds = bare_before
         .as_ref()
         .zip(bare_after.as_ref())
-        .map(|((before, _), (after, _))| (before + after) / 2.0);
+        .map(|(before, after)| (before.seconds + after.seconds) / 2.0);
     watch.abort();
     let delete_calls = subtract(&stack.processes.helm_call_counts(), &deploy_calls);
     let peaks = stack.peak_rss();
@@ -357,8 +442,8 @@ async fn scale_many_small_components() {
         "build": if cfg!(debug_assertions) { "debug" } else { "release" },
         "bare_helm_seconds": bare_seconds,
         "bare_helm_seconds_before_and_after": [
-            bare_before.as_ref().map(|(s, _)| *s),
-            bare_after.as_ref().map(|(s, _)| *s)
+            bare_before.as_ref().map(|p| p.seconds),
+            bare_after.as_ref().map(|p| p.seconds)
         ],
         "ratio_to_bare_helm": bare_seconds.map(|bare| elapsed / bare),
         "helm_processes_per_apply": applies as f64 / count as f64,
@@ -377,9 +462,14 @@ async fn scale_many_small_components() {
         },
         "seconds_to_all_deleted": delete_seconds,
         "cpu_seconds": {
-            "bare_helm_before": bare_before.map(|(_, cpu)| cpu),
+            "bare_helm_before": bare_before.as_ref().map(|p| &p.cpu),
             "helmq": helmq_cpu,
-            "bare_helm_after": bare_after.map(|(_, cpu)| cpu),
+            "bare_helm_after": bare_after.as_ref().map(|p| &p.cpu),
+        },
+        "api_requests_per_component": {
+            "bare_helm_before": bare_before.as_ref().map(|p| &p.api),
+            "helmq": helmq_api,
+            "bare_helm_after": bare_after.as_ref().map(|p| &p.api),
         },
         "peak_rss_mib": peaks
             .iter()
