@@ -274,6 +274,99 @@ async fn list_covers_all_namespaces_or_each_configured_one() {
     );
 }
 
+#[tokio::test]
+async fn cached_reads_come_from_the_store_s_own_watch_and_writes_while_it_watches() {
+    use futures::StreamExt as _;
+    use helmq_producer::store::Change;
+
+    let (client, seen) = mock_client(Box::new(|seen| {
+        if seen.method == "PATCH" {
+            let mut answer = web(&[HELM_FINALIZER], "8");
+            answer.status = serde_json::from_value(seen.body["status"].clone()).unwrap();
+            return (StatusCode::OK, serde_json::to_value(answer).unwrap());
+        }
+        if seen.path.contains("/components/") {
+            // A GET of the object: the API server's copy.
+            return (StatusCode::OK, serde_json::to_value(web(&[], "9")).unwrap());
+        }
+        (
+            StatusCode::OK,
+            serde_json::json!({"apiVersion": "deployment-orchestrator.io/v1alpha1",
+                "kind": "ComponentList", "metadata": {"resourceVersion": "5"},
+                "items": [serde_json::to_value(web(&[], "5")).unwrap()]}),
+        )
+    }));
+    let store = KubeComponentStore::new(client, vec![]);
+    let requests = || seen.lock().unwrap().len();
+    let version = |observed: Option<helmq_producer::store::Observed>| {
+        observed.unwrap().into_component().metadata.resource_version
+    };
+
+    // Without a watch in this process: the API server's watch cache.
+    assert_eq!(
+        version(store.get_cached("default", "web").await.unwrap()).as_deref(),
+        Some("9")
+    );
+    assert!(seen.lock().unwrap()[0].path.contains("resourceVersion=0"));
+    assert_eq!(requests(), 1);
+
+    // The watch's listing, then cached reads without a request.
+    let mut changes = store.changes();
+    assert!(matches!(changes.next().await, Some(Change::Restarted)));
+    assert!(matches!(changes.next().await, Some(Change::Applied(_))));
+    let listed = requests();
+    assert_eq!(
+        version(store.get_cached("default", "web").await.unwrap()).as_deref(),
+        Some("5")
+    );
+    assert_eq!(
+        store
+            .get_cached("default", "other")
+            .await
+            .unwrap()
+            .map(|_| ()),
+        Some(()),
+        "an object the watch has not seen is read from the API server"
+    );
+    assert_eq!(requests(), listed + 1);
+
+    // A write's answer refreshes the copy; a clone of the store shares it.
+    let status = ComponentStatus {
+        phase: Some(Phase::Deploying),
+        ..Default::default()
+    };
+    store
+        .patch_status(&web(&[HELM_FINALIZER], "5"), &status)
+        .await
+        .unwrap();
+    let cached = store
+        .clone()
+        .get_cached("default", "web")
+        .await
+        .unwrap()
+        .unwrap()
+        .into_component();
+    assert_eq!(cached.metadata.resource_version.as_deref(), Some("8"));
+    assert_eq!(cached.status.and_then(|s| s.phase), Some(Phase::Deploying));
+    assert_eq!(requests(), listed + 2);
+
+    // So does a fresh read's.
+    store.get("default", "web").await.unwrap();
+    assert_eq!(
+        version(store.get_cached("default", "web").await.unwrap()).as_deref(),
+        Some("9")
+    );
+    assert_eq!(requests(), listed + 3);
+
+    // The watch ends: back to the API server.
+    drop(changes);
+    assert_eq!(
+        version(store.get_cached("default", "web").await.unwrap()).as_deref(),
+        Some("9")
+    );
+    assert_eq!(requests(), listed + 4);
+}
+
 const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/helmq-system/leases";
 
 fn lease(holder: &str, resource_version: &str) -> serde_json::Value {

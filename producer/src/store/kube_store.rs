@@ -9,11 +9,16 @@
 //! version seen when the stream ends, list again on 410 Gone, and back off (capped) after
 //! errors.
 //!
+//! [`ComponentStore::get_cached`] answers from what this process's own watch, writes and
+//! fresh reads last saw while a watch runs here ([`recent`](super::recent)), and from the API server's watch
+//! cache otherwise.
+//!
 //! Writes are JSON merge patches that carry `metadata.resourceVersion`: the API server treats
 //! it as a precondition and answers 409 when the object changed, which maps to
 //! [`StoreError::Conflict`]. Status goes through the `/status` subresource only.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{BoxStream, Stream, StreamExt};
@@ -27,6 +32,7 @@ use kube::core::Request;
 use serde_json::json;
 
 use super::raw::{self, Event, Observed};
+use super::recent::Recent;
 use super::{
     Change, ComponentStore, ErrorClass, Listing, ObjectKey, StoreError, classify,
     finalizers_with_ours, finalizers_without_ours, names,
@@ -49,6 +55,8 @@ pub struct KubeComponentStore {
     namespaces: Option<Vec<String>>,
     /// The kinds of labelled `valuesFrom` sources watched.
     source_kinds: Vec<ValuesKind>,
+    /// What this process's watch and writes last saw, shared by every clone.
+    recent: Arc<Recent>,
 }
 
 impl std::fmt::Debug for KubeComponentStore {
@@ -85,6 +93,7 @@ impl KubeComponentStore {
                 Some(namespaces)
             },
             source_kinds: vec![ValuesKind::ConfigMap],
+            recent: Arc::default(),
         }
     }
 
@@ -143,7 +152,9 @@ impl KubeComponentStore {
             Some(sub) => Self::request(&namespace).patch_subresource(sub, &name, &params, &patch),
             None => Self::request(&namespace).patch(&name, &params, &patch),
         };
-        self.one(request, &namespace, &name).await
+        let observed = self.one(request, &namespace, &name).await?;
+        self.recent.answered(&observed);
+        Ok(observed)
     }
 }
 
@@ -358,7 +369,13 @@ fn resource_version(component: &Component) -> serde_json::Value {
 
 impl ComponentStore for KubeComponentStore {
     async fn get(&self, namespace: &str, name: &str) -> Result<Option<Observed>, StoreError> {
-        self.get_with(namespace, name, &GetParams::default()).await
+        let observed = self
+            .get_with(namespace, name, &GetParams::default())
+            .await?;
+        if let Some(observed) = &observed {
+            self.recent.answered(observed);
+        }
+        Ok(observed)
     }
 
     async fn get_cached(
@@ -366,6 +383,9 @@ impl ComponentStore for KubeComponentStore {
         namespace: &str,
         name: &str,
     ) -> Result<Option<Observed>, StoreError> {
+        if let Some(observed) = self.recent.get(&ObjectKey::new(namespace, name)) {
+            return Ok(Some(observed));
+        }
         // resourceVersion=0: served from the API server's watch cache, not etcd.
         self.get_with(namespace, name, &GetParams::any()).await
     }
@@ -401,7 +421,14 @@ impl ComponentStore for KubeComponentStore {
             .flatten()
             .boxed()
         });
-        futures::stream::select_all(streams).boxed()
+        // The copies are kept while this stream lives.
+        let (watching, recent) = (self.recent.watching(), self.recent.clone());
+        futures::stream::select_all(streams)
+            .inspect(move |change| {
+                let _watching = &watching;
+                recent.saw(change);
+            })
+            .boxed()
     }
 
     fn source_changes(&self) -> BoxStream<'static, super::sources::SourceRef> {

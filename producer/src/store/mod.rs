@@ -31,6 +31,7 @@ mod kube_lease;
 mod kube_store;
 mod lease;
 pub mod raw;
+mod recent;
 pub mod sources;
 
 use std::future::Future;
@@ -158,8 +159,8 @@ pub trait ComponentStore: Send + Sync + 'static {
         name: &str,
     ) -> impl Future<Output = Result<Option<Observed>, StoreError>> + Send;
 
-    /// [`ComponentStore::get`] from a copy that may lag a little behind (the API server's
-    /// watch cache), for a read whose write is conditional on the object being unchanged: a
+    /// [`ComponentStore::get`] from a copy that may lag a little behind (this process's own
+    /// watch, or the API server's watch cache), for a read whose write is conditional on the object being unchanged: a
     /// stale copy only costs a conflict. By default the same as `get`.
     fn get_cached(
         &self,

@@ -158,7 +158,8 @@ pub struct Writer<S> {
 /// Where the writer reads a Component from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Read {
-    /// The API server's watch cache (may lag behind).
+    /// A copy that may lag behind: the producer's own watch or the API server's watch cache
+    /// ([`ComponentStore::get_cached`]).
     Cached,
     /// etcd, through the API server.
     Fresh,

@@ -156,8 +156,8 @@ fn cpu_used(
     used
 }
 
-/// The API server's requests served so far, by `VERB resource[/subresource]` (all response
-/// codes), and etcd's by `etcd OPERATION type`, from its `/metrics`; empty when it cannot be read.
+/// The API server's requests served so far, by `VERB resource[/subresource]` (with the code
+/// appended for answers other than 2xx), and etcd's by `etcd OPERATION type`, from its `/metrics`; empty when it cannot be read.
 async fn api_sample(stack: &Stack) -> BTreeMap<String, f64> {
     let request = http::Request::get("/metrics")
         .body(Vec::new())
@@ -186,7 +186,11 @@ async fn api_sample(stack: &Stack) -> BTreeMap<String, f64> {
                 } else {
                     format!("{resource}/{sub}")
                 };
-                format!("{} {resource}", label("verb"))
+                // Answers other than 2xx apart (a 409 is a write that lost a race).
+                match label("code") {
+                    code if code.starts_with('2') => format!("{} {resource}", label("verb")),
+                    code => format!("{} {resource} {code}", label("verb")),
+                }
             }
             "etcd_requests_total" => format!("etcd {} {}", label("operation"), label("type")),
             _ => continue,
