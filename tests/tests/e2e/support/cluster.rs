@@ -168,8 +168,21 @@ impl Cluster {
         }
     }
 
-    /// Deletes the case's namespace (not waiting for it to go).
+    /// Deletes the case's namespace (not waiting for it to go), after taking the finalizers
+    /// off the Components left in it. helmq is stopped by then: a finalizer nobody removes
+    /// would keep the namespace `Terminating` for good, and the namespace controller would go
+    /// on retrying it against the shared API server through every later case and benchmark.
     pub(super) async fn delete_namespace(&self) {
+        // Metadata only: an unreadable Component has finalizers too.
+        let components = self.components();
+        if let Ok(left) = components.list_metadata(&ListParams::default()).await {
+            let release = json!({"metadata": {"finalizers": null}});
+            for name in left.items.into_iter().filter_map(|c| c.metadata.name) {
+                let _ = components
+                    .patch_metadata(&name, &PatchParams::default(), &Patch::Merge(&release))
+                    .await;
+            }
+        }
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
         let _ = namespaces
             .delete(&self.namespace, &DeleteParams::default())
