@@ -10,8 +10,8 @@
 //! errors.
 //!
 //! [`ComponentStore::get_cached`] answers from what this process's own watch, writes and
-//! fresh reads last saw while a watch runs here ([`recent`](super::recent)), and from the API server's watch
-//! cache otherwise.
+//! fresh reads last saw while a watch runs here ([`recent`](super::recent)), and from the
+//! API server's watch cache otherwise.
 //!
 //! Writes are JSON merge patches that carry `metadata.resourceVersion`: the API server treats
 //! it as a precondition and answers 409 when the object changed, which maps to
@@ -55,7 +55,7 @@ pub struct KubeComponentStore {
     namespaces: Option<Vec<String>>,
     /// The kinds of labelled `valuesFrom` sources watched.
     source_kinds: Vec<ValuesKind>,
-    /// What this process's watch and writes last saw, shared by every clone.
+    /// What this process's watch, writes and fresh reads last saw, shared by every clone.
     recent: Arc<Recent>,
 }
 

@@ -160,8 +160,9 @@ pub trait ComponentStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<Observed>, StoreError>> + Send;
 
     /// [`ComponentStore::get`] from a copy that may lag a little behind (this process's own
-    /// watch, or the API server's watch cache), for a read whose write is conditional on the object being unchanged: a
-    /// stale copy only costs a conflict. By default the same as `get`.
+    /// watch, or the API server's watch cache), for a read whose write is conditional on the
+    /// object being unchanged: a stale copy only costs a conflict. By default the same as
+    /// `get`.
     fn get_cached(
         &self,
         namespace: &str,
